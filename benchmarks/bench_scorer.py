@@ -1,0 +1,116 @@
+"""Scorer benchmark (CPU): native core vs batched PyTorch vs the scikit-learn
+oracle, and scoring overhead on top of a CIFAR ResNet-56 forward pass.
+
+    python benchmarks/bench_scorer.py            # full table (a few minutes)
+    python benchmarks/bench_scorer.py --quick    # smaller, for a smoke run
+
+Every ratio compares runs made side by side in this one process; times are the
+best of several repeats because this machine is shared and noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import best_of, torch_energies  # noqa: E402
+
+import ocnna_fast  # noqa: E402
+from ocnna_fast import FilterStats, reference  # noqa: E402
+from ocnna_fast.models import cifar_resnet  # noqa: E402
+
+# Maps per image of each size, for ResNet-50 at 224x224 (all conv outputs)
+# and for CIFAR ResNet-56 at 32x32.
+RESNET50 = [(112, 64), (56, 1536), (28, 3712), (14, 10496), (7, 10752)]
+RESNET56 = [(32, 16 * 19), (16, 32 * 18), (8, 64 * 18)]
+
+
+def native_time(maps: torch.Tensor, n_components, repeat: int) -> float:
+    st = FilterStats(maps.shape[1], n_components)
+    return best_of(lambda: st.update(maps), repeat)
+
+
+def oracle_per_map(maps: torch.Tensor, n_components, count: int) -> float:
+    sample = maps.reshape(-1, maps.shape[2], maps.shape[3])[:count].numpy()
+    t = time.perf_counter()
+    for m in sample:
+        reference.map_energy(m, n_components)
+    return (time.perf_counter() - t) / len(sample)
+
+
+def shape_table(name, shapes, images, n_components, repeat, oracle_maps):
+    """Per-image scoring cost summed over a network's map shapes."""
+    rows = []
+    tot = {"native": 0.0, "torch": 0.0, "oracle": 0.0}
+    gen = torch.Generator().manual_seed(0)
+    for size, per_image in shapes:
+        # a batch of `images` images' worth of maps of this size, float32 NCHW
+        c = min(per_image, 256)
+        b = max(1, per_image * images // c)
+        maps = torch.randn(b, c, size, size, generator=gen).relu_()
+        scale = per_image * images / (b * c)  # back to per-`images` cost
+        tn = native_time(maps, n_components, repeat) * scale
+        tt = best_of(lambda: torch_energies(maps, n_components), max(1, repeat // 2)) * scale
+        to = oracle_per_map(maps, n_components, oracle_maps) * per_image * images
+        rows.append((size, per_image, tn, tt, to))
+        tot["native"] += tn
+        tot["torch"] += tt
+        tot["oracle"] += to
+    print(f"\n{name}, n_components={n_components!r}, {images} image(s), float32, NCHW")
+    print(f"{'map':>8} {'maps/img':>9} {'native s':>10} {'torch s':>10} {'oracle s*':>10} {'torch/nat':>10} {'oracle/nat':>11}")
+    for size, per, tn, tt, to in rows:
+        print(f"{size:>4}x{size:<3} {per:>9} {tn:>10.4f} {tt:>10.4f} {to:>10.2f} {tt / tn:>10.1f} {to / tn:>11.0f}")
+    print(f"{'total':>8} {'':>9} {tot['native']:>10.4f} {tot['torch']:>10.4f} {tot['oracle']:>10.2f} "
+          f"{tot['torch'] / tot['native']:>10.1f} {tot['oracle'] / tot['native']:>11.0f}")
+    print(f"  * oracle extrapolated from {oracle_maps} maps per size")
+    return tot
+
+
+def forward_overhead(batch: int, repeat: int):
+    """score() on CIFAR ResNet-56 vs the bare forward pass, interleaved."""
+    model = cifar_resnet(56).eval()
+    x = torch.randn(batch, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+
+    def fwd():
+        with torch.no_grad():
+            model(x)
+
+    res = {}
+    for label, nc in (("None", None), ("0.95", 0.95)):
+        ratios = []
+        fwds = []
+        for _ in range(repeat):
+            tf = best_of(fwd, 1)
+            ts = best_of(lambda: ocnna_fast.score(model, [x], n_components=nc, progress=False), 1)
+            ratios.append(ts / tf)
+            fwds.append(tf)
+        res[label] = (float(np.median(fwds)), float(np.median(ratios)))
+    print(f"\nCIFAR ResNet-56, batch {batch}: score() time / forward time (median of {repeat} interleaved pairs)")
+    for label, (tf, r) in res.items():
+        print(f"  n_components={label:>5}: forward {tf * 1e3:7.1f} ms, score/forward = {r:.3f}  (+{(r - 1) * 100:.1f}%)")
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and images")
+    args = ap.parse_args()
+    info = ocnna_fast.build_info()
+    print(f"ocnna-fast {info['version']}, torch {torch.__version__}, CPU threads: ocnna {info['cpu_threads']}, "
+          f"torch {torch.get_num_threads()}")
+    rep = 3 if args.quick else 7
+    forward_overhead(128 if not args.quick else 32, rep if not args.quick else 3)
+    for nc in (None, 0.95):
+        shape_table("ResNet-56 / CIFAR maps", RESNET56, 8, nc, rep, 20 if args.quick else 60)
+        shape_table("ResNet-50 / ImageNet maps", RESNET50, 1, nc, max(2, rep // 2), 5 if args.quick else 20)
+
+
+if __name__ == "__main__":
+    main()

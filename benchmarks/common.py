@@ -1,0 +1,41 @@
+"""Shared pieces of the benchmarks: timers and the batched pure-PyTorch scorer."""
+from __future__ import annotations
+
+import time
+from typing import Callable, List, Optional, Union
+
+import torch
+
+
+def best_of(fn: Callable[[], object], repeat: int, sync: Optional[Callable[[], None]] = None) -> float:
+    """Minimum wall time of ``repeat`` calls (the least noisy statistic on a shared machine)."""
+    times: List[float] = []
+    for _ in range(repeat):
+        if sync:
+            sync()
+        t = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def torch_energies(x: torch.Tensor, n_components: Union[None, int, float]) -> torch.Tensor:
+    """The same math in batched PyTorch ops: centre, then the centred norm
+    (``None``) or the Gram of the smaller side + ``torch.linalg.eigvalsh``."""
+    x = x.double()
+    xc = x - x.mean(dim=2, keepdim=True)
+    if n_components is None:
+        return xc.square().sum(dim=(2, 3)).sqrt()
+    h, w = x.shape[2], x.shape[3]
+    g = xc.transpose(2, 3) @ xc if w <= h else xc @ xc.transpose(2, 3)
+    ev = torch.linalg.eigvalsh(g).flip(-1).clamp_min(0)
+    cum = ev.cumsum(-1)
+    if isinstance(n_components, int):
+        kept = cum[..., min(n_components, ev.shape[-1]) - 1]
+    else:
+        total = cum[..., -1:].clamp_min(torch.finfo(torch.float64).tiny)
+        q = (cum / total <= n_components).sum(-1, keepdim=True).clamp_max(ev.shape[-1] - 1)
+        kept = cum.gather(-1, q).squeeze(-1)
+    return kept.sqrt()

@@ -1,0 +1,143 @@
+// Python binding of the CPU core.  Activations arrive as a raw address plus
+// shape and element strides (from torch's data_ptr()/stride() or NumPy), so
+// nothing here knows about torch.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <string>
+#include <vector>
+#include <stdexcept>
+
+#include "common/map_batch.h"
+#include "cpu/parallel.h"
+#include "cpu/scorer_cpu.h"
+
+namespace py = pybind11;
+using ocnna::EnergyParams;
+using ocnna::MapBatch;
+
+namespace {
+
+// c_style without forcecast: a mismatching array is an error, never a
+// silent copy whose writes would be lost.
+using Arr = py::array_t<double, py::array::c_style>;
+
+MapBatch make_batch(uintptr_t ptr, int dtype, const std::array<int64_t, 4>& shape,
+                    const std::array<int64_t, 4>& strides) {
+  if (dtype < ocnna::kFloat32 || dtype > ocnna::kBFloat16)
+    throw std::invalid_argument("unknown dtype code");
+  for (int64_t s : shape)
+    if (s < 0) throw std::invalid_argument("negative dimension");
+  if (ptr == 0 && shape[0] * shape[1] * shape[2] * shape[3] != 0)
+    throw std::invalid_argument("null data pointer");
+  return MapBatch{reinterpret_cast<const void*>(ptr), dtype,     shape[0],   shape[1],
+                  shape[2],                           shape[3],  strides[0], strides[1],
+                  strides[2],                         strides[3]};
+}
+
+EnergyParams make_params(int mode, int q, double tau) {
+  if (mode == ocnna::kCount && q < 1) throw std::invalid_argument("n_components must be >= 1");
+  if (mode == ocnna::kRatio && !(tau > 0.0 && tau < 1.0))
+    throw std::invalid_argument("n_components ratio must be in (0, 1)");
+  if (mode < ocnna::kAll || mode > ocnna::kRatio) throw std::invalid_argument("unknown mode");
+  return EnergyParams{mode, q, tau};
+}
+
+double* writable(Arr& a, int64_t size, const char* what) {
+  if (a.size() != size) throw std::invalid_argument(std::string(what) + " has the wrong size");
+  return a.mutable_data();
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "ocnna-fast CPU core (framework-free)";
+
+  m.def(
+      "energies",
+      [](uintptr_t ptr, int dtype, std::array<int64_t, 4> shape, std::array<int64_t, 4> strides,
+         int mode, int q, double tau, Arr out) {
+        const MapBatch x = make_batch(ptr, dtype, shape, strides);
+        const EnergyParams p = make_params(mode, q, tau);
+        double* o = writable(out, x.n * x.c, "out");
+        py::gil_scoped_release nogil;
+        ocnna::cpu::energies(x, p, o);
+      },
+      py::arg("ptr"), py::arg("dtype"), py::arg("shape"), py::arg("strides"), py::arg("mode"),
+      py::arg("q"), py::arg("tau"), py::arg("out"),
+      "Per-map energies F[n, c] into out (float64, N*C).");
+
+  m.def(
+      "accumulate",
+      [](uintptr_t ptr, int dtype, std::array<int64_t, 4> shape, std::array<int64_t, 4> strides,
+         int mode, int q, double tau, Arr count, Arr mean, Arr m2) -> int64_t {
+        const MapBatch x = make_batch(ptr, dtype, shape, strides);
+        const EnergyParams p = make_params(mode, q, tau);
+        double* cnt = writable(count, x.c, "count");
+        double* mu = writable(mean, x.c, "mean");
+        double* q2 = writable(m2, x.c, "m2");
+        py::gil_scoped_release nogil;
+        return ocnna::cpu::accumulate(x, p, cnt, mu, q2);
+      },
+      py::arg("ptr"), py::arg("dtype"), py::arg("shape"), py::arg("strides"), py::arg("mode"),
+      py::arg("q"), py::arg("tau"), py::arg("count"), py::arg("mean"), py::arg("m2"),
+      "Fold a batch into per-channel (count, mean, m2); returns -1, or the first channel with a "
+      "non-finite map (then nothing is changed).");
+
+  m.def(
+      "merge",
+      [](Arr count, Arr mean, Arr m2, Arr count_b, Arr mean_b, Arr m2_b) {
+        const int64_t c = mean.size();
+        double* n_a = writable(count, c, "count");
+        double* mu_a = writable(mean, c, "mean");
+        double* q_a = writable(m2, c, "m2");
+        const double* n_b = writable(count_b, c, "count_b");
+        const double* mu_b = writable(mean_b, c, "mean_b");
+        const double* q_b = writable(m2_b, c, "m2_b");
+        for (int64_t i = 0; i < c; ++i) ocnna::chan_merge(n_a[i], mu_a[i], q_a[i], n_b[i], mu_b[i], q_b[i]);
+      },
+      py::arg("count"), py::arg("mean"), py::arg("m2"), py::arg("count_b"), py::arg("mean_b"),
+      py::arg("m2_b"), "Chan merge of accumulators b into a, in place.");
+
+  m.def(
+      "_tridiagonal_eigenvalues",
+      [](Arr diag, Arr off, const std::string& method) {
+        const int d = int(diag.size());
+        if (d < 1 || off.size() != d) throw std::invalid_argument("need d >= 1 diag and d off entries");
+        std::vector<double> dg(diag.data(), diag.data() + d), of(off.data(), off.data() + d);
+        Arr out(d);
+        double* o = out.mutable_data();
+        if (method == "ql") {
+          if (!ocnna::tridiagonal_eigenvalues(dg.data(), of.data(), d)) throw std::runtime_error("no convergence");
+          ocnna::sort_descending(dg.data(), d);
+          std::copy(dg.begin(), dg.end(), o);
+        } else if (method == "lockstep") {
+          std::vector<double> d2 = dg, o2 = of, d3 = dg, o3 = of, d4 = dg, o4 = of;
+          double* dp[4] = {dg.data(), d2.data(), d3.data(), d4.data()};
+          double* op[4] = {of.data(), o2.data(), o3.data(), o4.data()};
+          bool ok[4];
+          ocnna::tridiagonal_eigenvalues_lockstep<4>(dp, op, d, ok);
+          if (!ok[0]) throw std::runtime_error("no convergence");
+          ocnna::sort_descending(dg.data(), d);
+          std::copy(dg.begin(), dg.end(), o);
+        } else if (method == "bisection") {
+          double lo, hi;
+          ocnna::gershgorin_bounds(dg.data(), of.data(), d, &lo, &hi);
+          const double tol = 2e-16 * std::max(std::fabs(lo), std::fabs(hi));
+          for (int k = 0; k < d; ++k) o[k] = ocnna::tridiagonal_kth_largest(dg.data(), of.data(), d, k, lo, hi, tol);
+        } else {
+          throw std::invalid_argument("method must be ql, lockstep or bisection");
+        }
+        return out;
+      },
+      py::arg("diag"), py::arg("off"), py::arg("method"),
+      "Testing aid: eigenvalues (descending) of a symmetric tridiagonal by one of the core's solvers.");
+
+  m.def("num_threads", &ocnna::cpu::num_threads, "Worker threads of the CPU core.");
+  m.def("set_num_threads", &ocnna::cpu::set_num_threads, py::arg("n"),
+        "Set the CPU core's thread count (0: default).");
+}

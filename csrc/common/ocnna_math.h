@@ -1,0 +1,526 @@
+// The OCNNA scoring math (SPEC.md sections 2 and 3), written once for the CPU
+// and the CUDA cores.  Everything here is a plain function of raw buffers so
+// that it compiles as host code (g++) and as device code (nvcc) unchanged.
+//
+//   per-map energy  F = sqrt(sum of the q largest eigenvalues of the Gram of
+//                         the column-centred map)      (PCA + Frobenius norm)
+//   per-filter score = std(F) / mean(F) over images, accumulated with the
+//                      Welford / Chan (count, mean, M2) merge.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define OCNNA_HD __host__ __device__ __forceinline__
+#else
+#define OCNNA_HD inline
+#endif
+
+namespace ocnna {
+
+// Element types the cores read.  The numbers are part of the binding ABI.
+enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+
+// How many principal components are kept (SPEC 2.3).
+//   kAll:   n_components=None, keep everything -> F = ||Xc||_F, no eigen-solve
+//   kCount: n_components=int q
+//   kRatio: n_components=float tau, smallest q with explained ratio > tau
+enum Mode : int { kAll = 0, kCount = 1, kRatio = 2 };
+
+struct EnergyParams {
+  int mode;
+  int q;       // kCount only
+  double tau;  // kRatio only
+};
+
+// ---------------------------------------------------------------- loading --
+
+OCNNA_HD float bits_to_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+#endif
+}
+
+// IEEE binary16 -> float, exact for every input (normals, subnormals, inf, nan).
+OCNNA_HD float half_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  const uint32_t expo = (h >> 10) & 0x1fu;
+  const uint32_t mant = h & 0x3ffu;
+  if (expo == 0) {
+    // zero or subnormal: mant * 2^-24, exactly representable in float
+    const float mag = float(mant) * 5.9604644775390625e-8f;
+    return sign ? -mag : mag;
+  }
+  if (expo == 31) return bits_to_float(sign | 0x7f800000u | (mant << 13));
+  return bits_to_float(sign | ((expo + 112u) << 23) | (mant << 13));
+}
+
+// bfloat16 is the top half of a float.
+OCNNA_HD float bf16_to_float(uint16_t b) { return bits_to_float(uint32_t(b) << 16); }
+
+OCNNA_HD bool is_finite(double v) { return v - v == 0.0; }  // false for inf and nan
+
+// ------------------------------------------------------------ statistics --
+
+// Chan et al. parallel merge of (count, mean, M2) summaries: exact in real
+// arithmetic, so the result does not depend on how images were batched.
+OCNNA_HD void chan_merge(double& n_a, double& mean_a, double& m2_a, double n_b, double mean_b,
+                         double m2_b) {
+  if (n_b <= 0.0) return;
+  if (n_a <= 0.0) {
+    n_a = n_b;
+    mean_a = mean_b;
+    m2_a = m2_b;
+    return;
+  }
+  const double n = n_a + n_b;
+  const double delta = mean_b - mean_a;
+  mean_a += delta * (n_b / n);
+  m2_a += m2_b + delta * delta * (n_a / n) * n_b;
+  n_a = n;
+}
+
+// Two-pass (mean, M2) of n values spaced `stride` apart: the summary of one
+// batch for one channel, merged afterwards with chan_merge.
+OCNNA_HD void batch_summary(const double* f, int64_t n, int64_t stride, double& mean,
+                            double& m2) {
+  double s = 0.0;
+  for (int64_t i = 0; i < n; ++i) s += f[i * stride];
+  mean = s / double(n);
+  double q = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = f[i * stride] - mean;
+    q += d * d;
+  }
+  m2 = q;
+}
+
+// ------------------------------------------------------ per-map energy ----
+
+// Column means of an R x D row-major map, shifted by the first row so that a
+// constant column gets its value back exactly (and centres to exact zeros:
+// SPEC 2 requires F == 0, not 1e-17, for zero-variance maps).
+OCNNA_HD void centre_columns(double* m, int rows, int cols) {
+  for (int j = 0; j < cols; ++j) {
+    const double shift = m[j];
+    double s = 0.0;
+    for (int i = 1; i < rows; ++i) s += m[int64_t(i) * cols + j] - shift;
+    const double mean = shift + s / rows;
+    // keep the centring exact when every value equals the shift
+    const double sub = (s == 0.0) ? shift : mean;
+    for (int i = 0; i < rows; ++i) m[int64_t(i) * cols + j] -= sub;
+  }
+}
+
+OCNNA_HD double sum_squares(const double* m, int64_t n) {
+  double s = 0.0;
+  for (int64_t i = 0; i < n; ++i) s += m[i] * m[i];
+  return s;
+}
+
+// Centred sum of squares of one column from sums shifted by its first value,
+// s1 = sum(x - x0) and s2 = sum((x - x0)^2) over `rows` values.  One pass over
+// the data; the shift keeps the cancellation small and makes a constant
+// column give exactly 0.
+OCNNA_HD double centred_ss_from_shifted(double s1, double s2, double rows) {
+  const double v = s2 - s1 * (s1 / rows);
+  return v > 0.0 ? v : 0.0;
+}
+
+// Upper triangle of G = A^T A for an R x D row-major A (G is D x D), then
+// mirrored.  Four rows at a time so each pass over G does four rank-1 updates.
+OCNNA_HD void gram_ata(const double* a, int rows, int d, double* g) {
+  for (int64_t i = 0; i < int64_t(d) * d; ++i) g[i] = 0.0;
+  int r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    const double* r0 = a + int64_t(r) * d;
+    const double* r1 = r0 + d;
+    const double* r2 = r1 + d;
+    const double* r3 = r2 + d;
+    for (int i = 0; i < d; ++i) {
+      const double a0 = r0[i], a1 = r1[i], a2 = r2[i], a3 = r3[i];
+      double* gi = g + int64_t(i) * d;
+      for (int j = i; j < d; ++j) gi[j] += a0 * r0[j] + a1 * r1[j] + a2 * r2[j] + a3 * r3[j];
+    }
+  }
+  for (; r < rows; ++r) {
+    const double* r0 = a + int64_t(r) * d;
+    for (int i = 0; i < d; ++i) {
+      const double a0 = r0[i];
+      double* gi = g + int64_t(i) * d;
+      for (int j = i; j < d; ++j) gi[j] += a0 * r0[j];
+    }
+  }
+  for (int i = 0; i < d; ++i)
+    for (int j = 0; j < i; ++j) g[int64_t(i) * d + j] = g[int64_t(j) * d + i];
+}
+
+// Householder reduction of the symmetric d x d matrix `g` (full storage,
+// destroyed) to a tridiagonal with diagonal `diag[0..d)` and off-diagonal
+// `off[0..d-1)`.  Eigenvalues only, so the reflectors are not kept.  Every
+// inner loop is an axpy over a contiguous row (symmetry lets rows stand in for
+// columns), so compilers vectorise it without reassociating any sum.
+// `work` holds 2*d doubles.
+OCNNA_HD void tridiagonalize(double* g, int d, double* diag, double* off, double* work) {
+  double* v = work;
+  double* w = work + d;
+  for (int k = 0; k + 2 < d; ++k) {
+    const int m = d - k - 1;  // size of the trailing block B = g[k+1.., k+1..]
+    const double* x = g + int64_t(k) * d + (k + 1);  // row k right of the diagonal
+    double norm2 = 0.0;
+    for (int i = 0; i < m; ++i) {
+      v[i] = x[i];
+      norm2 += x[i] * x[i];
+    }
+    diag[k] = g[int64_t(k) * d + k];
+    if (norm2 == 0.0) {  // already reduced
+      off[k] = 0.0;
+      continue;
+    }
+    const double alpha = (v[0] > 0.0) ? -sqrt(norm2) : sqrt(norm2);
+    off[k] = alpha;
+    // reflector H = I - beta v v^T with v = x - alpha e1
+    const double vtv = 2.0 * (norm2 - alpha * v[0]);
+    v[0] -= alpha;
+    const double beta = 2.0 / vtv;
+    // w = beta B v, accumulated row by row (B symmetric)
+    for (int i = 0; i < m; ++i) w[i] = 0.0;
+    for (int j = 0; j < m; ++j) {
+      const double* bj = g + int64_t(k + 1 + j) * d + (k + 1);
+      const double vj = v[j];
+      for (int i = 0; i < m; ++i) w[i] += bj[i] * vj;
+    }
+    double vw = 0.0;
+    for (int i = 0; i < m; ++i) {
+      w[i] *= beta;
+      vw += v[i] * w[i];
+    }
+    const double h = 0.5 * beta * vw;
+    for (int i = 0; i < m; ++i) w[i] -= h * v[i];
+    // B <- H B H = B - v w^T - w v^T
+    for (int i = 0; i < m; ++i) {
+      double* bi = g + int64_t(k + 1 + i) * d + (k + 1);
+      const double vi = v[i], wi = w[i];
+      for (int j = 0; j < m; ++j) bi[j] -= vi * w[j] + wi * v[j];
+    }
+  }
+  if (d >= 2) {
+    diag[d - 2] = g[int64_t(d - 2) * d + (d - 2)];
+    off[d - 2] = g[int64_t(d - 2) * d + (d - 1)];
+  }
+  diag[d - 1] = g[int64_t(d - 1) * d + (d - 1)];
+}
+
+// Eigenvalues of a symmetric tridiagonal matrix by the implicit QL method with
+// Wilkinson-type shifts (Bowdler, Martin, Reinsch, Wilkinson 1968).  Entries
+// must be O(1) (the caller scales by the trace): plain sqrt(a^2 + b^2) then
+// cannot overflow, and it is much cheaper than hypot.  On return
+// `diag` holds the eigenvalues, unsorted; `off` is destroyed.  Returns false if
+// an eigenvalue did not converge (only possible for non-finite input, which the
+// caller has already excluded).
+OCNNA_HD bool tridiagonal_eigenvalues(double* diag, double* off, int d) {
+  if (d <= 1) return true;
+  off[d - 1] = 0.0;
+  for (int l = 0; l < d; ++l) {
+    for (int iter = 0;; ++iter) {
+      // find the first negligible off-diagonal at or after l: it splits the matrix
+      int m = l;
+      for (; m < d - 1; ++m) {
+        const double scale = fabs(diag[m]) + fabs(diag[m + 1]);
+        if (fabs(off[m]) <= 1e-16 * scale) break;
+      }
+      if (m == l) break;  // diag[l] has converged
+      if (iter == 60) return false;
+      // shift from the leading 2x2 block of the unreduced part
+      double g = (diag[l + 1] - diag[l]) / (2.0 * off[l]);
+      double r = sqrt(g * g + 1.0);
+      g = diag[m] - diag[l] + off[l] / (g + (g >= 0.0 ? r : -r));
+      double s = 1.0, c = 1.0, p = 0.0;
+      int i = m - 1;
+      bool deflated = false;
+      for (; i >= l; --i) {
+        // one Givens rotation chasing the bulge upwards
+        const double f = s * off[i];
+        const double b = c * off[i];
+        r = sqrt(f * f + g * g);
+        off[i + 1] = r;
+        if (r == 0.0) {  // underflow: the rotation decoupled the matrix
+          diag[i + 1] -= p;
+          off[m] = 0.0;
+          deflated = true;
+          break;
+        }
+        const double inv_r = 1.0 / r;  // one division on the critical path, not two
+        s = f * inv_r;
+        c = g * inv_r;
+        g = diag[i + 1] - p;
+        r = (diag[i] - g) * s + 2.0 * c * b;
+        p = s * r;
+        diag[i + 1] = g + p;
+        g = c * r - b;
+      }
+      if (deflated) continue;
+      diag[l] -= p;
+      off[l] = g;
+      off[m] = 0.0;
+    }
+  }
+  return true;
+}
+
+// The same QL method run on K independent tridiagonals of one size in
+// lockstep.  One QL rotation is a ~60-cycle dependency chain (sqrt, divide),
+// so a single matrix leaves the core idle; stepping K matrices in turn lets
+// the out-of-order core overlap K chains.  Identical arithmetic per matrix to
+// tridiagonal_eigenvalues, so results match it bit for bit.  ok[j] is false if
+// matrix j did not converge.
+template <int K>
+inline void tridiagonal_eigenvalues_lockstep(double* const* diag, double* const* off, int d,
+                                             bool* ok) {
+  struct Lane {
+    double *dg, *of;
+    int l, m, i, iter;
+    double s, c, p, g;
+    bool sweeping, done;
+  } ln[K];
+  for (int j = 0; j < K; ++j) {
+    ln[j] = Lane{diag[j], off[j], 0, 0, 0, 0, 0, 0, 0, 0, false, d <= 1};
+    ok[j] = true;
+    if (d > 1) off[j][d - 1] = 0.0;
+  }
+  for (;;) {
+    // bookkeeping: give every unfinished lane its next sweep (or finish it)
+    int active = 0;
+    for (int j = 0; j < K; ++j) {
+      Lane& a = ln[j];
+      while (!a.done && !a.sweeping) {
+        int m = a.l;
+        for (; m < d - 1; ++m) {
+          const double scale = fabs(a.dg[m]) + fabs(a.dg[m + 1]);
+          if (fabs(a.of[m]) <= 1e-16 * scale) break;
+        }
+        if (m == a.l) {  // eigenvalue l converged
+          a.iter = 0;
+          if (++a.l >= d) a.done = true;
+          continue;
+        }
+        if (a.iter++ == 60) {
+          ok[j] = false;
+          a.done = true;
+          break;
+        }
+        double g = (a.dg[a.l + 1] - a.dg[a.l]) / (2.0 * a.of[a.l]);
+        const double r = sqrt(g * g + 1.0);
+        a.g = a.dg[m] - a.dg[a.l] + a.of[a.l] / (g + (g >= 0.0 ? r : -r));
+        a.s = a.c = 1.0;
+        a.p = 0.0;
+        a.m = m;
+        a.i = m - 1;
+        a.sweeping = true;
+      }
+      active += a.sweeping;
+    }
+    if (active == 0) return;
+    // rotations, one per sweeping lane per round
+    for (bool any = true; any;) {
+      any = false;
+      for (int j = 0; j < K; ++j) {
+        Lane& a = ln[j];
+        if (!a.sweeping) continue;
+        const int i = a.i;
+        const double f = a.s * a.of[i];
+        const double b = a.c * a.of[i];
+        double r = sqrt(f * f + a.g * a.g);
+        a.of[i + 1] = r;
+        if (r == 0.0) {  // underflow: decoupled; redo the bookkeeping
+          a.dg[i + 1] -= a.p;
+          a.of[a.m] = 0.0;
+          a.sweeping = false;
+          continue;
+        }
+        const double inv_r = 1.0 / r;
+        a.s = f * inv_r;
+        a.c = a.g * inv_r;
+        const double g = a.dg[i + 1] - a.p;
+        r = (a.dg[i] - g) * a.s + 2.0 * a.c * b;
+        a.p = a.s * r;
+        a.dg[i + 1] = g + a.p;
+        a.g = a.c * r - b;
+        if (--a.i < a.l) {  // sweep finished
+          a.dg[a.l] -= a.p;
+          a.of[a.l] = a.g;
+          a.of[a.m] = 0.0;
+          a.sweeping = false;
+        } else {
+          any = true;
+        }
+      }
+    }
+  }
+}
+
+// Number of eigenvalues of the symmetric tridiagonal (diag, off) that are
+// strictly less than x (Sturm sequence count via the LDL^T pivots).
+OCNNA_HD int sturm_count_below(const double* diag, const double* off, int d, double x) {
+  int count = 0;
+  double q = diag[0] - x;
+  if (q < 0.0) ++count;
+  for (int i = 1; i < d; ++i) {
+    // a zero pivot is nudged off zero; that only moves the count at x itself
+    const double prev = (q == 0.0) ? 1e-300 : q;
+    q = diag[i] - x - off[i - 1] * off[i - 1] / prev;
+    if (q < 0.0) ++count;
+  }
+  return count;
+}
+
+// The k-th largest eigenvalue (k = 0 is the largest) of a symmetric
+// tridiagonal by bisection on [lo, hi] (a Gershgorin interval), to an absolute
+// width of `tol`.  Independent per k, so a GPU thread block finds all d of them
+// at once.
+OCNNA_HD double tridiagonal_kth_largest(const double* diag, const double* off, int d, int k,
+                                        double lo, double hi, double tol) {
+  const int target = d - 1 - k;  // eigenvalue index counted from the smallest
+  for (int it = 0; it < 128 && hi - lo > tol; ++it) {
+    const double mid = 0.5 * (lo + hi);
+    if (!(mid > lo && mid < hi)) break;  // interval at machine resolution
+    if (sturm_count_below(diag, off, d, mid) > target)
+      hi = mid;
+    else
+      lo = mid;
+  }
+  return 0.5 * (lo + hi);
+}
+
+// Gershgorin interval [lo, hi] holding every eigenvalue of the tridiagonal.
+OCNNA_HD void gershgorin_bounds(const double* diag, const double* off, int d, double* lo,
+                                double* hi) {
+  double a = diag[0], b = diag[0];
+  for (int i = 0; i < d; ++i) {
+    const double r = (i > 0 ? fabs(off[i - 1]) : 0.0) + (i + 1 < d ? fabs(off[i]) : 0.0);
+    a = fmin(a, diag[i] - r);
+    b = fmax(b, diag[i] + r);
+  }
+  *lo = a;
+  *hi = b;
+}
+
+// In-place descending sort; d is at most a few hundred and this runs once per
+// map after O(d^3) work, so insertion sort is enough (and works on device).
+OCNNA_HD void sort_descending(double* x, int n) {
+  for (int i = 1; i < n; ++i) {
+    const double v = x[i];
+    int j = i - 1;
+    while (j >= 0 && x[j] < v) {
+      x[j + 1] = x[j];
+      --j;
+    }
+    x[j + 1] = v;
+  }
+}
+
+// Energy kept by the first q components, given eigenvalues sorted descending
+// (negative rounding noise clipped to zero).  SPEC 2.3: for kRatio the smallest
+// q whose cumulative explained ratio is strictly greater than tau.
+OCNNA_HD double kept_energy(double* eig, int d, const EnergyParams& p) {
+  double total = 0.0;
+  for (int i = 0; i < d; ++i) {
+    if (eig[i] < 0.0) eig[i] = 0.0;
+    total += eig[i];
+  }
+  if (total == 0.0) return 0.0;
+  double cum = 0.0;
+  if (p.mode == kCount) {
+    const int q = p.q < d ? p.q : d;
+    for (int i = 0; i < q; ++i) cum += eig[i];
+    return cum;
+  }
+  for (int i = 0; i < d; ++i) {
+    cum += eig[i];
+    if (cum / total > p.tau) return cum;
+  }
+  return cum;
+}
+
+// Does this map need an eigen-solve at all?  Keeping min(H, W) or more
+// components keeps all the energy, and a 1-wide Gram has one eigenvalue.
+OCNNA_HD bool needs_eigen(const EnergyParams& p, int h, int w) {
+  const int d = h < w ? h : w;
+  if (d <= 1 || p.mode == kAll) return false;
+  if (p.mode == kCount && p.q >= d) return false;
+  return true;
+}
+
+// Scratch doubles that `map_energy` needs for an h x w map.
+OCNNA_HD int64_t energy_scratch_size(int h, int w) {
+  const int64_t d = h < w ? h : w;
+  return int64_t(h) * w /*map*/ + int64_t(h) * w /*transpose*/ + d * d /*gram*/ + 4 * d;
+}
+
+// First half of the truncated path for one h x w map loaded row-major into
+// `map` (destroyed): centre, total energy, Gram of the smaller side scaled to
+// unit trace, Householder tridiagonal into (diag, off).  Returns true when an
+// eigen-solve is still needed; otherwise *f already holds F (0 for a constant
+// map, ||Xc||_F when all components are kept, NaN for non-finite input).
+// `scratch` holds energy_scratch_size(h, w) - h*w doubles; diag and off point
+// into it (d doubles each).
+OCNNA_HD bool reduce_map(double* map, int h, int w, const EnergyParams& p, double* scratch,
+                         double* total, double** diag, double** off, double* f) {
+  centre_columns(map, h, w);
+  const double t = sum_squares(map, int64_t(h) * w);
+  *total = t;
+  if (!is_finite(t)) {
+    *f = NAN;
+    return false;
+  }
+  if (t == 0.0 || !needs_eigen(p, h, w)) {
+    *f = sqrt(t);
+    return false;
+  }
+  const int d = h < w ? h : w;
+  double* gram = scratch;
+  double* tr = gram + int64_t(d) * d;
+  if (w <= h) {
+    gram_ata(map, h, w, gram);  // W x W
+  } else {
+    // X Xc^T is the Gram of the transpose: lay it out W x H and reuse gram_ata
+    for (int i = 0; i < h; ++i)
+      for (int j = 0; j < w; ++j) tr[int64_t(j) * h + i] = map[int64_t(i) * w + j];
+    gram_ata(tr, w, h, gram);  // H x H
+  }
+  // Unit trace: eigenvalue ratios are unchanged and the QL step stays far
+  // from overflow and underflow.
+  const double inv = 1.0 / t;
+  for (int64_t i = 0; i < int64_t(d) * d; ++i) gram[i] *= inv;
+  *diag = tr;  // the transpose is no longer needed
+  *off = tr + d;
+  tridiagonalize(gram, d, *diag, *off, tr + 2 * d);
+  return true;
+}
+
+// Second half: F from the eigenvalues of the unit-trace Gram (any order,
+// destroyed) and the map's total energy.
+OCNNA_HD double energy_from_eigenvalues(double* eig, int d, const EnergyParams& p, double total) {
+  sort_descending(eig, d);
+  return sqrt(kept_energy(eig, d, p) * total);
+}
+
+// F for one h x w map already loaded row-major into `map` (destroyed).
+// `scratch` holds energy_scratch_size(h, w) - h*w doubles.  Returns NaN for a
+// map with a non-finite value.
+OCNNA_HD double map_energy(double* map, int h, int w, const EnergyParams& p, double* scratch) {
+  double total, f;
+  double *diag, *off;
+  if (!reduce_map(map, h, w, p, scratch, &total, &diag, &off, &f)) return f;
+  const int d = h < w ? h : w;
+  if (!tridiagonal_eigenvalues(diag, off, d)) return NAN;
+  return energy_from_eigenvalues(diag, d, p, total);
+}
+
+}  // namespace ocnna

@@ -1,0 +1,262 @@
+#include "scorer_cpu.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+
+#include "parallel.h"
+
+namespace ocnna {
+namespace cpu {
+namespace {
+
+// Loads channels [c0, c0 + nc) of image i into `dst` as nc row-major H x W
+// double maps.  The loop order follows the memory order, so channels_last
+// (channel stride smallest) reads contiguous runs of channels per pixel.
+template <typename T>
+void gather(const MapBatch& x, int64_t i, int64_t c0, int64_t nc, double* dst) {
+  const T* base = static_cast<const T*>(x.data);
+  const int64_t hw = x.h * x.w;
+  if (std::llabs(x.sc) < std::llabs(x.sw)) {
+    for (int64_t y = 0; y < x.h; ++y)
+      for (int64_t xx = 0; xx < x.w; ++xx) {
+        const T* p = base + x.offset(i, c0, y, xx);
+        double* d = dst + y * x.w + xx;
+        for (int64_t c = 0; c < nc; ++c) d[c * hw] = to_double(p[c * x.sc]);
+      }
+  } else {
+    for (int64_t c = 0; c < nc; ++c)
+      for (int64_t y = 0; y < x.h; ++y) {
+        const T* p = base + x.offset(i, c0 + c, y, 0);
+        double* d = dst + c * hw + y * x.w;
+        if (x.sw == 1) {
+          for (int64_t xx = 0; xx < x.w; ++xx) d[xx] = to_double(p[xx]);
+        } else {
+          for (int64_t xx = 0; xx < x.w; ++xx) d[xx] = to_double(p[xx * x.sw]);
+        }
+      }
+  }
+}
+
+// Eight doubles in one vector register (GCC/Clang vector extension; the
+// compiler lowers it to AVX-512, AVX2 or SSE2 pairs).  Plain loops over a
+// block of columns were vectorised along the wrong axis by GCC 12.
+typedef double V8 __attribute__((vector_size(64)));
+typedef float V8f __attribute__((vector_size(32)));
+
+inline V8 load8(const double* p) {
+  V8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline V8 load8(const float* p) {
+  V8f v;
+  std::memcpy(&v, p, sizeof v);
+  return __builtin_convertvector(v, V8);
+}
+template <typename T>
+inline V8 load8(const T* p) {
+  V8 v;
+  for (int k = 0; k < 8; ++k) v[k] = to_double(p[k]);
+  return v;
+}
+
+// n_components=None: F = ||Xc||_F straight from the source in one pass, no
+// gather and no eigen-solve.  This is the path that must stay within a few
+// percent of the forward pass, so it reads each element exactly once.
+template <typename T>
+void energies_all(const MapBatch& x, double* out) {
+  const int64_t h = x.h, w = x.w;
+  const T* base = static_cast<const T*>(x.data);
+  if (std::llabs(x.sc) < std::llabs(x.sw)) {
+    // channels innermost (channels_last): accumulate a tile of channels per
+    // column at once so every load is part of a contiguous run
+    const int64_t tile = std::min<int64_t>(x.c, 64);
+    const int64_t tiles = (x.c + tile - 1) / tile;
+    parallel_for(x.n * tiles, [&](int64_t begin, int64_t end) {
+      std::vector<double> acc(size_t(3 * w * tile));
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t i = t / tiles, c0 = (t % tiles) * tile, nc = std::min(tile, x.c - c0);
+        double* x0 = acc.data();
+        double* s1 = x0 + w * tile;
+        double* s2 = s1 + w * tile;
+        for (int64_t xx = 0; xx < w; ++xx) {
+          const T* p = base + x.offset(i, c0, 0, xx);
+          for (int64_t c = 0; c < nc; ++c) {
+            x0[xx * tile + c] = to_double(p[c * x.sc]);
+            s1[xx * tile + c] = 0.0;
+            s2[xx * tile + c] = 0.0;
+          }
+        }
+        for (int64_t y = 1; y < h; ++y)
+          for (int64_t xx = 0; xx < w; ++xx) {
+            const T* p = base + x.offset(i, c0, y, xx);
+            const int64_t k = xx * tile;
+            for (int64_t c = 0; c < nc; ++c) {
+              const double d = to_double(p[c * x.sc]) - x0[k + c];
+              s1[k + c] += d;
+              s2[k + c] += d * d;
+            }
+          }
+        for (int64_t c = 0; c < nc; ++c) {
+          double total = 0.0, poison = 0.0;
+          for (int64_t xx = 0; xx < w; ++xx) {
+            const int64_t k = xx * tile + c;
+            total += centred_ss_from_shifted(s1[k], s2[k], double(h));
+            poison += s2[k] - s2[k] + x0[k] - x0[k];  // NaN unless all finite
+          }
+          out[i * x.c + c0 + c] = is_finite(poison) ? std::sqrt(total) : NAN;
+        }
+      }
+    });
+    return;
+  }
+  parallel_for(x.n * x.c, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t i = t / x.c, c = t % x.c;
+      const T* p = base + x.offset(i, c, 0, 0);
+      double total = 0.0, poison = 0.0;
+      // Blocks of kB columns with the three accumulators in registers: the
+      // loop is bound by loads and conversions, not by accumulator traffic.
+      constexpr int kB = 8;
+      int64_t xb = 0;
+      if (x.sw == 1) {
+        for (; xb + kB <= w; xb += kB) {
+          const V8 x0 = load8(p + xb);
+          // two accumulator sets (odd/even rows) halve the add-latency chain
+          V8 s1 = {0, 0, 0, 0, 0, 0, 0, 0}, s2 = s1, t1 = s1, t2 = s1;
+          int64_t y = 1;
+          for (; y + 1 < h; y += 2) {
+            const V8 d = load8(p + y * x.sh + xb) - x0;
+            const V8 e = load8(p + (y + 1) * x.sh + xb) - x0;
+            s1 += d;
+            s2 += d * d;
+            t1 += e;
+            t2 += e * e;
+          }
+          if (y < h) {
+            const V8 d = load8(p + y * x.sh + xb) - x0;
+            s1 += d;
+            s2 += d * d;
+          }
+          s1 += t1;
+          s2 += t2;
+          for (int k = 0; k < kB; ++k) {
+            total += centred_ss_from_shifted(s1[k], s2[k], double(h));
+            poison += s2[k] - s2[k] + x0[k] - x0[k];  // NaN unless all finite
+          }
+        }
+      }
+      for (; xb < w; ++xb) {  // leftover columns, or any column stride
+        const T* col = p + xb * x.sw;
+        const double x0 = to_double(col[0]);
+        double s1 = 0.0, s2 = 0.0;
+        for (int64_t y = 1; y < h; ++y) {
+          const double d = to_double(col[y * x.sh]) - x0;
+          s1 += d;
+          s2 += d * d;
+        }
+        total += centred_ss_from_shifted(s1, s2, double(h));
+        poison += s2 - s2 + x0 - x0;
+      }
+      out[t] = is_finite(poison) ? std::sqrt(total) : NAN;
+    }
+  });
+}
+
+template <typename T>
+void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
+  if (!needs_eigen(p, int(x.h), int(x.w))) return energies_all<T>(x, out);
+  const int h = int(x.h), w = int(x.w), d = h < w ? h : w;
+  const int64_t hw = x.h * x.w;
+  // Maps go through the QL stage kLanes at a time (see
+  // tridiagonal_eigenvalues_lockstep), so tiles hold a multiple of kLanes
+  // channels; channels_last tiles are wider so each cache line is read once.
+  constexpr int kLanes = 4;
+  const bool channel_inner = std::llabs(x.sc) < std::llabs(x.sw);
+  const int64_t want = channel_inner ? std::max<int64_t>(kLanes, (32 << 10) / hw) : kLanes;
+  const int64_t tile = std::min<int64_t>(x.c, want);
+  const int64_t tiles_per_image = (x.c + tile - 1) / tile;
+  const int64_t scratch = energy_scratch_size(h, w) - hw;
+  parallel_for(x.n * tiles_per_image, [&](int64_t begin, int64_t end) {
+    // one allocation per thread and call, none per map
+    std::vector<double> maps(size_t(tile * hw));
+    std::vector<double> work(size_t(kLanes * scratch));
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t i = t / tiles_per_image;
+      const int64_t c0 = (t % tiles_per_image) * tile;
+      const int64_t nc = std::min(tile, x.c - c0);
+      gather<T>(x, i, c0, nc, maps.data());
+      for (int64_t g0 = 0; g0 < nc; g0 += kLanes) {
+        double* diag[kLanes];
+        double* off[kLanes];
+        double total[kLanes];
+        int64_t chan[kLanes];
+        int pending = 0;
+        for (int64_t c = g0; c < std::min<int64_t>(g0 + kLanes, nc); ++c) {
+          double f;
+          double* dg;
+          double* of;
+          if (reduce_map(maps.data() + c * hw, h, w, p, work.data() + pending * scratch, &total[pending],
+                         &dg, &of, &f)) {
+            diag[pending] = dg;
+            off[pending] = of;
+            chan[pending++] = c0 + c;
+          } else {
+            out[i * x.c + c0 + c] = f;
+          }
+        }
+        if (pending == 0) continue;
+        // lanes without a map repeat the first one's (results unused)
+        std::vector<double> pad;
+        for (int k = pending; k < kLanes; ++k) {
+          if (pad.empty()) pad.resize(size_t(2 * d * (kLanes - pending)));
+          double* q = pad.data() + size_t(2 * d * (k - pending));
+          std::copy(diag[0], diag[0] + d, q);
+          std::copy(off[0], off[0] + d, q + d);
+          diag[k] = q;
+          off[k] = q + d;
+        }
+        bool ok[kLanes];
+        tridiagonal_eigenvalues_lockstep<kLanes>(diag, off, d, ok);
+        for (int k = 0; k < pending; ++k)
+          out[i * x.c + chan[k]] = ok[k] ? energy_from_eigenvalues(diag[k], d, p, total[k]) : NAN;
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void energies(const MapBatch& x, const EnergyParams& p, double* out) {
+  if (x.n <= 0 || x.c <= 0) return;
+  if (x.h <= 0 || x.w <= 0) throw std::invalid_argument("maps must have H >= 1 and W >= 1");
+  switch (x.dtype) {
+    case kFloat32: return energies_typed<float>(x, p, out);
+    case kFloat64: return energies_typed<double>(x, p, out);
+    case kFloat16: return energies_typed<Half16>(x, p, out);
+    case kBFloat16: return energies_typed<BFloat16>(x, p, out);
+    default: throw std::invalid_argument("unsupported dtype code");
+  }
+}
+
+int64_t accumulate(const MapBatch& x, const EnergyParams& p, double* count, double* mean,
+                   double* m2) {
+  if (x.n <= 0) return -1;
+  std::vector<double> f(size_t(x.n * x.c));
+  energies(x, p, f.data());
+  for (int64_t k = 0; k < x.n * x.c; ++k)
+    if (!is_finite(f[size_t(k)])) return k % x.c;
+  const double nb = double(x.n);
+  for (int64_t c = 0; c < x.c; ++c) {
+    double mb, q;
+    batch_summary(f.data() + c, x.n, x.c, mb, q);
+    chan_merge(count[c], mean[c], m2[c], nb, mb, q);
+  }
+  return -1;
+}
+
+}  // namespace cpu
+}  // namespace ocnna

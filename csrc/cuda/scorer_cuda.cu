@@ -1,0 +1,366 @@
+// CUDA core.  Three kernels compute per-map energies, picked by mode and size:
+//
+//   all_columns_kernel   n_components=None: one thread per map column, one pass,
+//                        coalesced for NCHW and channels_last alike.
+//   small_map_kernel     truncated, maps of at most 256 elements: one thread per
+//                        map running the shared header's sequential map_energy.
+//   block_map_kernel     truncated, larger maps: one block per map; Gram and
+//                        Householder steps spread over the block, then every
+//                        eigenvalue found at once by Sturm bisection (one thread
+//                        per eigenvalue).  The map and Gram sit in shared memory
+//                        up to the device's opt-in limit (112x112 fits on Hopper);
+//                        beyond it the same kernel works in a global workspace.
+//
+// Everything is ordered on the caller's stream; temporaries come from
+// cudaMallocAsync on that stream, so the host never waits.
+#include "scorer_cuda.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+namespace ocnna {
+namespace cuda {
+namespace {
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("ocnna-fast CUDA: ") + what + ": " + cudaGetErrorString(err));
+}
+
+// ------------------------------------------------------------------ loads --
+template <typename T>
+__device__ __forceinline__ double ld(const T* p) {
+  return to_double(*p);
+}
+
+// ------------------------------------------------- n_components = None ----
+// Thread t handles column xx of map (i, c).  The index order puts channels
+// innermost for channels_last input (consecutive threads read consecutive
+// channels) and columns innermost otherwise.  Each thread adds the column's
+// centred sum of squares into acc[i * C + c]; a non-finite value anywhere
+// turns the sum into NaN.
+template <typename T>
+__global__ void all_columns_kernel(MapBatch x, bool channels_inner, double* acc) {
+  const int64_t total = x.n * x.c * x.w;
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total;
+       t += int64_t(gridDim.x) * blockDim.x) {
+    int64_t i, c, xx;
+    if (channels_inner) {
+      c = t % x.c;
+      xx = (t / x.c) % x.w;
+      i = t / (x.c * x.w);
+    } else {
+      xx = t % x.w;
+      c = (t / x.w) % x.c;
+      i = t / (x.w * x.c);
+    }
+    const T* col = static_cast<const T*>(x.data) + x.offset(i, c, 0, xx);
+    const double x0 = ld(col);
+    double s1 = 0.0, s2 = 0.0;
+    for (int64_t y = 1; y < x.h; ++y) {
+      const double d = ld(col + y * x.sh) - x0;
+      s1 += d;
+      s2 += d * d;
+    }
+    const double poison = s2 - s2 + x0 - x0;  // 0, or NaN for non-finite input
+    atomicAdd(acc + i * x.c + c, centred_ss_from_shifted(s1, s2, double(x.h)) + poison);
+  }
+}
+
+__global__ void sqrt_kernel(double* v, int64_t n) {
+  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (t < n) v[t] = sqrt(v[t]);
+}
+
+// --------------------------------------------- truncated, small maps ----
+constexpr int kSmallElems = 256;  // h * w limit of the thread-per-map path
+constexpr int kSmallDim = 16;     // so min(h, w) <= 16
+
+template <typename T>
+__global__ void small_map_kernel(MapBatch x, EnergyParams p, double* out) {
+  double buf[kSmallElems * 3 + 4 * kSmallDim];  // map, transpose, Gram, tridiagonal
+  const int h = int(x.h), w = int(x.w);
+  const int64_t maps = x.n * x.c;
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < maps;
+       t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = t / x.c, c = t % x.c;
+    const T* src = static_cast<const T*>(x.data) + x.offset(i, c, 0, 0);
+    for (int y = 0; y < h; ++y)
+      for (int xx = 0; xx < w; ++xx) buf[y * w + xx] = ld(src + y * x.sh + xx * x.sw);
+    out[t] = map_energy(buf, h, w, p, buf + h * w);
+  }
+}
+
+// --------------------------------------------- truncated, block per map --
+__device__ double block_sum(double v, double* red) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();  // red may still be read by a previous call
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  double s = 0.0;
+  const int warps = (blockDim.x + 31) >> 5;
+  for (int k = 0; k < warps; ++k) s += red[k];  // same order in every thread
+  return s;
+}
+
+// Doubles of working memory one map needs in block_map_kernel.
+__host__ __device__ int64_t block_buffer_size(int64_t h, int64_t w) {
+  const int64_t d = h < w ? h : w;
+  return h * w + d * d + 4 * d + 40;
+}
+
+template <typename T>
+__global__ void block_map_kernel(MapBatch x, EnergyParams p, double* out, double* global_ws) {
+  extern __shared__ double smem[];
+  const int h = int(x.h), w = int(x.w), d = h < w ? h : w;
+  double* map = global_ws ? global_ws + blockIdx.x * block_buffer_size(h, w) : smem;
+  double* gram = map + h * w;
+  double* v = gram + d * d;
+  double* wv = v + d;
+  double* diag = wv + d;
+  double* off = diag + d;
+  double* red = off + d;  // 32 slots for reductions, then scalars
+  const int tid = threadIdx.x, nt = blockDim.x;
+
+  for (int64_t t = blockIdx.x; t < x.n * x.c; t += gridDim.x) {
+    const int64_t i = t / x.c, c = t % x.c;
+    const T* src = static_cast<const T*>(x.data) + x.offset(i, c, 0, 0);
+    for (int e = tid; e < h * w; e += nt) {
+      const int y = e / w, xx = e % w;
+      map[e] = ld(src + y * x.sh + xx * x.sw);
+    }
+    __syncthreads();
+    // centre each column (same arithmetic as centre_columns)
+    for (int xx = tid; xx < w; xx += nt) {
+      const double shift = map[xx];
+      double s = 0.0;
+      for (int y = 1; y < h; ++y) s += map[y * w + xx] - shift;
+      const double sub = (s == 0.0) ? shift : shift + s / h;
+      for (int y = 0; y < h; ++y) map[y * w + xx] -= sub;
+    }
+    __syncthreads();
+    double part = 0.0;
+    for (int e = tid; e < h * w; e += nt) part += map[e] * map[e];
+    const double total = block_sum(part, red);
+    if (!is_finite(total) || total == 0.0 || !needs_eigen(p, h, w)) {
+      if (tid == 0) out[t] = is_finite(total) ? sqrt(total) : NAN;
+      __syncthreads();
+      continue;
+    }
+    // Gram of the smaller side, scaled to unit trace
+    const double inv = 1.0 / total;
+    for (int e = tid; e < d * d; e += nt) {
+      const int a = e / d, b = e % d;
+      if (b < a) continue;
+      double s = 0.0;
+      if (w <= h) {
+        for (int y = 0; y < h; ++y) s += map[y * w + a] * map[y * w + b];
+      } else {
+        for (int xx = 0; xx < w; ++xx) s += map[a * w + xx] * map[b * w + xx];
+      }
+      gram[a * d + b] = s * inv;
+      gram[b * d + a] = s * inv;
+    }
+    __syncthreads();
+    // Householder tridiagonalisation, one reflector per step (as tridiagonalize)
+    for (int k = 0; k + 2 < d; ++k) {
+      const int m = d - k - 1;
+      const double* row = gram + k * d + (k + 1);
+      double np = 0.0;
+      for (int e = tid; e < m; e += nt) {
+        v[e] = row[e];
+        np += row[e] * row[e];
+      }
+      const double norm2 = block_sum(np, red);
+      if (tid == 0) diag[k] = gram[k * d + k];
+      if (norm2 == 0.0) {
+        if (tid == 0) off[k] = 0.0;
+        __syncthreads();
+        continue;
+      }
+      const double v0 = v[0];
+      const double alpha = (v0 > 0.0) ? -sqrt(norm2) : sqrt(norm2);
+      const double beta = 2.0 / (2.0 * (norm2 - alpha * v0));
+      __syncthreads();
+      if (tid == 0) {
+        off[k] = alpha;
+        v[0] = v0 - alpha;
+      }
+      __syncthreads();
+      double vwp = 0.0;
+      for (int r = tid; r < m; r += nt) {
+        const double* br = gram + (k + 1 + r) * d + (k + 1);
+        double s = 0.0;
+        for (int j = 0; j < m; ++j) s += br[j] * v[j];
+        wv[r] = beta * s;
+        vwp += v[r] * wv[r];
+      }
+      const double hh = 0.5 * beta * block_sum(vwp, red);
+      for (int r = tid; r < m; r += nt) wv[r] -= hh * v[r];
+      __syncthreads();
+      for (int e = tid; e < m * m; e += nt) {
+        const int r = e / m, j = e % m;
+        gram[(k + 1 + r) * d + (k + 1 + j)] -= v[r] * wv[j] + wv[r] * v[j];
+      }
+      __syncthreads();
+    }
+    if (tid == 0) {
+      if (d >= 2) {
+        diag[d - 2] = gram[(d - 2) * d + (d - 2)];
+        off[d - 2] = gram[(d - 2) * d + (d - 1)];
+      }
+      diag[d - 1] = gram[(d - 1) * d + (d - 1)];
+      off[d - 1] = 0.0;
+      double lo, hi;
+      gershgorin_bounds(diag, off, d, &lo, &hi);
+      red[32] = lo;
+      red[33] = hi;
+    }
+    __syncthreads();
+    // every eigenvalue at once, already in descending order by index
+    const double lo = red[32], hi = red[33];
+    const double tol = 2e-16 * fmax(fabs(lo), fabs(hi));
+    double* eig = v;  // the reflector is no longer needed
+    for (int k = tid; k < d; k += nt) eig[k] = tridiagonal_kth_largest(diag, off, d, k, lo, hi, tol);
+    __syncthreads();
+    if (tid == 0) out[t] = sqrt(kept_energy(eig, d, p) * total);
+    __syncthreads();
+  }
+}
+
+// ------------------------------------------------------- accumulation --
+// Flags the batch if any energy is non-finite (first offending channel).
+__global__ void check_kernel(const double* f, int64_t n, int64_t c, unsigned long long* first_bad) {
+  const int64_t ch = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (ch >= c) return;
+  for (int64_t i = 0; i < n; ++i)
+    if (!is_finite(f[i * c + ch])) {
+      atomicMin(first_bad, static_cast<unsigned long long>(ch));
+      return;
+    }
+}
+
+__global__ void merge_kernel(const double* f, int64_t n, int64_t c, const unsigned long long* first_bad,
+                             double* count, double* mean, double* m2, int64_t* status) {
+  const int64_t ch = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (ch >= c) return;
+  const unsigned long long bad = *first_bad;
+  if (bad != ~0ull) {  // reject the whole batch, remember the first offender
+    if (ch == 0 && *status < 0) *status = static_cast<int64_t>(bad);
+    return;
+  }
+  double mb, q;
+  batch_summary(f + ch, n, c, mb, q);
+  chan_merge(count[ch], mean[ch], m2[ch], double(n), mb, q);
+}
+
+template <typename T>
+void launch_energies(const MapBatch& x, const EnergyParams& p, double* out, cudaStream_t stream) {
+  const int64_t maps = x.n * x.c;
+  const int h = int(x.h), w = int(x.w);
+  int dev = 0, sms = 1;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "device attribute");
+  if (!needs_eigen(p, h, w)) {
+    check(cudaMemsetAsync(out, 0, size_t(maps) * sizeof(double), stream), "memset");
+    const bool channels_inner = (x.sc < 0 ? -x.sc : x.sc) < (x.sw < 0 ? -x.sw : x.sw);
+    const int64_t threads = maps * x.w;
+    const int blocks = int(std::min<int64_t>((threads + 255) / 256, int64_t(sms) * 32));
+    all_columns_kernel<T><<<blocks, 256, 0, stream>>>(x, channels_inner, out);
+    check(cudaGetLastError(), "all_columns_kernel");
+    sqrt_kernel<<<int((maps + 255) / 256), 256, 0, stream>>>(out, maps);
+    check(cudaGetLastError(), "sqrt_kernel");
+    return;
+  }
+  const int d = std::min(h, w);
+  if (int64_t(h) * w <= kSmallElems && d <= kSmallDim) {
+    const int blocks = int(std::min<int64_t>((maps + 63) / 64, int64_t(sms) * 16));
+    small_map_kernel<T><<<blocks, 64, 0, stream>>>(x, p, out);
+    check(cudaGetLastError(), "small_map_kernel");
+    return;
+  }
+  const int threads = d <= 32 ? 64 : 128;
+  const size_t bytes = size_t(block_buffer_size(h, w)) * sizeof(double);
+  int optin = 0;
+  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "device attribute");
+  if (bytes <= size_t(optin)) {
+    check(cudaFuncSetAttribute(block_map_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+          "shared memory opt-in");
+    const int blocks = int(std::min<int64_t>(maps, int64_t(sms) * 64));
+    block_map_kernel<T><<<blocks, threads, bytes, stream>>>(x, p, out, nullptr);
+    check(cudaGetLastError(), "block_map_kernel");
+    return;
+  }
+  // too large for shared memory: one global slice per block
+  const int blocks = int(std::min<int64_t>(maps, int64_t(sms) * 4));
+  double* ws = nullptr;
+  check(cudaMallocAsync(reinterpret_cast<void**>(&ws), bytes * size_t(blocks), stream), "workspace");
+  block_map_kernel<T><<<blocks, threads, 0, stream>>>(x, p, out, ws);
+  const cudaError_t launch = cudaGetLastError();
+  check(cudaFreeAsync(ws, stream), "workspace free");
+  check(launch, "block_map_kernel (global workspace)");
+}
+
+}  // namespace
+
+void energies(const MapBatch& x, const EnergyParams& p, double* out, void* stream_ptr) {
+  if (x.n <= 0 || x.c <= 0) return;
+  if (x.h <= 0 || x.w <= 0) throw std::invalid_argument("maps must have H >= 1 and W >= 1");
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  switch (x.dtype) {
+    case kFloat32: return launch_energies<float>(x, p, out, stream);
+    case kFloat64: return launch_energies<double>(x, p, out, stream);
+    case kFloat16: return launch_energies<Half16>(x, p, out, stream);
+    case kBFloat16: return launch_energies<BFloat16>(x, p, out, stream);
+    default: throw std::invalid_argument("unsupported dtype code");
+  }
+}
+
+void accumulate(const MapBatch& x, const EnergyParams& p, double* count, double* mean, double* m2,
+                int64_t* status, void* stream_ptr) {
+  if (x.n <= 0) return;
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  const int64_t nf = x.n * x.c;
+  // one temporary: the batch's energies, then the first-bad-channel flag
+  char* tmp = nullptr;
+  const size_t fbytes = size_t(nf) * sizeof(double);
+  check(cudaMallocAsync(reinterpret_cast<void**>(&tmp), fbytes + sizeof(unsigned long long), stream),
+        "temporary");
+  double* f = reinterpret_cast<double*>(tmp);
+  auto* first_bad = reinterpret_cast<unsigned long long*>(tmp + fbytes);
+  try {
+    energies(x, p, f, stream);
+    check(cudaMemsetAsync(first_bad, 0xff, sizeof(unsigned long long), stream), "memset");
+    const int blocks = int((x.c + 255) / 256);
+    check_kernel<<<blocks, 256, 0, stream>>>(f, x.n, x.c, first_bad);
+    check(cudaGetLastError(), "check_kernel");
+    merge_kernel<<<blocks, 256, 0, stream>>>(f, x.n, x.c, first_bad, count, mean, m2, status);
+    check(cudaGetLastError(), "merge_kernel");
+  } catch (...) {
+    cudaFreeAsync(tmp, stream);
+    throw;
+  }
+  check(cudaFreeAsync(tmp, stream), "temporary free");
+}
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" error
+    return 0;
+  }
+  return n;
+}
+
+int runtime_version() {
+  int v = 0;
+  cudaRuntimeGetVersion(&v);
+  return v;
+}
+
+}  // namespace cuda
+}  // namespace ocnna

@@ -1,0 +1,113 @@
+"""Loading of the native cores and the one place where tensors become raw buffers.
+
+The compiled modules never see a torch type: this file turns a tensor into
+``(address, dtype code, shape, element strides)`` and, for CUDA, the current
+stream handle.  ``_C`` (CPU) is always built; ``_C_cuda`` is optional at build
+time and at import time.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from . import _C  # the CPU core must always be there
+
+try:  # the CUDA core is optional: absent build, or no usable runtime here
+    from . import _C_cuda  # type: ignore[attr-defined]
+
+    _CUDA_IMPORT_ERROR: Optional[str] = None
+except ImportError as exc:  # pragma: no cover - depends on the build
+    _C_cuda = None
+    _CUDA_IMPORT_ERROR = str(exc)
+
+__all__ = ["build_info", "parse_n_components", "batch_args", "cuda_core"]
+
+# Element type codes shared with csrc/common/ocnna_math.h (enum DType).
+DTYPE_CODES: Dict[torch.dtype, int] = {
+    torch.float32: 0,
+    torch.float64: 1,
+    torch.float16: 2,
+    torch.bfloat16: 3,
+}
+
+# Mode codes shared with csrc/common/ocnna_math.h (enum Mode).
+MODE_ALL, MODE_COUNT, MODE_RATIO = 0, 1, 2
+
+NComponents = Optional[float]  # None, an int >= 1, or a float in (0, 1)
+
+
+def parse_n_components(n_components: Any) -> Tuple[int, int, float]:
+    """Validates ``n_components`` (SPEC section 2.3) and returns ``(mode, q, tau)``."""
+    if n_components is None:
+        return MODE_ALL, 0, 0.0
+    if isinstance(n_components, bool):
+        raise ValueError("n_components must be None, an int >= 1 or a float in (0, 1); got a bool")
+    if isinstance(n_components, numbers.Integral):
+        if int(n_components) < 1:
+            raise ValueError(f"n_components as an int must be >= 1, got {n_components}")
+        if int(n_components) > 2**31 - 1:
+            raise ValueError(f"n_components {n_components} is too large")
+        return MODE_COUNT, int(n_components), 0.0
+    if isinstance(n_components, numbers.Real):
+        tau = float(n_components)
+        if not 0.0 < tau < 1.0:
+            raise ValueError(
+                f"n_components as a float is an explained-variance ratio and must be in (0, 1), got {tau}"
+            )
+        return MODE_RATIO, 0, tau
+    raise ValueError(
+        f"n_components must be None, an int >= 1 or a float in (0, 1); got {type(n_components).__name__}"
+    )
+
+
+def canonical_n_components(n_components: Any) -> NComponents:
+    """The validated value in a canonical Python type (int, float or None)."""
+    mode, q, tau = parse_n_components(n_components)
+    return None if mode == MODE_ALL else (q if mode == MODE_COUNT else tau)
+
+
+def batch_args(x: torch.Tensor) -> Tuple[int, int, Tuple[int, ...], Tuple[int, ...]]:
+    """``(address, dtype code, shape, element strides)`` of a 4-D tensor, no copy."""
+    try:
+        code = DTYPE_CODES[x.dtype]
+    except KeyError:
+        raise ValueError(
+            f"activations must be float32, float64, float16 or bfloat16, got {x.dtype}"
+        ) from None
+    return x.data_ptr(), code, tuple(x.shape), tuple(x.stride())
+
+
+def cuda_core():
+    """The CUDA module, or a clear error saying why it is not usable."""
+    if _C_cuda is None:
+        raise RuntimeError(
+            "this build of ocnna-fast has no CUDA core "
+            f"({_CUDA_IMPORT_ERROR or 'built without a CUDA compiler'}); "
+            "rebuild with nvcc on PATH, or score on the CPU"
+        )
+    return _C_cuda
+
+
+def build_info() -> Dict[str, Any]:
+    """What was compiled and what can run here.
+
+    Keys: ``version``, ``cuda_compiled`` (the CUDA core was built and imports),
+    ``cuda_available`` (it sees a usable GPU now), ``cpu_threads``, and
+    ``cuda_import_error`` when the CUDA module is missing.
+    """
+    from . import __version__
+
+    info: Dict[str, Any] = {
+        "version": __version__,
+        "cuda_compiled": _C_cuda is not None,
+        "cuda_available": False,
+        "cpu_threads": _C.num_threads(),
+    }
+    if _C_cuda is not None:
+        info["cuda_available"] = _C_cuda.device_count() > 0
+        info["cuda_runtime_version"] = _C_cuda.runtime_version()
+    else:
+        info["cuda_import_error"] = _CUDA_IMPORT_ERROR
+    return info

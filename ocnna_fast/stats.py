@@ -1,0 +1,227 @@
+"""``FilterStats``: the streaming per-filter accumulator of one conv layer.
+
+Each ``update`` folds a batch of output maps ``(B, C, H, W)`` into per-channel
+float64 ``(count, mean, M2)`` of the per-map PCA energies (Welford / Chan), so
+nothing of the activations is kept.  The math is in the native cores; this
+class owns validation, placement (CPU or CUDA) and state.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+import torch
+
+from . import _native
+from ._native import _C
+from .scores import LayerScores
+
+__all__ = ["FilterStats"]
+
+ArrayLike = Union[torch.Tensor, np.ndarray]
+
+_STATE_VERSION = 1
+
+
+def _as_tensor(activations: ArrayLike) -> torch.Tensor:
+    if isinstance(activations, torch.Tensor):
+        return activations.detach()
+    if isinstance(activations, np.ndarray):
+        if activations.dtype.kind != "f":
+            raise ValueError(f"activations must be a floating-point array, got dtype {activations.dtype}")
+        if not activations.dtype.isnative:
+            activations = activations.astype(activations.dtype.newbyteorder("="))
+        try:
+            return torch.from_numpy(activations)  # shares memory
+        except ValueError:  # negative strides: torch cannot view them
+            return torch.from_numpy(np.ascontiguousarray(activations))
+    raise TypeError(
+        f"activations must be a torch.Tensor or numpy.ndarray, got {type(activations).__name__}"
+    )
+
+
+class FilterStats:
+    """Streaming OCNNA statistics for ``num_channels`` filters of one layer.
+
+    Args:
+        num_channels: number of filters (output channels) of the layer.
+        n_components: PCA components kept per map: ``None`` (all, the default),
+            an int ``q >= 1``, or a float ratio in (0, 1) (SPEC section 2.3).
+        name: layer name used in error messages.
+
+    Batches may live on the CPU or on a CUDA device (float32, float64, float16
+    or bfloat16, any strides); the accumulators follow the batches.
+    """
+
+    def __init__(self, num_channels: int, n_components: Any = None, *, name: Optional[str] = None) -> None:
+        if isinstance(num_channels, bool) or not isinstance(num_channels, (int, np.integer)) or num_channels < 1:
+            raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
+        self.num_channels = int(num_channels)
+        self._params = _native.parse_n_components(n_components)
+        self.n_components = _native.canonical_n_components(n_components)
+        self.name = name
+        self._images = 0  # images folded in, tracked on the host (no device sync)
+        self._count = torch.zeros(self.num_channels, dtype=torch.float64)
+        self._mean = torch.zeros(self.num_channels, dtype=torch.float64)
+        self._m2 = torch.zeros(self.num_channels, dtype=torch.float64)
+        # CUDA only: first channel of a rejected (non-finite) batch, or -1
+        self._status: Optional[torch.Tensor] = None
+
+    # ----------------------------------------------------------- helpers --
+    def _where(self) -> str:
+        return f"layer {self.name!r}" if self.name else "FilterStats"
+
+    @property
+    def device(self) -> torch.device:
+        return self._mean.device
+
+    @property
+    def images(self) -> int:
+        """Images folded in so far (the per-layer ``count`` of the result)."""
+        return self._images
+
+    def _move_to(self, device: torch.device) -> None:
+        if self._mean.device != device:
+            self._check_status()
+            self._count = self._count.to(device)
+            self._mean = self._mean.to(device)
+            self._m2 = self._m2.to(device)
+            self._status = None
+
+    def _check_status(self) -> None:
+        if self._status is not None:
+            bad = int(self._status.item())  # the one host sync of the CUDA path
+            if bad >= 0:
+                self._status.fill_(-1)
+                # the rejected batches were counted on the host, not merged
+                self._images = int(self._count[0].item())
+                raise ValueError(
+                    f"{self._where()}: non-finite (NaN or Inf) activations in channel {bad}; "
+                    "the offending batches were not accumulated"
+                )
+
+    def _validate(self, x: torch.Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"{self._where()}: activations must be (B, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.num_channels:
+            raise ValueError(
+                f"{self._where()}: expected {self.num_channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})"
+            )
+        if x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f"{self._where()}: empty maps of shape {tuple(x.shape[2:])}")
+        if x.dtype not in _native.DTYPE_CODES:
+            raise ValueError(
+                f"{self._where()}: activations must be float32, float64, float16 or bfloat16, got {x.dtype}"
+            )
+
+    # --------------------------------------------------------------- API --
+    def update(self, activations: ArrayLike) -> "FilterStats":
+        """Folds a batch ``(B, C, H, W)`` in.  A batch holding NaN or Inf is
+        rejected whole with a ``ValueError`` (on CUDA: at ``result()``)."""
+        x = _as_tensor(activations)
+        self._validate(x)
+        if x.shape[0] == 0:
+            return self
+        mode, q, tau = self._params
+        if x.is_cuda:
+            core = _native.cuda_core()
+            self._move_to(x.device)
+            if self._status is None:
+                self._status = torch.full((1,), -1, dtype=torch.int64, device=x.device)
+            with torch.cuda.device(x.device):
+                stream = torch.cuda.current_stream(x.device).cuda_stream
+                ptr, code, shape, strides = _native.batch_args(x)
+                core.accumulate(ptr, code, shape, strides, mode, q, tau,
+                                self._count.data_ptr(), self._mean.data_ptr(), self._m2.data_ptr(),
+                                self._status.data_ptr(), stream)
+            # the core reads x asynchronously: keep it alive until the stream passes
+            x.record_stream(torch.cuda.current_stream(x.device))
+        elif x.device.type == "cpu":
+            self._move_to(x.device)
+            ptr, code, shape, strides = _native.batch_args(x)
+            bad = _C.accumulate(ptr, code, shape, strides, mode, q, tau,
+                                self._count.numpy(), self._mean.numpy(), self._m2.numpy())
+            if bad >= 0:
+                raise ValueError(
+                    f"{self._where()}: non-finite (NaN or Inf) activations in channel {bad}; "
+                    "this batch was not accumulated"
+                )
+        else:
+            raise ValueError(f"{self._where()}: activations on unsupported device {x.device}")
+        self._images += int(x.shape[0])
+        return self
+
+    def _host_state(self):
+        self._check_status()
+        return self._count.cpu(), self._mean.cpu(), self._m2.cpu()
+
+    def merge(self, other: "FilterStats") -> "FilterStats":
+        """Folds another accumulator of the same layer in (exact Chan merge)."""
+        if not isinstance(other, FilterStats):
+            raise TypeError(f"can only merge a FilterStats, got {type(other).__name__}")
+        if other.num_channels != self.num_channels or other._params != self._params:
+            raise ValueError(
+                f"{self._where()}: cannot merge stats of {other.num_channels} channels / n_components="
+                f"{other.n_components!r} into {self.num_channels} channels / n_components={self.n_components!r}"
+            )
+        device = self.device
+        cnt, mean, m2 = (t.clone() for t in self._host_state())
+        ocnt, omean, om2 = other._host_state()
+        _C.merge(cnt.numpy(), mean.numpy(), m2.numpy(), ocnt.numpy(), omean.numpy(), om2.numpy())
+        self._count, self._mean, self._m2 = cnt.to(device), mean.to(device), m2.to(device)
+        self._images += other._images
+        return self
+
+    def result(self) -> LayerScores:
+        """The scores so far (float64 tensors on the CPU)."""
+        cnt, mean, m2 = self._host_state()
+        if self._images == 0:
+            raise ValueError(f"{self._where()}: no images were accumulated")
+        std = torch.sqrt(torch.clamp(m2 / cnt, min=0.0))
+        dead = mean == 0
+        score = torch.where(dead, torch.zeros_like(mean), std / torch.where(dead, torch.ones_like(mean), mean))
+        return LayerScores(score=score, mean=mean.clone(), std=std, count=self._images, dead=dead)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything needed to resume: plain tensors and Python scalars."""
+        cnt, mean, m2 = self._host_state()
+        return {
+            "version": _STATE_VERSION,
+            "num_channels": self.num_channels,
+            "n_components": self.n_components,
+            "images": self._images,
+            "count": cnt.clone(),
+            "mean": mean.clone(),
+            "m2": m2.clone(),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restores ``state_dict()`` output; a mismatching state is a ``ValueError``."""
+        try:
+            version = state["version"]
+            channels = int(state["num_channels"])
+            ncomp = state["n_components"]
+            images = int(state["images"])
+            tensors = [torch.as_tensor(state[k], dtype=torch.float64).cpu() for k in ("count", "mean", "m2")]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{self._where()}: malformed FilterStats state ({exc})") from exc
+        if version != _STATE_VERSION:
+            raise ValueError(f"{self._where()}: unsupported state version {version}")
+        if channels != self.num_channels:
+            raise ValueError(f"{self._where()}: state has {channels} channels, expected {self.num_channels}")
+        if _native.parse_n_components(ncomp) != self._params:
+            raise ValueError(
+                f"{self._where()}: state was computed with n_components={ncomp!r}, this is {self.n_components!r}"
+            )
+        if any(t.shape != (self.num_channels,) for t in tensors) or images < 0:
+            raise ValueError(f"{self._where()}: state tensors have the wrong shape")
+        device = self.device
+        self._count, self._mean, self._m2 = (t.clone().to(device) for t in tensors)
+        self._images = images
+        self._status = None
+
+    def __repr__(self) -> str:
+        return (
+            f"FilterStats(num_channels={self.num_channels}, n_components={self.n_components!r}, "
+            f"images={self._images}, device={self.device})"
+        )

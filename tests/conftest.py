@@ -1,0 +1,39 @@
+"""Shared fixtures: where the shipped data lives, and the devices to test on."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import ocnna_fast
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    """OCNNA_DATA_DIR, else the shared/data folder beside the checkout."""
+    env = os.environ.get("OCNNA_DATA_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    root = data_root()
+    if not root.is_dir():
+        msg = f"shipped data not found at {root} (set OCNNA_DATA_DIR)"
+        if os.environ.get("OCNNA_REQUIRE_DATA"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return root
+
+
+def _devices():
+    devs = ["cpu"]
+    if ocnna_fast.build_info()["cuda_available"] and torch.cuda.is_available():
+        devs.append("cuda")
+    return devs
+
+
+DEVICES = _devices()

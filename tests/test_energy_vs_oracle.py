@@ -1,0 +1,153 @@
+"""Per-map energies of the native cores against the scikit-learn oracle (SPEC 2, 5)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ocnna_fast import _native, reference
+from ocnna_fast.stats import FilterStats
+
+from conftest import DEVICES
+
+pytest.importorskip("sklearn")
+
+TOL = {np.float64: 1e-9, np.float32: 1e-4}
+
+
+def native_energies(a: torch.Tensor, n_components) -> np.ndarray:
+    """F[n, c] from the core that matches the tensor's device."""
+    mode, q, tau = _native.parse_n_components(n_components)
+    ptr, code, shape, strides = _native.batch_args(a)
+    if a.is_cuda:
+        out = torch.empty(shape[0] * shape[1], dtype=torch.float64, device=a.device)
+        _native.cuda_core().energies(ptr, code, shape, strides, mode, q, tau, out.data_ptr(),
+                                     torch.cuda.current_stream(a.device).cuda_stream)
+        return out.cpu().numpy().reshape(shape[:2])
+    out = np.empty(shape[0] * shape[1])
+    _native._C.energies(ptr, code, shape, strides, mode, q, tau, out)
+    return out.reshape(shape[:2])
+
+
+def make_maps(rng, kind: str, n: int, c: int, h: int, w: int) -> np.ndarray:
+    a = rng.standard_normal((n, c, h, w))
+    if kind == "relu":
+        a = np.maximum(a + 0.3, 0)
+    elif kind == "constant":
+        a = np.broadcast_to(rng.standard_normal((n, c, 1, 1)) * 5, a.shape).copy()
+    elif kind == "zero":
+        a = np.zeros_like(a)
+    elif kind == "low_rank":  # rank-2 maps: most PCA components are exactly zero
+        u = rng.standard_normal((n, c, h, 2))
+        v = rng.standard_normal((n, c, 2, w))
+        a = u @ v
+    elif kind == "offset":  # a large common offset on top of small variation
+        a = 1000.0 + 0.01 * a
+    elif kind == "constant_columns":  # every column constant, columns differ: Xc == 0
+        a = np.broadcast_to(rng.standard_normal((n, c, 1, w)), a.shape).copy()
+    return a
+
+
+n_components_st = st.one_of(
+    st.none(),
+    st.integers(min_value=1, max_value=45),
+    st.floats(min_value=0.05, max_value=0.99),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    kind=st.sampled_from(["normal", "relu", "constant", "zero", "low_rank", "offset", "constant_columns"]),
+    dtype=st.sampled_from([np.float64, np.float32]),
+    channels_last=st.booleans(),
+    n_components=n_components_st,
+    seed=st.integers(0, 2**31 - 1),
+    device=st.sampled_from(DEVICES),
+)
+def test_energies_match_oracle(h, w, kind, dtype, channels_last, n_components, seed, device):
+    rng = np.random.default_rng(seed)
+    a = make_maps(rng, kind, 2, 3, h, w).astype(dtype)
+    t = torch.from_numpy(a).to(device)
+    if channels_last:
+        t = t.to(memory_format=torch.channels_last)
+    got = native_energies(t, n_components)
+    want = reference.energies(a, n_components)
+    scale = np.sqrt(np.sum(np.square(a - a.mean(axis=2, keepdims=True)), axis=(2, 3))) + 1e-300
+    tol = TOL[dtype]
+    # relative to F, with an absolute floor relative to the map's own energy
+    np.testing.assert_array_less(np.abs(got - want), tol * np.maximum(np.abs(want), 1e-3 * scale) + 1e-300)
+    if kind in ("constant", "zero", "constant_columns"):
+        assert np.all(got == 0.0), "zero-variance maps must give exactly 0"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n_components", [None, 3, 0.9])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_types_read_exactly(device, n_components, dtype):
+    """float16/bfloat16 maps give the same F as their exact float32 upcast."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 5, 9, 7, generator=g).to(dtype).to(device)
+    got = native_energies(x, n_components)
+    want = native_energies(x.float(), n_components)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+    oracle = reference.energies(x.float().cpu().numpy(), n_components)
+    np.testing.assert_allclose(got, oracle, rtol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_strided_views_need_no_copy(device):
+    """A non-contiguous view (every other channel, a crop) scores like its copy."""
+    g = torch.Generator().manual_seed(2)
+    base = torch.randn(4, 10, 20, 24, generator=g, dtype=torch.float64).to(device)
+    view = base[:, ::2, 3:17, 1:23:2]
+    assert not view.is_contiguous()
+    for nc in (None, 0.8):
+        np.testing.assert_allclose(native_energies(view, nc), native_energies(view.contiguous(), nc),
+                                   rtol=1e-13, atol=0)
+
+
+def test_larger_maps_match_oracle():
+    """Sizes of real networks (56x56, 112 wide), beyond the hypothesis range."""
+    rng = np.random.default_rng(3)
+    for h, w in ((56, 56), (112, 20), (20, 112)):
+        a = np.maximum(rng.standard_normal((1, 2, h, w)), 0)
+        for nc in (0.95, 10):
+            np.testing.assert_allclose(native_energies(torch.from_numpy(a), nc), reference.energies(a, nc),
+                                       rtol=1e-9)
+
+
+def test_filter_stats_matches_oracle_scores():
+    """End of the chain: FilterStats.result() equals the oracle's std/mean per channel."""
+    rng = np.random.default_rng(4)
+    a = np.maximum(rng.standard_normal((12, 6, 10, 13)), 0).astype(np.float32)
+    a[:, 2] = 0.0  # a dead channel
+    for nc in (None, 4, 0.9):
+        res = FilterStats(6, nc).update(a).result()
+        ora = reference.score_activations(a, nc)
+        np.testing.assert_allclose(res.score.numpy(), ora["score"], rtol=1e-4)
+        np.testing.assert_allclose(res.mean.numpy(), ora["mean"], rtol=1e-4)
+        np.testing.assert_allclose(res.std.numpy(), ora["std"], rtol=1e-4, atol=1e-7)
+        assert res.dead.tolist() == ora["dead"].tolist() == [False, False, True, False, False, False]
+        assert res.count == 12
+
+
+@pytest.mark.parametrize("tau, kept", [(0.4, 8.0), (0.5, 12.0), (0.75, 14.0), (0.8, 14.0), (0.875, 16.0)])
+def test_ratio_rule_is_strictly_greater(tau, kept):
+    """SPEC 2.3 on a map whose explained ratios are exact binary fractions.
+
+    Orthogonal zero-mean columns with squared norms 8, 4, 2, 2: ratios 1/2, 1/4,
+    1/8, 1/8, cumulative 0.5, 0.75, 0.875, 1.  At tau equal to a cumulative
+    value the rule keeps one more component ("strictly greater")."""
+    cols = np.array([
+        [1, 1, 1, 1, -1, -1, -1, -1],
+        [1, -1, 1, -1, 0, 0, 0, 0],
+        [0, 0, 0, 0, 1, -1, 0, 0],
+        [0, 0, 0, 0, 0, 0, 1, -1],
+    ], dtype=np.float64).T  # 8 rows (samples) x 4 columns (features)
+    x = torch.from_numpy(cols + 3.0).reshape(1, 1, 8, 4)  # the offset is centred away
+    got = native_energies(x, tau)[0, 0]
+    assert got == np.sqrt(kept)

@@ -1,0 +1,165 @@
+"""FilterStats: streaming exactness, merging, invariances, state and bad input."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ocnna_fast import FilterStats
+from ocnna_fast._native import parse_n_components
+
+from conftest import DEVICES
+
+MODES = [None, 2, 0.9]
+
+
+def acts(n=24, c=5, h=9, w=11, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.relu(torch.randn(n, c, h, w, generator=g, dtype=dtype) + 0.2)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a - b).abs() / b.abs().clamp_min(1e-300)).max())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n_components", MODES)
+def test_batch_size_does_not_matter(device, n_components):
+    x = acts().to(device)
+    whole = FilterStats(5, n_components).update(x).result()
+    for sizes in ([1] * 24, [7, 7, 7, 3], [23, 1], [5, 0, 19]):
+        st = FilterStats(5, n_components)
+        start = 0
+        for s in sizes:
+            st.update(x[start:start + s])
+            start += s
+        r = st.result()
+        assert r.count == 24
+        assert rel(r.score, whole.score) <= 1e-12
+        assert rel(r.mean, whole.mean) <= 1e-12
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n_components", MODES)
+def test_sharded_then_merged_equals_one_pass(device, n_components):
+    x = acts(seed=1).to(device)
+    whole = FilterStats(5, n_components).update(x).result()
+    shards = [FilterStats(5, n_components).update(x[i::3]) for i in range(3)]
+    merged = shards[0].merge(shards[1]).merge(shards[2]).result()
+    assert merged.count == 24
+    assert rel(merged.score, whole.score) <= 1e-12
+    # merging into an empty accumulator is the identity
+    empty = FilterStats(5, n_components)
+    assert rel(empty.merge(FilterStats(5, n_components).update(x)).result().score, whole.score) == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n_components", MODES)
+def test_positive_channel_scaling_and_shift_leave_scores_unchanged(device, n_components):
+    """SPEC 1: an eval-mode BatchNorm (per-channel positive scale + shift) changes nothing."""
+    x = acts(seed=2).to(device)
+    scale = torch.tensor([0.001, 1.0, 3.0, 250.0, 7.5], dtype=torch.float64, device=device).view(1, 5, 1, 1)
+    shift = torch.tensor([5.0, -2.0, 0.0, 1e3, 0.1], dtype=torch.float64, device=device).view(1, 5, 1, 1)
+    a = FilterStats(5, n_components).update(x).result()
+    b = FilterStats(5, n_components).update(x * scale + shift).result()
+    assert rel(b.score, a.score) <= 1e-9
+
+
+def test_scores_follow_the_definition_by_hand():
+    """A case small enough to do by hand: 1x2 maps, n_components=None."""
+    # each map is a single row: centring leaves zeros, so every F is 0 -> dead
+    x = torch.tensor([[[[1.0, 2.0]]], [[[3.0, 5.0]]]], dtype=torch.float64)
+    r = FilterStats(1).update(x).result()
+    assert r.dead.tolist() == [True] and r.score.tolist() == [0.0]
+    # 2x1 maps [a, b]: F = |a - b| / sqrt(2); over images F = [1, 3]/sqrt(2)
+    x = torch.tensor([[[[0.0], [1.0]]], [[[4.0], [1.0]]]], dtype=torch.float64)
+    r = FilterStats(1).update(x).result()
+    f = np.array([1.0, 3.0]) / math.sqrt(2)
+    assert r.mean.item() == pytest.approx(f.mean(), rel=1e-15)
+    assert r.score.item() == pytest.approx(f.std() / f.mean(), rel=1e-15)  # 0.5
+
+
+def test_state_dict_round_trip_and_resume():
+    x = acts(seed=3)
+    full = FilterStats(5, 0.9).update(x).result()
+    first = FilterStats(5, 0.9).update(x[:10])
+    resumed = FilterStats(5, 0.9)
+    resumed.load_state_dict(first.state_dict())
+    resumed.update(x[10:])
+    r = resumed.result()
+    assert r.count == 24 and rel(r.score, full.score) <= 1e-12
+
+
+def test_state_dict_mismatch_is_refused():
+    st = FilterStats(5, 0.9).update(acts())
+    with pytest.raises(ValueError, match="channels"):
+        FilterStats(4, 0.9).load_state_dict(st.state_dict())
+    with pytest.raises(ValueError, match="n_components"):
+        FilterStats(5, None).load_state_dict(st.state_dict())
+    with pytest.raises(ValueError, match="malformed"):
+        FilterStats(5, 0.9).load_state_dict({"version": 1})
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.0, 0.0, 1.5, -0.2, True, "mle", float("nan"), [3]])
+def test_invalid_n_components(bad):
+    with pytest.raises(ValueError, match="n_components"):
+        FilterStats(3, bad)
+
+
+def test_valid_n_components_parse():
+    assert parse_n_components(None)[0] == 0
+    assert parse_n_components(np.int64(3))[:2] == (1, 3)
+    assert parse_n_components(np.float32(0.5))[0] == 2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_wrong_shape_is_refused(device):
+    st = FilterStats(5)
+    with pytest.raises(ValueError, match="expected 5 channels"):
+        st.update(torch.zeros(2, 4, 3, 3, device=device))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        st.update(torch.zeros(5, 3, 3, device=device))
+    with pytest.raises(ValueError, match="empty maps"):
+        st.update(torch.zeros(2, 5, 0, 3, device=device))
+    with pytest.raises(ValueError, match="float32, float64"):
+        st.update(torch.zeros(2, 5, 3, 3, dtype=torch.int32, device=device))
+    with pytest.raises(TypeError):
+        st.update([[1.0]])
+    with pytest.raises(ValueError, match="no images"):
+        st.result()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("poison", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("n_components", MODES)
+def test_non_finite_batch_is_rejected_whole(device, poison, n_components):
+    x = acts(seed=4).to(device)
+    st = FilterStats(5, n_components, name="layer3.0.conv1").update(x[:8])
+    before = st.state_dict()
+    bad = x[8:16].clone()
+    bad[3, 2, 4, 5] = poison
+    with pytest.raises(ValueError, match=r"layer3\.0\.conv1.*channel 2"):
+        st.update(bad)
+        st.result()  # CUDA reports at result()
+    after = st.state_dict()
+    assert after["images"] == before["images"]
+    for k in ("count", "mean", "m2"):
+        assert torch.equal(after[k], before[k])
+    # the stream goes on: later good batches are accumulated as usual
+    st.update(x[16:])
+    ref = FilterStats(5, n_components).update(torch.cat([x[:8], x[16:]])).result()
+    assert rel(st.result().score, ref.score) <= 1e-12
+
+
+def test_numpy_input_and_negative_strides():
+    x = acts(seed=5).numpy()
+    a = FilterStats(5, 0.9).update(x).result()
+    b = FilterStats(5, 0.9).update(np.ascontiguousarray(x[:, :, ::-1, :])).result()
+    c = FilterStats(5, 0.9).update(x[:, :, ::-1, :]).result()  # a negative-stride view
+    assert rel(c.score, b.score) == 0
+    # flipping rows is a permutation of PCA samples: same energies
+    assert rel(b.score, a.score) <= 1e-12
+    with pytest.raises(ValueError, match="floating-point"):
+        FilterStats(5).update(x.astype(np.int64))

@@ -1,0 +1,202 @@
+"""score(): one hooked pass over real images equals the oracle on the same activations."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import ocnna_fast
+from ocnna_fast import Scores, reference, score
+from ocnna_fast.data import foolbox_samples, normalize
+from ocnna_fast.models import cifar_resnet, load_akamaster_checkpoint
+from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
+
+from conftest import DEVICES
+
+
+@pytest.fixture(scope="module")
+def resnet20(data_dir):
+    model = cifar_resnet(20)
+    load_akamaster_checkpoint(model, data_dir / "resnet-cifar10-akamaster" / "resnet20-12fca82f.th")
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def cifar20(data_dir):
+    x, y = foolbox_samples("cifar10", data_dir)
+    return normalize(x, CIFAR_MEAN, CIFAR_STD), y
+
+
+def conv_outputs(model, x):
+    """Every prunable conv's output on x, by a plain hooked forward (the oracle's input)."""
+    outs = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: outs.__setitem__(n, o.detach().clone()))
+             for n, m in ocnna_fast.prunable_convs(model).items()]
+    with torch.no_grad():
+        logits = model(x)
+    for h in hooks:
+        h.remove()
+    return outs, logits
+
+
+def test_pretrained_weights_and_images_are_real(resnet20, cifar20):
+    x, y = cifar20
+    _, logits = conv_outputs(resnet20, x)
+    assert (logits.argmax(1) == y).sum().item() == 20  # PROVENANCE: 20/20
+
+
+@pytest.mark.parametrize("n_components", [None, 0.95])
+def test_score_equals_oracle_on_real_activations(resnet20, cifar20, n_components):
+    x, _ = cifar20
+    batches = [x[:7], x[7:15], x[15:]]  # uneven batches on purpose
+    got = score(resnet20, batches, n_components=n_components, progress=False)
+    outs, _ = conv_outputs(resnet20, x)
+    assert list(got) == list(outs) and len(got) == 19
+    for name, a in outs.items():
+        want = reference.score_activations(a.numpy(), n_components)
+        ls = got[name]
+        assert ls.count == 20
+        np.testing.assert_allclose(ls.score.numpy(), want["score"], rtol=1e-4, atol=1e-9, err_msg=name)
+        np.testing.assert_allclose(ls.mean.numpy(), want["mean"], rtol=1e-4, err_msg=name)
+        assert ls.dead.tolist() == want["dead"].tolist()
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)  # depthwise: not scored
+        self.b = nn.Conv2d(4, 6, 3)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x):
+        x = self.b(torch.relu(self.dw(torch.relu(self.a(x)))))
+        return self.fc(x.mean((2, 3)))
+
+
+def tiny_data(n=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 8, 8, generator=g)
+
+
+def test_model_is_left_as_found_even_on_error():
+    model = Tiny().train()
+    x = tiny_data()
+    x_bad = x.clone()
+    x_bad[2, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="layer 'a'"):
+        score(model, [x[:4], x_bad], progress=False)
+    assert model.training
+    for m in model.modules():
+        assert not m._forward_hooks
+    # and after success too
+    s = score(model, [x], progress=False)
+    assert model.training and all(not m._forward_hooks for m in model.modules())
+    assert list(s) == ["a", "b"]  # the depthwise conv is not a prunable layer
+
+
+def test_inputs_tuples_max_images_and_layers():
+    model = Tiny().eval()
+    x = tiny_data(10)
+    y = torch.zeros(10, dtype=torch.long)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    full = score(model, [x[:7]], progress=False)
+    cut = score(model, loader, max_images=7, progress=False)  # cuts the second batch at 3
+    for n in full:
+        assert cut[n].count == 7
+        torch.testing.assert_close(cut[n].score, full[n].score, rtol=1e-12, atol=0)
+    only_b = score(model, [x], layers=["b"], progress=False)
+    assert list(only_b) == ["b"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"layers": ["nope"]}, "no module named"),
+        ({"layers": ["dw"]}, "grouped conv"),
+        ({"layers": ["fc"]}, "not a prunable conv"),
+        ({"n_components": 1.5}, "n_components"),
+        ({"max_images": 0}, "max_images"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        score(Tiny(), [tiny_data()], progress=False, **kwargs)
+
+
+def test_empty_data_and_no_convs():
+    with pytest.raises(ValueError, match="no images"):
+        score(Tiny(), [], progress=False)
+    with pytest.raises(ValueError, match="no images"):
+        score(Tiny(), [tiny_data()[:0]], progress=False)
+    with pytest.raises(ValueError, match="no prunable conv"):
+        score(nn.Sequential(nn.Flatten(), nn.Linear(192, 2)), [tiny_data()], progress=False)
+    with pytest.raises(TypeError, match="input tensors"):
+        score(Tiny(), [{"image": tiny_data()}], progress=False)
+
+
+def test_shared_module_is_refused():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            return self.c(self.c(x))
+
+    with pytest.raises(ValueError, match="ran 2 times"):
+        score(Twice(), [tiny_data()], progress=False)
+
+
+def test_unused_conv_is_left_out_with_a_warning():
+    model = Tiny()
+    model.unused = nn.Conv2d(3, 3, 1)
+    with pytest.warns(UserWarning, match="unused"):
+        s = score(model, [tiny_data()], progress=False)
+    assert "unused" not in s
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_argument_moves_and_restores(device):
+    model = Tiny()
+    s = score(model, [tiny_data()], device=device, progress=False)
+    ref = score(model, [tiny_data()], progress=False)
+    assert next(model.parameters()).device.type == "cpu"
+    for n in ref:
+        torch.testing.assert_close(s[n].score, ref[n].score, rtol=1e-4, atol=1e-7)
+
+
+def test_scores_save_load_round_trip(tmp_path):
+    s = score(Tiny(), [tiny_data()], n_components=0.9, progress=False)
+    path = tmp_path / "scores.safetensors"
+    s.save(path)
+    back = Scores.load(path)
+    assert list(back) == list(s) and back.n_components == 0.9
+    for n in s:
+        for field in ("score", "mean", "std", "dead"):
+            assert torch.equal(getattr(back[n], field), getattr(s[n], field))
+        assert back[n].count == s[n].count
+
+
+def test_scores_load_refuses_foreign_or_damaged_files(tmp_path):
+    s = score(Tiny(), [tiny_data()], progress=False)
+    good = tmp_path / "s.safetensors"
+    s.save(good)
+    raw = good.read_bytes()
+    (tmp_path / "trunc").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "pickle").write_bytes(b"\x80\x04\x95" + b"\x00" * 40)
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "foreign"))
+    for name in ("trunc", "pickle", "foreign"):
+        with pytest.raises(ValueError):
+            Scores.load(tmp_path / name)
+
+
+def test_progress_bar_counts_images(capsys):
+    score(Tiny(), [tiny_data(6), tiny_data(4)], progress=True)
+    err = capsys.readouterr().err
+    assert "10/" in err or "10img" in err.replace(" ", "")
