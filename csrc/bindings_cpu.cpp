@@ -120,7 +120,7 @@ PYBIND11_MODULE(_C, m) {
           double* dp[4] = {dg.data(), d2.data(), d3.data(), d4.data()};
           double* op[4] = {of.data(), o2.data(), o3.data(), o4.data()};
           bool ok[4];
-          ocnna::tridiagonal_eigenvalues_lockstep<4>(dp, op, d, ok);
+          ocnna::tridiagonal_eigenvalues_lockstep<double, 4>(dp, op, d, ok);
           if (!ok[0]) throw std::runtime_error("no convergence");
           ocnna::sort_descending(dg.data(), d);
           std::copy(dg.begin(), dg.end(), o);

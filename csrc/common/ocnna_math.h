@@ -66,6 +66,19 @@ OCNNA_HD float bf16_to_float(uint16_t b) { return bits_to_float(uint32_t(b) << 1
 
 OCNNA_HD bool is_finite(double v) { return v - v == 0.0; }  // false for inf and nan
 
+// Overloads that keep float arithmetic in float on host and device alike.
+OCNNA_HD float sqrt_of(float v) { return sqrtf(v); }
+OCNNA_HD double sqrt_of(double v) { return sqrt(v); }
+OCNNA_HD float abs_of(float v) { return fabsf(v); }
+OCNNA_HD double abs_of(double v) { return fabs(v); }
+// Relative size below which an off-diagonal counts as zero in QL.
+template <typename S>
+OCNNA_HD S negligible();
+template <>
+OCNNA_HD float negligible<float>() { return 6e-8f; }
+template <>
+OCNNA_HD double negligible<double>() { return 1e-16; }
+
 // ------------------------------------------------------------ statistics --
 
 // Chan et al. parallel merge of (count, mean, M2) summaries: exact in real
@@ -135,25 +148,26 @@ OCNNA_HD double centred_ss_from_shifted(double s1, double s2, double rows) {
 
 // Upper triangle of G = A^T A for an R x D row-major A (G is D x D), then
 // mirrored.  Four rows at a time so each pass over G does four rank-1 updates.
-OCNNA_HD void gram_ata(const double* a, int rows, int d, double* g) {
-  for (int64_t i = 0; i < int64_t(d) * d; ++i) g[i] = 0.0;
+template <typename S>
+OCNNA_HD void gram_ata(const S* a, int rows, int d, S* g) {
+  for (int64_t i = 0; i < int64_t(d) * d; ++i) g[i] = S(0);
   int r = 0;
   for (; r + 4 <= rows; r += 4) {
-    const double* r0 = a + int64_t(r) * d;
-    const double* r1 = r0 + d;
-    const double* r2 = r1 + d;
-    const double* r3 = r2 + d;
+    const S* r0 = a + int64_t(r) * d;
+    const S* r1 = r0 + d;
+    const S* r2 = r1 + d;
+    const S* r3 = r2 + d;
     for (int i = 0; i < d; ++i) {
-      const double a0 = r0[i], a1 = r1[i], a2 = r2[i], a3 = r3[i];
-      double* gi = g + int64_t(i) * d;
+      const S a0 = r0[i], a1 = r1[i], a2 = r2[i], a3 = r3[i];
+      S* gi = g + int64_t(i) * d;
       for (int j = i; j < d; ++j) gi[j] += a0 * r0[j] + a1 * r1[j] + a2 * r2[j] + a3 * r3[j];
     }
   }
   for (; r < rows; ++r) {
-    const double* r0 = a + int64_t(r) * d;
+    const S* r0 = a + int64_t(r) * d;
     for (int i = 0; i < d; ++i) {
-      const double a0 = r0[i];
-      double* gi = g + int64_t(i) * d;
+      const S a0 = r0[i];
+      S* gi = g + int64_t(i) * d;
       for (int j = i; j < d; ++j) gi[j] += a0 * r0[j];
     }
   }
@@ -167,46 +181,47 @@ OCNNA_HD void gram_ata(const double* a, int rows, int d, double* g) {
 // inner loop is an axpy over a contiguous row (symmetry lets rows stand in for
 // columns), so compilers vectorise it without reassociating any sum.
 // `work` holds 2*d doubles.
-OCNNA_HD void tridiagonalize(double* g, int d, double* diag, double* off, double* work) {
-  double* v = work;
-  double* w = work + d;
+template <typename S>
+OCNNA_HD void tridiagonalize(S* g, int d, S* diag, S* off, S* work) {
+  S* v = work;
+  S* w = work + d;
   for (int k = 0; k + 2 < d; ++k) {
     const int m = d - k - 1;  // size of the trailing block B = g[k+1.., k+1..]
-    const double* x = g + int64_t(k) * d + (k + 1);  // row k right of the diagonal
-    double norm2 = 0.0;
+    const S* x = g + int64_t(k) * d + (k + 1);  // row k right of the diagonal
+    S norm2 = 0;
     for (int i = 0; i < m; ++i) {
       v[i] = x[i];
       norm2 += x[i] * x[i];
     }
     diag[k] = g[int64_t(k) * d + k];
-    if (norm2 == 0.0) {  // already reduced
-      off[k] = 0.0;
+    if (norm2 == S(0)) {  // already reduced
+      off[k] = S(0);
       continue;
     }
-    const double alpha = (v[0] > 0.0) ? -sqrt(norm2) : sqrt(norm2);
+    const S alpha = (v[0] > S(0)) ? -sqrt_of(norm2) : sqrt_of(norm2);
     off[k] = alpha;
     // reflector H = I - beta v v^T with v = x - alpha e1
-    const double vtv = 2.0 * (norm2 - alpha * v[0]);
+    const S vtv = S(2) * (norm2 - alpha * v[0]);
     v[0] -= alpha;
-    const double beta = 2.0 / vtv;
+    const S beta = S(2) / vtv;
     // w = beta B v, accumulated row by row (B symmetric)
-    for (int i = 0; i < m; ++i) w[i] = 0.0;
+    for (int i = 0; i < m; ++i) w[i] = S(0);
     for (int j = 0; j < m; ++j) {
-      const double* bj = g + int64_t(k + 1 + j) * d + (k + 1);
-      const double vj = v[j];
+      const S* bj = g + int64_t(k + 1 + j) * d + (k + 1);
+      const S vj = v[j];
       for (int i = 0; i < m; ++i) w[i] += bj[i] * vj;
     }
-    double vw = 0.0;
+    S vw = 0;
     for (int i = 0; i < m; ++i) {
       w[i] *= beta;
       vw += v[i] * w[i];
     }
-    const double h = 0.5 * beta * vw;
+    const S h = S(0.5) * beta * vw;
     for (int i = 0; i < m; ++i) w[i] -= h * v[i];
     // B <- H B H = B - v w^T - w v^T
     for (int i = 0; i < m; ++i) {
-      double* bi = g + int64_t(k + 1 + i) * d + (k + 1);
-      const double vi = v[i], wi = w[i];
+      S* bi = g + int64_t(k + 1 + i) * d + (k + 1);
+      const S vi = v[i], wi = w[i];
       for (int j = 0; j < m; ++j) bi[j] -= vi * w[j] + wi * v[j];
     }
   }
@@ -275,24 +290,24 @@ OCNNA_HD bool tridiagonal_eigenvalues(double* diag, double* off, int d) {
 }
 
 // The same QL method run on K independent tridiagonals of one size in
-// lockstep.  One QL rotation is a ~60-cycle dependency chain (sqrt, divide),
+// lockstep, in float or double.  One QL rotation is a ~60-cycle dependency chain (sqrt, divide),
 // so a single matrix leaves the core idle; stepping K matrices in turn lets
 // the out-of-order core overlap K chains.  Identical arithmetic per matrix to
 // tridiagonal_eigenvalues, so results match it bit for bit.  ok[j] is false if
 // matrix j did not converge.
-template <int K>
-inline void tridiagonal_eigenvalues_lockstep(double* const* diag, double* const* off, int d,
+template <typename S, int K>
+inline void tridiagonal_eigenvalues_lockstep(S* const* diag, S* const* off, int d,
                                              bool* ok) {
   struct Lane {
-    double *dg, *of;
+    S *dg, *of;
     int l, m, i, iter;
-    double s, c, p, g;
+    S s, c, p, g;
     bool sweeping, done;
   } ln[K];
   for (int j = 0; j < K; ++j) {
     ln[j] = Lane{diag[j], off[j], 0, 0, 0, 0, 0, 0, 0, 0, false, d <= 1};
     ok[j] = true;
-    if (d > 1) off[j][d - 1] = 0.0;
+    if (d > 1) off[j][d - 1] = S(0);
   }
   for (;;) {
     // bookkeeping: give every unfinished lane its next sweep (or finish it)
@@ -302,8 +317,8 @@ inline void tridiagonal_eigenvalues_lockstep(double* const* diag, double* const*
       while (!a.done && !a.sweeping) {
         int m = a.l;
         for (; m < d - 1; ++m) {
-          const double scale = fabs(a.dg[m]) + fabs(a.dg[m + 1]);
-          if (fabs(a.of[m]) <= 1e-16 * scale) break;
+          const S scale = abs_of(a.dg[m]) + abs_of(a.dg[m + 1]);
+          if (abs_of(a.of[m]) <= negligible<S>() * scale) break;
         }
         if (m == a.l) {  // eigenvalue l converged
           a.iter = 0;
@@ -315,11 +330,11 @@ inline void tridiagonal_eigenvalues_lockstep(double* const* diag, double* const*
           a.done = true;
           break;
         }
-        double g = (a.dg[a.l + 1] - a.dg[a.l]) / (2.0 * a.of[a.l]);
-        const double r = sqrt(g * g + 1.0);
-        a.g = a.dg[m] - a.dg[a.l] + a.of[a.l] / (g + (g >= 0.0 ? r : -r));
-        a.s = a.c = 1.0;
-        a.p = 0.0;
+        S g = (a.dg[a.l + 1] - a.dg[a.l]) / (S(2) * a.of[a.l]);
+        const S r = sqrt_of(g * g + S(1));
+        a.g = a.dg[m] - a.dg[a.l] + a.of[a.l] / (g + (g >= S(0) ? r : -r));
+        a.s = a.c = S(1);
+        a.p = S(0);
         a.m = m;
         a.i = m - 1;
         a.sweeping = true;
@@ -334,28 +349,28 @@ inline void tridiagonal_eigenvalues_lockstep(double* const* diag, double* const*
         Lane& a = ln[j];
         if (!a.sweeping) continue;
         const int i = a.i;
-        const double f = a.s * a.of[i];
-        const double b = a.c * a.of[i];
-        double r = sqrt(f * f + a.g * a.g);
+        const S f = a.s * a.of[i];
+        const S b = a.c * a.of[i];
+        S r = sqrt_of(f * f + a.g * a.g);
         a.of[i + 1] = r;
-        if (r == 0.0) {  // underflow: decoupled; redo the bookkeeping
+        if (r == S(0)) {  // underflow: decoupled; redo the bookkeeping
           a.dg[i + 1] -= a.p;
-          a.of[a.m] = 0.0;
+          a.of[a.m] = S(0);
           a.sweeping = false;
           continue;
         }
-        const double inv_r = 1.0 / r;
+        const S inv_r = S(1) / r;
         a.s = f * inv_r;
         a.c = a.g * inv_r;
-        const double g = a.dg[i + 1] - a.p;
-        r = (a.dg[i] - g) * a.s + 2.0 * a.c * b;
+        const S g = a.dg[i + 1] - a.p;
+        r = (a.dg[i] - g) * a.s + S(2) * a.c * b;
         a.p = a.s * r;
         a.dg[i + 1] = g + a.p;
         a.g = a.c * r - b;
         if (--a.i < a.l) {  // sweep finished
           a.dg[a.l] -= a.p;
           a.of[a.l] = a.g;
-          a.of[a.m] = 0.0;
+          a.of[a.m] = S(0);
           a.sweeping = false;
         } else {
           any = true;
@@ -413,9 +428,10 @@ OCNNA_HD void gershgorin_bounds(const double* diag, const double* off, int d, do
 
 // In-place descending sort; d is at most a few hundred and this runs once per
 // map after O(d^3) work, so insertion sort is enough (and works on device).
-OCNNA_HD void sort_descending(double* x, int n) {
+template <typename S>
+OCNNA_HD void sort_descending(S* x, int n) {
   for (int i = 1; i < n; ++i) {
-    const double v = x[i];
+    const S v = x[i];
     int j = i - 1;
     while (j >= 0 && x[j] < v) {
       x[j + 1] = x[j];
@@ -426,23 +442,22 @@ OCNNA_HD void sort_descending(double* x, int n) {
 }
 
 // Energy kept by the first q components, given eigenvalues sorted descending
-// (negative rounding noise clipped to zero).  SPEC 2.3: for kRatio the smallest
-// q whose cumulative explained ratio is strictly greater than tau.
-OCNNA_HD double kept_energy(double* eig, int d, const EnergyParams& p) {
+// (negative rounding noise clipped to zero), summed in double.  SPEC 2.3: for
+// kRatio the smallest q whose cumulative explained ratio is strictly greater
+// than tau.
+template <typename S>
+OCNNA_HD double kept_energy(const S* eig, int d, const EnergyParams& p) {
   double total = 0.0;
-  for (int i = 0; i < d; ++i) {
-    if (eig[i] < 0.0) eig[i] = 0.0;
-    total += eig[i];
-  }
+  for (int i = 0; i < d; ++i) total += eig[i] > S(0) ? double(eig[i]) : 0.0;
   if (total == 0.0) return 0.0;
   double cum = 0.0;
   if (p.mode == kCount) {
     const int q = p.q < d ? p.q : d;
-    for (int i = 0; i < q; ++i) cum += eig[i];
+    for (int i = 0; i < q; ++i) cum += eig[i] > S(0) ? double(eig[i]) : 0.0;
     return cum;
   }
   for (int i = 0; i < d; ++i) {
-    cum += eig[i];
+    cum += eig[i] > S(0) ? double(eig[i]) : 0.0;
     if (cum / total > p.tau) return cum;
   }
   return cum;
@@ -457,21 +472,24 @@ OCNNA_HD bool needs_eigen(const EnergyParams& p, int h, int w) {
   return true;
 }
 
-// Scratch doubles that `map_energy` needs for an h x w map.
-OCNNA_HD int64_t energy_scratch_size(int h, int w) {
+// Scratch elements (of the compute type S) that reduce_map needs besides the
+// map itself: the centred map in S (transposed when W > H), the Gram, and the
+// tridiagonal with its Householder work vectors.
+OCNNA_HD int64_t reduce_scratch_size(int h, int w) {
   const int64_t d = h < w ? h : w;
-  return int64_t(h) * w /*map*/ + int64_t(h) * w /*transpose*/ + d * d /*gram*/ + 4 * d;
+  return int64_t(h) * w + d * d + 4 * d;
 }
 
 // First half of the truncated path for one h x w map loaded row-major into
-// `map` (destroyed): centre, total energy, Gram of the smaller side scaled to
-// unit trace, Householder tridiagonal into (diag, off).  Returns true when an
-// eigen-solve is still needed; otherwise *f already holds F (0 for a constant
-// map, ||Xc||_F when all components are kept, NaN for non-finite input).
-// `scratch` holds energy_scratch_size(h, w) - h*w doubles; diag and off point
-// into it (d doubles each).
-OCNNA_HD bool reduce_map(double* map, int h, int w, const EnergyParams& p, double* scratch,
-                         double* total, double** diag, double** off, double* f) {
+// `map` (double, destroyed): centre and total energy in double, then in the
+// compute type S the Gram of the smaller side scaled to unit trace and its
+// Householder tridiagonal (diag, off), which point into `scratch`.  Returns
+// true when an eigen-solve is still needed; otherwise *f already holds F (0
+// for a constant map, ||Xc||_F when all components are kept, NaN for
+// non-finite input).
+template <typename S>
+OCNNA_HD bool reduce_map(double* map, int h, int w, const EnergyParams& p, S* scratch,
+                         double* total, S** diag, S** off, double* f) {
   centre_columns(map, h, w);
   const double t = sum_squares(map, int64_t(h) * w);
   *total = t;
@@ -484,36 +502,39 @@ OCNNA_HD bool reduce_map(double* map, int h, int w, const EnergyParams& p, doubl
     return false;
   }
   const int d = h < w ? h : w;
-  double* gram = scratch;
-  double* tr = gram + int64_t(d) * d;
+  S* gram = scratch;
+  S* a = gram + int64_t(d) * d;
+  // The Gram of the smaller side is always A^T A with A = Xc (W <= H) or
+  // A = Xc^T (W > H), since X Xc^T = (Xc^T)^T Xc^T.
   if (w <= h) {
-    gram_ata(map, h, w, gram);  // W x W
+    for (int64_t e = 0; e < int64_t(h) * w; ++e) a[e] = S(map[e]);
+    gram_ata(a, h, w, gram);
   } else {
-    // X Xc^T is the Gram of the transpose: lay it out W x H and reuse gram_ata
     for (int i = 0; i < h; ++i)
-      for (int j = 0; j < w; ++j) tr[int64_t(j) * h + i] = map[int64_t(i) * w + j];
-    gram_ata(tr, w, h, gram);  // H x H
+      for (int j = 0; j < w; ++j) a[int64_t(j) * h + i] = S(map[int64_t(i) * w + j]);
+    gram_ata(a, w, h, gram);
   }
   // Unit trace: eigenvalue ratios are unchanged and the QL step stays far
   // from overflow and underflow.
-  const double inv = 1.0 / t;
+  const S inv = S(1.0 / t);
   for (int64_t i = 0; i < int64_t(d) * d; ++i) gram[i] *= inv;
-  *diag = tr;  // the transpose is no longer needed
-  *off = tr + d;
-  tridiagonalize(gram, d, *diag, *off, tr + 2 * d);
+  *diag = a;  // the copy of the map is no longer needed
+  *off = a + d;
+  tridiagonalize(gram, d, *diag, *off, a + 2 * d);
   return true;
 }
 
 // Second half: F from the eigenvalues of the unit-trace Gram (any order,
 // destroyed) and the map's total energy.
-OCNNA_HD double energy_from_eigenvalues(double* eig, int d, const EnergyParams& p, double total) {
+template <typename S>
+OCNNA_HD double energy_from_eigenvalues(S* eig, int d, const EnergyParams& p, double total) {
   sort_descending(eig, d);
   return sqrt(kept_energy(eig, d, p) * total);
 }
 
-// F for one h x w map already loaded row-major into `map` (destroyed).
-// `scratch` holds energy_scratch_size(h, w) - h*w doubles.  Returns NaN for a
-// map with a non-finite value.
+// F for one h x w map loaded row-major into `map` (destroyed), all in double.
+// `scratch` holds reduce_scratch_size(h, w) doubles.  NaN for a map with a
+// non-finite value.
 OCNNA_HD double map_energy(double* map, int h, int w, const EnergyParams& p, double* scratch) {
   double total, f;
   double *diag, *off;

@@ -166,9 +166,22 @@ void energies_all(const MapBatch& x, double* out) {
   });
 }
 
+// Compute type of the truncated path: float for inputs of at most float
+// precision (SPEC allows 1e-4 there, and float doubles the SIMD width of the
+// O(d^3) Gram and Householder work), double for float64 input (1e-9).
+template <typename T>
+struct ComputeType {
+  using type = float;
+};
+template <>
+struct ComputeType<double> {
+  using type = double;
+};
+
 template <typename T>
 void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
   if (!needs_eigen(p, int(x.h), int(x.w))) return energies_all<T>(x, out);
+  using S = typename ComputeType<T>::type;
   const int h = int(x.h), w = int(x.w), d = h < w ? h : w;
   const int64_t hw = x.h * x.w;
   // Maps go through the QL stage kLanes at a time (see
@@ -179,28 +192,29 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
   const int64_t want = channel_inner ? std::max<int64_t>(kLanes, (32 << 10) / hw) : kLanes;
   const int64_t tile = std::min<int64_t>(x.c, want);
   const int64_t tiles_per_image = (x.c + tile - 1) / tile;
-  const int64_t scratch = energy_scratch_size(h, w) - hw;
+  const int64_t scratch = reduce_scratch_size(h, w);
   parallel_for(x.n * tiles_per_image, [&](int64_t begin, int64_t end) {
     // one allocation per thread and call, none per map
     std::vector<double> maps(size_t(tile * hw));
-    std::vector<double> work(size_t(kLanes * scratch));
+    std::vector<S> work(size_t(kLanes * scratch));
+    std::vector<S> pad(size_t(2 * d * kLanes));  // idle lanes of a short group
     for (int64_t t = begin; t < end; ++t) {
       const int64_t i = t / tiles_per_image;
       const int64_t c0 = (t % tiles_per_image) * tile;
       const int64_t nc = std::min(tile, x.c - c0);
       gather<T>(x, i, c0, nc, maps.data());
       for (int64_t g0 = 0; g0 < nc; g0 += kLanes) {
-        double* diag[kLanes];
-        double* off[kLanes];
+        S* diag[kLanes];
+        S* off[kLanes];
         double total[kLanes];
         int64_t chan[kLanes];
         int pending = 0;
         for (int64_t c = g0; c < std::min<int64_t>(g0 + kLanes, nc); ++c) {
           double f;
-          double* dg;
-          double* of;
-          if (reduce_map(maps.data() + c * hw, h, w, p, work.data() + pending * scratch, &total[pending],
-                         &dg, &of, &f)) {
+          S* dg;
+          S* of;
+          if (reduce_map(maps.data() + c * hw, h, w, p, work.data() + pending * scratch,
+                         &total[pending], &dg, &of, &f)) {
             diag[pending] = dg;
             off[pending] = of;
             chan[pending++] = c0 + c;
@@ -209,18 +223,15 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
           }
         }
         if (pending == 0) continue;
-        // lanes without a map repeat the first one's (results unused)
-        std::vector<double> pad;
-        for (int k = pending; k < kLanes; ++k) {
-          if (pad.empty()) pad.resize(size_t(2 * d * (kLanes - pending)));
-          double* q = pad.data() + size_t(2 * d * (k - pending));
+        for (int k = pending; k < kLanes; ++k) {  // idle lanes repeat lane 0
+          S* q = pad.data() + size_t(2 * d * k);
           std::copy(diag[0], diag[0] + d, q);
           std::copy(off[0], off[0] + d, q + d);
           diag[k] = q;
           off[k] = q + d;
         }
         bool ok[kLanes];
-        tridiagonal_eigenvalues_lockstep<kLanes>(diag, off, d, ok);
+        tridiagonal_eigenvalues_lockstep<S, kLanes>(diag, off, d, ok);
         for (int k = 0; k < pending; ++k)
           out[i * x.c + chan[k]] = ok[k] ? energy_from_eigenvalues(diag[k], d, p, total[k]) : NAN;
       }

@@ -81,7 +81,7 @@ constexpr int kSmallDim = 16;     // so min(h, w) <= 16
 
 template <typename T>
 __global__ void small_map_kernel(MapBatch x, EnergyParams p, double* out) {
-  double buf[kSmallElems * 3 + 4 * kSmallDim];  // map, transpose, Gram, tridiagonal
+  double buf[kSmallElems * 2 + kSmallDim * kSmallDim + 4 * kSmallDim];  // map + reduce scratch
   const int h = int(x.h), w = int(x.w);
   const int64_t maps = x.n * x.c;
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < maps;
@@ -320,10 +320,26 @@ void energies(const MapBatch& x, const EnergyParams& p, double* out, void* strea
   }
 }
 
+// The per-batch temporaries come from the device's default memory pool.  Its
+// default release threshold (0) hands memory back to the driver at every
+// synchronisation, making the next cudaMallocAsync slow; keep it instead.
+void keep_pool_memory() {
+  static bool done[64] = {false};
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  if (dev < 0 || dev >= 64 || done[dev]) return;
+  cudaMemPool_t pool;
+  check(cudaDeviceGetDefaultMemPool(&pool, dev), "default memory pool");
+  uint64_t keep = ~0ull;
+  check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "pool threshold");
+  done[dev] = true;
+}
+
 void accumulate(const MapBatch& x, const EnergyParams& p, double* count, double* mean, double* m2,
                 int64_t* status, void* stream_ptr) {
   if (x.n <= 0) return;
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  keep_pool_memory();
   const int64_t nf = x.n * x.c;
   // one temporary: the batch's energies, then the first-bad-channel flag
   char* tmp = nullptr;

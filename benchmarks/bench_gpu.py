@@ -1,0 +1,137 @@
+"""GPU benchmark: the CUDA scorer at ResNet-50/ImageNet shapes and on a real
+torchvision ResNet-50 forward pass (channels_last, random weights: speed does
+not depend on the weights).  Run by benchmarks/gpu_check.sh on a GPU machine.
+
+Prints, all measured in this one process on this one GPU:
+  1. per map size: native CUDA vs batched PyTorch (Gram + torch.linalg.eigvalsh)
+  2. ResNet-50 forward alone vs forward + scoring (None and 0.95)
+  3. wall time to score 50,000 images (measured, or extrapolated if --quick)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import torch_energies  # noqa: E402
+
+import ocnna_fast  # noqa: E402
+from ocnna_fast import FilterStats  # noqa: E402
+
+RESNET50 = [(112, 64), (56, 1536), (28, 3712), (14, 10496), (7, 10752)]
+
+
+def cuda_time(fn, repeat=5, warmup=1):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / 1e3)
+    return best
+
+
+def per_shape(images: int, results: dict):
+    print(f"\n1. Per map size, {images} image(s) of ResNet-50 maps, float32 channels_last, seconds per image")
+    print(f"{'map':>8} {'maps/img':>9} {'mode':>5} {'native':>10} {'torch':>10} {'torch/native':>13}")
+    tot = {}
+    for nc in (None, 0.95):
+        tn_all = tt_all = 0.0
+        for size, per_image in RESNET50:
+            c = 256 if per_image >= 256 else per_image
+            b = max(1, per_image * images // c)
+            x = torch.randn(b, c, size, size, device="cuda").relu_().to(memory_format=torch.channels_last)
+            scale = 1.0 / (b * c / per_image)  # -> per image
+            st = FilterStats(c, nc)
+            tn = cuda_time(lambda: st.update(x)) * scale
+            # the batched PyTorch version is slow for large maps: time a slice
+            xs = x[: max(1, b // 8)] if nc is not None else x
+            tscale = 1.0 / (xs.shape[0] * c / per_image)
+            tt = cuda_time(lambda: torch_energies(xs, nc), repeat=2) * tscale
+            tn_all += tn
+            tt_all += tt
+            print(f"{size:>4}x{size:<3} {per_image:>9} {str(nc):>5} {tn:>10.6f} {tt:>10.6f} {tt / tn:>13.1f}")
+            del x, xs
+        print(f"{'total':>8} {'':>9} {str(nc):>5} {tn_all:>10.6f} {tt_all:>10.6f} {tt_all / tn_all:>13.1f}")
+        tot[str(nc)] = {"native_s_per_image": tn_all, "torch_s_per_image": tt_all, "ratio": tt_all / tn_all}
+    results["per_shape"] = tot
+
+
+def resnet50_overhead(batch: int, results: dict):
+    import torchvision
+
+    model = torchvision.models.resnet50(weights=None).cuda().eval().to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
+
+    def fwd():
+        with torch.no_grad():
+            model(x)
+
+    print(f"\n2. torchvision ResNet-50, batch {batch}, fp32 (TF32 off), channels_last")
+    out = {}
+    tf = cuda_time(fwd, repeat=5, warmup=2)
+    out["forward_s"] = tf
+    print(f"  forward alone: {tf * 1e3:.1f} ms ({batch / tf:.0f} images/s)")
+    for nc in (None, 0.95):
+        ts = cuda_time(lambda: ocnna_fast.score(model, [x], n_components=nc, progress=False), repeat=3, warmup=1)
+        out[str(nc)] = {"score_s": ts, "ratio": ts / tf}
+        print(f"  forward + scoring, n_components={nc!s:>4}: {ts * 1e3:.1f} ms, {ts / tf:.3f}x forward "
+              f"(+{(ts / tf - 1) * 100:.1f}%), {batch / ts:.0f} images/s")
+    results["resnet50"] = out
+    return model, x
+
+
+def fifty_thousand(model, x, quick: bool, results: dict):
+    batch = x.shape[0]
+    print("\n3. Scoring 50,000 images (ResNet-50, synthetic inputs resident on the GPU)")
+    for nc in (None, 0.95):
+        n_batches = 50000 // batch + (50000 % batch > 0)
+        if quick:
+            n_batches = 4
+        data = (x for _ in range(n_batches))
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        s = ocnna_fast.score(model, data, n_components=nc, max_images=n_batches * batch if quick else 50000,
+                             progress=False)
+        torch.cuda.synchronize()
+        dt = time.perf_counter() - t
+        images = next(iter(s.values())).count
+        est = dt * 50000 / images
+        label = "measured" if images >= 50000 else f"extrapolated from {images}"
+        print(f"  n_components={nc!s:>4}: {images} images in {dt:.1f} s -> 50,000 images: {est:.1f} s ({label})")
+        results[f"50k_{nc}"] = {"images": images, "seconds": dt, "seconds_for_50k": est}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    info = ocnna_fast.build_info()
+    print(f"ocnna-fast {info['version']}, torch {torch.__version__}, {torch.cuda.get_device_name()}, "
+          f"cuda_compiled={info['cuda_compiled']} cuda_available={info['cuda_available']}")
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    per_shape(1, results)
+    model, x = resnet50_overhead(args.batch, results)
+    fifty_thousand(model, x, args.quick, results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

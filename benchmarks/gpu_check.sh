@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One prepared run for a GPU machine (the device tool): build, GPU tests, GPU
+# benchmark.  Under 8 minutes on an H100.  Writes logs to $OUT when set.
+#   bash benchmarks/gpu_check.sh            # full
+#   QUICK=1 bash benchmarks/gpu_check.sh    # extrapolate the 50k-image run
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/ocnna-gpu-check}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+start=$(date +%s)
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+echo "== build"
+python3 -m pip install --no-build-isolation --no-deps -q . 2>&1 | tail -5 | tee "$OUT/build.log"
+python3 -c "import ocnna_fast, json; i = ocnna_fast.build_info(); print(json.dumps(i)); assert i['cuda_available'], i" \
+  || { echo "CUDA core not usable"; exit 1; }
+echo "== GPU tests ($(( $(date +%s) - start )) s)"
+# run from elsewhere so the installed package (with its compiled modules) is imported
+( cd tests && OCNNA_DATA_DIR="${OCNNA_DATA_DIR:-$PWD/../shared/data}" python3 -m pytest -q -x -p no:cacheprovider . 2>&1 | tail -25 ) | tee "$OUT/tests.log"
+echo "== GPU benchmark ($(( $(date +%s) - start )) s)"
+python3 benchmarks/bench_gpu.py ${QUICK:+--quick} --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log"
+echo "== done in $(( $(date +%s) - start )) s"
