@@ -12,7 +12,7 @@ start=$(date +%s)
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 echo "== build"
 python3 -m pip install --no-build-isolation --no-deps -q . 2>&1 | tail -5 | tee "$OUT/build.log"
-python3 -c "import ocnna_fast, json; i = ocnna_fast.build_info(); print(json.dumps(i)); assert i['cuda_available'], i" \
+(cd /tmp && python3 -c "import ocnna_fast, json; i = ocnna_fast.build_info(); print(json.dumps(i)); assert i['cuda_available'], i") \
   || { echo "CUDA core not usable"; exit 1; }
 echo "== GPU tests ($(( $(date +%s) - start )) s)"
 # run from elsewhere so the installed package (with its compiled modules) is imported
