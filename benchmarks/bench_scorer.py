@@ -71,30 +71,35 @@ def shape_table(name, shapes, images, n_components, repeat, oracle_maps):
     return tot
 
 
-def forward_overhead(batch: int, repeat: int):
-    """score() on CIFAR ResNet-56 vs the bare forward pass, interleaved."""
+def forward_overhead(batch: int, batches: int, repeat: int):
+    """score() on CIFAR ResNet-56 over `batches` batches vs the bare forward
+    passes over the same batches, interleaved pairs, median of the ratios."""
     model = cifar_resnet(56).eval()
     x = torch.randn(batch, 3, 32, 32)
+    data = [x] * batches
     with torch.no_grad():
         model(x)
 
     def fwd():
         with torch.no_grad():
-            model(x)
+            for b in data:
+                model(b)
 
     res = {}
-    for label, nc in (("None", None), ("0.95", 0.95)):
-        ratios = []
-        fwds = []
+    for label, nc, overlap in (("None", None, True), ("None, overlap=False", None, False),
+                               ("0.95", 0.95, True)):
+        ratios, fwds = [], []
         for _ in range(repeat):
             tf = best_of(fwd, 1)
-            ts = best_of(lambda: ocnna_fast.score(model, [x], n_components=nc, progress=False), 1)
+            ts = best_of(lambda: ocnna_fast.score(model, data, n_components=nc, overlap=overlap,
+                                                  progress=False), 1)
             ratios.append(ts / tf)
             fwds.append(tf)
         res[label] = (float(np.median(fwds)), float(np.median(ratios)))
-    print(f"\nCIFAR ResNet-56, batch {batch}: score() time / forward time (median of {repeat} interleaved pairs)")
+    print(f"\nCIFAR ResNet-56, {batches} batches of {batch}: score() time / forward time "
+          f"(median of {repeat} interleaved pairs)")
     for label, (tf, r) in res.items():
-        print(f"  n_components={label:>5}: forward {tf * 1e3:7.1f} ms, score/forward = {r:.3f}  (+{(r - 1) * 100:.1f}%)")
+        print(f"  n_components={label:<20}: forward {tf * 1e3:7.1f} ms, score/forward = {r:.3f}  (+{(r - 1) * 100:.1f}%)")
     return res
 
 
@@ -106,7 +111,7 @@ def main():
     print(f"ocnna-fast {info['version']}, torch {torch.__version__}, CPU threads: ocnna {info['cpu_threads']}, "
           f"torch {torch.get_num_threads()}")
     rep = 3 if args.quick else 7
-    forward_overhead(128 if not args.quick else 32, rep if not args.quick else 3)
+    forward_overhead(128, 4 if not args.quick else 2, rep if not args.quick else 3)
     for nc in (None, 0.95):
         shape_table("ResNet-56 / CIFAR maps", RESNET56, 8, nc, rep, 20 if args.quick else 60)
         shape_table("ResNet-50 / ImageNet maps", RESNET50, 1, nc, max(2, rep // 2), 5 if args.quick else 20)

@@ -3,9 +3,18 @@
 Forward hooks hand each conv's output to that layer's ``FilterStats``; the
 model runs in ``eval()`` under ``no_grad()`` and is left exactly as found
 (training flag, device, no hooks), also when something fails.
+
+On the CPU the hooks can hand the activations to a background thread instead
+of scoring them in place (``overlap``): the forward pass then keeps torch's
+threads busy instead of leaving them to spin at every hook.  A conv whose
+output the model later modifies in place (``conv -> ReLU(inplace=True)``) is
+found by a one-image probe pass before scoring starts, and is scored in place.
 """
 from __future__ import annotations
 
+import itertools
+import queue
+import threading
 import warnings
 from typing import Any, Dict, Iterable, Optional, Sequence, Union
 
@@ -59,6 +68,62 @@ def _total_images(data: Any, max_images: Optional[int]) -> Optional[int]:
     return total
 
 
+class _Overlap:
+    """Runs ``FilterStats.update`` for CPU batches on one background thread.
+
+    The queue is bounded, so at most ``max_pending`` activation tensors are
+    held beyond their normal lifetime.  The first error is kept and raised by
+    the next ``submit`` or by ``drain``."""
+
+    def __init__(self, max_pending: int = 8) -> None:
+        self._q: "queue.Queue[Any]" = queue.Queue(maxsize=max_pending)
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._loop, name="ocnna-fast-score", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._q.get()
+            try:
+                if item is None:
+                    return
+                st, t, version = item
+                if self._error is None:
+                    if t._version != version:
+                        raise RuntimeError(
+                            f"the output of layer {st.name!r} was modified in place before it was scored; "
+                            "call score(..., overlap=False)"
+                        )
+                    st.update(t)
+                    if t._version != version:
+                        raise RuntimeError(
+                            f"the output of layer {st.name!r} was modified in place while it was scored; "
+                            "call score(..., overlap=False)"
+                        )
+            except BaseException as exc:  # kept for the main thread
+                if self._error is None:
+                    self._error = exc
+            finally:
+                self._q.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def submit(self, st: FilterStats, t: torch.Tensor) -> None:
+        self._raise()
+        self._q.put((st, t, t._version))
+
+    def drain(self) -> None:
+        self._q.join()
+        self._raise()
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+
+
 def score(
     model: nn.Module,
     data: Iterable[Any],
@@ -68,6 +133,7 @@ def score(
     max_images: Optional[int] = None,
     device: Union[None, str, torch.device] = None,
     progress: bool = True,
+    overlap: Optional[bool] = None,
 ) -> Scores:
     """OCNNA scores of every prunable conv of ``model`` over ``data``.
 
@@ -83,6 +149,9 @@ def score(
         device: where to run; default the model's device.  The model is moved
             there for the run and moved back afterwards.
         progress: show a progress bar.
+        overlap: score CPU activations on a background thread while the
+            forward pass goes on (default: on for CPU runs).  Layers whose
+            output is modified in place are always scored in place.
 
     Returns:
         ``Scores``, mapping each conv name to its ``LayerScores``.
@@ -106,9 +175,24 @@ def score(
         name: FilterStats(m.out_channels, ncomp, name=name) for name, m in convs.items()
     }
 
-    def make_hook(st: FilterStats):
+    use_overlap = (run_device.type == "cpu") if overlap is None else bool(overlap and run_device.type == "cpu")
+    calls: Dict[str, int] = {}
+    probe: Dict[str, Any] = {}  # probe pass: name -> (output, its version at the hook)
+    in_place: Dict[str, bool] = {name: True for name in stats}
+    state = {"probing": False}
+    worker: Optional[_Overlap] = None
+
+    def make_hook(name: str, st: FilterStats):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            st.update(output)
+            if state["probing"]:
+                if isinstance(output, torch.Tensor):
+                    probe[name] = (output, output._version)
+                return
+            calls[name] = calls.get(name, 0) + 1
+            if worker is not None and not in_place[name] and isinstance(output, torch.Tensor):
+                worker.submit(st, output.detach())
+            else:
+                st.update(output)
 
         return hook
 
@@ -119,35 +203,48 @@ def score(
     try:
         if run_device != home:
             model.to(run_device)
-        handles = [m.register_forward_hook(make_hook(stats[n])) for n, m in convs.items()]
+        handles = [m.register_forward_hook(make_hook(n, stats[n])) for n, m in convs.items()]
         model.eval()
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=_total_images(data, max_images), unit="img", desc="OCNNA scoring")
         with torch.no_grad():
-            for batch in data:
+            batches = iter(data)
+            if use_overlap:
+                # one image through the model, to see which conv outputs it edits in place
+                first = next(batches, None)
+                if first is not None:
+                    batches = itertools.chain([first], batches)
+                    state["probing"] = True
+                    model(_input_of(first)[:1].to(run_device))
+                    state["probing"] = False
+                    for name, (out, version) in probe.items():
+                        in_place[name] = out._version != version
+                    probe.clear()
+                    worker = _Overlap()
+            for batch in batches:
                 x = _input_of(batch)
                 if max_images is not None and seen + x.shape[0] > max_images:
                     x = x[: max_images - seen]
                 if x.shape[0] == 0:
                     continue
                 x = x.to(run_device, non_blocking=True)
-                before = {n: s.images for n, s in stats.items()}
+                calls.clear()
                 model(x)
-                n = int(x.shape[0])
-                for name, st in stats.items():
-                    grew = st.images - before[name]
-                    if grew not in (0, n):
+                for name, k in calls.items():
+                    if k > 1:
                         raise ValueError(
-                            f"layer {name!r} ran {grew // n} times in one forward pass "
+                            f"layer {name!r} ran {k} times in one forward pass "
                             "(a shared module); its scores would mix several positions"
                         )
-                seen += n
+                seen += int(x.shape[0])
                 if bar is not None:
-                    bar.update(n)
+                    bar.update(int(x.shape[0]))
                 if max_images is not None and seen >= max_images:
                     break
+        if worker is not None:
+            worker.drain()
         if seen == 0:
             raise ValueError("data yielded no images")
         results = {}
@@ -159,6 +256,9 @@ def score(
                 continue
             results[name] = st.result()
     finally:
+        state["probing"] = False
+        if worker is not None:
+            worker.close()
         for h in handles:
             h.remove()
         model.train(was_training)

@@ -200,3 +200,50 @@ def test_progress_bar_counts_images(capsys):
     score(Tiny(), [tiny_data(6), tiny_data(4)], progress=True)
     err = capsys.readouterr().err
     assert "10/" in err or "10img" in err.replace(" ", "")
+
+
+class InPlaceAfterConv(nn.Module):
+    """conv -> ReLU(inplace=True), as in VGG without BatchNorm: the conv's own
+    output is overwritten right after its hook runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 5, 3, padding=1)
+        self.act = nn.ReLU(inplace=True)
+        self.c2 = nn.Conv2d(5, 4, 3)
+
+    def forward(self, x):
+        return self.c2(self.act(self.c1(x))).mean((2, 3))
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_in_place_edits_after_the_conv_are_not_seen(overlap):
+    model = InPlaceAfterConv().eval()
+    x = tiny_data(12, seed=3)
+    s = score(model, [x[:5], x[5:]], n_components=0.9, overlap=overlap, progress=False)
+    outs, _ = conv_outputs(model, x)  # clones taken at hook time: pre-ReLU
+    assert (outs["c1"] < 0).any()  # the ReLU would have changed what is scored
+    for name in ("c1", "c2"):
+        want = reference.score_activations(outs[name].numpy(), 0.9)
+        np.testing.assert_allclose(s[name].score.numpy(), want["score"], rtol=1e-4)
+
+
+def test_overlap_gives_the_same_scores():
+    model = Tiny().eval()
+    batches = [tiny_data(6, seed=k) for k in range(5)]
+    a = score(model, batches, overlap=True, progress=False)
+    b = score(model, batches, overlap=False, progress=False)
+    for n in a:
+        assert torch.equal(a[n].score, b[n].score) and a[n].count == b[n].count == 30
+
+
+def test_overlap_reports_errors_from_the_background():
+    model = Tiny().eval()
+    bad = tiny_data(6, seed=1)
+    bad[4, 1, 2, 3] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        score(model, [tiny_data(6), tiny_data(6, seed=2), bad, tiny_data(6, seed=3)], overlap=True, progress=False)
+    assert all(not m._forward_hooks for m in model.modules())
+    import threading
+
+    assert not any(t.name == "ocnna-fast-score" for t in threading.enumerate())
