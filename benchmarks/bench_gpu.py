@@ -43,10 +43,10 @@ def cuda_time(fn, repeat=5, warmup=1):
 
 def per_shape(images: int, results: dict):
     print(f"\n1. Per map size, batches of {images} images of ResNet-50 maps, float32 channels_last, seconds per image")
-    print(f"{'map':>8} {'maps/img':>9} {'mode':>5} {'native':>10} {'torch':>10} {'torch/native':>13}")
+    print(f"{'map':>8} {'maps/img':>9} {'mode':>5} {'native':>10} {'torch64':>10} {'torch32':>10} {'t64/nat':>8} {'t32/nat':>8}")
     tot = {}
     for nc in (None, 0.95):
-        tn_all = tt_all = 0.0
+        tn_all = tt_all = t32_all = 0.0
         for size, per_image in RESNET50:
             c = 256 if per_image >= 256 else per_image
             b = max(1, per_image * images // c)
@@ -58,12 +58,17 @@ def per_shape(images: int, results: dict):
             xs = x[: max(1, b // 8)] if nc is not None else x
             tscale = 1.0 / (xs.shape[0] * c / per_image)
             tt = cuda_time(lambda: torch_energies(xs, nc), repeat=2) * tscale
+            t32 = cuda_time(lambda: torch_energies(xs, nc, torch.float32), repeat=2) * tscale
             tn_all += tn
             tt_all += tt
-            print(f"{size:>4}x{size:<3} {per_image:>9} {str(nc):>5} {tn:>10.6f} {tt:>10.6f} {tt / tn:>13.1f}")
+            t32_all += t32
+            print(f"{size:>4}x{size:<3} {per_image:>9} {str(nc):>5} {tn:>10.6f} {tt:>10.6f} {t32:>10.6f}"
+                  f" {tt / tn:>8.1f} {t32 / tn:>8.1f}")
             del x, xs
-        print(f"{'total':>8} {'':>9} {str(nc):>5} {tn_all:>10.6f} {tt_all:>10.6f} {tt_all / tn_all:>13.1f}")
-        tot[str(nc)] = {"native_s_per_image": tn_all, "torch_s_per_image": tt_all, "ratio": tt_all / tn_all}
+        print(f"{'total':>8} {'':>9} {str(nc):>5} {tn_all:>10.6f} {tt_all:>10.6f} {t32_all:>10.6f}"
+              f" {tt_all / tn_all:>8.1f} {t32_all / tn_all:>8.1f}")
+        tot[str(nc)] = {"native_s_per_image": tn_all, "torch64_s_per_image": tt_all,
+                        "torch32_s_per_image": t32_all}
     results["per_shape"] = tot
 
 

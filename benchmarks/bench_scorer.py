@@ -5,7 +5,10 @@ oracle, and scoring overhead on top of a CIFAR ResNet-56 forward pass.
     python benchmarks/bench_scorer.py --quick    # smaller, for a smoke run
 
 Every ratio compares runs made side by side in this one process; times are the
-best of several repeats because this machine is shared and noisy.
+best of several repeats because this machine is shared and noisy.  "torch64"
+is the batched PyTorch version of the same math in float64 (the precision of
+our float64 path), "torch32" the same in float32 (the precision of our path
+for float32 activations).
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ def native_time(maps: torch.Tensor, n_components, repeat: int) -> float:
 
 def oracle_per_map(maps: torch.Tensor, n_components, count: int) -> float:
     sample = maps.reshape(-1, maps.shape[2], maps.shape[3])[:count].numpy()
+    reference.map_energy(sample[0], n_components)  # warm-up: imports, first-call costs
     t = time.perf_counter()
     for m in sample:
         reference.map_energy(m, n_components)
@@ -46,7 +50,7 @@ def oracle_per_map(maps: torch.Tensor, n_components, count: int) -> float:
 def shape_table(name, shapes, images, n_components, repeat, oracle_maps):
     """Per-image scoring cost summed over a network's map shapes."""
     rows = []
-    tot = {"native": 0.0, "torch": 0.0, "oracle": 0.0}
+    tot = {"native": 0.0, "torch": 0.0, "torch32": 0.0, "oracle": 0.0}
     gen = torch.Generator().manual_seed(0)
     for size, per_image in shapes:
         # a batch of `images` images' worth of maps of this size, float32 NCHW
@@ -56,17 +60,22 @@ def shape_table(name, shapes, images, n_components, repeat, oracle_maps):
         scale = per_image * images / (b * c)  # back to per-`images` cost
         tn = native_time(maps, n_components, repeat) * scale
         tt = best_of(lambda: torch_energies(maps, n_components), max(1, repeat // 2)) * scale
+        t32 = best_of(lambda: torch_energies(maps, n_components, torch.float32), max(1, repeat // 2)) * scale
         to = oracle_per_map(maps, n_components, oracle_maps) * per_image * images
-        rows.append((size, per_image, tn, tt, to))
+        rows.append((size, per_image, tn, tt, t32, to))
         tot["native"] += tn
         tot["torch"] += tt
+        tot["torch32"] += t32
         tot["oracle"] += to
-    print(f"\n{name}, n_components={n_components!r}, {images} image(s), float32, NCHW")
-    print(f"{'map':>8} {'maps/img':>9} {'native s':>10} {'torch s':>10} {'oracle s*':>10} {'torch/nat':>10} {'oracle/nat':>11}")
-    for size, per, tn, tt, to in rows:
-        print(f"{size:>4}x{size:<3} {per:>9} {tn:>10.4f} {tt:>10.4f} {to:>10.2f} {tt / tn:>10.1f} {to / tn:>11.0f}")
-    print(f"{'total':>8} {'':>9} {tot['native']:>10.4f} {tot['torch']:>10.4f} {tot['oracle']:>10.2f} "
-          f"{tot['torch'] / tot['native']:>10.1f} {tot['oracle'] / tot['native']:>11.0f}")
+    print(f"\n{name}, n_components={n_components!r}, {images} image(s), float32 activations, NCHW, seconds")
+    print(f"{'map':>8} {'maps/img':>9} {'native':>9} {'torch64':>9} {'torch32':>9} {'oracle*':>9}"
+          f" {'t64/nat':>8} {'t32/nat':>8} {'orc/nat':>8}")
+    for size, per, tn, tt, t32, to in rows:
+        print(f"{size:>4}x{size:<3} {per:>9} {tn:>9.4f} {tt:>9.4f} {t32:>9.4f} {to:>9.2f}"
+              f" {tt / tn:>8.1f} {t32 / tn:>8.1f} {to / tn:>8.0f}")
+    n = tot["native"]
+    print(f"{'total':>8} {'':>9} {n:>9.4f} {tot['torch']:>9.4f} {tot['torch32']:>9.4f} {tot['oracle']:>9.2f}"
+          f" {tot['torch'] / n:>8.1f} {tot['torch32'] / n:>8.1f} {tot['oracle'] / n:>8.0f}")
     print(f"  * oracle extrapolated from {oracle_maps} maps per size")
     return tot
 

@@ -21,10 +21,12 @@ def best_of(fn: Callable[[], object], repeat: int, sync: Optional[Callable[[], N
     return min(times)
 
 
-def torch_energies(x: torch.Tensor, n_components: Union[None, int, float]) -> torch.Tensor:
+def torch_energies(x: torch.Tensor, n_components: Union[None, int, float],
+                   dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """The same math in batched PyTorch ops: centre, then the centred norm
-    (``None``) or the Gram of the smaller side + ``torch.linalg.eigvalsh``."""
-    x = x.double()
+    (``None``) or the Gram of the smaller side + ``torch.linalg.eigvalsh``,
+    computed in ``dtype``."""
+    x = x.to(dtype)
     xc = x - x.mean(dim=2, keepdim=True)
     if n_components is None:
         return xc.square().sum(dim=(2, 3)).sqrt()
@@ -35,7 +37,7 @@ def torch_energies(x: torch.Tensor, n_components: Union[None, int, float]) -> to
     if isinstance(n_components, int):
         kept = cum[..., min(n_components, ev.shape[-1]) - 1]
     else:
-        total = cum[..., -1:].clamp_min(torch.finfo(torch.float64).tiny)
+        total = cum[..., -1:].clamp_min(torch.finfo(dtype).tiny)
         q = (cum / total <= n_components).sum(-1, keepdim=True).clamp_max(ev.shape[-1] - 1)
         kept = cum.gather(-1, q).squeeze(-1)
     return kept.sqrt()

@@ -187,7 +187,8 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
   // Maps go through the QL stage kLanes at a time (see
   // tridiagonal_eigenvalues_lockstep), so tiles hold a multiple of kLanes
   // channels; channels_last tiles are wider so each cache line is read once.
-  constexpr int kLanes = 4;
+  // float chains are shorter than double ones, so more lanes pay off
+  constexpr int kLanes = sizeof(S) == 4 ? 8 : 4;
   const bool channel_inner = std::llabs(x.sc) < std::llabs(x.sw);
   const int64_t want = channel_inner ? std::max<int64_t>(kLanes, (32 << 10) / hw) : kLanes;
   const int64_t tile = std::min<int64_t>(x.c, want);
