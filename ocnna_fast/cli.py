@@ -1,9 +1,12 @@
 """``ocnna-fast`` command line.
 
-    ocnna-fast score --arch resnet56 --images 2000 --n-components 0.95 --out runs/score
+    ocnna-fast score    --arch resnet56 --images 2000 --n-components 0.95 --out runs/score
+    ocnna-fast prune    --arch resnet56 --k 40 --finetune-epochs 2 --out runs/r56-k40
+    ocnna-fast finetune --arch resnet56 --epochs 2 --out runs/r56-jpeg
+    ocnna-fast evaluate --arch resnet56 --pruned runs/r56-k40/pruned
 
-scores every prunable conv of a pretrained model on the shipped images and
-writes ``scores.safetensors`` and ``summary.json`` to ``--out``.
+Everything reads the shipped data (``--data-dir``, ``$OCNNA_DATA_DIR`` or
+``../shared/data``); nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -38,13 +41,18 @@ def _n_components(text: str):
 
 def _load_model(arch: str, weights: Optional[str], data_dir: Optional[str]):
     from .data import data_root
-    from .models import cifar_resnet, load_akamaster_checkpoint
+    from .models import ARCHS, build, load_weights
 
-    if arch not in CIFAR_RESNETS:
-        raise SystemExit(f"error: unknown --arch {arch!r}; choose from {', '.join(CIFAR_RESNETS)}")
-    model = cifar_resnet(int(arch[len("resnet"):]))
-    path = Path(weights) if weights else data_root(data_dir) / "resnet-cifar10-akamaster" / CIFAR_RESNETS[arch]
-    load_akamaster_checkpoint(model, path)
+    if arch not in ARCHS:
+        raise SystemExit(f"error: unknown --arch {arch!r}; choose from {', '.join(ARCHS)}")
+    model = build(arch, num_classes=10)
+    if weights:
+        path = Path(weights)
+    elif arch in CIFAR_RESNETS:
+        path = data_root(data_dir) / "resnet-cifar10-akamaster" / CIFAR_RESNETS[arch]
+    else:
+        raise SystemExit(f"error: no weights ship for --arch {arch}; pass --weights FILE")
+    load_weights(model, path)
     return model.eval(), str(path)
 
 
@@ -96,6 +104,137 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _jpeg(split: str, n: Optional[int], data_dir: Optional[str], augment: bool, seed: int):
+    from .data import cifar10_jpeg
+    from .distill import TensorImages
+    from .models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
+
+    x, y = cifar10_jpeg(split, data_dir, limit=n, seed=seed)
+    return TensorImages(x, y, CIFAR_MEAN, CIFAR_STD, augment=augment)
+
+
+def _macs_params(model, size: int):
+    import torch_pruning as tp
+
+    macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, 3, size, size))
+    return int(macs), int(params)
+
+
+def _write_report(out: Path, report: dict, title: str) -> None:
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    rows = "\n".join(f"| {k} | {v if not isinstance(v, float) else round(v, 4)} |" for k, v in report.items()
+                     if not isinstance(v, (dict, list)))
+    (out / "report.md").write_text(f"# {title}\n\n| metric | value |\n| --- | --- |\n{rows}\n")
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .distill import distill, evaluate
+    from .models import input_size
+    from .pruning import count_params, prune, save_pruned
+
+    if not 0 <= args.k < 100:
+        raise SystemExit(f"error: --k is a percentile in [0, 100), got {args.k}")
+    model, weights = _load_model(args.arch, args.weights, args.data_dir)
+    size = input_size(args.arch)
+    if size != 32:
+        raise SystemExit(f"error: --arch {args.arch} takes {size}px inputs; the shipped CIFAR-10 data is 32px")
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = not args.no_progress
+    evalset = _jpeg("test", args.eval_images, args.data_dir, False, args.seed)
+    scoreset = _jpeg("train", args.score_images, args.data_dir, False, args.seed + 1)
+    base_acc = evaluate(model, evalset)
+    print(f"base accuracy {base_acc:.2f}% on {len(evalset)} CIFAR-10 JPEG test images")
+    t = time.perf_counter()
+    scores = score(model, (x for x, _ in scoreset.batches(args.batch_size)), n_components=args.n_components,
+                   progress=progress)
+    scoring_seconds = time.perf_counter() - t
+    scores.save(out / "scores.safetensors")
+    pruned, plan = prune(model, scores, args.k, torch.zeros(1, 3, size, size))
+    before = evaluate(pruned, evalset)
+    print(f"pruned at k={args.k}: {count_params(pruned)}/{count_params(model)} parameters, "
+          f"accuracy before fine-tuning {before:.2f}%")
+    t = time.perf_counter()
+    history = []
+    if args.finetune_epochs > 0:
+        trainset = _jpeg("train", args.train_images, args.data_dir, True, args.seed + 2)
+        history = distill(pruned, model, trainset, epochs=args.finetune_epochs, lr=args.lr,
+                          batch_size=args.batch_size, seed=args.seed, checkpoint_dir=out / "distill",
+                          progress=progress)
+    finetune_seconds = time.perf_counter() - t
+    after = evaluate(pruned, evalset)
+    base_macs, base_params = _macs_params(model, size)
+    pr_macs, pr_params = _macs_params(pruned, size)
+    save_pruned(out / "pruned", pruned, plan, extra={"arch": args.arch, "num_classes": 10})
+    report = {
+        "arch": args.arch, "dataset": "cifar10-jpeg (q~75 JPEG copy of CIFAR-10; see PROVENANCE)",
+        "base_weights": weights, "k": args.k, "n_components": args.n_components,
+        "score_images": len(scoreset), "eval_images": len(evalset),
+        "base_accuracy": base_acc, "pruned_accuracy_before_finetune": before, "pruned_accuracy": after,
+        "accuracy_drop": base_acc - after, "base_params": base_params, "pruned_params": pr_params,
+        "rpr": pr_params / base_params, "base_macs": base_macs, "pruned_macs": pr_macs,
+        "macs_ratio": pr_macs / base_macs, "scoring_seconds": scoring_seconds,
+        "finetune_epochs": args.finetune_epochs, "finetune_seconds": finetune_seconds,
+        "distill_history": history,
+    }
+    _write_report(out, report, f"OCNNA: {args.arch}, k={args.k}")
+    print(f"accuracy {base_acc:.2f}% -> {before:.2f}% (pruned) -> {after:.2f}% "
+          f"(after {args.finetune_epochs} epochs of distillation); RPR {report['rpr']:.4f}, "
+          f"MACs ratio {report['macs_ratio']:.4f}")
+    print(f"wrote {out / 'report.json'}, {out / 'report.md'} and {out / 'pruned'}")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from safetensors.torch import save_file
+
+    from .distill import evaluate, finetune
+
+    model, weights = _load_model(args.arch, args.weights, args.data_dir)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    evalset = _jpeg("test", args.eval_images, args.data_dir, False, args.seed)
+    trainset = _jpeg("train", args.train_images, args.data_dir, True, args.seed + 2)
+    before = evaluate(model, evalset)
+    t = time.perf_counter()
+    history = finetune(model, trainset, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                       checkpoint_dir=out / "finetune", progress=not args.no_progress)
+    seconds = time.perf_counter() - t
+    after = evaluate(model, evalset)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    report = {"arch": args.arch, "dataset": "cifar10-jpeg", "base_weights": weights, "epochs": args.epochs,
+              "accuracy_before": before, "accuracy_after": after, "eval_images": len(evalset),
+              "train_images": len(trainset), "finetune_seconds": seconds, "history": history,
+              "weights_out": str(out / "model.safetensors")}
+    _write_report(out, report, f"Fine-tuning {args.arch} on CIFAR-10 JPEG")
+    print(f"accuracy {before:.2f}% -> {after:.2f}% after {args.epochs} epochs; wrote {out / 'model.safetensors'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .distill import evaluate
+
+    if args.pruned:
+        from .pruning import load_pruned
+
+        model, what = load_pruned(args.pruned), args.pruned
+    else:
+        model, what = _load_model(args.arch, args.weights, args.data_dir)
+    if args.dataset == "cifar10-lossless-20":
+        from .data import foolbox_samples
+        from .distill import TensorImages
+        from .models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
+
+        x, y = foolbox_samples("cifar10", args.data_dir)
+        data = TensorImages(x, y, CIFAR_MEAN, CIFAR_STD)
+    else:
+        data = _jpeg("test", args.eval_images, args.data_dir, False, args.seed)
+    acc = evaluate(model, data, progress=not args.no_progress)
+    print(json.dumps({"model": what, "dataset": args.dataset, "images": len(data), "accuracy": acc}))
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     print(json.dumps(build_info(), indent=2))
     return 0
@@ -120,6 +259,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_score)
 
+    def common(sp, images_default=None):
+        sp.add_argument("--arch", default="resnet56", help="architecture (default resnet56)")
+        sp.add_argument("--weights", help="weights file (.th or .safetensors); default: the shipped one for --arch")
+        sp.add_argument("--data-dir", default=None, help="data root (default $OCNNA_DATA_DIR or ../shared/data)")
+        sp.add_argument("--batch-size", type=int, default=128)
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--no-progress", action="store_true")
+
+    pr = sub.add_parser("prune", help="score, prune, distill and report (the whole OCNNA job)")
+    common(pr)
+    pr.add_argument("--k", type=float, default=40.0, help="percentile of filters removed per group (default 40)")
+    pr.add_argument("--n-components", type=_n_components, default=None)
+    pr.add_argument("--score-images", type=int, default=1000, help="training images used for scoring")
+    pr.add_argument("--eval-images", type=int, default=None, help="test images for accuracy (default all 10000)")
+    pr.add_argument("--train-images", type=int, default=None, help="training images for distillation (default all)")
+    pr.add_argument("--finetune-epochs", type=int, default=2)
+    pr.add_argument("--lr", type=float, default=0.01)
+    pr.add_argument("--out", default="runs/prune")
+    pr.set_defaults(func=cmd_prune)
+
+    ft = sub.add_parser("finetune", help="adapt a model to the shipped JPEG CIFAR-10 (cross-entropy)")
+    common(ft)
+    ft.add_argument("--epochs", type=int, default=2)
+    ft.add_argument("--lr", type=float, default=0.01)
+    ft.add_argument("--eval-images", type=int, default=None)
+    ft.add_argument("--train-images", type=int, default=None)
+    ft.add_argument("--out", default="runs/finetune")
+    ft.set_defaults(func=cmd_finetune)
+
+    ev = sub.add_parser("evaluate", help="top-1 accuracy of a model or a pruned model directory")
+    common(ev)
+    ev.add_argument("--pruned", help="a directory written by 'prune' (its pruned/ folder)")
+    ev.add_argument("--dataset", default="cifar10-jpeg-test", choices=["cifar10-jpeg-test", "cifar10-lossless-20"])
+    ev.add_argument("--eval-images", type=int, default=None)
+    ev.set_defaults(func=cmd_evaluate)
+
     i = sub.add_parser("info", help="print build information")
     i.set_defaults(func=cmd_info)
     return p
@@ -129,7 +304,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -50,9 +50,11 @@ def test_sharded_then_merged_equals_one_pass(device, n_components):
     merged = shards[0].merge(shards[1]).merge(shards[2]).result()
     assert merged.count == 24
     assert rel(merged.score, whole.score) <= 1e-12
-    # merging into an empty accumulator is the identity
-    empty = FilterStats(5, n_components)
-    assert rel(empty.merge(FilterStats(5, n_components).update(x)).result().score, whole.score) == 0
+    # merging into an empty accumulator is the identity (on CUDA the None path
+    # sums columns with atomics, so two runs may differ in the last bit)
+    one = FilterStats(5, n_components).update(x)
+    ref = one.result()
+    assert rel(FilterStats(5, n_components).merge(one).result().score, ref.score) == 0
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -1,4 +1,79 @@
-"""Model definitions whose pretrained weights ship as local files (no downloads)."""
+"""Model zoo: architectures by name, weights only from local files.
+
+CIFAR (32x32 inputs): ``resnet20/32/44/56`` (load the shipped akamaster
+checkpoints), ``vgg16_bn_cifar``, ``densenet40``, ``mobilenet_v1_cifar``.
+ImageNet (224x224): torchvision's ``resnet50``, ``vgg16_bn``, ``densenet121``,
+``mobilenet_v2``, built with ``weights=None`` (nothing is downloaded; load a
+local state dict with ``load_weights``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, Tuple, Union
+
+import torch
+from torch import nn
+
+from .cifar_others import densenet40_cifar, mobilenet_v1_cifar, vgg16_bn_cifar
 from .cifar_resnet import CifarResNet, cifar_resnet, load_akamaster_checkpoint
 
-__all__ = ["CifarResNet", "cifar_resnet", "load_akamaster_checkpoint"]
+__all__ = ["ARCHS", "build", "input_size", "load_weights", "CifarResNet", "cifar_resnet",
+           "load_akamaster_checkpoint"]
+
+
+def _tv(name: str) -> Callable[[int], nn.Module]:
+    def make(num_classes: int) -> nn.Module:
+        import torchvision
+
+        return getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+
+    return make
+
+
+# name -> (constructor(num_classes), input size)
+ARCHS: Dict[str, Tuple[Callable[[int], nn.Module], int]] = {
+    "resnet20": (lambda n: cifar_resnet(20, n), 32),
+    "resnet32": (lambda n: cifar_resnet(32, n), 32),
+    "resnet44": (lambda n: cifar_resnet(44, n), 32),
+    "resnet56": (lambda n: cifar_resnet(56, n), 32),
+    "vgg16_bn_cifar": (vgg16_bn_cifar, 32),
+    "densenet40": (densenet40_cifar, 32),
+    "mobilenet_v1_cifar": (mobilenet_v1_cifar, 32),
+    "resnet50": (_tv("resnet50"), 224),
+    "vgg16_bn": (_tv("vgg16_bn"), 224),
+    "densenet121": (_tv("densenet121"), 224),
+    "mobilenet_v2": (_tv("mobilenet_v2"), 224),
+}
+
+
+def _check(arch: str) -> None:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
+
+
+def build(arch: str, num_classes: int = 10) -> nn.Module:
+    """An untrained model of the named architecture."""
+    _check(arch)
+    return ARCHS[arch][0](num_classes)
+
+
+def input_size(arch: str) -> int:
+    _check(arch)
+    return ARCHS[arch][1]
+
+
+def load_weights(model: nn.Module, path: Union[str, os.PathLike]) -> nn.Module:
+    """Loads weights from a local file: an akamaster ``.th`` checkpoint, a
+    ``.safetensors`` file, or a torch state dict (read with ``weights_only``)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"weights file {path} not found; the shipped checkpoints are under the data root's "
+            "resnet-cifar10-akamaster/ folder (set OCNNA_DATA_DIR or --data-dir), or pass --weights FILE"
+        )
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(path), strict=True)
+        return model
+    return load_akamaster_checkpoint(model, path)

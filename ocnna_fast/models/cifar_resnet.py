@@ -68,6 +68,16 @@ class CifarResNet(nn.Module):
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
 
+    def ocnna_ignored_layers(self):
+        """Convs whose outputs feed the parameter-free option-A shortcuts (the
+        stem and every block's conv2).  Their channels are tied across a whole
+        stage through zero-padding, which Torch-Pruning cannot follow, so only
+        each block's inner conv1 is pruned."""
+        yield self.conv1
+        for stage in (self.layer1, self.layer2, self.layer3):
+            for block in stage:
+                yield block.conv2
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))

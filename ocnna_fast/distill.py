@@ -1,0 +1,199 @@
+"""Knowledge distillation from the original model into the pruned one, and
+plain fine-tuning, with per-epoch checkpoints and exact resume.
+
+The loss is ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``
+(Hinton et al. 2015).  SGD with momentum and a per-step cosine schedule.
+
+Exact resume: the shuffling and the augmentation of epoch ``e`` are drawn from
+generators seeded by ``(seed, e)``, and a checkpoint holds the student,
+optimizer and scheduler state after a whole epoch, so an interrupted run that
+is resumed ends with the same weights as one that was never interrupted.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["distill", "finetune", "evaluate", "TensorImages"]
+
+PathLike = Union[str, os.PathLike]
+
+
+class TensorImages:
+    """uint8 images ``(N, 3, H, W)`` and labels, normalised on the fly, with
+    optional CIFAR-style augmentation (4-pixel padded random crop, horizontal
+    flip) drawn from a generator the caller seeds."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std, augment: bool = False) -> None:
+        if images.dim() != 4 or images.shape[0] != labels.shape[0]:
+            raise ValueError("images must be (N, C, H, W) with one label each")
+        self.images, self.labels, self.augment = images, labels, augment
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def batch(self, idx: torch.Tensor, gen: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[idx].float().div_(255.0)
+        if self.augment:
+            if gen is None:
+                raise ValueError("augmentation needs a generator")
+            n, _, h, w = x.shape
+            padded = F.pad(x, (4, 4, 4, 4))
+            dy = torch.randint(0, 9, (n,), generator=gen)
+            dx = torch.randint(0, 9, (n,), generator=gen)
+            flip = torch.rand(n, generator=gen) < 0.5
+            out = torch.empty_like(x)
+            for i in range(n):
+                crop = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+                out[i] = crop.flip(-1) if flip[i] else crop
+            x = out
+        return (x - self.mean) / self.std, self.labels[idx]
+
+    def batches(self, batch_size: int, shuffle: bool = False, gen: Optional[torch.Generator] = None):
+        order = torch.randperm(len(self), generator=gen) if shuffle else torch.arange(len(self))
+        for s in range(0, len(self), batch_size):
+            yield self.batch(order[s:s + batch_size], gen)
+
+
+def evaluate(model: nn.Module, data: TensorImages, batch_size: int = 256, device: Union[str, torch.device] = "cpu",
+             progress: bool = False) -> float:
+    """Top-1 accuracy in percent; the model's training flag is restored."""
+    was = model.training
+    model.eval()
+    correct = 0
+    it = data.batches(batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, total=math.ceil(len(data) / batch_size), desc="evaluate", unit="batch")
+    try:
+        with torch.no_grad():
+            for x, y in it:
+                correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
+    finally:
+        model.train(was)
+    return 100.0 * correct / max(1, len(data))
+
+
+def _save_atomic(obj: Dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def distill(
+    student: nn.Module,
+    teacher: Optional[nn.Module],
+    train_data: TensorImages,
+    *,
+    epochs: int,
+    lr: float,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    batch_size: int = 128,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    checkpoint_dir: Optional[PathLike] = None,
+    device: Union[str, torch.device] = "cpu",
+    progress: bool = True,
+    eval_data: Optional[TensorImages] = None,
+    stop_after_epoch: Optional[int] = None,
+) -> List[Dict[str, float]]:
+    """Trains ``student`` in place for ``epochs`` epochs; returns per-epoch history.
+
+    ``teacher=None`` (or ``alpha=0``) is plain fine-tuning with cross-entropy.
+    With ``checkpoint_dir``, ``checkpoint.pt`` is written (atomically) after
+    every epoch and an existing one is resumed from; a checkpoint from another
+    run configuration is refused.  ``stop_after_epoch`` ends the run early
+    (as an interruption would) - for tests and for splitting long runs.
+    """
+    if epochs < 0 or lr <= 0 or temperature <= 0 or not 0 <= alpha <= 1:
+        raise ValueError("need epochs >= 0, lr > 0, temperature > 0 and alpha in [0, 1]")
+    if len(train_data) == 0:
+        raise ValueError("train_data is empty")
+    student.to(device)
+    if teacher is not None:
+        teacher.to(device).eval()
+    opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+    steps_per_epoch = math.ceil(len(train_data) / batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
+    config = {"epochs": epochs, "lr": lr, "temperature": temperature, "alpha": alpha, "batch_size": batch_size,
+              "seed": seed, "n": len(train_data), "distill": teacher is not None}
+    history: List[Dict[str, float]] = []
+    start = 0
+    ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
+    if ckpt_path is not None:
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        if ckpt_path.exists():
+            try:
+                ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise ValueError(f"cannot read checkpoint {ckpt_path}: {exc}") from exc
+            if ck.get("config") != config:
+                raise ValueError(f"checkpoint {ckpt_path} is from another run: {ck.get('config')} != {config}")
+            student.load_state_dict(ck["student"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            start, history = int(ck["epoch"]), list(ck["history"])
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=(epochs - start) * steps_per_epoch, desc="distill" if teacher is not None else "finetune",
+                   unit="step")
+    try:
+        for epoch in range(start, epochs):
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            student.train()
+            tot_loss = tot_correct = seen = 0
+            for x, y in train_data.batches(batch_size, shuffle=True, gen=gen):
+                x, y = x.to(device), y.to(device)
+                logits = student(x)
+                loss = F.cross_entropy(logits, y)
+                if teacher is not None and alpha > 0:
+                    with torch.no_grad():
+                        t_logits = teacher(x)
+                    kd = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(t_logits / temperature, 1),
+                                  reduction="batchmean", log_target=True) * temperature ** 2
+                    loss = alpha * kd + (1 - alpha) * loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                n = int(y.shape[0])
+                seen += n
+                tot_loss += float(loss.detach()) * n
+                tot_correct += int((logits.argmax(1) == y).sum())
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{tot_loss / seen:.3f}", acc=f"{100 * tot_correct / seen:.1f}")
+            rec = {"epoch": epoch + 1, "loss": tot_loss / seen, "train_accuracy": 100.0 * tot_correct / seen}
+            if eval_data is not None:
+                rec["eval_accuracy"] = evaluate(student, eval_data, device=device)
+            history.append(rec)
+            if ckpt_path is not None:
+                _save_atomic({"config": config, "epoch": epoch + 1, "history": history,
+                              "student": student.state_dict(), "optimizer": opt.state_dict(),
+                              "scheduler": sched.state_dict()}, ckpt_path)
+            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    student.eval()
+    return history
+
+
+def finetune(model: nn.Module, train_data: TensorImages, **kwargs: Any) -> List[Dict[str, float]]:
+    """Plain fine-tuning (cross-entropy only): ``distill`` without a teacher."""
+    kwargs.pop("alpha", None)
+    return distill(model, None, train_data, alpha=0.0, **kwargs)

@@ -1,0 +1,296 @@
+"""OCNNA selection and structural surgery (SPEC section 4).
+
+Dependency tracking is Torch-Pruning's ``DependencyGraph``: it finds the groups
+of channels that must go together (residual additions, concatenations,
+depthwise couplings).  What is ours: the group score from OCNNA scores, the
+percentile rule, the plan that records the result, and replaying a plan on a
+fresh model so a pruned network is stored as ``plan.json`` plus
+``model.safetensors`` (no pickle).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .scores import LayerScores
+
+__all__ = ["prune", "apply_plan", "save_pruned", "load_pruned", "count_params", "group_scores", "select_channels"]
+
+PLAN_FORMAT = "ocnna-fast-plan"
+PLAN_VERSION = 1
+PathLike = Union[str, os.PathLike]
+
+
+def _tp():
+    try:
+        import torch_pruning as tp
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise ImportError("pruning needs Torch-Pruning: pip install torch-pruning") from exc
+    return tp
+
+
+def count_params(model: nn.Module) -> int:
+    """All parameters, classifier included (the denominator of the RPR)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def select_channels(group_score: np.ndarray, k: float) -> np.ndarray:
+    """Indices (ascending) to keep: those not below the k-th percentile of the
+    group's scores (NumPy ``percentile``, linear interpolation); never none."""
+    s = np.asarray(group_score, dtype=np.float64)
+    if s.ndim != 1 or s.size == 0:
+        raise ValueError("group scores must be a non-empty 1-D array")
+    threshold = np.percentile(s, k)
+    keep = np.flatnonzero(s >= threshold)
+    if keep.size == 0:  # cannot happen for finite scores, kept as a guard
+        keep = np.array([int(np.argmax(s))])
+    return keep
+
+
+def group_scores(members: Sequence[Tuple[LayerScores, Sequence[int]]]) -> np.ndarray:
+    """SPEC 4 (our reading): per position, the mean over the group's scored
+    layers of the layer's score divided by that layer's mean score."""
+    parts = []
+    for ls, idxs in members:
+        s = ls.score.double().numpy()
+        m = s.mean()
+        parts.append(s[list(idxs)] / m if m > 0 else np.zeros(len(idxs)))
+    return np.mean(parts, axis=0)
+
+
+def _check_k(k: float) -> float:
+    if isinstance(k, bool) or not isinstance(k, (int, float, np.integer, np.floating)) or not 0 <= float(k) < 100:
+        raise ValueError(f"k is a percentile in [0, 100), got {k!r}")
+    return float(k)
+
+
+def _default_ignored(model: nn.Module) -> List[nn.Module]:
+    hook = getattr(model, "ocnna_ignored_layers", None)
+    return list(hook()) if callable(hook) else []
+
+
+def _graph(model: nn.Module, example_inputs: torch.Tensor):
+    tp = _tp()
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+
+
+def prune(
+    model: nn.Module,
+    scores: Mapping[str, LayerScores],
+    k: float,
+    example_inputs: torch.Tensor,
+    ignored_layers: Optional[Iterable[Union[str, nn.Module]]] = None,
+) -> Tuple[nn.Module, Dict[str, Any]]:
+    """A physically smaller copy of ``model`` with OCNNA's selection applied.
+
+    Args:
+        model: the trained model (not modified).
+        scores: ``Scores`` (or any mapping name -> LayerScores) for its convs.
+        k: percentile in [0, 100): in each channel group, channels scoring
+            below the k-th percentile are removed (``k=0`` keeps everything).
+        example_inputs: a batch the model accepts, used to trace dependencies.
+        ignored_layers: modules or names whose output channels stay (the
+            classifier's outputs are never pruned: only convs are roots).
+            Default: what the model's ``ocnna_ignored_layers()`` names, if any.
+
+    Returns:
+        ``(pruned_model, plan)``; ``plan`` is JSON-serialisable and
+        ``apply_plan(base, plan)`` rebuilds the same architecture.
+    """
+    k = _check_k(k)
+    if not isinstance(example_inputs, torch.Tensor):
+        raise TypeError("example_inputs must be a tensor batch the model accepts")
+    pruned = copy.deepcopy(model).eval()
+    names = {m: n for n, m in pruned.named_modules()}
+    by_name = dict(pruned.named_modules())
+    ignored = _default_ignored(pruned) if ignored_layers is None else []
+    for item in ignored_layers or []:
+        if isinstance(item, str):
+            if item not in by_name:
+                raise ValueError(f"ignored layer {item!r} is not a module of the model")
+            ignored.append(by_name[item])
+        else:  # a module of the original model: map it to the copy by name
+            name = {m: n for n, m in model.named_modules()}.get(item)
+            if name is None:
+                raise ValueError(f"ignored layer {item!r} is not a module of the model")
+            ignored.append(by_name[name])
+    missing = [n for n in scores if n not in by_name]
+    if missing:
+        raise ValueError(f"scores name layers the model does not have: {missing[:5]}")
+
+    tp = _tp()
+    DG = _graph(pruned, example_inputs)
+    decisions = []
+    for group in DG.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]):
+        root_dep, root_idxs = group[0]
+        root = root_dep.target.module
+        width = len(root_idxs)
+        members = []
+        for dep, idxs in group:
+            mod = dep.target.module
+            if not (DG.is_out_channel_pruning_fn(dep.handler) and isinstance(mod, nn.Conv2d)):
+                continue
+            name = names.get(mod)
+            if name in scores and len(idxs) == width:
+                ls = scores[name]
+                if ls.num_channels != mod.out_channels:
+                    raise ValueError(
+                        f"scores for {name!r} have {ls.num_channels} channels, the layer has {mod.out_channels}"
+                    )
+                members.append((ls, [int(i) for i in idxs]))
+        if not members:
+            continue  # no scored conv decides this group: it stays whole
+        keep = select_channels(group_scores(members), k)
+        removed = sorted(set(range(width)) - set(keep.tolist()))
+        decisions.append({"root": names[root], "channels": width, "removed": removed})
+
+    for d in decisions:
+        if d["removed"]:
+            root = by_name[d["root"]]
+            g = DG.get_pruning_group(root, tp.prune_conv_out_channels, idxs=d["removed"])
+            if not DG.check_pruning_group(g):
+                raise ValueError(f"Torch-Pruning refused to prune group rooted at {d['root']!r}")
+            g.prune()
+    plan = _make_plan(model, pruned, decisions, k, example_inputs)
+    _verify(pruned, example_inputs, model)
+    return pruned, plan
+
+
+def _layer_table(model: nn.Module) -> Dict[str, Dict[str, int]]:
+    table = {}
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            table[n] = {"in": m.in_channels, "out": m.out_channels, "groups": m.groups}
+        elif isinstance(m, nn.Linear):
+            table[n] = {"in": m.in_features, "out": m.out_features}
+    return table
+
+
+def _make_plan(base: nn.Module, pruned: nn.Module, decisions, k, example_inputs) -> Dict[str, Any]:
+    before, after = _layer_table(base), _layer_table(pruned)
+    kept = {}
+    for d in decisions:
+        kept[d["root"]] = sorted(set(range(d["channels"])) - set(d["removed"]))
+    return {
+        "format": PLAN_FORMAT,
+        "version": PLAN_VERSION,
+        "k": k,
+        "input_shape": list(example_inputs.shape[1:]),
+        "groups": decisions,
+        "kept": kept,  # kept output channel indices per group root
+        "layers_before": before,
+        "layers_after": after,
+        "params_before": count_params(base),
+        "params_after": count_params(pruned),
+    }
+
+
+def _verify(pruned: nn.Module, example_inputs: torch.Tensor, base: nn.Module) -> None:
+    with torch.no_grad():
+        out = pruned(example_inputs)
+        ref = base.eval()(example_inputs)
+    if isinstance(out, torch.Tensor) and out.shape != ref.shape:
+        raise RuntimeError(f"pruned model output shape {tuple(out.shape)} differs from {tuple(ref.shape)}")
+
+
+def _check_plan(plan: Any) -> Dict[str, Any]:
+    if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
+        raise ValueError("not an ocnna-fast pruning plan")
+    if plan.get("version") != PLAN_VERSION:
+        raise ValueError(f"unsupported plan version {plan.get('version')!r}")
+    try:
+        groups = plan["groups"]
+        for g in groups:
+            if not (isinstance(g["root"], str) and isinstance(g["channels"], int)
+                    and all(isinstance(i, int) and 0 <= i < g["channels"] for i in g["removed"])
+                    and len(g["removed"]) < g["channels"]):
+                raise ValueError(f"malformed group entry {g!r}")
+        _ = plan["layers_after"], plan["input_shape"]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"malformed pruning plan ({exc})") from exc
+    return plan
+
+
+def apply_plan(base_model: nn.Module, plan: Dict[str, Any]) -> nn.Module:
+    """Rebuilds the pruned architecture from an unpruned model and a plan
+    (the kept weights come along; load trained ones with ``load_state_dict``).
+    A plan that does not fit the model is a ``ValueError``."""
+    plan = _check_plan(plan)
+    tp = _tp()
+    model = copy.deepcopy(base_model).eval()
+    by_name = dict(model.named_modules())
+    example = torch.zeros(1, *plan["input_shape"])
+    DG = _graph(model, example)
+    for g in plan["groups"]:
+        root = by_name.get(g["root"])
+        if not isinstance(root, nn.Conv2d) or root.out_channels != g["channels"]:
+            raise ValueError(f"plan does not fit this model: group root {g['root']!r}")
+        if g["removed"]:
+            DG.get_pruning_group(root, tp.prune_conv_out_channels, idxs=list(g["removed"])).prune()
+    got = _layer_table(model)
+    if got != plan["layers_after"]:
+        diff = [n for n in plan["layers_after"] if got.get(n) != plan["layers_after"][n]]
+        raise ValueError(f"plan does not fit this model: layers differ after replay, e.g. {diff[:3]}")
+    return model
+
+
+def save_pruned(directory: PathLike, model: nn.Module, plan: Dict[str, Any],
+                extra: Optional[Dict[str, Any]] = None) -> Path:
+    """Writes ``plan.json`` and ``model.safetensors`` (each atomically)."""
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    doc = dict(plan)
+    if extra:
+        doc["model"] = extra
+    tmp = d / f".plan.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, d / "plan.json")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = d / f".model.safetensors.tmp-{os.getpid()}"
+    save_file(state, str(tmp))
+    os.replace(tmp, d / "model.safetensors")
+    return d
+
+
+def load_pruned(directory: PathLike, base_model: Optional[nn.Module] = None) -> nn.Module:
+    """Loads a model saved by ``save_pruned``: replays ``plan.json`` on
+    ``base_model`` (default: the zoo model the plan names) and loads
+    ``model.safetensors`` strictly.  Damaged or mismatched files are a
+    ``ValueError``."""
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    try:
+        plan = json.loads((d / "plan.json").read_text())
+    except FileNotFoundError:
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{d / 'plan.json'} is not valid JSON: {exc}") from exc
+    if base_model is None:
+        spec = plan.get("model") if isinstance(plan, dict) else None
+        if not spec or "arch" not in spec:
+            raise ValueError("plan.json names no architecture; pass base_model")
+        from .models import build
+
+        base_model = build(spec["arch"], num_classes=spec.get("num_classes", 10))
+    model = apply_plan(base_model, plan)
+    try:
+        state = load_file(str(d / "model.safetensors"))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"cannot read {d / 'model.safetensors'}: {exc}") from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"model.safetensors does not match plan.json: {exc}") from exc
+    return model.eval()
