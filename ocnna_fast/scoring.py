@@ -13,6 +13,7 @@ found by a one-image probe pass before scoring starts, and is scored in place.
 from __future__ import annotations
 
 import itertools
+import os
 import queue
 import threading
 import warnings
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import _native
+from . import _native, runstate
 from .layers import prunable_convs
 from .scores import Scores
 from .stats import FilterStats
@@ -134,6 +135,9 @@ def score(
     device: Union[None, str, torch.device] = None,
     progress: bool = True,
     overlap: Optional[bool] = None,
+    distributed: Optional[bool] = None,
+    checkpoint: Union[None, str, "os.PathLike[str]"] = None,
+    checkpoint_every: int = 100,
 ) -> Scores:
     """OCNNA scores of every prunable conv of ``model`` over ``data``.
 
@@ -152,11 +156,32 @@ def score(
         overlap: score CPU activations on a background thread while the
             forward pass goes on (default: on for CPU runs).  Layers whose
             output is modified in place are always scored in place.
+        distributed: when a ``torch.distributed`` process group is initialised
+            (e.g. under ``torchrun``), merge the accumulators of all ranks
+            exactly, so every rank returns the scores of all ranks' images.
+            Default: on whenever a process group exists; ``False`` turns it off.
+            Each rank passes its own share of the data.
+        checkpoint: a file to save the accumulators and the position in
+            ``data`` to every ``checkpoint_every`` batches (atomically).  If it
+            exists when the call starts, the run resumes from it: the batches
+            already scored are skipped, so ``data`` must yield the same batches
+            in the same order.  Removed after a successful run.  Under
+            ``torch.distributed`` each rank uses ``<checkpoint>.rank<N>``.
+        checkpoint_every: batches between checkpoints.
 
     Returns:
         ``Scores``, mapping each conv name to its ``LayerScores``.
     """
     ncomp = _native.canonical_n_components(n_components)
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    use_dist = False
+    if distributed is not False:
+        import torch.distributed as dist
+
+        use_dist = dist.is_available() and dist.is_initialized()
+        if distributed and not use_dist:
+            raise ValueError("distributed=True but no torch.distributed process group is initialised")
     if max_images is not None:
         if isinstance(max_images, bool) or not isinstance(max_images, (int, np.integer)) or max_images < 1:
             raise ValueError(f"max_images must be a positive int or None, got {max_images!r}")
@@ -199,7 +224,19 @@ def score(
     was_training = model.training
     handles = []
     seen = 0
+    done_batches = 0  # batches consumed from data, resumed ones included
     bar = None
+    ckpt_path = None
+    fingerprint: Dict[str, Any] = {}
+    if checkpoint is not None:
+        ckpt_path = os.fspath(checkpoint)
+        if use_dist:
+            import torch.distributed as dist
+
+            ckpt_path = f"{ckpt_path}.rank{dist.get_rank()}"
+        fingerprint = runstate.model_fingerprint(model, stats, ncomp)
+        if os.path.exists(ckpt_path):
+            done_batches, seen = runstate.load_checkpoint(ckpt_path, stats, fingerprint)
     try:
         if run_device != home:
             model.to(run_device)
@@ -208,10 +245,13 @@ def score(
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=_total_images(data, max_images), unit="img", desc="OCNNA scoring")
+            bar = tqdm(total=_total_images(data, max_images), unit="img", desc="OCNNA scoring", initial=seen)
         with torch.no_grad():
             batches = iter(data)
-            if use_overlap:
+            for _ in range(done_batches):  # resuming: these were scored before the checkpoint
+                if next(batches, None) is None:
+                    raise ValueError(f"checkpoint {ckpt_path} is past the end of data; was data changed?")
+            if use_overlap and not (max_images is not None and seen >= max_images):
                 # one image through the model, to see which conv outputs it edits in place
                 first = next(batches, None)
                 if first is not None:
@@ -239,12 +279,20 @@ def score(
                             "(a shared module); its scores would mix several positions"
                         )
                 seen += int(x.shape[0])
+                done_batches += 1
                 if bar is not None:
                     bar.update(int(x.shape[0]))
+                if ckpt_path is not None and done_batches % checkpoint_every == 0:
+                    if worker is not None:
+                        worker.drain()  # the accumulators must hold every batch counted
+                    runstate.save_checkpoint(ckpt_path, stats, fingerprint, done_batches, seen)
                 if max_images is not None and seen >= max_images:
                     break
         if worker is not None:
             worker.drain()
+        if use_dist:
+            runstate.merge_across_ranks(stats)
+            seen = max(st.images for st in stats.values())
         if seen == 0:
             raise ValueError("data yielded no images")
         results = {}
@@ -255,6 +303,8 @@ def score(
                 warnings.warn(f"conv {name!r} never ran in the forward pass; it is left out of the scores")
                 continue
             results[name] = st.result()
+        if ckpt_path is not None and os.path.exists(ckpt_path):
+            os.remove(ckpt_path)  # finished: a later call starts afresh
     finally:
         state["probing"] = False
         if worker is not None:

@@ -1,0 +1,1 @@
+"""Adapters that let other pruning code use OCNNA scores."""
