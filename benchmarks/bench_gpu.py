@@ -96,6 +96,20 @@ def resnet50_overhead(batch: int, results: dict):
     return model, x
 
 
+def profile_scoring(model, x):
+    """Where the GPU time of one scored batch goes (n_components=None and 0.95)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for nc in (None, 0.95):
+        ocnna_fast.score(model, [x], n_components=nc, progress=False)  # warm-up
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            ocnna_fast.score(model, [x], n_components=nc, progress=False)
+            torch.cuda.synchronize()
+        print(f"\nGPU kernels of one scored batch, n_components={nc}:")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
+
+
 def fifty_thousand(model, x, quick: bool, full_truncated: bool, results: dict):
     batch = x.shape[0]
     print("\n3. Scoring 50,000 images (ResNet-50, synthetic inputs resident on the GPU)")
@@ -125,6 +139,7 @@ def main():
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--full", action="store_true", help="score all 50,000 images with n_components=0.95 too")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--profile", action="store_true", help="print a kernel-time table of one scored batch")
     args = ap.parse_args()
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -135,6 +150,8 @@ def main():
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     per_shape(8, results)
     model, x = resnet50_overhead(args.batch, results)
+    if args.profile:
+        profile_scoring(model, x)
     fifty_thousand(model, x, args.quick, args.full, results)
     if args.json:
         with open(args.json, "w") as f:

@@ -2,7 +2,8 @@
 # One prepared run for a GPU machine (the device tool): build, GPU tests, GPU
 # benchmark.  Under 8 minutes on an H100.  Writes logs to $OUT when set.
 #   bash benchmarks/gpu_check.sh            # full
-#   QUICK=1 bash benchmarks/gpu_check.sh    # extrapolate the 50k-image run
+#   QUICK=1 bash benchmarks/gpu_check.sh    # extrapolate the 50k-image runs
+#   PROFILE=1 ...                           # add a kernel-time table of one scored batch
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/ocnna-gpu-check}"
@@ -18,5 +19,5 @@ echo "== GPU tests ($(( $(date +%s) - start )) s)"
 # run from elsewhere so the installed package (with its compiled modules) is imported
 ( cd tests && OCNNA_DATA_DIR="${OCNNA_DATA_DIR:-$PWD/../shared/data}" python3 -m pytest -q -x -p no:cacheprovider . 2>&1 | tail -25 ) | tee "$OUT/tests.log"
 echo "== GPU benchmark ($(( $(date +%s) - start )) s)"
-python3 benchmarks/bench_gpu.py ${QUICK:+--quick} --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log"
+python3 benchmarks/bench_gpu.py ${QUICK:+--quick} ${PROFILE:+--profile} --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log"
 echo "== done in $(( $(date +%s) - start )) s"
