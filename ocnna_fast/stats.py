@@ -134,8 +134,9 @@ class FilterStats:
                 core.accumulate(ptr, code, shape, strides, mode, q, tau,
                                 self._count.data_ptr(), self._mean.data_ptr(), self._m2.data_ptr(),
                                 self._status.data_ptr(), stream)
-            # the core reads x asynchronously: keep it alive until the stream passes
-            x.record_stream(torch.cuda.current_stream(x.device))
+            # The kernels read x on the current stream, the stream it was made on,
+            # so the caching allocator cannot hand its memory out before they run:
+            # no record_stream needed.
         elif x.device.type == "cpu":
             self._move_to(x.device)
             ptr, code, shape, strides = _native.batch_args(x)

@@ -263,33 +263,56 @@ __global__ void block_map_kernel(MapBatch x, EnergyParams p, double* out, double
 }
 
 // ------------------------------------------------------- accumulation --
-// Flags the batch if any energy is non-finite (first offending channel).
-__global__ void check_kernel(const double* f, int64_t n, int64_t c, unsigned long long* first_bad) {
-  const int64_t ch = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (ch >= c) return;
-  for (int64_t i = 0; i < n; ++i)
-    if (!is_finite(f[i * c + ch])) {
-      atomicMin(first_bad, static_cast<unsigned long long>(ch));
-      return;
+// One pass over the batch's energies: finish them (the None path leaves sums
+// of squares, so the square root is taken here) and flag the first channel
+// holding a non-finite value.  One thread per energy.
+__global__ void finish_kernel(double* f, int64_t n, int64_t c, bool take_sqrt, unsigned long long* first_bad) {
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < n * c;
+       t += int64_t(gridDim.x) * blockDim.x) {
+    double v = f[t];
+    if (take_sqrt) {
+      v = sqrt(v);
+      f[t] = v;
     }
+    if (!is_finite(v)) atomicMin(first_bad, static_cast<unsigned long long>(t % c));
+  }
 }
 
+__device__ __forceinline__ double warp_sum(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;  // every lane holds the total
+}
+
+// One warp per channel: the batch's (mean, M2) by two passes over its n
+// energies, then the Chan merge into the running accumulators.  Nothing is
+// merged for a flagged batch; the first offender is remembered in *status.
 __global__ void merge_kernel(const double* f, int64_t n, int64_t c, const unsigned long long* first_bad,
                              double* count, double* mean, double* m2, int64_t* status) {
-  const int64_t ch = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (ch >= c) return;
+  const int lane = threadIdx.x & 31;
+  const int64_t ch = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
+  if (ch >= c) return;  // the whole warp leaves together
   const unsigned long long bad = *first_bad;
-  if (bad != ~0ull) {  // reject the whole batch, remember the first offender
-    if (ch == 0 && *status < 0) *status = static_cast<int64_t>(bad);
+  if (bad != ~0ull) {
+    if (ch == 0 && lane == 0 && *status < 0) *status = static_cast<int64_t>(bad);
     return;
   }
-  double mb, q;
-  batch_summary(f + ch, n, c, mb, q);
-  chan_merge(count[ch], mean[ch], m2[ch], double(n), mb, q);
+  double s = 0.0;
+  for (int64_t i = lane; i < n; i += 32) s += f[i * c + ch];
+  const double mb = warp_sum(s) / double(n);
+  double q = 0.0;
+  for (int64_t i = lane; i < n; i += 32) {
+    const double d = f[i * c + ch] - mb;
+    q += d * d;
+  }
+  q = warp_sum(q);
+  if (lane == 0) chan_merge(count[ch], mean[ch], m2[ch], double(n), mb, q);
 }
 
+// Returns true when `out` holds sums of squares whose square root is left to
+// the caller (the None path inside accumulate, fused into finish_kernel).
 template <typename T>
-void launch_energies(const MapBatch& x, const EnergyParams& p, double* out, cudaStream_t stream) {
+bool launch_energies(const MapBatch& x, const EnergyParams& p, double* out, cudaStream_t stream,
+                     bool defer_sqrt) {
   const int64_t maps = x.n * x.c;
   const int h = int(x.h), w = int(x.w);
   int dev = 0, sms = 1;
@@ -302,16 +325,17 @@ void launch_energies(const MapBatch& x, const EnergyParams& p, double* out, cuda
     const int blocks = int(std::min<int64_t>((threads + 255) / 256, int64_t(sms) * 32));
     all_columns_kernel<T><<<blocks, 256, 0, stream>>>(x, channels_inner, out);
     check(cudaGetLastError(), "all_columns_kernel");
+    if (defer_sqrt) return true;
     sqrt_kernel<<<int((maps + 255) / 256), 256, 0, stream>>>(out, maps);
     check(cudaGetLastError(), "sqrt_kernel");
-    return;
+    return false;
   }
   const int d = std::min(h, w);
   if (int64_t(h) * w <= kSmallElems && d <= kSmallDim) {
     const int blocks = int(std::min<int64_t>((maps + 63) / 64, int64_t(sms) * 16));
     small_map_kernel<T><<<blocks, 64, 0, stream>>>(x, p, out);
     check(cudaGetLastError(), "small_map_kernel");
-    return;
+    return false;
   }
   const int threads = d <= 32 ? 64 : (d <= 64 ? 128 : 256);
   // Bisection stops at this width relative to the spectrum (trace 1): about
@@ -327,7 +351,7 @@ void launch_energies(const MapBatch& x, const EnergyParams& p, double* out, cuda
     const int blocks = int(std::min<int64_t>(maps, int64_t(sms) * 64));
     block_map_kernel<T><<<blocks, threads, bytes, stream>>>(x, p, out, nullptr, rel_tol);
     check(cudaGetLastError(), "block_map_kernel");
-    return;
+    return false;
   }
   // too large for shared memory: one global slice per block
   const int blocks = int(std::min<int64_t>(maps, int64_t(sms) * 4));
@@ -337,21 +361,26 @@ void launch_energies(const MapBatch& x, const EnergyParams& p, double* out, cuda
   const cudaError_t launch = cudaGetLastError();
   check(cudaFreeAsync(ws, stream), "workspace free");
   check(launch, "block_map_kernel (global workspace)");
+  return false;
+}
+
+bool dispatch_energies(const MapBatch& x, const EnergyParams& p, double* out, cudaStream_t stream,
+                       bool defer_sqrt) {
+  if (x.h <= 0 || x.w <= 0) throw std::invalid_argument("maps must have H >= 1 and W >= 1");
+  switch (x.dtype) {
+    case kFloat32: return launch_energies<float>(x, p, out, stream, defer_sqrt);
+    case kFloat64: return launch_energies<double>(x, p, out, stream, defer_sqrt);
+    case kFloat16: return launch_energies<Half16>(x, p, out, stream, defer_sqrt);
+    case kBFloat16: return launch_energies<BFloat16>(x, p, out, stream, defer_sqrt);
+    default: throw std::invalid_argument("unsupported dtype code");
+  }
 }
 
 }  // namespace
 
 void energies(const MapBatch& x, const EnergyParams& p, double* out, void* stream_ptr) {
   if (x.n <= 0 || x.c <= 0) return;
-  if (x.h <= 0 || x.w <= 0) throw std::invalid_argument("maps must have H >= 1 and W >= 1");
-  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-  switch (x.dtype) {
-    case kFloat32: return launch_energies<float>(x, p, out, stream);
-    case kFloat64: return launch_energies<double>(x, p, out, stream);
-    case kFloat16: return launch_energies<Half16>(x, p, out, stream);
-    case kBFloat16: return launch_energies<BFloat16>(x, p, out, stream);
-    default: throw std::invalid_argument("unsupported dtype code");
-  }
+  dispatch_energies(x, p, out, static_cast<cudaStream_t>(stream_ptr), false);
 }
 
 // The per-batch temporaries come from the device's default memory pool.  Its
@@ -371,7 +400,7 @@ void keep_pool_memory() {
 
 void accumulate(const MapBatch& x, const EnergyParams& p, double* count, double* mean, double* m2,
                 int64_t* status, void* stream_ptr) {
-  if (x.n <= 0) return;
+  if (x.n <= 0 || x.c <= 0) return;
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   keep_pool_memory();
   const int64_t nf = x.n * x.c;
@@ -383,12 +412,16 @@ void accumulate(const MapBatch& x, const EnergyParams& p, double* count, double*
   double* f = reinterpret_cast<double*>(tmp);
   auto* first_bad = reinterpret_cast<unsigned long long*>(tmp + fbytes);
   try {
-    energies(x, p, f, stream);
+    const bool sums = dispatch_energies(x, p, f, stream, true);
     check(cudaMemsetAsync(first_bad, 0xff, sizeof(unsigned long long), stream), "memset");
-    const int blocks = int((x.c + 255) / 256);
-    check_kernel<<<blocks, 256, 0, stream>>>(f, x.n, x.c, first_bad);
-    check(cudaGetLastError(), "check_kernel");
-    merge_kernel<<<blocks, 256, 0, stream>>>(f, x.n, x.c, first_bad, count, mean, m2, status);
+    int dev = 0, sms = 1;
+    check(cudaGetDevice(&dev), "cudaGetDevice");
+    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "device attribute");
+    const int fblocks = int(std::min<int64_t>((nf + 255) / 256, int64_t(sms) * 8));
+    finish_kernel<<<fblocks, 256, 0, stream>>>(f, x.n, x.c, sums, first_bad);
+    check(cudaGetLastError(), "finish_kernel");
+    const int mblocks = int((x.c * 32 + 255) / 256);
+    merge_kernel<<<mblocks, 256, 0, stream>>>(f, x.n, x.c, first_bad, count, mean, m2, status);
     check(cudaGetLastError(), "merge_kernel");
   } catch (...) {
     cudaFreeAsync(tmp, stream);
