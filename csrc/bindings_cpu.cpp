@@ -12,12 +12,15 @@
 #include <vector>
 #include <stdexcept>
 
+#include "common/call_args.h"
 #include "common/map_batch.h"
 #include "cpu/parallel.h"
 #include "cpu/scorer_cpu.h"
 
 namespace py = pybind11;
 using ocnna::EnergyParams;
+using ocnna::make_batch;
+using ocnna::make_params;
 using ocnna::MapBatch;
 
 namespace {
@@ -26,26 +29,6 @@ namespace {
 // silent copy whose writes would be lost.
 using Arr = py::array_t<double, py::array::c_style>;
 
-MapBatch make_batch(uintptr_t ptr, int dtype, const std::array<int64_t, 4>& shape,
-                    const std::array<int64_t, 4>& strides) {
-  if (dtype < ocnna::kFloat32 || dtype > ocnna::kBFloat16)
-    throw std::invalid_argument("unknown dtype code");
-  for (int64_t s : shape)
-    if (s < 0) throw std::invalid_argument("negative dimension");
-  if (ptr == 0 && shape[0] * shape[1] * shape[2] * shape[3] != 0)
-    throw std::invalid_argument("null data pointer");
-  return MapBatch{reinterpret_cast<const void*>(ptr), dtype,     shape[0],   shape[1],
-                  shape[2],                           shape[3],  strides[0], strides[1],
-                  strides[2],                         strides[3]};
-}
-
-EnergyParams make_params(int mode, int q, double tau) {
-  if (mode == ocnna::kCount && q < 1) throw std::invalid_argument("n_components must be >= 1");
-  if (mode == ocnna::kRatio && !(tau > 0.0 && tau < 1.0))
-    throw std::invalid_argument("n_components ratio must be in (0, 1)");
-  if (mode < ocnna::kAll || mode > ocnna::kRatio) throw std::invalid_argument("unknown mode");
-  return EnergyParams{mode, q, tau};
-}
 
 double* writable(Arr& a, int64_t size, const char* what) {
   if (a.size() != size) throw std::invalid_argument(std::string(what) + " has the wrong size");

@@ -9,7 +9,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from ._native import build_info
+from .distill import distill, evaluate, finetune
 from .layers import prunable_convs
+from .pruning import apply_plan, count_params, load_pruned, prune, save_pruned
 from .scores import LayerScores, Scores
 from .scoring import score
 from .stats import FilterStats
@@ -18,8 +20,16 @@ __all__ = [
     "FilterStats",
     "LayerScores",
     "Scores",
+    "apply_plan",
     "build_info",
+    "count_params",
+    "distill",
+    "evaluate",
+    "finetune",
+    "load_pruned",
     "prunable_convs",
+    "prune",
+    "save_pruned",
     "score",
     "__version__",
 ]

@@ -15,7 +15,11 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-__all__ = ["data_root", "foolbox_samples", "cifar10_jpeg", "normalize"]
+__all__ = ["data_root", "foolbox_samples", "cifar10_jpeg", "imagenet_sample", "torchvision_cifar", "normalize",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 PathLike = Union[str, os.PathLike]
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -96,6 +100,64 @@ def cifar10_jpeg(split: str = "test", root: Optional[PathLike] = None, limit: Op
     x = torch.from_numpy(np.stack([images[i] for i in order])).permute(0, 3, 1, 2).contiguous()
     y = torch.tensor([labels[i] for i in order], dtype=torch.int64)
     return x, y
+
+
+def _resize_center_crop(im, size: int, resize: int):
+    """Short side to ``resize`` (bilinear), then the central ``size`` square."""
+    from PIL import Image
+
+    w, h = im.size
+    scale = resize / min(w, h)
+    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def imagenet_sample(root: Optional[PathLike] = None, limit: Optional[int] = None, size: int = 224,
+                    resize: int = 256) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The 1000-image ImageNet sample (one image per class, from the staged
+    ``imagenet-sample-1000-eli/imagenet_sample_1000.tar``): uint8 images
+    ``(N, 3, size, size)`` after a short-side resize and a centre crop, and the
+    standard ImageNet-1k class index (the position in the sorted file list).
+    Normalise with ``IMAGENET_MEAN``/``IMAGENET_STD`` for torchvision models."""
+    from PIL import Image
+
+    tar_path = _need(data_root(root) / "imagenet-sample-1000-eli" / "imagenet_sample_1000.tar",
+                     "ImageNet 1000-image sample tar")
+    images, labels = [], []
+    with tarfile.open(tar_path, "r:") as tar:
+        members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(".jpeg")),
+                         key=lambda m: Path(m.name).name)
+        if len(members) != 1000:
+            raise ValueError(f"{tar_path} should hold 1000 JPEGs, found {len(members)}")
+        for label, m in enumerate(members[: limit if limit is not None else None]):
+            with Image.open(io.BytesIO(tar.extractfile(m).read())) as im:
+                images.append(np.asarray(_resize_center_crop(im.convert("RGB"), size, resize), dtype=np.uint8))
+            labels.append(label)
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return x, torch.tensor(labels, dtype=torch.int64)
+
+
+def torchvision_cifar(root: PathLike, dataset: str = "cifar10", train: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10/100 from torchvision's standard on-disk layout under ``root``
+    (``cifar-10-batches-py/`` or ``cifar-100-python/``), never downloading:
+    uint8 images ``(N, 3, 32, 32)`` and labels."""
+    try:
+        import torchvision
+    except ImportError as exc:
+        raise ImportError("reading torchvision's CIFAR layout needs torchvision") from exc
+    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}.get(dataset)
+    if cls is None:
+        raise ValueError(f"dataset must be 'cifar10' or 'cifar100', got {dataset!r}")
+    folder = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[dataset]
+    _need(Path(root) / folder, f"torchvision {dataset} data (the extracted {folder}/ folder)")
+    try:
+        ds = cls(os.fspath(root), train=train, download=False)
+    except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
+        raise FileNotFoundError(f"{Path(root) / folder}: {exc}") from exc
+    x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+    return x, torch.tensor(ds.targets, dtype=torch.int64)
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
