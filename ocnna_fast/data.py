@@ -26,13 +26,24 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 
 def data_root(root: Optional[PathLike] = None) -> Path:
-    """``root``, else ``$OCNNA_DATA_DIR``, else ``../shared/data`` beside this checkout."""
+    """Where the shipped data is: ``root`` if given, else ``$OCNNA_DATA_DIR``,
+    else the first existing of ``../shared/data`` and ``./shared/data`` (from
+    the current folder, e.g. the checkout) and ``shared/data`` beside the
+    source tree of an editable install."""
     if root is not None:
         return Path(root)
     env = os.environ.get("OCNNA_DATA_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
+    candidates = [
+        Path.cwd().parent / "shared" / "data",
+        Path.cwd() / "shared" / "data",
+        Path(__file__).resolve().parents[2] / "shared" / "data",
+    ]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return candidates[0]
 
 
 def _need(path: Path, what: str) -> Path:

@@ -54,3 +54,14 @@ def test_missing_data_says_what_to_put_where(tmp_path):
     with pytest.raises(ValueError, match="split"):
         cifar10_jpeg("val", tmp_path)
     assert data_root(tmp_path) == tmp_path
+
+
+def test_default_data_root_is_found_from_the_checkout(tmp_path, monkeypatch):
+    """An installed (not editable) package must still find ../shared/data from the checkout."""
+    monkeypatch.delenv("OCNNA_DATA_DIR", raising=False)
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "checkout").mkdir()
+    monkeypatch.chdir(tmp_path / "checkout")
+    assert data_root() == tmp_path / "shared" / "data"
+    monkeypatch.setenv("OCNNA_DATA_DIR", str(tmp_path))
+    assert data_root() == tmp_path
