@@ -110,14 +110,16 @@ def test_strided_views_need_no_copy(device):
                                    rtol=1e-13, atol=0)
 
 
-def test_larger_maps_match_oracle():
-    """Sizes of real networks (56x56, 112 wide), beyond the hypothesis range."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_larger_maps_match_oracle(device):
+    """Sizes of real networks (56x56, 112 wide), and 130x140, which is past the
+    shared memory of a GPU block (the CUDA core's global-memory fallback)."""
     rng = np.random.default_rng(3)
-    for h, w in ((56, 56), (112, 20), (20, 112)):
+    for h, w in ((56, 56), (112, 20), (20, 112), (130, 140)):
         a = np.maximum(rng.standard_normal((1, 2, h, w)), 0)
         for nc in (0.95, 10):
-            np.testing.assert_allclose(native_energies(torch.from_numpy(a), nc), reference.energies(a, nc),
-                                       rtol=1e-9)
+            np.testing.assert_allclose(native_energies(torch.from_numpy(a).to(device), nc),
+                                       reference.energies(a, nc), rtol=1e-9)
 
 
 def test_filter_stats_matches_oracle_scores():

@@ -1,0 +1,26 @@
+"""Type stubs of the CPU core (csrc/bindings_cpu.cpp)."""
+from typing import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+def energies(ptr: int, dtype: int, shape: Sequence[int], strides: Sequence[int], mode: int, q: int,
+             tau: float, out: npt.NDArray[np.float64]) -> None:
+    """Per-map energies F[n, c] into out (float64, N*C)."""
+
+def accumulate(ptr: int, dtype: int, shape: Sequence[int], strides: Sequence[int], mode: int, q: int,
+               tau: float, count: npt.NDArray[np.float64], mean: npt.NDArray[np.float64],
+               m2: npt.NDArray[np.float64]) -> int:
+    """Fold a batch in; -1, or the first channel with a non-finite map (nothing changed)."""
+
+def merge(count: npt.NDArray[np.float64], mean: npt.NDArray[np.float64], m2: npt.NDArray[np.float64],
+          count_b: npt.NDArray[np.float64], mean_b: npt.NDArray[np.float64],
+          m2_b: npt.NDArray[np.float64]) -> None:
+    """Chan merge of accumulators b into a, in place."""
+
+def _tridiagonal_eigenvalues(diag: npt.NDArray[np.float64], off: npt.NDArray[np.float64],
+                             method: str) -> npt.NDArray[np.float64]:
+    """Testing aid: eigenvalues (descending) by 'ql', 'lockstep' or 'bisection'."""
+
+def num_threads() -> int: ...
+def set_num_threads(n: int) -> None: ...
