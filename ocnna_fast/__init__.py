@@ -9,6 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from ._native import build_info
+from .distill import TensorImages as distill_data
 from .distill import distill, evaluate, finetune
 from .layers import prunable_convs
 from .pruning import apply_plan, count_params, load_pruned, prune, save_pruned
@@ -24,6 +25,7 @@ __all__ = [
     "build_info",
     "count_params",
     "distill",
+    "distill_data",
     "evaluate",
     "finetune",
     "load_pruned",
