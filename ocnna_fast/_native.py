@@ -12,7 +12,17 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from . import _C  # the CPU core must always be there
+try:
+    from . import _C  # the CPU core must always be there
+except ImportError as exc:  # pragma: no cover - depends on how Python was started
+    import os as _os
+
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    raise ImportError(
+        f"ocnna_fast was imported from {_here}, which holds no compiled core (_C). "
+        "If that is the source checkout, import it from another folder so the installed "
+        "package is used, or install in place with `pip install -e .`."
+    ) from exc
 
 try:  # the CUDA core is optional: absent build, or no usable runtime here
     from . import _C_cuda  # type: ignore[attr-defined]
