@@ -146,11 +146,13 @@ OCNNA_HD double centred_ss_from_shifted(double s1, double s2, double rows) {
   return v > 0.0 ? v : 0.0;
 }
 
-// Upper triangle of G = A^T A for an R x D row-major A (G is D x D), then
-// mirrored.  Four rows at a time so each pass over G does four rank-1 updates.
+// Upper triangle of G = A^T A for an R x D row-major A (G is D x D, rows
+// `ld` >= D apart; columns D..ld are zeroed), then mirrored.  Four rows at a
+// time so each pass over G does four rank-1 updates.
 template <typename S>
-OCNNA_HD void gram_ata(const S* a, int rows, int d, S* g) {
-  for (int64_t i = 0; i < int64_t(d) * d; ++i) g[i] = S(0);
+OCNNA_HD void gram_ata(const S* a, int rows, int d, S* g, int ld = 0) {
+  if (ld < d) ld = d;
+  for (int64_t i = 0; i < int64_t(d) * ld; ++i) g[i] = S(0);
   int r = 0;
   for (; r + 4 <= rows; r += 4) {
     const S* r0 = a + int64_t(r) * d;
@@ -159,7 +161,7 @@ OCNNA_HD void gram_ata(const S* a, int rows, int d, S* g) {
     const S* r3 = r2 + d;
     for (int i = 0; i < d; ++i) {
       const S a0 = r0[i], a1 = r1[i], a2 = r2[i], a3 = r3[i];
-      S* gi = g + int64_t(i) * d;
+      S* gi = g + int64_t(i) * ld;
       for (int j = i; j < d; ++j) gi[j] += a0 * r0[j] + a1 * r1[j] + a2 * r2[j] + a3 * r3[j];
     }
   }
@@ -167,34 +169,52 @@ OCNNA_HD void gram_ata(const S* a, int rows, int d, S* g) {
     const S* r0 = a + int64_t(r) * d;
     for (int i = 0; i < d; ++i) {
       const S a0 = r0[i];
-      S* gi = g + int64_t(i) * d;
+      S* gi = g + int64_t(i) * ld;
       for (int j = i; j < d; ++j) gi[j] += a0 * r0[j];
     }
   }
   for (int i = 0; i < d; ++i)
-    for (int j = 0; j < i; ++j) g[int64_t(i) * d + j] = g[int64_t(j) * d + i];
+    for (int j = 0; j < i; ++j) g[int64_t(i) * ld + j] = g[int64_t(j) * ld + i];
+}
+
+// Row padding that lets tridiagonalize run every inner loop to a whole number
+// of SIMD vectors (no scalar remainder, which dominated at these sizes).
+template <typename S>
+OCNNA_HD int simd_pad() {
+  return int(64 / sizeof(S));
+}
+template <typename S>
+OCNNA_HD int padded_ld(int d) {
+  return d + simd_pad<S>();
 }
 
 // Householder reduction of the symmetric d x d matrix `g` (full storage,
-// destroyed) to a tridiagonal with diagonal `diag[0..d)` and off-diagonal
-// `off[0..d-1)`.  Eigenvalues only, so the reflectors are not kept.  Every
-// inner loop is an axpy over a contiguous row (symmetry lets rows stand in for
-// columns), so compilers vectorise it without reassociating any sum.  (Keeping
-// only one triangle halves the flops but measured slower at these sizes: the
-// ragged row lengths cost more than they save.)  `work` holds 2*d elements.
+// rows `ld` apart, destroyed) to a tridiagonal with diagonal `diag[0..d)` and
+// off-diagonal `off[0..d-1)`.  Eigenvalues only, so the reflectors are not
+// kept.  Every inner loop is an axpy over a contiguous row (symmetry lets rows
+// stand in for columns), so compilers vectorise it without reassociating any
+// sum.  With ld >= padded_ld<S>(d) and columns d..ld zero, the loops run to a
+// whole number of vectors; the padding stays zero.  (Keeping only one
+// triangle halves the flops but measured slower at these sizes.)  `work`
+// holds 2*ld elements.
 template <typename S>
-OCNNA_HD void tridiagonalize(S* g, int d, S* diag, S* off, S* work) {
+OCNNA_HD void tridiagonalize(S* g, int d, S* diag, S* off, S* work, int ld = 0) {
+  const bool padded = ld >= padded_ld<S>(d);
+  if (ld < d) ld = d;
+  const int vl = simd_pad<S>();
   S* v = work;
-  S* w = work + d;
+  S* w = work + ld;
   for (int k = 0; k + 2 < d; ++k) {
     const int m = d - k - 1;  // size of the trailing block B = g[k+1.., k+1..]
-    const S* x = g + int64_t(k) * d + (k + 1);  // row k right of the diagonal
+    const int mp = padded ? (m + vl - 1) / vl * vl : m;  // loop length, zeros past m
+    const S* x = g + int64_t(k) * ld + (k + 1);  // row k right of the diagonal
     S norm2 = 0;
     for (int i = 0; i < m; ++i) {
       v[i] = x[i];
       norm2 += x[i] * x[i];
     }
-    diag[k] = g[int64_t(k) * d + k];
+    for (int i = m; i < mp; ++i) v[i] = S(0);
+    diag[k] = g[int64_t(k) * ld + k];
     if (norm2 == S(0)) {  // already reduced
       off[k] = S(0);
       continue;
@@ -206,20 +226,20 @@ OCNNA_HD void tridiagonalize(S* g, int d, S* diag, S* off, S* work) {
     v[0] -= alpha;
     const S beta = S(2) / vtv;
     // w = beta B v, accumulated four rows at a time (B symmetric)
-    for (int i = 0; i < m; ++i) w[i] = S(0);
+    for (int i = 0; i < mp; ++i) w[i] = S(0);
     int j = 0;
     for (; j + 4 <= m; j += 4) {
-      const S* b0 = g + int64_t(k + 1 + j) * d + (k + 1);
-      const S* b1 = b0 + d;
-      const S* b2 = b1 + d;
-      const S* b3 = b2 + d;
+      const S* b0 = g + int64_t(k + 1 + j) * ld + (k + 1);
+      const S* b1 = b0 + ld;
+      const S* b2 = b1 + ld;
+      const S* b3 = b2 + ld;
       const S v0 = v[j], v1 = v[j + 1], v2 = v[j + 2], v3 = v[j + 3];
-      for (int i = 0; i < m; ++i) w[i] += b0[i] * v0 + b1[i] * v1 + b2[i] * v2 + b3[i] * v3;
+      for (int i = 0; i < mp; ++i) w[i] += b0[i] * v0 + b1[i] * v1 + b2[i] * v2 + b3[i] * v3;
     }
     for (; j < m; ++j) {
-      const S* bj = g + int64_t(k + 1 + j) * d + (k + 1);
+      const S* bj = g + int64_t(k + 1 + j) * ld + (k + 1);
       const S vj = v[j];
-      for (int i = 0; i < m; ++i) w[i] += bj[i] * vj;
+      for (int i = 0; i < mp; ++i) w[i] += bj[i] * vj;
     }
     S vw = 0;
     for (int i = 0; i < m; ++i) {
@@ -228,18 +248,19 @@ OCNNA_HD void tridiagonalize(S* g, int d, S* diag, S* off, S* work) {
     }
     const S h = S(0.5) * beta * vw;
     for (int i = 0; i < m; ++i) w[i] -= h * v[i];
+    for (int i = m; i < mp; ++i) w[i] = S(0);
     // B <- H B H = B - v w^T - w v^T
     for (int i = 0; i < m; ++i) {
-      S* bi = g + int64_t(k + 1 + i) * d + (k + 1);
+      S* bi = g + int64_t(k + 1 + i) * ld + (k + 1);
       const S vi = v[i], wi = w[i];
-      for (int jj = 0; jj < m; ++jj) bi[jj] -= vi * w[jj] + wi * v[jj];
+      for (int jj = 0; jj < mp; ++jj) bi[jj] -= vi * w[jj] + wi * v[jj];
     }
   }
   if (d >= 2) {
-    diag[d - 2] = g[int64_t(d - 2) * d + (d - 2)];
-    off[d - 2] = g[int64_t(d - 2) * d + (d - 1)];
+    diag[d - 2] = g[int64_t(d - 2) * ld + (d - 2)];
+    off[d - 2] = g[int64_t(d - 2) * ld + (d - 1)];
   }
-  diag[d - 1] = g[int64_t(d - 1) * d + (d - 1)];
+  diag[d - 1] = g[int64_t(d - 1) * ld + (d - 1)];
 }
 
 // Eigenvalues of a symmetric tridiagonal matrix by the implicit QL method with
@@ -483,11 +504,13 @@ OCNNA_HD bool needs_eigen(const EnergyParams& p, int h, int w) {
 }
 
 // Scratch elements (of the compute type S) that reduce_map needs besides the
-// map itself: the centred map in S (transposed when W > H), the Gram, and the
-// tridiagonal with its Householder work vectors.
-OCNNA_HD int64_t reduce_scratch_size(int h, int w) {
+// map itself: the Gram (rows `ld` apart, ld >= min(h, w)), the centred map in
+// S (transposed when W > H), and the tridiagonal with its Householder work
+// vectors.  ld = 0 means unpadded rows.
+OCNNA_HD int64_t reduce_scratch_size(int h, int w, int ld = 0) {
   const int64_t d = h < w ? h : w;
-  return int64_t(h) * w + d * d + 4 * d;
+  const int64_t l = ld > d ? ld : d;
+  return int64_t(h) * w + d * l + 2 * d + 2 * l;
 }
 
 // First half of the truncated path for one h x w map loaded row-major into
@@ -499,7 +522,7 @@ OCNNA_HD int64_t reduce_scratch_size(int h, int w) {
 // non-finite input).
 template <typename S>
 OCNNA_HD bool reduce_map(double* map, int h, int w, const EnergyParams& p, S* scratch,
-                         double* total, S** diag, S** off, double* f) {
+                         double* total, S** diag, S** off, double* f, int ld = 0) {
   centre_columns(map, h, w);
   const double t = sum_squares(map, int64_t(h) * w);
   *total = t;
@@ -512,25 +535,26 @@ OCNNA_HD bool reduce_map(double* map, int h, int w, const EnergyParams& p, S* sc
     return false;
   }
   const int d = h < w ? h : w;
+  if (ld < d) ld = d;
   S* gram = scratch;
-  S* a = gram + int64_t(d) * d;
+  S* a = gram + int64_t(d) * ld;
   // The Gram of the smaller side is always A^T A with A = Xc (W <= H) or
   // A = Xc^T (W > H), since X Xc^T = (Xc^T)^T Xc^T.
   if (w <= h) {
     for (int64_t e = 0; e < int64_t(h) * w; ++e) a[e] = S(map[e]);
-    gram_ata(a, h, w, gram);
+    gram_ata(a, h, w, gram, ld);
   } else {
     for (int i = 0; i < h; ++i)
       for (int j = 0; j < w; ++j) a[int64_t(j) * h + i] = S(map[int64_t(i) * w + j]);
-    gram_ata(a, w, h, gram);
+    gram_ata(a, w, h, gram, ld);
   }
   // Unit trace: eigenvalue ratios are unchanged and the QL step stays far
   // from overflow and underflow.
   const S inv = S(1.0 / t);
-  for (int64_t i = 0; i < int64_t(d) * d; ++i) gram[i] *= inv;
+  for (int64_t i = 0; i < int64_t(d) * ld; ++i) gram[i] *= inv;
   *diag = a;  // the copy of the map is no longer needed
   *off = a + d;
-  tridiagonalize(gram, d, *diag, *off, a + 2 * d);
+  tridiagonalize(gram, d, *diag, *off, a + 2 * d, ld);
   return true;
 }
 

@@ -193,7 +193,8 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
   const int64_t want = channel_inner ? std::max<int64_t>(kLanes, (32 << 10) / hw) : kLanes;
   const int64_t tile = std::min<int64_t>(x.c, want);
   const int64_t tiles_per_image = (x.c + tile - 1) / tile;
-  const int64_t scratch = reduce_scratch_size(h, w);
+  const int ld = padded_ld<S>(d);  // SIMD-friendly Gram rows
+  const int64_t scratch = reduce_scratch_size(h, w, ld);
   parallel_for(x.n * tiles_per_image, [&](int64_t begin, int64_t end) {
     // one allocation per thread and call, none per map
     std::vector<double> maps(size_t(tile * hw));
@@ -215,7 +216,7 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
           S* dg;
           S* of;
           if (reduce_map(maps.data() + c * hw, h, w, p, work.data() + pending * scratch,
-                         &total[pending], &dg, &of, &f)) {
+                         &total[pending], &dg, &of, &f, ld)) {
             diag[pending] = dg;
             off[pending] = of;
             chan[pending++] = c0 + c;
