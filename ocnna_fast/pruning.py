@@ -55,8 +55,12 @@ def select_channels(group_score: np.ndarray, k: float) -> np.ndarray:
 
 
 def group_scores(members: Sequence[Tuple[LayerScores, Sequence[int]]]) -> np.ndarray:
-    """SPEC 4 (our reading): per position, the mean over the group's scored
-    layers of the layer's score divided by that layer's mean score."""
+    """SPEC 4: a group with one scored layer ranks by that layer's scores; a
+    group spanning several layers (our reading) by the mean over them of each
+    layer's score divided by that layer's mean score."""
+    if len(members) == 1:
+        ls, idxs = members[0]
+        return ls.score.double().numpy()[list(idxs)]
     parts = []
     for ls, idxs in members:
         s = ls.score.double().numpy()

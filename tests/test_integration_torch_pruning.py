@@ -55,6 +55,15 @@ def test_global_and_iterative_pruning_run():
     assert sum(p.numel() for p in model.parameters()) < 0.8 * before
 
 
+def test_single_conv_group_returns_that_convs_scores():
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    scores = fake_scores(model, seed=6)
+    DG = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, 64, 64))
+    group = DG.get_pruning_group(model.layer1[0].conv1, tp.prune_conv_out_channels, list(range(64)))
+    imp = OCNNAImportance(scores)(group)
+    torch.testing.assert_close(imp, scores["layer1.0.conv1"].score.float())
+
+
 def test_groups_without_scores_are_skipped():
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
     x = torch.randn(1, 3, 64, 64)
