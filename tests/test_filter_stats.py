@@ -165,3 +165,32 @@ def test_numpy_input_and_negative_strides():
     assert rel(b.score, a.score) <= 1e-12
     with pytest.raises(ValueError, match="floating-point"):
         FilterStats(5).update(x.astype(np.int64))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_native_core_works_in_a_forked_child():
+    """A child forked after the thread pool started must not wait for the parent's threads."""
+    import os
+    import signal
+    import time
+
+    x = acts(seed=7)
+    want = FilterStats(5, 0.9).update(x).result().score  # starts the pool in the parent
+    pid = os.fork()
+    if pid == 0:  # child: score again, exit 0 on a match
+        try:
+            got = FilterStats(5, 0.9).update(x).result().score
+            os._exit(0 if torch.equal(got, want) else 3)
+        except BaseException:
+            os._exit(4)
+    deadline = time.time() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.time() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung in the native core")
+        time.sleep(0.05)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

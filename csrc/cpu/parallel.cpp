@@ -1,6 +1,9 @@
 #include "parallel.h"
 
+#include <pthread.h>
+
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -117,10 +120,27 @@ class Pool {
   std::exception_ptr error_;
 };
 
+// The pool in use.  Leaked on purpose: joining threads from a static
+// destructor at interpreter exit can deadlock.
+std::atomic<Pool*> g_pool{nullptr};
+std::mutex g_pool_mu;
+
+// A forked child has the parent's pool object but none of its threads, and
+// its mutexes may be held by threads that do not exist there: the child drops
+// (leaks) it and builds a fresh pool on first use.
+void forget_pool_in_child() { g_pool.store(nullptr); }
+
 Pool& pool() {
-  // Leaked on purpose: joining threads from a static destructor at interpreter
-  // exit can deadlock.
-  static Pool* p = new Pool(default_threads());
+  Pool* p = g_pool.load();
+  if (p != nullptr) return *p;
+  static std::once_flag registered;
+  std::call_once(registered, [] { pthread_atfork(nullptr, nullptr, forget_pool_in_child); });
+  std::lock_guard<std::mutex> lk(g_pool_mu);
+  p = g_pool.load();
+  if (p == nullptr) {
+    p = new Pool(default_threads());
+    g_pool.store(p);
+  }
   return *p;
 }
 
