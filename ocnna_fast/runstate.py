@@ -77,11 +77,8 @@ def load_checkpoint(path: str, stats: Dict[str, FilterStats], fingerprint: Dict[
             batches, images = int(meta["batches"]), int(meta["images"])
             states: List[Dict[str, Any]] = []
             for i, st in enumerate(stats.values()):
-                states.append({
-                    "version": 1, "num_channels": st.num_channels, "n_components": st.n_components,
-                    "images": int(f.get_tensor(f"{i}.images")[0]), "count": f.get_tensor(f"{i}.count"),
-                    "mean": f.get_tensor(f"{i}.mean"), "m2": f.get_tensor(f"{i}.m2"),
-                })
+                states.append(st.state_with(f.get_tensor(f"{i}.count"), f.get_tensor(f"{i}.mean"),
+                                            f.get_tensor(f"{i}.m2"), int(f.get_tensor(f"{i}.images")[0])))
     except ValueError:
         raise
     except Exception as exc:  # safetensors' own errors for truncated or corrupted files
@@ -132,5 +129,4 @@ def merge_across_ranks(stats: Dict[str, FilterStats]) -> None:
                      part[c:2 * c].clone().numpy(), part[2 * c:3 * c].clone().numpy())
             images += int(part[3 * c])
         offset += 3 * c + 1
-        st.load_state_dict({"version": 1, "num_channels": c, "n_components": st.n_components, "images": images,
-                            "count": cnt, "mean": mean, "m2": m2})
+        st.load_state_dict(st.state_with(cnt, mean, m2, images))

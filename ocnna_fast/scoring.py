@@ -26,7 +26,7 @@ from torch import nn
 from . import _native, runstate
 from .layers import prunable_convs
 from .scores import Scores
-from .stats import FilterStats
+from .stats import FilterStats, positive_int
 
 __all__ = ["score"]
 
@@ -173,8 +173,7 @@ def score(
         ``Scores``, mapping each conv name to its ``LayerScores``.
     """
     ncomp = _native.canonical_n_components(n_components)
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
     use_dist = False
     if distributed is not False:
         import torch.distributed as dist
@@ -183,9 +182,7 @@ def score(
         if distributed and not use_dist:
             raise ValueError("distributed=True but no torch.distributed process group is initialised")
     if max_images is not None:
-        if isinstance(max_images, bool) or not isinstance(max_images, (int, np.integer)) or max_images < 1:
-            raise ValueError(f"max_images must be a positive int or None, got {max_images!r}")
-        max_images = int(max_images)
+        max_images = positive_int(max_images, "max_images")
     convs = prunable_convs(model, layers)
     if not convs:
         raise ValueError(

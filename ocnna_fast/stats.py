@@ -23,6 +23,13 @@ ArrayLike = Union[torch.Tensor, np.ndarray]
 _STATE_VERSION = 1
 
 
+def positive_int(value: Any, what: str) -> int:
+    """``value`` as an int >= 1, or a ``ValueError`` naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{what} must be a positive int, got {value!r}")
+    return int(value)
+
+
 def _as_tensor(activations: ArrayLike) -> torch.Tensor:
     if isinstance(activations, torch.Tensor):
         return activations.detach()
@@ -54,9 +61,7 @@ class FilterStats:
     """
 
     def __init__(self, num_channels: int, n_components: Any = None, *, name: Optional[str] = None) -> None:
-        if isinstance(num_channels, bool) or not isinstance(num_channels, (int, np.integer)) or num_channels < 1:
-            raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
-        self.num_channels = int(num_channels)
+        self.num_channels = positive_int(num_channels, "num_channels")
         self._params = _native.parse_n_components(n_components)
         self.n_components = _native.canonical_n_components(n_components)
         self.name = name
@@ -195,6 +200,11 @@ class FilterStats:
             "mean": mean.clone(),
             "m2": m2.clone(),
         }
+
+    def state_with(self, count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor, images: int) -> Dict[str, Any]:
+        """A state for this accumulator's layer holding the given totals."""
+        return {"version": _STATE_VERSION, "num_channels": self.num_channels, "n_components": self.n_components,
+                "images": int(images), "count": count, "mean": mean, "m2": m2}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restores ``state_dict()`` output; a mismatching state is a ``ValueError``."""
