@@ -4,7 +4,8 @@ not depend on the weights).  Run by benchmarks/gpu_check.sh on a GPU machine.
 
 Prints, all measured in this one process on this one GPU:
   1. per map size: native CUDA vs batched PyTorch (Gram + torch.linalg.eigvalsh)
-  2. ResNet-50 forward alone vs forward + scoring (None and 0.95)
+  2. ResNet-50 forward alone vs forward + scoring (None and 0.95; side stream
+     and same stream), steady state over several batches
   3. wall time to score 50,000 images (measured, or extrapolated if --quick)
 """
 from __future__ import annotations
@@ -72,7 +73,9 @@ def per_shape(images: int, results: dict):
     results["per_shape"] = tot
 
 
-def resnet50_overhead(batch: int, results: dict):
+def resnet50_overhead(batch: int, batches: int, results: dict):
+    """Steady state: `batches` forward passes back to back, alone and inside one
+    score() call (its set-up and result() are spread over the batches)."""
     import torchvision
 
     model = torchvision.models.resnet50(weights=None).cuda().eval().to(memory_format=torch.channels_last)
@@ -80,18 +83,43 @@ def resnet50_overhead(batch: int, results: dict):
 
     def fwd():
         with torch.no_grad():
-            model(x)
+            for _ in range(batches):
+                model(x)
 
-    print(f"\n2. torchvision ResNet-50, batch {batch}, fp32 (TF32 off), channels_last")
+    print(f"\n2. torchvision ResNet-50, batch {batch}, fp32 (TF32 off), channels_last, "
+          f"{batches} batches per timing, ms per batch")
     out = {}
-    tf = cuda_time(fwd, repeat=5, warmup=2)
+    tf = cuda_time(fwd, repeat=3, warmup=1) / batches
     out["forward_s"] = tf
     print(f"  forward alone: {tf * 1e3:.1f} ms ({batch / tf:.0f} images/s)")
     for nc in (None, 0.95):
-        ts = cuda_time(lambda: ocnna_fast.score(model, [x], n_components=nc, progress=False), repeat=3, warmup=1)
-        out[str(nc)] = {"score_s": ts, "ratio": ts / tf}
-        print(f"  forward + scoring, n_components={nc!s:>4}: {ts * 1e3:.1f} ms, {ts / tf:.3f}x forward "
-              f"(+{(ts / tf - 1) * 100:.1f}%), {batch / ts:.0f} images/s")
+        nb = batches if nc is None else 2  # the truncated path is far slower than the forward
+        for overlap in (True, False):
+            data = lambda: (x for _ in range(nb))  # noqa: E731
+            ts = cuda_time(lambda: ocnna_fast.score(model, data(), n_components=nc, overlap=overlap,
+                                                    progress=False), repeat=3 if nc is None else 1,
+                           warmup=1) / nb
+            key = f"{nc}" + ("" if overlap else "_same_stream")
+            out[key] = {"score_s": ts, "ratio": ts / tf}
+            how = "side stream " if overlap else "same stream"
+            print(f"  forward + scoring, n_components={nc!s:>4}, {how}: {ts * 1e3:.1f} ms, {ts / tf:.3f}x forward "
+                  f"(+{(ts / tf - 1) * 100:.1f}%), {batch / ts:.0f} images/s")
+    # Batch 1 leaves the GPU waiting on the host: the difference is the host
+    # cost of the hooks per forward pass.
+    x1 = x[:1].contiguous(memory_format=torch.channels_last)
+    n1 = 20
+
+    def fwd1():
+        with torch.no_grad():
+            for _ in range(n1):
+                model(x1)
+
+    t1 = cuda_time(fwd1, repeat=3, warmup=1) / n1
+    s1 = cuda_time(lambda: ocnna_fast.score(model, (x1 for _ in range(n1)), progress=False),
+                   repeat=3, warmup=1) / n1
+    out["batch1"] = {"forward_s": t1, "score_s": s1}
+    print(f"  batch 1 (host-bound): forward {t1 * 1e3:.2f} ms, forward + scoring (None) {s1 * 1e3:.2f} ms "
+          f"-> hooks cost ~{(s1 - t1) * 1e3:.2f} ms of host time per forward pass")
     results["resnet50"] = out
     return model, x
 
@@ -137,6 +165,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--batches", type=int, default=8, help="forward passes per steady-state timing")
     ap.add_argument("--full", action="store_true", help="score all 50,000 images with n_components=0.95 too")
     ap.add_argument("--json", default=None)
     ap.add_argument("--profile", action="store_true", help="print a kernel-time table of one scored batch")
@@ -149,7 +178,7 @@ def main():
           f"cuda_compiled={info['cuda_compiled']} cuda_available={info['cuda_available']}")
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     per_shape(8, results)
-    model, x = resnet50_overhead(args.batch, results)
+    model, x = resnet50_overhead(args.batch, args.batches, results)
     if args.profile:
         profile_scoring(model, x)
     fifty_thousand(model, x, args.quick, args.full, results)

@@ -32,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
     _C_cuda = None
     _CUDA_IMPORT_ERROR = str(exc)
 
-__all__ = ["build_info", "parse_n_components", "batch_args", "cuda_core"]
+__all__ = ["build_info", "parse_n_components", "batch_args", "cuda_core", "current_stream"]
 
 # Element type codes shared with csrc/common/ocnna_math.h (enum DType).
 DTYPE_CODES: Dict[torch.dtype, int] = {
@@ -87,6 +87,18 @@ def batch_args(x: torch.Tensor) -> Tuple[int, int, Tuple[int, ...], Tuple[int, .
             f"activations must be float32, float64, float16 or bfloat16, got {x.dtype}"
         ) from None
     return x.data_ptr(), code, tuple(x.shape), tuple(x.stride())
+
+
+def current_stream(device: torch.device) -> int:
+    """The raw ``cudaStream_t`` of ``device``'s current stream (called per hook,
+    so it skips building a ``torch.cuda.Stream`` object where torch allows)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if _raw_stream is not None:
+        return _raw_stream(index)
+    return torch.cuda.current_stream(index).cuda_stream
+
+
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 
 
 def cuda_core():

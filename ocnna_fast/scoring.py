@@ -4,11 +4,15 @@ Forward hooks hand each conv's output to that layer's ``FilterStats``; the
 model runs in ``eval()`` under ``no_grad()`` and is left exactly as found
 (training flag, device, no hooks), also when something fails.
 
-On the CPU the hooks can hand the activations to a background thread instead
-of scoring them in place (``overlap``): the forward pass then keeps torch's
-threads busy instead of leaving them to spin at every hook.  A conv whose
-output the model later modifies in place (``conv -> ReLU(inplace=True)``) is
-found by a one-image probe pass before scoring starts, and is scored in place.
+Scoring can overlap the forward pass (``overlap``, on by default).  On the CPU
+the hooks hand the activations to a background thread, so the forward pass
+keeps torch's threads busy instead of leaving them to spin at every hook.  On
+CUDA the scoring kernels go to a side stream, where the memory-bound reads of
+the activations run beside the compute-bound convolutions instead of after
+them.  A conv whose output the model later modifies in place
+(``conv -> ReLU(inplace=True)``) is found by a one-image probe pass before
+scoring starts, and is scored in place (on the CPU: in the hook; on CUDA: on
+the current stream, ahead of the in-place op).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import os
 import queue
 import threading
 import warnings
+import weakref
 from typing import Any, Dict, Iterable, Optional, Sequence, Union
 
 import numpy as np
@@ -114,7 +119,7 @@ class _Overlap:
 
     def submit(self, st: FilterStats, t: torch.Tensor) -> None:
         self._raise()
-        self._q.put((st, t, t._version))
+        self._q.put((st, t.detach(), t._version))  # detach() shares the version counter
 
     def drain(self) -> None:
         self._q.join()
@@ -123,6 +128,47 @@ class _Overlap:
     def close(self) -> None:
         self._q.put(None)
         self._thread.join()
+
+
+class _SideStream:
+    """Scores CUDA activations on a side stream of ``device``.
+
+    Each batch waits for the current stream (the conv has written it), and is
+    marked as used by the side stream so the caching allocator does not hand
+    its memory out before the kernels have read it.  ``check`` runs after every
+    forward pass: a scored output whose version moved was edited in place
+    while the side stream may still have been reading it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+        self._handle = self.stream.cuda_stream
+        self._watch: list = []
+
+    def submit(self, st: FilterStats, t: torch.Tensor) -> None:
+        st._validate(t)
+        if t.device != self.device:
+            raise ValueError(f"layer {st.name!r}: output on {t.device}, expected {self.device}")
+        if t.shape[0] == 0:
+            return
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        st._accumulate_cuda(t.detach(), self._handle)
+        t.record_stream(self.stream)
+        self._watch.append((weakref.ref(t), t._version, st.name))
+
+    def check(self) -> None:
+        watch, self._watch = self._watch, []
+        for ref, version, name in watch:
+            t = ref()
+            if t is not None and t._version != version:
+                raise RuntimeError(
+                    f"the output of layer {name!r} was modified in place while it was scored; "
+                    "call score(..., overlap=False)"
+                )
+
+    def drain(self) -> None:
+        """Later work on the current stream (reading the accumulators) waits for the side stream."""
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
 
 
 def score(
@@ -153,9 +199,10 @@ def score(
         device: where to run; default the model's device.  The model is moved
             there for the run and moved back afterwards.
         progress: show a progress bar.
-        overlap: score CPU activations on a background thread while the
-            forward pass goes on (default: on for CPU runs).  Layers whose
-            output is modified in place are always scored in place.
+        overlap: score while the forward pass goes on (default: on): CPU
+            activations on a background thread, CUDA activations on a side
+            stream.  Layers whose output is modified in place are always
+            scored in place.
         distributed: when a ``torch.distributed`` process group is initialised
             (e.g. under ``torchrun``), merge the accumulators of all ranks
             exactly, so every rank returns the scores of all ranks' images.
@@ -194,15 +241,15 @@ def score(
     if run_device.type == "cuda" and run_device.index is None:
         run_device = torch.device("cuda", torch.cuda.current_device())
     stats: Dict[str, FilterStats] = {
-        name: FilterStats(m.out_channels, ncomp, name=name) for name, m in convs.items()
+        name: FilterStats(m.out_channels, ncomp, name=name, device=run_device) for name, m in convs.items()
     }
 
-    use_overlap = (run_device.type == "cpu") if overlap is None else bool(overlap and run_device.type == "cpu")
+    use_overlap = (overlap is None or bool(overlap)) and run_device.type in ("cpu", "cuda")
     calls: Dict[str, int] = {}
     probe: Dict[str, Any] = {}  # probe pass: name -> (output, its version at the hook)
     in_place: Dict[str, bool] = {name: True for name in stats}
     state = {"probing": False}
-    worker: Optional[_Overlap] = None
+    worker: Union[None, _Overlap, _SideStream] = None
 
     def make_hook(name: str, st: FilterStats):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -212,7 +259,7 @@ def score(
                 return
             calls[name] = calls.get(name, 0) + 1
             if worker is not None and not in_place[name] and isinstance(output, torch.Tensor):
-                worker.submit(st, output.detach())
+                worker.submit(st, output)
             else:
                 st.update(output)
 
@@ -259,7 +306,7 @@ def score(
                     for name, (out, version) in probe.items():
                         in_place[name] = out._version != version
                     probe.clear()
-                    worker = _Overlap()
+                    worker = _Overlap() if run_device.type == "cpu" else _SideStream(run_device)
             for batch in batches:
                 x = _input_of(batch)
                 if max_images is not None and seen + x.shape[0] > max_images:
@@ -269,6 +316,8 @@ def score(
                 x = x.to(run_device, non_blocking=True)
                 calls.clear()
                 model(x)
+                if isinstance(worker, _SideStream):
+                    worker.check()
                 for name, k in calls.items():
                     if k > 1:
                         raise ValueError(
@@ -304,7 +353,9 @@ def score(
             os.remove(ckpt_path)  # finished: a later call starts afresh
     finally:
         state["probing"] = False
-        if worker is not None:
+        if isinstance(worker, _SideStream):
+            worker.drain()  # nothing may reuse the accumulators while the side stream writes them
+        elif worker is not None:
             worker.close()
         for h in handles:
             h.remove()

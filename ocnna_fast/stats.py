@@ -60,15 +60,26 @@ class FilterStats:
     or bfloat16, any strides); the accumulators follow the batches.
     """
 
-    def __init__(self, num_channels: int, n_components: Any = None, *, name: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        num_channels: int,
+        n_components: Any = None,
+        *,
+        name: Optional[str] = None,
+        device: Union[None, str, torch.device] = None,
+    ) -> None:
         self.num_channels = positive_int(num_channels, "num_channels")
         self._params = _native.parse_n_components(n_components)
         self.n_components = _native.canonical_n_components(n_components)
         self.name = name
         self._images = 0  # images folded in, tracked on the host (no device sync)
-        self._count = torch.zeros(self.num_channels, dtype=torch.float64)
-        self._mean = torch.zeros(self.num_channels, dtype=torch.float64)
-        self._m2 = torch.zeros(self.num_channels, dtype=torch.float64)
+        # Starting on the batches' device spares a blocking copy at the first update.
+        dev = torch.device("cpu") if device is None else torch.device(device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        self._count = torch.zeros(self.num_channels, dtype=torch.float64, device=dev)
+        self._mean = torch.zeros(self.num_channels, dtype=torch.float64, device=dev)
+        self._m2 = torch.zeros(self.num_channels, dtype=torch.float64, device=dev)
         # CUDA only: first channel of a rejected (non-finite) batch, or -1
         self._status: Optional[torch.Tensor] = None
 
@@ -127,22 +138,14 @@ class FilterStats:
         self._validate(x)
         if x.shape[0] == 0:
             return self
-        mode, q, tau = self._params
         if x.is_cuda:
-            core = _native.cuda_core()
-            self._move_to(x.device)
-            if self._status is None:
-                self._status = torch.full((1,), -1, dtype=torch.int64, device=x.device)
-            with torch.cuda.device(x.device):
-                stream = torch.cuda.current_stream(x.device).cuda_stream
-                ptr, code, shape, strides = _native.batch_args(x)
-                core.accumulate(ptr, code, shape, strides, mode, q, tau,
-                                self._count.data_ptr(), self._mean.data_ptr(), self._m2.data_ptr(),
-                                self._status.data_ptr(), stream)
             # The kernels read x on the current stream, the stream it was made on,
             # so the caching allocator cannot hand its memory out before they run:
             # no record_stream needed.
-        elif x.device.type == "cpu":
+            self._accumulate_cuda(x, _native.current_stream(x.device))
+            return self
+        if x.device.type == "cpu":
+            mode, q, tau = self._params
             self._move_to(x.device)
             ptr, code, shape, strides = _native.batch_args(x)
             bad = _C.accumulate(ptr, code, shape, strides, mode, q, tau,
@@ -156,6 +159,22 @@ class FilterStats:
             raise ValueError(f"{self._where()}: activations on unsupported device {x.device}")
         self._images += int(x.shape[0])
         return self
+
+    def _accumulate_cuda(self, x: torch.Tensor, stream: int) -> None:
+        """Launches the fold of a validated CUDA batch on ``stream`` (a raw
+        ``cudaStream_t`` of x's device) and counts its images.  Nothing here
+        waits for the GPU; the caller keeps x alive for ``stream``."""
+        core = _native.cuda_core()
+        if self._mean.device != x.device:
+            self._move_to(x.device)
+        if self._status is None:
+            self._status = torch.full((1,), -1, dtype=torch.int64, device=x.device)
+        mode, q, tau = self._params
+        ptr, code, shape, strides = _native.batch_args(x)
+        core.accumulate(ptr, code, shape, strides, mode, q, tau,
+                        self._count.data_ptr(), self._mean.data_ptr(), self._m2.data_ptr(),
+                        self._status.data_ptr(), stream, x.device.index)
+        self._images += int(x.shape[0])
 
     def _host_state(self):
         self._check_status()

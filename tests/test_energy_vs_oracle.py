@@ -24,7 +24,7 @@ def native_energies(a: torch.Tensor, n_components) -> np.ndarray:
     if a.is_cuda:
         out = torch.empty(shape[0] * shape[1], dtype=torch.float64, device=a.device)
         _native.cuda_core().energies(ptr, code, shape, strides, mode, q, tau, out.data_ptr(),
-                                     torch.cuda.current_stream(a.device).cuda_stream)
+                                     _native.current_stream(a.device), a.device.index)
         return out.cpu().numpy().reshape(shape[:2])
     out = np.empty(shape[0] * shape[1])
     _native._C.energies(ptr, code, shape, strides, mode, q, tau, out)

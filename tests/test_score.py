@@ -216,11 +216,12 @@ class InPlaceAfterConv(nn.Module):
         return self.c2(self.act(self.c1(x))).mean((2, 3))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("overlap", [True, False])
-def test_in_place_edits_after_the_conv_are_not_seen(overlap):
+def test_in_place_edits_after_the_conv_are_not_seen(overlap, device):
     model = InPlaceAfterConv().eval()
     x = tiny_data(12, seed=3)
-    s = score(model, [x[:5], x[5:]], n_components=0.9, overlap=overlap, progress=False)
+    s = score(model, [x[:5], x[5:]], n_components=0.9, overlap=overlap, device=device, progress=False)
     outs, _ = conv_outputs(model, x)  # clones taken at hook time: pre-ReLU
     assert (outs["c1"] < 0).any()  # the ReLU would have changed what is scored
     for name in ("c1", "c2"):
@@ -228,21 +229,50 @@ def test_in_place_edits_after_the_conv_are_not_seen(overlap):
         np.testing.assert_allclose(s[name].score.numpy(), want["score"], rtol=1e-4)
 
 
-def test_overlap_gives_the_same_scores():
+@pytest.mark.parametrize("device", DEVICES)
+def test_overlap_gives_the_same_scores(device):
     model = Tiny().eval()
     batches = [tiny_data(6, seed=k) for k in range(5)]
-    a = score(model, batches, overlap=True, progress=False)
-    b = score(model, batches, overlap=False, progress=False)
+    a = score(model, batches, overlap=True, device=device, progress=False)
+    b = score(model, batches, overlap=False, device=device, progress=False)
     for n in a:
-        assert torch.equal(a[n].score, b[n].score) and a[n].count == b[n].count == 30
+        assert a[n].count == b[n].count == 30
+        # CUDA's None path sums with atomics: equal up to the last bits
+        torch.testing.assert_close(a[n].score, b[n].score, rtol=1e-12, atol=0)
 
 
-def test_overlap_reports_errors_from_the_background():
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA GPU")
+def test_side_stream_scores_a_real_model_like_the_cpu():
+    """torchvision ResNet-18 on CUDA, channels_last, several batches: the side
+    stream reads every conv output before its memory is reused."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    batches = [torch.randn(16, 3, 96, 96) for _ in range(4)]
+    cpu = score(model, batches, overlap=False, progress=False)
+    model.cuda().to(memory_format=torch.channels_last)
+    gpu_batches = [b.cuda().to(memory_format=torch.channels_last) for b in batches]
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            side = score(model, gpu_batches, progress=False)
+            same = score(model, gpu_batches, overlap=False, progress=False)
+    finally:
+        model.cpu()
+    for n in cpu:
+        # a race on the side stream would give a different activation, not a last-bit change
+        torch.testing.assert_close(side[n].score, same[n].score, rtol=1e-9, atol=0)
+        torch.testing.assert_close(side[n].score, cpu[n].score, rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_overlap_reports_errors_from_the_background(device):
     model = Tiny().eval()
     bad = tiny_data(6, seed=1)
     bad[4, 1, 2, 3] = float("inf")
     with pytest.raises(ValueError, match="non-finite"):
-        score(model, [tiny_data(6), tiny_data(6, seed=2), bad, tiny_data(6, seed=3)], overlap=True, progress=False)
+        score(model, [tiny_data(6), tiny_data(6, seed=2), bad, tiny_data(6, seed=3)], overlap=True,
+              device=device, progress=False)
     assert all(not m._forward_hooks for m in model.modules())
     import threading
 

@@ -30,6 +30,47 @@ void check(cudaError_t err, const char* what) {
     throw std::runtime_error(std::string("ocnna-fast CUDA: ") + what + ": " + cudaGetErrorString(err));
 }
 
+// Device attributes, looked up once per device: the hooks call into this core
+// for every conv of every batch, so per-call host work is kept to launches.
+struct DeviceInfo {
+  int sms = 0;
+  int smem_optin = 0;
+};
+
+const DeviceInfo& device_info(int dev) {
+  static DeviceInfo cache[64];
+  if (dev < 0 || dev >= 64) throw std::invalid_argument("device index out of range");
+  DeviceInfo& d = cache[dev];
+  if (d.sms == 0) {
+    int sms = 1, optin = 0;
+    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "device attribute");
+    check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "device attribute");
+    d.smem_optin = optin;
+    d.sms = sms;  // written last: marks the entry filled
+  }
+  return d;
+}
+
+// Makes `dev` current for the scope (the caller's stream lives there) and
+// puts the previous device back, so callers need no device context.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int dev) {
+    check(cudaGetDevice(&prev_), "cudaGetDevice");
+    if (dev >= 0 && dev != prev_) check(cudaSetDevice(dev), "cudaSetDevice");
+    dev_ = dev >= 0 ? dev : prev_;
+  }
+  ~DeviceGuard() {
+    if (dev_ != prev_) cudaSetDevice(prev_);
+  }
+  int device() const { return dev_; }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_ = 0, dev_ = 0;
+};
+
 // ------------------------------------------------------------------ loads --
 template <typename T>
 __device__ __forceinline__ double ld(const T* p) {
@@ -73,6 +114,40 @@ __device__ __forceinline__ double column_ss(const T* col, int64_t h, int64_t sh,
   return centred_ss_from_shifted(s1, s2, double(h));
 }
 
+// channels_last: kChunk neighbouring columns of one map, walked row by row so
+// each thread has kChunk independent loads in flight (a warp reads kChunk
+// 128-byte runs of channels per row).  Same per-column arithmetic as
+// column_ss, summed in row order.
+template <typename T>
+__device__ __forceinline__ double chunk_ss(const T* base, int64_t h, int64_t sh, int64_t sw, double& poison) {
+  double x0[kChunk], s1[kChunk], s2[kChunk];
+#pragma unroll
+  for (int j = 0; j < kChunk; ++j) {
+    x0[j] = ld(base + j * sw);
+    s1[j] = 0.0;
+    s2[j] = 0.0;
+  }
+  for (int64_t y = 1; y < h; ++y) {
+    const T* row = base + y * sh;
+    double v[kChunk];
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j) v[j] = ld(row + j * sw);
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j) {
+      const double u = v[j] - x0[j];
+      s1[j] += u;
+      s2[j] += u * u;
+    }
+  }
+  double ss = 0.0;
+#pragma unroll
+  for (int j = 0; j < kChunk; ++j) {
+    poison += s2[j] - s2[j] + x0[j] - x0[j];
+    ss += centred_ss_from_shifted(s1[j], s2[j], double(h));
+  }
+  return ss;
+}
+
 template <typename T>
 __global__ void all_columns_kernel(MapBatch x, bool channels_inner, double* acc) {
   const int64_t chunks = channels_inner ? (x.w + kChunk - 1) / kChunk : x.w;
@@ -94,7 +169,11 @@ __global__ void all_columns_kernel(MapBatch x, bool channels_inner, double* acc)
     const int64_t x_end = x_begin + width < x.w ? x_begin + width : x.w;
     const T* base = static_cast<const T*>(x.data) + x.offset(i, c, 0, 0);
     double ss = 0.0, poison = 0.0;
-    for (int64_t xx = x_begin; xx < x_end; ++xx) ss += column_ss(base + xx * x.sw, x.h, x.sh, poison);
+    if (x_end - x_begin == kChunk) {
+      ss = chunk_ss(base + x_begin * x.sw, x.h, x.sh, x.sw, poison);
+    } else {
+      for (int64_t xx = x_begin; xx < x_end; ++xx) ss += column_ss(base + xx * x.sw, x.h, x.sh, poison);
+    }
     atomicAdd(acc + i * x.c + c, ss + poison);
   }
 }
@@ -312,12 +391,10 @@ __global__ void merge_kernel(const double* f, int64_t n, int64_t c, const unsign
 // the caller (the None path inside accumulate, fused into finish_kernel).
 template <typename T>
 bool launch_energies(const MapBatch& x, const EnergyParams& p, double* out, cudaStream_t stream,
-                     bool defer_sqrt) {
+                     bool defer_sqrt, const DeviceInfo& info) {
   const int64_t maps = x.n * x.c;
   const int h = int(x.h), w = int(x.w);
-  int dev = 0, sms = 1;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "device attribute");
+  const int sms = info.sms;
   if (!needs_eigen(p, h, w)) {
     check(cudaMemsetAsync(out, 0, size_t(maps) * sizeof(double), stream), "memset");
     const bool channels_inner = (x.sc < 0 ? -x.sc : x.sc) < (x.sw < 0 ? -x.sw : x.sw);
@@ -343,9 +420,7 @@ bool launch_energies(const MapBatch& x, const EnergyParams& p, double* out, cuda
   // error in F near 1e-8), machine precision for float64 input.
   const double rel_tol = x.dtype == kFloat64 ? 2e-16 : 1e-9;
   const size_t bytes = size_t(block_buffer_size(h, w)) * sizeof(double);
-  int optin = 0;
-  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "device attribute");
-  if (bytes <= size_t(optin)) {
+  if (bytes <= size_t(info.smem_optin)) {
     check(cudaFuncSetAttribute(block_map_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
           "shared memory opt-in");
     const int blocks = int(std::min<int64_t>(maps, int64_t(sms) * 64));
@@ -365,31 +440,30 @@ bool launch_energies(const MapBatch& x, const EnergyParams& p, double* out, cuda
 }
 
 bool dispatch_energies(const MapBatch& x, const EnergyParams& p, double* out, cudaStream_t stream,
-                       bool defer_sqrt) {
+                       bool defer_sqrt, const DeviceInfo& info) {
   if (x.h <= 0 || x.w <= 0) throw std::invalid_argument("maps must have H >= 1 and W >= 1");
   switch (x.dtype) {
-    case kFloat32: return launch_energies<float>(x, p, out, stream, defer_sqrt);
-    case kFloat64: return launch_energies<double>(x, p, out, stream, defer_sqrt);
-    case kFloat16: return launch_energies<Half16>(x, p, out, stream, defer_sqrt);
-    case kBFloat16: return launch_energies<BFloat16>(x, p, out, stream, defer_sqrt);
+    case kFloat32: return launch_energies<float>(x, p, out, stream, defer_sqrt, info);
+    case kFloat64: return launch_energies<double>(x, p, out, stream, defer_sqrt, info);
+    case kFloat16: return launch_energies<Half16>(x, p, out, stream, defer_sqrt, info);
+    case kBFloat16: return launch_energies<BFloat16>(x, p, out, stream, defer_sqrt, info);
     default: throw std::invalid_argument("unsupported dtype code");
   }
 }
 
 }  // namespace
 
-void energies(const MapBatch& x, const EnergyParams& p, double* out, void* stream_ptr) {
+void energies(const MapBatch& x, const EnergyParams& p, double* out, void* stream_ptr, int device) {
   if (x.n <= 0 || x.c <= 0) return;
-  dispatch_energies(x, p, out, static_cast<cudaStream_t>(stream_ptr), false);
+  DeviceGuard guard(device);
+  dispatch_energies(x, p, out, static_cast<cudaStream_t>(stream_ptr), false, device_info(guard.device()));
 }
 
 // The per-batch temporaries come from the device's default memory pool.  Its
 // default release threshold (0) hands memory back to the driver at every
 // synchronisation, making the next cudaMallocAsync slow; keep it instead.
-void keep_pool_memory() {
+void keep_pool_memory(int dev) {
   static bool done[64] = {false};
-  int dev = 0;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
   if (dev < 0 || dev >= 64 || done[dev]) return;
   cudaMemPool_t pool;
   check(cudaDeviceGetDefaultMemPool(&pool, dev), "default memory pool");
@@ -399,10 +473,12 @@ void keep_pool_memory() {
 }
 
 void accumulate(const MapBatch& x, const EnergyParams& p, double* count, double* mean, double* m2,
-                int64_t* status, void* stream_ptr) {
+                int64_t* status, void* stream_ptr, int device) {
   if (x.n <= 0 || x.c <= 0) return;
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-  keep_pool_memory();
+  DeviceGuard guard(device);
+  const DeviceInfo& info = device_info(guard.device());
+  keep_pool_memory(guard.device());
   const int64_t nf = x.n * x.c;
   // one temporary: the batch's energies, then the first-bad-channel flag
   char* tmp = nullptr;
@@ -412,12 +488,9 @@ void accumulate(const MapBatch& x, const EnergyParams& p, double* count, double*
   double* f = reinterpret_cast<double*>(tmp);
   auto* first_bad = reinterpret_cast<unsigned long long*>(tmp + fbytes);
   try {
-    const bool sums = dispatch_energies(x, p, f, stream, true);
+    const bool sums = dispatch_energies(x, p, f, stream, true, info);
     check(cudaMemsetAsync(first_bad, 0xff, sizeof(unsigned long long), stream), "memset");
-    int dev = 0, sms = 1;
-    check(cudaGetDevice(&dev), "cudaGetDevice");
-    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "device attribute");
-    const int fblocks = int(std::min<int64_t>((nf + 255) / 256, int64_t(sms) * 8));
+    const int fblocks = int(std::min<int64_t>((nf + 255) / 256, int64_t(info.sms) * 8));
     finish_kernel<<<fblocks, 256, 0, stream>>>(f, x.n, x.c, sums, first_bad);
     check(cudaGetLastError(), "finish_kernel");
     const int mblocks = int((x.c * 32 + 255) / 256);
