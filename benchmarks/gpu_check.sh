@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_check.sh            # full
 #   QUICK=1 bash benchmarks/gpu_check.sh    # extrapolate the 50k-image runs
 #   PROFILE=1 ...                           # add a kernel-time table of one scored batch
+#   SECTIONS=2,3 TESTS="test_score.py" ...  # a part of the benchmark / of the tests
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/ocnna-gpu-check}"
@@ -17,7 +18,7 @@ python3 -m pip install --no-build-isolation --no-deps -q . 2>&1 | tail -5 | tee 
   || { echo "CUDA core not usable"; exit 1; }
 echo "== GPU tests ($(( $(date +%s) - start )) s)"
 # run from elsewhere so the installed package (with its compiled modules) is imported
-( cd tests && OCNNA_DATA_DIR="${OCNNA_DATA_DIR:-$PWD/../shared/data}" python3 -m pytest -q -x -p no:cacheprovider . 2>&1 | tail -25 ) | tee "$OUT/tests.log"
+( cd tests && OCNNA_DATA_DIR="${OCNNA_DATA_DIR:-$PWD/../shared/data}" python3 -m pytest -q -x -rs -p no:cacheprovider ${TESTS:-.} 2>&1 | tail -25 ) | tee "$OUT/tests.log"
 echo "== GPU benchmark ($(( $(date +%s) - start )) s)"
-python3 benchmarks/bench_gpu.py ${QUICK:+--quick} ${PROFILE:+--profile} --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log"
+python3 benchmarks/bench_gpu.py ${QUICK:+--quick} ${PROFILE:+--profile} ${SECTIONS:+--sections "$SECTIONS"} --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log"
 echo "== done in $(( $(date +%s) - start )) s"

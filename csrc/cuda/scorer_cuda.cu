@@ -114,27 +114,57 @@ __device__ __forceinline__ double column_ss(const T* col, int64_t h, int64_t sh,
   return centred_ss_from_shifted(s1, s2, double(h));
 }
 
-// channels_last: kChunk neighbouring columns of one map, walked row by row so
-// each thread has kChunk independent loads in flight (a warp reads kChunk
-// 128-byte runs of channels per row).  Same per-column arithmetic as
+// The first row of a column, kept exactly in the narrowest type that holds
+// every input value (float for float/half/bfloat16 input): fewer registers,
+// more loads in flight.
+template <typename T>
+struct Pivot {
+  using type = float;
+};
+template <>
+struct Pivot<double> {
+  using type = double;
+};
+
+// channels_last: kChunk neighbouring columns of one map, walked two rows at a
+// time so each thread has 2 * kChunk independent loads in flight (a warp reads
+// 2 * kChunk 128-byte runs of channels).  Same per-column arithmetic as
 // column_ss, summed in row order.
 template <typename T>
 __device__ __forceinline__ double chunk_ss(const T* base, int64_t h, int64_t sh, int64_t sw, double& poison) {
-  double x0[kChunk], s1[kChunk], s2[kChunk];
+  using P = typename Pivot<T>::type;
+  P x0[kChunk];
+  double s1[kChunk], s2[kChunk];
 #pragma unroll
   for (int j = 0; j < kChunk; ++j) {
-    x0[j] = ld(base + j * sw);
+    x0[j] = P(ld(base + j * sw));
     s1[j] = 0.0;
     s2[j] = 0.0;
   }
-  for (int64_t y = 1; y < h; ++y) {
-    const T* row = base + y * sh;
-    double v[kChunk];
-#pragma unroll
-    for (int j = 0; j < kChunk; ++j) v[j] = ld(row + j * sw);
+  int64_t y = 1;
+  for (; y + 1 < h; y += 2) {
+    const T* r0 = base + y * sh;
+    const T* r1 = r0 + sh;
+    T a[kChunk], b[kChunk];  // raw loads: converted only when used
 #pragma unroll
     for (int j = 0; j < kChunk; ++j) {
-      const double u = v[j] - x0[j];
+      a[j] = r0[j * sw];
+      b[j] = r1[j * sw];
+    }
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j) {
+      const double u = to_double(a[j]) - double(x0[j]), v = to_double(b[j]) - double(x0[j]);
+      s1[j] += u;
+      s2[j] += u * u;
+      s1[j] += v;
+      s2[j] += v * v;
+    }
+  }
+  if (y < h) {
+    const T* r0 = base + y * sh;
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j) {
+      const double u = ld(r0 + j * sw) - double(x0[j]);
       s1[j] += u;
       s2[j] += u * u;
     }
@@ -142,7 +172,7 @@ __device__ __forceinline__ double chunk_ss(const T* base, int64_t h, int64_t sh,
   double ss = 0.0;
 #pragma unroll
   for (int j = 0; j < kChunk; ++j) {
-    poison += s2[j] - s2[j] + x0[j] - x0[j];
+    poison += s2[j] - s2[j] + double(x0[j]) - double(x0[j]);
     ss += centred_ss_from_shifted(s1[j], s2[j], double(h));
   }
   return ss;
