@@ -133,22 +133,18 @@ class _Overlap:
 class _SideStream:
     """Scores CUDA activations on a side stream of ``device``.
 
-    A conv's output is not scored at once: it waits until the next hooked
-    conv is about to start (``flush`` from a forward pre-hook), and the side
-    stream waits for the work queued up to that point.  Our memory-bound reads
-    then run beside that compute-bound convolution instead of competing for
-    memory bandwidth with the BatchNorm and activation right after the first
-    conv.  Each output is marked as used by the side stream, so the caching
-    allocator does not hand its memory out before the kernels have read it.
-    A scored output whose version moves before its kernels are queued, or
-    while they may still be reading it, is an error (``check``)."""
+    Each output waits for the current stream (the conv has written it), and is
+    marked as used by the side stream so the caching allocator does not hand
+    its memory out before the kernels have read it.  ``check`` runs after every
+    forward pass: a scored output whose version moved was edited in place
+    while the side stream may still have been reading it.  (Waiting instead
+    for the next conv to start, so the reads run beside a compute-bound
+    convolution, measured no faster on an H100: see benchmarks/bench_gpu.py.)"""
 
-    def __init__(self, device: torch.device, delay: bool = True) -> None:
+    def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.delay = delay
         self.stream = torch.cuda.Stream(device)
         self._handle = self.stream.cuda_stream
-        self._pending: list = []
         self._watch: list = []
 
     def submit(self, st: FilterStats, t: torch.Tensor) -> None:
@@ -157,29 +153,13 @@ class _SideStream:
             raise ValueError(f"layer {st.name!r}: output on {t.device}, expected {self.device}")
         if t.shape[0] == 0:
             return
-        self._pending.append((st, t, t._version))
-        if not self.delay:
-            self.flush()
-
-    def flush(self) -> None:
-        """Queues the pending outputs' kernels behind everything queued so far."""
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, []
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        for st, t, version in pending:
-            if t._version != version:
-                raise RuntimeError(
-                    f"the output of layer {st.name!r} was modified in place before it was scored; "
-                    "call score(..., overlap=False)"
-                )
-            st._accumulate_cuda(t.detach(), self._handle)
-            t.record_stream(self.stream)
-            self._watch.append((weakref.ref(t), version, st.name))
+        st._accumulate_cuda(t.detach(), self._handle)
+        t.record_stream(self.stream)
+        self._watch.append((weakref.ref(t), t._version, st.name))
 
     def check(self) -> None:
-        """After a forward pass: flush, and refuse outputs edited in place meanwhile."""
-        self.flush()
+        """After a forward pass: refuse outputs edited in place while being read."""
         watch, self._watch = self._watch, []
         for ref, version, name in watch:
             t = ref()
@@ -191,13 +171,7 @@ class _SideStream:
 
     def drain(self) -> None:
         """Later work on the current stream (reading the accumulators) waits for the side stream."""
-        self._pending.clear()
         torch.cuda.current_stream(self.device).wait_stream(self.stream)
-
-
-# Whether the CUDA side stream delays each conv's scoring to the next conv
-# (see _SideStream); a switch for benchmarks/bench_gpu.py.
-_DELAY_SIDE_STREAM = True
 
 
 def score(
@@ -294,10 +268,6 @@ def score(
 
         return hook
 
-    def pre_hook(_module: nn.Module, _inputs: Any) -> None:
-        if isinstance(worker, _SideStream):
-            worker.flush()
-
     was_training = model.training
     handles = []
     seen = 0
@@ -318,8 +288,6 @@ def score(
         if run_device != home:
             model.to(run_device)
         handles = [m.register_forward_hook(make_hook(n, stats[n])) for n, m in convs.items()]
-        if run_device.type == "cuda" and use_overlap:
-            handles += [m.register_forward_pre_hook(pre_hook) for m in convs.values()]
         model.eval()
         if progress:
             from tqdm.auto import tqdm
@@ -341,8 +309,7 @@ def score(
                     for name, (out, version) in probe.items():
                         in_place[name] = out._version != version
                     probe.clear()
-                    worker = (_Overlap() if run_device.type == "cpu"
-                              else _SideStream(run_device, delay=_DELAY_SIDE_STREAM))
+                    worker = _Overlap() if run_device.type == "cpu" else _SideStream(run_device)
             for batch in batches:
                 x = _input_of(batch)
                 if max_images is not None and seen + x.shape[0] > max_images:
