@@ -15,6 +15,7 @@
 #include "common/call_args.h"
 #include "common/map_batch.h"
 #include "cpu/parallel.h"
+#include "cpu/ql_lanes.h"
 #include "cpu/scorer_cpu.h"
 
 namespace py = pybind11;
@@ -98,27 +99,48 @@ PYBIND11_MODULE(_C, m) {
           if (!ocnna::tridiagonal_eigenvalues(dg.data(), of.data(), d)) throw std::runtime_error("no convergence");
           ocnna::sort_descending(dg.data(), d);
           std::copy(dg.begin(), dg.end(), o);
-        } else if (method == "lockstep") {
-          std::vector<double> d2 = dg, o2 = of, d3 = dg, o3 = of, d4 = dg, o4 = of;
-          double* dp[4] = {dg.data(), d2.data(), d3.data(), d4.data()};
-          double* op[4] = {of.data(), o2.data(), o3.data(), o4.data()};
-          bool ok[4];
-          ocnna::tridiagonal_eigenvalues_lockstep<double, 4>(dp, op, d, ok);
-          if (!ok[0]) throw std::runtime_error("no convergence");
-          ocnna::sort_descending(dg.data(), d);
-          std::copy(dg.begin(), dg.end(), o);
         } else if (method == "bisection") {
           double lo, hi;
           ocnna::gershgorin_bounds(dg.data(), of.data(), d, &lo, &hi);
           const double tol = 2e-16 * std::max(std::fabs(lo), std::fabs(hi));
           for (int k = 0; k < d; ++k) o[k] = ocnna::tridiagonal_kth_largest(dg.data(), of.data(), d, k, lo, hi, tol);
         } else {
-          throw std::invalid_argument("method must be ql, lockstep or bisection");
+          throw std::invalid_argument("method must be ql or bisection");
         }
         return out;
       },
       py::arg("diag"), py::arg("off"), py::arg("method"),
       "Testing aid: eigenvalues (descending) of a symmetric tridiagonal by one of the core's solvers.");
+
+  m.def(
+      "_tridiagonal_eigenvalues_lanes",
+      [](Arr diag, Arr off) {
+        constexpr int K = 8;  // the double lane count of the scorer
+        if (diag.ndim() != 2 || diag.shape(0) != K || off.ndim() != 2 || off.shape(0) != K ||
+            off.shape(1) != diag.shape(1) || diag.shape(1) < 1)
+          throw std::invalid_argument("need (8, d) diag and off arrays, d >= 1");
+        const int d = int(diag.shape(1));
+        std::vector<double> dl(size_t(d) * K), el(size_t(d) * K);
+        for (int k = 0; k < K; ++k)
+          for (int r = 0; r < d; ++r) {
+            dl[size_t(r) * K + k] = diag.at(k, r);
+            el[size_t(r) * K + k] = off.at(k, r);
+          }
+        bool ok[K];
+        ocnna::cpu::tridiagonal_eigenvalues_lanes<double, K>(dl.data(), el.data(), d, ok);
+        Arr out({K, d});
+        for (int k = 0; k < K; ++k) {
+          if (!ok[k]) throw std::runtime_error("no convergence");
+          std::vector<double> ev(static_cast<size_t>(d), 0.0);
+          for (int r = 0; r < d; ++r) ev[size_t(r)] = dl[size_t(r) * K + k];
+          ocnna::sort_descending(ev.data(), d);
+          std::copy(ev.begin(), ev.end(), out.mutable_data(k, 0));
+        }
+        return out;
+      },
+      py::arg("diag"), py::arg("off"),
+      "Testing aid: eigenvalues (descending, per row) of 8 symmetric tridiagonals solved together "
+      "in SIMD lanes, as the scorer does.");
 
   m.def("num_threads", &ocnna::cpu::num_threads, "Worker threads of the CPU core.");
   m.def("set_num_threads", &ocnna::cpu::set_num_threads, py::arg("n"),

@@ -20,7 +20,11 @@ def merge(count: npt.NDArray[np.float64], mean: npt.NDArray[np.float64], m2: npt
 
 def _tridiagonal_eigenvalues(diag: npt.NDArray[np.float64], off: npt.NDArray[np.float64],
                              method: str) -> npt.NDArray[np.float64]:
-    """Testing aid: eigenvalues (descending) by 'ql', 'lockstep' or 'bisection'."""
+    """Testing aid: eigenvalues (descending) by 'ql' or 'bisection'."""
+
+def _tridiagonal_eigenvalues_lanes(diag: npt.NDArray[np.float64],
+                                   off: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Testing aid: (8, d) tridiagonals solved together in SIMD lanes; rows sorted descending."""
 
 def num_threads() -> int: ...
 def set_num_threads(n: int) -> None: ...

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "parallel.h"
+#include "ql_lanes.h"
 
 namespace ocnna {
 namespace cpu {
@@ -184,11 +185,10 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
   using S = typename ComputeType<T>::type;
   const int h = int(x.h), w = int(x.w), d = h < w ? h : w;
   const int64_t hw = x.h * x.w;
-  // Maps go through the QL stage kLanes at a time (see
-  // tridiagonal_eigenvalues_lockstep), so tiles hold a multiple of kLanes
-  // channels; channels_last tiles are wider so each cache line is read once.
-  // float chains are shorter than double ones, so more lanes pay off
-  constexpr int kLanes = sizeof(S) == 4 ? 8 : 4;
+  // Maps go through the QL stage kLanes at a time, one per lane of a 64-byte
+  // vector (see ql_lanes.h), so tiles hold a multiple of kLanes channels;
+  // channels_last tiles are wider so each cache line is read once.
+  constexpr int kLanes = int(64 / sizeof(S));
   const bool channel_inner = std::llabs(x.sc) < std::llabs(x.sw);
   const int64_t want = channel_inner ? std::max<int64_t>(kLanes, (32 << 10) / hw) : kLanes;
   const int64_t tile = std::min<int64_t>(x.c, want);
@@ -199,7 +199,7 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
     // one allocation per thread and call, none per map
     std::vector<double> maps(size_t(tile * hw));
     std::vector<S> work(size_t(kLanes * scratch));
-    std::vector<S> pad(size_t(2 * d * kLanes));  // idle lanes of a short group
+    std::vector<S> lanes(size_t(2 * d * kLanes));  // the group's tridiagonals, interleaved
     for (int64_t t = begin; t < end; ++t) {
       const int64_t i = t / tiles_per_image;
       const int64_t c0 = (t % tiles_per_image) * tile;
@@ -225,15 +225,19 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
           }
         }
         if (pending == 0) continue;
-        for (int k = pending; k < kLanes; ++k) {  // idle lanes repeat lane 0
-          S* q = pad.data() + size_t(2 * d * k);
-          std::copy(diag[0], diag[0] + d, q);
-          std::copy(off[0], off[0] + d, q + d);
-          diag[k] = q;
-          off[k] = q + d;
+        S* dl = lanes.data();
+        S* el = dl + size_t(d) * kLanes;
+        for (int k = 0; k < kLanes; ++k) {  // idle lanes repeat lane 0
+          const int src = k < pending ? k : 0;
+          for (int r = 0; r < d; ++r) {
+            dl[r * kLanes + k] = diag[src][r];
+            el[r * kLanes + k] = off[src][r];
+          }
         }
         bool ok[kLanes];
-        tridiagonal_eigenvalues_lockstep<S, kLanes>(diag, off, d, ok);
+        tridiagonal_eigenvalues_lanes<S, kLanes>(dl, el, d, ok);
+        for (int k = 0; k < pending; ++k)
+          for (int r = 0; r < d; ++r) diag[k][r] = dl[r * kLanes + k];
         for (int k = 0; k < pending; ++k)
           out[i * x.c + chan[k]] = ok[k] ? energy_from_eigenvalues(diag[k], d, p, total[k]) : NAN;
       }
