@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "dense.h"
 #include "parallel.h"
 #include "ql_lanes.h"
 
@@ -179,6 +180,59 @@ struct ComputeType<double> {
   using type = double;
 };
 
+// Scratch (elements of S) of reduce_map_simd for an h x w map.
+template <typename S>
+int64_t simd_scratch_size(int h, int w) {
+  const int d = std::min(h, w), rows = std::max(h, w);
+  const int64_t ld = padded_ld<S>(d), lda = round_to_vec<S>(d);
+  return d * ld + rows * lda + 2 * int64_t(d) + 2 * ld;
+}
+
+// reduce_map (common/ocnna_math.h) with the CPU's SIMD kernels: centre and
+// total energy in double, then in S the unit-trace Gram of the smaller side
+// (register-blocked) and its Householder tridiagonal, which *diag / *off
+// point to.  Same contract as reduce_map.  `sums` holds max(h, w) doubles.
+template <typename S>
+bool reduce_map_simd(double* map, int h, int w, const EnergyParams& p, S* scratch, double* sums,
+                     double* total, S** diag, S** off, double* f) {
+  centre_columns_by_rows(map, h, w, sums);
+  const double t = sum_squares(map, int64_t(h) * w);
+  *total = t;
+  if (!is_finite(t)) {
+    *f = NAN;
+    return false;
+  }
+  if (t == 0.0 || !needs_eigen(p, h, w)) {
+    *f = std::sqrt(t);
+    return false;
+  }
+  const int d = std::min(h, w), rows = std::max(h, w);
+  const int ld = padded_ld<S>(d), lda = round_to_vec<S>(d);
+  S* gram = scratch;
+  S* a = gram + int64_t(d) * ld;
+  // A = Xc (W <= H) or Xc^T (W > H): the Gram of the smaller side is A^T A
+  if (w <= h) {
+    for (int i = 0; i < h; ++i) {
+      S* ar = a + int64_t(i) * lda;
+      const double* mr = map + int64_t(i) * w;
+      for (int j = 0; j < w; ++j) ar[j] = S(mr[j]);
+      std::fill(ar + w, ar + lda, S(0));
+    }
+  } else {
+    for (int j = 0; j < w; ++j) {
+      S* ar = a + int64_t(j) * lda;
+      for (int i = 0; i < h; ++i) ar[i] = S(map[int64_t(i) * w + j]);
+      std::fill(ar + h, ar + lda, S(0));
+    }
+  }
+  // unit trace: eigenvalue ratios are unchanged and QL stays far from overflow
+  gram_blocked<S>(a, rows, d, lda, gram, ld, S(1.0 / t));
+  *diag = a + int64_t(rows) * lda;
+  *off = *diag + d;
+  tridiagonalize(gram, d, *diag, *off, *off + d, ld);
+  return true;
+}
+
 template <typename T>
 void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
   if (!needs_eigen(p, int(x.h), int(x.w))) return energies_all<T>(x, out);
@@ -193,12 +247,12 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
   const int64_t want = channel_inner ? std::max<int64_t>(kLanes, (32 << 10) / hw) : kLanes;
   const int64_t tile = std::min<int64_t>(x.c, want);
   const int64_t tiles_per_image = (x.c + tile - 1) / tile;
-  const int ld = padded_ld<S>(d);  // SIMD-friendly Gram rows
-  const int64_t scratch = reduce_scratch_size(h, w, ld);
+  const int64_t scratch = simd_scratch_size<S>(h, w);
   parallel_for(x.n * tiles_per_image, [&](int64_t begin, int64_t end) {
     // one allocation per thread and call, none per map
     std::vector<double> maps(size_t(tile * hw));
     std::vector<S> work(size_t(kLanes * scratch));
+    std::vector<double> sums(size_t(std::max(h, w)));
     std::vector<S> lanes(size_t(2 * d * kLanes));  // the group's tridiagonals, interleaved
     for (int64_t t = begin; t < end; ++t) {
       const int64_t i = t / tiles_per_image;
@@ -215,8 +269,8 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
           double f;
           S* dg;
           S* of;
-          if (reduce_map(maps.data() + c * hw, h, w, p, work.data() + pending * scratch,
-                         &total[pending], &dg, &of, &f, ld)) {
+          if (reduce_map_simd(maps.data() + c * hw, h, w, p, work.data() + pending * scratch, sums.data(),
+                              &total[pending], &dg, &of, &f)) {
             diag[pending] = dg;
             off[pending] = of;
             chan[pending++] = c0 + c;
