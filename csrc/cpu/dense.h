@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -102,6 +103,84 @@ void gram_blocked(const S* a, int rows, int d, int lda, S* g, int ld, S scale) {
     for (int j = 0; j < done; ++j) gi[j] = g[int64_t(j) * ld + i];
     std::fill(gi + lda, gi + ld, S(0));
   }
+}
+
+// Householder tridiagonalisation of K symmetric d x d matrices at once, one
+// per SIMD lane: element (i, j) of matrix l at g[(i * d + j) * K + l], only
+// the lower triangle (j <= i) read, and destroyed.  The same reflectors as
+// tridiagonalize (common/ocnna_math.h), but since all K matrices take the
+// same steps every operation is one vector operation across them, whatever
+// the size of the trailing block; with no need for contiguous rows, only one
+// triangle is kept, half the flops of the full-storage version.  diag[r * K +
+// l] and off[r * K + l] receive the tridiagonal, interleaved as
+// tridiagonal_eigenvalues_lanes wants it.  `work` holds 2 * d * K elements.
+template <typename S, int K>
+void tridiagonalize_lanes(S* g, int d, S* diag, S* off, S* work) {
+  typedef S V __attribute__((vector_size(sizeof(S) * K)));
+  typedef decltype(V{} < V{}) M;
+  const V zero = V{} * S(0);
+  auto at = [g, d](int i, int j) { return g + (int64_t(i) * d + j) * K; };
+  auto load = [](const S* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  };
+  auto store = [](S* p, V v) { std::memcpy(p, &v, sizeof v); };
+  S* vbuf = work;          // v, then
+  S* wbuf = work + d * K;  // w = beta B v - h v
+  for (int k = 0; k + 2 < d; ++k) {
+    const int m = d - k - 1, b0 = k + 1;  // trailing block rows/cols b0 .. d-1
+    V norm2 = zero;
+    for (int i = 0; i < m; ++i) {
+      const V x = load(at(b0 + i, k));
+      store(vbuf + i * K, x);
+      norm2 += x * x;
+    }
+    store(diag + k * K, load(at(k, k)));
+    const V x0 = load(vbuf);
+    V root;
+    for (int l = 0; l < K; ++l) root[l] = std::sqrt(norm2[l]);
+    const M nz = norm2 != zero;
+    const V alpha = x0 > zero ? -root : root;
+    store(off + k * K, nz ? alpha : zero);
+    const V vtv = S(2) * (norm2 - alpha * x0);
+    const V beta = nz ? S(2) / (nz ? vtv : zero + S(1)) : zero;  // 0: nothing to reduce
+    store(vbuf, x0 - alpha);
+    // w = B v over the lower triangle: row i gives w_i += B_ij v_j and w_j += B_ij v_i
+    for (int i = 0; i < m; ++i) store(wbuf + i * K, zero);
+    for (int i = 0; i < m; ++i) {
+      const S* bi = at(b0 + i, b0);
+      const V vi = load(vbuf + i * K);
+      V si = load(bi + i * K) * vi;
+      for (int j = 0; j < i; ++j) {
+        const V bij = load(bi + j * K);
+        si += bij * load(vbuf + j * K);
+        store(wbuf + j * K, load(wbuf + j * K) + bij * vi);
+      }
+      store(wbuf + i * K, load(wbuf + i * K) + si);
+    }
+    V vw = zero;
+    for (int i = 0; i < m; ++i) {
+      const V wi = beta * load(wbuf + i * K);
+      store(wbuf + i * K, wi);
+      vw += load(vbuf + i * K) * wi;
+    }
+    const V h = S(0.5) * beta * vw;
+    for (int i = 0; i < m; ++i) store(wbuf + i * K, load(wbuf + i * K) - h * load(vbuf + i * K));
+    // B <- B - v w^T - w v^T, lower triangle
+    for (int i = 0; i < m; ++i) {
+      S* bi = at(b0 + i, b0);
+      const V vi = load(vbuf + i * K), wi = load(wbuf + i * K);
+      for (int j = 0; j <= i; ++j)
+        store(bi + j * K, load(bi + j * K) - (vi * load(wbuf + j * K) + wi * load(vbuf + j * K)));
+    }
+  }
+  if (d >= 2) {
+    store(diag + (d - 2) * K, load(at(d - 2, d - 2)));
+    store(off + (d - 2) * K, load(at(d - 1, d - 2)));
+  }
+  store(diag + (d - 1) * K, load(at(d - 1, d - 1)));
+  store(off + (d - 1) * K, zero);
 }
 
 }  // namespace cpu

@@ -180,21 +180,18 @@ struct ComputeType<double> {
   using type = double;
 };
 
-// Scratch (elements of S) of reduce_map_simd for an h x w map.
+// First half of the truncated path for one h x w map gathered row-major into
+// `map` (double, destroyed), with the CPU's SIMD kernels: centre and total
+// energy in double, then in S the unit-trace Gram of the smaller side
+// (d x d, rows `ld` = padded_ld<S>(d) apart) into `gram`.  `a` holds
+// max(h, w) * round_to_vec<S>(d) elements, `sums` max(h, w) doubles.  Returns
+// true when an eigen-solve is still needed; otherwise *f already holds F (0
+// for a constant map, ||Xc||_F when all components are kept, NaN for
+// non-finite input).  The same contract as reduce_map in common/ocnna_math.h
+// minus the tridiagonalisation, which the caller does for a group of maps.
 template <typename S>
-int64_t simd_scratch_size(int h, int w) {
-  const int d = std::min(h, w), rows = std::max(h, w);
-  const int64_t ld = padded_ld<S>(d), lda = round_to_vec<S>(d);
-  return d * ld + rows * lda + 2 * int64_t(d) + 2 * ld;
-}
-
-// reduce_map (common/ocnna_math.h) with the CPU's SIMD kernels: centre and
-// total energy in double, then in S the unit-trace Gram of the smaller side
-// (register-blocked) and its Householder tridiagonal, which *diag / *off
-// point to.  Same contract as reduce_map.  `sums` holds max(h, w) doubles.
-template <typename S>
-bool reduce_map_simd(double* map, int h, int w, const EnergyParams& p, S* scratch, double* sums,
-                     double* total, S** diag, S** off, double* f) {
+bool unit_trace_gram(double* map, int h, int w, const EnergyParams& p, S* a, S* gram, double* sums,
+                     double* total, double* f) {
   centre_columns_by_rows(map, h, w, sums);
   const double t = sum_squares(map, int64_t(h) * w);
   *total = t;
@@ -207,9 +204,7 @@ bool reduce_map_simd(double* map, int h, int w, const EnergyParams& p, S* scratc
     return false;
   }
   const int d = std::min(h, w), rows = std::max(h, w);
-  const int ld = padded_ld<S>(d), lda = round_to_vec<S>(d);
-  S* gram = scratch;
-  S* a = gram + int64_t(d) * ld;
+  const int lda = round_to_vec<S>(d);
   // A = Xc (W <= H) or Xc^T (W > H): the Gram of the smaller side is A^T A
   if (w <= h) {
     for (int i = 0; i < h; ++i) {
@@ -226,74 +221,88 @@ bool reduce_map_simd(double* map, int h, int w, const EnergyParams& p, S* scratc
     }
   }
   // unit trace: eigenvalue ratios are unchanged and QL stays far from overflow
-  gram_blocked<S>(a, rows, d, lda, gram, ld, S(1.0 / t));
-  *diag = a + int64_t(rows) * lda;
-  *off = *diag + d;
-  tridiagonalize(gram, d, *diag, *off, *off + d, ld);
+  gram_blocked<S>(a, rows, d, lda, gram, padded_ld<S>(d), S(1.0 / t));
   return true;
 }
+
+// Largest Gram side reduced in SIMD lanes (tridiagonalize_lanes): its
+// interleaved copy of a group's Grams, K * d * d elements, stays within about
+// 1 MB.  Larger maps are reduced one at a time.
+constexpr int kMaxLaneSide = 128;
 
 template <typename T>
 void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
   if (!needs_eigen(p, int(x.h), int(x.w))) return energies_all<T>(x, out);
   using S = typename ComputeType<T>::type;
-  const int h = int(x.h), w = int(x.w), d = h < w ? h : w;
+  const int h = int(x.h), w = int(x.w), d = h < w ? h : w, rows = h < w ? w : h;
   const int64_t hw = x.h * x.w;
-  // Maps go through the QL stage kLanes at a time, one per lane of a 64-byte
-  // vector (see ql_lanes.h), so tiles hold a multiple of kLanes channels;
-  // channels_last tiles are wider so each cache line is read once.
-  constexpr int kLanes = int(64 / sizeof(S));
+  // Maps go through the Householder and QL stages kLanes at a time, one per
+  // lane of a 64-byte vector (dense.h, ql_lanes.h), so tiles hold a multiple
+  // of kLanes channels; channels_last tiles are wider so each cache line is
+  // read once.
+  constexpr int kLanes = vec_len<S>();
   const bool channel_inner = std::llabs(x.sc) < std::llabs(x.sw);
   const int64_t want = channel_inner ? std::max<int64_t>(kLanes, (32 << 10) / hw) : kLanes;
   const int64_t tile = std::min<int64_t>(x.c, want);
   const int64_t tiles_per_image = (x.c + tile - 1) / tile;
-  const int64_t scratch = simd_scratch_size<S>(h, w);
+  const int ld = padded_ld<S>(d);
+  const bool lane_reduce = d <= kMaxLaneSide;
   parallel_for(x.n * tiles_per_image, [&](int64_t begin, int64_t end) {
     // one allocation per thread and call, none per map
-    std::vector<double> maps(size_t(tile * hw));
-    std::vector<S> work(size_t(kLanes * scratch));
-    std::vector<double> sums(size_t(std::max(h, w)));
-    std::vector<S> lanes(size_t(2 * d * kLanes));  // the group's tridiagonals, interleaved
+    std::vector<double> maps(static_cast<size_t>(tile * hw)), sums(static_cast<size_t>(rows));
+    std::vector<S> a(size_t(rows) * round_to_vec<S>(d)), gram(size_t(d) * ld), work(size_t(2 * ld));
+    std::vector<S> lanes_g(lane_reduce ? size_t(kLanes) * d * d : 0);  // a group's Grams, interleaved
+    std::vector<S> lanes_t(size_t(4) * d * kLanes);  // tridiagonals (interleaved), then reflector work
+    std::vector<S> one(static_cast<size_t>(2 * d));                // one map's tridiagonal (large maps)
+    std::vector<S> eig(static_cast<size_t>(d));
+    S* dl = lanes_t.data();
+    S* el = dl + size_t(d) * kLanes;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t i = t / tiles_per_image;
       const int64_t c0 = (t % tiles_per_image) * tile;
       const int64_t nc = std::min(tile, x.c - c0);
       gather<T>(x, i, c0, nc, maps.data());
       for (int64_t g0 = 0; g0 < nc; g0 += kLanes) {
-        S* diag[kLanes];
-        S* off[kLanes];
         double total[kLanes];
         int64_t chan[kLanes];
         int pending = 0;
         for (int64_t c = g0; c < std::min<int64_t>(g0 + kLanes, nc); ++c) {
           double f;
-          S* dg;
-          S* of;
-          if (reduce_map_simd(maps.data() + c * hw, h, w, p, work.data() + pending * scratch, sums.data(),
-                              &total[pending], &dg, &of, &f)) {
-            diag[pending] = dg;
-            off[pending] = of;
-            chan[pending++] = c0 + c;
-          } else {
+          if (!unit_trace_gram(maps.data() + c * hw, h, w, p, a.data(), gram.data(), sums.data(),
+                               &total[pending], &f)) {
             out[i * x.c + c0 + c] = f;
+            continue;
           }
+          const int k = pending;
+          if (lane_reduce) {  // lower triangle into lane k
+            for (int r = 0; r < d; ++r)
+              for (int j = 0; j <= r; ++j) lanes_g[(size_t(r) * d + j) * kLanes + k] = gram[size_t(r) * ld + j];
+          } else {
+            tridiagonalize(gram.data(), d, one.data(), one.data() + d, work.data(), ld);
+            for (int r = 0; r < d; ++r) {
+              dl[r * kLanes + k] = one[size_t(r)];
+              el[r * kLanes + k] = one[size_t(d + r)];
+            }
+          }
+          chan[pending++] = c0 + c;
         }
         if (pending == 0) continue;
-        S* dl = lanes.data();
-        S* el = dl + size_t(d) * kLanes;
-        for (int k = 0; k < kLanes; ++k) {  // idle lanes repeat lane 0
-          const int src = k < pending ? k : 0;
-          for (int r = 0; r < d; ++r) {
-            dl[r * kLanes + k] = diag[src][r];
-            el[r * kLanes + k] = off[src][r];
-          }
+        // idle lanes hold a zero matrix: nothing to reduce, converged at once
+        if (lane_reduce) {
+          for (int k = pending; k < kLanes; ++k)
+            for (int r = 0; r < d; ++r)
+              for (int j = 0; j <= r; ++j) lanes_g[(size_t(r) * d + j) * kLanes + k] = S(0);
+          tridiagonalize_lanes<S, kLanes>(lanes_g.data(), d, dl, el, el + size_t(d) * kLanes);
+        } else {
+          for (int k = pending; k < kLanes; ++k)
+            for (int r = 0; r < d; ++r) dl[r * kLanes + k] = el[r * kLanes + k] = S(0);
         }
         bool ok[kLanes];
         tridiagonal_eigenvalues_lanes<S, kLanes>(dl, el, d, ok);
-        for (int k = 0; k < pending; ++k)
-          for (int r = 0; r < d; ++r) diag[k][r] = dl[r * kLanes + k];
-        for (int k = 0; k < pending; ++k)
-          out[i * x.c + chan[k]] = ok[k] ? energy_from_eigenvalues(diag[k], d, p, total[k]) : NAN;
+        for (int k = 0; k < pending; ++k) {
+          for (int r = 0; r < d; ++r) eig[size_t(r)] = dl[r * kLanes + k];
+          out[i * x.c + chan[k]] = ok[k] ? energy_from_eigenvalues(eig.data(), d, p, total[k]) : NAN;
+        }
       }
     }
   });
