@@ -237,12 +237,13 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
   const int h = int(x.h), w = int(x.w), d = h < w ? h : w, rows = h < w ? w : h;
   const int64_t hw = x.h * x.w;
   // Maps go through the Householder and QL stages kLanes at a time, one per
-  // lane of a 64-byte vector (dense.h, ql_lanes.h), so tiles hold a multiple
-  // of kLanes channels; channels_last tiles are wider so each cache line is
-  // read once.
+  // lane of a 64-byte vector (dense.h, ql_lanes.h), and two such groups share
+  // the QL stage, so tiles hold a multiple of 2 * kLanes channels;
+  // channels_last tiles are wider so each cache line is read once.
   constexpr int kLanes = vec_len<S>();
+  constexpr int kPair = 2 * kLanes;
   const bool channel_inner = std::llabs(x.sc) < std::llabs(x.sw);
-  const int64_t want = channel_inner ? std::max<int64_t>(kLanes, (32 << 10) / hw) : kLanes;
+  const int64_t want = channel_inner ? std::max<int64_t>(kPair, (32 << 10) / hw) : kPair;
   const int64_t tile = std::min<int64_t>(x.c, want);
   const int64_t tiles_per_image = (x.c + tile - 1) / tile;
   const int ld = padded_ld<S>(d);
@@ -252,57 +253,78 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
     std::vector<double> maps(static_cast<size_t>(tile * hw)), sums(static_cast<size_t>(rows));
     std::vector<S> a(size_t(rows) * round_to_vec<S>(d)), gram(size_t(d) * ld), work(size_t(2 * ld));
     std::vector<S> lanes_g(lane_reduce ? size_t(kLanes) * d * d : 0);  // a group's Grams, interleaved
-    std::vector<S> lanes_t(size_t(4) * d * kLanes);  // tridiagonals (interleaved), then reflector work
-    std::vector<S> one(static_cast<size_t>(2 * d));                // one map's tridiagonal (large maps)
+    std::vector<S> lanes_t(size_t(2 * 4) * d * kLanes);  // per group: tridiagonal, reflector work
+    std::vector<S> one(static_cast<size_t>(2 * d));     // one map's tridiagonal (large maps)
     std::vector<S> eig(static_cast<size_t>(d));
-    S* dl = lanes_t.data();
-    S* el = dl + size_t(d) * kLanes;
+    struct Group {
+      S* diag;
+      S* off;
+      double total[kLanes];
+      int64_t chan[kLanes];
+      int pending;
+      bool ok[kLanes];
+    } groups[2];
+    for (int k = 0; k < 2; ++k) {
+      groups[k].diag = lanes_t.data() + size_t(k) * 4 * d * kLanes;
+      groups[k].off = groups[k].diag + size_t(d) * kLanes;
+    }
+    // Gram and tridiagonal of channels [g0, g1) of the tile into group q; maps
+    // needing no eigen-solve get their F at once.
+    auto reduce_group = [&](Group& q, int64_t i, int64_t c0, int64_t g0, int64_t g1) {
+      q.pending = 0;
+      for (int64_t c = g0; c < g1; ++c) {
+        double f;
+        if (!unit_trace_gram(maps.data() + c * hw, h, w, p, a.data(), gram.data(), sums.data(),
+                             &q.total[q.pending], &f)) {
+          out[i * x.c + c0 + c] = f;
+          continue;
+        }
+        const int k = q.pending;
+        if (lane_reduce) {  // lower triangle into lane k
+          for (int r = 0; r < d; ++r)
+            for (int j = 0; j <= r; ++j) lanes_g[(size_t(r) * d + j) * kLanes + k] = gram[size_t(r) * ld + j];
+        } else {
+          tridiagonalize(gram.data(), d, one.data(), one.data() + d, work.data(), ld);
+          for (int r = 0; r < d; ++r) {
+            q.diag[r * kLanes + k] = one[size_t(r)];
+            q.off[r * kLanes + k] = one[size_t(d + r)];
+          }
+        }
+        q.chan[q.pending++] = c0 + c;
+      }
+      if (q.pending == 0) return;
+      // idle lanes hold a zero matrix: nothing to reduce, converged at once
+      if (lane_reduce) {
+        for (int k = q.pending; k < kLanes; ++k)
+          for (int r = 0; r < d; ++r)
+            for (int j = 0; j <= r; ++j) lanes_g[(size_t(r) * d + j) * kLanes + k] = S(0);
+        tridiagonalize_lanes<S, kLanes>(lanes_g.data(), d, q.diag, q.off, q.off + size_t(d) * kLanes);
+      } else {
+        for (int k = q.pending; k < kLanes; ++k)
+          for (int r = 0; r < d; ++r) q.diag[r * kLanes + k] = q.off[r * kLanes + k] = S(0);
+      }
+    };
     for (int64_t t = begin; t < end; ++t) {
       const int64_t i = t / tiles_per_image;
       const int64_t c0 = (t % tiles_per_image) * tile;
       const int64_t nc = std::min(tile, x.c - c0);
       gather<T>(x, i, c0, nc, maps.data());
-      for (int64_t g0 = 0; g0 < nc; g0 += kLanes) {
-        double total[kLanes];
-        int64_t chan[kLanes];
-        int pending = 0;
-        for (int64_t c = g0; c < std::min<int64_t>(g0 + kLanes, nc); ++c) {
-          double f;
-          if (!unit_trace_gram(maps.data() + c * hw, h, w, p, a.data(), gram.data(), sums.data(),
-                               &total[pending], &f)) {
-            out[i * x.c + c0 + c] = f;
-            continue;
-          }
-          const int k = pending;
-          if (lane_reduce) {  // lower triangle into lane k
-            for (int r = 0; r < d; ++r)
-              for (int j = 0; j <= r; ++j) lanes_g[(size_t(r) * d + j) * kLanes + k] = gram[size_t(r) * ld + j];
-          } else {
-            tridiagonalize(gram.data(), d, one.data(), one.data() + d, work.data(), ld);
-            for (int r = 0; r < d; ++r) {
-              dl[r * kLanes + k] = one[size_t(r)];
-              el[r * kLanes + k] = one[size_t(d + r)];
-            }
-          }
-          chan[pending++] = c0 + c;
-        }
-        if (pending == 0) continue;
-        // idle lanes hold a zero matrix: nothing to reduce, converged at once
-        if (lane_reduce) {
-          for (int k = pending; k < kLanes; ++k)
-            for (int r = 0; r < d; ++r)
-              for (int j = 0; j <= r; ++j) lanes_g[(size_t(r) * d + j) * kLanes + k] = S(0);
-          tridiagonalize_lanes<S, kLanes>(lanes_g.data(), d, dl, el, el + size_t(d) * kLanes);
+      for (int64_t g0 = 0; g0 < nc; g0 += kPair) {
+        Group& qa = groups[0];
+        Group& qb = groups[1];
+        reduce_group(qa, i, c0, g0, std::min<int64_t>(g0 + kLanes, nc));
+        reduce_group(qb, i, c0, std::min<int64_t>(g0 + kLanes, nc), std::min<int64_t>(g0 + kPair, nc));
+        if (qa.pending > 0 && qb.pending > 0) {
+          tridiagonal_eigenvalues_lanes2<S, kLanes>(qa.diag, qa.off, qa.ok, qb.diag, qb.off, qb.ok, d);
         } else {
-          for (int k = pending; k < kLanes; ++k)
-            for (int r = 0; r < d; ++r) dl[r * kLanes + k] = el[r * kLanes + k] = S(0);
+          for (Group* q : {&qa, &qb})
+            if (q->pending > 0) tridiagonal_eigenvalues_lanes<S, kLanes>(q->diag, q->off, d, q->ok);
         }
-        bool ok[kLanes];
-        tridiagonal_eigenvalues_lanes<S, kLanes>(dl, el, d, ok);
-        for (int k = 0; k < pending; ++k) {
-          for (int r = 0; r < d; ++r) eig[size_t(r)] = dl[r * kLanes + k];
-          out[i * x.c + chan[k]] = ok[k] ? energy_from_eigenvalues(eig.data(), d, p, total[k]) : NAN;
-        }
+        for (Group* q : {&qa, &qb})
+          for (int k = 0; k < q->pending; ++k) {
+            for (int r = 0; r < d; ++r) eig[size_t(r)] = q->diag[r * kLanes + k];
+            out[i * x.c + q->chan[k]] = q->ok[k] ? energy_from_eigenvalues(eig.data(), d, p, q->total[k]) : NAN;
+          }
       }
     }
   });
