@@ -22,10 +22,16 @@ inline int round_to_vec(int n) {
   return (n + vec_len<S>() - 1) / vec_len<S>() * vec_len<S>();
 }
 
-// centre_columns, with the loops turned so the inner one runs along a row:
-// each column's sum is still taken over rows 1..R-1 in order, so the result
-// is bit-identical.  `sums` holds `cols` doubles.
-inline void centre_columns_by_rows(double* m, int rows, int cols, double* sums) {
+// Centres the columns of the R x C row-major double map (as centre_columns in
+// common/ocnna_math.h: means shifted by the first row, so a constant column
+// centres to exact zeros; each column's sum taken over rows 1..R-1 in
+// order), writes the centred values converted to S into `a` (rows `lda`
+// apart, columns C..lda zeroed; transposed, C rows of R, when `transpose`)
+// and returns their sum of squares in double.  Loops run along rows, and the
+// sum of squares keeps eight partial sums per vector lane, so everything
+// vectorises.  `sums` holds C doubles.
+template <typename S>
+double centre_convert(const double* m, int rows, int cols, double* sums, S* a, int lda, bool transpose) {
   std::fill(sums, sums + cols, 0.0);
   const double* shift = m;  // row 0
   for (int i = 1; i < rows; ++i) {
@@ -36,10 +42,43 @@ inline void centre_columns_by_rows(double* m, int rows, int cols, double* sums) 
     const double mean = shift[j] + sums[j] / rows;
     sums[j] = (sums[j] == 0.0) ? shift[j] : mean;  // exact zeros for a constant column
   }
+  constexpr int P = 8;  // partial sums of squares
+  double part[P] = {};
   for (int i = 0; i < rows; ++i) {
-    double* r = m + int64_t(i) * cols;
-    for (int j = 0; j < cols; ++j) r[j] -= sums[j];
+    const double* r = m + int64_t(i) * cols;
+    int j = 0;
+    if (!transpose) {
+      S* ar = a + int64_t(i) * lda;
+      for (; j + P <= cols; j += P)
+        for (int k = 0; k < P; ++k) {
+          const double x = r[j + k] - sums[j + k];
+          part[k] += x * x;
+          ar[j + k] = S(x);
+        }
+      for (; j < cols; ++j) {
+        const double x = r[j] - sums[j];
+        part[0] += x * x;
+        ar[j] = S(x);
+      }
+    } else {
+      for (; j + P <= cols; j += P)
+        for (int k = 0; k < P; ++k) {
+          const double x = r[j + k] - sums[j + k];
+          part[k] += x * x;
+          a[int64_t(j + k) * lda + i] = S(x);
+        }
+      for (; j < cols; ++j) {
+        const double x = r[j] - sums[j];
+        part[0] += x * x;
+        a[int64_t(j) * lda + i] = S(x);
+      }
+    }
   }
+  const int arows = transpose ? cols : rows, acols = transpose ? rows : cols;
+  for (int i = 0; i < arows; ++i) std::fill(a + int64_t(i) * lda + acols, a + int64_t(i + 1) * lda, S(0));
+  double total = 0.0;
+  for (int k = 0; k < P; ++k) total += part[k];
+  return total;
 }
 
 // G = scale * A^T A for an R x D matrix A stored row-major with row stride
@@ -111,9 +150,12 @@ void gram_blocked(const S* a, int rows, int d, int lda, S* g, int ld, S scale) {
 // tridiagonalize (common/ocnna_math.h), but since all K matrices take the
 // same steps every operation is one vector operation across them, whatever
 // the size of the trailing block; with no need for contiguous rows, only one
-// triangle is kept, half the flops of the full-storage version.  diag[r * K +
-// l] and off[r * K + l] receive the tridiagonal, interleaved as
-// tridiagonal_eigenvalues_lanes wants it.  `work` holds 2 * d * K elements.
+// triangle is kept, half the flops of the full-storage version.  The K
+// triangles outgrow L1 from d ~ 40, so each step makes one pass over the
+// trailing block: the rank-2 update of step k and the product B v of step
+// k + 1 share it (the column the next reflector comes from is updated first).
+// diag[r * K + l] and off[r * K + l] receive the tridiagonal, interleaved as
+// tridiagonal_eigenvalues_lanes wants it.  `work` holds 4 * d * K elements.
 template <typename S, int K>
 void tridiagonalize_lanes(S* g, int d, S* diag, S* off, S* work) {
   typedef S V __attribute__((vector_size(sizeof(S) * K)));
@@ -126,53 +168,97 @@ void tridiagonalize_lanes(S* g, int d, S* diag, S* off, S* work) {
     return v;
   };
   auto store = [](S* p, V v) { std::memcpy(p, &v, sizeof v); };
-  S* vbuf = work;          // v, then
-  S* wbuf = work + d * K;  // w = beta B v - h v
-  for (int k = 0; k + 2 < d; ++k) {
-    const int m = d - k - 1, b0 = k + 1;  // trailing block rows/cols b0 .. d-1
+  S* v = work;             // reflector of this step (index 0 = first row of its block)
+  S* w = work + d * K;     // B v, then beta B v - h v
+  S* vn = w + d * K;       // the next step's v and B v
+  S* wn = vn + d * K;
+  // Reflector from column `col`, rows col+1 .. d-1 (x), into vb: v = x - alpha e1.
+  auto reflector = [&](int col, S* vb, V& beta) {
+    const int m = d - col - 1;
     V norm2 = zero;
     for (int i = 0; i < m; ++i) {
-      const V x = load(at(b0 + i, k));
-      store(vbuf + i * K, x);
+      const V x = load(at(col + 1 + i, col));
+      store(vb + i * K, x);
       norm2 += x * x;
     }
-    store(diag + k * K, load(at(k, k)));
-    const V x0 = load(vbuf);
+    store(diag + col * K, load(at(col, col)));
+    const V x0 = load(vb);
     V root;
     for (int l = 0; l < K; ++l) root[l] = std::sqrt(norm2[l]);
     const M nz = norm2 != zero;
     const V alpha = x0 > zero ? -root : root;
-    store(off + k * K, nz ? alpha : zero);
+    store(off + col * K, nz ? alpha : zero);
     const V vtv = S(2) * (norm2 - alpha * x0);
-    const V beta = nz ? S(2) / (nz ? vtv : zero + S(1)) : zero;  // 0: nothing to reduce
-    store(vbuf, x0 - alpha);
-    // w = B v over the lower triangle: row i gives w_i += B_ij v_j and w_j += B_ij v_i
-    for (int i = 0; i < m; ++i) store(wbuf + i * K, zero);
-    for (int i = 0; i < m; ++i) {
-      const S* bi = at(b0 + i, b0);
-      const V vi = load(vbuf + i * K);
+    beta = nz ? S(2) / (nz ? vtv : zero + S(1)) : zero;  // 0: nothing to reduce, the update is a no-op
+    store(vb, x0 - alpha);
+  };
+  if (d >= 3) {
+    V beta;
+    reflector(0, v, beta);
+    // B v for step 0 (block rows/cols 1 .. d-1), lower triangle: row i gives
+    // w_i += B_ij v_j and w_j += B_ij v_i
+    const int m0 = d - 1;
+    for (int i = 0; i < m0; ++i) store(w + i * K, zero);
+    for (int i = 0; i < m0; ++i) {
+      const S* bi = at(1 + i, 1);
+      const V vi = load(v + i * K);
       V si = load(bi + i * K) * vi;
       for (int j = 0; j < i; ++j) {
         const V bij = load(bi + j * K);
-        si += bij * load(vbuf + j * K);
-        store(wbuf + j * K, load(wbuf + j * K) + bij * vi);
+        si += bij * load(v + j * K);
+        store(w + j * K, load(w + j * K) + bij * vi);
       }
-      store(wbuf + i * K, load(wbuf + i * K) + si);
+      store(w + i * K, load(w + i * K) + si);
     }
-    V vw = zero;
-    for (int i = 0; i < m; ++i) {
-      const V wi = beta * load(wbuf + i * K);
-      store(wbuf + i * K, wi);
-      vw += load(vbuf + i * K) * wi;
-    }
-    const V h = S(0.5) * beta * vw;
-    for (int i = 0; i < m; ++i) store(wbuf + i * K, load(wbuf + i * K) - h * load(vbuf + i * K));
-    // B <- B - v w^T - w v^T, lower triangle
-    for (int i = 0; i < m; ++i) {
-      S* bi = at(b0 + i, b0);
-      const V vi = load(vbuf + i * K), wi = load(wbuf + i * K);
-      for (int j = 0; j <= i; ++j)
-        store(bi + j * K, load(bi + j * K) - (vi * load(wbuf + j * K) + wi * load(vbuf + j * K)));
+    for (int k = 0; k + 2 < d; ++k) {
+      const int m = d - k - 1, b0 = k + 1;  // this step's block: rows/cols b0 .. d-1
+      // w = beta B v - h v, h = beta (v . beta B v) / 2
+      V vw = zero;
+      for (int i = 0; i < m; ++i) {
+        const V wi = beta * load(w + i * K);
+        store(w + i * K, wi);
+        vw += load(v + i * K) * wi;
+      }
+      const V h = S(0.5) * beta * vw;
+      for (int i = 0; i < m; ++i) store(w + i * K, load(w + i * K) - h * load(v + i * K));
+      const V v0 = load(v), w0 = load(w);
+      if (k + 3 < d) {
+        // column b0 first: the next reflector comes from it
+        for (int i = 0; i < m; ++i) {
+          S* p = at(b0 + i, b0);
+          store(p, load(p) - (load(v + i * K) * w0 + load(w + i * K) * v0));
+        }
+        V beta_n;
+        reflector(b0, vn, beta_n);
+        // one pass over rows/cols b0+1 .. d-1: B -= v w^T + w v^T, and the
+        // next step's B v from the updated values
+        for (int i = 1; i < m; ++i) store(wn + (i - 1) * K, zero);
+        for (int i = 1; i < m; ++i) {
+          S* bi = at(b0 + i, b0);
+          const V vi = load(v + i * K), wi = load(w + i * K), vni = load(vn + (i - 1) * K);
+          const V bii = load(bi + i * K) - (vi * wi + wi * vi);
+          store(bi + i * K, bii);
+          V si = bii * vni;
+          for (int j = 1; j < i; ++j) {
+            const V bij = load(bi + j * K) - (vi * load(w + j * K) + wi * load(v + j * K));
+            store(bi + j * K, bij);
+            si += bij * load(vn + (j - 1) * K);
+            store(wn + (j - 1) * K, load(wn + (j - 1) * K) + bij * vni);
+          }
+          store(wn + (i - 1) * K, load(wn + (i - 1) * K) + si);
+        }
+        std::swap(v, vn);
+        std::swap(w, wn);
+        beta = beta_n;
+      } else {
+        // last step: the plain update of the 2 x 2 block left
+        for (int i = 0; i < m; ++i) {
+          S* bi = at(b0 + i, b0);
+          const V vi = load(v + i * K), wi = load(w + i * K);
+          for (int j = 0; j <= i; ++j)
+            store(bi + j * K, load(bi + j * K) - (vi * load(w + j * K) + wi * load(v + j * K)));
+        }
+      }
     }
   }
   if (d >= 2) {

@@ -181,7 +181,7 @@ struct ComputeType<double> {
 };
 
 // First half of the truncated path for one h x w map gathered row-major into
-// `map` (double, destroyed), with the CPU's SIMD kernels: centre and total
+// `map` (double), with the CPU's SIMD kernels: centre and total
 // energy in double, then in S the unit-trace Gram of the smaller side
 // (d x d, rows `ld` = padded_ld<S>(d) apart) into `gram`.  `a` holds
 // max(h, w) * round_to_vec<S>(d) elements, `sums` max(h, w) doubles.  Returns
@@ -192,8 +192,10 @@ struct ComputeType<double> {
 template <typename S>
 bool unit_trace_gram(double* map, int h, int w, const EnergyParams& p, S* a, S* gram, double* sums,
                      double* total, double* f) {
-  centre_columns_by_rows(map, h, w, sums);
-  const double t = sum_squares(map, int64_t(h) * w);
+  const int d = std::min(h, w), rows = std::max(h, w);
+  const int lda = round_to_vec<S>(d);
+  // A = Xc (W <= H) or Xc^T (W > H): the Gram of the smaller side is A^T A
+  const double t = centre_convert<S>(map, h, w, sums, a, lda, w > h);
   *total = t;
   if (!is_finite(t)) {
     *f = NAN;
@@ -202,23 +204,6 @@ bool unit_trace_gram(double* map, int h, int w, const EnergyParams& p, S* a, S* 
   if (t == 0.0 || !needs_eigen(p, h, w)) {
     *f = std::sqrt(t);
     return false;
-  }
-  const int d = std::min(h, w), rows = std::max(h, w);
-  const int lda = round_to_vec<S>(d);
-  // A = Xc (W <= H) or Xc^T (W > H): the Gram of the smaller side is A^T A
-  if (w <= h) {
-    for (int i = 0; i < h; ++i) {
-      S* ar = a + int64_t(i) * lda;
-      const double* mr = map + int64_t(i) * w;
-      for (int j = 0; j < w; ++j) ar[j] = S(mr[j]);
-      std::fill(ar + w, ar + lda, S(0));
-    }
-  } else {
-    for (int j = 0; j < w; ++j) {
-      S* ar = a + int64_t(j) * lda;
-      for (int i = 0; i < h; ++i) ar[i] = S(map[int64_t(i) * w + j]);
-      std::fill(ar + h, ar + lda, S(0));
-    }
   }
   // unit trace: eigenvalue ratios are unchanged and QL stays far from overflow
   gram_blocked<S>(a, rows, d, lda, gram, padded_ld<S>(d), S(1.0 / t));
@@ -253,7 +238,7 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
     std::vector<double> maps(static_cast<size_t>(tile * hw)), sums(static_cast<size_t>(rows));
     std::vector<S> a(size_t(rows) * round_to_vec<S>(d)), gram(size_t(d) * ld), work(size_t(2 * ld));
     std::vector<S> lanes_g(lane_reduce ? size_t(kLanes) * d * d : 0);  // a group's Grams, interleaved
-    std::vector<S> lanes_t(size_t(2 * 4) * d * kLanes);  // per group: tridiagonal, reflector work
+    std::vector<S> lanes_t(size_t(2 * 6) * d * kLanes);  // per group: tridiagonal, reflector work
     std::vector<S> one(static_cast<size_t>(2 * d));     // one map's tridiagonal (large maps)
     std::vector<S> eig(static_cast<size_t>(d));
     struct Group {
@@ -265,7 +250,7 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
       bool ok[kLanes];
     } groups[2];
     for (int k = 0; k < 2; ++k) {
-      groups[k].diag = lanes_t.data() + size_t(k) * 4 * d * kLanes;
+      groups[k].diag = lanes_t.data() + size_t(k) * 6 * d * kLanes;
       groups[k].off = groups[k].diag + size_t(d) * kLanes;
     }
     // Gram and tridiagonal of channels [g0, g1) of the tile into group q; maps
