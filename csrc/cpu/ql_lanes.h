@@ -152,17 +152,18 @@ class QlLanes {
         continue;
       }
       // per-lane shift from the leading 2x2 block of the unreduced part
-      const S* dl = d_ + l_ * K;
-      const S* el = e_ + l_ * K;
+      const V dl = load(d_ + l_ * K), dl1 = load(d_ + (l_ + 1) * K), el = load(e_ + l_ * K);
+      V dm;
+      M act;
       for (int j = 0; j < K; ++j) {
-        const S den = active_[j] ? S(2) * el[j] : S(1);
-        const S g0 = (dl[j + K] - dl[j]) / den;
-        const S r = std::sqrt(g0 * g0 + S(1));
-        const S num = active_[j] ? el[j] : S(0);
-        vg_[j] = d_[m_[j] * K + j] - dl[j] + num / (g0 + (g0 >= S(0) ? r : -r));
+        dm[j] = d_[m_[j] * K + j];
         vm_[j] = S(m_[j]);
-        alive_[j] = active_[j] ? -1 : 0;
+        act[j] = active_[j] ? -1 : 0;
       }
+      const V g0 = (dl1 - dl) / (act ? S(2) * el : zero() + S(1));
+      const V r = vsqrt(g0 * g0 + S(1));
+      vg_ = dm - dl + (act ? el : zero()) / (g0 + (g0 >= zero() ? r : -r));
+      alive_ = act;
       vs_ = vc_ = zero() + S(1);
       vp_ = zero();
       under_any_ = none;
