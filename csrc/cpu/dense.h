@@ -25,13 +25,15 @@ inline int round_to_vec(int n) {
 // Centres the columns of the R x C row-major double map (as centre_columns in
 // common/ocnna_math.h: means shifted by the first row, so a constant column
 // centres to exact zeros; each column's sum taken over rows 1..R-1 in
-// order), writes the centred values converted to S into `a` (rows `lda`
-// apart, columns C..lda zeroed; transposed, C rows of R, when `transpose`)
-// and returns their sum of squares in double.  Loops run along rows, and the
-// sum of squares keeps eight partial sums per vector lane, so everything
-// vectorises.  `sums` holds C doubles.
+// order), writes the centred values converted to S into A and returns their
+// sum of squares in double.  A is R x C (C x R when `transpose`), element
+// (r, c) at a[(r * lda + c) * step], columns C..lda (R..lda) zeroed: step 1
+// for one map's own matrix, step K for lane k of K interleaved maps.  Loops
+// run along rows, and the sum of squares keeps eight partial sums, so the
+// arithmetic vectorises.  `sums` holds C doubles.
 template <typename S>
-double centre_convert(const double* m, int rows, int cols, double* sums, S* a, int lda, bool transpose) {
+double centre_convert(const double* m, int rows, int cols, double* sums, S* a, int lda, bool transpose,
+                      int step = 1) {
   std::fill(sums, sums + cols, 0.0);
   const double* shift = m;  // row 0
   for (int i = 1; i < rows; ++i) {
@@ -42,43 +44,80 @@ double centre_convert(const double* m, int rows, int cols, double* sums, S* a, i
     const double mean = shift[j] + sums[j] / rows;
     sums[j] = (sums[j] == 0.0) ? shift[j] : mean;  // exact zeros for a constant column
   }
+  // element (i, j) of the map goes to a[i * row_step + j * col_step]
+  const int64_t row_step = int64_t(transpose ? 1 : lda) * step, col_step = int64_t(transpose ? lda : 1) * step;
   constexpr int P = 8;  // partial sums of squares
   double part[P] = {};
   for (int i = 0; i < rows; ++i) {
     const double* r = m + int64_t(i) * cols;
+    S* ar = a + i * row_step;
     int j = 0;
-    if (!transpose) {
-      S* ar = a + int64_t(i) * lda;
-      for (; j + P <= cols; j += P)
-        for (int k = 0; k < P; ++k) {
-          const double x = r[j + k] - sums[j + k];
-          part[k] += x * x;
-          ar[j + k] = S(x);
-        }
-      for (; j < cols; ++j) {
-        const double x = r[j] - sums[j];
-        part[0] += x * x;
-        ar[j] = S(x);
+    for (; j + P <= cols; j += P)
+      for (int k = 0; k < P; ++k) {
+        const double x = r[j + k] - sums[j + k];
+        part[k] += x * x;
+        ar[(j + k) * col_step] = S(x);
       }
-    } else {
-      for (; j + P <= cols; j += P)
-        for (int k = 0; k < P; ++k) {
-          const double x = r[j + k] - sums[j + k];
-          part[k] += x * x;
-          a[int64_t(j + k) * lda + i] = S(x);
-        }
-      for (; j < cols; ++j) {
-        const double x = r[j] - sums[j];
-        part[0] += x * x;
-        a[int64_t(j) * lda + i] = S(x);
-      }
+    for (; j < cols; ++j) {
+      const double x = r[j] - sums[j];
+      part[0] += x * x;
+      ar[j * col_step] = S(x);
     }
   }
   const int arows = transpose ? cols : rows, acols = transpose ? rows : cols;
-  for (int i = 0; i < arows; ++i) std::fill(a + int64_t(i) * lda + acols, a + int64_t(i + 1) * lda, S(0));
+  for (int i = 0; i < arows; ++i)
+    for (int c = acols; c < lda; ++c) a[(int64_t(i) * lda + c) * step] = S(0);
   double total = 0.0;
   for (int k = 0; k < P; ++k) total += part[k];
   return total;
+}
+
+// Lower triangles of G_l = scale_l * A_l^T A_l for K matrices A_l (R x D) at
+// once, one per SIMD lane: A element (r, c) of lane l at a[(r * lda + c) * K
+// + l] with lda = D rounded up to 4 (padding zero), G element (i, j), j <= i,
+// at g[(i * D + j) * K + l], as tridiagonalize_lanes reads it.  Lanes with
+// live[l] false get a zero matrix (whatever A holds there).  Register tiles
+// of 4 x 4 elements of G (sixteen accumulators): per row of A, eight vector
+// loads feed sixteen FMAs, and the four columns of A a tile row keeps
+// re-reading stay in L1.
+template <typename S, int K>
+void gram_lanes(const S* a, int rows, int d, int lda, const S* scale, const bool* live, S* g) {
+  typedef S V __attribute__((vector_size(sizeof(S) * K)));
+  typedef decltype(V{} < V{}) M;
+  auto load = [](const S* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  };
+  V sc;
+  M on;
+  for (int l = 0; l < K; ++l) {
+    sc[l] = scale[l];
+    on[l] = live[l] ? -1 : 0;
+  }
+  const V zero = V{} * S(0);
+  for (int i0 = 0; i0 < d; i0 += 4) {
+    for (int j0 = 0; j0 <= i0; j0 += 4) {
+      V acc[4][4];
+      for (int ii = 0; ii < 4; ++ii)
+        for (int jj = 0; jj < 4; ++jj) acc[ii][jj] = zero;
+      for (int r = 0; r < rows; ++r) {
+        const S* ar = a + int64_t(r) * lda * K;
+        V ai[4], aj[4];
+        for (int t = 0; t < 4; ++t) {
+          ai[t] = load(ar + (i0 + t) * K);
+          aj[t] = load(ar + (j0 + t) * K);
+        }
+        for (int ii = 0; ii < 4; ++ii)
+          for (int jj = 0; jj < 4; ++jj) acc[ii][jj] += ai[ii] * aj[jj];
+      }
+      for (int ii = 0; ii < 4 && i0 + ii < d; ++ii)
+        for (int jj = 0; jj < 4 && j0 + jj <= i0 + ii; ++jj) {
+          const V v = on ? acc[ii][jj] * sc : zero;
+          std::memcpy(g + (int64_t(i0 + ii) * d + j0 + jj) * K, &v, sizeof v);
+        }
+    }
+  }
 }
 
 // G = scale * A^T A for an R x D matrix A stored row-major with row stride

@@ -180,22 +180,17 @@ struct ComputeType<double> {
   using type = double;
 };
 
-// First half of the truncated path for one h x w map gathered row-major into
-// `map` (double), with the CPU's SIMD kernels: centre and total
-// energy in double, then in S the unit-trace Gram of the smaller side
-// (d x d, rows `ld` = padded_ld<S>(d) apart) into `gram`.  `a` holds
-// max(h, w) * round_to_vec<S>(d) elements, `sums` max(h, w) doubles.  Returns
-// true when an eigen-solve is still needed; otherwise *f already holds F (0
-// for a constant map, ||Xc||_F when all components are kept, NaN for
-// non-finite input).  The same contract as reduce_map in common/ocnna_math.h
-// minus the tridiagonalisation, which the caller does for a group of maps.
+// First step of the truncated path for one h x w map gathered row-major into
+// `map` (double): centre, total energy in double, and A = Xc (W <= H) or
+// Xc^T (W > H) in S, whose A^T A is the Gram of the smaller side, into `a`
+// (see centre_convert for lda and step).  Returns true when an eigen-solve is
+// still needed; otherwise *f already holds F (0 for a constant map, ||Xc||_F
+// when all components are kept, NaN for non-finite input).  Mirrors the
+// start of reduce_map in common/ocnna_math.h.
 template <typename S>
-bool unit_trace_gram(double* map, int h, int w, const EnergyParams& p, S* a, S* gram, double* sums,
-                     double* total, double* f) {
-  const int d = std::min(h, w), rows = std::max(h, w);
-  const int lda = round_to_vec<S>(d);
-  // A = Xc (W <= H) or Xc^T (W > H): the Gram of the smaller side is A^T A
-  const double t = centre_convert<S>(map, h, w, sums, a, lda, w > h);
+bool centre_map(const double* map, int h, int w, const EnergyParams& p, S* a, int lda, int step, double* sums,
+                double* total, double* f) {
+  const double t = centre_convert<S>(map, h, w, sums, a, lda, w > h, step);
   *total = t;
   if (!is_finite(t)) {
     *f = NAN;
@@ -205,14 +200,12 @@ bool unit_trace_gram(double* map, int h, int w, const EnergyParams& p, S* a, S* 
     *f = std::sqrt(t);
     return false;
   }
-  // unit trace: eigenvalue ratios are unchanged and QL stays far from overflow
-  gram_blocked<S>(a, rows, d, lda, gram, padded_ld<S>(d), S(1.0 / t));
   return true;
 }
 
-// Largest Gram side reduced in SIMD lanes (tridiagonalize_lanes): its
-// interleaved copy of a group's Grams, K * d * d elements, stays within about
-// 1 MB.  Larger maps are reduced one at a time.
+// Largest Gram side reduced in SIMD lanes (gram_lanes, tridiagonalize_lanes):
+// a group's interleaved matrices, K * d * max(h, w) elements, then stay
+// within about 1 MB.  Larger maps are reduced one at a time.
 constexpr int kMaxLaneSide = 128;
 
 template <typename T>
@@ -236,8 +229,10 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
   parallel_for(x.n * tiles_per_image, [&](int64_t begin, int64_t end) {
     // one allocation per thread and call, none per map
     std::vector<double> maps(static_cast<size_t>(tile * hw)), sums(static_cast<size_t>(rows));
-    std::vector<S> a(size_t(rows) * round_to_vec<S>(d)), gram(size_t(d) * ld), work(size_t(2 * ld));
-    std::vector<S> lanes_g(lane_reduce ? size_t(kLanes) * d * d : 0);  // a group's Grams, interleaved
+    const int lda = lane_reduce ? (d + 3) / 4 * 4 : round_to_vec<S>(d);  // columns of A
+    std::vector<S> a(size_t(rows) * lda * (lane_reduce ? kLanes : 1));  // A; a group's, interleaved
+    std::vector<S> gram(lane_reduce ? size_t(kLanes) * d * d : size_t(d) * ld);  // likewise the Gram
+    std::vector<S> work(size_t(2 * ld));
     std::vector<S> lanes_t(size_t(2 * 6) * d * kLanes);  // per group: tridiagonal, reflector work
     std::vector<S> one(static_cast<size_t>(2 * d));     // one map's tridiagonal (large maps)
     std::vector<S> eig(static_cast<size_t>(d));
@@ -253,22 +248,22 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
       groups[k].diag = lanes_t.data() + size_t(k) * 6 * d * kLanes;
       groups[k].off = groups[k].diag + size_t(d) * kLanes;
     }
-    // Gram and tridiagonal of channels [g0, g1) of the tile into group q; maps
-    // needing no eigen-solve get their F at once.
+    // Tridiagonals of the maps of channels [g0, g1) of the tile that need an
+    // eigen-solve, into group q's lanes; the others get their F at once.
     auto reduce_group = [&](Group& q, int64_t i, int64_t c0, int64_t g0, int64_t g1) {
       q.pending = 0;
       for (int64_t c = g0; c < g1; ++c) {
+        const int k = q.pending;
         double f;
-        if (!unit_trace_gram(maps.data() + c * hw, h, w, p, a.data(), gram.data(), sums.data(),
-                             &q.total[q.pending], &f)) {
-          out[i * x.c + c0 + c] = f;
+        S* dst = lane_reduce ? a.data() + k : a.data();  // lane k of the interleaved A, or A
+        if (!centre_map(maps.data() + c * hw, h, w, p, dst, lda, lane_reduce ? kLanes : 1, sums.data(),
+                        &q.total[k], &f)) {
+          out[i * x.c + c0 + c] = f;  // lane k is reused by the next map
           continue;
         }
-        const int k = q.pending;
-        if (lane_reduce) {  // lower triangle into lane k
-          for (int r = 0; r < d; ++r)
-            for (int j = 0; j <= r; ++j) lanes_g[(size_t(r) * d + j) * kLanes + k] = gram[size_t(r) * ld + j];
-        } else {
+        if (!lane_reduce) {
+          // unit trace: eigenvalue ratios are unchanged and QL stays far from overflow
+          gram_blocked<S>(a.data(), rows, d, lda, gram.data(), ld, S(1.0 / q.total[k]));
           tridiagonalize(gram.data(), d, one.data(), one.data() + d, work.data(), ld);
           for (int r = 0; r < d; ++r) {
             q.diag[r * kLanes + k] = one[size_t(r)];
@@ -278,12 +273,16 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
         q.chan[q.pending++] = c0 + c;
       }
       if (q.pending == 0) return;
-      // idle lanes hold a zero matrix: nothing to reduce, converged at once
       if (lane_reduce) {
-        for (int k = q.pending; k < kLanes; ++k)
-          for (int r = 0; r < d; ++r)
-            for (int j = 0; j <= r; ++j) lanes_g[(size_t(r) * d + j) * kLanes + k] = S(0);
-        tridiagonalize_lanes<S, kLanes>(lanes_g.data(), d, q.diag, q.off, q.off + size_t(d) * kLanes);
+        S scale[kLanes];
+        bool live[kLanes];
+        for (int k = 0; k < kLanes; ++k) {
+          live[k] = k < q.pending;
+          scale[k] = live[k] ? S(1.0 / q.total[k]) : S(0);  // unit trace, as above
+        }
+        // idle lanes get a zero matrix: nothing to reduce, converged at once
+        gram_lanes<S, kLanes>(a.data(), rows, d, lda, scale, live, gram.data());
+        tridiagonalize_lanes<S, kLanes>(gram.data(), d, q.diag, q.off, q.off + size_t(d) * kLanes);
       } else {
         for (int k = q.pending; k < kLanes; ++k)
           for (int r = 0; r < d; ++r) q.diag[r * kLanes + k] = q.off[r * kLanes + k] = S(0);
