@@ -298,8 +298,11 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
         Group& qb = groups[1];
         reduce_group(qa, i, c0, g0, std::min<int64_t>(g0 + kLanes, nc));
         reduce_group(qb, i, c0, std::min<int64_t>(g0 + kLanes, nc), std::min<int64_t>(g0 + kPair, nc));
-        if (qa.pending > 0 && qb.pending > 0) {
-          tridiagonal_eigenvalues_lanes2<S, kLanes>(qa.diag, qa.off, qa.ok, qb.diag, qb.off, qb.ok, d);
+        if (qa.pending > 0 && qb.pending > 0) {  // two independent QL chains
+          S* const dg[2] = {qa.diag, qb.diag};
+          S* const of[2] = {qa.off, qb.off};
+          bool* const ok[2] = {qa.ok, qb.ok};
+          tridiagonal_eigenvalues_lanes_n<S, kLanes, 2>(dg, of, ok, d);
         } else {
           for (Group* q : {&qa, &qb})
             if (q->pending > 0) tridiagonal_eigenvalues_lanes<S, kLanes>(q->diag, q->off, d, q->ok);
