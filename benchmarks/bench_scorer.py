@@ -59,8 +59,8 @@ def shape_table(name, shapes, images, n_components, repeat, oracle_maps):
         maps = torch.randn(b, c, size, size, generator=gen).relu_()
         scale = per_image * images / (b * c)  # back to per-`images` cost
         tn = native_time(maps, n_components, repeat) * scale
-        tt = best_of(lambda: torch_energies(maps, n_components), max(1, repeat // 2)) * scale
-        t32 = best_of(lambda: torch_energies(maps, n_components, torch.float32), max(1, repeat // 2)) * scale
+        tt = best_of(lambda: torch_energies(maps, n_components), max(2, repeat // 2)) * scale
+        t32 = best_of(lambda: torch_energies(maps, n_components, torch.float32), max(2, repeat // 2)) * scale
         to = oracle_per_map(maps, n_components, oracle_maps) * per_image * images
         rows.append((size, per_image, tn, tt, t32, to))
         tot["native"] += tn
@@ -120,7 +120,7 @@ def main():
     print(f"ocnna-fast {info['version']}, torch {torch.__version__}, CPU threads: ocnna {info['cpu_threads']}, "
           f"torch {torch.get_num_threads()}")
     rep = 3 if args.quick else 7
-    forward_overhead(128, 4 if not args.quick else 2, rep if not args.quick else 3)
+    forward_overhead(128, 4 if not args.quick else 2, 3 if args.quick else 11)
     for nc in (None, 0.95):
         shape_table("ResNet-56 / CIFAR maps", RESNET56, 8, nc, rep, 20 if args.quick else 60)
         shape_table("ResNet-50 / ImageNet maps", RESNET50, 1, nc, max(2, rep // 2), 5 if args.quick else 20)
