@@ -29,4 +29,15 @@ OCNNA_HD double to_double(double v) { return v; }
 OCNNA_HD double to_double(Half16 v) { return double(half_to_float(v.bits)); }
 OCNNA_HD double to_double(BFloat16 v) { return double(bf16_to_float(v.bits)); }
 
+// The narrowest floating type that holds every value of element type T
+// exactly: float for float32/float16/bfloat16 input, double for float64.
+template <typename T>
+struct ExactFloat {
+  using type = float;
+};
+template <>
+struct ExactFloat<double> {
+  using type = double;
+};
+
 }  // namespace ocnna

@@ -168,18 +168,6 @@ void energies_all(const MapBatch& x, double* out) {
   });
 }
 
-// Compute type of the truncated path: float for inputs of at most float
-// precision (SPEC allows 1e-4 there, and float doubles the SIMD width of the
-// O(d^3) Gram and Householder work), double for float64 input (1e-9).
-template <typename T>
-struct ComputeType {
-  using type = float;
-};
-template <>
-struct ComputeType<double> {
-  using type = double;
-};
-
 // First step of the truncated path for one h x w map gathered row-major into
 // `map` (double): centre, total energy in double, and A = Xc (W <= H) or
 // Xc^T (W > H) in S, whose A^T A is the Gram of the smaller side, into `a`
@@ -211,7 +199,9 @@ constexpr int kMaxLaneSide = 128;
 template <typename T>
 void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
   if (!needs_eigen(p, int(x.h), int(x.w))) return energies_all<T>(x, out);
-  using S = typename ComputeType<T>::type;
+  // Compute type: float for inputs of at most float precision (SPEC allows
+  // 1e-4 there, and float doubles the SIMD width), double for float64 (1e-9).
+  using S = typename ExactFloat<T>::type;
   const int h = int(x.h), w = int(x.w), d = h < w ? h : w, rows = h < w ? w : h;
   const int64_t hw = x.h * x.w;
   // Maps go through the Householder and QL stages kLanes at a time, one per

@@ -114,25 +114,14 @@ __device__ __forceinline__ double column_ss(const T* col, int64_t h, int64_t sh,
   return centred_ss_from_shifted(s1, s2, double(h));
 }
 
-// The first row of a column, kept exactly in the narrowest type that holds
-// every input value (float for float/half/bfloat16 input): fewer registers,
-// more loads in flight.
-template <typename T>
-struct Pivot {
-  using type = float;
-};
-template <>
-struct Pivot<double> {
-  using type = double;
-};
-
 // channels_last: kChunk neighbouring columns of one map, walked two rows at a
 // time so each thread has 2 * kChunk independent loads in flight (a warp reads
 // 2 * kChunk 128-byte runs of channels).  Same per-column arithmetic as
 // column_ss, summed in row order.
 template <typename T>
 __device__ __forceinline__ double chunk_ss(const T* base, int64_t h, int64_t sh, int64_t sw, double& poison) {
-  using P = typename Pivot<T>::type;
+  // the first row, kept exactly in the narrowest type (fewer registers, more loads in flight)
+  using P = typename ExactFloat<T>::type;
   P x0[kChunk];
   double s1[kChunk], s2[kChunk];
 #pragma unroll
