@@ -156,3 +156,27 @@ def test_ratio_rule_is_strictly_greater(tau, kept):
     x = torch.from_numpy(cols + 3.0).reshape(1, 1, 8, 4)  # the offset is centred away
     got = native_energies(x, tau)[0, 0]
     assert got == np.sqrt(kept)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("size", [(14, 14), (9, 30), (56, 56)])
+def test_groups_mixing_easy_and_hard_maps(device, dtype, layout, size):
+    """The CPU core solves 16 (float) or 8 (float64) maps per SIMD register and
+    two such groups together; maps that need no eigen-solve (constant, zero,
+    all columns constant) leave their lane to the next map.  Mix them into
+    every group, with a channel count that leaves the last group part-empty."""
+    rng = np.random.default_rng(sum(size))
+    h, w = size
+    kinds = ["relu", "constant", "low_rank", "zero", "relu", "constant_columns", "offset"]
+    c = 53
+    a = np.concatenate([make_maps(rng, kinds[k % len(kinds)], 2, 1, h, w) for k in range(c)], axis=1)
+    a = a.astype(dtype)
+    x = torch.from_numpy(a)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    for nc in (0.9, 4):
+        got = native_energies(x.to(device), nc)
+        want = reference.energies(a.astype(np.float64), nc)
+        np.testing.assert_allclose(got, want, rtol=TOL[dtype], atol=1e-9 * max(1.0, np.abs(want).max()))
