@@ -180,3 +180,16 @@ def test_groups_mixing_easy_and_hard_maps(device, dtype, layout, size):
         got = native_energies(x.to(device), nc)
         want = reference.energies(a.astype(np.float64), nc)
         np.testing.assert_allclose(got, want, rtol=TOL[dtype], atol=1e-9 * max(1.0, np.abs(want).max()))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_extreme_scales_keep_their_energy(dtype):
+    """F scales with the activations (F(s X) = s F(X)) down to tiny and up to
+    huge float32 values, whose squares would underflow or overflow float32."""
+    rng = np.random.default_rng(9)
+    a = np.maximum(rng.standard_normal((2, 20, 14, 14)), 0)
+    for nc in (0.9, 3):
+        want = reference.energies(a, nc)
+        for s in (1e-30, 1e-20, 1e20, 1e30):
+            got = native_energies(torch.from_numpy((a * s).astype(dtype)), nc) / s
+            np.testing.assert_allclose(got, want, rtol=TOL[dtype], err_msg=f"scale {s}")

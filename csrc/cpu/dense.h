@@ -25,12 +25,15 @@ inline int round_to_vec(int n) {
 // Centres the columns of the R x C row-major double map (as centre_columns in
 // common/ocnna_math.h: means shifted by the first row, so a constant column
 // centres to exact zeros; each column's sum taken over rows 1..R-1 in
-// order), writes the centred values converted to S into A and returns their
-// sum of squares in double.  A is R x C (C x R when `transpose`), element
-// (r, c) at a[(r * lda + c) * step], columns C..lda (R..lda) zeroed: step 1
-// for one map's own matrix, step K for lane k of K interleaved maps.  Loops
-// run along rows, and the sum of squares keeps eight partial sums, so the
-// arithmetic vectorises.  `sums` holds C doubles.
+// order) and returns the centred sum of squares, in double.  If it is finite
+// and positive, also writes the centred values divided by its square root,
+// converted to S, into A: A has unit Frobenius norm, so its Gram has unit
+// trace, whatever the scale of the activations (in float, squares of values
+// beyond 1e19 would overflow and below 1e-19 vanish).  A is R x C (C x R when `transpose`), element (r, c) at
+// a[(r * lda + c) * step], columns C..lda (R..lda) zeroed: step 1 for one
+// map's own matrix, step K for lane k of K interleaved maps.  Loops run along
+// rows, and the sum of squares keeps eight partial sums, so the arithmetic
+// vectorises.  `sums` holds C doubles.
 template <typename S>
 double centre_convert(const double* m, int rows, int cols, double* sums, S* a, int lda, bool transpose,
                       int step = 1) {
@@ -44,35 +47,39 @@ double centre_convert(const double* m, int rows, int cols, double* sums, S* a, i
     const double mean = shift[j] + sums[j] / rows;
     sums[j] = (sums[j] == 0.0) ? shift[j] : mean;  // exact zeros for a constant column
   }
-  // element (i, j) of the map goes to a[i * row_step + j * col_step]
-  const int64_t row_step = int64_t(transpose ? 1 : lda) * step, col_step = int64_t(transpose ? lda : 1) * step;
   constexpr int P = 8;  // partial sums of squares
   double part[P] = {};
   for (int i = 0; i < rows; ++i) {
     const double* r = m + int64_t(i) * cols;
-    S* ar = a + i * row_step;
     int j = 0;
     for (; j + P <= cols; j += P)
       for (int k = 0; k < P; ++k) {
         const double x = r[j + k] - sums[j + k];
         part[k] += x * x;
-        ar[(j + k) * col_step] = S(x);
       }
     for (; j < cols; ++j) {
       const double x = r[j] - sums[j];
       part[0] += x * x;
-      ar[j * col_step] = S(x);
     }
+  }
+  double total = 0.0;
+  for (int k = 0; k < P; ++k) total += part[k];
+  if (!(total > 0.0) || total - total != 0.0) return total;  // zero or non-finite: no A needed
+  const double unit = 1.0 / std::sqrt(total);
+  // element (i, j) of the map goes to a[i * row_step + j * col_step]
+  const int64_t row_step = int64_t(transpose ? 1 : lda) * step, col_step = int64_t(transpose ? lda : 1) * step;
+  for (int i = 0; i < rows; ++i) {
+    const double* r = m + int64_t(i) * cols;
+    S* ar = a + i * row_step;
+    for (int j = 0; j < cols; ++j) ar[j * col_step] = S((r[j] - sums[j]) * unit);
   }
   const int arows = transpose ? cols : rows, acols = transpose ? rows : cols;
   for (int i = 0; i < arows; ++i)
     for (int c = acols; c < lda; ++c) a[(int64_t(i) * lda + c) * step] = S(0);
-  double total = 0.0;
-  for (int k = 0; k < P; ++k) total += part[k];
   return total;
 }
 
-// Lower triangles of G_l = scale_l * A_l^T A_l for K matrices A_l (R x D) at
+// Lower triangles of G_l = A_l^T A_l for K matrices A_l (R x D) at
 // once, one per SIMD lane: A element (r, c) of lane l at a[(r * lda + c) * K
 // + l] with lda = D rounded up to 4 (padding zero), G element (i, j), j <= i,
 // at g[(i * D + j) * K + l], as tridiagonalize_lanes reads it.  Lanes with
@@ -81,7 +88,7 @@ double centre_convert(const double* m, int rows, int cols, double* sums, S* a, i
 // loads feed sixteen FMAs, and the four columns of A a tile row keeps
 // re-reading stay in L1.
 template <typename S, int K>
-void gram_lanes(const S* a, int rows, int d, int lda, const S* scale, const bool* live, S* g) {
+void gram_lanes(const S* a, int rows, int d, int lda, const bool* live, S* g) {
   typedef S V __attribute__((vector_size(sizeof(S) * K)));
   typedef decltype(V{} < V{}) M;
   auto load = [](const S* p) {
@@ -89,12 +96,8 @@ void gram_lanes(const S* a, int rows, int d, int lda, const S* scale, const bool
     std::memcpy(&v, p, sizeof v);
     return v;
   };
-  V sc;
   M on;
-  for (int l = 0; l < K; ++l) {
-    sc[l] = scale[l];
-    on[l] = live[l] ? -1 : 0;
-  }
+  for (int l = 0; l < K; ++l) on[l] = live[l] ? -1 : 0;
   const V zero = V{} * S(0);
   for (int i0 = 0; i0 < d; i0 += 4) {
     for (int j0 = 0; j0 <= i0; j0 += 4) {
@@ -113,14 +116,14 @@ void gram_lanes(const S* a, int rows, int d, int lda, const S* scale, const bool
       }
       for (int ii = 0; ii < 4 && i0 + ii < d; ++ii)
         for (int jj = 0; jj < 4 && j0 + jj <= i0 + ii; ++jj) {
-          const V v = on ? acc[ii][jj] * sc : zero;
+          const V v = on ? acc[ii][jj] : zero;
           std::memcpy(g + (int64_t(i0 + ii) * d + j0 + jj) * K, &v, sizeof v);
         }
     }
   }
 }
 
-// G = scale * A^T A for an R x D matrix A stored row-major with row stride
+// G = A^T A for an R x D matrix A stored row-major with row stride
 // lda = round_to_vec<S>(D) (columns D..lda zero).  G is D x D with row stride
 // ld >= lda; columns D..ld come out zero, as tridiagonalize's padded loops
 // need.  The upper part is computed in register tiles of 4 rows x 2 vectors
@@ -128,7 +131,7 @@ void gram_lanes(const S* a, int rows, int d, int lda, const S* scale, const bool
 // mirrored.  Every G[i][j] is the same in-order sum over rows whichever
 // triangle computes it, so G is exactly symmetric.
 template <typename S>
-void gram_blocked(const S* a, int rows, int d, int lda, S* g, int ld, S scale) {
+void gram_blocked(const S* a, int rows, int d, int lda, S* g, int ld) {
   constexpr int VL = vec_len<S>();
   typedef S V __attribute__((vector_size(64)));
   const V zero = V{} * S(0);
@@ -170,8 +173,8 @@ void gram_blocked(const S* a, int rows, int d, int lda, S* g, int ld, S scale) {
       const V c0[4] = {c00, c10, c20, c30}, c1[4] = {c01, c11, c21, c31};
       for (int ii = 0; ii < ni; ++ii) {
         S* gi = g + int64_t(i0 + ii) * ld;
-        store(gi + j0, c0[ii] * scale);
-        if (two) store(gi + j0 + VL, c1[ii] * scale);
+        store(gi + j0, c0[ii]);
+        if (two) store(gi + j0 + VL, c1[ii]);
       }
     }
   }

@@ -169,9 +169,9 @@ void energies_all(const MapBatch& x, double* out) {
 }
 
 // First step of the truncated path for one h x w map gathered row-major into
-// `map` (double): centre, total energy in double, and A = Xc (W <= H) or
-// Xc^T (W > H) in S, whose A^T A is the Gram of the smaller side, into `a`
-// (see centre_convert for lda and step).  Returns true when an eigen-solve is
+// `map` (double): centre, total energy in double, and A = Xc / ||Xc|| (W <=
+// H) or its transpose (W > H) in S, whose A^T A is the unit-trace Gram of the
+// smaller side, into `a` (see centre_convert for lda and step).  Returns true when an eigen-solve is
 // still needed; otherwise *f already holds F (0 for a constant map, ||Xc||_F
 // when all components are kept, NaN for non-finite input).  Mirrors the
 // start of reduce_map in common/ocnna_math.h.
@@ -252,8 +252,7 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
           continue;
         }
         if (!lane_reduce) {
-          // unit trace: eigenvalue ratios are unchanged and QL stays far from overflow
-          gram_blocked<S>(a.data(), rows, d, lda, gram.data(), ld, S(1.0 / q.total[k]));
+          gram_blocked<S>(a.data(), rows, d, lda, gram.data(), ld);  // unit trace (centre_convert)
           tridiagonalize(gram.data(), d, one.data(), one.data() + d, work.data(), ld);
           for (int r = 0; r < d; ++r) {
             q.diag[r * kLanes + k] = one[size_t(r)];
@@ -264,14 +263,11 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
       }
       if (q.pending == 0) return;
       if (lane_reduce) {
-        S scale[kLanes];
         bool live[kLanes];
-        for (int k = 0; k < kLanes; ++k) {
-          live[k] = k < q.pending;
-          scale[k] = live[k] ? S(1.0 / q.total[k]) : S(0);  // unit trace, as above
-        }
-        // idle lanes get a zero matrix: nothing to reduce, converged at once
-        gram_lanes<S, kLanes>(a.data(), rows, d, lda, scale, live, gram.data());
+        for (int k = 0; k < kLanes; ++k) live[k] = k < q.pending;
+        // unit trace (centre_convert); idle lanes get a zero matrix: nothing
+        // to reduce, converged at once
+        gram_lanes<S, kLanes>(a.data(), rows, d, lda, live, gram.data());
         tridiagonalize_lanes<S, kLanes>(gram.data(), d, q.diag, q.off, q.off + size_t(d) * kLanes);
       } else {
         for (int k = q.pending; k < kLanes; ++k)
