@@ -22,30 +22,22 @@ inline int round_to_vec(int n) {
   return (n + vec_len<S>() - 1) / vec_len<S>() * vec_len<S>();
 }
 
-// Centres the columns of the R x C row-major double map (as centre_columns in
-// common/ocnna_math.h: means shifted by the first row, so a constant column
-// centres to exact zeros; each column's sum taken over rows 1..R-1 in
-// order) and returns the centred sum of squares, in double.  If it is finite
-// and positive, also writes the centred values divided by its square root,
-// converted to S, into A: A has unit Frobenius norm, so its Gram has unit
-// trace, whatever the scale of the activations (in float, squares of values
-// beyond 1e19 would overflow and below 1e-19 vanish).  A is R x C (C x R when `transpose`), element (r, c) at
-// a[(r * lda + c) * step], columns C..lda (R..lda) zeroed: step 1 for one
-// map's own matrix, step K for lane k of K interleaved maps.  Loops run along
-// rows, and the sum of squares keeps eight partial sums, so the arithmetic
-// vectorises.  `sums` holds C doubles.
-template <typename S>
-double centre_convert(const double* m, int rows, int cols, double* sums, S* a, int lda, bool transpose,
-                      int step = 1) {
-  std::fill(sums, sums + cols, 0.0);
+// Column means of the R x C row-major double map, as centre_columns in
+// common/ocnna_math.h takes them (shifted by the first row, so a constant
+// column gets its value back exactly and centres to exact zeros; each
+// column's sum over rows 1..R-1 in order), into `means`; returns the centred
+// sum of squares in double.  Loops run along rows, and the sum of squares
+// keeps eight partial sums, so the arithmetic vectorises.
+inline double centre_stats(const double* m, int rows, int cols, double* means) {
+  std::fill(means, means + cols, 0.0);
   const double* shift = m;  // row 0
   for (int i = 1; i < rows; ++i) {
     const double* r = m + int64_t(i) * cols;
-    for (int j = 0; j < cols; ++j) sums[j] += r[j] - shift[j];
+    for (int j = 0; j < cols; ++j) means[j] += r[j] - shift[j];
   }
   for (int j = 0; j < cols; ++j) {
-    const double mean = shift[j] + sums[j] / rows;
-    sums[j] = (sums[j] == 0.0) ? shift[j] : mean;  // exact zeros for a constant column
+    const double mean = shift[j] + means[j] / rows;
+    means[j] = (means[j] == 0.0) ? shift[j] : mean;
   }
   constexpr int P = 8;  // partial sums of squares
   double part[P] = {};
@@ -54,50 +46,86 @@ double centre_convert(const double* m, int rows, int cols, double* sums, S* a, i
     int j = 0;
     for (; j + P <= cols; j += P)
       for (int k = 0; k < P; ++k) {
-        const double x = r[j + k] - sums[j + k];
+        const double x = r[j + k] - means[j + k];
         part[k] += x * x;
       }
     for (; j < cols; ++j) {
-      const double x = r[j] - sums[j];
+      const double x = r[j] - means[j];
       part[0] += x * x;
     }
   }
   double total = 0.0;
   for (int k = 0; k < P; ++k) total += part[k];
-  if (!(total > 0.0) || total - total != 0.0) return total;  // zero or non-finite: no A needed
-  const double unit = 1.0 / std::sqrt(total);
-  // element (i, j) of the map goes to a[i * row_step + j * col_step]
-  const int64_t row_step = int64_t(transpose ? 1 : lda) * step, col_step = int64_t(transpose ? lda : 1) * step;
+  return total;
+}
+
+// A = (X - means) * unit in S, from the R x C row-major map X: unit =
+// 1/||X - means|| gives A unit Frobenius norm, so its Gram has unit trace
+// whatever the scale of the activations (in float, squares of values beyond
+// 1e19 would overflow and below 1e-19 vanish).  A is R x C, or C x R when
+// `transpose`, rows `lda` apart, columns beyond zeroed.
+template <typename S>
+void write_unit(const double* m, int rows, int cols, const double* means, double unit, S* a, int lda,
+                bool transpose) {
   for (int i = 0; i < rows; ++i) {
     const double* r = m + int64_t(i) * cols;
-    S* ar = a + i * row_step;
-    for (int j = 0; j < cols; ++j) ar[j * col_step] = S((r[j] - sums[j]) * unit);
+    if (!transpose) {
+      S* ar = a + int64_t(i) * lda;
+      for (int j = 0; j < cols; ++j) ar[j] = S((r[j] - means[j]) * unit);
+    } else {
+      for (int j = 0; j < cols; ++j) a[int64_t(j) * lda + i] = S((r[j] - means[j]) * unit);
+    }
   }
   const int arows = transpose ? cols : rows, acols = transpose ? rows : cols;
-  for (int i = 0; i < arows; ++i)
-    for (int c = acols; c < lda; ++c) a[(int64_t(i) * lda + c) * step] = S(0);
-  return total;
+  for (int i = 0; i < arows; ++i) std::fill(a + int64_t(i) * lda + acols, a + int64_t(i + 1) * lda, S(0));
+}
+
+// write_unit for K maps at once into one interleaved A: element (r, c) of
+// lane l at a[(r * lda + c) * K + l].  Lane l < live takes map m[l] with its
+// means (means + l * C) and unit[l]; the other lanes, and the padding, are
+// zero.  Each row of A is first computed map by map along contiguous memory
+// into `row` (K * lda elements of S), then interleaved while it sits in L1,
+// so A is written in memory order (interleaving map by map would touch one
+// cache line per element).
+template <typename S, int K>
+void write_unit_lanes(const double* const* m, int rows, int cols, const double* means, const double* unit,
+                      int live, S* a, int lda, bool transpose, S* row) {
+  const int arows = transpose ? cols : rows, acols = transpose ? rows : cols;
+  for (int l = 0; l < K; ++l) std::fill(row + int64_t(l) * lda, row + int64_t(l + 1) * lda, S(0));
+  for (int i = 0; i < arows; ++i) {
+    for (int l = 0; l < live; ++l) {
+      S* t = row + int64_t(l) * lda;
+      const double* ml = m[l];
+      const double* mu = means + int64_t(l) * cols;
+      const double u = unit[l];
+      if (!transpose) {
+        const double* r = ml + int64_t(i) * cols;
+        for (int j = 0; j < acols; ++j) t[j] = S((r[j] - mu[j]) * u);
+      } else {
+        for (int j = 0; j < acols; ++j) t[j] = S((ml[int64_t(j) * cols + i] - mu[i]) * u);
+      }
+    }
+    S* ar = a + int64_t(i) * lda * K;
+    for (int j = 0; j < lda; ++j)
+      for (int l = 0; l < K; ++l) ar[int64_t(j) * K + l] = row[int64_t(l) * lda + j];
+  }
 }
 
 // Lower triangles of G_l = A_l^T A_l for K matrices A_l (R x D) at
 // once, one per SIMD lane: A element (r, c) of lane l at a[(r * lda + c) * K
 // + l] with lda = D rounded up to 4 (padding zero), G element (i, j), j <= i,
-// at g[(i * D + j) * K + l], as tridiagonalize_lanes reads it.  Lanes with
-// live[l] false get a zero matrix (whatever A holds there).  Register tiles
+// at g[(i * D + j) * K + l], as tridiagonalize_lanes reads it.  Register tiles
 // of 4 x 4 elements of G (sixteen accumulators): per row of A, eight vector
 // loads feed sixteen FMAs, and the four columns of A a tile row keeps
 // re-reading stay in L1.
 template <typename S, int K>
-void gram_lanes(const S* a, int rows, int d, int lda, const bool* live, S* g) {
+void gram_lanes(const S* a, int rows, int d, int lda, S* g) {
   typedef S V __attribute__((vector_size(sizeof(S) * K)));
-  typedef decltype(V{} < V{}) M;
   auto load = [](const S* p) {
     V v;
     std::memcpy(&v, p, sizeof v);
     return v;
   };
-  M on;
-  for (int l = 0; l < K; ++l) on[l] = live[l] ? -1 : 0;
   const V zero = V{} * S(0);
   for (int i0 = 0; i0 < d; i0 += 4) {
     for (int j0 = 0; j0 <= i0; j0 += 4) {
@@ -116,8 +144,7 @@ void gram_lanes(const S* a, int rows, int d, int lda, const bool* live, S* g) {
       }
       for (int ii = 0; ii < 4 && i0 + ii < d; ++ii)
         for (int jj = 0; jj < 4 && j0 + jj <= i0 + ii; ++jj) {
-          const V v = on ? acc[ii][jj] : zero;
-          std::memcpy(g + (int64_t(i0 + ii) * d + j0 + jj) * K, &v, sizeof v);
+          std::memcpy(g + (int64_t(i0 + ii) * d + j0 + jj) * K, &acc[ii][jj], sizeof(V));
         }
     }
   }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <stdexcept>
 #include <vector>
 
@@ -169,16 +170,13 @@ void energies_all(const MapBatch& x, double* out) {
 }
 
 // First step of the truncated path for one h x w map gathered row-major into
-// `map` (double): centre, total energy in double, and A = Xc / ||Xc|| (W <=
-// H) or its transpose (W > H) in S, whose A^T A is the unit-trace Gram of the
-// smaller side, into `a` (see centre_convert for lda and step).  Returns true when an eigen-solve is
-// still needed; otherwise *f already holds F (0 for a constant map, ||Xc||_F
-// when all components are kept, NaN for non-finite input).  Mirrors the
-// start of reduce_map in common/ocnna_math.h.
-template <typename S>
-bool centre_map(const double* map, int h, int w, const EnergyParams& p, S* a, int lda, int step, double* sums,
-                double* total, double* f) {
-  const double t = centre_convert<S>(map, h, w, sums, a, lda, w > h, step);
+// `map` (double): column means and total energy in double.  Returns true
+// when an eigen-solve is still needed; otherwise *f already holds F (0 for a
+// constant map, ||Xc||_F when all components are kept, NaN for non-finite
+// input).  Mirrors the start of reduce_map in common/ocnna_math.h.
+inline bool needs_solve(const double* map, int h, int w, const EnergyParams& p, double* means, double* total,
+                        double* f) {
+  const double t = centre_stats(map, h, w, means);
   *total = t;
   if (!is_finite(t)) {
     *f = NAN;
@@ -218,11 +216,12 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
   const bool lane_reduce = d <= kMaxLaneSide;
   parallel_for(x.n * tiles_per_image, [&](int64_t begin, int64_t end) {
     // one allocation per thread and call, none per map
-    std::vector<double> maps(static_cast<size_t>(tile * hw)), sums(static_cast<size_t>(rows));
+    std::vector<double> maps(static_cast<size_t>(tile * hw));
+    std::vector<double> means(static_cast<size_t>(kLanes) * w);  // per lane
     const int lda = lane_reduce ? (d + 3) / 4 * 4 : round_to_vec<S>(d);  // columns of A
     std::vector<S> a(size_t(rows) * lda * (lane_reduce ? kLanes : 1));  // A; a group's, interleaved
     std::vector<S> gram(lane_reduce ? size_t(kLanes) * d * d : size_t(d) * ld);  // likewise the Gram
-    std::vector<S> work(size_t(2 * ld));
+    std::vector<S> work(size_t(2 * ld)), row(size_t(kLanes) * lda);
     std::vector<S> lanes_t(size_t(2 * 6) * d * kLanes);  // per group: tridiagonal, reflector work
     std::vector<S> one(static_cast<size_t>(2 * d));     // one map's tridiagonal (large maps)
     std::vector<S> eig(static_cast<size_t>(d));
@@ -240,19 +239,27 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
     }
     // Tridiagonals of the maps of channels [g0, g1) of the tile that need an
     // eigen-solve, into group q's lanes; the others get their F at once.
+    // A = Xc / ||Xc|| (W <= H) or its transpose (W > H), whose A^T A is the
+    // unit-trace Gram of the smaller side: unit trace leaves the eigenvalue
+    // ratios alone and keeps float far from overflow and underflow.
+    const bool transpose = w > h;
     auto reduce_group = [&](Group& q, int64_t i, int64_t c0, int64_t g0, int64_t g1) {
       q.pending = 0;
+      const double* src[kLanes];
+      double unit[kLanes];
       for (int64_t c = g0; c < g1; ++c) {
         const int k = q.pending;
+        const double* map = maps.data() + c * hw;
         double f;
-        S* dst = lane_reduce ? a.data() + k : a.data();  // lane k of the interleaved A, or A
-        if (!centre_map(maps.data() + c * hw, h, w, p, dst, lda, lane_reduce ? kLanes : 1, sums.data(),
-                        &q.total[k], &f)) {
-          out[i * x.c + c0 + c] = f;  // lane k is reused by the next map
+        if (!needs_solve(map, h, w, p, means.data() + size_t(k) * w, &q.total[k], &f)) {
+          out[i * x.c + c0 + c] = f;  // lane k is left to the next map
           continue;
         }
+        src[k] = map;
+        unit[k] = 1.0 / std::sqrt(q.total[k]);
         if (!lane_reduce) {
-          gram_blocked<S>(a.data(), rows, d, lda, gram.data(), ld);  // unit trace (centre_convert)
+          write_unit<S>(map, h, w, means.data() + size_t(k) * w, unit[k], a.data(), lda, transpose);
+          gram_blocked<S>(a.data(), rows, d, lda, gram.data(), ld);
           tridiagonalize(gram.data(), d, one.data(), one.data() + d, work.data(), ld);
           for (int r = 0; r < d; ++r) {
             q.diag[r * kLanes + k] = one[size_t(r)];
@@ -263,11 +270,10 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
       }
       if (q.pending == 0) return;
       if (lane_reduce) {
-        bool live[kLanes];
-        for (int k = 0; k < kLanes; ++k) live[k] = k < q.pending;
-        // unit trace (centre_convert); idle lanes get a zero matrix: nothing
-        // to reduce, converged at once
-        gram_lanes<S, kLanes>(a.data(), rows, d, lda, live, gram.data());
+        // idle lanes get a zero matrix: nothing to reduce, converged at once
+        write_unit_lanes<S, kLanes>(src, h, w, means.data(), unit, q.pending, a.data(), lda, transpose,
+                                    row.data());
+        gram_lanes<S, kLanes>(a.data(), rows, d, lda, gram.data());
         tridiagonalize_lanes<S, kLanes>(gram.data(), d, q.diag, q.off, q.off + size_t(d) * kLanes);
       } else {
         for (int k = q.pending; k < kLanes; ++k)
@@ -296,7 +302,8 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
         for (Group* q : {&qa, &qb})
           for (int k = 0; k < q->pending; ++k) {
             for (int r = 0; r < d; ++r) eig[size_t(r)] = q->diag[r * kLanes + k];
-            out[i * x.c + q->chan[k]] = q->ok[k] ? energy_from_eigenvalues(eig.data(), d, p, q->total[k]) : NAN;
+            std::sort(eig.begin(), eig.end(), std::greater<S>());  // as sort_descending, in n log n
+            out[i * x.c + q->chan[k]] = q->ok[k] ? std::sqrt(kept_energy(eig.data(), d, p) * q->total[k]) : NAN;
           }
       }
     }
