@@ -9,6 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from ._native import build_info
+from .batchnorm import recalibrate_batchnorm
 from .distill import TensorImages as distill_data
 from .distill import distill, evaluate, finetune
 from .layers import prunable_convs
@@ -31,6 +32,7 @@ __all__ = [
     "load_pruned",
     "prunable_convs",
     "prune",
+    "recalibrate_batchnorm",
     "save_pruned",
     "score",
     "__version__",

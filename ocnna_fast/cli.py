@@ -128,12 +128,15 @@ def _write_report(out: Path, report: dict, title: str) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from .batchnorm import recalibrate_batchnorm
     from .distill import distill, evaluate
     from .models import input_size
     from .pruning import count_params, prune, save_pruned
 
     if not 0 <= args.k < 100:
         raise SystemExit(f"error: --k is a percentile in [0, 100), got {args.k}")
+    if args.bn_images < 0:
+        raise SystemExit(f"error: --bn-images must be >= 0, got {args.bn_images}")
     model, weights = _load_model(args.arch, args.weights, args.data_dir)
     size = input_size(args.arch)
     if size != 32:
@@ -152,9 +155,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
     scoring_seconds = time.perf_counter() - t
     scores.save(out / "scores.safetensors")
     pruned, plan = prune(model, scores, args.k, torch.zeros(1, 3, size, size))
-    before = evaluate(pruned, evalset)
+    surgery_acc = evaluate(pruned, evalset)
     print(f"pruned at k={args.k}: {count_params(pruned)}/{count_params(model)} parameters, "
-          f"accuracy before fine-tuning {before:.2f}%")
+          f"accuracy right after surgery {surgery_acc:.2f}%")
+    bn_images = 0
+    if args.bn_images > 0:
+        bnset = _jpeg("train", args.bn_images, args.data_dir, False, args.seed + 3)
+        bn_images = recalibrate_batchnorm(pruned, (x for x, _ in bnset.batches(args.batch_size)), progress=progress)
+    before = evaluate(pruned, evalset) if bn_images else surgery_acc
+    if bn_images:
+        print(f"BatchNorm statistics re-estimated on {bn_images} training images: accuracy {before:.2f}%")
     t = time.perf_counter()
     history = []
     if args.finetune_epochs > 0:
@@ -171,7 +181,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "arch": args.arch, "dataset": "cifar10-jpeg (q~75 JPEG copy of CIFAR-10; see PROVENANCE)",
         "base_weights": weights, "k": args.k, "n_components": args.n_components,
         "score_images": len(scoreset), "eval_images": len(evalset),
-        "base_accuracy": base_acc, "pruned_accuracy_before_finetune": before, "pruned_accuracy": after,
+        "base_accuracy": base_acc, "pruned_accuracy_after_surgery": surgery_acc, "bn_images": bn_images,
+        "pruned_accuracy_before_finetune": before, "pruned_accuracy": after,
         "accuracy_drop": base_acc - after, "base_params": base_params, "pruned_params": pr_params,
         "rpr": pr_params / base_params, "base_macs": base_macs, "pruned_macs": pr_macs,
         "macs_ratio": pr_macs / base_macs, "scoring_seconds": scoring_seconds,
@@ -275,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--eval-images", type=int, default=None, help="test images for accuracy (default all 10000)")
     pr.add_argument("--train-images", type=int, default=None, help="training images for distillation (default all)")
     pr.add_argument("--finetune-epochs", type=int, default=2)
+    pr.add_argument("--bn-images", type=int, default=0,
+                    help="re-estimate BatchNorm statistics of the pruned model on this many training images "
+                         "before evaluating and distilling it (default 0: off)")
     pr.add_argument("--lr", type=float, default=0.01)
     pr.add_argument("--out", default="runs/prune")
     pr.set_defaults(func=cmd_prune)

@@ -11,7 +11,8 @@ pytest.importorskip("torch_pruning")
 from ocnna_fast.cli import main
 from ocnna_fast.pruning import load_pruned
 
-FIELDS = ["arch", "dataset", "k", "n_components", "base_accuracy", "pruned_accuracy_before_finetune",
+FIELDS = ["arch", "dataset", "k", "n_components", "base_accuracy", "pruned_accuracy_after_surgery", "bn_images",
+          "pruned_accuracy_before_finetune",
           "pruned_accuracy", "accuracy_drop", "base_params", "pruned_params", "rpr", "base_macs", "pruned_macs",
           "macs_ratio", "scoring_seconds", "finetune_seconds"]
 
@@ -20,11 +21,12 @@ def test_prune_end_to_end(tmp_path, data_dir, capsys):
     out = tmp_path / "run"
     rc = main(["prune", "--arch", "resnet20", "--k", "40", "--n-components", "0.9", "--score-images", "32",
                "--eval-images", "40", "--train-images", "64", "--finetune-epochs", "1", "--batch-size", "32",
-               "--data-dir", str(data_dir), "--out", str(out), "--no-progress"])
+               "--bn-images", "48", "--data-dir", str(data_dir), "--out", str(out), "--no-progress"])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     for f in FIELDS:
         assert f in report, f
+    assert report["bn_images"] == 48
     assert 0 < report["rpr"] < 1 and 0 < report["macs_ratio"] < 1
     assert report["pruned_params"] < report["base_params"]
     assert report["accuracy_drop"] == pytest.approx(report["base_accuracy"] - report["pruned_accuracy"])
@@ -52,6 +54,7 @@ def test_score_command(tmp_path, data_dir):
     (["prune", "--k", "100"], "--k"),
     (["prune", "--k", "-5"], "--k"),
     (["prune", "--arch", "densenet40"], "pass --weights"),
+    (["prune", "--bn-images", "-1"], "--bn-images"),
 ])
 def test_bad_arguments(argv, message, tmp_path, data_dir):
     with pytest.raises(SystemExit, match=message):
