@@ -153,6 +153,7 @@ class _SideStream:
             raise ValueError(f"layer {st.name!r}: output on {t.device}, expected {self.device}")
         if t.shape[0] == 0:
             return
+        st._prepare_cuda(self.device)  # its fills must come before the wait below
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         st._accumulate_cuda(t.detach(), self._handle)
         t.record_stream(self.stream)

@@ -160,15 +160,21 @@ class FilterStats:
         self._images += int(x.shape[0])
         return self
 
+    def _prepare_cuda(self, device: torch.device) -> None:
+        """Accumulators and status flag on ``device``.  Their copies and fills
+        run on the current stream, so a caller scoring on another stream
+        calls this before making that stream wait for the current one."""
+        if self._mean.device != device:
+            self._move_to(device)
+        if self._status is None:
+            self._status = torch.full((1,), -1, dtype=torch.int64, device=device)
+
     def _accumulate_cuda(self, x: torch.Tensor, stream: int) -> None:
         """Launches the fold of a validated CUDA batch on ``stream`` (a raw
         ``cudaStream_t`` of x's device) and counts its images.  Nothing here
         waits for the GPU; the caller keeps x alive for ``stream``."""
         core = _native.cuda_core()
-        if self._mean.device != x.device:
-            self._move_to(x.device)
-        if self._status is None:
-            self._status = torch.full((1,), -1, dtype=torch.int64, device=x.device)
+        self._prepare_cuda(x.device)
         mode, q, tau = self._params
         ptr, code, shape, strides = _native.batch_args(x)
         core.accumulate(ptr, code, shape, strides, mode, q, tau,
