@@ -69,8 +69,6 @@ OCNNA_HD bool is_finite(double v) { return v - v == 0.0; }  // false for inf and
 // Overloads that keep float arithmetic in float on host and device alike.
 OCNNA_HD float sqrt_of(float v) { return sqrtf(v); }
 OCNNA_HD double sqrt_of(double v) { return sqrt(v); }
-OCNNA_HD float abs_of(float v) { return fabsf(v); }
-OCNNA_HD double abs_of(double v) { return fabs(v); }
 // Relative size below which an off-diagonal counts as zero in QL.
 template <typename S>
 OCNNA_HD S negligible();
@@ -146,35 +144,32 @@ OCNNA_HD double centred_ss_from_shifted(double s1, double s2, double rows) {
   return v > 0.0 ? v : 0.0;
 }
 
-// Upper triangle of G = A^T A for an R x D row-major A (G is D x D, rows
-// `ld` >= D apart; columns D..ld are zeroed), then mirrored.  Four rows at a
-// time so each pass over G does four rank-1 updates.
-template <typename S>
-OCNNA_HD void gram_ata(const S* a, int rows, int d, S* g, int ld = 0) {
-  if (ld < d) ld = d;
-  for (int64_t i = 0; i < int64_t(d) * ld; ++i) g[i] = S(0);
+// Upper triangle of G = A^T A for an R x D row-major A (G is D x D), then
+// mirrored.  Four rows at a time so each pass over G does four rank-1 updates.
+OCNNA_HD void gram_ata(const double* a, int rows, int d, double* g) {
+  for (int64_t i = 0; i < int64_t(d) * d; ++i) g[i] = 0.0;
   int r = 0;
   for (; r + 4 <= rows; r += 4) {
-    const S* r0 = a + int64_t(r) * d;
-    const S* r1 = r0 + d;
-    const S* r2 = r1 + d;
-    const S* r3 = r2 + d;
+    const double* r0 = a + int64_t(r) * d;
+    const double* r1 = r0 + d;
+    const double* r2 = r1 + d;
+    const double* r3 = r2 + d;
     for (int i = 0; i < d; ++i) {
-      const S a0 = r0[i], a1 = r1[i], a2 = r2[i], a3 = r3[i];
-      S* gi = g + int64_t(i) * ld;
+      const double a0 = r0[i], a1 = r1[i], a2 = r2[i], a3 = r3[i];
+      double* gi = g + int64_t(i) * d;
       for (int j = i; j < d; ++j) gi[j] += a0 * r0[j] + a1 * r1[j] + a2 * r2[j] + a3 * r3[j];
     }
   }
   for (; r < rows; ++r) {
-    const S* r0 = a + int64_t(r) * d;
+    const double* r0 = a + int64_t(r) * d;
     for (int i = 0; i < d; ++i) {
-      const S a0 = r0[i];
-      S* gi = g + int64_t(i) * ld;
+      const double a0 = r0[i];
+      double* gi = g + int64_t(i) * d;
       for (int j = i; j < d; ++j) gi[j] += a0 * r0[j];
     }
   }
   for (int i = 0; i < d; ++i)
-    for (int j = 0; j < i; ++j) g[int64_t(i) * ld + j] = g[int64_t(j) * ld + i];
+    for (int j = 0; j < i; ++j) g[int64_t(i) * d + j] = g[int64_t(j) * d + i];
 }
 
 // Row padding that lets tridiagonalize run every inner loop to a whole number
@@ -368,10 +363,9 @@ OCNNA_HD void gershgorin_bounds(const double* diag, const double* off, int d, do
 
 // In-place descending sort; d is at most a few hundred and this runs once per
 // map after O(d^3) work, so insertion sort is enough (and works on device).
-template <typename S>
-OCNNA_HD void sort_descending(S* x, int n) {
+OCNNA_HD void sort_descending(double* x, int n) {
   for (int i = 1; i < n; ++i) {
-    const S v = x[i];
+    const double v = x[i];
     int j = i - 1;
     while (j >= 0 && x[j] < v) {
       x[j + 1] = x[j];
@@ -412,79 +406,38 @@ OCNNA_HD bool needs_eigen(const EnergyParams& p, int h, int w) {
   return true;
 }
 
-// Scratch elements (of the compute type S) that reduce_map needs besides the
-// map itself: the Gram (rows `ld` apart, ld >= min(h, w)), the centred map in
-// S (transposed when W > H), and the tridiagonal with its Householder work
-// vectors.  ld = 0 means unpadded rows.
-OCNNA_HD int64_t reduce_scratch_size(int h, int w, int ld = 0) {
-  const int64_t d = h < w ? h : w;
-  const int64_t l = ld > d ? ld : d;
-  return int64_t(h) * w + d * l + 2 * d + 2 * l;
-}
-
-// First half of the truncated path for one h x w map loaded row-major into
-// `map` (double, destroyed): centre and total energy in double, then in the
-// compute type S the Gram of the smaller side scaled to unit trace and its
-// Householder tridiagonal (diag, off), which point into `scratch`.  Returns
-// true when an eigen-solve is still needed; otherwise *f already holds F (0
-// for a constant map, ||Xc||_F when all components are kept, NaN for
-// non-finite input).
-template <typename S>
-OCNNA_HD bool reduce_map(double* map, int h, int w, const EnergyParams& p, S* scratch,
-                         double* total, S** diag, S** off, double* f, int ld = 0) {
+// F for one h x w map loaded row-major into `map` (destroyed), all in double
+// (the CUDA core's thread-per-map path; the CPU core runs the same steps on
+// groups of maps in csrc/cpu/).  `scratch` holds h*w + d*d + 4*d doubles,
+// d = min(h, w).  NaN for a map with a non-finite value.
+OCNNA_HD double map_energy(double* map, int h, int w, const EnergyParams& p, double* scratch) {
   centre_columns(map, h, w);
-  const double t = sum_squares(map, int64_t(h) * w);
-  *total = t;
-  if (!is_finite(t)) {
-    *f = NAN;
-    return false;
-  }
-  if (t == 0.0 || !needs_eigen(p, h, w)) {
-    *f = sqrt(t);
-    return false;
-  }
+  const double total = sum_squares(map, int64_t(h) * w);
+  if (!is_finite(total)) return NAN;
+  if (total == 0.0 || !needs_eigen(p, h, w)) return sqrt(total);
   const int d = h < w ? h : w;
-  if (ld < d) ld = d;
-  S* gram = scratch;
-  S* a = gram + int64_t(d) * ld;
+  double* gram = scratch;
+  double* a = gram + int64_t(d) * d;
   // The Gram of the smaller side is always A^T A with A = Xc (W <= H) or
   // A = Xc^T (W > H), since X Xc^T = (Xc^T)^T Xc^T.
   if (w <= h) {
-    for (int64_t e = 0; e < int64_t(h) * w; ++e) a[e] = S(map[e]);
-    gram_ata(a, h, w, gram, ld);
+    for (int64_t e = 0; e < int64_t(h) * w; ++e) a[e] = map[e];
+    gram_ata(a, h, w, gram);
   } else {
     for (int i = 0; i < h; ++i)
-      for (int j = 0; j < w; ++j) a[int64_t(j) * h + i] = S(map[int64_t(i) * w + j]);
-    gram_ata(a, w, h, gram, ld);
+      for (int j = 0; j < w; ++j) a[int64_t(j) * h + i] = map[int64_t(i) * w + j];
+    gram_ata(a, w, h, gram);
   }
   // Unit trace: eigenvalue ratios are unchanged and the QL step stays far
   // from overflow and underflow.
-  const S inv = S(1.0 / t);
-  for (int64_t i = 0; i < int64_t(d) * ld; ++i) gram[i] *= inv;
-  *diag = a;  // the copy of the map is no longer needed
-  *off = a + d;
-  tridiagonalize(gram, d, *diag, *off, a + 2 * d, ld);
-  return true;
-}
-
-// Second half: F from the eigenvalues of the unit-trace Gram (any order,
-// destroyed) and the map's total energy.
-template <typename S>
-OCNNA_HD double energy_from_eigenvalues(S* eig, int d, const EnergyParams& p, double total) {
-  sort_descending(eig, d);
-  return sqrt(kept_energy(eig, d, p) * total);
-}
-
-// F for one h x w map loaded row-major into `map` (destroyed), all in double.
-// `scratch` holds reduce_scratch_size(h, w) doubles.  NaN for a map with a
-// non-finite value.
-OCNNA_HD double map_energy(double* map, int h, int w, const EnergyParams& p, double* scratch) {
-  double total, f;
-  double *diag, *off;
-  if (!reduce_map(map, h, w, p, scratch, &total, &diag, &off, &f)) return f;
-  const int d = h < w ? h : w;
+  const double inv = 1.0 / total;
+  for (int64_t i = 0; i < int64_t(d) * d; ++i) gram[i] *= inv;
+  double* diag = a;  // the copy of the map is no longer needed
+  double* off = a + d;
+  tridiagonalize(gram, d, diag, off, a + 2 * d);
   if (!tridiagonal_eigenvalues(diag, off, d)) return NAN;
-  return energy_from_eigenvalues(diag, d, p, total);
+  sort_descending(diag, d);
+  return sqrt(kept_energy(diag, d, p) * total);
 }
 
 }  // namespace ocnna

@@ -173,7 +173,7 @@ void energies_all(const MapBatch& x, double* out) {
 // `map` (double): column means and total energy in double.  Returns true
 // when an eigen-solve is still needed; otherwise *f already holds F (0 for a
 // constant map, ||Xc||_F when all components are kept, NaN for non-finite
-// input).  Mirrors the start of reduce_map in common/ocnna_math.h.
+// input).  Mirrors the start of map_energy in common/ocnna_math.h.
 inline bool needs_solve(const double* map, int h, int w, const EnergyParams& p, double* means, double* total,
                         double* f) {
   const double t = centre_stats(map, h, w, means);

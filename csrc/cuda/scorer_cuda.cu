@@ -208,7 +208,7 @@ constexpr int kSmallDim = 16;     // so min(h, w) <= 16
 
 template <typename T>
 __global__ void small_map_kernel(MapBatch x, EnergyParams p, double* out) {
-  double buf[kSmallElems * 2 + kSmallDim * kSmallDim + 4 * kSmallDim];  // map + reduce scratch
+  double buf[kSmallElems * 2 + kSmallDim * kSmallDim + 4 * kSmallDim];  // map + map_energy scratch
   const int h = int(x.h), w = int(x.w);
   const int64_t maps = x.n * x.c;
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < maps;
