@@ -14,7 +14,7 @@ from typing import Any, Iterable, Optional, Union
 import torch
 from torch import nn
 
-from .scoring import _input_of, _model_device
+from .scoring import _input_of, _placement
 from .stats import positive_int
 
 __all__ = ["recalibrate_batchnorm"]
@@ -54,8 +54,7 @@ def recalibrate_batchnorm(
         raise ValueError(f"{type(model).__name__} has no BatchNorm layer to recalibrate")
     if any(not m.track_running_stats for m in norms):
         raise ValueError("a BatchNorm layer has track_running_stats=False: it keeps no statistics to re-estimate")
-    home = _model_device(model)
-    run_device = torch.device(device) if device is not None else home
+    home, run_device = _placement(model, device)
     flags = {m: m.training for m in model.modules()}
     saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items() if k.startswith(("running_", "num_"))})
              for m in norms]

@@ -22,7 +22,7 @@ import queue
 import threading
 import warnings
 import weakref
-from typing import Any, Dict, Iterable, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -60,6 +60,16 @@ def _model_device(model: nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+def _placement(model: nn.Module, device: Union[None, str, torch.device]) -> Tuple[torch.device, torch.device]:
+    """``(home, run)``: where the model's weights are, and where to run it
+    (``device``, default home; a bare ``"cuda"`` means the current GPU)."""
+    home = _model_device(model)
+    run = torch.device(device) if device is not None else home
+    if run.type == "cuda" and run.index is None:
+        run = torch.device("cuda", torch.cuda.current_device())
+    return home, run
 
 
 def _total_images(data: Any, max_images: Optional[int]) -> Optional[int]:
@@ -240,10 +250,7 @@ def score(
             f"{type(model).__name__} has no prunable conv (nn.Conv2d with groups == 1) to score"
         )
 
-    home = _model_device(model)
-    run_device = torch.device(device) if device is not None else home
-    if run_device.type == "cuda" and run_device.index is None:
-        run_device = torch.device("cuda", torch.cuda.current_device())
+    home, run_device = _placement(model, device)
     stats: Dict[str, FilterStats] = {
         name: FilterStats(m.out_channels, ncomp, name=name, device=run_device) for name, m in convs.items()
     }

@@ -142,6 +142,7 @@ class FilterStats:
             # The kernels read x on the current stream, the stream it was made on,
             # so the caching allocator cannot hand its memory out before they run:
             # no record_stream needed.
+            self._prepare_cuda(x.device)
             self._accumulate_cuda(x, _native.current_stream(x.device))
             return self
         if x.device.type == "cpu":
@@ -172,9 +173,9 @@ class FilterStats:
     def _accumulate_cuda(self, x: torch.Tensor, stream: int) -> None:
         """Launches the fold of a validated CUDA batch on ``stream`` (a raw
         ``cudaStream_t`` of x's device) and counts its images.  Nothing here
-        waits for the GPU; the caller keeps x alive for ``stream``."""
+        waits for the GPU; the caller has run ``_prepare_cuda`` and keeps x
+        alive for ``stream``."""
         core = _native.cuda_core()
-        self._prepare_cuda(x.device)
         mode, q, tau = self._params
         ptr, code, shape, strides = _native.batch_args(x)
         core.accumulate(ptr, code, shape, strides, mode, q, tau,
