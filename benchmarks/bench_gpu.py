@@ -4,8 +4,10 @@ not depend on the weights).  Run by benchmarks/gpu_check.sh on a GPU machine.
 
 Prints, all measured in this one process on this one GPU:
   1. per map size: native CUDA vs batched PyTorch (Gram + torch.linalg.eigvalsh)
-  2. ResNet-50 forward alone vs forward + scoring (None and 0.95; side stream
-     and same stream), steady state over several batches
+  2. ResNet-50 forward alone vs forward + scoring (None and 0.95; side stream,
+     side stream with the forward pass on a high-priority stream, and same
+     stream), steady state over several batches; the None kernels alone on
+     one batch's stored conv outputs against torch's .sum() of them
   3. wall time to score 50,000 images (measured, or extrapolated if --quick)
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import torch_energies  # noqa: E402
 
 import ocnna_fast  # noqa: E402
-from ocnna_fast import FilterStats  # noqa: E402
+from ocnna_fast import FilterStats, scoring  # noqa: E402
 
 RESNET50 = [(112, 64), (56, 1536), (28, 3712), (14, 10496), (7, 10752)]
 
@@ -103,17 +105,26 @@ def resnet50_overhead(batch: int, batches: int, results: dict):
         h.remove()
     out["read_floor_s"] = tr
     print(f"  forward + torch .sum() of every conv output: {tr * 1e3:.1f} ms (+{(tr / tf - 1) * 100:.1f}%)")
+    variants = (("side stream", True, None), ("side, forward first", True, -1), ("same stream", False, None))
     for nc in (None, 0.95):
         nb = batches if nc is None else 2  # the truncated path is far slower than the forward
-        for how, overlap in (("side stream", True), ("same stream", False)):
+        for how, overlap, priority in variants:
+            if nc is not None and priority is not None:
+                continue
             data = lambda: (x for _ in range(nb))  # noqa: E731
-            ts = cuda_time(lambda: ocnna_fast.score(model, data(), n_components=nc, overlap=overlap,
-                                                    progress=False), repeat=3 if nc is None else 1,
-                           warmup=1) / nb
+            scoring._FORWARD_PRIORITY = priority
+            try:
+                ts = cuda_time(lambda: ocnna_fast.score(model, data(), n_components=nc, overlap=overlap,
+                                                        progress=False), repeat=3 if nc is None else 1,
+                               warmup=1) / nb
+            finally:
+                scoring._FORWARD_PRIORITY = None
             key = f"{nc}|{how}"
             out[key] = {"score_s": ts, "ratio": ts / tf}
-            print(f"  forward + scoring, n_components={nc!s:>4}, {how:<11}: {ts * 1e3:.1f} ms, "
+            print(f"  forward + scoring, n_components={nc!s:>4}, {how:<19}: {ts * 1e3:.1f} ms, "
                   f"{ts / tf:.3f}x forward (+{(ts / tf - 1) * 100:.1f}%), {batch / ts:.0f} images/s")
+
+    kernels_alone(model, x, out)
 
     # Batch 1 leaves the GPU waiting on the host: the difference is the host
     # cost of the hooks per forward pass.
@@ -133,6 +144,39 @@ def resnet50_overhead(batch: int, batches: int, results: dict):
           f"-> hooks cost ~{(s1 - t1) * 1e3:.2f} ms of host time per forward pass")
     results["resnet50"] = out
     return model, x
+
+
+def kernels_alone(model, x, out: dict):
+    """The None kernels on the stored conv outputs of one batch, against torch's
+    .sum() of the same tensors: how close the scorer gets to one plain read."""
+    convs = ocnna_fast.prunable_convs(model)
+    kept = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: kept.__setitem__(n, o)) for n, m in convs.items()]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    stats = {n: FilterStats(t.shape[1], device=t.device) for n, t in kept.items()}
+    for n, t in kept.items():
+        stats[n]._prepare_cuda(t.device)
+    nbytes = sum(t.numel() * t.element_size() for t in kept.values())
+
+    stream = ocnna_fast._native.current_stream(x.device)
+
+    def ours():  # the launch path of update(), without its per-call checks
+        for n, t in kept.items():
+            stats[n]._accumulate_cuda(t, stream)
+
+    def plain():
+        for t in kept.values():
+            t.sum()
+
+    tk, tp = cuda_time(ours, repeat=5), cuda_time(plain, repeat=5)
+    out["kernels_alone"] = {"bytes": nbytes, "ocnna_s": tk, "torch_sum_s": tp}
+    print(f"  None kernels alone on the {len(kept)} conv outputs of one batch ({nbytes / 1e9:.1f} GB): "
+          f"{tk * 1e3:.2f} ms ({nbytes / tk / 1e12:.2f} TB/s); torch .sum() of them: {tp * 1e3:.2f} ms "
+          f"({nbytes / tp / 1e12:.2f} TB/s); ratio {tk / tp:.2f}")
+    del kept, stats
 
 
 def profile_scoring(model, x):

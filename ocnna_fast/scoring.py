@@ -16,6 +16,7 @@ the current stream, ahead of the in-place op).
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import queue
@@ -140,6 +141,14 @@ class _Overlap:
         self._thread.join()
 
 
+# Experimental (benchmarks/bench_gpu.py measures it): when set, score() runs
+# the forward pass on a stream of this priority (lower is more urgent; the
+# scoring side stream has the default, 0), so the block scheduler hands SMs to
+# the forward kernels first and the scoring reads fill the gaps.  Off by
+# default until an H100 run shows it pays.
+_FORWARD_PRIORITY: Optional[int] = None
+
+
 class _SideStream:
     """Scores CUDA activations on a side stream of ``device``.
 
@@ -151,11 +160,25 @@ class _SideStream:
     for the next conv to start, so the reads run beside a compute-bound
     convolution, measured no faster on an H100: see benchmarks/bench_gpu.py.)"""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, forward_priority: Optional[int] = None) -> None:
         self.device = device
         self.stream = torch.cuda.Stream(device)
         self._handle = self.stream.cuda_stream
         self._watch: list = []
+        self.forward_stream = None if forward_priority is None else torch.cuda.Stream(device, priority=forward_priority)
+
+    @contextlib.contextmanager
+    def forward_pass(self, x: torch.Tensor):
+        """Where the forward pass of input ``x`` runs: the current stream, or
+        the forward stream (after the current one, which made ``x``)."""
+        if self.forward_stream is None:
+            yield
+            return
+        self.forward_stream.wait_stream(torch.cuda.current_stream(self.device))
+        if x.is_cuda:
+            x.record_stream(self.forward_stream)
+        with torch.cuda.stream(self.forward_stream):
+            yield
 
     def submit(self, st: FilterStats, t: torch.Tensor) -> None:
         st._validate(t)
@@ -182,7 +205,10 @@ class _SideStream:
 
     def drain(self) -> None:
         """Later work on the current stream (reading the accumulators) waits for the side stream."""
-        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        current = torch.cuda.current_stream(self.device)
+        if self.forward_stream is not None:
+            current.wait_stream(self.forward_stream)
+        current.wait_stream(self.stream)
 
 
 def score(
@@ -317,7 +343,7 @@ def score(
                     for name, (out, version) in probe.items():
                         in_place[name] = out._version != version
                     probe.clear()
-                    worker = _Overlap() if run_device.type == "cpu" else _SideStream(run_device)
+                    worker = _Overlap() if run_device.type == "cpu" else _SideStream(run_device, _FORWARD_PRIORITY)
             for batch in batches:
                 x = _input_of(batch)
                 if max_images is not None and seen + x.shape[0] > max_images:
@@ -326,9 +352,12 @@ def score(
                     continue
                 x = x.to(run_device, non_blocking=True)
                 calls.clear()
-                model(x)
                 if isinstance(worker, _SideStream):
+                    with worker.forward_pass(x):
+                        model(x)
                     worker.check()
+                else:
+                    model(x)
                 for name, k in calls.items():
                     if k > 1:
                         raise ValueError(

@@ -80,7 +80,7 @@ class FilterStats:
         self._count = torch.zeros(self.num_channels, dtype=torch.float64, device=dev)
         self._mean = torch.zeros(self.num_channels, dtype=torch.float64, device=dev)
         self._m2 = torch.zeros(self.num_channels, dtype=torch.float64, device=dev)
-        # CUDA only: first channel of a rejected (non-finite) batch, or -1
+        # CUDA only: status words of the CUDA core, see _prepare_cuda
         self._status: Optional[torch.Tensor] = None
 
     # ----------------------------------------------------------- helpers --
@@ -106,9 +106,9 @@ class FilterStats:
 
     def _check_status(self) -> None:
         if self._status is not None:
-            bad = int(self._status.item())  # the one host sync of the CUDA path
+            bad = int(self._status[0].item())  # the one host sync of the CUDA path
             if bad >= 0:
-                self._status.fill_(-1)
+                self._status[0] = -1
                 # the rejected batches were counted on the host, not merged
                 self._images = int(self._count[0].item())
                 raise ValueError(
@@ -168,7 +168,10 @@ class FilterStats:
         if self._mean.device != device:
             self._move_to(device)
         if self._status is None:
-            self._status = torch.full((1,), -1, dtype=torch.int64, device=device)
+            # [first channel of a rejected batch or -1, then two words of kernel
+            # scratch that every batch leaves at -1 and 0] (csrc/cuda/scorer_cuda.h)
+            self._status = torch.full((3,), -1, dtype=torch.int64, device=device)
+            self._status[2] = 0
 
     def _accumulate_cuda(self, x: torch.Tensor, stream: int) -> None:
         """Launches the fold of a validated CUDA batch on ``stream`` (a raw

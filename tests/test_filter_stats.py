@@ -50,11 +50,59 @@ def test_sharded_then_merged_equals_one_pass(device, n_components):
     merged = shards[0].merge(shards[1]).merge(shards[2]).result()
     assert merged.count == 24
     assert rel(merged.score, whole.score) <= 1e-12
-    # merging into an empty accumulator is the identity (on CUDA the None path
-    # sums columns with atomics, so two runs may differ in the last bit)
+    # merging into an empty accumulator is the identity
     one = FilterStats(5, n_components).update(x)
     ref = one.result()
     assert rel(FilterStats(5, n_components).merge(one).result().score, ref.score) == 0
+
+
+# Map widths that split into chunks differently (CUDA: 1 to 14 column chunks,
+# uneven last chunks, NCHW rows wider than a block), channel counts that leave
+# a partial tile of 32, and enough channels for several merge blocks.
+REPRO_SHAPES = [(3, 70, 112, 112), (5, 33, 7, 7), (4, 40, 28, 29), (2, 3, 5, 300), (6, 64, 14, 14), (2, 600, 3, 3)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", REPRO_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_none_path_is_bit_reproducible_and_matches_float64(device, channels_last, shape):
+    """Summation orders are fixed on every device: the same batches give
+    bit-identical accumulators, whatever the scheduling."""
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g) * 3 + 1  # float32
+    ref = FilterStats(shape[1]).update(x.double()).update(x.double() * 0.5).result()
+    xd = x.to(device)
+    if channels_last:
+        xd = xd.contiguous(memory_format=torch.channels_last)
+    runs = [FilterStats(shape[1]).update(xd).update(xd * 0.5) for _ in range(2)]
+    first, second = (r.state_dict() for r in runs)
+    for k in ("count", "mean", "m2"):
+        assert torch.equal(first[k], second[k]), k
+    got = runs[0].result()
+    assert rel(got.mean, ref.mean) <= 1e-6
+    assert rel(got.score, ref.score) <= 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n_components", MODES)
+def test_non_finite_batch_is_rejected_whole_across_many_channels(device, n_components):
+    """600 channels: on CUDA the verdict on a batch spans every block of the merge."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(12, 600, 4, 5, generator=g, dtype=torch.float64).to(device)
+    st = FilterStats(600, n_components).update(x[:4])
+    before = st.state_dict()
+    bad = x[4:8].clone()
+    bad[1, 517, 2, 3] = float("nan")
+    bad[3, 598, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="channel 517"):
+        st.update(bad)
+        st.result()  # CUDA reports at result()
+    after = st.state_dict()
+    for k in ("count", "mean", "m2"):
+        assert torch.equal(after[k], before[k]), k
+    st.update(x[8:])
+    ref = FilterStats(600, n_components).update(torch.cat([x[:4], x[8:]])).result()
+    assert rel(st.result().score, ref.score) <= 1e-12
 
 
 @pytest.mark.parametrize("device", DEVICES)

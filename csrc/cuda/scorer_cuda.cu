@@ -1,7 +1,9 @@
-// CUDA core.  Three kernels compute per-map energies, picked by mode and size:
+// CUDA core.  Per-map energies come from one of four kernels, picked by mode,
+// layout and size; merge_kernel then folds a batch into the accumulators.
 //
-//   all_columns_kernel   n_components=None: one thread per map column, one pass,
-//                        coalesced for NCHW and channels_last alike.
+//   channels_inner_kernel  n_components=None, channels_last: one pass, a warp
+//   columns_inner_kernel   reads 32 channels (or a row run for NCHW); each
+//                          map's columns are summed in a fixed order.
 //   small_map_kernel     truncated, maps of at most 256 elements: one thread per
 //                        map running the shared header's sequential map_energy.
 //   block_map_kernel     truncated, larger maps: one block per map; Gram and
@@ -78,15 +80,19 @@ __device__ __forceinline__ double ld(const T* p) {
 }
 
 // ------------------------------------------------- n_components = None ----
-// Thread t handles up to kChunk columns of map (i, c) and adds their centred
-// sums of squares into acc[i * C + c] (one atomic per thread).  The index
-// order puts channels innermost for channels_last input (consecutive threads
-// read consecutive channels) and columns innermost otherwise (then a thread
-// takes one column, so a warp reads a contiguous run of a row).  Rows are
-// unrolled by four with independent partial sums, so each thread keeps four
-// loads in flight.  A non-finite value anywhere turns the sum into NaN.
-constexpr int kChunk = 8;
+// F^2 of map (i, c) = the centred sums of squares of its W columns.  Each
+// thread takes whole columns, so every column is centred on its own first row
+// (exact in the input's precision) and summed in double.  The columns of one
+// map are summed in a fixed order inside one block (no atomics): the result
+// does not depend on scheduling, and nothing needs zeroing first.  Blocks are
+// short-lived (one tile each), so kernels of the forward pass running beside
+// them on another stream get SMs as soon as a tile finishes.
+constexpr int kChunk = 8;          // columns per thread, channels_last
+constexpr int kReduceThreads = 256;  // block size bound of both None kernels
+constexpr int64_t kMaxBlocks = 1 << 30;  // grid-stride loops take what is beyond
 
+// One column, rows unrolled by four with independent partial sums (four loads
+// in flight).  A non-finite value anywhere turns `poison` into NaN.
 template <typename T>
 __device__ __forceinline__ double column_ss(const T* col, int64_t h, int64_t sh, double& poison) {
   const double x0 = ld(col);
@@ -114,18 +120,19 @@ __device__ __forceinline__ double column_ss(const T* col, int64_t h, int64_t sh,
   return centred_ss_from_shifted(s1, s2, double(h));
 }
 
-// channels_last: kChunk neighbouring columns of one map, walked two rows at a
-// time so each thread has 2 * kChunk independent loads in flight (a warp reads
-// 2 * kChunk 128-byte runs of channels).  Same per-column arithmetic as
-// column_ss, summed in row order.
-template <typename T>
+// kCols (<= kChunk) neighbouring columns of one map, walked two rows at a
+// time so a thread has 2 * kCols independent loads in flight; for
+// channels_last a warp of neighbouring channels reads 128-byte runs.  The
+// width is a template argument: a runtime width needs predicates and
+// registers that cost occupancy.
+template <int kCols, typename T>
 __device__ __forceinline__ double chunk_ss(const T* base, int64_t h, int64_t sh, int64_t sw, double& poison) {
   // the first row, kept exactly in the narrowest type (fewer registers, more loads in flight)
   using P = typename ExactFloat<T>::type;
-  P x0[kChunk];
-  double s1[kChunk], s2[kChunk];
+  P x0[kCols];
+  double s1[kCols], s2[kCols];
 #pragma unroll
-  for (int j = 0; j < kChunk; ++j) {
+  for (int j = 0; j < kCols; ++j) {
     x0[j] = P(ld(base + j * sw));
     s1[j] = 0.0;
     s2[j] = 0.0;
@@ -134,14 +141,14 @@ __device__ __forceinline__ double chunk_ss(const T* base, int64_t h, int64_t sh,
   for (; y + 1 < h; y += 2) {
     const T* r0 = base + y * sh;
     const T* r1 = r0 + sh;
-    T a[kChunk], b[kChunk];  // raw loads: converted only when used
+    T a[kCols], b[kCols];  // raw loads: converted only when used
 #pragma unroll
-    for (int j = 0; j < kChunk; ++j) {
+    for (int j = 0; j < kCols; ++j) {
       a[j] = r0[j * sw];
       b[j] = r1[j * sw];
     }
 #pragma unroll
-    for (int j = 0; j < kChunk; ++j) {
+    for (int j = 0; j < kCols; ++j) {
       const double u = to_double(a[j]) - double(x0[j]), v = to_double(b[j]) - double(x0[j]);
       s1[j] += u;
       s2[j] += u * u;
@@ -152,7 +159,7 @@ __device__ __forceinline__ double chunk_ss(const T* base, int64_t h, int64_t sh,
   if (y < h) {
     const T* r0 = base + y * sh;
 #pragma unroll
-    for (int j = 0; j < kChunk; ++j) {
+    for (int j = 0; j < kCols; ++j) {
       const double u = ld(r0 + j * sw) - double(x0[j]);
       s1[j] += u;
       s2[j] += u * u;
@@ -160,7 +167,7 @@ __device__ __forceinline__ double chunk_ss(const T* base, int64_t h, int64_t sh,
   }
   double ss = 0.0;
 #pragma unroll
-  for (int j = 0; j < kChunk; ++j) {
+  for (int j = 0; j < kCols; ++j) {
     poison += s2[j] - s2[j] + double(x0[j]) - double(x0[j]);
     ss += centred_ss_from_shifted(s1[j], s2[j], double(h));
   }
@@ -168,32 +175,99 @@ __device__ __forceinline__ double chunk_ss(const T* base, int64_t h, int64_t sh,
 }
 
 template <typename T>
-__global__ void all_columns_kernel(MapBatch x, bool channels_inner, double* acc) {
-  const int64_t chunks = channels_inner ? (x.w + kChunk - 1) / kChunk : x.w;
-  const int64_t width = channels_inner ? kChunk : 1;
-  const int64_t total = x.n * x.c * chunks;
-  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total;
-       t += int64_t(gridDim.x) * blockDim.x) {
-    int64_t i, c, k;
-    if (channels_inner) {
-      c = t % x.c;
-      k = (t / x.c) % chunks;
-      i = t / (x.c * chunks);
-    } else {
-      k = t % chunks;
-      c = (t / chunks) % x.c;
-      i = t / (chunks * x.c);
-    }
-    const int64_t x_begin = k * width;
-    const int64_t x_end = x_begin + width < x.w ? x_begin + width : x.w;
-    const T* base = static_cast<const T*>(x.data) + x.offset(i, c, 0, 0);
+__device__ __forceinline__ double chunk_ss(const T* base, int cols, int64_t h, int64_t sh, int64_t sw,
+                                           double& poison) {
+  switch (cols) {
+    case 8: return chunk_ss<8>(base, h, sh, sw, poison);
+    case 7: return chunk_ss<7>(base, h, sh, sw, poison);
+    case 6: return chunk_ss<6>(base, h, sh, sw, poison);
+    case 5: return chunk_ss<5>(base, h, sh, sw, poison);
+    case 4: return chunk_ss<4>(base, h, sh, sw, poison);
+    case 3: return chunk_ss<3>(base, h, sh, sw, poison);
+    case 2: return chunk_ss<2>(base, h, sh, sw, poison);
+    default: return chunk_ss<1>(base, h, sh, sw, poison);
+  }
+}
+static_assert(kChunk == 8, "chunk_ss dispatches widths 1..8");
+
+// How the channels-inner kernel splits a map row: `chunks` chunks of at most
+// `width` (<= kChunk) columns, as even as possible (W = 28 -> 4 x 7, not
+// 3 x 8 + 4); `kt` threads per map take chunks kt, kt + KT, ... (at most 8,
+// balanced: 14 chunks -> 7 threads x 2); `images` maps of one channel per tile.
+struct ChunkSplit {
+  int width, chunks, kt, images;
+};
+
+__host__ __device__ inline ChunkSplit chunk_split(int64_t w) {
+  ChunkSplit s;
+  const int64_t c0 = (w + kChunk - 1) / kChunk;
+  s.width = int((w + c0 - 1) / c0);
+  s.chunks = int((w + s.width - 1) / s.width);
+  const int rounds = (s.chunks + 7) / 8;
+  s.kt = (s.chunks + rounds - 1) / rounds;
+  s.images = s.kt >= 8 ? 1 : 8 / s.kt;
+  return s;
+}
+
+// Channels innermost (channels_last): a block takes a tile of 32 neighbouring
+// channels x `images` images, thread (g, k, lane) = (image, chunk slot,
+// channel), so each warp reads one row segment of 32 channels.  The chunk
+// slots of a map are summed in slot order through shared memory.
+template <typename T>
+__global__ void __launch_bounds__(kReduceThreads, 3) channels_inner_kernel(MapBatch x, ChunkSplit sp, double* ss_out) {
+  __shared__ double red[kReduceThreads];
+  const int lane = threadIdx.x & 31, slot = (threadIdx.x >> 5) % sp.kt, g = (threadIdx.x >> 5) / sp.kt;
+  const int64_t ctiles = (x.c + 31) / 32, itiles = (x.n + sp.images - 1) / sp.images;
+  for (int64_t tile = blockIdx.x; tile < ctiles * itiles; tile += gridDim.x) {
+    const int64_t c = (tile % ctiles) * 32 + lane, i = (tile / ctiles) * sp.images + g;
+    const bool active = c < x.c && i < x.n;
     double ss = 0.0, poison = 0.0;
-    if (x_end - x_begin == kChunk) {
-      ss = chunk_ss(base + x_begin * x.sw, x.h, x.sh, x.sw, poison);
-    } else {
-      for (int64_t xx = x_begin; xx < x_end; ++xx) ss += column_ss(base + xx * x.sw, x.h, x.sh, poison);
+    if (active) {
+      const T* base = static_cast<const T*>(x.data) + x.offset(i, c, 0, 0);
+      for (int k = slot; k < sp.chunks; k += sp.kt) {
+        const int64_t first = int64_t(k) * sp.width;
+        const int cols = int(x.w - first < sp.width ? x.w - first : sp.width);
+        ss += chunk_ss(base + first * x.sw, cols, x.h, x.sh, x.sw, poison);
+      }
     }
-    atomicAdd(acc + i * x.c + c, ss + poison);
+    red[threadIdx.x] = ss + poison;
+    __syncthreads();
+    if (active && slot == 0) {
+      double s = 0.0;
+      for (int k = 0; k < sp.kt; ++k) s += red[(g * sp.kt + k) * 32 + lane];
+      ss_out[i * x.c + c] = s;
+    }
+    __syncthreads();  // red is reused by the next tile
+  }
+}
+
+// Columns innermost (NCHW and the like): `span` threads per map take columns
+// x, x + span, ... (a warp reads a contiguous run of a row), and a block holds
+// `per` whole maps, so a map's columns are summed in one block, in order.
+template <typename T>
+__global__ void columns_inner_kernel(MapBatch x, double* ss_out) {
+  __shared__ double red[kReduceThreads];
+  const int span = x.w < kReduceThreads ? int(x.w) : kReduceThreads;
+  const int per = kReduceThreads / span;
+  const int j = threadIdx.x / span, col = threadIdx.x % span;
+  const int64_t maps = x.n * x.c;
+  for (int64_t group = blockIdx.x; group * per < maps; group += gridDim.x) {
+    const int64_t m = group * per + j;
+    const bool active = j < per && m < maps;
+    double ss = 0.0, poison = 0.0;
+    if (active) {
+      const int64_t i = m / x.c, c = m % x.c;
+      const T* base = static_cast<const T*>(x.data) + x.offset(i, c, 0, 0);
+      for (int64_t xx = col; xx < x.w; xx += span) ss += column_ss(base + xx * x.sw, x.h, x.sh, poison);
+    }
+    red[threadIdx.x] = ss + poison;
+    __syncthreads();
+    if (active && col == 0) {
+      double s = 0.0;
+      for (int k = 0; k < span; ++k) s += red[j * span + k];
+      ss_out[m] = s;
+    }
+    __syncthreads();
   }
 }
 
@@ -361,53 +435,69 @@ __global__ void block_map_kernel(MapBatch x, EnergyParams p, double* out, double
 }
 
 // ------------------------------------------------------- accumulation --
-// One pass over the batch's energies: finish them (the None path leaves sums
-// of squares, so the square root is taken here) and flag the first channel
-// holding a non-finite value.  One thread per energy.
-__global__ void finish_kernel(double* f, int64_t n, int64_t c, bool take_sqrt, unsigned long long* first_bad) {
-  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < n * c;
-       t += int64_t(gridDim.x) * blockDim.x) {
-    double v = f[t];
-    if (take_sqrt) {
-      v = sqrt(v);
-      f[t] = v;
-    }
-    if (!is_finite(v)) atomicMin(first_bad, static_cast<unsigned long long>(t % c));
-  }
-}
-
 __device__ __forceinline__ double warp_sum(double v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;  // every lane holds the total
 }
 
-// One warp per channel: the batch's (mean, M2) by two passes over its n
-// energies, then the Chan merge into the running accumulators.  Nothing is
-// merged for a flagged batch; the first offender is remembered in *status.
-__global__ void merge_kernel(const double* f, int64_t n, int64_t c, const unsigned long long* first_bad,
+// One warp per channel: the batch's energies (square roots of the None path's
+// sums taken here), their (mean, M2) by two passes, into bmean/bm2.  The last
+// block to finish merges every channel with Chan's rule, or none if any
+// channel held a non-finite value: a batch is accepted or rejected whole.
+// Status words (scorer_cuda.h): [0] is for the host; [1] (first non-finite
+// channel of this batch) and [2] (blocks finished, the ticket that finds the
+// last block) are scratch the last block puts back to -1 and 0, so a batch
+// needs no memset.  Summation orders are fixed: results are reproducible.
+__global__ void merge_kernel(const double* f, int64_t n, int64_t c, bool take_sqrt, double* bmean, double* bm2,
                              double* count, double* mean, double* m2, int64_t* status) {
+  __shared__ bool last;
+  auto* word = reinterpret_cast<unsigned long long*>(status);
   const int lane = threadIdx.x & 31;
   const int64_t ch = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
-  if (ch >= c) return;  // the whole warp leaves together
-  const unsigned long long bad = *first_bad;
-  if (bad != ~0ull) {
-    if (ch == 0 && lane == 0 && *status < 0) *status = static_cast<int64_t>(bad);
-    return;
+  if (ch < c) {  // whole warps: blockDim is a multiple of 32
+    double s = 0.0;
+    bool bad = false;
+    for (int64_t i = lane; i < n; i += 32) {
+      const double v = take_sqrt ? sqrt(f[i * c + ch]) : f[i * c + ch];
+      bad = bad || !is_finite(v);
+      s += v;
+    }
+    bad = __any_sync(0xffffffffu, bad);
+    const double mb = warp_sum(s) / double(n);
+    double q = 0.0;
+    for (int64_t i = lane; i < n; i += 32) {
+      const double d = (take_sqrt ? sqrt(f[i * c + ch]) : f[i * c + ch]) - mb;
+      q += d * d;
+    }
+    q = warp_sum(q);
+    if (lane == 0) {
+      bmean[ch] = mb;
+      bm2[ch] = q;
+      if (bad) atomicMin(word + 1, static_cast<unsigned long long>(ch));
+    }
   }
-  double s = 0.0;
-  for (int64_t i = lane; i < n; i += 32) s += f[i * c + ch];
-  const double mb = warp_sum(s) / double(n);
-  double q = 0.0;
-  for (int64_t i = lane; i < n; i += 32) {
-    const double d = f[i * c + ch] - mb;
-    q += d * d;
+  __threadfence();  // this block's results are visible before its ticket is
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(word + 2, 1ull) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const unsigned long long first_bad = *reinterpret_cast<volatile unsigned long long*>(word + 1);
+  if (first_bad == ~0ull) {
+    for (int64_t k = threadIdx.x; k < c; k += blockDim.x)
+      chan_merge(count[k], mean[k], m2[k], double(n), __ldcg(bmean + k), __ldcg(bm2 + k));
+  } else if (threadIdx.x == 0 && status[0] < 0) {
+    status[0] = static_cast<int64_t>(first_bad);
   }
-  q = warp_sum(q);
-  if (lane == 0) chan_merge(count[ch], mean[ch], m2[ch], double(n), mb, q);
+  __syncthreads();  // every thread has read word[1]
+  if (threadIdx.x == 0) {
+    word[1] = ~0ull;
+    word[2] = 0ull;
+  }
 }
 
 // Returns true when `out` holds sums of squares whose square root is left to
-// the caller (the None path inside accumulate, fused into finish_kernel).
+// the caller (the None path inside accumulate, fused into merge_kernel).
 template <typename T>
 bool launch_energies(const MapBatch& x, const EnergyParams& p, double* out, cudaStream_t stream,
                      bool defer_sqrt, const DeviceInfo& info) {
@@ -415,12 +505,19 @@ bool launch_energies(const MapBatch& x, const EnergyParams& p, double* out, cuda
   const int h = int(x.h), w = int(x.w);
   const int sms = info.sms;
   if (!needs_eigen(p, h, w)) {
-    check(cudaMemsetAsync(out, 0, size_t(maps) * sizeof(double), stream), "memset");
     const bool channels_inner = (x.sc < 0 ? -x.sc : x.sc) < (x.sw < 0 ? -x.sw : x.sw);
-    const int64_t threads = maps * (channels_inner ? (x.w + kChunk - 1) / kChunk : x.w);
-    const int blocks = int(std::min<int64_t>((threads + 255) / 256, int64_t(sms) * 32));
-    all_columns_kernel<T><<<blocks, 256, 0, stream>>>(x, channels_inner, out);
-    check(cudaGetLastError(), "all_columns_kernel");
+    if (channels_inner) {
+      const ChunkSplit sp = chunk_split(x.w);
+      const int64_t tiles = ((x.c + 31) / 32) * ((x.n + sp.images - 1) / sp.images);
+      const int blocks = int(std::min<int64_t>(tiles, kMaxBlocks));
+      channels_inner_kernel<T><<<blocks, 32 * sp.kt * sp.images, 0, stream>>>(x, sp, out);
+      check(cudaGetLastError(), "channels_inner_kernel");
+    } else {
+      const int64_t per = kReduceThreads / std::min<int64_t>(x.w, kReduceThreads);
+      const int blocks = int(std::min<int64_t>((maps + per - 1) / per, kMaxBlocks));
+      columns_inner_kernel<T><<<blocks, kReduceThreads, 0, stream>>>(x, out);
+      check(cudaGetLastError(), "columns_inner_kernel");
+    }
     if (defer_sqrt) return true;
     sqrt_kernel<<<int((maps + 255) / 256), 256, 0, stream>>>(out, maps);
     check(cudaGetLastError(), "sqrt_kernel");
@@ -499,27 +596,20 @@ void accumulate(const MapBatch& x, const EnergyParams& p, double* count, double*
   const DeviceInfo& info = device_info(guard.device());
   keep_pool_memory(guard.device());
   const int64_t nf = x.n * x.c;
-  // one temporary: the batch's energies, then the first-bad-channel flag
-  char* tmp = nullptr;
-  const size_t fbytes = size_t(nf) * sizeof(double);
-  check(cudaMallocAsync(reinterpret_cast<void**>(&tmp), fbytes + sizeof(unsigned long long), stream),
+  // one temporary: the batch's energies, then its per-channel mean and M2
+  double* f = nullptr;
+  check(cudaMallocAsync(reinterpret_cast<void**>(&f), size_t(nf + 2 * x.c) * sizeof(double), stream),
         "temporary");
-  double* f = reinterpret_cast<double*>(tmp);
-  auto* first_bad = reinterpret_cast<unsigned long long*>(tmp + fbytes);
   try {
     const bool sums = dispatch_energies(x, p, f, stream, true, info);
-    check(cudaMemsetAsync(first_bad, 0xff, sizeof(unsigned long long), stream), "memset");
-    const int fblocks = int(std::min<int64_t>((nf + 255) / 256, int64_t(info.sms) * 8));
-    finish_kernel<<<fblocks, 256, 0, stream>>>(f, x.n, x.c, sums, first_bad);
-    check(cudaGetLastError(), "finish_kernel");
-    const int mblocks = int((x.c * 32 + 255) / 256);
-    merge_kernel<<<mblocks, 256, 0, stream>>>(f, x.n, x.c, first_bad, count, mean, m2, status);
+    const int blocks = int((x.c * 32 + 255) / 256);
+    merge_kernel<<<blocks, 256, 0, stream>>>(f, x.n, x.c, sums, f + nf, f + nf + x.c, count, mean, m2, status);
     check(cudaGetLastError(), "merge_kernel");
   } catch (...) {
-    cudaFreeAsync(tmp, stream);
+    cudaFreeAsync(f, stream);
     throw;
   }
-  check(cudaFreeAsync(tmp, stream), "temporary free");
+  check(cudaFreeAsync(f, stream), "temporary free");
 }
 
 int device_count() {

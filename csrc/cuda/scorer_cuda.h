@@ -17,8 +17,12 @@ void energies(const MapBatch& x, const EnergyParams& p, double* out, void* strea
 
 // Folds one batch into the per-channel device accumulators count, mean, m2 (C
 // entries each).  Atomic per batch: if any map is non-finite nothing is
-// changed and, if *status is still -1, the first offending channel is written
-// to *status (an int64 on the device) for the host to read when it wants.
+// changed and, if status[0] is still -1, the first offending channel is
+// written there for the host to read when it wants.  `status` points to three
+// int64 on the device, created as {-1, -1, 0}; words 1 and 2 are scratch of
+// the kernels (they hold -1 and 0 again once the batch is done), so one status
+// must not be shared by accumulators updated concurrently.  Summation orders
+// are fixed: the same batch gives bit-identical results.
 void accumulate(const MapBatch& x, const EnergyParams& p, double* count, double* mean, double* m2,
                 int64_t* status, void* stream, int device);
 
