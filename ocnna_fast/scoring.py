@@ -16,6 +16,7 @@ the current stream, ahead of the in-place op).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import os
@@ -158,27 +159,42 @@ class _SideStream:
     forward pass: a scored output whose version moved was edited in place
     while the side stream may still have been reading it.  (Waiting instead
     for the next conv to start, so the reads run beside a compute-bound
-    convolution, measured no faster on an H100: see benchmarks/bench_gpu.py.)"""
+    convolution, measured no faster on an H100: see benchmarks/bench_gpu.py.)
+
+    Scoring may trail the forward passes by ``max_pending`` batches.  Before
+    the next one the host waits for the oldest: the GPU still has the later
+    batches queued, so it does not idle, but the activations held for the side
+    stream stay bounded when scoring is slower than the forward pass (the
+    truncated modes).  Without this the caching allocator would keep them all
+    until the GPU's memory runs out."""
+
+    max_pending = 2
 
     def __init__(self, device: torch.device, forward_priority: Optional[int] = None) -> None:
         self.device = device
         self.stream = torch.cuda.Stream(device)
         self._handle = self.stream.cuda_stream
         self._watch: list = []
+        self._pending: "collections.deque[torch.cuda.Event]" = collections.deque()
         self.forward_stream = None if forward_priority is None else torch.cuda.Stream(device, priority=forward_priority)
 
     @contextlib.contextmanager
     def forward_pass(self, x: torch.Tensor):
-        """Where the forward pass of input ``x`` runs: the current stream, or
-        the forward stream (after the current one, which made ``x``)."""
+        """Runs one forward pass of input ``x``: on the current stream, or on the
+        forward stream (after the current one, which made ``x``)."""
+        while len(self._pending) >= self.max_pending:
+            self._pending.popleft().synchronize()
         if self.forward_stream is None:
             yield
-            return
-        self.forward_stream.wait_stream(torch.cuda.current_stream(self.device))
-        if x.is_cuda:
-            x.record_stream(self.forward_stream)
-        with torch.cuda.stream(self.forward_stream):
-            yield
+        else:
+            self.forward_stream.wait_stream(torch.cuda.current_stream(self.device))
+            if x.is_cuda:
+                x.record_stream(self.forward_stream)
+            with torch.cuda.stream(self.forward_stream):
+                yield
+        done = torch.cuda.Event()
+        done.record(self.stream)  # the end of this batch's scoring
+        self._pending.append(done)
 
     def submit(self, st: FilterStats, t: torch.Tensor) -> None:
         st._validate(t)

@@ -13,6 +13,7 @@ from ocnna_fast import Scores, reference, score
 from ocnna_fast.data import foolbox_samples, normalize
 from ocnna_fast.models import cifar_resnet, load_akamaster_checkpoint
 from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
+from ocnna_fast.scoring import _SideStream
 
 from conftest import DEVICES
 
@@ -270,6 +271,29 @@ def test_side_stream_scores_a_real_model_like_the_cpu(forward_priority, monkeypa
         # fixed summation orders: any difference means the side stream read a wrong activation
         assert torch.equal(side[n].score, same[n].score), n
         torch.testing.assert_close(side[n].score, cpu[n].score, rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA GPU")
+def test_side_stream_holds_a_bounded_number_of_batches():
+    """Truncated scoring of 64x64 maps is far slower than these two convs: the
+    side stream must not keep every batch's activations alive meanwhile."""
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1)).cuda().eval()
+    x = torch.randn(16, 3, 64, 64, device="cuda")
+    per_batch = 2 * x.shape[0] * 64 * 64 * 64 * 4  # both conv outputs, float32
+    batches = 24
+    score(model, [x], n_components=0.9, progress=False)  # warm-up: kernels
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_reserved()
+    torch.cuda.reset_peak_memory_stats()
+    s = score(model, (x for _ in range(batches)), n_components=0.9, progress=False)
+    # Reserved, not allocated: a freed block the side stream still reads counts
+    # as free in the allocated statistics but cannot be reused, so new memory
+    # is reserved for the next batch instead.
+    grown = torch.cuda.max_memory_reserved() - base
+    assert next(iter(s.values())).count == batches * x.shape[0]
+    # at most max_pending scored batches, the one in the forward pass, and slack
+    assert grown < (_SideStream.max_pending + 3) * per_batch, (grown, per_batch)
 
 
 @pytest.mark.parametrize("device", DEVICES)
