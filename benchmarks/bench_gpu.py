@@ -216,6 +216,26 @@ def fifty_thousand(model, x, quick: bool, full_truncated: bool, results: dict):
         results[f"50k_{nc}"] = {"images": images, "seconds": dt, "seconds_for_50k": est}
 
 
+def goals(results: dict) -> None:
+    """The issue's three GPU goals against this run's numbers."""
+    print("\nGoals (H100):")
+    r50 = results.get("resnet50", {})
+    side = [r50[k]["ratio"] for k in ("None|side stream", "None|side, forward first") if k in r50]
+    if side:
+        best = min(side) - 1
+        print(f"  None adds <= 5% to the forward pass: +{best * 100:.1f}% (best side-stream variant) "
+              f"-> {'met' if best <= 0.05 else 'NOT met'}")
+    ps = results.get("per_shape", {}).get("0.95")
+    if ps:
+        worst = min(ps["torch64_s_per_image"], ps["torch32_s_per_image"]) / ps["native_s_per_image"]
+        print(f"  truncated >= 20x faster than batched eigvalsh: {worst:.0f}x (the slower of float64/float32 torch) "
+              f"-> {'met' if worst >= 20 else 'NOT met'}")
+    fk = results.get("50k_None")
+    if fk:
+        print(f"  50,000 images (None, the default) in <= 60 s: {fk['seconds_for_50k']:.1f} s "
+              f"-> {'met' if fk['seconds_for_50k'] <= 60 else 'NOT met'}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -241,6 +261,7 @@ def main():
         profile_scoring(model, x)
     if 3 in sections:
         fifty_thousand(model, x, args.quick, args.full, results)
+    goals(results)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
