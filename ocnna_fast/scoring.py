@@ -286,6 +286,13 @@ def score(
             raise ValueError("distributed=True but no torch.distributed process group is initialised")
     if max_images is not None:
         max_images = positive_int(max_images, "max_images")
+    if isinstance(model, nn.DataParallel):
+        # its replicas share the hooks and would feed each layer's accumulator
+        # from several GPUs at once
+        raise ValueError(
+            "score() does not take nn.DataParallel models: pass model.module (one device), "
+            "or run one process per GPU under torch.distributed (see distributed=)"
+        )
     convs = prunable_convs(model, layers)
     if not convs:
         raise ValueError(

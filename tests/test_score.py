@@ -296,6 +296,13 @@ def test_side_stream_holds_a_bounded_number_of_batches():
     assert grown < (_SideStream.max_pending + 3) * per_batch, (grown, per_batch)
 
 
+def test_data_parallel_is_refused_with_a_way_out():
+    model = Tiny().eval()
+    with pytest.raises(ValueError, match="model.module"):
+        score(nn.DataParallel(model), [tiny_data(4)], progress=False)
+    assert all(not m._forward_hooks for m in model.modules())
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_overlap_reports_errors_from_the_background(device):
     model = Tiny().eval()
