@@ -244,7 +244,8 @@ def score(
     """OCNNA scores of every prunable conv of ``model`` over ``data``.
 
     Args:
-        model: the trained CNN (left unchanged).
+        model: the trained CNN (left unchanged).  Not an ``nn.DataParallel``:
+            pass its ``.module``, or use one process per GPU (``distributed``).
         data: an iterable of input batches, or of ``(input, target, ...)``
             tuples; a ``DataLoader`` works.
         n_components: PCA components kept per map: ``None`` (all; default),
