@@ -148,7 +148,8 @@ def resnet50_overhead(batch: int, batches: int, results: dict):
 
 def kernels_alone(model, x, out: dict):
     """The None kernels on the stored conv outputs of one batch, against torch's
-    .sum() of the same tensors: how close the scorer gets to one plain read."""
+    .sum() of the same tensors: how close the scorer gets to one plain read.
+    Both layouts: channels_last (as the model made them) and NCHW copies."""
     convs = ocnna_fast.prunable_convs(model)
     kept = {}
     hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: kept.__setitem__(n, o)) for n, m in convs.items()]
@@ -156,27 +157,29 @@ def kernels_alone(model, x, out: dict):
         model(x)
     for h in hooks:
         h.remove()
-    stats = {n: FilterStats(t.shape[1], device=t.device) for n, t in kept.items()}
-    for n, t in kept.items():
-        stats[n]._prepare_cuda(t.device)
-    nbytes = sum(t.numel() * t.element_size() for t in kept.values())
-
     stream = ocnna_fast._native.current_stream(x.device)
+    nbytes = sum(t.numel() * t.element_size() for t in kept.values())
+    for layout in ("channels_last", "nchw"):
+        tensors = kept if layout == "channels_last" else {n: t.contiguous() for n, t in kept.items()}
+        stats = {n: FilterStats(t.shape[1], device=t.device) for n, t in tensors.items()}
+        for n, t in tensors.items():
+            stats[n]._prepare_cuda(t.device)
 
-    def ours():  # the launch path of update(), without its per-call checks
-        for n, t in kept.items():
-            stats[n]._accumulate_cuda(t, stream)
+        def ours():  # the launch path of update(), without its per-call checks
+            for n, t in tensors.items():
+                stats[n]._accumulate_cuda(t, stream)
 
-    def plain():
-        for t in kept.values():
-            t.sum()
+        def plain():
+            for t in tensors.values():
+                t.sum()
 
-    tk, tp = cuda_time(ours, repeat=5), cuda_time(plain, repeat=5)
-    out["kernels_alone"] = {"bytes": nbytes, "ocnna_s": tk, "torch_sum_s": tp}
-    print(f"  None kernels alone on the {len(kept)} conv outputs of one batch ({nbytes / 1e9:.1f} GB): "
-          f"{tk * 1e3:.2f} ms ({nbytes / tk / 1e12:.2f} TB/s); torch .sum() of them: {tp * 1e3:.2f} ms "
-          f"({nbytes / tp / 1e12:.2f} TB/s); ratio {tk / tp:.2f}")
-    del kept, stats
+        tk, tp = cuda_time(ours, repeat=5), cuda_time(plain, repeat=5)
+        out[f"kernels_alone_{layout}"] = {"bytes": nbytes, "ocnna_s": tk, "torch_sum_s": tp}
+        print(f"  None kernels alone, {len(tensors)} conv outputs of one batch ({nbytes / 1e9:.1f} GB, {layout}): "
+              f"{tk * 1e3:.2f} ms ({nbytes / tk / 1e12:.2f} TB/s); torch .sum(): {tp * 1e3:.2f} ms "
+              f"({nbytes / tp / 1e12:.2f} TB/s); ratio {tk / tp:.2f}")
+        del tensors, stats
+    del kept
 
 
 def profile_scoring(model, x):

@@ -51,33 +51,34 @@ constexpr int kChunk = 8;          // columns per thread, channels_last
 constexpr int kReduceThreads = 256;  // block size bound of both None kernels
 constexpr int64_t kMaxBlocks = 1 << 30;  // grid-stride loops take what is beyond
 
-// One column, rows unrolled by four with independent partial sums (four loads
-// in flight).  A non-finite value anywhere turns `poison` into NaN.
+// One column, eight rows per step: the raw loads go out together (eight in
+// flight per thread, which NCHW needs to keep enough bytes on the way with
+// one column per thread), then feed four independent pairs of sums.  A
+// non-finite value anywhere turns `poison` into NaN.
 template <typename T>
 __device__ __forceinline__ double column_ss(const T* col, int64_t h, int64_t sh, double& poison) {
   const double x0 = ld(col);
-  double a1 = 0.0, a2 = 0.0, b1 = 0.0, b2 = 0.0, c1 = 0.0, c2 = 0.0, d1 = 0.0, d2 = 0.0;
+  double s1[4] = {0.0, 0.0, 0.0, 0.0}, s2[4] = {0.0, 0.0, 0.0, 0.0};
   int64_t y = 1;
-  for (; y + 3 < h; y += 4) {
-    const double u = ld(col + y * sh) - x0, v = ld(col + (y + 1) * sh) - x0;
-    const double w = ld(col + (y + 2) * sh) - x0, z = ld(col + (y + 3) * sh) - x0;
-    a1 += u;
-    a2 += u * u;
-    b1 += v;
-    b2 += v * v;
-    c1 += w;
-    c2 += w * w;
-    d1 += z;
-    d2 += z * z;
+  for (; y + 7 < h; y += 8) {
+    T r[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) r[j] = col[(y + j) * sh];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const double u = to_double(r[j]) - x0;
+      s1[j & 3] += u;
+      s2[j & 3] += u * u;
+    }
   }
   for (; y < h; ++y) {
     const double u = ld(col + y * sh) - x0;
-    a1 += u;
-    a2 += u * u;
+    s1[0] += u;
+    s2[0] += u * u;
   }
-  const double s1 = (a1 + b1) + (c1 + d1), s2 = (a2 + b2) + (c2 + d2);
-  poison += s2 - s2 + x0 - x0;  // 0, or NaN for non-finite input
-  return centred_ss_from_shifted(s1, s2, double(h));
+  const double t1 = (s1[0] + s1[1]) + (s1[2] + s1[3]), t2 = (s2[0] + s2[1]) + (s2[2] + s2[3]);
+  poison += t2 - t2 + x0 - x0;  // 0, or NaN for non-finite input
+  return centred_ss_from_shifted(t1, t2, double(h));
 }
 
 // kCols (<= kChunk) neighbouring columns of one map, walked two rows at a

@@ -261,6 +261,7 @@ int main() {
     check_none<double>(9, 5, 6, 14, Layout::NCHW, EnergyKernel::ColumnsInner, grid);
     check_none<float>(2, 7, 11, 1, Layout::NCHW, EnergyKernel::ColumnsInner, grid);
     check_none<float>(3, 6, 13, 10, Layout::WMajor, EnergyKernel::ColumnsInner, grid);
+    check_none<double>(2, 5, 37, 33, Layout::NCHW, EnergyKernel::ColumnsInner, grid);
   }
   check_truncated<double>(2, 3, 9, 7, EnergyParams{kCount, 3, 0.0}, 48 * 1024, EnergyKernel::SmallMap);
   check_truncated<double>(2, 3, 20, 17, EnergyParams{kRatio, 0, 0.9}, 48 * 1024, EnergyKernel::BlockMap);
