@@ -112,10 +112,11 @@ def test_strided_views_need_no_copy(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_larger_maps_match_oracle(device):
-    """Sizes of real networks (56x56, 112 wide), and 130x140, which is past the
-    shared memory of a GPU block (the CUDA core's global-memory fallback)."""
+    """Sizes of real networks (56x56, 112 wide), and maps past the shared
+    memory of a GPU block, where the CUDA core falls back to global memory:
+    130x140 in float64, 200x210 in float32 too (float maps take half the room)."""
     rng = np.random.default_rng(3)
-    for h, w in ((56, 56), (112, 20), (20, 112), (130, 140)):
+    for h, w in ((56, 56), (112, 20), (20, 112), (130, 140), (200, 210)):
         a = np.maximum(rng.standard_normal((1, 2, h, w)), 0)
         for nc in (0.95, 10):
             want = reference.energies(a, nc)

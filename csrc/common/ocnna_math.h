@@ -77,6 +77,15 @@ OCNNA_HD float negligible<float>() { return 6e-8f; }
 template <>
 OCNNA_HD double negligible<double>() { return 1e-16; }
 
+// Stand-in for a zero pivot in a Sturm count: tiny, yet its reciprocal times
+// an off-diagonal square (at most 1 for a unit-trace Gram) stays finite.
+template <typename S>
+OCNNA_HD S tiny_pivot();
+template <>
+OCNNA_HD float tiny_pivot<float>() { return 1e-30f; }
+template <>
+OCNNA_HD double tiny_pivot<double>() { return 1e-300; }
+
 // ------------------------------------------------------------ statistics --
 
 // Chan et al. parallel merge of (count, mean, M2) summaries: exact in real
@@ -316,16 +325,19 @@ OCNNA_HD bool tridiagonal_eigenvalues(double* diag, double* off, int d) {
 }
 
 // Number of eigenvalues of the symmetric tridiagonal (diag, off) that are
-// strictly less than x (Sturm sequence count via the LDL^T pivots).
-OCNNA_HD int sturm_count_below(const double* diag, const double* off, int d, double x) {
+// strictly less than x (Sturm sequence count via the LDL^T pivots), in the
+// precision S of the tridiagonal (float for inputs of float precision on the
+// GPU, as the CPU's float QL).
+template <typename S>
+OCNNA_HD int sturm_count_below(const S* diag, const S* off, int d, S x) {
   int count = 0;
-  double q = diag[0] - x;
-  if (q < 0.0) ++count;
+  S q = diag[0] - x;
+  if (q < S(0)) ++count;
   for (int i = 1; i < d; ++i) {
     // a zero pivot is nudged off zero; that only moves the count at x itself
-    const double prev = (q == 0.0) ? 1e-300 : q;
+    const S prev = (q == S(0)) ? tiny_pivot<S>() : q;
     q = diag[i] - x - off[i - 1] * off[i - 1] / prev;
-    if (q < 0.0) ++count;
+    if (q < S(0)) ++count;
   }
   return count;
 }
@@ -334,28 +346,29 @@ OCNNA_HD int sturm_count_below(const double* diag, const double* off, int d, dou
 // tridiagonal by bisection on [lo, hi] (a Gershgorin interval), to an absolute
 // width of `tol`.  Independent per k, so a GPU thread block finds all d of them
 // at once.
-OCNNA_HD double tridiagonal_kth_largest(const double* diag, const double* off, int d, int k,
-                                        double lo, double hi, double tol) {
+template <typename S>
+OCNNA_HD S tridiagonal_kth_largest(const S* diag, const S* off, int d, int k, S lo, S hi, S tol) {
   const int target = d - 1 - k;  // eigenvalue index counted from the smallest
   for (int it = 0; it < 128 && hi - lo > tol; ++it) {
-    const double mid = 0.5 * (lo + hi);
+    const S mid = S(0.5) * (lo + hi);
     if (!(mid > lo && mid < hi)) break;  // interval at machine resolution
     if (sturm_count_below(diag, off, d, mid) > target)
       hi = mid;
     else
       lo = mid;
   }
-  return 0.5 * (lo + hi);
+  return S(0.5) * (lo + hi);
 }
 
 // Gershgorin interval [lo, hi] holding every eigenvalue of the tridiagonal.
-OCNNA_HD void gershgorin_bounds(const double* diag, const double* off, int d, double* lo,
-                                double* hi) {
-  double a = diag[0], b = diag[0];
+template <typename S>
+OCNNA_HD void gershgorin_bounds(const S* diag, const S* off, int d, S* lo, S* hi) {
+  S a = diag[0], b = diag[0];
   for (int i = 0; i < d; ++i) {
-    const double r = (i > 0 ? fabs(off[i - 1]) : 0.0) + (i + 1 < d ? fabs(off[i]) : 0.0);
-    a = fmin(a, diag[i] - r);
-    b = fmax(b, diag[i] + r);
+    const S left = i > 0 ? off[i - 1] : S(0), right = i + 1 < d ? off[i] : S(0);
+    const S r = (left < S(0) ? -left : left) + (right < S(0) ? -right : right);
+    a = diag[i] - r < a ? diag[i] - r : a;
+    b = diag[i] + r > b ? diag[i] + r : b;
   }
   *lo = a;
   *hi = b;
