@@ -69,22 +69,21 @@ OCNNA_HD bool is_finite(double v) { return v - v == 0.0; }  // false for inf and
 // Overloads that keep float arithmetic in float on host and device alike.
 OCNNA_HD float sqrt_of(float v) { return sqrtf(v); }
 OCNNA_HD double sqrt_of(double v) { return sqrt(v); }
-// Relative size below which an off-diagonal counts as zero in QL.
+// Per-precision constants of the eigen-solvers.
+//   negligible: relative size below which an off-diagonal counts as zero in QL;
+//   tiny_pivot: stand-in for a zero pivot in a Sturm count, tiny, yet its
+//               reciprocal times an off-diagonal square (at most 1 for a
+//               unit-trace Gram) stays finite.
 template <typename S>
-OCNNA_HD S negligible();
+struct SolverLimits;
 template <>
-OCNNA_HD float negligible<float>() { return 6e-8f; }
+struct SolverLimits<float> {
+  static constexpr float negligible = 6e-8f, tiny_pivot = 1e-30f;
+};
 template <>
-OCNNA_HD double negligible<double>() { return 1e-16; }
-
-// Stand-in for a zero pivot in a Sturm count: tiny, yet its reciprocal times
-// an off-diagonal square (at most 1 for a unit-trace Gram) stays finite.
-template <typename S>
-OCNNA_HD S tiny_pivot();
-template <>
-OCNNA_HD float tiny_pivot<float>() { return 1e-30f; }
-template <>
-OCNNA_HD double tiny_pivot<double>() { return 1e-300; }
+struct SolverLimits<double> {
+  static constexpr double negligible = 1e-16, tiny_pivot = 1e-300;
+};
 
 // ------------------------------------------------------------ statistics --
 
@@ -335,7 +334,7 @@ OCNNA_HD int sturm_count_below(const S* diag, const S* off, int d, S x) {
   if (q < S(0)) ++count;
   for (int i = 1; i < d; ++i) {
     // a zero pivot is nudged off zero; that only moves the count at x itself
-    const S prev = (q == S(0)) ? tiny_pivot<S>() : q;
+    const S prev = (q == S(0)) ? SolverLimits<S>::tiny_pivot : q;
     q = diag[i] - x - off[i - 1] * off[i - 1] / prev;
     if (q < S(0)) ++count;
   }

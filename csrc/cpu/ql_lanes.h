@@ -123,7 +123,7 @@ class QlLanes {
   // Advances l past rows converged in every lane and sets up the next sweep
   // of the lanes still working at l; false when every eigenvalue is found.
   bool next_sweep() {
-    const S eps = negligible<S>();
+    const S eps = SolverLimits<S>::negligible;
     const M none = zero() != zero();
     while (l_ < n_) {
       // m_j: the first negligible off-diagonal at or after l (n-1 if none)
