@@ -11,10 +11,11 @@
 //   block_map_kernel       truncated, larger maps: one block per map; Gram and
 //                          Householder steps spread over the block, then every
 //                          eigenvalue found at once by Sturm bisection (one
-//                          thread per eigenvalue).  The map and Gram sit in
-//                          shared memory up to the device's opt-in limit
-//                          (112x112 fits on Hopper); beyond it the same kernel
-//                          works in a global workspace.
+//                          thread per eigenvalue), in float for inputs of float
+//                          precision.  The map and Gram sit in shared memory
+//                          up to the device's opt-in limit (112x112 fits on
+//                          Hopper); beyond it the same kernel works in a
+//                          global workspace.
 //   merge_kernel           folds a batch's energies into the accumulators.
 #pragma once
 
