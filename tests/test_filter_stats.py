@@ -56,6 +56,25 @@ def test_sharded_then_merged_equals_one_pass(device, n_components):
     assert rel(FilterStats(5, n_components).merge(one).result().score, ref.score) == 0
 
 
+def assert_rejected_whole(st: FilterStats, first, bad, later, match: str) -> None:
+    """After ``first``, the batch ``bad`` (holding NaN or Inf) is refused with an
+    error matching ``match`` and changes nothing; ``later`` is then folded in as
+    if ``bad`` had never come."""
+    st.update(first)
+    before = st.state_dict()
+    with pytest.raises(ValueError, match=match):
+        st.update(bad)
+        st.result()  # CUDA reports at result()
+    after = st.state_dict()
+    assert after["images"] == before["images"]
+    for k in ("count", "mean", "m2"):
+        assert torch.equal(after[k], before[k]), k
+    # the stream goes on: later good batches are accumulated as usual
+    st.update(later)
+    ref = FilterStats(st.num_channels, st.n_components).update(torch.cat([first, later])).result()
+    assert rel(st.result().score, ref.score) <= 1e-12
+
+
 # Map widths that split into chunks differently (CUDA: 1 to 14 column chunks,
 # uneven last chunks, NCHW rows wider than a block), channel counts that leave
 # a partial tile of 32, and enough channels for several merge blocks.
@@ -89,20 +108,10 @@ def test_non_finite_batch_is_rejected_whole_across_many_channels(device, n_compo
     """600 channels: on CUDA the verdict on a batch spans every block of the merge."""
     g = torch.Generator().manual_seed(9)
     x = torch.randn(12, 600, 4, 5, generator=g, dtype=torch.float64).to(device)
-    st = FilterStats(600, n_components).update(x[:4])
-    before = st.state_dict()
     bad = x[4:8].clone()
     bad[1, 517, 2, 3] = float("nan")
     bad[3, 598, 0, 0] = float("inf")
-    with pytest.raises(ValueError, match="channel 517"):
-        st.update(bad)
-        st.result()  # CUDA reports at result()
-    after = st.state_dict()
-    for k in ("count", "mean", "m2"):
-        assert torch.equal(after[k], before[k]), k
-    st.update(x[8:])
-    ref = FilterStats(600, n_components).update(torch.cat([x[:4], x[8:]])).result()
-    assert rel(st.result().score, ref.score) <= 1e-12
+    assert_rejected_whole(FilterStats(600, n_components), x[:4], bad, x[8:], "channel 517")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -186,21 +195,10 @@ def test_wrong_shape_is_refused(device):
 @pytest.mark.parametrize("n_components", MODES)
 def test_non_finite_batch_is_rejected_whole(device, poison, n_components):
     x = acts(seed=4).to(device)
-    st = FilterStats(5, n_components, name="layer3.0.conv1").update(x[:8])
-    before = st.state_dict()
     bad = x[8:16].clone()
     bad[3, 2, 4, 5] = poison
-    with pytest.raises(ValueError, match=r"layer3\.0\.conv1.*channel 2"):
-        st.update(bad)
-        st.result()  # CUDA reports at result()
-    after = st.state_dict()
-    assert after["images"] == before["images"]
-    for k in ("count", "mean", "m2"):
-        assert torch.equal(after[k], before[k])
-    # the stream goes on: later good batches are accumulated as usual
-    st.update(x[16:])
-    ref = FilterStats(5, n_components).update(torch.cat([x[:8], x[16:]])).result()
-    assert rel(st.result().score, ref.score) <= 1e-12
+    st = FilterStats(5, n_components, name="layer3.0.conv1")
+    assert_rejected_whole(st, x[:8], bad, x[16:], r"layer3\.0\.conv1.*channel 2")
 
 
 def test_numpy_input_and_negative_strides():

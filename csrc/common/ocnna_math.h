@@ -122,18 +122,23 @@ OCNNA_HD void batch_summary(const double* f, int64_t n, int64_t stride, double& 
 
 // ------------------------------------------------------ per-map energy ----
 
-// Column means of an R x D row-major map, shifted by the first row so that a
-// constant column gets its value back exactly (and centres to exact zeros:
-// SPEC 2 requires F == 0, not 1e-17, for zero-variance maps).
+// Mean of a column of `rows` values `stride` apart, summed in double after a
+// shift by the first value, so that a constant column gets its value back
+// exactly (and centres to exact zeros: SPEC 2 requires F == 0, not 1e-17, for
+// zero-variance maps).
+template <typename S>
+OCNNA_HD double column_mean(const S* col, int rows, int64_t stride) {
+  const double shift = double(col[0]);
+  double s = 0.0;
+  for (int i = 1; i < rows; ++i) s += double(col[i * stride]) - shift;
+  return (s == 0.0) ? shift : shift + s / rows;
+}
+
+// Centres each column of an R x D row-major map in place.
 OCNNA_HD void centre_columns(double* m, int rows, int cols) {
   for (int j = 0; j < cols; ++j) {
-    const double shift = m[j];
-    double s = 0.0;
-    for (int i = 1; i < rows; ++i) s += m[int64_t(i) * cols + j] - shift;
-    const double mean = shift + s / rows;
-    // keep the centring exact when every value equals the shift
-    const double sub = (s == 0.0) ? shift : mean;
-    for (int i = 0; i < rows; ++i) m[int64_t(i) * cols + j] -= sub;
+    const double mean = column_mean(m + j, rows, cols);
+    for (int i = 0; i < rows; ++i) m[int64_t(i) * cols + j] -= mean;
   }
 }
 

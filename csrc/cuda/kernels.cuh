@@ -270,15 +270,6 @@ __device__ double block_sum(double v, double* red) {
   return s;
 }
 
-// Column mean with the arithmetic of centre_columns (shifted by the first row).
-template <typename S>
-__device__ __forceinline__ double column_mean(const S* col, int h, int stride) {
-  const double shift = double(col[0]);
-  double s = 0.0;
-  for (int y = 1; y < h; ++y) s += double(col[y * stride]) - shift;
-  return (s == 0.0) ? shift : shift + s / h;
-}
-
 // Bytes of working memory one map needs in block_map_kernel: 40 doubles for
 // reductions and scalars, then the map, its Gram and four vectors in the
 // compute precision S (rounded up to 16 bytes, so global slices stay aligned).
@@ -442,10 +433,11 @@ __global__ void merge_kernel(const double* f, int64_t n, int64_t c, bool take_sq
   const int lane = threadIdx.x & 31;
   const int64_t ch = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
   if (ch < c) {  // whole warps: blockDim is a multiple of 32
+    auto energy = [&](int64_t i) { return take_sqrt ? sqrt(f[i * c + ch]) : f[i * c + ch]; };
     double s = 0.0;
     bool bad = false;
     for (int64_t i = lane; i < n; i += 32) {
-      const double v = take_sqrt ? sqrt(f[i * c + ch]) : f[i * c + ch];
+      const double v = energy(i);
       bad = bad || !is_finite(v);
       s += v;
     }
@@ -453,7 +445,7 @@ __global__ void merge_kernel(const double* f, int64_t n, int64_t c, bool take_sq
     const double mb = warp_sum(s) / double(n);
     double q = 0.0;
     for (int64_t i = lane; i < n; i += 32) {
-      const double d = (take_sqrt ? sqrt(f[i * c + ch]) : f[i * c + ch]) - mb;
+      const double d = energy(i) - mb;
       q += d * d;
     }
     q = warp_sum(q);

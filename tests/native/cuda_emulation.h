@@ -89,24 +89,27 @@ T __ldcg(const T* p) {
   return *p;
 }
 
-inline double __shfl_xor_sync(unsigned, double v, int offset) {
-  ocnna_emu::Warp& w = *ocnna_emu::warp;
-  const int l = ocnna_emu::lane();
+namespace ocnna_emu {
+// Every lane posts v and reads the value of lane source(its lane), or keeps
+// its own where the source is outside the warp.
+template <typename Source>
+double exchange(double v, Source source) {
+  Warp& w = *warp;
+  const int l = lane(), from = source(l);
   w.value[l] = v;
   w.sync.arrive_and_wait();
-  const double r = w.value[l ^ offset];
+  const double r = from >= 0 && from < 32 ? w.value[from] : v;
   w.sync.arrive_and_wait();
   return r;
 }
+}  // namespace ocnna_emu
+
+inline double __shfl_xor_sync(unsigned, double v, int offset) {
+  return ocnna_emu::exchange(v, [offset](int l) { return l ^ offset; });
+}
 
 inline double __shfl_down_sync(unsigned, double v, int offset) {
-  ocnna_emu::Warp& w = *ocnna_emu::warp;
-  const int l = ocnna_emu::lane();
-  w.value[l] = v;
-  w.sync.arrive_and_wait();
-  const double r = l + offset < 32 ? w.value[l + offset] : v;
-  w.sync.arrive_and_wait();
-  return r;
+  return ocnna_emu::exchange(v, [offset](int l) { return l + offset; });
 }
 
 inline int __any_sync(unsigned, bool p) {
