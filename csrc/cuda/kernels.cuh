@@ -6,16 +6,14 @@
 //   channels_inner_kernel  n_components=None, channels_last: one pass, a warp
 //   columns_inner_kernel   reads 32 channels (or a row run for NCHW); each
 //                          map's columns are summed in a fixed order.
-//   small_map_kernel       truncated, maps of at most 256 elements: one thread
-//                          per map running the shared header's map_energy.
-//   block_map_kernel       truncated, larger maps: one block per map; Gram and
-//                          Householder steps spread over the block, then every
-//                          eigenvalue found at once by Sturm bisection (one
-//                          thread per eigenvalue), in float for inputs of float
-//                          precision.  The map and Gram sit in shared memory
-//                          up to the device's opt-in limit (112x112 fits on
-//                          Hopper); beyond it the same kernel works in a
-//                          global workspace.
+//   block_map_kernel       truncated: one block per map (one warp when
+//                          min(H, W) <= 16); Gram and Householder steps spread
+//                          over the block, then every eigenvalue found at once
+//                          by Sturm bisection (one thread per eigenvalue), in
+//                          float for inputs of float precision.  The map and
+//                          Gram sit in shared memory up to the device's opt-in
+//                          limit (112x112 fits on Hopper); beyond it the same
+//                          kernel works in a global workspace.
 //   merge_kernel           folds a batch's energies into the accumulators.
 #pragma once
 
@@ -238,37 +236,24 @@ __global__ void sqrt_kernel(double* v, int64_t n) {
   if (t < n) v[t] = sqrt(v[t]);
 }
 
-// --------------------------------------------- truncated, small maps ----
-constexpr int kSmallElems = 256;  // h * w limit of the thread-per-map path
-constexpr int kSmallDim = 16;     // so min(h, w) <= 16
-
-template <typename T>
-__global__ void small_map_kernel(MapBatch x, EnergyParams p, double* out) {
-  double buf[kSmallElems * 2 + kSmallDim * kSmallDim + 4 * kSmallDim];  // map + map_energy scratch
-  const int h = int(x.h), w = int(x.w);
-  const int64_t maps = x.n * x.c;
-  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < maps;
-       t += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t i = t / x.c, c = t % x.c;
-    const T* src = static_cast<const T*>(x.data) + x.offset(i, c, 0, 0);
-    for (int y = 0; y < h; ++y)
-      for (int xx = 0; xx < w; ++xx) buf[y * w + xx] = ld(src + y * x.sh + xx * x.sw);
-    out[t] = map_energy(buf, h, w, p, buf + h * w);
-  }
-}
-
-// --------------------------------------------- truncated, block per map --
-__device__ double block_sum(double v, double* red) {
+// ------------------------------------------------------ truncated maps --
+// Sum of v over the block, the same value in every thread, with one barrier.
+// Calls alternate between the two halves of `red` (`turn` flips each call,
+// in step in every thread): a thread writing a half has passed the previous
+// call's barrier, which no thread reached before it had read the call before,
+// the last one to use that half.  The barrier also publishes every shared
+// write made before the call.
+__device__ double block_sum(double v, double* red, int& turn) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  __syncthreads();  // red may still be read by a previous call
-  if (lane == 0) red[warp] = v;
+  double* half = red + 16 * (turn ^= 1);
+  if ((threadIdx.x & 31) == 0) half[threadIdx.x >> 5] = v;
   __syncthreads();
   double s = 0.0;
   const int warps = (blockDim.x + 31) >> 5;
-  for (int k = 0; k < warps; ++k) s += red[k];  // same order in every thread
+  for (int k = 0; k < warps; ++k) s += half[k];  // same order in every thread
   return s;
 }
+constexpr int kMaxMapThreads = 16 * 32;  // warps that fit a half of block_sum's slots
 
 // Bytes of working memory one map needs in block_map_kernel: 40 doubles for
 // reductions and scalars, then the map, its Gram and four vectors in the
@@ -280,28 +265,30 @@ __host__ __device__ int64_t block_buffer_bytes(int64_t h, int64_t w) {
   return 40 * int64_t(sizeof(double)) + (elems * int64_t(sizeof(S)) + 15) / 16 * 16;
 }
 
-// Works in S = ExactFloat<T>: float for float32/float16/bfloat16 input (as the
-// CPU core's float path), double for float64.  Float halves the shared memory
-// per map, so twice as many maps share an SM, and runs at the full FP32 rate.
+// One block per map (one warp for maps of min(H, W) <= 16).  Works in
+// S = ExactFloat<T>: float for float32/float16/bfloat16 input (as the CPU
+// core's float path), double for float64; float halves the shared memory per
+// map, so twice as many maps share an SM, and runs at the full FP32 rate.
 // Column means and the total energy stay in double; the map is centred and
 // scaled to unit norm before the Gram, so the Gram has unit trace and no
 // product can overflow or underflow S, whatever the activations' scale.
 template <typename T>
-__global__ void block_map_kernel(MapBatch x, EnergyParams p, double* out, double* global_ws,
+__global__ void __launch_bounds__(256, 3) block_map_kernel(MapBatch x, EnergyParams p, double* out, double* global_ws,
                                  double rel_tol) {
   using S = typename ExactFloat<T>::type;
   OCNNA_DYNAMIC_SHARED(double, smem);
   const int h = int(x.h), w = int(x.w), d = h < w ? h : w;
   double* red = global_ws ? reinterpret_cast<double*>(reinterpret_cast<char*>(global_ws) +
                                                       blockIdx.x * block_buffer_bytes<S>(h, w))
-                          : smem;  // 32 slots for reductions, then scalars
+                          : smem;  // 32 slots for block_sum, then scalars
   S* map = reinterpret_cast<S*>(red + 40);
   S* gram = map + h * w;
-  S* v = gram + d * d;
-  S* wv = v + d;
+  S* eig = gram + d * d;
+  S* wv = eig + d;
   S* diag = wv + d;
   S* off = diag + d;
   const int tid = threadIdx.x, nt = blockDim.x;
+  int turn = 0;
 
   for (int64_t t = blockIdx.x; t < x.n * x.c; t += gridDim.x) {
     const int64_t i = t / x.c, c = t % x.c;
@@ -319,7 +306,7 @@ __global__ void block_map_kernel(MapBatch x, EnergyParams p, double* out, double
         part += u * u;
       }
     }
-    const double total = block_sum(part, red);
+    const double total = block_sum(part, red, turn);
     if (!is_finite(total) || total == 0.0 || !needs_eigen(p, h, w)) {
       if (tid == 0) out[t] = is_finite(total) ? sqrt(total) : NAN;
       __syncthreads();
@@ -331,7 +318,7 @@ __global__ void block_map_kernel(MapBatch x, EnergyParams p, double* out, double
       for (int y = 0; y < h; ++y) map[y * w + xx] = S((double(map[y * w + xx]) - mu) * inv_norm);
     }
     __syncthreads();
-    // Gram of the smaller side (unit trace)
+    // Gram of the smaller side (unit trace), one upper-triangle entry per thread
     for (int e = tid; e < d * d; e += nt) {
       const int a = e / d, b = e % d;
       if (b < a) continue;
@@ -345,46 +332,49 @@ __global__ void block_map_kernel(MapBatch x, EnergyParams p, double* out, double
       gram[b * d + a] = s;
     }
     __syncthreads();
-    // Householder tridiagonalisation, one reflector per step (as tridiagonalize);
-    // block reductions in double
+    // Householder tridiagonalisation, the steps of tridiagonalize with three
+    // barriers each.  The reflector v = x - alpha e1 is read in place from
+    // row k (x), which step k leaves alone, so it is never copied; w' = w - h v
+    // is formed where it is used.  B's column r stands for its row r (B is
+    // symmetric): a warp then reads neighbouring words, where a row walk hits
+    // one shared-memory bank many times over.  Reductions in double.
     for (int k = 0; k + 2 < d; ++k) {
       const int m = d - k - 1;
-      const S* row = gram + k * d + (k + 1);
+      const S* xk = gram + k * d + (k + 1);  // row k right of the diagonal
+      S* b = gram + (k + 1) * d + (k + 1);  // B = trailing m x m block, rows d apart
       double np = 0.0;
-      for (int e = tid; e < m; e += nt) {
-        v[e] = row[e];
-        np += double(row[e]) * double(row[e]);
-      }
-      const double norm2 = block_sum(np, red);
-      if (tid == 0) diag[k] = gram[k * d + k];
-      if (norm2 == 0.0) {
-        if (tid == 0) off[k] = S(0);
-        __syncthreads();
+      for (int e = tid; e < m; e += nt) np += double(xk[e]) * double(xk[e]);
+      const double norm2 = block_sum(np, red, turn);
+      if (norm2 == 0.0) {  // already reduced; uniform, so every thread skips alike
+        if (tid == 0) {
+          diag[k] = gram[k * d + k];
+          off[k] = S(0);
+        }
         continue;
       }
-      const S v0 = v[0];
-      const S alpha = S(v0 > S(0) ? -sqrt(norm2) : sqrt(norm2));
-      const S beta = S(1.0 / (norm2 - double(alpha) * double(v0)));
-      __syncthreads();
+      const S x0 = xk[0];
+      const S alpha = S(x0 > S(0) ? -sqrt(norm2) : sqrt(norm2));
+      const S beta = S(1.0 / (norm2 - double(alpha) * double(x0)));
+      const S v0 = x0 - alpha;
       if (tid == 0) {
+        diag[k] = gram[k * d + k];
         off[k] = alpha;
-        v[0] = v0 - alpha;
       }
-      __syncthreads();
+      // w = beta B v, one entry per thread
       double vwp = 0.0;
       for (int r = tid; r < m; r += nt) {
-        const S* br = gram + (k + 1 + r) * d + (k + 1);
-        S s = S(0);
-        for (int j = 0; j < m; ++j) s += br[j] * v[j];
-        wv[r] = beta * s;
-        vwp += double(v[r]) * double(wv[r]);
+        S s = b[r] * v0;
+        for (int j = 1; j < m; ++j) s += b[j * d + r] * xk[j];
+        const S wr = beta * s;
+        wv[r] = wr;
+        vwp += double(r == 0 ? v0 : xk[r]) * double(wr);
       }
-      const S hh = S(0.5 * double(beta) * block_sum(vwp, red));
-      for (int r = tid; r < m; r += nt) wv[r] -= hh * v[r];
-      __syncthreads();
+      const S hh = S(0.5 * double(beta) * block_sum(vwp, red, turn));
+      // B <- B - v w'^T - w' v^T
       for (int e = tid; e < m * m; e += nt) {
         const int r = e / m, j = e % m;
-        gram[(k + 1 + r) * d + (k + 1 + j)] -= v[r] * wv[j] + wv[r] * v[j];
+        const S vr = r == 0 ? v0 : xk[r], vj = j == 0 ? v0 : xk[j];
+        b[r * d + j] -= vr * (wv[j] - hh * vj) + (wv[r] - hh * vr) * vj;
       }
       __syncthreads();
     }
@@ -404,7 +394,6 @@ __global__ void block_map_kernel(MapBatch x, EnergyParams p, double* out, double
     // every eigenvalue at once, already in descending order by index
     const S lo = S(red[32]), hi = S(red[33]);
     const S tol = S(rel_tol * fmax(fabs(red[32]), fabs(red[33])));
-    S* eig = v;  // the reflector is no longer needed
     for (int k = tid; k < d; k += nt) eig[k] = tridiagonal_kth_largest(diag, off, d, k, lo, hi, tol);
     __syncthreads();
     if (tid == 0) out[t] = sqrt(kept_energy(eig, d, p) * total);
@@ -478,7 +467,7 @@ __global__ void merge_kernel(const double* f, int64_t n, int64_t c, bool take_sq
 // ------------------------------------------------------------ launch plan --
 // Which kernel computes a batch's energies, with what shape.  Host code, used
 // by scorer_cuda.cu and by the emulation test alike.
-enum class EnergyKernel { ChannelsInner, ColumnsInner, SmallMap, BlockMap, BlockMapGlobal };
+enum class EnergyKernel { ChannelsInner, ColumnsInner, BlockMap, BlockMapGlobal };
 
 struct EnergyPlan {
   EnergyKernel kernel;
@@ -512,14 +501,9 @@ inline EnergyPlan plan_energies(const MapBatch& x, const EnergyParams& p, int sm
     return plan;
   }
   const int d = h < w ? h : w;
-  if (int64_t(h) * w <= kSmallElems && d <= kSmallDim) {
-    plan.kernel = EnergyKernel::SmallMap;
-    const int64_t cap = int64_t(sms) * 16, blocks = (maps + 63) / 64;
-    plan.blocks = int(blocks < cap ? blocks : cap);
-    plan.threads = 64;
-    return plan;
-  }
-  plan.threads = d <= 32 ? 64 : (d <= 64 ? 128 : 256);
+  // one warp for small maps (7x7, 14x14: thousands per image, little work each)
+  plan.threads = d <= 16 ? 32 : (d <= 32 ? 64 : (d <= 64 ? 128 : 256));
+  static_assert(256 <= kMaxMapThreads, "block_sum has slots for every warp");
   // Bisection stops at this width relative to the spectrum (trace 1): the
   // resolution of the compute type (float for inputs of float precision,
   // double for float64), where it would stop anyway.

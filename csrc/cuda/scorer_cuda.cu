@@ -75,9 +75,6 @@ bool launch_energies(const MapBatch& x, const EnergyParams& p, double* out, cuda
     case EnergyKernel::ColumnsInner:
       columns_inner_kernel<T><<<plan.blocks, plan.threads, 0, stream>>>(x, out);
       break;
-    case EnergyKernel::SmallMap:
-      small_map_kernel<T><<<plan.blocks, plan.threads, 0, stream>>>(x, p, out);
-      break;
     case EnergyKernel::BlockMap:
       check(cudaFuncSetAttribute(block_map_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  int(plan.smem_bytes)),

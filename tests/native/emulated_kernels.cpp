@@ -113,9 +113,6 @@ void run_plan(const EnergyPlan& plan, const MapBatch& x, const EnergyParams& p, 
     case EnergyKernel::ColumnsInner:
       ocnna_emu::launch(blocks, plan.threads, 0, [&] { columns_inner_kernel<T>(x, out); });
       break;
-    case EnergyKernel::SmallMap:
-      ocnna_emu::launch(blocks, plan.threads, 0, [&] { small_map_kernel<T>(x, p, out); });
-      break;
     case EnergyKernel::BlockMap:
       ocnna_emu::launch(blocks, plan.threads, plan.smem_bytes,
                         [&] { block_map_kernel<T>(x, p, out, nullptr, plan.rel_tol); });
@@ -276,7 +273,9 @@ int main() {
     check_none<float>(3, 6, 13, 10, Layout::WMajor, EnergyKernel::ColumnsInner, grid);
     check_none<double>(2, 5, 37, 33, Layout::NCHW, EnergyKernel::ColumnsInner, grid);
   }
-  check_truncated<double>(2, 3, 9, 7, EnergyParams{kCount, 3, 0.0}, 48 * 1024, EnergyKernel::SmallMap);
+  check_truncated<double>(2, 3, 9, 7, EnergyParams{kCount, 3, 0.0}, 48 * 1024, EnergyKernel::BlockMap);
+  check_truncated<float>(3, 5, 7, 7, EnergyParams{kRatio, 0, 0.95}, 48 * 1024, EnergyKernel::BlockMap);
+  check_truncated<float>(2, 4, 14, 14, EnergyParams{kRatio, 0, 0.95}, 48 * 1024, EnergyKernel::BlockMap);
   check_truncated<double>(2, 3, 20, 17, EnergyParams{kRatio, 0, 0.9}, 48 * 1024, EnergyKernel::BlockMap);
   check_truncated<double>(2, 2, 13, 40, EnergyParams{kCount, 5, 0.0}, 48 * 1024, EnergyKernel::BlockMap);
   check_truncated<double>(2, 2, 20, 17, EnergyParams{kRatio, 0, 0.5}, 1024, EnergyKernel::BlockMapGlobal);
