@@ -21,12 +21,11 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import torch_energies  # noqa: E402
+from common import RESNET50, torch_energies  # noqa: E402
 
 import ocnna_fast  # noqa: E402
 from ocnna_fast import FilterStats, scoring  # noqa: E402
 
-RESNET50 = [(112, 64), (56, 1536), (28, 3712), (14, 10496), (7, 10752)]
 
 
 def cuda_time(fn, repeat=5, warmup=1):

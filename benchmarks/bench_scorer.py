@@ -21,16 +21,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import best_of, torch_energies  # noqa: E402
+from common import RESNET50, RESNET56, best_of, torch_energies  # noqa: E402
 
 import ocnna_fast  # noqa: E402
 from ocnna_fast import FilterStats, reference  # noqa: E402
 from ocnna_fast.models import cifar_resnet  # noqa: E402
-
-# Maps per image of each size, for ResNet-50 at 224x224 (all conv outputs)
-# and for CIFAR ResNet-56 at 32x32.
-RESNET50 = [(112, 64), (56, 1536), (28, 3712), (14, 10496), (7, 10752)]
-RESNET56 = [(32, 16 * 19), (16, 32 * 18), (8, 64 * 18)]
 
 
 def native_time(maps: torch.Tensor, n_components, repeat: int) -> float:

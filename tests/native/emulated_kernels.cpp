@@ -6,8 +6,8 @@
 // Covered: the launch plan's kernel choice and shapes, both None kernels on
 // several layouts (NCHW, channels_last, W-major, a negative stride) with the
 // planned grid and with a grid of 2 blocks (the grid-stride loops), the
-// truncated kernels (thread per map, block per map in shared and in global
-// memory), and merge_kernel: Chan merges across many blocks, a batch with
+// truncated kernel (block per map, in shared and in global memory; a warp
+// per map for small ones), and merge_kernel: Chan merges across many blocks, a batch with
 // non-finite energies rejected whole, the first bad channel reported, and the
 // scratch status words left at -1 and 0.
 #include "cuda_emulation.h"
@@ -161,6 +161,7 @@ void check_truncated(int64_t n, int64_t c, int64_t h, int64_t w, EnergyParams p,
                           }();
   expect(plan.kernel == want, tag + ": planned kernel");
   expect(!plan.sums, tag + ": truncated energies are final");
+  expect(plan.threads % 32 == 0 && plan.threads <= kMaxMapThreads, tag + ": block size");
   std::vector<double> out(size_t(n * c), -1.0);
   run_plan<T>(plan, b.x, p, out.data());
   const int d = int(h < w ? h : w);
@@ -276,6 +277,10 @@ int main() {
   check_truncated<double>(2, 3, 9, 7, EnergyParams{kCount, 3, 0.0}, 48 * 1024, EnergyKernel::BlockMap);
   check_truncated<float>(3, 5, 7, 7, EnergyParams{kRatio, 0, 0.95}, 48 * 1024, EnergyKernel::BlockMap);
   check_truncated<float>(2, 4, 14, 14, EnergyParams{kRatio, 0, 0.95}, 48 * 1024, EnergyKernel::BlockMap);
+  // the smallest eigen-solves (no Householder step, one step) and a wide map (W > H) in one warp
+  check_truncated<float>(2, 3, 2, 9, EnergyParams{kCount, 1, 0.0}, 48 * 1024, EnergyKernel::BlockMap);
+  check_truncated<float>(2, 3, 3, 16, EnergyParams{kRatio, 0, 0.5}, 48 * 1024, EnergyKernel::BlockMap);
+  check_truncated<double>(2, 3, 5, 12, EnergyParams{kRatio, 0, 0.9}, 48 * 1024, EnergyKernel::BlockMap);
   check_truncated<double>(2, 3, 20, 17, EnergyParams{kRatio, 0, 0.9}, 48 * 1024, EnergyKernel::BlockMap);
   check_truncated<double>(2, 2, 13, 40, EnergyParams{kCount, 5, 0.0}, 48 * 1024, EnergyKernel::BlockMap);
   check_truncated<double>(2, 2, 20, 17, EnergyParams{kRatio, 0, 0.5}, 1024, EnergyKernel::BlockMapGlobal);
