@@ -60,8 +60,23 @@ struct Batch {
   }
 };
 
+// What the maps hold, beside plain noise: rank-2 maps (most PCA components
+// exactly zero), a large common offset over small variation, and constant
+// columns (the centred map is exactly zero).
+enum class Kind { Normal, LowRank, Offset, ConstantColumns };
+
+const char* name(Kind k) {
+  switch (k) {
+    case Kind::Normal: return "normal";
+    case Kind::LowRank: return "low_rank";
+    case Kind::Offset: return "offset";
+    default: return "constant_columns";
+  }
+}
+
 template <typename T>
-Batch<T> make_batch(int64_t n, int64_t c, int64_t h, int64_t w, Layout layout, unsigned seed, double scale = 1.0) {
+Batch<T> make_batch(int64_t n, int64_t c, int64_t h, int64_t w, Layout layout, unsigned seed, double scale = 1.0,
+                    Kind kind = Kind::Normal) {
   Batch<T> b;
   b.store.resize(size_t(n * c * h * w));
   std::mt19937_64 rng(seed);
@@ -79,6 +94,22 @@ Batch<T> make_batch(int64_t n, int64_t c, int64_t h, int64_t w, Layout layout, u
       x.sn = h * w * c, x.sc = 1, x.sh = w * c, x.sw = -c;
       x.data = b.store.data() + (w - 1) * c;  // element (0, 0, 0, 0) is the last column
       break;
+  }
+  if (kind != Kind::Normal) {
+    T* data = static_cast<T*>(const_cast<void*>(x.data));
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t ch = 0; ch < c; ++ch) {
+        double u[2][64], v[2][64];  // rank-2 factors (h, w <= 64)
+        for (int k = 0; k < 2; ++k)
+          for (int j = 0; j < 64; ++j) u[k][j] = normal(rng), v[k][j] = normal(rng);
+        for (int64_t y = 0; y < h; ++y)
+          for (int64_t xx = 0; xx < w; ++xx) {
+            T& e = data[x.offset(i, ch, y, xx)];
+            if (kind == Kind::LowRank) e = T((u[0][y] * v[0][xx] + u[1][y] * v[1][xx]) * scale);
+            if (kind == Kind::Offset) e = T((1000.0 + 0.01 * normal(rng)) * scale);
+            if (kind == Kind::ConstantColumns) e = T(v[0][xx] * scale);
+          }
+      }
   }
   return b;
 }
@@ -149,8 +180,8 @@ void check_none(int64_t n, int64_t c, int64_t h, int64_t w, Layout layout, Energ
 // their squares overflow or underflow float.
 template <typename T>
 void check_truncated(int64_t n, int64_t c, int64_t h, int64_t w, EnergyParams p, int smem_optin, EnergyKernel want,
-                     double scale = 1.0) {
-  const Batch<T> b = make_batch<T>(n, c, h, w, Layout::NCHW, unsigned(h * 31 + w), scale);
+                     double scale = 1.0, Kind kind = Kind::Normal) {
+  const Batch<T> b = make_batch<T>(n, c, h, w, Layout::NCHW, unsigned(h * 31 + w), scale, kind);
   const EnergyPlan plan = plan_energies(b.x, p, 4, smem_optin);
   const std::string tag = std::string("truncated ") + (sizeof(T) == 8 ? "f64 " : "f32 ") + std::to_string(h) + "x" +
                           std::to_string(w) + " mode " + std::to_string(p.mode) + " optin " +
@@ -158,7 +189,7 @@ void check_truncated(int64_t n, int64_t c, int64_t h, int64_t w, EnergyParams p,
                             char buf[32];
                             std::snprintf(buf, sizeof buf, "%g", scale);
                             return std::string(buf);
-                          }();
+                          }() + " " + name(kind);
   expect(plan.kernel == want, tag + ": planned kernel");
   expect(!plan.sums, tag + ": truncated energies are final");
   expect(plan.threads % 32 == 0 && plan.threads <= kMaxMapThreads, tag + ": block size");
@@ -290,6 +321,11 @@ int main() {
   check_truncated<float>(1, 2, 56, 56, EnergyParams{kCount, 20, 0.0}, 48 * 1024, EnergyKernel::BlockMap);
   check_truncated<float>(1, 2, 24, 21, EnergyParams{kCount, 4, 0.0}, 48 * 1024, EnergyKernel::BlockMap, 1e18);
   check_truncated<float>(1, 2, 24, 21, EnergyParams{kCount, 4, 0.0}, 48 * 1024, EnergyKernel::BlockMap, 1e-20);
+  for (Kind kind : {Kind::LowRank, Kind::Offset, Kind::ConstantColumns}) {
+    check_truncated<float>(2, 3, 14, 14, EnergyParams{kRatio, 0, 0.95}, 48 * 1024, EnergyKernel::BlockMap, 1.0, kind);
+    check_truncated<float>(1, 2, 40, 33, EnergyParams{kCount, 3, 0.0}, 48 * 1024, EnergyKernel::BlockMap, 1.0, kind);
+    check_truncated<double>(1, 2, 20, 17, EnergyParams{kRatio, 0, 0.9}, 48 * 1024, EnergyKernel::BlockMap, 1.0, kind);
+  }
   check_merge();
   if (failures) {
     std::printf("%d failure(s)\n", failures);
