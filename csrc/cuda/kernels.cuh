@@ -237,23 +237,31 @@ __global__ void sqrt_kernel(double* v, int64_t n) {
 }
 
 // ------------------------------------------------------ truncated maps --
-// Sum of v over the block, the same value in every thread, with one barrier.
-// Calls alternate between the two halves of `red` (`turn` flips each call,
-// in step in every thread): a thread writing a half has passed the previous
-// call's barrier, which no thread reached before it had read the call before,
-// the last one to use that half.  The barrier also publishes every shared
-// write made before the call.
-__device__ double block_sum(double v, double* red, int& turn) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+// Sums of the N values v[] over the block, the same in every thread, with one
+// barrier.  Calls alternate between the two halves of `red` (`turn` flips
+// each call, in step in every thread): a thread writing a half has passed the
+// previous call's barrier, which no thread reached before it had read the
+// call before, the last one to use that half.  The barrier also publishes
+// every shared write made before the call.
+template <int N>
+__device__ void block_sum(double (&v)[N], double* red, int& turn) {
+  for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+    for (int k = 0; k < N; ++k) v[k] += __shfl_down_sync(0xffffffffu, v[k], o);
   double* half = red + 16 * (turn ^= 1);
-  if ((threadIdx.x & 31) == 0) half[threadIdx.x >> 5] = v;
+  if ((threadIdx.x & 31) == 0)
+#pragma unroll
+    for (int k = 0; k < N; ++k) half[N * (threadIdx.x >> 5) + k] = v[k];
   __syncthreads();
-  double s = 0.0;
   const int warps = (blockDim.x + 31) >> 5;
-  for (int k = 0; k < warps; ++k) s += half[k];  // same order in every thread
-  return s;
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    double s = 0.0;
+    for (int u = 0; u < warps; ++u) s += half[N * u + k];  // same order in every thread
+    v[k] = s;
+  }
 }
-constexpr int kMaxMapThreads = 16 * 32;  // warps that fit a half of block_sum's slots
+constexpr int kMaxMapThreads = 8 * 32;  // 8 warps x 2 sums fill a half of the 32 slots
 
 // Bytes of working memory one map needs in block_map_kernel: 40 doubles for
 // reductions and scalars, then the map, its Gram and four vectors in the
@@ -306,7 +314,9 @@ __global__ void __launch_bounds__(256, 3) block_map_kernel(MapBatch x, EnergyPar
         part += u * u;
       }
     }
-    const double total = block_sum(part, red, turn);
+    double sum1[1] = {part};
+    block_sum(sum1, red, turn);
+    const double total = sum1[0];
     if (!is_finite(total) || total == 0.0 || !needs_eigen(p, h, w)) {
       if (tid == 0) out[t] = is_finite(total) ? sqrt(total) : NAN;
       __syncthreads();
@@ -332,49 +342,56 @@ __global__ void __launch_bounds__(256, 3) block_map_kernel(MapBatch x, EnergyPar
       gram[b * d + a] = s;
     }
     __syncthreads();
-    // Householder tridiagonalisation, the steps of tridiagonalize with three
-    // barriers each.  The reflector v = x - alpha e1 is read in place from
-    // row k (x), which step k leaves alone, so it is never copied; w' = w - h v
-    // is formed where it is used.  B's column r stands for its row r (B is
-    // symmetric): a warp then reads neighbouring words, where a row walk hits
-    // one shared-memory bank many times over.  Reductions in double.
+    // Householder tridiagonalisation (the reflectors of tridiagonalize) with
+    // one block reduction and two barriers per step.  x, row k right of the
+    // diagonal, is left alone by step k, so the reflector v = x - alpha e1 is
+    // read in place.  B x does not depend on alpha, so it is formed in the same
+    // pass as |x|^2 and x.Bx, and then, with alpha known,
+    //   w = beta B v = beta (B x - alpha B e1),  v.Bv = x.Bx - 2 alpha (Bx)_0 + alpha^2 B_00,
+    // and w - h v is formed where the rank-2 update uses it.  B's column r
+    // stands for its row r (B is symmetric), so a warp reads neighbouring
+    // words where a row walk hits one shared-memory bank many times over; two
+    // threads share each entry of B x (even and odd j) to halve its chain of
+    // dependent adds.  Reductions in double.
+    S* bx = wv;   // B x
+    S* be1 = eig; // B e1, copied: the update rewrites B's first row
     for (int k = 0; k + 2 < d; ++k) {
       const int m = d - k - 1;
-      const S* xk = gram + k * d + (k + 1);  // row k right of the diagonal
-      S* b = gram + (k + 1) * d + (k + 1);  // B = trailing m x m block, rows d apart
-      double np = 0.0;
-      for (int e = tid; e < m; e += nt) np += double(xk[e]) * double(xk[e]);
-      const double norm2 = block_sum(np, red, turn);
-      if (norm2 == 0.0) {  // already reduced; uniform, so every thread skips alike
-        if (tid == 0) {
-          diag[k] = gram[k * d + k];
-          off[k] = S(0);
+      const S* xk = gram + k * d + (k + 1);
+      S* b = gram + (k + 1) * d + (k + 1);  // trailing m x m block, rows d apart
+      double sums[2] = {0.0, 0.0};          // |x|^2, x.Bx
+      for (int base = 0; base < m; base += nt / 2) {  // same trip count in every thread
+        const int r = base + (tid >> 1);
+        S s = S(0);
+        if (r < m)
+          for (int j = tid & 1; j < m; j += 2) s += b[j * d + r] * xk[j];
+        s += S(__shfl_xor_sync(0xffffffffu, s, 1));
+        if (r < m && (tid & 1) == 0) {
+          bx[r] = s;
+          be1[r] = b[r];
+          sums[0] += double(xk[r]) * double(xk[r]);
+          sums[1] += double(xk[r]) * double(s);
         }
+      }
+      block_sum(sums, red, turn);
+      const double norm2 = sums[0];
+      if (tid == 0) diag[k] = gram[k * d + k];
+      if (norm2 == 0.0) {  // already reduced; uniform, so every thread skips alike
+        if (tid == 0) off[k] = S(0);
         continue;
       }
       const S x0 = xk[0];
-      const S alpha = S(x0 > S(0) ? -sqrt(norm2) : sqrt(norm2));
-      const S beta = S(1.0 / (norm2 - double(alpha) * double(x0)));
-      const S v0 = x0 - alpha;
-      if (tid == 0) {
-        diag[k] = gram[k * d + k];
-        off[k] = alpha;
-      }
-      // w = beta B v, one entry per thread
-      double vwp = 0.0;
-      for (int r = tid; r < m; r += nt) {
-        S s = b[r] * v0;
-        for (int j = 1; j < m; ++j) s += b[j * d + r] * xk[j];
-        const S wr = beta * s;
-        wv[r] = wr;
-        vwp += double(r == 0 ? v0 : xk[r]) * double(wr);
-      }
-      const S hh = S(0.5 * double(beta) * block_sum(vwp, red, turn));
-      // B <- B - v w'^T - w' v^T
+      const double alpha = x0 > S(0) ? -sqrt(norm2) : sqrt(norm2);
+      const double beta = 1.0 / (norm2 - alpha * double(x0));
+      const double vbv = sums[1] - 2.0 * alpha * double(bx[0]) + alpha * alpha * double(be1[0]);
+      if (tid == 0) off[k] = S(alpha);
+      const S v0 = S(double(x0) - alpha), a = S(alpha), bt = S(beta), hh = S(0.5 * beta * beta * vbv);
+      // B <- B - v w'^T - w' v^T,  w' = w - h v
       for (int e = tid; e < m * m; e += nt) {
         const int r = e / m, j = e % m;
         const S vr = r == 0 ? v0 : xk[r], vj = j == 0 ? v0 : xk[j];
-        b[r * d + j] -= vr * (wv[j] - hh * vj) + (wv[r] - hh * vr) * vj;
+        const S wr = bt * (bx[r] - a * be1[r]) - hh * vr, wj = bt * (bx[j] - a * be1[j]) - hh * vj;
+        b[r * d + j] -= vr * wj + wr * vj;
       }
       __syncthreads();
     }

@@ -180,19 +180,20 @@ void check_none(int64_t n, int64_t c, int64_t h, int64_t w, Layout layout, Energ
 // their squares overflow or underflow float.
 template <typename T>
 void check_truncated(int64_t n, int64_t c, int64_t h, int64_t w, EnergyParams p, int smem_optin, EnergyKernel want,
-                     double scale = 1.0, Kind kind = Kind::Normal) {
+                     double scale = 1.0, Kind kind = Kind::Normal, int threads = 0) {
   const Batch<T> b = make_batch<T>(n, c, h, w, Layout::NCHW, unsigned(h * 31 + w), scale, kind);
-  const EnergyPlan plan = plan_energies(b.x, p, 4, smem_optin);
+  EnergyPlan plan = plan_energies(b.x, p, 4, smem_optin);
   const std::string tag = std::string("truncated ") + (sizeof(T) == 8 ? "f64 " : "f32 ") + std::to_string(h) + "x" +
                           std::to_string(w) + " mode " + std::to_string(p.mode) + " optin " +
                           std::to_string(smem_optin) + " scale " + [&] {
                             char buf[32];
                             std::snprintf(buf, sizeof buf, "%g", scale);
                             return std::string(buf);
-                          }() + " " + name(kind);
+                          }() + " " + name(kind) + (threads ? " threads " + std::to_string(threads) : "");
   expect(plan.kernel == want, tag + ": planned kernel");
   expect(!plan.sums, tag + ": truncated energies are final");
   expect(plan.threads % 32 == 0 && plan.threads <= kMaxMapThreads, tag + ": block size");
+  if (threads > 0) plan.threads = threads;  // fewer threads than rows: the kernel's strided loops
   std::vector<double> out(size_t(n * c), -1.0);
   run_plan<T>(plan, b.x, p, out.data());
   const int d = int(h < w ? h : w);
@@ -326,6 +327,10 @@ int main() {
     check_truncated<float>(1, 2, 40, 33, EnergyParams{kCount, 3, 0.0}, 48 * 1024, EnergyKernel::BlockMap, 1.0, kind);
     check_truncated<double>(1, 2, 20, 17, EnergyParams{kRatio, 0, 0.9}, 48 * 1024, EnergyKernel::BlockMap, 1.0, kind);
   }
+  check_truncated<float>(1, 2, 56, 56, EnergyParams{kRatio, 0, 0.95}, 48 * 1024, EnergyKernel::BlockMap, 1.0,
+                         Kind::Normal, 32);
+  check_truncated<double>(1, 2, 20, 17, EnergyParams{kCount, 6, 0.0}, 1024, EnergyKernel::BlockMapGlobal, 1.0,
+                          Kind::Normal, 32);
   check_merge();
   if (failures) {
     std::printf("%d failure(s)\n", failures);
