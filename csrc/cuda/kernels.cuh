@@ -301,9 +301,19 @@ __global__ void __launch_bounds__(256, 3) block_map_kernel(MapBatch x, EnergyPar
   for (int64_t t = blockIdx.x; t < x.n * x.c; t += gridDim.x) {
     const int64_t i = t / x.c, c = t % x.c;
     const T* src = static_cast<const T*>(x.data) + x.offset(i, c, 0, 0);
-    for (int e = tid; e < h * w; e += nt) {
-      const int y = e / w, xx = e % w;
-      map[e] = S(ld(src + y * x.sh + xx * x.sw));  // exact: S holds every T
+    // Eight loads in flight per thread: `map` may live in global memory, so
+    // the compiler cannot move a load above the previous store on its own.
+    constexpr int kLoads = 8;
+    for (int e0 = tid; e0 < h * w; e0 += kLoads * nt) {
+      S r[kLoads];
+#pragma unroll
+      for (int u = 0; u < kLoads; ++u) {
+        const int e = e0 + u * nt, y = e / w, xx = e % w;
+        r[u] = e < h * w ? S(ld(src + y * x.sh + xx * x.sw)) : S(0);  // exact: S holds every T
+      }
+#pragma unroll
+      for (int u = 0; u < kLoads; ++u)
+        if (e0 + u * nt < h * w) map[e0 + u * nt] = r[u];
     }
     __syncthreads();
     double part = 0.0;
