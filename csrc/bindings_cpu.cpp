@@ -99,13 +99,15 @@ PYBIND11_MODULE(_C, m) {
           if (!ocnna::tridiagonal_eigenvalues(dg.data(), of.data(), d)) throw std::runtime_error("no convergence");
           ocnna::sort_descending(dg.data(), d);
           std::copy(dg.begin(), dg.end(), o);
-        } else if (method == "bisection") {
+        } else if (method == "bisection" || method == "multisection") {
           double lo, hi;
           ocnna::gershgorin_bounds(dg.data(), of.data(), d, &lo, &hi);
           const double tol = 2e-16 * std::max(std::fabs(lo), std::fabs(hi));
-          for (int k = 0; k < d; ++k) o[k] = ocnna::tridiagonal_kth_largest(dg.data(), of.data(), d, k, lo, hi, tol);
+          const int g = method == "bisection" ? 1 : 2;  // two points per step, as the CUDA core at 56x56
+          for (int k = 0; k < d; ++k)
+            o[k] = ocnna::tridiagonal_kth_largest(dg.data(), of.data(), d, k, lo, hi, tol, g);
         } else {
-          throw std::invalid_argument("method must be ql or bisection");
+          throw std::invalid_argument("method must be ql, bisection or multisection");
         }
         return out;
       },

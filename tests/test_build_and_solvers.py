@@ -1,8 +1,9 @@
-"""Build facts, and the three tridiagonal eigen-solvers of the shared header.
+"""Build facts, and the tridiagonal eigen-solvers of the shared header.
 
-The CUDA core finds eigenvalues by Sturm bisection; CI has no GPU, so that
-solver is also exposed through the CPU module and checked here against QL and
-NumPy."""
+The CUDA core finds eigenvalues by Sturm multisection (a few points per step,
+one per lane); CI has no GPU, so that solver is also exposed through the CPU
+module, with its points counted one after another, and checked here against
+QL and NumPy, with one point per step (bisection) and two."""
 from __future__ import annotations
 
 import shutil
@@ -35,7 +36,7 @@ def test_cuda_core_imports_without_a_gpu():
     assert _native._C_cuda.device_count() >= 0  # no exception without a driver
 
 
-@pytest.mark.parametrize("method", ["ql", "bisection"])
+@pytest.mark.parametrize("method", ["ql", "bisection", "multisection"])
 @pytest.mark.parametrize("d", [1, 2, 3, 7, 30, 112])
 def test_tridiagonal_solvers_agree_with_numpy(method, d):
     rng = np.random.default_rng(d)
@@ -59,7 +60,7 @@ def test_tridiagonal_solvers_on_hard_spectra():
     for diag, off in cases:
         t = np.diag(diag) + np.diag(off[:-1], 1) + np.diag(off[:-1], -1)
         want = np.sort(np.linalg.eigvalsh(t))[::-1]
-        for method in ("ql", "bisection"):
+        for method in ("ql", "bisection", "multisection"):
             got = _native._C._tridiagonal_eigenvalues(diag.copy(), off.copy(), method)
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-14, err_msg=method)
 

@@ -346,20 +346,38 @@ OCNNA_HD int sturm_count_below(const S* diag, const S* off, int d, S x) {
   return count;
 }
 
-// The k-th largest eigenvalue (k = 0 is the largest) of a symmetric
-// tridiagonal by bisection on [lo, hi] (a Gershgorin interval), to an absolute
-// width of `tol`.  Independent per k, so a GPU thread block finds all d of them
-// at once.
+// Multisection for one eigenvalue of a symmetric tridiagonal: g points split
+// [lo, hi] into g + 1 equal parts; point i is multisection_point(lo, hi, g, i).
+// Given j, how many of them lie at or below the eigenvalue (Sturm counts),
+// multisection_narrow keeps the part that holds it, and returns false when
+// the interval no longer shrinks (machine resolution).  g = 1 is bisection.
+// The CUDA core counts the g points on g lanes at once; the host loop below
+// counts them one after another, with the same arithmetic.
 template <typename S>
-OCNNA_HD S tridiagonal_kth_largest(const S* diag, const S* off, int d, int k, S lo, S hi, S tol) {
+OCNNA_HD S multisection_point(S lo, S hi, int g, int i) {
+  return lo + (hi - lo) / S(g + 1) * S(i + 1);
+}
+
+template <typename S>
+OCNNA_HD bool multisection_narrow(S& lo, S& hi, int g, int j) {
+  const S nlo = j == 0 ? lo : multisection_point(lo, hi, g, j - 1);
+  const S nhi = j == g ? hi : multisection_point(lo, hi, g, j);
+  const bool moved = nlo != lo || nhi != hi;
+  lo = nlo;
+  hi = nhi;
+  return moved;
+}
+
+// The k-th largest eigenvalue (k = 0 is the largest) of a symmetric
+// tridiagonal, by multisection with g points per step on [lo, hi] (a
+// Gershgorin interval), to an absolute width of `tol`.
+template <typename S>
+OCNNA_HD S tridiagonal_kth_largest(const S* diag, const S* off, int d, int k, S lo, S hi, S tol, int g = 1) {
   const int target = d - 1 - k;  // eigenvalue index counted from the smallest
   for (int it = 0; it < 128 && hi - lo > tol; ++it) {
-    const S mid = S(0.5) * (lo + hi);
-    if (!(mid > lo && mid < hi)) break;  // interval at machine resolution
-    if (sturm_count_below(diag, off, d, mid) > target)
-      hi = mid;
-    else
-      lo = mid;
+    int j = 0;
+    for (int i = 0; i < g; ++i) j += sturm_count_below(diag, off, d, multisection_point(lo, hi, g, i)) <= target;
+    if (!multisection_narrow(lo, hi, g, j)) break;
   }
   return S(0.5) * (lo + hi);
 }

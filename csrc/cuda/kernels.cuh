@@ -9,7 +9,7 @@
 //   block_map_kernel       truncated: one block per map (one warp when
 //                          min(H, W) <= 16); Gram and Householder steps spread
 //                          over the block, then every eigenvalue found at once
-//                          by Sturm bisection (one thread per eigenvalue), in
+//                          by Sturm multisection (a few lanes per eigenvalue), in
 //                          float for inputs of float precision.  The map and
 //                          Gram sit in shared memory up to the device's opt-in
 //                          limit (112x112 fits on Hopper); beyond it the same
@@ -263,6 +263,37 @@ __device__ void block_sum(double (&v)[N], double* red, int& turn) {
 }
 constexpr int kMaxMapThreads = 8 * 32;  // 8 warps x 2 sums fill a half of the 32 slots
 
+// Lanes per eigenvalue in the multisection: the most, up to a whole warp,
+// that let d eigenvalues share nt threads (a power of two, so that groups sit
+// inside warps).
+__host__ __device__ inline int multisection_lanes(int d, int nt) {
+  int g = 1;
+  while (g < 32 && 2 * g * d <= nt) g *= 2;
+  return g;
+}
+
+// tridiagonal_kth_largest (common/ocnna_math.h) with its g points on g
+// neighbouring lanes: one Sturm count per lane shrinks the interval
+// (g + 1)-fold (bisection: twofold), and a ballot joins the group's counts.
+// Every lane of the warp calls this, in step; k < 0 marks a lane with no
+// eigenvalue to find.
+template <typename S>
+__device__ S kth_largest_multisection(const S* diag, const S* off, int d, int k, int g, S lo, S hi, S tol) {
+  const int lane = threadIdx.x & 31, part = lane & (g - 1);
+  const unsigned group = (g == 32 ? 0xffffffffu : (1u << g) - 1u) << (lane - part);
+  const int target = d - 1 - k;  // the eigenvalue's index counted from the smallest
+  bool done = k < 0;
+  for (int it = 0; it < 128; ++it) {
+    done = done || !(hi - lo > tol);
+    if (!__any_sync(0xffffffffu, !done)) break;
+    // true where this lane's point lies at or below the eigenvalue
+    const bool below = !done && sturm_count_below(diag, off, d, multisection_point(lo, hi, g, part)) <= target;
+    const int j = __popc(__ballot_sync(0xffffffffu, below) & group);
+    if (!done) done = !multisection_narrow(lo, hi, g, j);
+  }
+  return S(0.5) * (lo + hi);
+}
+
 // Bytes of working memory one map needs in block_map_kernel: 40 doubles for
 // reductions and scalars, then the map, its Gram and four vectors in the
 // compute precision S (rounded up to 16 bytes, so global slices stay aligned).
@@ -418,10 +449,16 @@ __global__ void __launch_bounds__(256, 3) block_map_kernel(MapBatch x, EnergyPar
       red[33] = double(hi);
     }
     __syncthreads();
-    // every eigenvalue at once, already in descending order by index
+    // every eigenvalue at once, already in descending order by index, by
+    // groups of g lanes (all of the block's threads, not only d of them)
     const S lo = S(red[32]), hi = S(red[33]);
     const S tol = S(rel_tol * fmax(fabs(red[32]), fabs(red[33])));
-    for (int k = tid; k < d; k += nt) eig[k] = tridiagonal_kth_largest(diag, off, d, k, lo, hi, tol);
+    const int g = multisection_lanes(d, nt);
+    for (int base = 0; base < d * g; base += nt) {  // same trip count in every thread
+      const int k = (base + tid) / g;
+      const S e = kth_largest_multisection(diag, off, d, k < d ? k : -1, g, lo, hi, tol);
+      if (k < d && (tid & (g - 1)) == 0) eig[k] = e;
+    }
     __syncthreads();
     if (tid == 0) out[t] = sqrt(kept_energy(eig, d, p) * total);
     __syncthreads();
@@ -502,7 +539,7 @@ struct EnergyPlan {
   size_t smem_bytes = 0;  // dynamic shared memory per block (BlockMap)
   size_t ws_bytes = 0;    // global workspace of all blocks (BlockMapGlobal)
   ChunkSplit split{};     // ChannelsInner
-  double rel_tol = 0.0;   // BlockMap*: where Sturm bisection stops
+  double rel_tol = 0.0;   // BlockMap*: where the Sturm multisection stops
   bool sums = false;      // out holds F^2 (the None path); the square root is left to the caller
 };
 
@@ -531,7 +568,7 @@ inline EnergyPlan plan_energies(const MapBatch& x, const EnergyParams& p, int sm
   // one warp for small maps (7x7, 14x14: thousands per image, little work each)
   plan.threads = d <= 16 ? 32 : (d <= 32 ? 64 : (d <= 64 ? 128 : 256));
   static_assert(256 <= kMaxMapThreads, "block_sum has slots for every warp");
-  // Bisection stops at this width relative to the spectrum (trace 1): the
+  // Multisection stops at this width relative to the spectrum (trace 1): the
   // resolution of the compute type (float for inputs of float precision,
   // double for float64), where it would stop anyway.
   const bool f64 = x.dtype == kFloat64;

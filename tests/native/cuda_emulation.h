@@ -112,15 +112,19 @@ inline double __shfl_down_sync(unsigned, double v, int offset) {
   return ocnna_emu::exchange(v, [offset](int l) { return l + offset; });
 }
 
-inline int __any_sync(unsigned, bool p) {
+inline unsigned __ballot_sync(unsigned, bool p) {
   ocnna_emu::Warp& w = *ocnna_emu::warp;
   w.flag[ocnna_emu::lane()] = p;
   w.sync.arrive_and_wait();
-  bool any = false;
-  for (bool f : w.flag) any = any || f;
+  unsigned bits = 0;
+  for (int l = 0; l < 32; ++l) bits |= unsigned(w.flag[l]) << l;
   w.sync.arrive_and_wait();
-  return any;
+  return bits;
 }
+
+inline int __any_sync(unsigned mask, bool p) { return __ballot_sync(mask, p) != 0; }
+
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
 
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
   return std::atomic_ref<unsigned long long>(*p).fetch_add(v);
