@@ -311,6 +311,8 @@ __host__ __device__ int64_t block_buffer_bytes(int64_t h, int64_t w) {
 // Column means and the total energy stay in double; the map is centred and
 // scaled to unit norm before the Gram, so the Gram has unit trace and no
 // product can overflow or underflow S, whatever the activations' scale.
+// Launch bounds: at most 80 registers, so 6 blocks of 128 threads (56x56) or
+// 3 of 256 share an SM; left to itself nvcc takes 96.
 template <typename T>
 __global__ void __launch_bounds__(256, 3) block_map_kernel(MapBatch x, EnergyParams p, double* out, double* global_ws,
                                  double rel_tol) {
@@ -322,9 +324,9 @@ __global__ void __launch_bounds__(256, 3) block_map_kernel(MapBatch x, EnergyPar
                           : smem;  // 32 slots for block_sum, then scalars
   S* map = reinterpret_cast<S*>(red + 40);
   S* gram = map + h * w;
-  S* eig = gram + d * d;
-  S* wv = eig + d;
-  S* diag = wv + d;
+  S* eig = gram + d * d;  // B e1 during the Householder steps, then the eigenvalues
+  S* bx = eig + d;        // B x during the Householder steps
+  S* diag = bx + d;
   S* off = diag + d;
   const int tid = threadIdx.x, nt = blockDim.x;
   int turn = 0;
@@ -394,8 +396,7 @@ __global__ void __launch_bounds__(256, 3) block_map_kernel(MapBatch x, EnergyPar
     // words where a row walk hits one shared-memory bank many times over; two
     // threads share each entry of B x (even and odd j) to halve its chain of
     // dependent adds.  Reductions in double.
-    S* bx = wv;   // B x
-    S* be1 = eig; // B e1, copied: the update rewrites B's first row
+    S* be1 = eig;  // copied: the update rewrites B's first row
     for (int k = 0; k + 2 < d; ++k) {
       const int m = d - k - 1;
       const S* xk = gram + k * d + (k + 1);
