@@ -544,6 +544,8 @@ struct EnergyPlan {
   bool sums = false;      // out holds F^2 (the None path); the square root is left to the caller
 };
 
+constexpr size_t kMaxWorkspace = size_t(1) << 30;  // global workspace of BlockMapGlobal, bytes
+
 inline EnergyPlan plan_energies(const MapBatch& x, const EnergyParams& p, int sms, int smem_optin) {
   EnergyPlan plan;
   const int64_t maps = x.n * x.c;
@@ -582,7 +584,12 @@ inline EnergyPlan plan_energies(const MapBatch& x, const EnergyParams& p, int sm
     plan.smem_bytes = bytes;
   } else {  // too large for shared memory: one global slice per block
     plan.kernel = EnergyKernel::BlockMapGlobal;
-    const int64_t cap = int64_t(sms) * 4;
+    // four blocks per SM, fewer where their slices would pass kMaxWorkspace
+    // (a 1000x1000 float map needs 8 MB)
+    const int64_t fit = int64_t(kMaxWorkspace / bytes);
+    int64_t cap = int64_t(sms) * 4;
+    cap = fit < cap ? fit : cap;
+    cap = cap > 1 ? cap : 1;
     plan.blocks = int(maps < cap ? maps : cap);
     plan.ws_bytes = bytes * size_t(plan.blocks);
   }

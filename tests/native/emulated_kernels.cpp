@@ -331,6 +331,15 @@ int main() {
                          Kind::Normal, 32);
   check_truncated<double>(1, 2, 20, 17, EnergyParams{kCount, 6, 0.0}, 1024, EnergyKernel::BlockMapGlobal, 1.0,
                           Kind::Normal, 32);
+  {  // maps far beyond shared memory: the global workspace stays within its bound
+    MapBatch big{};
+    big.dtype = kFloat32, big.n = 64, big.c = 512, big.h = 1000, big.w = 1000;
+    big.sn = 512000000, big.sc = 1000000, big.sh = 1000, big.sw = 1;
+    const EnergyPlan plan = plan_energies(big, EnergyParams{kRatio, 0, 0.9}, 132, 227 * 1024);
+    expect(plan.kernel == EnergyKernel::BlockMapGlobal && plan.blocks >= 1 &&
+               plan.ws_bytes <= kMaxWorkspace && plan.ws_bytes == size_t(plan.blocks) * size_t(block_buffer_bytes<float>(1000, 1000)),
+           "plan: 1000x1000 maps get " + std::to_string(plan.blocks) + " blocks, " + std::to_string(plan.ws_bytes) + " bytes");
+  }
   check_merge();
   if (failures) {
     std::printf("%d failure(s)\n", failures);
