@@ -237,6 +237,11 @@ __global__ void sqrt_kernel(double* v, int64_t n) {
 }
 
 // ------------------------------------------------------ truncated maps --
+__device__ __forceinline__ double warp_sum(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;  // every lane holds the total
+}
+
 // Sums of the N values v[] over the block, the same in every thread, with one
 // barrier.  Calls alternate between the two halves of `red` (`turn` flips
 // each call, in step in every thread): a thread writing a half has passed the
@@ -245,9 +250,8 @@ __global__ void sqrt_kernel(double* v, int64_t n) {
 // every shared write made before the call.
 template <int N>
 __device__ void block_sum(double (&v)[N], double* red, int& turn) {
-  for (int o = 16; o > 0; o >>= 1)
 #pragma unroll
-    for (int k = 0; k < N; ++k) v[k] += __shfl_down_sync(0xffffffffu, v[k], o);
+  for (int k = 0; k < N; ++k) v[k] = warp_sum(v[k]);
   double* half = red + 16 * (turn ^= 1);
   if ((threadIdx.x & 31) == 0)
 #pragma unroll
@@ -467,11 +471,6 @@ __global__ void __launch_bounds__(256, 3) block_map_kernel(MapBatch x, EnergyPar
 }
 
 // ------------------------------------------------------- accumulation --
-__device__ __forceinline__ double warp_sum(double v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;  // every lane holds the total
-}
-
 // One warp per channel: the batch's energies (square roots of the None path's
 // sums taken here), their (mean, M2) by two passes, into bmean/bm2.  The last
 // block to finish merges every channel with Chan's rule, or none if any

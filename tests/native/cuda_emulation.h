@@ -108,10 +108,6 @@ inline double __shfl_xor_sync(unsigned, double v, int offset) {
   return ocnna_emu::exchange(v, [offset](int l) { return l ^ offset; });
 }
 
-inline double __shfl_down_sync(unsigned, double v, int offset) {
-  return ocnna_emu::exchange(v, [offset](int l) { return l + offset; });
-}
-
 inline unsigned __ballot_sync(unsigned, bool p) {
   ocnna_emu::Warp& w = *ocnna_emu::warp;
   w.flag[ocnna_emu::lane()] = p;
