@@ -444,8 +444,9 @@ OCNNA_HD bool needs_eigen(const EnergyParams& p, int h, int w) {
 // F for one h x w map loaded row-major into `map` (destroyed), all in double:
 // the per-map math in one function.  The CPU core runs the same steps on
 // groups of maps (csrc/cpu/), the CUDA core on a block per map
-// (csrc/cuda/kernels.cuh); tests/native/ checks those kernels against this.  `scratch` holds h*w + d*d + 4*d doubles,
-// d = min(h, w).  NaN for a map with a non-finite value.
+// (csrc/cuda/kernels.cuh); tests/native/ checks those kernels against this.
+// `scratch` holds h*w + d*d + 4*d doubles, d = min(h, w).  NaN for a map with
+// a non-finite value.
 OCNNA_HD double map_energy(double* map, int h, int w, const EnergyParams& p, double* scratch) {
   centre_columns(map, h, w);
   const double total = sum_squares(map, int64_t(h) * w);

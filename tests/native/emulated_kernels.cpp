@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -96,6 +97,7 @@ Batch<T> make_batch(int64_t n, int64_t c, int64_t h, int64_t w, Layout layout, u
       break;
   }
   if (kind != Kind::Normal) {
+    if (h > 64 || w > 64) throw std::invalid_argument("make_batch: structured maps up to 64 x 64");
     T* data = static_cast<T*>(const_cast<void*>(x.data));
     for (int64_t i = 0; i < n; ++i)
       for (int64_t ch = 0; ch < c; ++ch) {
