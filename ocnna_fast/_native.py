@@ -8,7 +8,7 @@ time and at import time.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -32,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
     _C_cuda = None
     _CUDA_IMPORT_ERROR = str(exc)
 
-__all__ = ["build_info", "parse_n_components", "batch_args", "cuda_core", "current_stream"]
+__all__ = ["build_info", "parse_n_components", "batch_args", "cuda_core", "concrete_device", "current_stream"]
 
 # Element type codes shared with csrc/common/ocnna_math.h (enum DType).
 DTYPE_CODES: Dict[torch.dtype, int] = {
@@ -87,6 +87,15 @@ def batch_args(x: torch.Tensor) -> Tuple[int, int, Tuple[int, ...], Tuple[int, .
             f"activations must be float32, float64, float16 or bfloat16, got {x.dtype}"
         ) from None
     return x.data_ptr(), code, tuple(x.shape), tuple(x.stride())
+
+
+def concrete_device(device: Union[str, torch.device]) -> torch.device:
+    """``device`` as a ``torch.device``, a bare ``"cuda"`` naming the current GPU
+    (so that accumulators and the tensors checked against them compare equal)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
 
 
 def current_stream(device: torch.device) -> int:

@@ -68,10 +68,7 @@ def _placement(model: nn.Module, device: Union[None, str, torch.device]) -> Tupl
     """``(home, run)``: where the model's weights are, and where to run it
     (``device``, default home; a bare ``"cuda"`` means the current GPU)."""
     home = _model_device(model)
-    run = torch.device(device) if device is not None else home
-    if run.type == "cuda" and run.index is None:
-        run = torch.device("cuda", torch.cuda.current_device())
-    return home, run
+    return home, _native.concrete_device(device if device is not None else home)
 
 
 def _total_images(data: Any, max_images: Optional[int]) -> Optional[int]:

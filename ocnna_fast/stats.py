@@ -74,9 +74,7 @@ class FilterStats:
         self.name = name
         self._images = 0  # images folded in, tracked on the host (no device sync)
         # Starting on the batches' device spares a blocking copy at the first update.
-        dev = torch.device("cpu") if device is None else torch.device(device)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
+        dev = _native.concrete_device("cpu" if device is None else device)
         self._count = torch.zeros(self.num_channels, dtype=torch.float64, device=dev)
         self._mean = torch.zeros(self.num_channels, dtype=torch.float64, device=dev)
         self._m2 = torch.zeros(self.num_channels, dtype=torch.float64, device=dev)
