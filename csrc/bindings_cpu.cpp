@@ -39,6 +39,7 @@ double* writable(Arr& a, int64_t size, const char* what) {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
+  m.attr("INTERNAL_FLAG") = py::int_(ocnna::kInternalFlag);  // accumulate: a failed solve, not bad input
   m.doc() = "ocnna-fast CPU core (framework-free)";
 
   m.def(
@@ -70,7 +71,8 @@ PYBIND11_MODULE(_C, m) {
       py::arg("ptr"), py::arg("dtype"), py::arg("shape"), py::arg("strides"), py::arg("mode"),
       py::arg("q"), py::arg("tau"), py::arg("count"), py::arg("mean"), py::arg("m2"),
       "Fold a batch into per-channel (count, mean, m2); returns -1, or the first channel with a "
-      "non-finite map (then nothing is changed).");
+      "non-finite map, or INTERNAL_FLAG + the channel whose eigen-solve failed (then nothing is "
+      "changed).");
 
   m.def(
       "merge",

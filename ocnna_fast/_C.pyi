@@ -4,6 +4,8 @@ from typing import Sequence
 import numpy as np
 import numpy.typing as npt
 
+INTERNAL_FLAG: int  # accumulate returns INTERNAL_FLAG + channel when an eigen-solve failed
+
 def energies(ptr: int, dtype: int, shape: Sequence[int], strides: Sequence[int], mode: int, q: int,
              tau: float, out: npt.NDArray[np.float64]) -> None:
     """Per-map energies F[n, c] into out (float64, N*C)."""

@@ -11,7 +11,10 @@ Everything reads the shipped data (``--data-dir``, ``$OCNNA_DATA_DIR`` or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -80,8 +83,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     scores = score(model, batches, n_components=args.n_components, device=args.device,
                    progress=not args.no_progress)
     seconds = time.perf_counter() - t
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(args.out)
     scores.save(out / "scores.safetensors")
     layers = {
         name: {"channels": ls.num_channels, "dead": int(ls.dead.sum()),
@@ -93,7 +95,9 @@ def cmd_score(args: argparse.Namespace) -> int:
                "n_components": args.n_components, "scoring_seconds": seconds,
                "images_per_second": len(x) / seconds, "ocnna_fast": __version__, "torch": torch.__version__,
                "layers": layers}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    from .atomic import write_text_atomic
+
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     print(f"scored {len(scores)} conv layers of {args.arch} on {len(x)} images "
           f"(n_components={args.n_components!r}) in {seconds:.2f} s ({len(x) / seconds:.0f} images/s)")
     print(f"{'layer':<22} {'filters':>7} {'dead':>5} {'score min':>10} {'mean':>8} {'max':>8}")
@@ -121,17 +125,58 @@ def _macs_params(model, size: int):
 
 
 def _write_report(out: Path, report: dict, title: str) -> None:
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    from .atomic import write_text_atomic
+
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2))
     rows = "\n".join(f"| {k} | {v if not isinstance(v, float) else round(v, 4)} |" for k, v in report.items()
                      if not isinstance(v, (dict, list)))
-    (out / "report.md").write_text(f"# {title}\n\n| metric | value |\n| --- | --- |\n{rows}\n")
+    write_text_atomic(out / "report.md", f"# {title}\n\n| metric | value |\n| --- | --- |\n{rows}\n")
+
+
+def _out_dir(path: str) -> Path:
+    """The --out folder, created if missing; a file in its place is an error."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+INCOMPLETE = "INCOMPLETE"
+
+
+@contextlib.contextmanager
+def _staged(out: Path):
+    """A fresh folder inside ``out`` for a run's outputs.  Nothing in ``out``
+    changes until the run succeeds and ``_publish`` moves them in, so an
+    interrupted run never leaves new files beside an old run's report."""
+    staging = out / f".staging-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(staging: Path, out: Path, names: Sequence[str]) -> None:
+    """Moves a finished run's outputs from ``staging`` into ``out``.  While
+    they move, ``out/INCOMPLETE`` says the folder mixes two runs; it is removed
+    once all are in place (a folder that keeps it was interrupted here)."""
+    marker = out / INCOMPLETE
+    marker.write_text("ocnna-fast was replacing the outputs in this folder and was interrupted: "
+                      "they may mix two runs. Rerun the command.\n")
+    for name in names:
+        dst = out / name
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        os.replace(staging / name, dst)
+    marker.unlink()
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .batchnorm import recalibrate_batchnorm
-    from .distill import distill, evaluate
     from .models import input_size
-    from .pruning import count_params, prune, save_pruned
 
     if not 0 <= args.k < 100:
         raise SystemExit(f"error: --k is a percentile in [0, 100), got {args.k}")
@@ -142,8 +187,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if size != 32:
         raise SystemExit(f"error: --arch {args.arch} takes {size}px inputs; the shipped CIFAR-10 data is 32px")
     torch.manual_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(args.out)
+    with _staged(out) as stage:
+        return _prune_into(args, model, weights, size, out, stage)
+
+
+def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: Path, stage: Path) -> int:
+    from .batchnorm import recalibrate_batchnorm
+    from .distill import distill, evaluate, state_sha256
+    from .pruning import count_params, prune, save_pruned
+
     progress = not args.no_progress
     evalset = _jpeg("test", args.eval_images, args.data_dir, False, args.seed)
     scoreset = _jpeg("train", args.score_images, args.data_dir, False, args.seed + 1)
@@ -153,7 +206,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     scores = score(model, (x for x, _ in scoreset.batches(args.batch_size)), n_components=args.n_components,
                    progress=progress)
     scoring_seconds = time.perf_counter() - t
-    scores.save(out / "scores.safetensors")
+    scores.save(stage / "scores.safetensors")
     pruned, plan = prune(model, scores, args.k, torch.zeros(1, 3, size, size))
     surgery_acc = evaluate(pruned, evalset)
     print(f"pruned at k={args.k}: {count_params(pruned)}/{count_params(model)} parameters, "
@@ -176,7 +229,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     after = evaluate(pruned, evalset)
     base_macs, base_params = _macs_params(model, size)
     pr_macs, pr_params = _macs_params(pruned, size)
-    save_pruned(out / "pruned", pruned, plan, extra={"arch": args.arch, "num_classes": 10})
+    save_pruned(stage / "pruned", pruned, plan, extra={"arch": args.arch, "num_classes": 10})
     report = {
         "arch": args.arch, "dataset": "cifar10-jpeg (q~75 JPEG copy of CIFAR-10; see PROVENANCE)",
         "base_weights": weights, "k": args.k, "n_components": args.n_components,
@@ -187,9 +240,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "rpr": pr_params / base_params, "base_macs": base_macs, "pruned_macs": pr_macs,
         "macs_ratio": pr_macs / base_macs, "scoring_seconds": scoring_seconds,
         "finetune_epochs": args.finetune_epochs, "finetune_seconds": finetune_seconds,
-        "distill_history": history,
+        "distill_history": history, "pruned_weights_sha256": state_sha256(pruned),
     }
-    _write_report(out, report, f"OCNNA: {args.arch}, k={args.k}")
+    _write_report(stage, report, f"OCNNA: {args.arch}, k={args.k}")
+    _publish(stage, out, ["scores.safetensors", "pruned", "report.json", "report.md"])
     print(f"accuracy {base_acc:.2f}% -> {before:.2f}% (pruned) -> {after:.2f}% "
           f"(after {args.finetune_epochs} epochs of distillation); RPR {report['rpr']:.4f}, "
           f"MACs ratio {report['macs_ratio']:.4f}")
@@ -203,8 +257,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from .distill import evaluate, finetune
 
     model, weights = _load_model(args.arch, args.weights, args.data_dir)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(args.out)
     evalset = _jpeg("test", args.eval_images, args.data_dir, False, args.seed)
     trainset = _jpeg("train", args.train_images, args.data_dir, True, args.seed + 2)
     before = evaluate(model, evalset)
@@ -213,7 +266,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                        checkpoint_dir=out / "finetune", progress=not args.no_progress)
     seconds = time.perf_counter() - t
     after = evaluate(model, evalset)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    from .atomic import atomic_path
+
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
     report = {"arch": args.arch, "dataset": "cifar10-jpeg", "base_weights": weights, "epochs": args.epochs,
               "accuracy_before": before, "accuracy_after": after, "eval_images": len(evalset),
               "train_images": len(trainset), "finetune_seconds": seconds, "history": history,
@@ -254,6 +310,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ocnna-fast", description="Fast, exact OCNNA filter scoring for PyTorch CNNs")
     p.add_argument("--version", action="version", version=f"ocnna-fast {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of expected errors too")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("score", help="score the filters of a pretrained model on shipped images")
@@ -316,9 +373,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
+    debug = getattr(args, "debug", False)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted: this run's outputs were not written; the same command resumes a distillation "
+              "from its last finished epoch", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:
+        # expected failures (bad arguments, files, data): one line; anything
+        # else (a bug, InternalError included) keeps its traceback
+        if debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -11,6 +11,7 @@ is resumed ends with the same weights as one that was never interrupted.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -20,7 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["distill", "finetune", "evaluate", "TensorImages"]
+from .atomic import atomic_path
+from .module_state import restore_training_flags, training_flags
+
+__all__ = ["distill", "finetune", "evaluate", "TensorImages", "distillation_loss", "state_sha256"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -39,6 +43,16 @@ class TensorImages:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def fingerprint(self) -> str:
+        """sha256 of the images, labels, normalisation and augmentation flag:
+        what a distillation checkpoint records of its data."""
+        h = hashlib.sha256()
+        for t in (self.images, self.labels, self.mean, self.std):
+            h.update(str((t.dtype, tuple(t.shape))).encode())
+            h.update(t.detach().contiguous().cpu().numpy().tobytes())
+        h.update(b"augment" if self.augment else b"plain")
+        return h.hexdigest()
 
     def batch(self, idx: torch.Tensor, gen: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         x = self.images[idx].float().div_(255.0)
@@ -65,8 +79,8 @@ class TensorImages:
 
 def evaluate(model: nn.Module, data: TensorImages, batch_size: int = 256, device: Union[str, torch.device] = "cpu",
              progress: bool = False) -> float:
-    """Top-1 accuracy in percent; the model's training flag is restored."""
-    was = model.training
+    """Top-1 accuracy in percent; every module's training flag is restored."""
+    was = training_flags(model)
     model.eval()
     correct = 0
     it = data.batches(batch_size)
@@ -79,14 +93,37 @@ def evaluate(model: nn.Module, data: TensorImages, batch_size: int = 256, device
             for x, y in it:
                 correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
     finally:
-        model.train(was)
+        restore_training_flags(was)
     return 100.0 * correct / max(1, len(data))
 
 
+def state_sha256(model: nn.Module) -> str:
+    """sha256 over a model's state dict (names, dtypes, shapes, values): it
+    names both the architecture (a plan changes the shapes) and the weights."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: Optional[torch.Tensor], labels: torch.Tensor,
+                      temperature: float, alpha: float) -> torch.Tensor:
+    """Hinton et al.'s loss: ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) +
+    (1 - alpha) * CE(s, y)``, KL averaged over the batch.  The ``T^2`` keeps
+    the soft term's gradients on the scale of the hard term's whatever T is.
+    ``teacher_logits=None`` (or ``alpha=0``) is plain cross-entropy."""
+    ce = F.cross_entropy(logits, labels)
+    if teacher_logits is None or alpha == 0:
+        return ce
+    kd = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(teacher_logits / temperature, 1),
+                  reduction="batchmean", log_target=True) * temperature ** 2
+    return alpha * kd + (1 - alpha) * ce
+
+
 def _save_atomic(obj: Dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def distill(
@@ -128,6 +165,12 @@ def distill(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
     config = {"epochs": epochs, "lr": lr, "temperature": temperature, "alpha": alpha, "batch_size": batch_size,
               "seed": seed, "n": len(train_data), "distill": teacher is not None}
+    if checkpoint_dir is not None:
+        # what the run belongs to: the student as it starts (its shapes are the
+        # plan, its values the kept weights), the teacher and the data; a
+        # checkpoint of another run is refused, never resumed into this one
+        config.update(student_sha256=state_sha256(student), data_sha256=train_data.fingerprint(),
+                      teacher_sha256=state_sha256(teacher) if teacher is not None else None)
     history: List[Dict[str, float]] = []
     start = 0
     ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
@@ -138,8 +181,14 @@ def distill(
                 ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
             except Exception as exc:
                 raise ValueError(f"cannot read checkpoint {ckpt_path}: {exc}") from exc
-            if ck.get("config") != config:
-                raise ValueError(f"checkpoint {ckpt_path} is from another run: {ck.get('config')} != {config}")
+            if not isinstance(ck, dict) or ck.get("config") != config:
+                theirs = ck.get("config") if isinstance(ck, dict) else None
+                theirs = theirs if isinstance(theirs, dict) else {}
+                differ = sorted(k for k in set(config) | set(theirs) if config.get(k) != theirs.get(k))
+                raise ValueError(
+                    f"checkpoint {ckpt_path} belongs to another run (differs in: {', '.join(differ) or 'format'}); "
+                    "remove it, or use another checkpoint folder"
+                )
             student.load_state_dict(ck["student"])
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
@@ -158,13 +207,11 @@ def distill(
             for x, y in train_data.batches(batch_size, shuffle=True, gen=gen):
                 x, y = x.to(device), y.to(device)
                 logits = student(x)
-                loss = F.cross_entropy(logits, y)
+                t_logits = None
                 if teacher is not None and alpha > 0:
                     with torch.no_grad():
                         t_logits = teacher(x)
-                    kd = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(t_logits / temperature, 1),
-                                  reduction="batchmean", log_target=True) * temperature ** 2
-                    loss = alpha * kd + (1 - alpha) * loss
+                loss = distillation_loss(logits, t_logits, y, temperature, alpha)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

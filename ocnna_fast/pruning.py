@@ -10,6 +10,7 @@ fresh model so a pruned network is stored as ``plan.json`` plus
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic import atomic_path, write_text_atomic
+from .module_state import restore_training_flags, training_flags
 from .scores import LayerScores
 
 __all__ = ["prune", "apply_plan", "save_pruned", "load_pruned", "count_params", "group_scores", "select_channels"]
@@ -41,12 +44,18 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def select_channels(group_score: np.ndarray, k: float) -> np.ndarray:
+def select_channels(group_score: np.ndarray, k: float, name: Optional[str] = None) -> np.ndarray:
     """Indices (ascending) to keep: those not below the k-th percentile of the
-    group's scores (NumPy ``percentile``, linear interpolation); never none."""
+    group's scores (NumPy ``percentile``, linear interpolation); never none.
+    Non-finite scores are refused (a NaN would make the percentile NaN and
+    drop every channel), naming the group ``name``."""
     s = np.asarray(group_score, dtype=np.float64)
+    where = f"group {name!r}" if name else "group"
     if s.ndim != 1 or s.size == 0:
-        raise ValueError("group scores must be a non-empty 1-D array")
+        raise ValueError(f"{where}: scores must be a non-empty 1-D array")
+    if not np.all(np.isfinite(s)):
+        bad = np.flatnonzero(~np.isfinite(s))
+        raise ValueError(f"{where}: non-finite scores at channels {bad[:8].tolist()}; rescore the layer")
     threshold = np.percentile(s, k)
     keep = np.flatnonzero(s >= threshold)
     if keep.size == 0:  # cannot happen for finite scores, kept as a guard
@@ -151,7 +160,7 @@ def prune(
                 members.append((ls, [int(i) for i in idxs]))
         if not members:
             continue  # no scored conv decides this group: it stays whole
-        keep = select_channels(group_scores(members), k)
+        keep = select_channels(group_scores(members), k, name=names[root])
         removed = sorted(set(range(width)) - set(keep.tolist()))
         decisions.append({"root": names[root], "channels": width, "removed": removed})
 
@@ -197,9 +206,13 @@ def _make_plan(base: nn.Module, pruned: nn.Module, decisions, k, example_inputs)
 
 
 def _verify(pruned: nn.Module, example_inputs: torch.Tensor, base: nn.Module) -> None:
-    with torch.no_grad():
-        out = pruned(example_inputs)
-        ref = base.eval()(example_inputs)
+    flags = training_flags(base)  # the caller's model leaves as it came
+    try:
+        with torch.no_grad():
+            out = pruned(example_inputs)
+            ref = base.eval()(example_inputs)
+    finally:
+        restore_training_flags(flags)
     if isinstance(out, torch.Tensor) and out.shape != ref.shape:
         raise RuntimeError(f"pruned model output shape {tuple(out.shape)} differs from {tuple(ref.shape)}")
 
@@ -240,29 +253,43 @@ def apply_plan(base_model: nn.Module, plan: Dict[str, Any]) -> nn.Module:
             DG.get_pruning_group(root, tp.prune_conv_out_channels, idxs=list(g["removed"])).prune()
     got = _layer_table(model)
     if got != plan["layers_after"]:
-        diff = [n for n in plan["layers_after"] if got.get(n) != plan["layers_after"][n]]
-        raise ValueError(f"plan does not fit this model: layers differ after replay, e.g. {diff[:3]}")
+        want = plan["layers_after"]
+        only_plan = sorted(set(want) - set(got))
+        only_model = sorted(set(got) - set(want))
+        shapes = [n for n in want if n in got and got[n] != want[n]]
+        parts = [f"{label}: {names[:3]}" for label, names in (
+            ("layers only in the plan", only_plan), ("layers only in the model", only_model),
+            ("layers of other widths", shapes)) if names]
+        raise ValueError("plan does not fit this model (another architecture?); " + "; ".join(parts))
     return model
 
 
 def save_pruned(directory: PathLike, model: nn.Module, plan: Dict[str, Any],
                 extra: Optional[Dict[str, Any]] = None) -> Path:
-    """Writes ``plan.json`` and ``model.safetensors`` (each atomically)."""
+    """Writes ``model.safetensors`` and ``plan.json`` (each atomically; the
+    plan records the sha256 of the weights file, which ``load_pruned`` checks)."""
     from safetensors.torch import save_file
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(d / "model.safetensors") as tmp:
+        save_file(state, tmp)
+        digest = _file_sha256(tmp)
     doc = dict(plan)
+    doc["weights_sha256"] = digest
     if extra:
         doc["model"] = extra
-    tmp = d / f".plan.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, d / "plan.json")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = d / f".model.safetensors.tmp-{os.getpid()}"
-    save_file(state, str(tmp))
-    os.replace(tmp, d / "model.safetensors")
+    write_text_atomic(d / "plan.json", json.dumps(doc, indent=1))
     return d
+
+
+def _file_sha256(path: PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load_pruned(directory: PathLike, base_model: Optional[nn.Module] = None) -> nn.Module:
@@ -286,6 +313,14 @@ def load_pruned(directory: PathLike, base_model: Optional[nn.Module] = None) -> 
         from .models import build
 
         base_model = build(spec["arch"], num_classes=spec.get("num_classes", 10))
+    want = plan.get("weights_sha256")
+    if not isinstance(want, str):
+        raise ValueError(f"{d / 'plan.json'} does not name the weights it belongs to (no weights_sha256)")
+    if not (d / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{d / 'model.safetensors'} not found")
+    if _file_sha256(d / "model.safetensors") != want:
+        raise ValueError(f"{d / 'model.safetensors'} is not the weights file {d / 'plan.json'} was saved with "
+                         "(sha256 differs): the two files come from different runs, or one is damaged")
     model = apply_plan(base_model, plan)
     try:
         state = load_file(str(d / "model.safetensors"))

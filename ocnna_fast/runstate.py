@@ -10,7 +10,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from . import validate
 from ._native import _C
+from .atomic import atomic_path
 from .stats import FilterStats
 
 __all__ = ["model_fingerprint", "save_checkpoint", "load_checkpoint", "merge_across_ranks"]
@@ -37,8 +39,9 @@ def model_fingerprint(model: nn.Module, stats: Dict[str, FilterStats], n_compone
 
 def save_checkpoint(path: str, stats: Dict[str, FilterStats], fingerprint: Dict[str, Any], batches: int,
                     images: int) -> None:
-    """Writes accumulators and position to ``path`` atomically: a temporary file
-    in the same folder, flushed to disk, then renamed over the old one."""
+    """Writes accumulators and position to ``path`` atomically (a temporary
+    file in the same folder, flushed to disk, then renamed over the old one),
+    with a sha256 of the contents that ``load_checkpoint`` checks."""
     from safetensors.torch import save_file
 
     tensors = {}
@@ -48,46 +51,63 @@ def save_checkpoint(path: str, stats: Dict[str, FilterStats], fingerprint: Dict[
         tensors[f"{i}.images"] = torch.tensor([sd["images"]], dtype=torch.int64)
     meta = {"format": _FORMAT, "version": _VERSION, "fingerprint": json.dumps(fingerprint, sort_keys=True),
             "batches": str(batches), "images": str(images)}
-    tmp = f"{path}.tmp-{os.getpid()}"
-    save_file(tensors, tmp, metadata=meta)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    meta["sha256"] = validate.tensors_sha256(tensors, list(meta.items()))
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=meta)
+
+
+def _count_field(meta: Dict[str, str], key: str, path: str) -> int:
+    text = meta.get(key)
+    if not isinstance(text, str) or not text.isdigit():
+        raise ValueError(f"checkpoint {path}: {key} must be a non-negative integer, got {text!r}")
+    return int(text)
 
 
 def load_checkpoint(path: str, stats: Dict[str, FilterStats], fingerprint: Dict[str, Any]) -> Tuple[int, int]:
     """Restores accumulators from ``path`` into ``stats`` and returns
     ``(batches, images)`` already done.  A checkpoint of another model, layer
-    set or n_components, or a damaged file, is a ``ValueError`` and leaves
-    ``stats`` untouched (everything is read and checked before anything is set)."""
+    set or n_components, or a damaged or tampered file, is a ``ValueError``
+    and leaves ``stats`` untouched (everything is read and checked before
+    anything is set)."""
     from safetensors import safe_open
 
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
-            if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
-                raise ValueError(f"{path} is not an ocnna-fast scoring checkpoint")
-            theirs = json.loads(meta["fingerprint"])
-            if theirs != json.loads(json.dumps(fingerprint, sort_keys=True)):
-                what = [k for k in fingerprint if theirs.get(k) != fingerprint[k]]
-                raise ValueError(
-                    f"checkpoint {path} was written by a different run (differs in: {', '.join(what)}); "
-                    "delete it or score with the same model, layers and n_components"
-                )
-            batches, images = int(meta["batches"]), int(meta["images"])
-            states: List[Dict[str, Any]] = []
-            for i, st in enumerate(stats.values()):
-                states.append(st.state_with(f.get_tensor(f"{i}.count"), f.get_tensor(f"{i}.mean"),
-                                            f.get_tensor(f"{i}.m2"), int(f.get_tensor(f"{i}.images")[0])))
-    except ValueError:
-        raise
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors' own errors for truncated or corrupted files
         raise ValueError(f"cannot read scoring checkpoint {path}: {exc}") from exc
-    for st, s in zip(stats.values(), states):  # validate all, then set all
-        probe = FilterStats(st.num_channels, st.n_components)
-        probe.load_state_dict(s)
-        if batches < 0 or s["images"] > images:
-            raise ValueError(f"checkpoint {path} is inconsistent")
+    if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
+        raise ValueError(f"{path} is not an ocnna-fast scoring checkpoint")
+    validate.exact_keys(meta, ("format", "version", "fingerprint", "batches", "images", "sha256"),
+                        f"checkpoint {path}: metadata")
+    body = [(k, v) for k, v in meta.items() if k != "sha256"]
+    if validate.tensors_sha256(tensors, body) != meta["sha256"]:
+        raise ValueError(f"checkpoint {path} is damaged: its contents do not match the digest it was saved with")
+    try:
+        theirs = json.loads(meta["fingerprint"])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"checkpoint {path}: malformed fingerprint ({exc})") from exc
+    if not isinstance(theirs, dict) or theirs != json.loads(json.dumps(fingerprint, sort_keys=True)):
+        theirs = theirs if isinstance(theirs, dict) else {}
+        what = [k for k in fingerprint if theirs.get(k) != fingerprint[k]]
+        raise ValueError(
+            f"checkpoint {path} was written by a different run (differs in: {', '.join(what) or 'format'}); "
+            "delete it or score with the same model, layers and n_components"
+        )
+    batches, images = _count_field(meta, "batches", path), _count_field(meta, "images", path)
+    validate.exact_keys(tensors, [f"{i}.{k}" for i in range(len(stats)) for k in ("count", "mean", "m2", "images")],
+                        f"checkpoint {path}: tensors")
+    states: List[Dict[str, Any]] = []
+    for i, (name, st) in enumerate(stats.items()):
+        n_img = tensors[f"{i}.images"]
+        if n_img.dtype != torch.int64 or tuple(n_img.shape) != (1,) or not 0 <= int(n_img[0]) <= images:
+            raise ValueError(f"checkpoint {path}: layer {name!r} has an invalid image count")
+        s = st.state_with(tensors[f"{i}.count"], tensors[f"{i}.mean"], tensors[f"{i}.m2"], int(n_img[0]))
+        FilterStats(st.num_channels, st.n_components, name=name).load_state_dict(s)  # validates, sets nothing
+        states.append(s)
+    if images > 0 and batches == 0:
+        raise ValueError(f"checkpoint {path} is inconsistent: {images} images in 0 batches")
     for st, s in zip(stats.values(), states):
         st.load_state_dict(s)
     return batches, images

@@ -12,10 +12,16 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Union
 
 import torch
 
+from . import _native, validate
+from .atomic import atomic_path
+
 __all__ = ["LayerScores", "Scores"]
 
 _FORMAT = "ocnna-fast-scores"
 _FORMAT_VERSION = 1
+_META_KEYS = ("format", "version", "layers", "counts", "n_components", "tap", "sha256")
+# Where a layer's maps are read: the conv's own output (SPEC 1, the default).
+TAPS = ("conv_output",)
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,8 @@ class Scores(Mapping[str, LayerScores]):
 
     # ------------------------------------------------------------- storage --
     def save(self, path: Union[str, os.PathLike]) -> None:
-        """Writes the scores to ``path`` as safetensors (atomically: write, then rename)."""
+        """Writes the scores to ``path`` as safetensors, atomically, with a
+        sha256 of the contents that ``load`` checks."""
         from safetensors.torch import save_file
 
         names = list(self._layers)
@@ -92,14 +99,17 @@ class Scores(Mapping[str, LayerScores]):
             "n_components": json.dumps(self.n_components),
             "tap": self.tap,
         }
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
+        meta["sha256"] = validate.tensors_sha256(tensors, list(meta.items()))
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp, metadata=meta)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "Scores":
-        """Reads scores written by ``save``; a foreign or damaged file is a ``ValueError``."""
+        """Reads scores written by ``save``.  A foreign, damaged or tampered
+        file is a ``ValueError``: the digest, the layer list (unique names,
+        one positive image count each), ``n_components``, the tap, the exact
+        set of tensors and every value (finite, non-negative, consistent
+        shapes and dead masks) are checked."""
         from safetensors import safe_open
 
         path = os.fspath(path)
@@ -110,22 +120,36 @@ class Scores(Mapping[str, LayerScores]):
                     raise ValueError(f"{path} is not an ocnna-fast scores file")
                 if meta.get("version") != str(_FORMAT_VERSION):
                     raise ValueError(f"{path}: unsupported scores format version {meta.get('version')}")
-                names = json.loads(meta["layers"])
-                counts = json.loads(meta["counts"])
-                layers = {}
-                for i, (name, count) in enumerate(zip(names, counts)):
-                    sc = f.get_tensor(f"{i}.score")
-                    layers[name] = LayerScores(
-                        score=sc,
-                        mean=f.get_tensor(f"{i}.mean"),
-                        std=f.get_tensor(f"{i}.std"),
-                        count=int(count),
-                        dead=f.get_tensor(f"{i}.dead").bool(),
-                    )
-                    if not all(t.shape == sc.shape for t in (layers[name].mean, layers[name].std)):
-                        raise ValueError(f"{path}: inconsistent shapes for layer {name!r}")
-                return cls(layers, n_components=json.loads(meta["n_components"]), tap=meta.get("tap", "conv_output"))
+                validate.exact_keys(meta, _META_KEYS, f"{path}: metadata")
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
         except ValueError:
             raise
         except Exception as exc:  # safetensors raises its own error types on damage
             raise ValueError(f"cannot read scores from {path}: {exc}") from exc
+        body = [(k, v) for k, v in meta.items() if k != "sha256"]
+        if validate.tensors_sha256(tensors, body) != meta["sha256"]:
+            raise ValueError(f"{path} is damaged: its contents do not match the digest it was saved with")
+        try:
+            names, counts = json.loads(meta["layers"]), json.loads(meta["counts"])
+            n_components = json.loads(meta["n_components"])
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: malformed metadata ({exc})") from exc
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"{path}: the layer list must be a list of names")
+        if len(set(names)) != len(names):
+            raise ValueError(f"{path}: duplicate layer names")
+        if not isinstance(counts, list) or len(counts) != len(names):
+            raise ValueError(f"{path}: {len(names)} layers but {counts!r} image counts")
+        if _native.canonical_n_components(n_components) != n_components:
+            raise ValueError(f"{path}: n_components {n_components!r} is not in canonical form")
+        if meta["tap"] not in TAPS:
+            raise ValueError(f"{path}: unknown tap {meta['tap']!r}")
+        validate.exact_keys(tensors, [f"{i}.{f}" for i in range(len(names)) for f in ("score", "mean", "std", "dead")],
+                            f"{path}: tensors")
+        layers = {}
+        for i, (name, count) in enumerate(zip(names, counts)):
+            score, mean, std, dead, count = validate.layer_scores(
+                tensors[f"{i}.score"], tensors[f"{i}.mean"], tensors[f"{i}.std"], tensors[f"{i}.dead"], count,
+                f"{path}: layer {name!r}")
+            layers[name] = LayerScores(score=score, mean=mean, std=std, count=count, dead=dead)
+        return cls(layers, n_components=n_components, tap=meta["tap"])

@@ -32,6 +32,7 @@ from torch import nn
 
 from . import _native, runstate
 from .layers import prunable_convs
+from .module_state import restore_training_flags, training_flags
 from .scores import Scores
 from .stats import FilterStats, positive_int
 
@@ -323,7 +324,7 @@ def score(
 
         return hook
 
-    was_training = model.training
+    was_training = training_flags(model)
     handles = []
     seen = 0
     done_batches = 0  # batches consumed from data, resumed ones included
@@ -370,6 +371,8 @@ def score(
                 if max_images is not None and seen + x.shape[0] > max_images:
                     x = x[: max_images - seen]
                 if x.shape[0] == 0:
+                    # still a batch consumed from data: a resume skips it like any other
+                    done_batches += 1
                     continue
                 x = x.to(run_device, non_blocking=True)
                 calls.clear()
@@ -410,8 +413,6 @@ def score(
                 warnings.warn(f"conv {name!r} never ran in the forward pass; it is left out of the scores")
                 continue
             results[name] = st.result()
-        if ckpt_path is not None and os.path.exists(ckpt_path):
-            os.remove(ckpt_path)  # finished: a later call starts afresh
     finally:
         state["probing"] = False
         if isinstance(worker, _SideStream):
@@ -420,9 +421,19 @@ def score(
             worker.close()
         for h in handles:
             h.remove()
-        model.train(was_training)
+        restore_training_flags(was_training)
         if run_device != home:
             model.to(home)
         if bar is not None:
             bar.close()
+    if ckpt_path is not None:
+        # finished: a later call starts afresh.  The scores are computed, so a
+        # checkpoint that cannot be removed costs a warning, never the result.
+        try:
+            os.remove(ckpt_path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            warnings.warn(f"scoring finished, but its checkpoint {ckpt_path} could not be removed ({exc}); "
+                          "delete it before scoring other data with the same checkpoint path")
     return Scores(results, n_components=ncomp)

@@ -7,13 +7,16 @@ class owns validation, placement (CPU or CUDA) and state.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Union
+import functools
+import threading
+from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
 import torch
 
-from . import _native
+from . import _native, validate
 from ._native import _C
+from .errors import InternalError
 from .scores import LayerScores
 
 __all__ = ["FilterStats"]
@@ -21,6 +24,7 @@ __all__ = ["FilterStats"]
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
 _STATE_VERSION = 1
+_STATE_KEYS = ("version", "num_channels", "n_components", "images", "count", "mean", "m2")
 
 
 def positive_int(value: Any, what: str) -> int:
@@ -45,6 +49,17 @@ def _as_tensor(activations: ArrayLike) -> torch.Tensor:
     raise TypeError(
         f"activations must be a torch.Tensor or numpy.ndarray, got {type(activations).__name__}"
     )
+
+
+def _locked(method):
+    """Runs ``method`` holding the object's lock (see ``FilterStats.__init__``)."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 class FilterStats:
@@ -80,6 +95,10 @@ class FilterStats:
         self._m2 = torch.zeros(self.num_channels, dtype=torch.float64, device=dev)
         # CUDA only: status words of the CUDA core, see _prepare_cuda
         self._status: Optional[torch.Tensor] = None
+        # The native fold releases the GIL while it writes the accumulators, so
+        # two threads updating one object at once would lose counts: every
+        # method that reads or writes the state holds this lock.
+        self._lock = threading.RLock()
 
     # ----------------------------------------------------------- helpers --
     def _where(self) -> str:
@@ -109,10 +128,30 @@ class FilterStats:
                 self._status[0] = -1
                 # the rejected batches were counted on the host, not merged
                 self._images = int(self._count[0].item())
-                raise ValueError(
-                    f"{self._where()}: non-finite (NaN or Inf) activations in channel {bad}; "
-                    "the offending batches were not accumulated"
-                )
+                raise self._rejection(bad, None, "the offending batches were not accumulated")
+
+    def _rejection(self, code: int, x: Optional[torch.Tensor], outcome: str) -> Exception:
+        """The error for a batch the native core refused with status ``code``:
+        a channel index for bad input, ``INTERNAL_FLAG + channel`` where our own
+        eigen-solve failed on finite input.  ``x`` (the batch, CPU only) lets
+        the message say whether the values were non-finite or finite but so
+        large that their squares overflow float64."""
+        flag = int(_C.INTERNAL_FLAG)
+        if code >= flag:
+            c = code - flag
+            shape = f" of maps {tuple(x.shape[2:])} ({x.dtype})" if x is not None else ""
+            return InternalError(
+                f"{self._where()}: internal error: the eigen-solve of channel {c}{shape} failed on finite "
+                f"input (n_components={self.n_components!r}); {outcome}. This is a bug of ocnna-fast: "
+                "please report it with the batch"
+            )
+        if x is not None and bool(torch.isfinite(x[:, code]).all()):
+            peak = float(x[:, code].abs().max())
+            return ValueError(
+                f"{self._where()}: activations of channel {code} are finite but too large (max |x| = {peak:.3g}): "
+                f"their squares overflow float64; scale the activations down; {outcome}"
+            )
+        return ValueError(f"{self._where()}: non-finite (NaN or Inf) activations in channel {code}; {outcome}")
 
     def _validate(self, x: torch.Tensor) -> None:
         if x.dim() != 4:
@@ -129,6 +168,7 @@ class FilterStats:
             )
 
     # --------------------------------------------------------------- API --
+    @_locked
     def update(self, activations: ArrayLike) -> "FilterStats":
         """Folds a batch ``(B, C, H, W)`` in.  A batch holding NaN or Inf is
         rejected whole with a ``ValueError`` (on CUDA: at ``result()``)."""
@@ -150,10 +190,7 @@ class FilterStats:
             bad = _C.accumulate(ptr, code, shape, strides, mode, q, tau,
                                 self._count.numpy(), self._mean.numpy(), self._m2.numpy())
             if bad >= 0:
-                raise ValueError(
-                    f"{self._where()}: non-finite (NaN or Inf) activations in channel {bad}; "
-                    "this batch was not accumulated"
-                )
+                raise self._rejection(bad, x, "this batch was not accumulated")
         else:
             raise ValueError(f"{self._where()}: activations on unsupported device {x.device}")
         self._images += int(x.shape[0])
@@ -197,14 +234,21 @@ class FilterStats:
                 f"{self._where()}: cannot merge stats of {other.num_channels} channels / n_components="
                 f"{other.n_components!r} into {self.num_channels} channels / n_components={self.n_components!r}"
             )
+        with other._lock:  # taken apart from ours: two threads merging a->b and b->a cannot deadlock
+            ocnt, omean, om2 = (t.clone() for t in other._host_state())
+            other_images = other._images
+        with self._lock:
+            return self._merge_totals(ocnt, omean, om2, other_images)
+
+    def _merge_totals(self, ocnt, omean, om2, other_images: int) -> "FilterStats":
         device = self.device
         cnt, mean, m2 = (t.clone() for t in self._host_state())
-        ocnt, omean, om2 = other._host_state()
         _C.merge(cnt.numpy(), mean.numpy(), m2.numpy(), ocnt.numpy(), omean.numpy(), om2.numpy())
         self._count, self._mean, self._m2 = cnt.to(device), mean.to(device), m2.to(device)
-        self._images += other._images
+        self._images += other_images
         return self
 
+    @_locked
     def result(self) -> LayerScores:
         """The scores so far (float64 tensors on the CPU)."""
         cnt, mean, m2 = self._host_state()
@@ -215,6 +259,7 @@ class FilterStats:
         score = torch.where(dead, torch.zeros_like(mean), std / torch.where(dead, torch.ones_like(mean), mean))
         return LayerScores(score=score, mean=mean.clone(), std=std, count=self._images, dead=dead)
 
+    @_locked
     def state_dict(self) -> Dict[str, Any]:
         """Everything needed to resume: plain tensors and Python scalars."""
         cnt, mean, m2 = self._host_state()
@@ -233,28 +278,30 @@ class FilterStats:
         return {"version": _STATE_VERSION, "num_channels": self.num_channels, "n_components": self.n_components,
                 "images": int(images), "count": count, "mean": mean, "m2": m2}
 
+    @_locked
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restores ``state_dict()`` output; a mismatching state is a ``ValueError``."""
-        try:
-            version = state["version"]
-            channels = int(state["num_channels"])
-            ncomp = state["n_components"]
-            images = int(state["images"])
-            tensors = [torch.as_tensor(state[k], dtype=torch.float64).cpu() for k in ("count", "mean", "m2")]
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"{self._where()}: malformed FilterStats state ({exc})") from exc
-        if version != _STATE_VERSION:
-            raise ValueError(f"{self._where()}: unsupported state version {version}")
+        """Restores ``state_dict()`` output.  Everything is checked before
+        anything changes (known keys, version, channels, ``n_components``,
+        finite non-negative statistics, counts that agree with the images);
+        a bad state is a ``ValueError`` and leaves this object as it was."""
+        where = self._where()
+        if not isinstance(state, Mapping):
+            raise ValueError(f"{where}: a FilterStats state is a dict, got {type(state).__name__}")
+        validate.exact_keys(state.keys(), _STATE_KEYS, f"{where}: state")
+        if state["version"] != _STATE_VERSION or isinstance(state["version"], bool):
+            raise ValueError(f"{where}: unsupported state version {state['version']!r}")
+        channels = validate.as_count(state["num_channels"], f"{where}: num_channels", minimum=1)
         if channels != self.num_channels:
-            raise ValueError(f"{self._where()}: state has {channels} channels, expected {self.num_channels}")
-        if _native.parse_n_components(ncomp) != self._params:
+            raise ValueError(f"{where}: state has {channels} channels, expected {self.num_channels}")
+        ncomp = state["n_components"]
+        if _native.parse_n_components(ncomp) != self._params:  # also refuses malformed values
             raise ValueError(
-                f"{self._where()}: state was computed with n_components={ncomp!r}, this is {self.n_components!r}"
+                f"{where}: state was computed with n_components={ncomp!r}, this is {self.n_components!r}"
             )
-        if any(t.shape != (self.num_channels,) for t in tensors) or images < 0:
-            raise ValueError(f"{self._where()}: state tensors have the wrong shape")
+        count, mean, m2, images = validate.accumulators(state["count"], state["mean"], state["m2"],
+                                                        state["images"], self.num_channels, where)
         device = self.device
-        self._count, self._mean, self._m2 = (t.clone().to(device) for t in tensors)
+        self._count, self._mean, self._m2 = count.to(device), mean.to(device), m2.to(device)
         self._images = images
         self._status = None
 

@@ -66,3 +66,66 @@ def test_missing_data_is_explained(tmp_path, capsys):
                "--out", str(tmp_path)])
     assert rc == 2
     assert "OCNNA_DATA_DIR" in capsys.readouterr().err
+
+
+TINY = ["--arch", "resnet20", "--k", "40", "--score-images", "16", "--eval-images", "16", "--train-images", "16",
+        "--finetune-epochs", "1", "--batch-size", "16", "--no-progress"]
+
+
+@pytest.mark.parametrize("make_bad, message", [
+    (lambda d: (d / "out").write_text("a file"), "not a folder"),
+    (lambda d: (d / "w.th").write_bytes(b"\x80garbage"), "cannot read weights"),
+    (lambda d: (d / "w.safetensors").write_bytes(b"garbage"), "cannot read weights"),
+])
+def test_expected_failures_are_one_line(make_bad, message, tmp_path, data_dir, capsys):
+    """A file where --out should go, garbage weights: exit 2 and one line, no traceback."""
+    make_bad(tmp_path)
+    argv = ["prune", *TINY, "--data-dir", str(data_dir), "--out", str(tmp_path / "out")]
+    for name in ("w.th", "w.safetensors"):
+        if (tmp_path / name).exists():
+            argv += ["--weights", str(tmp_path / name)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_weights_of_another_architecture_are_one_line(tmp_path, data_dir, capsys):
+    w = data_dir / "resnet-cifar10-akamaster" / "resnet20-12fca82f.th"
+    assert main(["evaluate", "--arch", "resnet56", "--weights", str(w), "--eval-images", "8",
+                 "--data-dir", str(data_dir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit" in err and "Traceback" not in err
+
+
+def test_interrupted_prune_leaves_the_old_outputs_whole(tmp_path, data_dir, capsys, monkeypatch):
+    """Ctrl-C during distillation: the folder still holds the previous run's
+    scores, model and report, all of one run; nothing half-written is left."""
+    import sys
+
+    distill_mod = sys.modules["ocnna_fast.distill"]  # the package's `distill` attribute is the function
+    out = tmp_path / "run"
+    assert main(["prune", *TINY, "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    plan_before = (out / "pruned" / "plan.json").read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distill_mod, "distill", interrupted)
+    assert main(["prune", *TINY, "--k", "60", "--n-components", "0.9", "--data-dir", str(data_dir),
+                 "--out", str(out)]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert (out / "pruned" / "plan.json").read_bytes() == plan_before
+    assert not [p for p in out.iterdir() if p.name.startswith(".staging")]
+    load_pruned(out / "pruned")  # still a consistent pair
+
+
+def test_rerun_into_the_same_out_with_other_settings(tmp_path, data_dir):
+    """The distillation checkpoint of the first run is not resumed into a run
+    with another k: the second run's plan and weights agree."""
+    out = tmp_path / "run"
+    assert main(["prune", *TINY, "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    rc = main(["prune", *TINY, "--k", "60", "--data-dir", str(data_dir), "--out", str(out)])
+    assert rc == 2  # refused: the old checkpoint belongs to another run
+    assert json.loads((out / "report.json").read_text())["k"] == 40  # the first run's outputs, whole

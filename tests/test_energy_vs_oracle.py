@@ -47,7 +47,25 @@ def make_maps(rng, kind: str, n: int, c: int, h: int, w: int) -> np.ndarray:
         a = 1000.0 + 0.01 * a
     elif kind == "constant_columns":  # every column constant, columns differ: Xc == 0
         a = np.broadcast_to(rng.standard_normal((n, c, 1, w)), a.shape).copy()
+    elif kind == "sparse":  # post-ReLU-like: isolated non-zeros in a few columns
+        live = np.zeros(w, dtype=bool)
+        live[rng.choice(w, size=min(w, 3), replace=False)] = True
+        keep = (rng.random(a.shape) < 0.12) & live
+        a = np.where(keep, np.abs(a) * 0.05, 0.0)
+    elif kind == "zero_rows_cols":  # rectified noise with whole rows and columns zeroed
+        a = np.maximum(a, 0)
+        a[:, :, rng.random(h) < 0.3, :] = 0.0
+        a[:, :, :, rng.random(w) < 0.3] = 0.0
+    elif kind == "rank_block":  # a rank-1 or rank-2 block inside an otherwise zero map
+        a = np.zeros_like(a)
+        bh, bw = max(1, h // 3), max(1, w // 3)
+        r = int(rng.integers(1, 3))
+        block = rng.standard_normal((n, c, bh, r)) @ rng.standard_normal((n, c, r, bw))
+        a[:, :, h - bh:, :bw] = np.maximum(block, 0)
     return a
+
+
+SPARSE_KINDS = ["sparse", "zero_rows_cols", "rank_block"]
 
 
 n_components_st = st.one_of(
@@ -61,7 +79,8 @@ n_components_st = st.one_of(
 @given(
     h=st.integers(1, 40),
     w=st.integers(1, 40),
-    kind=st.sampled_from(["normal", "relu", "constant", "zero", "low_rank", "offset", "constant_columns"]),
+    kind=st.sampled_from(["normal", "relu", "constant", "zero", "low_rank", "offset", "constant_columns"]
+                         + SPARSE_KINDS),
     dtype=st.sampled_from([np.float64, np.float32]),
     channels_last=st.booleans(),
     n_components=n_components_st,
@@ -194,3 +213,103 @@ def test_extreme_scales_keep_their_energy(dtype):
         for s in (1e-30, 1e-20, 1e20, 1e30):
             got = native_energies(torch.from_numpy((a * s).astype(dtype)), nc) / s
             np.testing.assert_allclose(got, want, rtol=TOL[dtype], err_msg=f"scale {s}")
+
+
+# ---- exact-zero structure (post-activation maps) -----------------------------------
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    h=st.integers(2, 40),
+    w=st.integers(2, 40),
+    kind=st.sampled_from(SPARSE_KINDS),
+    dtype=st.sampled_from([np.float64, np.float32]),
+    n_components=st.one_of(st.integers(1, 8), st.floats(min_value=0.05, max_value=0.99)),
+    seed=st.integers(0, 2**31 - 1),
+    device=st.sampled_from(DEVICES),
+)
+def test_sparse_maps_match_oracle(h, w, kind, dtype, n_components, seed, device):
+    """Sparse and rank-deficient maps through FilterStats, as a user feeds them:
+    the truncated path once turned their exact zeros into NaN (or, on CUDA,
+    into wrong energies).  Every batch must be accepted and match the oracle."""
+    rng = np.random.default_rng(seed)
+    a = make_maps(rng, kind, 3, 17, h, w).astype(dtype)
+    got = native_energies(torch.from_numpy(a).to(device), n_components)
+    want = reference.energies(a, n_components)
+    scale = np.sqrt(np.sum(np.square(a - a.mean(axis=2, keepdims=True)), axis=(2, 3))) + 1e-300
+    np.testing.assert_array_less(np.abs(got - want), TOL[dtype] * np.maximum(np.abs(want), 1e-3 * scale) + 1e-300)
+    FilterStats(17, n_components).update(torch.from_numpy(a).to(device)).result()  # accepted, no error
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n_components", [0.95, 3, 0.5])
+def test_shipped_sparse_relu_map(dtype, n_components):
+    """shared/fixtures/sparse_relu_map_32x32_f64.npy: 27 non-zeros in 3 columns,
+    rank 3; alone as a batch it was rejected as non-finite input."""
+    from conftest import REPO
+
+    path = REPO.parent / "shared" / "fixtures" / "sparse_relu_map_32x32_f64.npy"
+    if not path.is_file():
+        pytest.skip(f"fixture not found at {path}")
+    m = np.load(path).astype(dtype)[None, None]
+    got = native_energies(torch.from_numpy(m), n_components)
+    want = reference.energies(m, n_components)
+    np.testing.assert_allclose(got, want, rtol=TOL[dtype])
+    FilterStats(1, n_components).update(m)
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "resnet56"])
+def test_real_post_relu_maps_match_oracle(arch, data_dir):
+    """relu(bn(conv(x))) of the pretrained CIFAR ResNets on shipped images: every
+    layer is accepted in float32 and float64, all truncated modes; a sample of
+    layers and channels matches the oracle."""
+    from ocnna_fast import data, models
+    from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
+
+    weights = sorted((data_dir / "resnet-cifar10-akamaster").glob(f"{arch}-*.th"))
+    if not weights:
+        pytest.skip(f"no {arch} checkpoint under {data_dir}")
+    model = models.load_weights(models.build(arch), weights[0]).eval()
+    x, _ = data.cifar10_jpeg("train", root=data_dir, limit=24)
+    acts = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: acts.__setitem__(n, torch.relu(o)))
+             for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        model(data.normalize(x, CIFAR_MEAN, CIFAR_STD))
+    for h in hooks:
+        h.remove()
+    names = list(acts)
+    for nc in (0.95, 3, 0.5):
+        for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-9)):
+            for name in names:
+                FilterStats(acts[name].shape[1], nc, name=name).update(acts[name].to(dtype))
+            for name in names[:: max(1, len(names) // 4)]:
+                a = acts[name][:6, :6].to(dtype)
+                want = reference.energies(a, nc)
+                np.testing.assert_allclose(native_energies(a, nc), want, rtol=tol, atol=1e-12 * want.max(),
+                                           err_msg=f"{arch} {name} n_components={nc} {dtype}")
+
+
+def test_own_failures_are_internal_errors_not_bad_input():
+    """A status code of the core that flags our own failed solve becomes an
+    InternalError naming layer, channel and map shape, never the ValueError of
+    bad input; a real NaN stays a ValueError."""
+    from ocnna_fast._native import _C
+    from ocnna_fast.errors import InternalError
+
+    st_ = FilterStats(4, 0.9, name="block.conv")
+    x = torch.rand(2, 4, 5, 6)
+    err = st_._rejection(int(_C.INTERNAL_FLAG) + 2, x, "this batch was not accumulated")
+    assert isinstance(err, InternalError) and not isinstance(err, ValueError)
+    assert "block.conv" in str(err) and "channel 2" in str(err) and "(5, 6)" in str(err)
+    x[1, 3, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match="non-finite .* channel 3"):
+        FilterStats(4, 0.9).update(x)
+
+
+@pytest.mark.parametrize("n_components", [None, 0.9])
+def test_huge_finite_activations_are_not_called_non_finite(n_components):
+    """float64 maps near 1e160 are finite; their squares overflow.  The error
+    says so (and what to do), instead of blaming NaN/Inf input."""
+    x = torch.rand(2, 3, 6, 6, dtype=torch.float64) * 1e160
+    with pytest.raises(ValueError, match="finite but too large"):
+        FilterStats(3, n_components).update(x)

@@ -73,17 +73,45 @@ OCNNA_HD double sqrt_of(double v) { return sqrt(v); }
 //   negligible: relative size below which an off-diagonal counts as zero in QL;
 //   tiny_pivot: stand-in for a zero pivot in a Sturm count, tiny, yet its
 //               reciprocal times an off-diagonal square (at most 1 for a
-//               unit-trace Gram) stays finite.
+//               unit-trace Gram) stays finite;
+//   reduced:    |x|^2 of a Householder column at or below which the column
+//               counts as already reduced (its entries are dropped).  The
+//               Gram has unit trace, so dropping entries of at most
+//               `negligible` moves each eigenvalue by at most that much
+//               (Weyl), as QL's own deflation does.  Without it, a column of
+//               denormal-sized entries (sparse post-ReLU maps make them)
+//               gives |x|^2 ~ 1e-40 in float, and the reflector's
+//               1 / (|x|^2 - alpha x0) overflows to inf, then NaN.
 template <typename S>
 struct SolverLimits;
 template <>
 struct SolverLimits<float> {
-  static constexpr float negligible = 6e-8f, tiny_pivot = 1e-30f;
+  static constexpr float negligible = 6e-8f, tiny_pivot = 1e-30f, reduced = 6e-8f * 6e-8f;
 };
 template <>
 struct SolverLimits<double> {
-  static constexpr double negligible = 1e-16, tiny_pivot = 1e-300;
+  static constexpr double negligible = 1e-16, tiny_pivot = 1e-300, reduced = 1e-32;
 };
+
+// QL's deflation test for the off-diagonal e between diagonals a and b of a
+// unit-trace tridiagonal: negligible next to its neighbours, or next to the
+// matrix (norm about 1).  The absolute part matters on exactly-zero
+// structure, where a and b are themselves ~0 and the relative test alone
+// never deflates tiny rounding noise (60 sweeps, then a spurious failure).
+template <typename S>
+OCNNA_HD bool negligible_off(S e, S a, S b) {
+  const S lim = SolverLimits<S>::negligible;
+  const S ae = e < S(0) ? -e : e;
+  return ae <= lim * ((a < S(0) ? -a : a) + (b < S(0) ? -b : b)) || ae <= lim;
+}
+
+// Energy written for a map whose values were finite but whose eigen-solve
+// failed: negative, so it can never pass for an energy, and finite, so it is
+// never mistaken for a non-finite input.  Such a failure is our bug, reported
+// as an internal error (the status code adds kInternalFlag to the channel).
+constexpr double kSolveFailed = -1.0;
+constexpr long long kInternalFlag = 1ll << 40;
+OCNNA_HD double checked_energy(double f) { return is_finite(f) && f >= 0.0 ? f : kSolveFailed; }
 
 // ------------------------------------------------------------ statistics --
 
@@ -223,7 +251,7 @@ OCNNA_HD void tridiagonalize(S* g, int d, S* diag, S* off, S* work, int ld = 0) 
     }
     for (int i = m; i < mp; ++i) v[i] = S(0);
     diag[k] = g[int64_t(k) * ld + k];
-    if (norm2 == S(0)) {  // already reduced
+    if (norm2 <= SolverLimits<S>::reduced) {  // already reduced (see SolverLimits)
       off[k] = S(0);
       continue;
     }
@@ -286,8 +314,7 @@ OCNNA_HD bool tridiagonal_eigenvalues(double* diag, double* off, int d) {
       // find the first negligible off-diagonal at or after l: it splits the matrix
       int m = l;
       for (; m < d - 1; ++m) {
-        const double scale = fabs(diag[m]) + fabs(diag[m + 1]);
-        if (fabs(off[m]) <= 1e-16 * scale) break;
+        if (negligible_off(off[m], diag[m], diag[m + 1])) break;
       }
       if (m == l) break;  // diag[l] has converged
       if (iter == 60) return false;
@@ -446,7 +473,7 @@ OCNNA_HD bool needs_eigen(const EnergyParams& p, int h, int w) {
 // groups of maps (csrc/cpu/), the CUDA core on a block per map
 // (csrc/cuda/kernels.cuh); tests/native/ checks those kernels against this.
 // `scratch` holds h*w + d*d + 4*d doubles, d = min(h, w).  NaN for a map with
-// a non-finite value.
+// a non-finite value, kSolveFailed if the eigen-solve fails.
 OCNNA_HD double map_energy(double* map, int h, int w, const EnergyParams& p, double* scratch) {
   centre_columns(map, h, w);
   const double total = sum_squares(map, int64_t(h) * w);
@@ -472,9 +499,9 @@ OCNNA_HD double map_energy(double* map, int h, int w, const EnergyParams& p, dou
   double* diag = a;  // the copy of the map is no longer needed
   double* off = a + d;
   tridiagonalize(gram, d, diag, off, a + 2 * d);
-  if (!tridiagonal_eigenvalues(diag, off, d)) return NAN;
+  if (!tridiagonal_eigenvalues(diag, off, d)) return kSolveFailed;
   sort_descending(diag, d);
-  return sqrt(kept_energy(diag, d, p) * total);
+  return checked_energy(sqrt(kept_energy(diag, d, p) * total));
 }
 
 }  // namespace ocnna

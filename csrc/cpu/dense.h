@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "../common/ocnna_math.h"
+
 namespace ocnna {
 namespace cpu {
 
@@ -254,7 +256,7 @@ void tridiagonalize_lanes(S* g, int d, S* diag, S* off, S* work) {
     const V x0 = load(vb);
     V root;
     for (int l = 0; l < K; ++l) root[l] = std::sqrt(norm2[l]);
-    const M nz = norm2 != zero;
+    const M nz = norm2 > zero + SolverLimits<S>::reduced;  // else already reduced (SolverLimits)
     const V alpha = x0 > zero ? -root : root;
     store(off + col * K, nz ? alpha : zero);
     const V vtv = S(2) * (norm2 - alpha * x0);

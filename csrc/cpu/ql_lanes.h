@@ -131,7 +131,8 @@ class QlLanes {
       M found = none;
       for (int mm = l_; mm < n_ - 1; ++mm) {
         const V dv = load(d_ + mm * K), dn = load(d_ + (mm + 1) * K), ev = load(e_ + mm * K);
-        const M neg = vabs(ev) <= eps * (vabs(dv) + vabs(dn));
+        // negligible_off (common/ocnna_math.h), lane-wise
+        const M neg = (vabs(ev) <= eps * (vabs(dv) + vabs(dn))) | (vabs(ev) <= eps);
         vm = (neg & ~found) ? zero() + S(mm) : vm;
         found |= neg;
         if (all_set(found)) break;

@@ -303,7 +303,8 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
           for (int k = 0; k < q->pending; ++k) {
             for (int r = 0; r < d; ++r) eig[size_t(r)] = q->diag[r * kLanes + k];
             std::sort(eig.begin(), eig.end(), std::greater<S>());  // as sort_descending, in n log n
-            out[i * x.c + q->chan[k]] = q->ok[k] ? std::sqrt(kept_energy(eig.data(), d, p) * q->total[k]) : NAN;
+            out[i * x.c + q->chan[k]] =
+                q->ok[k] ? checked_energy(std::sqrt(kept_energy(eig.data(), d, p) * q->total[k])) : kSolveFailed;
           }
       }
     }
@@ -329,8 +330,14 @@ int64_t accumulate(const MapBatch& x, const EnergyParams& p, double* count, doub
   if (x.n <= 0) return -1;
   std::vector<double> f(size_t(x.n * x.c));
   energies(x, p, f.data());
-  for (int64_t k = 0; k < x.n * x.c; ++k)
+  // Non-finite energies come only from non-finite input; kSolveFailed (negative)
+  // only from our own arithmetic.  Bad input is reported first.
+  int64_t failed = -1;
+  for (int64_t k = 0; k < x.n * x.c; ++k) {
     if (!is_finite(f[size_t(k)])) return k % x.c;
+    if (f[size_t(k)] < 0.0 && failed < 0) failed = kInternalFlag + k % x.c;
+  }
+  if (failed >= 0) return failed;
   const double nb = double(x.n);
   for (int64_t c = 0; c < x.c; ++c) {
     double mb, q;

@@ -422,7 +422,7 @@ __global__ void __launch_bounds__(256, 3) block_map_kernel(MapBatch x, EnergyPar
       block_sum(sums, red, turn);
       const double norm2 = sums[0];
       if (tid == 0) diag[k] = gram[k * d + k];
-      if (norm2 == 0.0) {  // already reduced; uniform, so every thread skips alike
+      if (norm2 <= double(SolverLimits<S>::reduced)) {  // already reduced (SolverLimits); uniform
         if (tid == 0) off[k] = S(0);
         continue;
       }
@@ -465,7 +465,7 @@ __global__ void __launch_bounds__(256, 3) block_map_kernel(MapBatch x, EnergyPar
       if (k < d && (tid & (g - 1)) == 0) eig[k] = e;
     }
     __syncthreads();
-    if (tid == 0) out[t] = sqrt(kept_energy(eig, d, p) * total);
+    if (tid == 0) out[t] = checked_energy(sqrt(kept_energy(eig, d, p) * total));
     __syncthreads();
   }
 }
@@ -488,13 +488,15 @@ __global__ void merge_kernel(const double* f, int64_t n, int64_t c, bool take_sq
   if (ch < c) {  // whole warps: blockDim is a multiple of 32
     auto energy = [&](int64_t i) { return take_sqrt ? sqrt(f[i * c + ch]) : f[i * c + ch]; };
     double s = 0.0;
-    bool bad = false;
+    bool bad = false, failed = false;  // non-finite input; a solve of ours failed (kSolveFailed)
     for (int64_t i = lane; i < n; i += 32) {
       const double v = energy(i);
       bad = bad || !is_finite(v);
+      failed = failed || v < 0.0;
       s += v;
     }
     bad = __any_sync(0xffffffffu, bad);
+    failed = __any_sync(0xffffffffu, failed);
     const double mb = warp_sum(s) / double(n);
     double q = 0.0;
     for (int64_t i = lane; i < n; i += 32) {
@@ -505,7 +507,9 @@ __global__ void merge_kernel(const double* f, int64_t n, int64_t c, bool take_sq
     if (lane == 0) {
       bmean[ch] = mb;
       bm2[ch] = q;
-      if (bad) atomicMin(word + 1, static_cast<unsigned long long>(ch));
+      // bad input outranks an internal failure in the same batch
+      if (bad || failed)
+        atomicMin(word + 1, static_cast<unsigned long long>(bad ? ch : ch + kInternalFlag));
     }
   }
   __threadfence();  // this block's results are visible before its ticket is

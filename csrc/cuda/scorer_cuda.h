@@ -10,7 +10,8 @@
 namespace ocnna {
 namespace cuda {
 
-// out[i * C + c] = F for image i, channel c (SPEC 2); NaN where the map holds a
+// out[i * C + c] = F for image i, channel c (SPEC 2); kSolveFailed (< 0) where
+// an eigen-solve failed (a bug of ours); NaN where the map holds a
 // non-finite value.  `stream` is a cudaStream_t of device `device` (-1: the
 // current device), which is made current for the call and restored after.
 void energies(const MapBatch& x, const EnergyParams& p, double* out, void* stream, int device);
@@ -18,7 +19,8 @@ void energies(const MapBatch& x, const EnergyParams& p, double* out, void* strea
 // Folds one batch into the per-channel device accumulators count, mean, m2 (C
 // entries each).  Atomic per batch: if any map is non-finite nothing is
 // changed and, if status[0] is still -1, the first offending channel is
-// written there for the host to read when it wants.  `status` points to three
+// written there for the host to read when it wants (kInternalFlag + channel
+// where an eigen-solve failed on finite input).  `status` points to three
 // int64 on the device, created as {-1, -1, 0}; words 1 and 2 are scratch of
 // the kernels (they hold -1 and 0 again once the batch is done), so one status
 // must not be shared by accumulators updated concurrently.  Summation orders

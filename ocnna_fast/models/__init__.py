@@ -71,9 +71,28 @@ def load_weights(model: nn.Module, path: Union[str, os.PathLike]) -> nn.Module:
             f"weights file {path} not found; the shipped checkpoints are under the data root's "
             "resnet-cifar10-akamaster/ folder (set OCNNA_DATA_DIR or --data-dir), or pass --weights FILE"
         )
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    # Unreadable files and weights of another architecture are ValueErrors
+    # that say which; torch and safetensors raise several exception types.
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(path), strict=True)
-        return model
-    return load_akamaster_checkpoint(model, path)
+            state = load_file(path)
+        else:
+            return load_akamaster_checkpoint(model, path)
+    except (ValueError, FileNotFoundError):
+        raise
+    except RuntimeError as exc:
+        if "state_dict" in str(exc):
+            raise ValueError(f"weights {path} do not fit {type(model).__name__} "
+                             f"(another architecture or width?): {str(exc).splitlines()[0]}") from exc
+        raise ValueError(f"cannot read weights from {path}: {exc}") from exc
+    except Exception as exc:  # pickle / safetensors errors on garbage files
+        raise ValueError(f"cannot read weights from {path}: not a checkpoint this loader knows "
+                         f"({type(exc).__name__}: {exc})") from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"weights {path} do not fit {type(model).__name__} "
+                         f"(another architecture or width?): {str(exc).splitlines()[0]}") from exc
+    return model

@@ -105,6 +105,8 @@ def load_akamaster_checkpoint(model: nn.Module, path: Union[str, os.PathLike]) -
         )
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     state: Dict[str, torch.Tensor] = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds no state dict (found {type(state).__name__})")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     model.load_state_dict(state, strict=True)
     return model

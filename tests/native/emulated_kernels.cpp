@@ -63,14 +63,19 @@ struct Batch {
 
 // What the maps hold, beside plain noise: rank-2 maps (most PCA components
 // exactly zero), a large common offset over small variation, and constant
-// columns (the centred map is exactly zero).
-enum class Kind { Normal, LowRank, Offset, ConstantColumns };
+// columns (the centred map is exactly zero); and the exact-zero structure of
+// post-ReLU maps: isolated non-zeros in a few columns (Sparse, like
+// shared/fixtures/sparse_relu_map_32x32_f64.npy), rectified noise with whole
+// rows and columns zeroed (ZeroRowsCols).
+enum class Kind { Normal, LowRank, Offset, ConstantColumns, Sparse, ZeroRowsCols };
 
 const char* name(Kind k) {
   switch (k) {
     case Kind::Normal: return "normal";
     case Kind::LowRank: return "low_rank";
     case Kind::Offset: return "offset";
+    case Kind::Sparse: return "sparse";
+    case Kind::ZeroRowsCols: return "zero_rows_cols";
     default: return "constant_columns";
   }
 }
@@ -110,6 +115,11 @@ Batch<T> make_batch(int64_t n, int64_t c, int64_t h, int64_t w, Layout layout, u
             if (kind == Kind::LowRank) e = T((u[0][y] * v[0][xx] + u[1][y] * v[1][xx]) * scale);
             if (kind == Kind::Offset) e = T((1000.0 + 0.01 * normal(rng)) * scale);
             if (kind == Kind::ConstantColumns) e = T(v[0][xx] * scale);
+            // Sparse: three live columns, about one entry in eight of them non-zero
+            const bool live_col = xx % 11 == 1 || xx % 11 == 6 || xx == w - 2;
+            if (kind == Kind::Sparse) e = T(live_col && normal(rng) > 4.5 ? normal(rng) * normal(rng) * 0.01 * scale : 0.0);
+            // ZeroRowsCols: rectified noise, every third row and every fourth column zero
+            if (kind == Kind::ZeroRowsCols) e = T(y % 3 == 0 || xx % 4 == 1 ? 0.0 : std::fmax(u[0][y] * v[0][xx], 0.0) * scale);
           }
       }
   }
@@ -328,6 +338,13 @@ int main() {
     check_truncated<float>(2, 3, 14, 14, EnergyParams{kRatio, 0, 0.95}, 48 * 1024, EnergyKernel::BlockMap, 1.0, kind);
     check_truncated<float>(1, 2, 40, 33, EnergyParams{kCount, 3, 0.0}, 48 * 1024, EnergyKernel::BlockMap, 1.0, kind);
     check_truncated<double>(1, 2, 20, 17, EnergyParams{kRatio, 0, 0.9}, 48 * 1024, EnergyKernel::BlockMap, 1.0, kind);
+  }
+  for (Kind kind : {Kind::Sparse, Kind::ZeroRowsCols}) {  // the exact-zero structure of post-ReLU maps
+    check_truncated<float>(4, 8, 32, 32, EnergyParams{kRatio, 0, 0.95}, 48 * 1024, EnergyKernel::BlockMap, 1.0, kind);
+    check_truncated<float>(4, 8, 16, 16, EnergyParams{kCount, 3, 0.0}, 48 * 1024, EnergyKernel::BlockMap, 1.0, kind);
+    check_truncated<float>(2, 8, 8, 8, EnergyParams{kRatio, 0, 0.5}, 48 * 1024, EnergyKernel::BlockMap, 1.0, kind);
+    check_truncated<double>(4, 8, 32, 32, EnergyParams{kRatio, 0, 0.95}, 48 * 1024, EnergyKernel::BlockMap, 1.0, kind);
+    check_truncated<double>(2, 4, 20, 17, EnergyParams{kCount, 3, 0.0}, 1024, EnergyKernel::BlockMapGlobal, 1.0, kind);
   }
   check_truncated<float>(1, 2, 56, 56, EnergyParams{kRatio, 0, 0.95}, 48 * 1024, EnergyKernel::BlockMap, 1.0,
                          Kind::Normal, 32);

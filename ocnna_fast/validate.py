@@ -1,0 +1,111 @@
+"""Checks of everything read back from outside: state dicts, checkpoints and
+scores files.  Each check raises a ``ValueError`` that says what is wrong and
+returns clean float64 tensors, so a loader can validate every part before it
+changes any state (nothing is ever half loaded)."""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Iterable, Mapping, Sequence, Tuple
+
+import torch
+
+__all__ = ["as_count", "float_vector", "accumulators", "layer_scores", "tensors_sha256", "exact_keys"]
+
+
+def as_count(value: Any, what: str, minimum: int = 0) -> int:
+    """An int >= ``minimum`` (bools, floats and strings refused)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            import numpy as np
+
+            if isinstance(value, np.integer):
+                value = int(value)
+            else:
+                raise TypeError
+        except TypeError:
+            raise ValueError(f"{what} must be an int, got {value!r}") from None
+    if value < minimum:
+        raise ValueError(f"{what} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def float_vector(t: Any, n: int, what: str, *, nonnegative: bool = True) -> torch.Tensor:
+    """A 1-D floating tensor of ``n`` finite (and by default non-negative)
+    values, as a float64 CPU copy."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{what} must be a tensor, got {type(t).__name__}")
+    if not t.dtype.is_floating_point:
+        raise ValueError(f"{what} must be a floating-point tensor, got {t.dtype}")
+    if tuple(t.shape) != (n,):
+        raise ValueError(f"{what} must have shape ({n},), got {tuple(t.shape)}")
+    out = t.detach().to("cpu", torch.float64).clone()
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"{what} holds non-finite values")
+    if nonnegative and bool((out < 0).any()):
+        raise ValueError(f"{what} holds negative values")
+    return out
+
+
+def accumulators(count: Any, mean: Any, m2: Any, images: Any, n: int, where: str
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The (count, mean, M2) state of one layer: finite, non-negative (energies
+    are norms, so their mean is too), and every channel counted once per
+    image (every batch covers every channel)."""
+    images = as_count(images, f"{where}: images")
+    count = float_vector(count, n, f"{where}: count")
+    mean = float_vector(mean, n, f"{where}: mean")
+    m2 = float_vector(m2, n, f"{where}: m2")
+    if bool((count != float(images)).any()):
+        raise ValueError(f"{where}: per-channel counts disagree with the {images} images recorded")
+    if images == 0 and bool((mean != 0).any() or (m2 != 0).any()):
+        raise ValueError(f"{where}: no images recorded but non-zero statistics")
+    return count, mean, m2, images
+
+
+def layer_scores(score: Any, mean: Any, std: Any, dead: Any, count: Any, where: str
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The fields of a LayerScores: same-length finite non-negative vectors,
+    a 0/1 dead mask that agrees with ``mean == 0`` and ``score == 0``, and
+    at least one image."""
+    count = as_count(count, f"{where}: count", minimum=1)
+    if not isinstance(score, torch.Tensor) or score.dim() != 1:
+        raise ValueError(f"{where}: score must be a 1-D tensor")
+    n = int(score.shape[0])
+    if n < 1:
+        raise ValueError(f"{where}: no channels")
+    score = float_vector(score, n, f"{where}: score")
+    mean = float_vector(mean, n, f"{where}: mean")
+    std = float_vector(std, n, f"{where}: std")
+    if not isinstance(dead, torch.Tensor) or tuple(dead.shape) != (n,):
+        raise ValueError(f"{where}: dead must be a tensor of shape ({n},)")
+    if dead.dtype != torch.bool:
+        if dead.dtype.is_floating_point or dead.dtype.is_complex or bool(((dead != 0) & (dead != 1)).any()):
+            raise ValueError(f"{where}: dead must hold only 0 and 1")
+        dead = dead != 0
+    dead = dead.cpu().clone()
+    if not torch.equal(dead, mean == 0):
+        raise ValueError(f"{where}: dead mask disagrees with the zero means")
+    if bool((score[dead] != 0).any()):
+        raise ValueError(f"{where}: dead channels must score 0")
+    return score, mean, std, dead, count
+
+
+def exact_keys(have: Iterable[str], want: Iterable[str], where: str) -> None:
+    """The stored names are exactly the expected ones."""
+    have, want = set(have), set(want)
+    if have != want:
+        extra, missing = sorted(have - want)[:4], sorted(want - have)[:4]
+        raise ValueError(f"{where}: malformed, unexpected entries {extra} / missing entries {missing}")
+
+
+def tensors_sha256(tensors: Mapping[str, torch.Tensor], meta: Sequence[Tuple[str, str]] = ()) -> str:
+    """sha256 over named tensors (in name order: dtype, shape, bytes) and
+    metadata pairs: the integrity digest a file stores and its loader checks."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    for k, v in sorted(meta):
+        h.update(f"{k}={v};".encode())
+    return h.hexdigest()
