@@ -12,6 +12,7 @@ from ._native import build_info
 from .batchnorm import recalibrate_batchnorm
 from .distill import TensorImages as distill_data
 from .distill import distill, evaluate, finetune
+from .errors import InternalError
 from .layers import prunable_convs
 from .pruning import apply_plan, count_params, load_pruned, prune, save_pruned
 from .scores import LayerScores, Scores
@@ -20,6 +21,7 @@ from .stats import FilterStats
 
 __all__ = [
     "FilterStats",
+    "InternalError",
     "LayerScores",
     "Scores",
     "apply_plan",

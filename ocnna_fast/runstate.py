@@ -18,7 +18,7 @@ from .stats import FilterStats
 __all__ = ["model_fingerprint", "save_checkpoint", "load_checkpoint", "merge_across_ranks"]
 
 _FORMAT = "ocnna-fast-score-checkpoint"
-_VERSION = "1"
+_VERSION = "2"  # 2: a sha256 of the contents in the metadata
 
 
 def model_fingerprint(model: nn.Module, stats: Dict[str, FilterStats], n_components: Any) -> Dict[str, Any]:

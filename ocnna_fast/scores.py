@@ -18,7 +18,7 @@ from .atomic import atomic_path
 __all__ = ["LayerScores", "Scores"]
 
 _FORMAT = "ocnna-fast-scores"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: a sha256 of the contents in the metadata
 _META_KEYS = ("format", "version", "layers", "counts", "n_components", "tap", "sha256")
 # Where a layer's maps are read: the conv's own output (SPEC 1, the default).
 TAPS = ("conv_output",)

@@ -288,7 +288,7 @@ class FilterStats:
         if not isinstance(state, Mapping):
             raise ValueError(f"{where}: a FilterStats state is a dict, got {type(state).__name__}")
         validate.exact_keys(state.keys(), _STATE_KEYS, f"{where}: state")
-        if state["version"] != _STATE_VERSION or isinstance(state["version"], bool):
+        if type(state["version"]) is not int or state["version"] != _STATE_VERSION:
             raise ValueError(f"{where}: unsupported state version {state['version']!r}")
         channels = validate.as_count(state["num_channels"], f"{where}: num_channels", minimum=1)
         if channels != self.num_channels:
