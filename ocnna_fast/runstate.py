@@ -81,9 +81,7 @@ def load_checkpoint(path: str, stats: Dict[str, FilterStats], fingerprint: Dict[
         raise ValueError(f"{path} is not an ocnna-fast scoring checkpoint")
     validate.exact_keys(meta, ("format", "version", "fingerprint", "batches", "images", "sha256"),
                         f"checkpoint {path}: metadata")
-    body = [(k, v) for k, v in meta.items() if k != "sha256"]
-    if validate.tensors_sha256(tensors, body) != meta["sha256"]:
-        raise ValueError(f"checkpoint {path} is damaged: its contents do not match the digest it was saved with")
+    validate.check_digest(tensors, meta, f"checkpoint {path}")
     try:
         theirs = json.loads(meta["fingerprint"])
     except json.JSONDecodeError as exc:

@@ -126,9 +126,7 @@ class Scores(Mapping[str, LayerScores]):
             raise
         except Exception as exc:  # safetensors raises its own error types on damage
             raise ValueError(f"cannot read scores from {path}: {exc}") from exc
-        body = [(k, v) for k, v in meta.items() if k != "sha256"]
-        if validate.tensors_sha256(tensors, body) != meta["sha256"]:
-            raise ValueError(f"{path} is damaged: its contents do not match the digest it was saved with")
+        validate.check_digest(tensors, meta, path)
         try:
             names, counts = json.loads(meta["layers"]), json.loads(meta["counts"])
             n_components = json.loads(meta["n_components"])

@@ -5,25 +5,18 @@ changes any state (nothing is ever half loaded)."""
 from __future__ import annotations
 
 import hashlib
+import numbers
 from typing import Any, Iterable, Mapping, Sequence, Tuple
 
 import torch
 
-__all__ = ["as_count", "float_vector", "accumulators", "layer_scores", "tensors_sha256", "exact_keys"]
+__all__ = ["as_count", "float_vector", "accumulators", "layer_scores", "tensors_sha256", "check_digest", "exact_keys"]
 
 
 def as_count(value: Any, what: str, minimum: int = 0) -> int:
-    """An int >= ``minimum`` (bools, floats and strings refused)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            import numpy as np
-
-            if isinstance(value, np.integer):
-                value = int(value)
-            else:
-                raise TypeError
-        except TypeError:
-            raise ValueError(f"{what} must be an int, got {value!r}") from None
+    """An int >= ``minimum`` (Python or NumPy ints; bools, floats and strings refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{what} must be an int, got {value!r}")
     if value < minimum:
         raise ValueError(f"{what} must be >= {minimum}, got {value}")
     return int(value)
@@ -109,3 +102,11 @@ def tensors_sha256(tensors: Mapping[str, torch.Tensor], meta: Sequence[Tuple[str
     for k, v in sorted(meta):
         h.update(f"{k}={v};".encode())
     return h.hexdigest()
+
+
+def check_digest(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], what: str) -> None:
+    """The ``sha256`` entry of ``meta`` is the digest of the tensors and the
+    other metadata, as written by ``tensors_sha256``; else ``what`` is damaged."""
+    body = [(k, v) for k, v in meta.items() if k != "sha256"]
+    if tensors_sha256(tensors, body) != meta.get("sha256"):
+        raise ValueError(f"{what} is damaged: its contents do not match the digest it was saved with")
