@@ -11,7 +11,6 @@ is resumed ends with the same weights as one that was never interrupted.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import validate
 from .atomic import atomic_path
 from .module_state import restore_training_flags, training_flags
 
@@ -47,12 +47,8 @@ class TensorImages:
     def fingerprint(self) -> str:
         """sha256 of the images, labels, normalisation and augmentation flag:
         what a distillation checkpoint records of its data."""
-        h = hashlib.sha256()
-        for t in (self.images, self.labels, self.mean, self.std):
-            h.update(str((t.dtype, tuple(t.shape))).encode())
-            h.update(t.detach().contiguous().cpu().numpy().tobytes())
-        h.update(b"augment" if self.augment else b"plain")
-        return h.hexdigest()
+        return validate.tensors_sha256({"images": self.images, "labels": self.labels, "mean": self.mean,
+                                        "std": self.std}, [("augment", str(self.augment))])
 
     def batch(self, idx: torch.Tensor, gen: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         x = self.images[idx].float().div_(255.0)
@@ -100,11 +96,7 @@ def evaluate(model: nn.Module, data: TensorImages, batch_size: int = 256, device
 def state_sha256(model: nn.Module) -> str:
     """sha256 over a model's state dict (names, dtypes, shapes, values): it
     names both the architecture (a plan changes the shapes) and the weights."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return validate.tensors_sha256(model.state_dict())
 
 
 def distillation_loss(logits: torch.Tensor, teacher_logits: Optional[torch.Tensor], labels: torch.Tensor,
