@@ -251,6 +251,34 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_suite
+    from .models import input_size
+
+    model, weights = _load_model(args.arch, args.weights, args.data_dir)
+    size = input_size(args.arch)
+    if size != 32:
+        raise SystemExit(f"error: --arch {args.arch} takes {size}px inputs; the shipped CIFAR-10 data is 32px")
+    for name in ("score_images", "eval_images"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1")
+    if args.bn_images < 0 or args.finetune_epochs < 0:
+        raise SystemExit("error: --bn-images and --finetune-epochs must be >= 0")
+    if any(not 0 <= k < 100 for k in args.k):
+        raise SystemExit(f"error: every --k is a percentile in [0, 100), got {args.k}")
+    out = _out_dir(args.out)
+    score_set = _jpeg("train", args.score_images, args.data_dir, False, args.seed + 1)
+    bn_set = _jpeg("train", args.bn_images, args.data_dir, False, args.seed + 3) if args.bn_images else None
+    train_set = _jpeg("train", args.train_images, args.data_dir, True, args.seed + 2) if args.finetune_epochs else None
+    eval_set = _jpeg("test", args.eval_images, args.data_dir, False, args.seed)
+    rows = run_suite(model, arch=args.arch, score_set=score_set, bn_set=bn_set, train_set=train_set,
+                     eval_set=eval_set, criteria=args.criteria, ks=args.k, seeds=args.seeds, out=out,
+                     finetune_epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size,
+                     latency_repeats=args.latency_repeats, progress=not args.no_progress)
+    print(f"{len(rows)} cells; wrote {out / 'results.json'}, {out / 'results.md'} and plots (weights {weights})")
+    return 0
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
@@ -343,12 +371,32 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--eval-images", type=int, default=None, help="test images for accuracy (default all 10000)")
     pr.add_argument("--train-images", type=int, default=None, help="training images for distillation (default all)")
     pr.add_argument("--finetune-epochs", type=int, default=2)
-    pr.add_argument("--bn-images", type=int, default=0,
+    pr.add_argument("--bn-images", type=int, default=1000,
                     help="re-estimate BatchNorm statistics of the pruned model on this many training images "
-                         "before evaluating and distilling it (default 0: off)")
+                         "before evaluating and distilling it (default 1000; 0: off)")
     pr.add_argument("--lr", type=float, default=0.01)
     pr.add_argument("--out", default="runs/prune")
     pr.set_defaults(func=cmd_prune)
+
+    from .criteria import CRITERIA
+
+    be = sub.add_parser("bench", help="compare pruning criteria at identical structure (results.json/md, plots)")
+    common(be)
+    be.add_argument("--k", type=float, nargs="+", default=[20.0, 40.0, 60.0], help="percentiles (default 20 40 60)")
+    be.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=list(CRITERIA), metavar="NAME",
+                    help=f"criteria to compare (default all: {' '.join(CRITERIA)})")
+    be.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="seeds: for random, and for fine-tuning (default 0 1 2)")
+    be.add_argument("--score-images", type=int, default=1000, help="training images criteria are computed on")
+    be.add_argument("--bn-images", type=int, default=1000,
+                    help="training images for BatchNorm re-estimation after surgery (0: skip)")
+    be.add_argument("--finetune-epochs", type=int, default=0, help="distillation epochs per cell (default 0)")
+    be.add_argument("--train-images", type=int, default=None, help="training images for fine-tuning (default all)")
+    be.add_argument("--eval-images", type=int, default=None, help="test images for accuracy (default all 10000)")
+    be.add_argument("--lr", type=float, default=0.01)
+    be.add_argument("--latency-repeats", type=int, default=10, help="timed forward passes per latency figure")
+    be.add_argument("--out", default="runs/bench")
+    be.set_defaults(func=cmd_bench)
 
     ft = sub.add_parser("finetune", help="adapt a model to the shipped JPEG CIFAR-10 (cross-entropy)")
     common(ft)

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,7 +24,8 @@ from .atomic import atomic_path, write_text_atomic
 from .module_state import restore_training_flags, training_flags
 from .scores import LayerScores
 
-__all__ = ["prune", "apply_plan", "save_pruned", "load_pruned", "count_params", "group_scores", "select_channels"]
+__all__ = ["prune", "apply_plan", "save_pruned", "load_pruned", "count_params", "group_scores", "select_channels",
+           "select_top", "kept_count", "SELECTION_RULES"]
 
 PLAN_FORMAT = "ocnna-fast-plan"
 PLAN_VERSION = 1
@@ -63,6 +64,26 @@ def select_channels(group_score: np.ndarray, k: float, name: Optional[str] = Non
     return keep
 
 
+SELECTION_RULES = ("percentile", "count")
+
+
+def kept_count(width: int, k: float) -> int:
+    """How many of ``width`` distinct values the percentile rule keeps: those
+    at or above position ``k/100 * (width - 1)`` of the sorted values."""
+    return width - int(np.ceil(_check_k(k) / 100.0 * (width - 1) - 1e-9))
+
+
+def select_top(values: np.ndarray, count: int, name: Optional[str] = None) -> np.ndarray:
+    """Indices (ascending) of the ``count`` highest values, ties broken by the
+    lower index; non-finite values refused as in ``select_channels``."""
+    s = np.asarray(values, dtype=np.float64)
+    select_channels(s, 0, name=name)  # the same checks of shape and finiteness
+    if not 1 <= count <= s.size:
+        raise ValueError(f"cannot keep {count} of {s.size} channels")
+    order = np.lexsort((np.arange(s.size), -s))  # by value descending, then index
+    return np.sort(order[:count])
+
+
 def group_scores(members: Sequence[Tuple[LayerScores, Sequence[int]]]) -> np.ndarray:
     """SPEC 4: a group with one scored layer ranks by that layer's scores; a
     group spanning several layers (our reading) by the mean over them of each
@@ -96,10 +117,13 @@ def _graph(model: nn.Module, example_inputs: torch.Tensor):
 
 def prune(
     model: nn.Module,
-    scores: Mapping[str, LayerScores],
+    scores: Optional[Mapping[str, LayerScores]],
     k: float,
     example_inputs: torch.Tensor,
     ignored_layers: Optional[Iterable[Union[str, nn.Module]]] = None,
+    *,
+    importance: Union[None, Callable[[Any], Any], Mapping[str, Any]] = None,
+    rule: str = "percentile",
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     """A physically smaller copy of ``model`` with OCNNA's selection applied.
 
@@ -112,12 +136,28 @@ def prune(
         ignored_layers: modules or names whose output channels stay (the
             classifier's outputs are never pruned: only convs are roots).
             Default: what the model's ``ocnna_ignored_layers()`` names, if any.
+        importance: rank each group by another criterion instead of the
+            scores: a callable taking a Torch-Pruning group (of the copy being
+            pruned) and returning one value per channel of its root, higher =
+            keep (any ``torch_pruning.importance`` object qualifies), or a
+            mapping from each group root's name to those values.  The
+            groups pruned are the same as with scores: those holding a
+            prunable conv (``scores`` may then be ``None``).
+        rule: ``"percentile"`` (SPEC 4: remove channels below the k-th
+            percentile) or ``"count"``: keep exactly as many channels as the
+            percentile rule keeps for distinct values, the highest-ranked,
+            ties broken by channel index.  ``"count"`` gives every criterion
+            the same structure at the same k, whatever its ties.
 
     Returns:
         ``(pruned_model, plan)``; ``plan`` is JSON-serialisable and
         ``apply_plan(base, plan)`` rebuilds the same architecture.
     """
     k = _check_k(k)
+    if rule not in SELECTION_RULES:
+        raise ValueError(f"rule must be one of {SELECTION_RULES}, got {rule!r}")
+    if scores is None and importance is None:
+        raise ValueError("pass scores, or an importance to rank the groups by")
     if not isinstance(example_inputs, torch.Tensor):
         raise TypeError("example_inputs must be a tensor batch the model accepts")
     pruned = copy.deepcopy(model).eval()
@@ -134,6 +174,8 @@ def prune(
             if name is None:
                 raise ValueError(f"ignored layer {item!r} is not a module of the model")
             ignored.append(by_name[name])
+    if scores is None:  # an importance ranks; the prunable convs say which groups are pruned
+        scores = {n: None for n, m in by_name.items() if isinstance(m, nn.Conv2d) and m.groups == 1}
     missing = [n for n in scores if n not in by_name]
     if missing:
         raise ValueError(f"scores name layers the model does not have: {missing[:5]}")
@@ -153,14 +195,27 @@ def prune(
             name = names.get(mod)
             if name in scores and len(idxs) == width:
                 ls = scores[name]
-                if ls.num_channels != mod.out_channels:
+                if ls is not None and ls.num_channels != mod.out_channels:
                     raise ValueError(
                         f"scores for {name!r} have {ls.num_channels} channels, the layer has {mod.out_channels}"
                     )
                 members.append((ls, [int(i) for i in idxs]))
         if not members:
             continue  # no scored conv decides this group: it stays whole
-        keep = select_channels(group_scores(members), k, name=names[root])
+        if importance is not None:
+            values = importance.get(names[root]) if isinstance(importance, Mapping) else importance(group)
+            if values is None:
+                raise ValueError(f"the importance returned no values for group {names[root]!r}")
+            values = torch.as_tensor(values).detach().double().cpu().numpy().reshape(-1)
+            if values.shape != (width,):
+                raise ValueError(f"the importance gave {values.shape[0]} values for group {names[root]!r} "
+                                 f"of {width} channels")
+        else:
+            values = group_scores(members)
+        if rule == "count":
+            keep = select_top(values, kept_count(width, k), name=names[root])
+        else:
+            keep = select_channels(values, k, name=names[root])
         removed = sorted(set(range(width)) - set(keep.tolist()))
         decisions.append({"root": names[root], "channels": width, "removed": removed})
 

@@ -69,7 +69,7 @@ def test_missing_data_is_explained(tmp_path, capsys):
 
 
 TINY = ["--arch", "resnet20", "--k", "40", "--score-images", "16", "--eval-images", "16", "--train-images", "16",
-        "--finetune-epochs", "1", "--batch-size", "16", "--no-progress"]
+        "--finetune-epochs", "1", "--batch-size", "16", "--bn-images", "16", "--no-progress"]
 
 
 @pytest.mark.parametrize("make_bad, message", [

@@ -1,0 +1,263 @@
+"""The pruning benchmark suite: criteria side by side at identical structure.
+
+For each criterion, k and seed (a *cell*) the model is pruned with the
+criterion's values in place of OCNNA's scores, every criterion removing the
+same number of channels from the same groups (``prune(..., rule="count")``).
+Each cell records accuracy right after surgery, after BatchNorm
+re-estimation and after the fine-tuning budget (distillation from the
+unpruned model; the same for every criterion), the parameter and MAC ratios,
+CPU latency of the pruned vs the base model, and the criterion's scoring
+time.  Cells are appended to ``results.json`` as they finish (atomically), so
+a stopped suite continues where it stopped.
+
+    ocnna-fast bench --arch resnet56 --k 20 40 60 --criteria ocnna l1 random --out runs/bench
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .atomic import write_text_atomic
+from .batchnorm import recalibrate_batchnorm
+from .criteria import CRITERIA, SEEDED, Context, criterion_values
+from .distill import TensorImages, distill, evaluate
+from .pruning import count_params, prune
+
+__all__ = ["run_suite", "latency_ms", "RESULT_KEYS"]
+
+RESULT_KEYS = ("criterion", "k", "seed", "rpr", "macs_ratio", "acc_surgery", "acc_bn", "acc_finetuned",
+               "score_seconds", "latency_ms_b1", "latency_ms_b64")
+
+
+def latency_ms(model: nn.Module, batch: int, size: int, repeats: int, warmup: int = 2) -> Dict[str, float]:
+    """Median and spread (min, max) of ``repeats`` timed forward passes of a
+    random ``(batch, 3, size, size)`` input on the CPU, after ``warmup``."""
+    model = model.eval()
+    x = torch.randn(batch, 3, size, size)
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + repeats):
+            t = time.perf_counter()
+            model(x)
+            if i >= warmup:
+                times.append(1000.0 * (time.perf_counter() - t))
+    return {"median": statistics.median(times), "min": min(times), "max": max(times)}
+
+
+def _macs(model: nn.Module, size: int) -> int:
+    import torch_pruning as tp
+
+    macs, _ = tp.utils.count_ops_and_params(model, torch.zeros(1, 3, size, size))
+    return int(macs)
+
+
+def _cell_key(row: Dict[str, Any]) -> tuple:
+    return (row["criterion"], float(row["k"]), int(row["seed"]))
+
+
+def _load_rows(path: Path, config: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Finished cells of an earlier run into the same folder, if its settings
+    match (else a ValueError: results of two budgets never mix)."""
+    if not path.exists():
+        return []
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); move it away to start afresh") from exc
+    if not isinstance(doc, dict) or doc.get("config") != config:
+        theirs = doc.get("config", {}) if isinstance(doc, dict) else {}
+        differ = sorted(k for k in set(config) | set(theirs) if config.get(k) != theirs.get(k))
+        raise ValueError(f"{path} holds results of other settings (differ in: {', '.join(differ)}); "
+                         "use another --out")
+    rows = doc.get("rows")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and set(RESULT_KEYS) <= set(r) for r in rows):
+        raise ValueError(f"{path}: malformed rows; move it away to start afresh")
+    return rows
+
+
+def run_suite(
+    model: nn.Module,
+    *,
+    arch: str,
+    score_set: TensorImages,
+    bn_set: Optional[TensorImages],
+    train_set: Optional[TensorImages],
+    eval_set: TensorImages,
+    criteria: Sequence[str],
+    ks: Sequence[float],
+    seeds: Sequence[int],
+    out: Path,
+    finetune_epochs: int = 0,
+    lr: float = 0.01,
+    batch_size: int = 128,
+    input_size: int = 32,
+    latency_repeats: int = 10,
+    ignored_layers: Optional[Iterable[nn.Module]] = None,
+    progress: bool = True,
+    log=print,
+) -> List[Dict[str, Any]]:
+    """Runs (or continues) the suite and writes ``results.json`` and
+    ``results.md`` into ``out``; returns the rows.  Deterministic criteria run
+    at the first seed only unless fine-tuning makes the seed matter."""
+    unknown = [c for c in criteria if c not in CRITERIA]
+    if unknown:
+        raise ValueError(f"unknown criteria {unknown}; choose from {', '.join(CRITERIA)}")
+    if not criteria or not ks or not seeds:
+        raise ValueError("need at least one criterion, one k and one seed")
+    if finetune_epochs > 0 and train_set is None:
+        raise ValueError("fine-tuning needs a training set")
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"arch": arch, "score_images": len(score_set), "bn_images": len(bn_set) if bn_set else 0,
+              "train_images": len(train_set) if train_set is not None and finetune_epochs else 0,
+              "eval_images": len(eval_set), "finetune_epochs": finetune_epochs, "lr": lr, "batch_size": batch_size}
+    results_path = out / "results.json"
+    rows = _load_rows(results_path, config)
+    done = {_cell_key(r) for r in rows}
+    model = model.eval()
+    ignored = list(ignored_layers) if ignored_layers is not None else list(
+        getattr(model, "ocnna_ignored_layers", lambda: [])())
+    example = torch.zeros(1, 3, input_size, input_size)
+    score_batches = [x for x, _ in score_set.batches(batch_size)]
+    score_labels = [y for _, y in score_set.batches(batch_size)]
+    base_params, base_macs = count_params(model), _macs(model, input_size)
+    base_acc = evaluate(model, eval_set)
+    base_lat = {b: latency_ms(model, b, input_size, latency_repeats if b == 1 else max(3, latency_repeats // 3))
+                for b in (1, 64)}
+    log(f"base: {base_acc:.2f}% on {len(eval_set)} images, {base_params} parameters, "
+        f"latency {base_lat[1]['median']:.2f} ms (batch 1) / {base_lat[64]['median']:.1f} ms (batch 64)")
+    cells = []
+    for c in criteria:
+        cell_seeds = seeds if (c in SEEDED or finetune_epochs > 0) else seeds[:1]
+        for k in ks:
+            for s in cell_seeds:
+                if (c, float(k), int(s)) not in done:
+                    cells.append((c, float(k), int(s)))
+    bar = None
+    if progress and cells:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(cells), desc="bench cells", unit="cell")
+    values_cache: Dict[tuple, tuple] = {}
+    try:
+        for c, k, s in cells:
+            key = (c, s if c in SEEDED else 0)
+            if key not in values_cache:
+                t = time.perf_counter()
+                ctx = Context(model, score_batches, score_labels, example, ignored, seed=s)
+                values_cache[key] = (criterion_values(c, ctx), time.perf_counter() - t)
+            values, seconds = values_cache[key]
+            pruned, _ = prune(model, None, k, example, ignored_layers=ignored, importance=values, rule="count")
+            row: Dict[str, Any] = {"criterion": c, "k": k, "seed": s, "score_seconds": seconds}
+            row["rpr"] = count_params(pruned) / base_params
+            row["macs_ratio"] = _macs(pruned, input_size) / base_macs
+            row["acc_surgery"] = evaluate(pruned, eval_set)
+            row["acc_bn"] = None
+            if bn_set is not None and len(bn_set):
+                recalibrate_batchnorm(pruned, (x for x, _ in bn_set.batches(batch_size)))
+                row["acc_bn"] = evaluate(pruned, eval_set)
+            row["acc_finetuned"] = None
+            if finetune_epochs > 0:
+                distill(pruned, model, train_set, epochs=finetune_epochs, lr=lr, batch_size=batch_size, seed=s,
+                        progress=False)
+                row["acc_finetuned"] = evaluate(pruned, eval_set)
+            lat1 = latency_ms(pruned, 1, input_size, latency_repeats)
+            lat64 = latency_ms(pruned, 64, input_size, max(3, latency_repeats // 3))
+            row.update(latency_ms_b1=lat1["median"], latency_ms_b64=lat64["median"],
+                       latency_ratio_b1=lat1["median"] / base_lat[1]["median"],
+                       latency_ratio_b64=lat64["median"] / base_lat[64]["median"],
+                       base_accuracy=base_acc)
+            rows.append(row)
+            doc = {"config": config, "base": {"accuracy": base_acc, "params": base_params, "macs": base_macs,
+                                              "latency_ms_b1": base_lat[1], "latency_ms_b64": base_lat[64],
+                                              "threads": torch.get_num_threads()},
+                   "rows": rows}
+            write_text_atomic(results_path, json.dumps(doc, indent=1))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(criterion=c, k=k, acc_bn=row["acc_bn"])
+    finally:
+        if bar is not None:
+            bar.close()
+    write_text_atomic(out / "results.md", results_table(rows, arch, config))
+    _plots(rows, out, arch)
+    return rows
+
+
+def _mean(values: List[Optional[float]]) -> Optional[float]:
+    v = [x for x in values if x is not None]
+    return sum(v) / len(v) if v else None
+
+
+def summarise(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One line per (criterion, k): means over seeds (and the seed count)."""
+    groups: Dict[tuple, List[Dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["criterion"], float(r["k"])), []).append(r)
+    out = []
+    for (c, k), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        line = {"criterion": c, "k": k, "seeds": len(rs)}
+        for f in ("rpr", "macs_ratio", "acc_surgery", "acc_bn", "acc_finetuned", "score_seconds",
+                  "latency_ms_b1", "latency_ms_b64"):
+            line[f] = _mean([r[f] for r in rs])
+        line["acc_bn_min"] = min((r["acc_bn"] for r in rs if r["acc_bn"] is not None), default=None)
+        line["acc_bn_max"] = max((r["acc_bn"] for r in rs if r["acc_bn"] is not None), default=None)
+        out.append(line)
+    return out
+
+
+def _fmt(v: Optional[float], digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def results_table(rows: List[Dict[str, Any]], arch: str, config: Dict[str, Any]) -> str:
+    """Markdown: one row per (criterion, k), means over seeds."""
+    lines = [f"# Pruning criteria on {arch}, identical structure", "",
+             f"Settings: {json.dumps(config, sort_keys=True)}", "",
+             "| k | criterion | seeds | RPR | MACs ratio | acc. after surgery | acc. after BN | "
+             "acc. after fine-tuning | scoring s | latency b1 ms | latency b64 ms |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for s in summarise(rows):
+        bn = _fmt(s["acc_bn"])
+        if s["seeds"] > 1 and s["acc_bn"] is not None:
+            bn += f" ({_fmt(s['acc_bn_min'])}-{_fmt(s['acc_bn_max'])})"
+        lines.append(f"| {s['k']:g} | {s['criterion']} | {s['seeds']} | {_fmt(s['rpr'], 4)} | "
+                     f"{_fmt(s['macs_ratio'], 4)} | {_fmt(s['acc_surgery'])} | {bn} | {_fmt(s['acc_finetuned'])} | "
+                     f"{_fmt(s['score_seconds'], 1)} | {_fmt(s['latency_ms_b1'])} | {_fmt(s['latency_ms_b64'], 1)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plots(rows: List[Dict[str, Any]], out: Path, arch: str) -> None:
+    """accuracy vs RPR per criterion, and accuracy vs k; skipped (with a
+    message in results.md's folder) where matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        write_text_atomic(out / "plots-skipped.txt", "matplotlib is not installed: pip install 'ocnna-fast[bench]'\n")
+        return
+    summary = summarise(rows)
+    field = "acc_finetuned" if any(s["acc_finetuned"] is not None for s in summary) else (
+        "acc_bn" if any(s["acc_bn"] is not None for s in summary) else "acc_surgery")
+    for x_field, name, xlabel in (("rpr", "accuracy_vs_rpr.png", "remaining parameters ratio"),
+                                  ("k", "accuracy_vs_k.png", "k (percentile removed per group)")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for c in sorted({s["criterion"] for s in summary}):
+            pts = sorted((s[x_field], s[field]) for s in summary if s["criterion"] == c and s[field] is not None)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=c)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"top-1 accuracy, % ({field})")
+        ax.set_title(arch)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)

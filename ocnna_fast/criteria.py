@@ -1,0 +1,145 @@
+"""Filter-ranking criteria for side-by-side comparisons at identical structure.
+
+Each criterion turns a trained model and scoring images into one value per
+channel of every prunable group root (higher = keep), keyed by the root's
+module name: the mapping ``ocnna_fast.prune(..., importance=...)`` takes.
+OCNNA-family criteria come from ``score()``'s streamed statistics; the peers
+are Torch-Pruning's own importances, called through its API on the same
+groups ``prune`` forms.
+
+Names (stable, for scripts): see ``CRITERIA``.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .pruning import group_scores
+from .scoring import score
+
+__all__ = ["CRITERIA", "Context", "criterion_values", "SEEDED"]
+
+
+@dataclass
+class Context:
+    """What a criterion may use: the model, scoring batches (normalised
+    inputs) with their labels, an example input for tracing, the layers never
+    pruned, and a seed (for ``random``)."""
+
+    model: nn.Module
+    batches: Sequence[torch.Tensor]
+    labels: Sequence[torch.Tensor]
+    example_inputs: torch.Tensor
+    ignored_layers: List[nn.Module]
+    seed: int = 0
+
+
+def _groups(model: nn.Module, ctx: Context):
+    """(root name, group) for the groups ``prune`` ranks, on ``model`` (a
+    copy of ctx.model with the same module names)."""
+    import torch_pruning as tp
+
+    names = {m: n for n, m in model.named_modules()}
+    by_name = dict(model.named_modules())
+    orig = {m: n for n, m in ctx.model.named_modules()}
+    ignored = [by_name[orig[m]] for m in ctx.ignored_layers]
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=ctx.example_inputs)
+    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]):
+        yield names[group[0][0].target.module], group
+
+
+def _from_layer_values(ctx: Context, values: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
+    """Per-layer values -> per-group values by SPEC 4's coupled-group rule
+    (the same rule OCNNA's own scores go through)."""
+    from .scores import LayerScores
+
+    out = {}
+    model = copy.deepcopy(ctx.model).eval()
+    names = {m: n for n, m in model.named_modules()}
+    for root, group in _groups(model, ctx):
+        width = len(group[0][1])
+        members = []
+        for dep, idxs in group:
+            mod = dep.target.module
+            name = names.get(mod)
+            if isinstance(mod, nn.Conv2d) and name in values and len(idxs) == width and \
+                    dep.target.module.out_channels == width:
+                v = values[name].double()
+                members.append((LayerScores(score=v, mean=v, std=v, count=1, dead=torch.zeros_like(v, dtype=torch.bool)),
+                                [int(i) for i in idxs]))
+        if members:
+            out[root] = group_scores(members)
+    return out
+
+
+def _ocnna(field: str, n_components=None) -> Callable[[Context], Dict[str, np.ndarray]]:
+    def run(ctx: Context) -> Dict[str, np.ndarray]:
+        s = score(ctx.model, ctx.batches, n_components=n_components, progress=False)
+        return _from_layer_values(ctx, {n: getattr(s[n], field) for n in s})
+
+    return run
+
+
+def _tp(make: Callable[[], object], needs_grad: bool = False) -> Callable[[Context], Dict[str, np.ndarray]]:
+    def run(ctx: Context) -> Dict[str, np.ndarray]:
+        model = copy.deepcopy(ctx.model).eval()
+        if needs_grad:  # Taylor: gradients of the loss on the scoring images
+            model.zero_grad()
+            for x, y in zip(ctx.batches, ctx.labels):
+                F.cross_entropy(model(x), y).backward()
+        imp = make()
+        out = {}
+        for root, group in _groups(model, ctx):
+            v = imp(group)
+            if v is not None:
+                out[root] = v.detach().double().cpu().numpy()
+        return out
+
+    return run
+
+
+def _random(ctx: Context) -> Dict[str, np.ndarray]:
+    rng = np.random.default_rng(ctx.seed)
+    model = copy.deepcopy(ctx.model).eval()
+    return {root: rng.random(len(group[0][1])) for root, group in _groups(model, ctx)}
+
+
+def _tp_importance(name: str, **kw):
+    def make():
+        import torch_pruning as tp
+
+        return getattr(tp.importance, name)(**kw)
+
+    return make
+
+
+# name -> how its values are made.  "ocnna" is the paper's reading (SPEC
+# defaults); "mean-energy" is the mean of the same per-image energies.
+CRITERIA: Dict[str, Callable[[Context], Dict[str, np.ndarray]]] = {
+    "ocnna": _ocnna("score"),
+    "ocnna-0.95": _ocnna("score", 0.95),
+    "mean-energy": _ocnna("mean"),
+    "l1": _tp(_tp_importance("GroupMagnitudeImportance", p=1)),
+    "l2": _tp(_tp_importance("GroupMagnitudeImportance", p=2)),
+    "fpgm": _tp(_tp_importance("FPGMImportance")),
+    "taylor": _tp(_tp_importance("GroupTaylorImportance"), needs_grad=True),
+    "bn-scale": _tp(_tp_importance("BNScaleImportance")),
+    "lamp": _tp(_tp_importance("LAMPImportance")),
+    "random": _random,
+}
+
+# criteria whose values depend on the seed
+SEEDED = ("random",)
+
+
+def criterion_values(name: str, ctx: Context) -> Dict[str, np.ndarray]:
+    """Per-group values of criterion ``name`` (one of ``CRITERIA``)."""
+    if name not in CRITERIA:
+        raise ValueError(f"unknown criterion {name!r}; choose from {', '.join(CRITERIA)}")
+    return CRITERIA[name](ctx)

@@ -1,0 +1,113 @@
+"""The benchmark suite: identical structure across criteria, resumable cells, the result schema."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("torch_pruning")
+from torch import nn
+
+from ocnna_fast import count_params, prune, score
+from ocnna_fast.bench import RESULT_KEYS, run_suite
+from ocnna_fast.criteria import CRITERIA, Context, criterion_values
+from ocnna_fast.distill import TensorImages
+from ocnna_fast.models import build
+from ocnna_fast.pruning import kept_count, select_channels, select_top
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_count_rule_keeps_what_the_percentile_rule_keeps_on_distinct_values(seed):
+    rng = np.random.default_rng(seed)
+    for width in range(1, 70):
+        for k in (0, 12.5, 20, 40, 50, 60, 75, 99):
+            v = rng.random(width)
+            assert np.array_equal(select_top(v, kept_count(width, k)), select_channels(v, k)), (width, k)
+
+
+def test_count_rule_is_blind_to_ties():
+    """All-equal values keep everything under the percentile rule; the count
+    rule keeps exactly as many as for distinct values, lowest indices first."""
+    v = np.zeros(10)
+    assert select_channels(v, 40).size == 10
+    assert select_top(v, kept_count(10, 40)).tolist() == [0, 1, 2, 3, 4, 5]
+
+
+class Res(nn.Module):
+    """A residual add couples a and c: one group of two convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn_a = nn.BatchNorm2d(8)
+        self.b = nn.Conv2d(8, 6, 3, padding=1)
+        self.bn_b = nn.BatchNorm2d(6)
+        self.c = nn.Conv2d(6, 8, 3, padding=1)
+        self.bn_c = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 3)
+        for bn in (self.bn_a, self.bn_b, self.bn_c):  # distinct scales, so bn-scale has something to rank
+            nn.init.uniform_(bn.weight, 0.5, 1.5)
+
+    def forward(self, x):
+        a = torch.relu(self.bn_a(self.a(x)))
+        return self.fc((a + self.bn_c(self.c(torch.relu(self.bn_b(self.b(a)))))).mean((2, 3)))
+
+
+def _ctx(model, n=12):
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(6, 3, 8, 8, generator=g) for _ in range(n // 6)]
+    ys = [torch.randint(0, 3, (6,), generator=g) for _ in xs]
+    return Context(model, xs, ys, torch.zeros(1, 3, 8, 8), [])
+
+
+@pytest.mark.parametrize("criterion", list(CRITERIA))
+def test_every_criterion_gives_the_same_structure(criterion):
+    torch.manual_seed(0)
+    model = Res().eval()
+    ref, _ = prune(model, score(model, _ctx(model).batches, progress=False), 50, torch.zeros(1, 3, 8, 8),
+                   rule="count")
+    values = criterion_values(criterion, _ctx(model))
+    assert set(values) == {"b", "c"}  # group roots: c (coupled with a by the add) and b
+    pruned, plan = prune(model, None, 50, torch.zeros(1, 3, 8, 8), importance=values, rule="count")
+    assert count_params(pruned) == count_params(ref)
+    assert sorted((g["root"], len(g["removed"])) for g in plan["groups"]) == [("b", 3), ("c", 4)]
+
+
+def test_importance_values_decide_the_channels():
+    model = Res().eval()
+    values = {"c": np.arange(8.0), "b": -np.arange(6.0)}
+    _, plan = prune(model, None, 50, torch.zeros(1, 3, 8, 8), importance=values, rule="count")
+    removed = {g["root"]: g["removed"] for g in plan["groups"]}
+    assert removed == {"c": [0, 1, 2, 3], "b": [3, 4, 5]}
+    with pytest.raises(ValueError, match="values for group"):
+        prune(model, None, 50, torch.zeros(1, 3, 8, 8), importance={"c": np.ones(3), "b": np.ones(6)})
+
+
+def _sets(data_dir, n):
+    from ocnna_fast import data
+    from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
+
+    x, y = data.cifar10_jpeg("train", data_dir, limit=n, seed=1)
+    return TensorImages(x, y, CIFAR_MEAN, CIFAR_STD)
+
+
+def test_suite_resumes_and_writes_the_schema(tmp_path, data_dir):
+    from ocnna_fast.models import load_weights
+
+    model = load_weights(build("resnet20"), data_dir / "resnet-cifar10-akamaster" / "resnet20-12fca82f.th").eval()
+    sets = dict(score_set=_sets(data_dir, 40), bn_set=_sets(data_dir, 40), train_set=None, eval_set=_sets(data_dir, 40))
+    kw = dict(arch="resnet20", ks=[40], seeds=[0, 1], out=tmp_path, progress=False, latency_repeats=1, **sets)
+    rows = run_suite(model, criteria=["ocnna"], log=lambda *_: None, **kw)
+    assert len(rows) == 1  # deterministic: first seed only without fine-tuning
+    rows = run_suite(model, criteria=["ocnna", "random"], log=lambda *_: None, **kw)
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["criterion"], r["seed"]) for r in doc["rows"]] == [("ocnna", 0), ("random", 0), ("random", 1)]
+    for r in doc["rows"]:
+        assert set(RESULT_KEYS) <= set(r) and r["acc_finetuned"] is None
+        assert r["rpr"] == doc["rows"][0]["rpr"] and 0.5 < r["rpr"] < 0.7
+    assert "| 40 | random | 2 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "accuracy_vs_rpr.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="other settings"):
+        run_suite(model, criteria=["ocnna"], log=lambda *_: None, **dict(kw, bn_set=None))
