@@ -12,6 +12,7 @@ Names (stable, for scripts): see ``CRITERIA``.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -78,12 +79,24 @@ def _from_layer_values(ctx: Context, values: Dict[str, torch.Tensor]) -> Dict[st
     return out
 
 
-def _ocnna(field: str, n_components=None) -> Callable[[Context], Dict[str, np.ndarray]]:
+def _ocnna(field: str, n_components=None, tap: str = "conv_output") -> Callable[[Context], Dict[str, np.ndarray]]:
     def run(ctx: Context) -> Dict[str, np.ndarray]:
-        s = score(ctx.model, ctx.batches, n_components=n_components, progress=False)
+        with warnings.catch_warnings():  # the convs without their own activation are expected
+            warnings.filterwarnings("ignore", message="tap='post_activation'")
+            s = score(ctx.model, ctx.batches, n_components=n_components, progress=False, tap=tap)
         return _from_layer_values(ctx, {n: getattr(s[n], field) for n in s})
 
     return run
+
+
+def _ocnna_rms(ctx: Context) -> Dict[str, np.ndarray]:
+    """sqrt(mean^2 + std^2) of the per-image energies = sqrt(E[F^2]): the
+    root-mean-square norm of the filter's PCA-transformed map over images,
+    i.e. how much output energy the filter carries.  Both parts are OCNNA's
+    own streamed statistics; where the paper divides std by mean (a
+    scale-free variation), this keeps the scale."""
+    s = score(ctx.model, ctx.batches, progress=False)
+    return _from_layer_values(ctx, {n: torch.sqrt(s[n].mean ** 2 + s[n].std ** 2) for n in s})
 
 
 def _tp(make: Callable[[], object], needs_grad: bool = False) -> Callable[[Context], Dict[str, np.ndarray]]:
@@ -124,7 +137,9 @@ def _tp_importance(name: str, **kw):
 CRITERIA: Dict[str, Callable[[Context], Dict[str, np.ndarray]]] = {
     "ocnna": _ocnna("score"),
     "ocnna-0.95": _ocnna("score", 0.95),
+    "ocnna-relu": _ocnna("score", tap="post_activation"),
     "mean-energy": _ocnna("mean"),
+    "ocnna-rms": _ocnna_rms,
     "l1": _tp(_tp_importance("GroupMagnitudeImportance", p=1)),
     "l2": _tp(_tp_importance("GroupMagnitudeImportance", p=2)),
     "fpgm": _tp(_tp_importance("FPGMImportance")),

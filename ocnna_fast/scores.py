@@ -14,14 +14,13 @@ import torch
 
 from . import _native, validate
 from .atomic import atomic_path
+from .taps import TAPS
 
 __all__ = ["LayerScores", "Scores"]
 
 _FORMAT = "ocnna-fast-scores"
 _FORMAT_VERSION = 2  # 2: a sha256 of the contents in the metadata
 _META_KEYS = ("format", "version", "layers", "counts", "n_components", "tap", "sha256")
-# Where a layer's maps are read: the conv's own output (SPEC 1, the default).
-TAPS = ("conv_output",)
 
 
 @dataclass(frozen=True)

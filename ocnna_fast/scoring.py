@@ -32,6 +32,7 @@ from torch import nn
 
 from . import _native, runstate
 from .layers import prunable_convs
+from .taps import TAPS, post_activation_taps
 from .module_state import restore_training_flags, training_flags
 from .scores import Scores
 from .stats import FilterStats, positive_int
@@ -238,6 +239,7 @@ def score(
     distributed: Optional[bool] = None,
     checkpoint: Union[None, str, "os.PathLike[str]"] = None,
     checkpoint_every: int = 100,
+    tap: str = "conv_output",
 ) -> Scores:
     """OCNNA scores of every prunable conv of ``model`` over ``data``.
 
@@ -270,6 +272,12 @@ def score(
             in the same order.  Removed after a successful run.  Under
             ``torch.distributed`` each rank uses ``<checkpoint>.rank<N>``.
         checkpoint_every: batches between checkpoints.
+        tap: which map of a conv is scored: ``"conv_output"`` (SPEC 1, the
+            default) or ``"post_activation"``: ``relu(bn(conv(x)))`` where the
+            conv feeds (through at most one BatchNorm) a ReLU/ReLU6 alone,
+            found by tracing with ``torch.fx``; other convs (e.g. a residual
+            branch's last conv, whose ReLU follows the addition) keep their
+            own output, and a warning names them.
 
     Returns:
         ``Scores``, mapping each conv name to its ``LayerScores``.
@@ -297,6 +305,17 @@ def score(
         raise ValueError(
             f"{type(model).__name__} has no prunable conv (nn.Conv2d with groups == 1) to score"
         )
+    if tap not in TAPS:
+        raise ValueError(f"tap must be one of {TAPS}, got {tap!r}")
+    modules = dict(model.named_modules())
+    if tap == "post_activation":
+        taps = post_activation_taps(model, convs)
+        plain = [n for n, (_, act) in taps.items() if act is None]
+        if plain:
+            warnings.warn(f"tap='post_activation': {len(plain)} conv(s) are not followed by their own activation "
+                          f"and are scored on their output, e.g. {plain[:3]}")
+    else:
+        taps = {n: (n, None) for n in convs}
 
     home, run_device = _placement(model, device)
     stats: Dict[str, FilterStats] = {
@@ -310,12 +329,14 @@ def score(
     state = {"probing": False}
     worker: Union[None, _Overlap, _SideStream] = None
 
-    def make_hook(name: str, st: FilterStats):
+    def make_hook(name: str, st: FilterStats, act=None):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             if state["probing"]:
-                if isinstance(output, torch.Tensor):
+                if isinstance(output, torch.Tensor) and act is None:
                     probe[name] = (output, output._version)
                 return
+            if act is not None and isinstance(output, torch.Tensor):
+                output = act(output)  # a new tensor: a later in-place edit of the module's output cannot reach it
             calls[name] = calls.get(name, 0) + 1
             if worker is not None and not in_place[name] and isinstance(output, torch.Tensor):
                 worker.submit(st, output)
@@ -338,12 +359,13 @@ def score(
 
             ckpt_path = f"{ckpt_path}.rank{dist.get_rank()}"
         fingerprint = runstate.model_fingerprint(model, stats, ncomp)
+        fingerprint["tap"] = tap
         if os.path.exists(ckpt_path):
             done_batches, seen = runstate.load_checkpoint(ckpt_path, stats, fingerprint)
     try:
         if run_device != home:
             model.to(run_device)
-        handles = [m.register_forward_hook(make_hook(n, stats[n])) for n, m in convs.items()]
+        handles = [modules[taps[n][0]].register_forward_hook(make_hook(n, stats[n], taps[n][1])) for n in convs]
         model.eval()
         if progress:
             from tqdm.auto import tqdm
@@ -364,6 +386,9 @@ def score(
                     state["probing"] = False
                     for name, (out, version) in probe.items():
                         in_place[name] = out._version != version
+                    for name, (_, act) in taps.items():
+                        if act is not None:  # scored on a tensor of its own (see the hook)
+                            in_place[name] = False
                     probe.clear()
                     worker = _Overlap() if run_device.type == "cpu" else _SideStream(run_device, _FORWARD_PRIORITY)
             for batch in batches:
@@ -436,4 +461,4 @@ def score(
         except OSError as exc:
             warnings.warn(f"scoring finished, but its checkpoint {ckpt_path} could not be removed ({exc}); "
                           "delete it before scoring other data with the same checkpoint path")
-    return Scores(results, n_components=ncomp)
+    return Scores(results, n_components=ncomp, tap=tap)
