@@ -37,6 +37,8 @@ PYBIND11_MODULE(_C_cuda, m) {
          int mode, int q, double tau, uintptr_t out, uintptr_t stream, int device) {
         const MapBatch x = make_batch(ptr, dtype, shape, strides);
         const EnergyParams p = make_params(mode, q, tau);
+        if (p.mode == ocnna::kRank)
+          throw std::invalid_argument("the rank statistic runs on the CPU core only");
         double* o = as_ptr<double>(out, "out");
         py::gil_scoped_release nogil;
         ocnna::cuda::energies(x, p, o, reinterpret_cast<void*>(stream), device);
@@ -53,6 +55,8 @@ PYBIND11_MODULE(_C_cuda, m) {
          uintptr_t stream, int device) {
         const MapBatch x = make_batch(ptr, dtype, shape, strides);
         const EnergyParams p = make_params(mode, q, tau);
+        if (p.mode == ocnna::kRank)
+          throw std::invalid_argument("the rank statistic runs on the CPU core only");
         double* cnt = as_ptr<double>(count, "count");
         double* mu = as_ptr<double>(mean, "mean");
         double* q2 = as_ptr<double>(m2, "m2");

@@ -43,7 +43,11 @@ DTYPE_CODES: Dict[torch.dtype, int] = {
 }
 
 # Mode codes shared with csrc/common/ocnna_math.h (enum Mode).
-MODE_ALL, MODE_COUNT, MODE_RATIO = 0, 1, 2
+MODE_ALL, MODE_COUNT, MODE_RATIO, MODE_RANK = 0, 1, 2, 3
+
+# Per-map statistics the accumulators can stream: the PCA energy (SPEC 2) or
+# HRank's numerical rank of the map (ocnna_math.h, map_rank).
+STATISTICS = ("energy", "rank")
 
 NComponents = Optional[float]  # None, an int >= 1, or a float in (0, 1)
 

@@ -79,11 +79,13 @@ def _from_layer_values(ctx: Context, values: Dict[str, torch.Tensor]) -> Dict[st
     return out
 
 
-def _ocnna(field: str, n_components=None, tap: str = "conv_output") -> Callable[[Context], Dict[str, np.ndarray]]:
+def _ocnna(field: str, n_components=None, tap: str = "conv_output",
+           statistic: str = "energy") -> Callable[[Context], Dict[str, np.ndarray]]:
     def run(ctx: Context) -> Dict[str, np.ndarray]:
         with warnings.catch_warnings():  # the convs without their own activation are expected
             warnings.filterwarnings("ignore", message="tap='post_activation'")
-            s = score(ctx.model, ctx.batches, n_components=n_components, progress=False, tap=tap)
+            s = score(ctx.model, ctx.batches, n_components=n_components, progress=False, tap=tap,
+                      statistic=statistic)
         return _from_layer_values(ctx, {n: getattr(s[n], field) for n in s})
 
     return run
@@ -147,6 +149,9 @@ CRITERIA: Dict[str, Callable[[Context], Dict[str, np.ndarray]]] = {
     "bn-scale": _tp(_tp_importance("BNScaleImportance")),
     "lamp": _tp(_tp_importance("LAMPImportance")),
     "random": _random,
+    # HRank (Lin et al., CVPR 2020): the average rank of each post-activation
+    # map, streamed by the native core in the same single pass
+    "hrank": _ocnna("mean", tap="post_activation", statistic="rank"),
 }
 
 # criteria whose values depend on the seed

@@ -11,7 +11,7 @@ from typing import Dict, Union
 
 import numpy as np
 
-__all__ = ["map_energy", "energies", "scores_from_energies", "score_activations"]
+__all__ = ["map_energy", "energies", "scores_from_energies", "score_activations", "map_rank", "ranks"]
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -75,3 +75,27 @@ def scores_from_energies(f: np.ndarray) -> Dict[str, np.ndarray]:
 def score_activations(acts, n_components: Union[None, int, float] = None) -> Dict[str, np.ndarray]:
     """Oracle scores of one layer from its stacked activations ``(N, C, H, W)``."""
     return scores_from_energies(energies(acts, n_components))
+
+
+def map_rank(x) -> int:
+    """HRank's per-map statistic, literally as its reference code computes it:
+    ``torch.linalg.matrix_rank`` of the map as a float32 matrix (default
+    tolerance: max(H, W) * eps * largest singular value)."""
+    import torch
+
+    t = torch.as_tensor(_as_numpy(x), dtype=torch.float32)
+    if t.dim() != 2:
+        raise ValueError(f"map must be 2-D, got shape {tuple(t.shape)}")
+    return int(torch.linalg.matrix_rank(t))
+
+
+def ranks(acts) -> np.ndarray:
+    """``rank[n, c]`` for activations ``(N, C, H, W)``, one ``matrix_rank`` call per map."""
+    a = _as_numpy(acts)
+    if a.ndim != 4:
+        raise ValueError(f"activations must be (N, C, H, W), got shape {a.shape}")
+    out = np.empty(a.shape[:2], dtype=np.float64)
+    for n in range(a.shape[0]):
+        for c in range(a.shape[1]):
+            out[n, c] = map_rank(a[n, c])
+    return out

@@ -96,7 +96,7 @@ def load_checkpoint(path: str, stats: Dict[str, FilterStats], fingerprint: Dict[
         if n_img.dtype != torch.int64 or tuple(n_img.shape) != (1,) or not 0 <= int(n_img[0]) <= images:
             raise ValueError(f"checkpoint {path}: layer {name!r} has an invalid image count")
         s = st.state_with(tensors[f"{i}.count"], tensors[f"{i}.mean"], tensors[f"{i}.m2"], int(n_img[0]))
-        FilterStats(st.num_channels, st.n_components, name=name).load_state_dict(s)  # validates, sets nothing
+        FilterStats(st.num_channels, st.n_components, name=name, statistic=st.statistic).load_state_dict(s)  # checks only
         states.append(s)
     if images > 0 and batches == 0:
         raise ValueError(f"checkpoint {path} is inconsistent: {images} images in 0 batches")

@@ -20,7 +20,7 @@ __all__ = ["LayerScores", "Scores"]
 
 _FORMAT = "ocnna-fast-scores"
 _FORMAT_VERSION = 2  # 2: a sha256 of the contents in the metadata
-_META_KEYS = ("format", "version", "layers", "counts", "n_components", "tap", "sha256")
+_META_KEYS = ("format", "version", "layers", "counts", "n_components", "tap", "statistic", "sha256")
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,12 @@ class Scores(Mapping[str, LayerScores]):
         *,
         n_components: Union[None, int, float] = None,
         tap: str = "conv_output",
+        statistic: str = "energy",
     ) -> None:
         self._layers: Dict[str, LayerScores] = dict(layers)
         self.n_components = n_components
         self.tap = tap
+        self.statistic = statistic
 
     def __getitem__(self, name: str) -> LayerScores:
         return self._layers[name]
@@ -74,7 +76,8 @@ class Scores(Mapping[str, LayerScores]):
         return len(self._layers)
 
     def __repr__(self) -> str:
-        return f"Scores({len(self)} layers, n_components={self.n_components!r}, tap={self.tap!r})"
+        return (f"Scores({len(self)} layers, n_components={self.n_components!r}, tap={self.tap!r}, "
+                f"statistic={self.statistic!r})")
 
     # ------------------------------------------------------------- storage --
     def save(self, path: Union[str, os.PathLike]) -> None:
@@ -97,6 +100,7 @@ class Scores(Mapping[str, LayerScores]):
             "counts": json.dumps([self._layers[n].count for n in names]),
             "n_components": json.dumps(self.n_components),
             "tap": self.tap,
+            "statistic": self.statistic,
         }
         meta["sha256"] = validate.tensors_sha256(tensors, list(meta.items()))
         with atomic_path(path) as tmp:
@@ -141,6 +145,8 @@ class Scores(Mapping[str, LayerScores]):
             raise ValueError(f"{path}: n_components {n_components!r} is not in canonical form")
         if meta["tap"] not in TAPS:
             raise ValueError(f"{path}: unknown tap {meta['tap']!r}")
+        if meta["statistic"] not in _native.STATISTICS:
+            raise ValueError(f"{path}: unknown statistic {meta['statistic']!r}")
         validate.exact_keys(tensors, [f"{i}.{f}" for i in range(len(names)) for f in ("score", "mean", "std", "dead")],
                             f"{path}: tensors")
         layers = {}
@@ -149,4 +155,4 @@ class Scores(Mapping[str, LayerScores]):
                 tensors[f"{i}.score"], tensors[f"{i}.mean"], tensors[f"{i}.std"], tensors[f"{i}.dead"], count,
                 f"{path}: layer {name!r}")
             layers[name] = LayerScores(score=score, mean=mean, std=std, count=count, dead=dead)
-        return cls(layers, n_components=n_components, tap=meta["tap"])
+        return cls(layers, n_components=n_components, tap=meta["tap"], statistic=meta["statistic"])

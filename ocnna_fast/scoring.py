@@ -240,6 +240,7 @@ def score(
     checkpoint: Union[None, str, "os.PathLike[str]"] = None,
     checkpoint_every: int = 100,
     tap: str = "conv_output",
+    statistic: str = "energy",
 ) -> Scores:
     """OCNNA scores of every prunable conv of ``model`` over ``data``.
 
@@ -278,6 +279,9 @@ def score(
             found by tracing with ``torch.fx``; other convs (e.g. a residual
             branch's last conv, whose ReLU follows the addition) keep their
             own output, and a warning names them.
+        statistic: ``"energy"`` (OCNNA, the default) or ``"rank"``: HRank's
+            average rank of each map, streamed in the same single pass (CPU
+            only; ``n_components`` must be ``None``).
 
     Returns:
         ``Scores``, mapping each conv name to its ``LayerScores``.
@@ -319,7 +323,8 @@ def score(
 
     home, run_device = _placement(model, device)
     stats: Dict[str, FilterStats] = {
-        name: FilterStats(m.out_channels, ncomp, name=name, device=run_device) for name, m in convs.items()
+        name: FilterStats(m.out_channels, ncomp, name=name, device=run_device, statistic=statistic)
+        for name, m in convs.items()
     }
 
     use_overlap = (overlap is None or bool(overlap)) and run_device.type in ("cpu", "cuda")
@@ -359,7 +364,7 @@ def score(
 
             ckpt_path = f"{ckpt_path}.rank{dist.get_rank()}"
         fingerprint = runstate.model_fingerprint(model, stats, ncomp)
-        fingerprint["tap"] = tap
+        fingerprint.update(tap=tap, statistic=statistic)
         if os.path.exists(ckpt_path):
             done_batches, seen = runstate.load_checkpoint(ckpt_path, stats, fingerprint)
     try:
@@ -461,4 +466,4 @@ def score(
         except OSError as exc:
             warnings.warn(f"scoring finished, but its checkpoint {ckpt_path} could not be removed ({exc}); "
                           "delete it before scoring other data with the same checkpoint path")
-    return Scores(results, n_components=ncomp, tap=tap)
+    return Scores(results, n_components=ncomp, tap=tap, statistic=statistic)

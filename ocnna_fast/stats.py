@@ -23,8 +23,8 @@ __all__ = ["FilterStats"]
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
-_STATE_VERSION = 1
-_STATE_KEYS = ("version", "num_channels", "n_components", "images", "count", "mean", "m2")
+_STATE_VERSION = 2  # 2: the statistic is part of the state
+_STATE_KEYS = ("version", "num_channels", "n_components", "statistic", "images", "count", "mean", "m2")
 
 
 def positive_int(value: Any, what: str) -> int:
@@ -70,6 +70,11 @@ class FilterStats:
         n_components: PCA components kept per map: ``None`` (all, the default),
             an int ``q >= 1``, or a float ratio in (0, 1) (SPEC section 2.3).
         name: layer name used in error messages.
+        statistic: what is streamed per map: ``"energy"`` (OCNNA's PCA
+            energy, SPEC 2) or ``"rank"``: HRank's numerical rank of the map
+            (singular values above ``max(H, W) * eps_float32`` times the
+            largest, as ``torch.linalg.matrix_rank`` of a float32 map; CPU
+            batches only).  ``result().mean`` is then the average rank.
 
     Batches may live on the CPU or on a CUDA device (float32, float64, float16
     or bfloat16, any strides); the accumulators follow the batches.
@@ -81,10 +86,17 @@ class FilterStats:
         n_components: Any = None,
         *,
         name: Optional[str] = None,
+        statistic: str = "energy",
         device: Union[None, str, torch.device] = None,
     ) -> None:
         self.num_channels = positive_int(num_channels, "num_channels")
-        self._params = _native.parse_n_components(n_components)
+        if statistic not in _native.STATISTICS:
+            raise ValueError(f"statistic must be one of {_native.STATISTICS}, got {statistic!r}")
+        if statistic == "rank" and n_components is not None:
+            raise ValueError("statistic='rank' takes no n_components (the rank uses every singular value)")
+        self.statistic = statistic
+        self._params = _native.parse_n_components(n_components) if statistic == "energy" else (
+            _native.MODE_RANK, 0, 0.0)
         self.n_components = _native.canonical_n_components(n_components)
         self.name = name
         self._images = 0  # images folded in, tracked on the host (no device sync)
@@ -176,6 +188,8 @@ class FilterStats:
         self._validate(x)
         if x.shape[0] == 0:
             return self
+        if x.is_cuda and self.statistic == "rank":
+            raise ValueError(f"{self._where()}: the rank statistic runs on the CPU: pass CPU activations")
         if x.is_cuda:
             # The kernels read x on the current stream, the stream it was made on,
             # so the caching allocator cannot hand its memory out before they run:
@@ -229,7 +243,8 @@ class FilterStats:
         """Folds another accumulator of the same layer in (exact Chan merge)."""
         if not isinstance(other, FilterStats):
             raise TypeError(f"can only merge a FilterStats, got {type(other).__name__}")
-        if other.num_channels != self.num_channels or other._params != self._params:
+        if (other.num_channels != self.num_channels or other._params != self._params
+                or other.statistic != self.statistic):
             raise ValueError(
                 f"{self._where()}: cannot merge stats of {other.num_channels} channels / n_components="
                 f"{other.n_components!r} into {self.num_channels} channels / n_components={self.n_components!r}"
@@ -267,6 +282,7 @@ class FilterStats:
             "version": _STATE_VERSION,
             "num_channels": self.num_channels,
             "n_components": self.n_components,
+            "statistic": self.statistic,
             "images": self._images,
             "count": cnt.clone(),
             "mean": mean.clone(),
@@ -276,6 +292,7 @@ class FilterStats:
     def state_with(self, count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor, images: int) -> Dict[str, Any]:
         """A state for this accumulator's layer holding the given totals."""
         return {"version": _STATE_VERSION, "num_channels": self.num_channels, "n_components": self.n_components,
+                "statistic": self.statistic,
                 "images": int(images), "count": count, "mean": mean, "m2": m2}
 
     @_locked
@@ -293,8 +310,13 @@ class FilterStats:
         channels = validate.as_count(state["num_channels"], f"{where}: num_channels", minimum=1)
         if channels != self.num_channels:
             raise ValueError(f"{where}: state has {channels} channels, expected {self.num_channels}")
+        if not isinstance(state["statistic"], str) or state["statistic"] != self.statistic:
+            raise ValueError(f"{where}: state holds the {state['statistic']!r} statistic, this is {self.statistic!r}")
         ncomp = state["n_components"]
-        if _native.parse_n_components(ncomp) != self._params:  # also refuses malformed values
+        if self.statistic == "rank" and ncomp is not None:
+            raise ValueError(f"{where}: a rank state has no n_components, got {ncomp!r}")
+        if self.statistic == "energy" and _native.parse_n_components(ncomp) != self._params:
+            # parse_n_components also refuses malformed values
             raise ValueError(
                 f"{where}: state was computed with n_components={ncomp!r}, this is {self.n_components!r}"
             )
@@ -308,5 +330,6 @@ class FilterStats:
     def __repr__(self) -> str:
         return (
             f"FilterStats(num_channels={self.num_channels}, n_components={self.n_components!r}, "
+            f"statistic={self.statistic!r}, "
             f"images={self._images}, device={self.device})"
         )

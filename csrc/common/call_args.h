@@ -24,7 +24,7 @@ inline MapBatch make_batch(uintptr_t ptr, int dtype, const std::array<int64_t, 4
 }
 
 inline EnergyParams make_params(int mode, int q, double tau) {
-  if (mode < kAll || mode > kRatio) throw std::invalid_argument("unknown mode");
+  if (mode < kAll || mode > kRank) throw std::invalid_argument("unknown mode");
   if (mode == kCount && q < 1) throw std::invalid_argument("n_components must be >= 1");
   if (mode == kRatio && !(tau > 0.0 && tau < 1.0))
     throw std::invalid_argument("n_components ratio must be in (0, 1)");

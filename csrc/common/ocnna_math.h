@@ -27,7 +27,10 @@ enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 //   kAll:   n_components=None, keep everything -> F = ||Xc||_F, no eigen-solve
 //   kCount: n_components=int q
 //   kRatio: n_components=float tau, smallest q with explained ratio > tau
-enum Mode : int { kAll = 0, kCount = 1, kRatio = 2 };
+//   kRank:  not an energy: the numerical rank of the (uncentred) map, HRank's
+//           per-map statistic (Lin et al., CVPR 2020), streamed through the
+//           same accumulators; see map_rank
+enum Mode : int { kAll = 0, kCount = 1, kRatio = 2, kRank = 3 };
 
 struct EnergyParams {
   int mode;
@@ -459,11 +462,26 @@ OCNNA_HD double kept_energy(const S* eig, int d, const EnergyParams& p) {
   return cum;
 }
 
+// Rank tolerance of kRank: a singular value counts when it exceeds
+// max(H, W) * eps * the largest, eps of float32 - what torch.linalg.matrix_rank
+// applies to a float32 map, as HRank's reference code calls it.
+constexpr double kRankEps = 1.1920928955078125e-07;
+
+// Number of eigenvalues (sorted descending, of the unit-trace Gram, so
+// squares of singular values) above the kRank tolerance of an h x w map.
+OCNNA_HD int rank_from_eigenvalues(const double* eig, int d, int h, int w) {
+  const double t = double(h > w ? h : w) * kRankEps;
+  const double thr = t * t * eig[0];  // (t sigma_max)^2
+  int r = 0;
+  for (int i = 0; i < d; ++i) r += eig[i] > thr;
+  return r;
+}
+
 // Does this map need an eigen-solve at all?  Keeping min(H, W) or more
 // components keeps all the energy, and a 1-wide Gram has one eigenvalue.
 OCNNA_HD bool needs_eigen(const EnergyParams& p, int h, int w) {
   const int d = h < w ? h : w;
-  if (d <= 1 || p.mode == kAll) return false;
+  if (d <= 1 || p.mode == kAll) return false;  // kRank: a non-zero 1-wide map has rank 1
   if (p.mode == kCount && p.q >= d) return false;
   return true;
 }
@@ -502,6 +520,39 @@ OCNNA_HD double map_energy(double* map, int h, int w, const EnergyParams& p, dou
   if (!tridiagonal_eigenvalues(diag, off, d)) return kSolveFailed;
   sort_descending(diag, d);
   return checked_energy(sqrt(kept_energy(diag, d, p) * total));
+}
+
+// HRank's per-map statistic for one h x w map loaded row-major into `map`
+// (destroyed): the number of singular values above max(h, w) * kRankEps times
+// the largest (rank_from_eigenvalues), from the eigenvalues of the unit-trace
+// Gram of the map as it is (not centred), all in double: the Gram's squared
+// tolerance, about 1e-11 of the largest eigenvalue at these sizes, stays far
+// above double rounding.  0 for an all-zero map, -1 (kSolveFailed) if QL
+// fails, NaN for non-finite input.  `scratch` as for map_energy.
+OCNNA_HD double map_rank(double* map, int h, int w, double* scratch) {
+  const double total = sum_squares(map, int64_t(h) * w);
+  if (!is_finite(total)) return NAN;
+  if (total == 0.0) return 0.0;
+  const int d = h < w ? h : w;
+  if (d == 1) return 1.0;
+  double* gram = scratch;
+  double* a = gram + int64_t(d) * d;
+  if (w <= h) {
+    for (int64_t e = 0; e < int64_t(h) * w; ++e) a[e] = map[e];
+    gram_ata(a, h, w, gram);
+  } else {
+    for (int i = 0; i < h; ++i)
+      for (int j = 0; j < w; ++j) a[int64_t(j) * h + i] = map[int64_t(i) * w + j];
+    gram_ata(a, w, h, gram);
+  }
+  const double inv = 1.0 / total;
+  for (int64_t i = 0; i < int64_t(d) * d; ++i) gram[i] *= inv;
+  double* diag = a;
+  double* off = a + d;
+  tridiagonalize(gram, d, diag, off, a + 2 * d);
+  if (!tridiagonal_eigenvalues(diag, off, d)) return kSolveFailed;
+  sort_descending(diag, d);
+  return double(rank_from_eigenvalues(diag, d, h, w));
 }
 
 }  // namespace ocnna

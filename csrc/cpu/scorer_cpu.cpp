@@ -194,8 +194,24 @@ inline bool needs_solve(const double* map, int h, int w, const EnergyParams& p, 
 // within about 1 MB.  Larger maps are reduced one at a time.
 constexpr int kMaxLaneSide = 128;
 
+// kRank: HRank's per-map rank (map_rank in common/ocnna_math.h), one map at
+// a time on a thread's share of the maps, gathered to double.  Uncentred
+// and in double throughout, so it shares nothing with the energy kernels.
+template <typename T>
+void ranks_typed(const MapBatch& x, double* out) {
+  const int h = int(x.h), w = int(x.w), d = h < w ? h : w;
+  parallel_for(x.n * x.c, [&](int64_t begin, int64_t end) {
+    std::vector<double> map(size_t(x.h * x.w)), scratch(size_t(x.h * x.w + int64_t(d) * d + 4 * d));
+    for (int64_t t = begin; t < end; ++t) {
+      gather<T>(x, t / x.c, t % x.c, 1, map.data());
+      out[t] = map_rank(map.data(), h, w, scratch.data());
+    }
+  });
+}
+
 template <typename T>
 void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
+  if (p.mode == kRank) return ranks_typed<T>(x, out);
   if (!needs_eigen(p, int(x.h), int(x.w))) return energies_all<T>(x, out);
   // Compute type: float for inputs of at most float precision (SPEC allows
   // 1e-4 there, and float doubles the SIMD width), double for float64 (1e-9).
