@@ -459,3 +459,70 @@ def test_distillation_loss_has_the_t_squared_factor():
     want = alpha * T * T * kl / 2 + (1 - alpha) * ce / 2
     got = float(distillation_loss(s, t, y, T, alpha))
     assert got == pytest.approx(want, rel=1e-12)
+
+
+# ---- mutation-pass survivors worth killing (docs/reliability.md) ----------------------
+
+def test_the_teacher_changes_the_training():
+    """With a teacher and alpha > 0 the soft loss is used: the weights differ
+    from plain fine-tuning with the same seed, data and start."""
+    torch.manual_seed(0)
+    teacher, init = Small(), Small(4).state_dict()
+    runs = []
+    for alpha in (0.9, 0.0):
+        student = Small(4)
+        student.load_state_dict(init)
+        distill(student, teacher, _data(), epochs=1, lr=0.05, batch_size=8, alpha=alpha, progress=False)
+        runs.append(student.state_dict())
+    assert any(not torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_stop_after_epoch_stops_there_and_bad_settings_are_refused(tmp_path):
+    hist = distill(Small(4), Small(), _data(), epochs=3, lr=0.05, batch_size=8, checkpoint_dir=tmp_path,
+                   stop_after_epoch=1, progress=False)
+    assert [h["epoch"] for h in hist] == [1]
+    assert distill(Small(4), Small(), _data(), epochs=0, lr=0.05, progress=False) == []
+    with pytest.raises(ValueError, match="temperature"):
+        distill(Small(4), Small(), _data(), epochs=1, lr=0.05, temperature=0.0, progress=False)
+
+
+def test_malformed_plan_groups_are_refused():
+    pytest.importorskip("torch_pruning")
+    from ocnna_fast import apply_plan, prune
+
+    model = Tiny().eval()
+    _, plan = prune(model, score(model, _batches(2), progress=False), 40, torch.zeros(1, 3, 8, 8))
+    g = plan["groups"][0]
+    bad_groups = [dict(g, root=3), dict(g, channels="4"), dict(g, removed=[g["channels"]]),
+                  dict(g, removed=list(range(g["channels"]))), dict(g, removed=["0"])]
+    for bad in bad_groups:
+        with pytest.raises(ValueError, match="malformed"):
+            apply_plan(Tiny().eval(), dict(plan, groups=[bad] + plan["groups"][1:]))
+
+
+def test_checkpoint_image_counts_are_checked_and_an_idle_layer_resumes(tmp_path):
+    class Idle(Tiny):  # a conv that never runs: its layer has 0 images in every checkpoint
+        def __init__(self):
+            super().__init__()
+            self.unused = nn.Conv2d(3, 2, 1)
+
+    torch.manual_seed(0)
+    model = Idle().eval()
+    ck = str(tmp_path / "run.ckpt")
+    with pytest.warns(UserWarning, match="never ran"):
+        full = score(model, _batches(), progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        score(model, _interrupted(_batches(), 2), checkpoint=ck, checkpoint_every=1, progress=False)
+    good = open(ck, "rb").read()
+    with pytest.warns(UserWarning, match="never ran"):
+        resumed = score(model, _batches(), checkpoint=ck, checkpoint_every=1, progress=False)
+    assert all(torch.allclose(resumed[n].score, full[n].score, rtol=1e-12, atol=0) for n in full)
+    tensors, meta = None, None
+    open(ck, "wb").write(good)
+    tensors, meta = _read(ck)
+    for bad in (torch.tensor([3.0]), torch.tensor([3, 3]), torch.tensor([-1])):
+        t = dict(tensors)
+        t["0.images"] = bad
+        _rewrite(ck, t, meta)
+        with pytest.raises(ValueError, match="image count"):
+            score(model, _batches(), checkpoint=ck, checkpoint_every=1, progress=False)
