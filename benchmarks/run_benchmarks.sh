@@ -11,7 +11,7 @@ run() {  # folder, then the bench arguments
   ocnna-fast bench "$@" --out "$out" --no-progress
 }
 for arch in resnet20 resnet56; do
-  run runs/bench-r${arch#resnet}-bn --arch $arch --k 20 40 60 --criteria $ALL --seeds 0 1 2 \
+  run runs/bench-r${arch#resnet}-bn --arch $arch --k 40 20 60 --criteria $ALL --seeds 0 1 2 \
       --score-images 1000 --bn-images 1000
 done
 for arch in resnet20 resnet56; do

@@ -131,11 +131,11 @@ def run_suite(
                 for b in (1, 64)}
     log(f"base: {base_acc:.2f}% on {len(eval_set)} images, {base_params} parameters, "
         f"latency {base_lat[1]['median']:.2f} ms (batch 1) / {base_lat[64]['median']:.1f} ms (batch 64)")
+    # k-major: a suite stopped early has every criterion at the first k
     cells = []
-    for c in criteria:
-        cell_seeds = seeds if (c in SEEDED or finetune_epochs > 0) else seeds[:1]
-        for k in ks:
-            for s in cell_seeds:
+    for k in ks:
+        for c in criteria:
+            for s in (seeds if (c in SEEDED or finetune_epochs > 0) else seeds[:1]):
                 if (c, float(k), int(s)) not in done:
                     cells.append((c, float(k), int(s)))
     bar = None
