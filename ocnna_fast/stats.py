@@ -163,6 +163,9 @@ class FilterStats:
                 f"{self._where()}: activations of channel {code} are finite but too large (max |x| = {peak:.3g}): "
                 f"their squares overflow float64; scale the activations down; {outcome}"
             )
+        if x is None:  # CUDA: the batch is gone by now, so both causes are named
+            return ValueError(f"{self._where()}: non-finite (NaN or Inf) activations in channel {code}, or finite "
+                              f"values so large (|x| above ~1e154) that their squares overflow float64; {outcome}")
         return ValueError(f"{self._where()}: non-finite (NaN or Inf) activations in channel {code}; {outcome}")
 
     def _validate(self, x: torch.Tensor) -> None:

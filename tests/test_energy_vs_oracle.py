@@ -304,6 +304,9 @@ def test_own_failures_are_internal_errors_not_bad_input():
     x[1, 3, 2, 2] = float("nan")
     with pytest.raises(ValueError, match="non-finite .* channel 3"):
         FilterStats(4, 0.9).update(x)
+    # on CUDA the batch is gone when the error surfaces: both causes are named
+    cuda_err = st_._rejection(1, None, "the offending batches were not accumulated")
+    assert isinstance(cuda_err, ValueError) and "non-finite" in str(cuda_err) and "overflow" in str(cuda_err)
 
 
 @pytest.mark.parametrize("n_components", [None, 0.9])
