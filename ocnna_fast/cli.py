@@ -207,7 +207,7 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
                    progress=progress)
     scoring_seconds = time.perf_counter() - t
     scores.save(stage / "scores.safetensors")
-    pruned, plan = prune(model, scores, args.k, torch.zeros(1, 3, size, size))
+    pruned, plan = prune(model, scores, args.k, torch.zeros(1, 3, size, size), criterion=args.criterion)
     surgery_acc = evaluate(pruned, evalset)
     print(f"pruned at k={args.k}: {count_params(pruned)}/{count_params(model)} parameters, "
           f"accuracy right after surgery {surgery_acc:.2f}%")
@@ -232,7 +232,7 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
     save_pruned(stage / "pruned", pruned, plan, extra={"arch": args.arch, "num_classes": 10})
     report = {
         "arch": args.arch, "dataset": "cifar10-jpeg (q~75 JPEG copy of CIFAR-10; see PROVENANCE)",
-        "base_weights": weights, "k": args.k, "n_components": args.n_components,
+        "base_weights": weights, "k": args.k, "n_components": args.n_components, "criterion": args.criterion,
         "score_images": len(scoreset), "eval_images": len(evalset),
         "base_accuracy": base_acc, "pruned_accuracy_after_surgery": surgery_acc, "bn_images": bn_images,
         "pruned_accuracy_before_finetune": before, "pruned_accuracy": after,
@@ -367,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(pr)
     pr.add_argument("--k", type=float, default=40.0, help="percentile of filters removed per group (default 40)")
     pr.add_argument("--n-components", type=_n_components, default=None)
+    pr.add_argument("--criterion", default="ocnna", choices=["ocnna", "mean-energy", "ocnna-rms"],
+                    help="which streamed statistic ranks the filters: ocnna (the paper's std/mean, default), "
+                         "mean-energy or ocnna-rms (see docs/scoring.md and BENCHMARKS.md)")
     pr.add_argument("--score-images", type=int, default=1000, help="training images used for scoring")
     pr.add_argument("--eval-images", type=int, default=None, help="test images for accuracy (default all 10000)")
     pr.add_argument("--train-images", type=int, default=None, help="training images for distillation (default all)")

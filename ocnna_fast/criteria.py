@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .pruning import group_scores
+from .pruning import group_scores, layer_values
 from .scoring import score
 
 __all__ = ["CRITERIA", "Context", "criterion_values", "SEEDED"]
@@ -42,8 +42,8 @@ class Context:
 
 
 def _groups(model: nn.Module, ctx: Context):
-    """(root name, group) for the groups ``prune`` ranks, on ``model`` (a
-    copy of ctx.model with the same module names)."""
+    """(root name, group, graph) for the groups ``prune`` ranks, on ``model``
+    (a copy of ctx.model with the same module names)."""
     import torch_pruning as tp
 
     names = {m: n for n, m in model.named_modules()}
@@ -52,53 +52,32 @@ def _groups(model: nn.Module, ctx: Context):
     ignored = [by_name[orig[m]] for m in ctx.ignored_layers]
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=ctx.example_inputs)
     for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]):
-        yield names[group[0][0].target.module], group
+        yield names[group[0][0].target.module], group, dg
 
 
-def _from_layer_values(ctx: Context, values: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
-    """Per-layer values -> per-group values by SPEC 4's coupled-group rule
-    (the same rule OCNNA's own scores go through)."""
-    from .scores import LayerScores
-
-    out = {}
-    model = copy.deepcopy(ctx.model).eval()
-    names = {m: n for n, m in model.named_modules()}
-    for root, group in _groups(model, ctx):
-        width = len(group[0][1])
-        members = []
-        for dep, idxs in group:
-            mod = dep.target.module
-            name = names.get(mod)
-            if isinstance(mod, nn.Conv2d) and name in values and len(idxs) == width and \
-                    dep.target.module.out_channels == width:
-                v = values[name].double()
-                members.append((LayerScores(score=v, mean=v, std=v, count=1, dead=torch.zeros_like(v, dtype=torch.bool)),
-                                [int(i) for i in idxs]))
-        if members:
-            out[root] = group_scores(members)
-    return out
-
-
-def _ocnna(field: str, n_components=None, tap: str = "conv_output",
-           statistic: str = "energy") -> Callable[[Context], Dict[str, np.ndarray]]:
+def _family(criterion: str, n_components=None, tap: str = "conv_output",
+            statistic: str = "energy") -> Callable[[Context], Dict[str, np.ndarray]]:
+    """An OCNNA-family criterion (``pruning.FAMILY``) from one scoring pass,
+    per group by SPEC 4's coupled-group rule, as ``prune`` ranks scores."""
     def run(ctx: Context) -> Dict[str, np.ndarray]:
         with warnings.catch_warnings():  # the convs without their own activation are expected
             warnings.filterwarnings("ignore", message="tap='post_activation'")
             s = score(ctx.model, ctx.batches, n_components=n_components, progress=False, tap=tap,
                       statistic=statistic)
-        return _from_layer_values(ctx, {n: getattr(s[n], field) for n in s})
+        out = {}
+        model = copy.deepcopy(ctx.model).eval()
+        names = {m: n for n, m in model.named_modules()}
+        for root, group, dg in _groups(model, ctx):
+            width = len(group[0][1])
+            # the group's convs whose output channels it removes (as prune counts them)
+            members = [(s[names[dep.target.module]], [int(i) for i in idxs]) for dep, idxs in group
+                       if isinstance(dep.target.module, nn.Conv2d) and dg.is_out_channel_pruning_fn(dep.handler)
+                       and names.get(dep.target.module) in s and len(idxs) == width]
+            if members:
+                out[root] = group_scores(members, criterion)
+        return out
 
     return run
-
-
-def _ocnna_rms(ctx: Context) -> Dict[str, np.ndarray]:
-    """sqrt(mean^2 + std^2) of the per-image energies = sqrt(E[F^2]): the
-    root-mean-square norm of the filter's PCA-transformed map over images,
-    i.e. how much output energy the filter carries.  Both parts are OCNNA's
-    own streamed statistics; where the paper divides std by mean (a
-    scale-free variation), this keeps the scale."""
-    s = score(ctx.model, ctx.batches, progress=False)
-    return _from_layer_values(ctx, {n: torch.sqrt(s[n].mean ** 2 + s[n].std ** 2) for n in s})
 
 
 def _tp(make: Callable[[], object], needs_grad: bool = False) -> Callable[[Context], Dict[str, np.ndarray]]:
@@ -110,7 +89,7 @@ def _tp(make: Callable[[], object], needs_grad: bool = False) -> Callable[[Conte
                 F.cross_entropy(model(x), y).backward()
         imp = make()
         out = {}
-        for root, group in _groups(model, ctx):
+        for root, group, _ in _groups(model, ctx):
             v = imp(group)
             if v is not None:
                 out[root] = v.detach().double().cpu().numpy()
@@ -122,7 +101,7 @@ def _tp(make: Callable[[], object], needs_grad: bool = False) -> Callable[[Conte
 def _random(ctx: Context) -> Dict[str, np.ndarray]:
     rng = np.random.default_rng(ctx.seed)
     model = copy.deepcopy(ctx.model).eval()
-    return {root: rng.random(len(group[0][1])) for root, group in _groups(model, ctx)}
+    return {root: rng.random(len(group[0][1])) for root, group, _ in _groups(model, ctx)}
 
 
 def _tp_importance(name: str, **kw):
@@ -137,11 +116,11 @@ def _tp_importance(name: str, **kw):
 # name -> how its values are made.  "ocnna" is the paper's reading (SPEC
 # defaults); "mean-energy" is the mean of the same per-image energies.
 CRITERIA: Dict[str, Callable[[Context], Dict[str, np.ndarray]]] = {
-    "ocnna": _ocnna("score"),
-    "ocnna-0.95": _ocnna("score", 0.95),
-    "ocnna-relu": _ocnna("score", tap="post_activation"),
-    "mean-energy": _ocnna("mean"),
-    "ocnna-rms": _ocnna_rms,
+    "ocnna": _family("ocnna"),
+    "ocnna-0.95": _family("ocnna", 0.95),
+    "ocnna-relu": _family("ocnna", tap="post_activation"),
+    "mean-energy": _family("mean-energy"),
+    "ocnna-rms": _family("ocnna-rms"),
     "l1": _tp(_tp_importance("GroupMagnitudeImportance", p=1)),
     "l2": _tp(_tp_importance("GroupMagnitudeImportance", p=2)),
     "fpgm": _tp(_tp_importance("FPGMImportance")),
@@ -151,7 +130,7 @@ CRITERIA: Dict[str, Callable[[Context], Dict[str, np.ndarray]]] = {
     "random": _random,
     # HRank (Lin et al., CVPR 2020): the average rank of each post-activation
     # map, streamed by the native core in the same single pass
-    "hrank": _ocnna("mean", tap="post_activation", statistic="rank"),
+    "hrank": _family("mean-energy", tap="post_activation", statistic="rank"),  # .mean = average rank
 }
 
 # criteria whose values depend on the seed

@@ -25,7 +25,7 @@ from .module_state import restore_training_flags, training_flags
 from .scores import LayerScores
 
 __all__ = ["prune", "apply_plan", "save_pruned", "load_pruned", "count_params", "group_scores", "select_channels",
-           "select_top", "kept_count", "SELECTION_RULES"]
+           "select_top", "kept_count", "SELECTION_RULES", "FAMILY", "layer_values"]
 
 PLAN_FORMAT = "ocnna-fast-plan"
 PLAN_VERSION = 1
@@ -84,16 +84,36 @@ def select_top(values: np.ndarray, count: int, name: Optional[str] = None) -> np
     return np.sort(order[:count])
 
 
-def group_scores(members: Sequence[Tuple[LayerScores, Sequence[int]]]) -> np.ndarray:
-    """SPEC 4: a group with one scored layer ranks by that layer's scores; a
+# OCNNA-family rankings of one layer's filters, all from the scorer's streamed
+# statistics (higher = keep).  "ocnna" is the paper's coefficient of
+# variation; the others keep the filter's scale, which the CV divides away.
+FAMILY = {
+    "ocnna": lambda ls: ls.score,
+    "mean-energy": lambda ls: ls.mean,
+    # sqrt(E[F^2]): the root-mean-square norm of the filter's PCA-transformed
+    # map over the images, i.e. the output energy the filter carries
+    "ocnna-rms": lambda ls: torch.sqrt(ls.mean ** 2 + ls.std ** 2),
+}
+
+
+def layer_values(ls: LayerScores, criterion: str = "ocnna") -> np.ndarray:
+    """One layer's per-filter values under an OCNNA-family ``criterion``."""
+    if criterion not in FAMILY:
+        raise ValueError(f"criterion must be one of {', '.join(FAMILY)}, got {criterion!r}")
+    return FAMILY[criterion](ls).double().numpy()
+
+
+def group_scores(members: Sequence[Tuple[LayerScores, Sequence[int]]], criterion: str = "ocnna") -> np.ndarray:
+    """SPEC 4: a group with one scored layer ranks by that layer's values; a
     group spanning several layers (our reading) by the mean over them of each
-    layer's score divided by that layer's mean score."""
+    layer's values divided by that layer's mean value.  ``criterion`` picks
+    the values (``FAMILY``; default OCNNA's score)."""
     if len(members) == 1:
         ls, idxs = members[0]
-        return ls.score.double().numpy()[list(idxs)]
+        return layer_values(ls, criterion)[list(idxs)]
     parts = []
     for ls, idxs in members:
-        s = ls.score.double().numpy()
+        s = layer_values(ls, criterion)
         m = s.mean()
         parts.append(s[list(idxs)] / m if m > 0 else np.zeros(len(idxs)))
     return np.mean(parts, axis=0)
@@ -124,6 +144,7 @@ def prune(
     *,
     importance: Union[None, Callable[[Any], Any], Mapping[str, Any]] = None,
     rule: str = "percentile",
+    criterion: str = "ocnna",
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     """A physically smaller copy of ``model`` with OCNNA's selection applied.
 
@@ -143,6 +164,9 @@ def prune(
             mapping from each group root's name to those values.  The
             groups pruned are the same as with scores: those holding a
             prunable conv (``scores`` may then be ``None``).
+        criterion: which of the scores' statistics rank the filters
+            (``FAMILY``): ``"ocnna"`` (the paper's std/mean, default),
+            ``"mean-energy"`` or ``"ocnna-rms"`` (see docs/scoring.md).
         rule: ``"percentile"`` (SPEC 4: remove channels below the k-th
             percentile) or ``"count"``: keep exactly as many channels as the
             percentile rule keeps for distinct values, the highest-ranked,
@@ -154,6 +178,8 @@ def prune(
         ``apply_plan(base, plan)`` rebuilds the same architecture.
     """
     k = _check_k(k)
+    if criterion not in FAMILY:
+        raise ValueError(f"criterion must be one of {', '.join(FAMILY)}, got {criterion!r}")
     if rule not in SELECTION_RULES:
         raise ValueError(f"rule must be one of {SELECTION_RULES}, got {rule!r}")
     if scores is None and importance is None:
@@ -211,7 +237,7 @@ def prune(
                 raise ValueError(f"the importance gave {values.shape[0]} values for group {names[root]!r} "
                                  f"of {width} channels")
         else:
-            values = group_scores(members)
+            values = group_scores(members, criterion)
         if rule == "count":
             keep = select_top(values, kept_count(width, k), name=names[root])
         else:

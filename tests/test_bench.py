@@ -111,3 +111,38 @@ def test_suite_resumes_and_writes_the_schema(tmp_path, data_dir):
     assert (tmp_path / "accuracy_vs_rpr.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="other settings"):
         run_suite(model, criteria=["ocnna"], log=lambda *_: None, **dict(kw, bn_set=None))
+
+
+@pytest.mark.parametrize("criterion", ["ocnna", "mean-energy", "ocnna-rms"])
+def test_family_criteria_rank_as_prune_does(criterion):
+    """The suite's OCNNA-family values are exactly what prune(criterion=...)
+    ranks by, coupled groups included; OCNNAImportance agrees too."""
+    import torch_pruning as tp
+
+    from ocnna_fast.integrations.torch_pruning import OCNNAImportance
+
+    torch.manual_seed(0)
+    model = Res().eval()
+    ctx = _ctx(model)
+    s = score(model, ctx.batches, progress=False)
+    _, own = prune(model, s, 50, ctx.example_inputs, rule="count", criterion=criterion)
+    _, via = prune(model, None, 50, ctx.example_inputs, rule="count", importance=criterion_values(criterion, ctx))
+    assert own["groups"] == via["groups"]
+    imp = OCNNAImportance(s, model=model, criterion=criterion)
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=ctx.example_inputs)
+    values = criterion_values(criterion, ctx)
+    for group in dg.get_all_groups(root_module_types=[nn.Conv2d]):
+        root = {m: n for n, m in model.named_modules()}[group[0][0].target.module]
+        np.testing.assert_allclose(imp(group).numpy(), values[root], rtol=1e-6)
+
+
+def test_rms_is_sqrt_of_mean_square_energy():
+    from ocnna_fast import FilterStats
+    from ocnna_fast.pruning import layer_values
+
+    x = torch.relu(torch.randn(9, 4, 6, 7, dtype=torch.float64))
+    ls = FilterStats(4).update(x).result()
+    f = np.sqrt(((x - x.mean(2, keepdim=True)) ** 2).sum((2, 3)).numpy())  # F with n_components=None
+    np.testing.assert_allclose(layer_values(ls, "ocnna-rms"), np.sqrt((f ** 2).mean(0)), rtol=1e-12)
+    with pytest.raises(ValueError, match="criterion"):
+        layer_values(ls, "median")

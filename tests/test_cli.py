@@ -19,14 +19,15 @@ FIELDS = ["arch", "dataset", "k", "n_components", "base_accuracy", "pruned_accur
 
 def test_prune_end_to_end(tmp_path, data_dir, capsys):
     out = tmp_path / "run"
-    rc = main(["prune", "--arch", "resnet20", "--k", "40", "--n-components", "0.9", "--score-images", "32",
+    rc = main(["prune", "--arch", "resnet20", "--k", "40", "--n-components", "0.9", "--criterion", "ocnna-rms",
+               "--score-images", "32",
                "--eval-images", "40", "--train-images", "64", "--finetune-epochs", "1", "--batch-size", "32",
                "--bn-images", "48", "--data-dir", str(data_dir), "--out", str(out), "--no-progress"])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     for f in FIELDS:
         assert f in report, f
-    assert report["bn_images"] == 48
+    assert report["bn_images"] == 48 and report["criterion"] == "ocnna-rms"
     assert 0 < report["rpr"] < 1 and 0 < report["macs_ratio"] < 1
     assert report["pruned_params"] < report["base_params"]
     assert report["accuracy_drop"] == pytest.approx(report["base_accuracy"] - report["pruned_accuracy"])

@@ -18,7 +18,7 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
-from ..pruning import group_scores
+from ..pruning import FAMILY, group_scores
 from ..scores import LayerScores
 
 try:
@@ -39,10 +39,17 @@ class OCNNAImportance(_Base):  # type: ignore[misc,valid-type]
             after a step a conv has fewer filters than its scores, and each
             surviving filter is matched to its original index through its
             kernels, which pruning never changes (recorded here before pruning).
+        criterion: which statistic ranks the filters: ``"ocnna"`` (the
+            paper's score, default), ``"mean-energy"`` or ``"ocnna-rms"``
+            (``ocnna_fast.pruning.FAMILY``).
     """
 
-    def __init__(self, scores: Mapping[str, LayerScores], model: Optional[nn.Module] = None) -> None:
+    def __init__(self, scores: Mapping[str, LayerScores], model: Optional[nn.Module] = None,
+                 criterion: str = "ocnna") -> None:
+        if criterion not in FAMILY:
+            raise ValueError(f"criterion must be one of {', '.join(FAMILY)}, got {criterion!r}")
         self.scores = scores
+        self.criterion = criterion
         self._names = {m: n for n, m in model.named_modules()} if model is not None else None
         # per scored conv: the kernel of each (filter, input channel) before pruning
         self._original = {}
@@ -116,4 +123,4 @@ class OCNNAImportance(_Base):  # type: ignore[misc,valid-type]
             members.append((ls, plain))
         if not members:
             return None
-        return torch.as_tensor(group_scores(members), dtype=torch.float32)
+        return torch.as_tensor(group_scores(members, self.criterion), dtype=torch.float32)
