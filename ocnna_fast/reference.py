@@ -51,13 +51,18 @@ def map_energy(x, n_components: Union[None, int, float] = None) -> float:
 
 def energies(acts, n_components: Union[None, int, float] = None) -> np.ndarray:
     """``F[n, c]`` for activations ``(N, C, H, W)``, float64."""
+    return _per_map(acts, lambda m: map_energy(m, n_components))
+
+
+def _per_map(acts, fn) -> np.ndarray:
+    """``fn`` of every map of activations ``(N, C, H, W)``, as float64 ``[N, C]``."""
     a = _as_numpy(acts)
     if a.ndim != 4:
         raise ValueError(f"activations must be (N, C, H, W), got shape {a.shape}")
     out = np.empty(a.shape[:2], dtype=np.float64)
     for n in range(a.shape[0]):
         for c in range(a.shape[1]):
-            out[n, c] = map_energy(a[n, c], n_components)
+            out[n, c] = fn(a[n, c])
     return out
 
 
@@ -91,11 +96,4 @@ def map_rank(x) -> int:
 
 def ranks(acts) -> np.ndarray:
     """``rank[n, c]`` for activations ``(N, C, H, W)``, one ``matrix_rank`` call per map."""
-    a = _as_numpy(acts)
-    if a.ndim != 4:
-        raise ValueError(f"activations must be (N, C, H, W), got shape {a.shape}")
-    out = np.empty(a.shape[:2], dtype=np.float64)
-    for n in range(a.shape[0]):
-        for c in range(a.shape[1]):
-            out[n, c] = map_rank(a[n, c])
-    return out
+    return _per_map(acts, map_rank)

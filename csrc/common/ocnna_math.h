@@ -486,6 +486,34 @@ OCNNA_HD bool needs_eigen(const EnergyParams& p, int h, int w) {
   return true;
 }
 
+// Eigenvalues, sorted descending, of the unit-trace Gram of the smaller side
+// of an h x w row-major map with sum of squares `total` > 0 (d = min(h, w)
+// of them, written to scratch + d*d; returns that pointer, or nullptr if QL
+// failed).  `map` is read only.  The Gram is A^T A with A = map (W <= H) or
+// A = map^T (W > H), since X X^T = (X^T)^T X^T; unit trace leaves eigenvalue
+// ratios alone and keeps QL far from overflow and underflow.
+OCNNA_HD double* unit_gram_eigenvalues(const double* map, int h, int w, double total, double* scratch) {
+  const int d = h < w ? h : w;
+  double* gram = scratch;
+  double* a = gram + int64_t(d) * d;
+  if (w <= h) {
+    for (int64_t e = 0; e < int64_t(h) * w; ++e) a[e] = map[e];
+    gram_ata(a, h, w, gram);
+  } else {
+    for (int i = 0; i < h; ++i)
+      for (int j = 0; j < w; ++j) a[int64_t(j) * h + i] = map[int64_t(i) * w + j];
+    gram_ata(a, w, h, gram);
+  }
+  const double inv = 1.0 / total;
+  for (int64_t i = 0; i < int64_t(d) * d; ++i) gram[i] *= inv;
+  double* diag = a;  // the copy of the map is no longer needed
+  double* off = a + d;
+  tridiagonalize(gram, d, diag, off, a + 2 * d);
+  if (!tridiagonal_eigenvalues(diag, off, d)) return nullptr;
+  sort_descending(diag, d);
+  return diag;
+}
+
 // F for one h x w map loaded row-major into `map` (destroyed), all in double:
 // the per-map math in one function.  The CPU core runs the same steps on
 // groups of maps (csrc/cpu/), the CUDA core on a block per map
@@ -497,29 +525,9 @@ OCNNA_HD double map_energy(double* map, int h, int w, const EnergyParams& p, dou
   const double total = sum_squares(map, int64_t(h) * w);
   if (!is_finite(total)) return NAN;
   if (total == 0.0 || !needs_eigen(p, h, w)) return sqrt(total);
-  const int d = h < w ? h : w;
-  double* gram = scratch;
-  double* a = gram + int64_t(d) * d;
-  // The Gram of the smaller side is always A^T A with A = Xc (W <= H) or
-  // A = Xc^T (W > H), since X Xc^T = (Xc^T)^T Xc^T.
-  if (w <= h) {
-    for (int64_t e = 0; e < int64_t(h) * w; ++e) a[e] = map[e];
-    gram_ata(a, h, w, gram);
-  } else {
-    for (int i = 0; i < h; ++i)
-      for (int j = 0; j < w; ++j) a[int64_t(j) * h + i] = map[int64_t(i) * w + j];
-    gram_ata(a, w, h, gram);
-  }
-  // Unit trace: eigenvalue ratios are unchanged and the QL step stays far
-  // from overflow and underflow.
-  const double inv = 1.0 / total;
-  for (int64_t i = 0; i < int64_t(d) * d; ++i) gram[i] *= inv;
-  double* diag = a;  // the copy of the map is no longer needed
-  double* off = a + d;
-  tridiagonalize(gram, d, diag, off, a + 2 * d);
-  if (!tridiagonal_eigenvalues(diag, off, d)) return kSolveFailed;
-  sort_descending(diag, d);
-  return checked_energy(sqrt(kept_energy(diag, d, p) * total));
+  const double* eig = unit_gram_eigenvalues(map, h, w, total, scratch);
+  if (eig == nullptr) return kSolveFailed;
+  return checked_energy(sqrt(kept_energy(eig, h < w ? h : w, p) * total));
 }
 
 // HRank's per-map statistic for one h x w map loaded row-major into `map`
@@ -535,24 +543,9 @@ OCNNA_HD double map_rank(double* map, int h, int w, double* scratch) {
   if (total == 0.0) return 0.0;
   const int d = h < w ? h : w;
   if (d == 1) return 1.0;
-  double* gram = scratch;
-  double* a = gram + int64_t(d) * d;
-  if (w <= h) {
-    for (int64_t e = 0; e < int64_t(h) * w; ++e) a[e] = map[e];
-    gram_ata(a, h, w, gram);
-  } else {
-    for (int i = 0; i < h; ++i)
-      for (int j = 0; j < w; ++j) a[int64_t(j) * h + i] = map[int64_t(i) * w + j];
-    gram_ata(a, w, h, gram);
-  }
-  const double inv = 1.0 / total;
-  for (int64_t i = 0; i < int64_t(d) * d; ++i) gram[i] *= inv;
-  double* diag = a;
-  double* off = a + d;
-  tridiagonalize(gram, d, diag, off, a + 2 * d);
-  if (!tridiagonal_eigenvalues(diag, off, d)) return kSolveFailed;
-  sort_descending(diag, d);
-  return double(rank_from_eigenvalues(diag, d, h, w));
+  const double* eig = unit_gram_eigenvalues(map, h, w, total, scratch);
+  if (eig == nullptr) return kSolveFailed;
+  return double(rank_from_eigenvalues(eig, d, h, w));
 }
 
 }  // namespace ocnna
