@@ -36,15 +36,17 @@ def test_count_rule_is_blind_to_ties():
 
 
 class Res(nn.Module):
-    """A residual add couples a and c: one group of two convs."""
+    """A residual add couples a and c: one group of two convs.  b is square
+    (8 -> 8), so c's *input* channels, which b's group holds, are as many as
+    b's outputs: a criterion must not count c's scores in b's group."""
 
     def __init__(self):
         super().__init__()
         self.a = nn.Conv2d(3, 8, 3, padding=1)
         self.bn_a = nn.BatchNorm2d(8)
-        self.b = nn.Conv2d(8, 6, 3, padding=1)
-        self.bn_b = nn.BatchNorm2d(6)
-        self.c = nn.Conv2d(6, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn_b = nn.BatchNorm2d(8)
+        self.c = nn.Conv2d(8, 8, 3, padding=1)
         self.bn_c = nn.BatchNorm2d(8)
         self.fc = nn.Linear(8, 3)
         for bn in (self.bn_a, self.bn_b, self.bn_c):  # distinct scales, so bn-scale has something to rank
@@ -72,17 +74,17 @@ def test_every_criterion_gives_the_same_structure(criterion):
     assert set(values) == {"b", "c"}  # group roots: c (coupled with a by the add) and b
     pruned, plan = prune(model, None, 50, torch.zeros(1, 3, 8, 8), importance=values, rule="count")
     assert count_params(pruned) == count_params(ref)
-    assert sorted((g["root"], len(g["removed"])) for g in plan["groups"]) == [("b", 3), ("c", 4)]
+    assert sorted((g["root"], len(g["removed"])) for g in plan["groups"]) == [("b", 4), ("c", 4)]
 
 
 def test_importance_values_decide_the_channels():
     model = Res().eval()
-    values = {"c": np.arange(8.0), "b": -np.arange(6.0)}
+    values = {"c": np.arange(8.0), "b": -np.arange(8.0)}
     _, plan = prune(model, None, 50, torch.zeros(1, 3, 8, 8), importance=values, rule="count")
     removed = {g["root"]: g["removed"] for g in plan["groups"]}
-    assert removed == {"c": [0, 1, 2, 3], "b": [3, 4, 5]}
+    assert removed == {"c": [0, 1, 2, 3], "b": [4, 5, 6, 7]}
     with pytest.raises(ValueError, match="values for group"):
-        prune(model, None, 50, torch.zeros(1, 3, 8, 8), importance={"c": np.ones(3), "b": np.ones(6)})
+        prune(model, None, 50, torch.zeros(1, 3, 8, 8), importance={"c": np.ones(3), "b": np.ones(8)})
 
 
 def _sets(data_dir, n):
