@@ -1,6 +1,6 @@
 """Writes BENCHMARKS.md from the suite's results folders (nothing is typed by hand).
 
-    python benchmarks/benchmarks_md.py runs/bench-r20-bn runs/bench-r56-bn runs/bench-r20-ft runs/bench-r56-ft
+    python benchmarks/benchmarks_md.py benchmarks/results/*
 
 Each folder is one `ocnna-fast bench` run; its results.json holds the settings
 and the cells.  The command that produced each folder is read from its
