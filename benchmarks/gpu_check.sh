@@ -19,7 +19,7 @@ python3 -m pip install --no-build-isolation --no-deps -q . 2>&1 | tail -5 | tee 
 echo "== GPU tests ($(( $(date +%s) - start )) s)"
 # run from elsewhere so the installed package (with its compiled modules) is imported;
 # the CPU emulation of the kernels (about 2 minutes of CPU) is CI's job, not the GPU's
-( cd tests && OCNNA_DATA_DIR="${OCNNA_DATA_DIR:-$PWD/../shared/data}" python3 -m pytest -q -x -rs -p no:cacheprovider \
+( cd tests && python3 -m pytest -q -x -rs -p no:cacheprovider \
     ${TESTS:-. --ignore=test_cuda_kernels_emulated.py} 2>&1 | tail -25 ) | tee "$OUT/tests.log"
 echo "== GPU benchmark ($(( $(date +%s) - start )) s)"
 python3 benchmarks/bench_gpu.py ${QUICK:+--quick} ${PROFILE:+--profile} ${SECTIONS:+--sections "$SECTIONS"} --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The runs behind BENCHMARKS.md, in order; each resumes where it stopped.
-# About 2-4 hours on a 2-core machine.  Then: python benchmarks/benchmarks_md.py benchmarks/results/*
+# The runs behind BENCHMARKS.md, most needed first; each resumes where it stopped.
+# About 4-5 hours on a 2-core machine.  Then: python benchmarks/benchmarks_md.py benchmarks/results/*
 set -euo pipefail
 ALL="ocnna ocnna-0.95 ocnna-relu mean-energy ocnna-rms l1 l2 fpgm taylor bn-scale lamp random hrank"
 FT="ocnna ocnna-rms mean-energy l1 fpgm hrank random"
@@ -8,13 +8,19 @@ run() {  # folder, then the bench arguments
   local out=$1; shift
   mkdir -p "$out"
   echo "ocnna-fast bench $* --out $out" > "$out/command.txt"
+  echo "[$(date -u +%H:%M:%S)] $out"
   ocnna-fast bench "$@" --out "$out" --no-progress
 }
-for arch in resnet20 resnet56; do
-  run benchmarks/results/r${arch#resnet}-bn --arch $arch --k 40 20 60 --criteria $ALL --seeds 0 1 2 \
-      --score-images 1000 --bn-images 1000
-done
-for arch in resnet20 resnet56; do
-  run benchmarks/results/r${arch#resnet}-ft --arch $arch --k 40 --criteria $FT --seeds 0 \
-      --score-images 1000 --bn-images 1000 --finetune-epochs 1 --train-images 10000
-done
+bn() { run benchmarks/results/r$1-bn --arch resnet$1 --k $2 --criteria $ALL --seeds 0 1 2 \
+         --score-images 1000 --bn-images 1000; }
+ft() { run benchmarks/results/r$1-ft --arch resnet$1 --k 40 --criteria $FT --seeds 0 \
+         --score-images 1000 --bn-images 1000 --finetune-epochs 1 --train-images 10000; }
+bn 20 "40 20 60"
+bn 32 40
+bn 44 40
+ft 56
+bn 56 "40 20 60"
+ft 20
+ft 32
+ft 44
+echo "[$(date -u +%H:%M:%S)] all done"

@@ -70,8 +70,11 @@ def _load_rows(path: Path, config: Dict[str, Any]) -> List[Dict[str, Any]]:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}); move it away to start afresh") from exc
-    if not isinstance(doc, dict) or doc.get("config") != config:
-        theirs = doc.get("config", {}) if isinstance(doc, dict) else {}
+    theirs = doc.get("config") if isinstance(doc, dict) else None
+    if isinstance(theirs, dict):
+        theirs = {"dataset": "cifar10-jpeg", **theirs}  # suites from before --dataset ran on the JPEG copy
+    if theirs != config:
+        theirs = theirs if isinstance(theirs, dict) else {}
         differ = sorted(k for k in set(config) | set(theirs) if config.get(k) != theirs.get(k))
         raise ValueError(f"{path} holds results of other settings (differ in: {', '.join(differ)}); "
                          "use another --out")
@@ -101,6 +104,7 @@ def run_suite(
     ignored_layers: Optional[Iterable[nn.Module]] = None,
     progress: bool = True,
     log=print,
+    dataset: str = "cifar10-jpeg",
 ) -> List[Dict[str, Any]]:
     """Runs (or continues) the suite and writes ``results.json`` and
     ``results.md`` into ``out``; returns the rows.  Deterministic criteria run
@@ -113,7 +117,7 @@ def run_suite(
     if finetune_epochs > 0 and train_set is None:
         raise ValueError("fine-tuning needs a training set")
     out.mkdir(parents=True, exist_ok=True)
-    config = {"arch": arch, "score_images": len(score_set), "bn_images": len(bn_set) if bn_set else 0,
+    config = {"arch": arch, "dataset": dataset, "score_images": len(score_set), "bn_images": len(bn_set) if bn_set else 0,
               "train_images": len(train_set) if train_set is not None and finetune_epochs else 0,
               "eval_images": len(eval_set), "finetune_epochs": finetune_epochs, "lr": lr, "batch_size": batch_size}
     results_path = out / "results.json"

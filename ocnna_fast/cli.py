@@ -5,8 +5,11 @@
     ocnna-fast finetune --arch resnet56 --epochs 2 --out runs/r56-jpeg
     ocnna-fast evaluate --arch resnet56 --pruned runs/r56-k40/pruned
 
-Everything reads the shipped data (``--data-dir``, ``$OCNNA_DATA_DIR`` or
-``../shared/data``); nothing is downloaded.
+    ocnna-fast fetch    cifar10 resnet20
+
+Commands read local data only (``--data-dir``/``$OCNNA_DATA_DIR``, the
+checkout's ``data/``, the user cache, ``../shared/data``); only ``fetch``
+downloads, and only what it is asked for.
 """
 from __future__ import annotations
 
@@ -25,8 +28,12 @@ import torch
 from . import __version__, build_info
 from .scoring import score
 
-CIFAR_RESNETS = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th",
-                 "resnet44": "resnet44-014dd654.th", "resnet56": "resnet56-4bfd9763.th"}
+DATASET_CHOICES = ["cifar10-jpeg", "cifar10", "cifar100"]
+LOSSLESS_20 = "cifar10-lossless-20"
+DATASET_HELP = ("cifar10-jpeg (shipped, default), or cifar10 / cifar100: torchvision's lossless layout, "
+                "e.g. after `ocnna-fast fetch cifar10`")
+DATA_DIR_HELP = ("a folder searched first for data (default $OCNNA_DATA_DIR); then the checkout's data/, "
+                 "the user cache and ../shared/data")
 
 
 def _n_components(text: str):
@@ -42,17 +49,37 @@ def _n_components(text: str):
         raise argparse.ArgumentTypeError(f"expected 'none', an int or a float in (0, 1), got {text!r}") from None
 
 
-def _load_model(arch: str, weights: Optional[str], data_dir: Optional[str]):
-    from .data import data_root
+def _dataset_name(text: str) -> str:
+    return {"cifar10-jpeg-test": "cifar10-jpeg"}.get(text, text)  # the name before 0.1 had --dataset everywhere
+
+
+def _num_classes(dataset: str) -> int:
+    from .data import DATASETS
+
+    return DATASETS[dataset][0] if dataset in DATASETS else 10
+
+
+def _describe(dataset: str) -> str:
+    from .data import DATASETS
+
+    return DATASETS[dataset][1] if dataset in DATASETS else dataset
+
+
+def _load_model(arch: str, weights: Optional[str], data_dir: Optional[str], dataset: str = "cifar10-jpeg"):
+    from .data import PRETRAINED, pretrained_weights
     from .models import ARCHS, build, load_weights
 
     if arch not in ARCHS:
         raise SystemExit(f"error: unknown --arch {arch!r}; choose from {', '.join(ARCHS)}")
-    model = build(arch, num_classes=10)
+    classes = _num_classes(dataset)
+    model = build(arch, num_classes=classes)
     if weights:
         path = Path(weights)
-    elif arch in CIFAR_RESNETS:
-        path = data_root(data_dir) / "resnet-cifar10-akamaster" / CIFAR_RESNETS[arch]
+    elif arch in PRETRAINED and classes == 10:
+        path = pretrained_weights(arch, data_dir)
+    elif arch in PRETRAINED:
+        raise SystemExit(f"error: the shipped {arch} weights are for CIFAR-10; for --dataset {dataset} "
+                         f"({classes} classes) pass --weights FILE")
     else:
         raise SystemExit(f"error: no weights ship for --arch {arch}; pass --weights FILE")
     load_weights(model, path)
@@ -60,23 +87,21 @@ def _load_model(arch: str, weights: Optional[str], data_dir: Optional[str]):
 
 
 def _load_images(dataset: str, images: int, data_dir: Optional[str]):
-    from .data import cifar10_jpeg, foolbox_samples, normalize
+    from .data import foolbox_samples, load_split, normalize
     from .models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 
-    if dataset == "cifar10-jpeg-test":
-        x, y = cifar10_jpeg("test", data_dir, limit=images)
-    elif dataset == "cifar10-lossless-20":
+    if dataset == LOSSLESS_20:
         x, y = foolbox_samples("cifar10", data_dir)
         x, y = x[:images], y[:images]
     else:
-        raise SystemExit(f"error: unknown --dataset {dataset!r}")
+        x, y = load_split(dataset, "test", data_dir, limit=images)
     return normalize(x, CIFAR_MEAN, CIFAR_STD), y
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     if args.images < 1:
         raise SystemExit("error: --images must be >= 1")
-    model, weights = _load_model(args.arch, args.weights, args.data_dir)
+    model, weights = _load_model(args.arch, args.weights, args.data_dir, args.dataset)
     x, _ = _load_images(args.dataset, args.images, args.data_dir)
     batches = [x[i:i + args.batch_size] for i in range(0, len(x), args.batch_size)]
     t = time.perf_counter()
@@ -91,7 +116,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                "score_max": float(ls.score.max())}
         for name, ls in scores.items()
     }
-    summary = {"arch": args.arch, "weights": weights, "dataset": args.dataset, "images": len(x),
+    summary = {"arch": args.arch, "weights": weights, "dataset": _describe(args.dataset), "images": len(x),
                "n_components": args.n_components, "scoring_seconds": seconds,
                "images_per_second": len(x) / seconds, "ocnna_fast": __version__, "torch": torch.__version__,
                "layers": layers}
@@ -108,12 +133,13 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _jpeg(split: str, n: Optional[int], data_dir: Optional[str], augment: bool, seed: int):
-    from .data import cifar10_jpeg
+def _images(args: argparse.Namespace, split: str, n: Optional[int], augment: bool, seed: int):
+    """A split of ``--dataset`` as ``TensorImages`` (seeded, class-balanced when ``n`` is set)."""
+    from .data import load_split
     from .distill import TensorImages
     from .models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 
-    x, y = cifar10_jpeg(split, data_dir, limit=n, seed=seed)
+    x, y = load_split(args.dataset, split, args.data_dir, limit=n, seed=seed)
     return TensorImages(x, y, CIFAR_MEAN, CIFAR_STD, augment=augment)
 
 
@@ -182,10 +208,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: --k is a percentile in [0, 100), got {args.k}")
     if args.bn_images < 0:
         raise SystemExit(f"error: --bn-images must be >= 0, got {args.bn_images}")
-    model, weights = _load_model(args.arch, args.weights, args.data_dir)
+    model, weights = _load_model(args.arch, args.weights, args.data_dir, args.dataset)
     size = input_size(args.arch)
     if size != 32:
-        raise SystemExit(f"error: --arch {args.arch} takes {size}px inputs; the shipped CIFAR-10 data is 32px")
+        raise SystemExit(f"error: --arch {args.arch} takes {size}px inputs; the CIFAR data sets are 32px")
     torch.manual_seed(args.seed)
     out = _out_dir(args.out)
     with _staged(out) as stage:
@@ -198,10 +224,10 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
     from .pruning import count_params, prune, save_pruned
 
     progress = not args.no_progress
-    evalset = _jpeg("test", args.eval_images, args.data_dir, False, args.seed)
-    scoreset = _jpeg("train", args.score_images, args.data_dir, False, args.seed + 1)
+    evalset = _images(args, "test", args.eval_images, False, args.seed)
+    scoreset = _images(args, "train", args.score_images, False, args.seed + 1)
     base_acc = evaluate(model, evalset)
-    print(f"base accuracy {base_acc:.2f}% on {len(evalset)} CIFAR-10 JPEG test images")
+    print(f"base accuracy {base_acc:.2f}% on {len(evalset)} {args.dataset} test images")
     t = time.perf_counter()
     scores = score(model, (x for x, _ in scoreset.batches(args.batch_size)), n_components=args.n_components,
                    progress=progress)
@@ -213,7 +239,7 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
           f"accuracy right after surgery {surgery_acc:.2f}%")
     bn_images = 0
     if args.bn_images > 0:
-        bnset = _jpeg("train", args.bn_images, args.data_dir, False, args.seed + 3)
+        bnset = _images(args, "train", args.bn_images, False, args.seed + 3)
         bn_images = recalibrate_batchnorm(pruned, (x for x, _ in bnset.batches(args.batch_size)), progress=progress)
     before = evaluate(pruned, evalset) if bn_images else surgery_acc
     if bn_images:
@@ -221,7 +247,7 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
     t = time.perf_counter()
     history = []
     if args.finetune_epochs > 0:
-        trainset = _jpeg("train", args.train_images, args.data_dir, True, args.seed + 2)
+        trainset = _images(args, "train", args.train_images, True, args.seed + 2)
         history = distill(pruned, model, trainset, epochs=args.finetune_epochs, lr=args.lr,
                           batch_size=args.batch_size, seed=args.seed, checkpoint_dir=out / "distill",
                           progress=progress)
@@ -229,9 +255,10 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
     after = evaluate(pruned, evalset)
     base_macs, base_params = _macs_params(model, size)
     pr_macs, pr_params = _macs_params(pruned, size)
-    save_pruned(stage / "pruned", pruned, plan, extra={"arch": args.arch, "num_classes": 10})
+    save_pruned(stage / "pruned", pruned, plan, extra={"arch": args.arch, "num_classes": _num_classes(args.dataset),
+                                                          "dataset": args.dataset})
     report = {
-        "arch": args.arch, "dataset": "cifar10-jpeg (q~75 JPEG copy of CIFAR-10; see PROVENANCE)",
+        "arch": args.arch, "dataset": _describe(args.dataset),
         "base_weights": weights, "k": args.k, "n_components": args.n_components, "criterion": args.criterion,
         "score_images": len(scoreset), "eval_images": len(evalset),
         "base_accuracy": base_acc, "pruned_accuracy_after_surgery": surgery_acc, "bn_images": bn_images,
@@ -255,10 +282,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_suite
     from .models import input_size
 
-    model, weights = _load_model(args.arch, args.weights, args.data_dir)
+    model, weights = _load_model(args.arch, args.weights, args.data_dir, args.dataset)
     size = input_size(args.arch)
     if size != 32:
-        raise SystemExit(f"error: --arch {args.arch} takes {size}px inputs; the shipped CIFAR-10 data is 32px")
+        raise SystemExit(f"error: --arch {args.arch} takes {size}px inputs; the CIFAR data sets are 32px")
     for name in ("score_images", "eval_images"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1")
@@ -267,14 +294,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if any(not 0 <= k < 100 for k in args.k):
         raise SystemExit(f"error: every --k is a percentile in [0, 100), got {args.k}")
     out = _out_dir(args.out)
-    score_set = _jpeg("train", args.score_images, args.data_dir, False, args.seed + 1)
-    bn_set = _jpeg("train", args.bn_images, args.data_dir, False, args.seed + 3) if args.bn_images else None
-    train_set = _jpeg("train", args.train_images, args.data_dir, True, args.seed + 2) if args.finetune_epochs else None
-    eval_set = _jpeg("test", args.eval_images, args.data_dir, False, args.seed)
+    score_set = _images(args, "train", args.score_images, False, args.seed + 1)
+    bn_set = _images(args, "train", args.bn_images, False, args.seed + 3) if args.bn_images else None
+    train_set = _images(args, "train", args.train_images, True, args.seed + 2) if args.finetune_epochs else None
+    eval_set = _images(args, "test", args.eval_images, False, args.seed)
     rows = run_suite(model, arch=args.arch, score_set=score_set, bn_set=bn_set, train_set=train_set,
                      eval_set=eval_set, criteria=args.criteria, ks=args.k, seeds=args.seeds, out=out,
                      finetune_epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size,
-                     latency_repeats=args.latency_repeats, progress=not args.no_progress)
+                     latency_repeats=args.latency_repeats, progress=not args.no_progress, dataset=args.dataset)
     print(f"{len(rows)} cells; wrote {out / 'results.json'}, {out / 'results.md'} and plots (weights {weights})")
     return 0
 
@@ -284,10 +311,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     from .distill import evaluate, finetune
 
-    model, weights = _load_model(args.arch, args.weights, args.data_dir)
+    model, weights = _load_model(args.arch, args.weights, args.data_dir, args.dataset)
     out = _out_dir(args.out)
-    evalset = _jpeg("test", args.eval_images, args.data_dir, False, args.seed)
-    trainset = _jpeg("train", args.train_images, args.data_dir, True, args.seed + 2)
+    evalset = _images(args, "test", args.eval_images, False, args.seed)
+    trainset = _images(args, "train", args.train_images, True, args.seed + 2)
     before = evaluate(model, evalset)
     t = time.perf_counter()
     history = finetune(model, trainset, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
@@ -298,11 +325,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     with atomic_path(out / "model.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
-    report = {"arch": args.arch, "dataset": "cifar10-jpeg", "base_weights": weights, "epochs": args.epochs,
+    report = {"arch": args.arch, "dataset": _describe(args.dataset), "base_weights": weights, "epochs": args.epochs,
               "accuracy_before": before, "accuracy_after": after, "eval_images": len(evalset),
               "train_images": len(trainset), "finetune_seconds": seconds, "history": history,
               "weights_out": str(out / "model.safetensors")}
-    _write_report(out, report, f"Fine-tuning {args.arch} on CIFAR-10 JPEG")
+    _write_report(out, report, f"Fine-tuning {args.arch} on {args.dataset}")
     print(f"accuracy {before:.2f}% -> {after:.2f}% after {args.epochs} epochs; wrote {out / 'model.safetensors'}")
     return 0
 
@@ -314,9 +341,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .pruning import load_pruned
 
         model, what = load_pruned(args.pruned), args.pruned
+        with torch.no_grad():
+            classes = model.eval()(torch.zeros(1, 3, 32, 32)).shape[-1]
+        if classes != _num_classes(args.dataset):
+            raise ValueError(f"{args.pruned} predicts {classes} classes but --dataset {args.dataset} has "
+                             f"{_num_classes(args.dataset)}; pass the data set it was pruned on")
     else:
-        model, what = _load_model(args.arch, args.weights, args.data_dir)
-    if args.dataset == "cifar10-lossless-20":
+        model, what = _load_model(args.arch, args.weights, args.data_dir, args.dataset)
+    if args.dataset == LOSSLESS_20:
         from .data import foolbox_samples
         from .distill import TensorImages
         from .models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
@@ -324,14 +356,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         x, y = foolbox_samples("cifar10", args.data_dir)
         data = TensorImages(x, y, CIFAR_MEAN, CIFAR_STD)
     else:
-        data = _jpeg("test", args.eval_images, args.data_dir, False, args.seed)
+        data = _images(args, "test", args.eval_images, False, args.seed)
     acc = evaluate(model, data, progress=not args.no_progress)
-    print(json.dumps({"model": what, "dataset": args.dataset, "images": len(data), "accuracy": acc}))
+    print(json.dumps({"model": what, "dataset": _describe(args.dataset), "images": len(data),
+                      "accuracy": acc}))
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    print(json.dumps(build_info(), indent=2))
+    from .datapaths import data_places
+
+    print(json.dumps({**build_info(), "data_places": [str(p) for p in data_places()]}, indent=2))
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from .fetch import REMOTES, fetch
+
+    if args.list or not args.names:
+        for name, r in REMOTES.items():
+            print(f"{name:<10} {r.size / 1e6:7.1f} MB  {r.url}")
+        if not args.names:
+            print("usage: ocnna-fast fetch NAME [NAME ...]  (downloads into the user cache, or --data-dir)")
+        return 0
+    for name in args.names:
+        path = fetch(name, args.data_dir, base_url=args.base_url, progress=not args.no_progress)
+        print(f"{name}: {path}")
     return 0
 
 
@@ -342,23 +392,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("score", help="score the filters of a pretrained model on shipped images")
-    s.add_argument("--arch", default="resnet56", help=f"one of {', '.join(CIFAR_RESNETS)} (default resnet56)")
+    s.add_argument("--arch", default="resnet56", help="architecture (default resnet56)")
     s.add_argument("--weights", help="checkpoint file (default: the shipped one for --arch)")
-    s.add_argument("--dataset", default="cifar10-jpeg-test", choices=["cifar10-jpeg-test", "cifar10-lossless-20"])
+    s.add_argument("--dataset", default="cifar10-jpeg", type=_dataset_name, choices=[*DATASET_CHOICES, LOSSLESS_20],
+                   help=DATASET_HELP + f"; {LOSSLESS_20}: the 20 shipped lossless test images")
     s.add_argument("--images", type=int, default=1000, help="images to score on (class-balanced subset)")
     s.add_argument("--n-components", type=_n_components, default=None,
                    help="PCA components per map: none (default), an int, or a ratio in (0, 1)")
     s.add_argument("--batch-size", type=int, default=128)
     s.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
-    s.add_argument("--data-dir", default=None, help="data root (default $OCNNA_DATA_DIR or ../shared/data)")
+    s.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     s.add_argument("--out", default="runs/score", help="output folder")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_score)
 
-    def common(sp, images_default=None):
+    def common(sp, datasets=DATASET_CHOICES):
         sp.add_argument("--arch", default="resnet56", help="architecture (default resnet56)")
         sp.add_argument("--weights", help="weights file (.th or .safetensors); default: the shipped one for --arch")
-        sp.add_argument("--data-dir", default=None, help="data root (default $OCNNA_DATA_DIR or ../shared/data)")
+        sp.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+        sp.add_argument("--dataset", default="cifar10-jpeg", type=_dataset_name, choices=datasets,
+                        help=DATASET_HELP + (f"; {LOSSLESS_20}: the 20 shipped lossless test images"
+                                             if LOSSLESS_20 in datasets else ""))
         sp.add_argument("--batch-size", type=int, default=128)
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--no-progress", action="store_true")
@@ -411,13 +465,24 @@ def build_parser() -> argparse.ArgumentParser:
     ft.set_defaults(func=cmd_finetune)
 
     ev = sub.add_parser("evaluate", help="top-1 accuracy of a model or a pruned model directory")
-    common(ev)
+    common(ev, [*DATASET_CHOICES, LOSSLESS_20])
     ev.add_argument("--pruned", help="a directory written by 'prune' (its pruned/ folder)")
-    ev.add_argument("--dataset", default="cifar10-jpeg-test", choices=["cifar10-jpeg-test", "cifar10-lossless-20"])
     ev.add_argument("--eval-images", type=int, default=None)
     ev.set_defaults(func=cmd_evaluate)
 
-    i = sub.add_parser("info", help="print build information")
+    fe = sub.add_parser("fetch", help="download CIFAR archives or pretrained checkpoints (checked by sha256)")
+    from .fetch import REMOTES
+
+    fe.add_argument("names", nargs="*", metavar="NAME",
+                    help=f"what to download: {', '.join(REMOTES)}")
+    fe.add_argument("--list", action="store_true", help="list what can be fetched, with sizes and URLs")
+    fe.add_argument("--data-dir", default=None, help="download here instead of the user cache")
+    fe.add_argument("--base-url", default=None,
+                    help="fetch the same file names from this folder URL instead (a mirror; $OCNNA_FETCH_BASE_URL)")
+    fe.add_argument("--no-progress", action="store_true")
+    fe.set_defaults(func=cmd_fetch)
+
+    i = sub.add_parser("info", help="print build information and where data is looked for")
     i.set_defaults(func=cmd_info)
     return p
 

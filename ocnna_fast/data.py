@@ -1,7 +1,10 @@
-"""Local datasets: the shipped real images, read without any download.
+"""Local datasets: the shipped real images and what ``ocnna-fast fetch``
+downloaded, read without any download.
 
-The data root is ``OCNNA_DATA_DIR`` (or the ``root`` argument), laid out as in
-the project's shared/data folder; a missing file says what to put where.
+Files are looked up over the data places of :mod:`ocnna_fast.datapaths`
+(``--data-dir``/``$OCNNA_DATA_DIR``, the checkout's ``data/``, the user cache,
+``../shared/data``); a missing file names every place searched and, when one
+exists, the fetch command that gets it.
 """
 from __future__ import annotations
 
@@ -10,13 +13,15 @@ import os
 import re
 import tarfile
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-__all__ = ["data_root", "foolbox_samples", "cifar10_jpeg", "imagenet_sample", "torchvision_cifar", "normalize",
-           "IMAGENET_MEAN", "IMAGENET_STD"]
+from .datapaths import data_places, find_data
+
+__all__ = ["data_places", "find_data", "foolbox_samples", "cifar10_jpeg", "imagenet_sample", "torchvision_cifar",
+           "normalize", "load_split", "pretrained_weights", "DATASETS", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,36 +29,55 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PathLike = Union[str, os.PathLike]
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
+# the data sets every CLI command takes as --dataset: number of classes, and
+# what reports say about them
+DATASETS: Dict[str, Tuple[int, str]] = {
+    "cifar10-jpeg": (10, "cifar10-jpeg: CIFAR-10 re-encoded as quality-75 JPEG (shipped; see data/README.md)"),
+    "cifar10": (10, "cifar10: lossless CIFAR-10 (torchvision's archive)"),
+    "cifar100": (100, "cifar100: lossless CIFAR-100, fine labels (torchvision's archive)"),
+}
 
-def data_root(root: Optional[PathLike] = None) -> Path:
-    """Where the shipped data is: ``root`` if given, else ``$OCNNA_DATA_DIR``,
-    else the first existing of ``../shared/data`` and ``./shared/data`` (from
-    the current folder, e.g. the checkout) and ``shared/data`` beside the
-    source tree of an editable install."""
-    if root is not None:
-        return Path(root)
-    env = os.environ.get("OCNNA_DATA_DIR")
-    if env:
-        return Path(env)
-    candidates = [
-        Path.cwd().parent / "shared" / "data",
-        Path.cwd() / "shared" / "data",
-        Path(__file__).resolve().parents[2] / "shared" / "data",
-    ]
-    for c in candidates:
-        if c.is_dir():
-            return c
-    return candidates[0]
+PRETRAINED = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th",
+              "resnet44": "resnet44-014dd654.th", "resnet56": "resnet56-4bfd9763.th"}
 
 
-def _need(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{what} not found at {path}. Put the shipped data folder there, or point "
-            "OCNNA_DATA_DIR (or --data-dir) at the folder that holds "
-            "'foolbox-samples/', 'cifar10-jpeg-yoongikim/' and 'resnet-cifar10-akamaster/'."
-        )
-    return path
+def pretrained_weights(arch: str, root: Optional[PathLike] = None) -> Path:
+    """The shipped (or fetched) CIFAR-10 checkpoint of a CIFAR ResNet."""
+    if arch not in PRETRAINED:
+        raise ValueError(f"no pretrained weights are known for {arch!r}; they exist for {', '.join(PRETRAINED)}")
+    return find_data(f"resnet-cifar10-akamaster/{PRETRAINED[arch]}", root, f"{arch} CIFAR-10 weights",
+                     f"ocnna-fast fetch {arch}")
+
+
+def _balanced(labels: np.ndarray, limit: Optional[int], seed: int) -> np.ndarray:
+    """Indices of a seeded, class-balanced subset of ``limit`` items, in
+    their original order (data sets often list one class after another, so a
+    plain prefix would hold one class)."""
+    order = np.arange(len(labels))
+    if limit is None or limit >= len(labels):
+        return order
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    n = len(classes)
+    picked = np.concatenate([p[: (limit + n - 1 - k) // n] for k, p in enumerate(per_class)])
+    return np.sort(picked)[:limit]
+
+
+def load_split(dataset: str, split: str, root: Optional[PathLike] = None, limit: Optional[int] = None,
+               seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(uint8 images (N, 3, 32, 32), int64 labels)`` of one split
+    (``train``/``test``) of a data set in :data:`DATASETS`, optionally a
+    seeded class-balanced subset of ``limit`` images."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if dataset == "cifar10-jpeg":
+        return cifar10_jpeg(split, root, limit=limit, seed=seed)
+    x, y = torchvision_cifar(root, dataset, train=split == "train")
+    keep = torch.from_numpy(_balanced(y.numpy(), limit, seed))
+    return x[keep].contiguous(), y[keep]
 
 
 def _decode(data: bytes) -> np.ndarray:
@@ -68,7 +92,7 @@ def foolbox_samples(dataset: str = "cifar10", root: Optional[PathLike] = None) -
     foolbox wheel: ``(uint8 images (N, 3, H, W), int64 labels)``."""
     if dataset not in ("cifar10", "cifar100"):
         raise ValueError(f"dataset must be 'cifar10' or 'cifar100', got {dataset!r}")
-    folder = _need(data_root(root) / "foolbox-samples" / dataset, f"foolbox {dataset} samples")
+    folder = find_data(f"foolbox-samples/{dataset}", root, f"foolbox {dataset} samples")
     files = sorted(folder.glob(f"{dataset}_*_*.png"))
     if not files:
         raise FileNotFoundError(f"no {dataset}_NN_label.png files in {folder}")
@@ -92,17 +116,12 @@ def cifar10_jpeg(split: str = "test", root: Optional[PathLike] = None, limit: Op
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    tar_path = _need(data_root(root) / "cifar10-jpeg-yoongikim" / f"cifar10_{split}_jpg.tar.gz",
-                     f"CIFAR-10 JPEG {split} tarball")
+    tar_path = find_data(f"cifar10-jpeg-yoongikim/cifar10_{split}_jpg.tar.gz", root,
+                         f"CIFAR-10 JPEG {split} tarball")
     with tarfile.open(tar_path, "r:gz") as tar:
         members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jpg")]
         labels = [CIFAR10_CLASSES.index(Path(m.name).parent.name) for m in members]
-        order = np.arange(len(members))
-        if limit is not None and limit < len(members):
-            rng = np.random.default_rng(seed)
-            per_class = [rng.permutation(np.flatnonzero(np.array(labels) == k)) for k in range(10)]
-            picked = np.concatenate([p[: (limit + 9 - k) // 10] for k, p in enumerate(per_class)])
-            order = np.sort(picked)[:limit]
+        order = _balanced(np.array(labels), limit, seed)
         chosen = set(order.tolist())
         images = {}
         for i, m in enumerate(members):
@@ -134,8 +153,8 @@ def imagenet_sample(root: Optional[PathLike] = None, limit: Optional[int] = None
     Normalise with ``IMAGENET_MEAN``/``IMAGENET_STD`` for torchvision models."""
     from PIL import Image
 
-    tar_path = _need(data_root(root) / "imagenet-sample-1000-eli" / "imagenet_sample_1000.tar",
-                     "ImageNet 1000-image sample tar")
+    tar_path = find_data("imagenet-sample-1000-eli/imagenet_sample_1000.tar", root,
+                         "ImageNet 1000-image sample tar (kept outside the repository; see data/README.md)")
     images, labels = [], []
     with tarfile.open(tar_path, "r:") as tar:
         members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(".jpeg")),
@@ -150,10 +169,12 @@ def imagenet_sample(root: Optional[PathLike] = None, limit: Optional[int] = None
     return x, torch.tensor(labels, dtype=torch.int64)
 
 
-def torchvision_cifar(root: PathLike, dataset: str = "cifar10", train: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    """CIFAR-10/100 from torchvision's standard on-disk layout under ``root``
-    (``cifar-10-batches-py/`` or ``cifar-100-python/``), never downloading:
-    uint8 images ``(N, 3, 32, 32)`` and labels."""
+def torchvision_cifar(root: Optional[PathLike] = None, dataset: str = "cifar10",
+                      train: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10/100 in torchvision's on-disk layout (``cifar-10-batches-py/``
+    or ``cifar-100-python/``, as ``ocnna-fast fetch cifar10`` leaves it) from
+    the data places, never downloading: uint8 images ``(N, 3, 32, 32)`` and
+    labels."""
     try:
         import torchvision
     except ImportError as exc:
@@ -162,11 +183,12 @@ def torchvision_cifar(root: PathLike, dataset: str = "cifar10", train: bool = Fa
     if cls is None:
         raise ValueError(f"dataset must be 'cifar10' or 'cifar100', got {dataset!r}")
     folder = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[dataset]
-    _need(Path(root) / folder, f"torchvision {dataset} data (the extracted {folder}/ folder)")
+    found = find_data(folder, root, f"lossless {dataset} (torchvision's extracted {folder}/ folder)",
+                      f"ocnna-fast fetch {dataset}")
     try:
-        ds = cls(os.fspath(root), train=train, download=False)
+        ds = cls(os.fspath(found.parent), train=train, download=False)
     except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
-        raise FileNotFoundError(f"{Path(root) / folder}: {exc}") from exc
+        raise FileNotFoundError(f"{found}: {exc}") from exc
     x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).contiguous()
     return x, torch.tensor(ds.targets, dtype=torch.int64)
 

@@ -13,9 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def data_root() -> Path:
-    """OCNNA_DATA_DIR, else the shared/data folder beside the checkout."""
+    """OCNNA_DATA_DIR, else the repository's own data/ folder."""
     env = os.environ.get("OCNNA_DATA_DIR")
-    return Path(env) if env else REPO.parent / "shared" / "data"
+    return Path(env) if env else REPO / "data"
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +27,19 @@ def data_dir() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return root
+
+
+@pytest.fixture(scope="session")
+def imagenet_sample_tar() -> Path:
+    """The 1000-image ImageNet sample, which is kept outside the repository:
+    found over the package's data places, else the test is skipped (even
+    under OCNNA_REQUIRE_DATA, which asks only for the repository's data)."""
+    from ocnna_fast.datapaths import find_data
+
+    try:
+        return find_data("imagenet-sample-1000-eli/imagenet_sample_1000.tar", data_root())
+    except FileNotFoundError as exc:
+        pytest.skip(f"optional data absent: {exc}")
 
 
 def _devices():

@@ -7,7 +7,30 @@ import numpy as np
 import pytest
 import torch
 
-from ocnna_fast.data import cifar10_jpeg, data_root, foolbox_samples, imagenet_sample, torchvision_cifar
+from ocnna_fast import datapaths
+from ocnna_fast.data import (
+    _balanced,
+    cifar10_jpeg,
+    data_places,
+    foolbox_samples,
+    imagenet_sample,
+    load_split,
+    pretrained_weights,
+    torchvision_cifar,
+)
+from ocnna_fast.fetch import REMOTES, sha256_of
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """No data place but the ones a test makes: no checkout, an empty cache,
+    no shared/ folder, no OCNNA_DATA_DIR."""
+    monkeypatch.delenv("OCNNA_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(datapaths, "checkout_data_dir", lambda: None)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    return tmp_path
 
 
 def test_lossless_and_jpeg_cifar10_agree(data_dir):
@@ -18,8 +41,8 @@ def test_lossless_and_jpeg_cifar10_agree(data_dir):
     assert jx.shape == (50, 3, 32, 32) and torch.bincount(jy, minlength=10).tolist() == [5] * 10
 
 
-def test_imagenet_sample(data_dir):
-    x, y = imagenet_sample(data_dir, limit=3)
+def test_imagenet_sample(imagenet_sample_tar):
+    x, y = imagenet_sample(imagenet_sample_tar.parent.parent, limit=3)
     assert x.shape == (3, 3, 224, 224) and x.dtype == torch.uint8
     assert y.tolist() == [0, 1, 2]
     assert x.float().std() > 10  # real pictures, not blank
@@ -48,20 +71,85 @@ def test_torchvision_layout_without_download(tmp_path, monkeypatch):
         torchvision_cifar(tmp_path, "cifar100")
 
 
-def test_missing_data_says_what_to_put_where(tmp_path):
-    with pytest.raises(FileNotFoundError, match="OCNNA_DATA_DIR"):
-        cifar10_jpeg("test", tmp_path)
+def test_missing_data_says_where_it_looked_and_how_to_get_it(isolated, monkeypatch):
+    import urllib.request
+
+    def no_network(*a, **k):
+        raise AssertionError("a data reader tried to download")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    with pytest.raises(FileNotFoundError, match="OCNNA_DATA_DIR") as err:
+        cifar10_jpeg("test", isolated / "mine")
+    assert str(isolated / "mine") in str(err.value)
+    with pytest.raises(FileNotFoundError, match="ocnna-fast fetch resnet56"):
+        pretrained_weights("resnet56")
+    with pytest.raises(FileNotFoundError, match="ocnna-fast fetch cifar100"):
+        torchvision_cifar(None, "cifar100")
     with pytest.raises(ValueError, match="split"):
-        cifar10_jpeg("val", tmp_path)
-    assert data_root(tmp_path) == tmp_path
+        cifar10_jpeg("val", isolated)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_split("mnist", "test")
 
 
-def test_default_data_root_is_found_from_the_checkout(tmp_path, monkeypatch):
-    """An installed (not editable) package must still find ../shared/data from the checkout."""
+def test_places_in_order(isolated, monkeypatch):
+    """--data-dir / OCNNA_DATA_DIR, the checkout's data/, the user cache, shared/data."""
+    checkout = isolated / "repo" / "data"
+    for p in (checkout, isolated / "cache" / "ocnna-fast", isolated / "shared" / "data", isolated / "mine"):
+        p.mkdir(parents=True)
+    monkeypatch.setattr(datapaths, "checkout_data_dir", lambda: checkout)
+    want = [checkout, isolated / "cache" / "ocnna-fast", isolated / "shared" / "data"]
+    assert data_places() == want
+    assert data_places(isolated / "mine") == [isolated / "mine", *want]
+    monkeypatch.setenv("OCNNA_DATA_DIR", str(isolated / "env"))
+    assert data_places() == [isolated / "env", *want]  # listed even when missing, so errors can name it
+    assert data_places(isolated / "mine")[0] == isolated / "mine"  # the argument beats the variable
+    # the first place holding the file wins
+    for place in (checkout, isolated / "shared" / "data"):
+        (place / "x.bin").write_bytes(place.name.encode())
+    assert datapaths.find_data("x.bin") == checkout / "x.bin"
+
+
+def test_an_installed_package_finds_the_checkout_it_runs_in(isolated, monkeypatch):
+    """A non-editable install (code in site-packages) run from inside a clone
+    still finds the clone's data/; outside any clone it does not."""
+    monkeypatch.undo()  # the real checkout_data_dir, with a fake install location
     monkeypatch.delenv("OCNNA_DATA_DIR", raising=False)
-    (tmp_path / "shared" / "data").mkdir(parents=True)
-    (tmp_path / "checkout").mkdir()
-    monkeypatch.chdir(tmp_path / "checkout")
-    assert data_root() == tmp_path / "shared" / "data"
-    monkeypatch.setenv("OCNNA_DATA_DIR", str(tmp_path))
-    assert data_root() == tmp_path
+    monkeypatch.setattr(datapaths, "__file__", str(isolated / "site-packages" / "ocnna_fast" / "datapaths.py"))
+    clone = isolated / "clone"
+    (clone / "data").mkdir(parents=True)
+    (clone / "src").mkdir()
+    (clone / "pyproject.toml").write_text('[project]\nname = "ocnna-fast"\n')
+    monkeypatch.chdir(clone / "src")
+    assert datapaths.checkout_data_dir() == clone / "data"
+    (isolated / "other").mkdir()
+    (isolated / "other" / "pyproject.toml").write_text('[project]\nname = "something-else"\n')
+    (isolated / "other" / "data").mkdir()
+    monkeypatch.chdir(isolated / "other")
+    assert datapaths.checkout_data_dir() is None
+
+
+def test_the_checkout_data_is_found_without_configuration(monkeypatch):
+    """README's commands need no OCNNA_DATA_DIR: the repository's own copy is found."""
+    from conftest import REPO
+
+    monkeypatch.delenv("OCNNA_DATA_DIR", raising=False)
+    assert data_places()[0] == REPO / "data"
+    assert pretrained_weights("resnet20") == REPO / "data" / "resnet-cifar10-akamaster" / "resnet20-12fca82f.th"
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet32", "resnet44", "resnet56"])
+def test_shipped_files_match_their_pinned_sha256(name, data_dir):
+    remote = REMOTES[name]
+    path = data_dir / remote.relpath
+    assert path.stat().st_size == remote.size
+    assert sha256_of(path) == remote.sha256
+
+
+def test_balanced_subsets_are_seeded_and_balanced():
+    labels = np.repeat(np.arange(7), 30)
+    a, b = _balanced(labels, 50, 3), _balanced(labels, 50, 3)
+    assert np.array_equal(a, b) and len(a) == 50 and np.all(np.diff(a) > 0)
+    counts = np.bincount(labels[a], minlength=7)
+    assert counts.max() - counts.min() <= 1
+    assert not np.array_equal(a, _balanced(labels, 50, 4))
+    assert np.array_equal(_balanced(labels, None, 0), np.arange(len(labels)))

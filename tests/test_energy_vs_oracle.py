@@ -243,13 +243,11 @@ def test_sparse_maps_match_oracle(h, w, kind, dtype, n_components, seed, device)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n_components", [0.95, 3, 0.5])
 def test_shipped_sparse_relu_map(dtype, n_components):
-    """shared/fixtures/sparse_relu_map_32x32_f64.npy: 27 non-zeros in 3 columns,
+    """tests/fixtures/sparse_relu_map_32x32_f64.npy: 27 non-zeros in 3 columns,
     rank 3; alone as a batch it was rejected as non-finite input."""
     from conftest import REPO
 
-    path = REPO.parent / "shared" / "fixtures" / "sparse_relu_map_32x32_f64.npy"
-    if not path.is_file():
-        pytest.skip(f"fixture not found at {path}")
+    path = REPO / "tests" / "fixtures" / "sparse_relu_map_32x32_f64.npy"
     m = np.load(path).astype(dtype)[None, None]
     got = native_energies(torch.from_numpy(m), n_components)
     want = reference.energies(m, n_components)
