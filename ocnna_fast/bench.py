@@ -15,7 +15,6 @@ a stopped suite continues where it stopped.
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
@@ -27,27 +26,13 @@ from .atomic import write_text_atomic
 from .batchnorm import recalibrate_batchnorm
 from .criteria import CRITERIA, SEEDED, Context, criterion_values
 from .distill import TensorImages, distill, evaluate
+from .latency import latency_ms
 from .pruning import count_params, prune
 
 __all__ = ["run_suite", "latency_ms", "RESULT_KEYS"]
 
 RESULT_KEYS = ("criterion", "k", "seed", "rpr", "macs_ratio", "acc_surgery", "acc_bn", "acc_finetuned",
                "score_seconds", "latency_ms_b1", "latency_ms_b64")
-
-
-def latency_ms(model: nn.Module, batch: int, size: int, repeats: int, warmup: int = 2) -> Dict[str, float]:
-    """Median and spread (min, max) of ``repeats`` timed forward passes of a
-    random ``(batch, 3, size, size)`` input on the CPU, after ``warmup``."""
-    model = model.eval()
-    x = torch.randn(batch, 3, size, size)
-    times = []
-    with torch.no_grad():
-        for i in range(warmup + repeats):
-            t = time.perf_counter()
-            model(x)
-            if i >= warmup:
-                times.append(1000.0 * (time.perf_counter() - t))
-    return {"median": statistics.median(times), "min": min(times), "max": max(times)}
 
 
 def _macs(model: nn.Module, size: int) -> int:

@@ -156,7 +156,26 @@ def _write_report(out: Path, report: dict, title: str) -> None:
     write_text_atomic(out / "report.json", json.dumps(report, indent=2))
     rows = "\n".join(f"| {k} | {v if not isinstance(v, float) else round(v, 4)} |" for k, v in report.items()
                      if not isinstance(v, (dict, list)))
-    write_text_atomic(out / "report.md", f"# {title}\n\n| metric | value |\n| --- | --- |\n{rows}\n")
+    md = f"# {title}\n\n| metric | value |\n| --- | --- |\n{rows}\n"
+    if isinstance(report.get("latency"), dict):
+        md += "\n" + _latency_md(report["latency"])
+    write_text_atomic(out / "report.md", md)
+
+
+def _latency_md(section: dict) -> str:
+    threads = section["pruned"]["threads"]
+    lines = [f"## Latency on this CPU ({threads} threads, median of repeats after warm-up)", "",
+             "| runtime, batch | base ms (q25-q75) | pruned ms (q25-q75) | speed-up |", "| --- | --- | --- | --- |"]
+    for key, ratio in section.get("speedup", {}).items():
+        b, p = section["base"][key], section["pruned"][key]
+        lines.append(f"| {key.replace('_b', ', batch ')} | {b['median']:.2f} ({b['q25']:.2f}-{b['q75']:.2f}) | "
+                     f"{p['median']:.2f} ({p['q25']:.2f}-{p['q75']:.2f}) | {ratio:.2f}x |")
+    for name in ("base", "pruned"):
+        if "onnx_bytes" in section[name]:
+            lines.append(f"\n{name} ONNX file: {section[name]['onnx_bytes']} bytes")
+    if "onnxruntime" in section:
+        lines.append(f"\nONNX Runtime {section['onnxruntime']}")
+    return "\n".join(lines) + "\n"
 
 
 def _out_dir(path: str) -> Path:
@@ -269,6 +288,9 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
         "finetune_epochs": args.finetune_epochs, "finetune_seconds": finetune_seconds,
         "distill_history": history, "pruned_weights_sha256": state_sha256(pruned),
     }
+    if args.latency_repeats > 0:
+        report["latency"] = _latency_section(model, pruned, size, args.latency_repeats, stage / ".latency")
+        _print_latency(report["latency"])
     _write_report(stage, report, f"OCNNA: {args.arch}, k={args.k}")
     _publish(stage, out, ["scores.safetensors", "pruned", "report.json", "report.md"])
     print(f"accuracy {base_acc:.2f}% -> {before:.2f}% (pruned) -> {after:.2f}% "
@@ -363,6 +385,112 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pruned_spec(pruned: str) -> dict:
+    try:
+        plan = json.loads((Path(pruned) / "plan.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{Path(pruned) / 'plan.json'} is not valid JSON: {exc}") from exc
+    spec = plan.get("model") if isinstance(plan, dict) else None
+    return spec if isinstance(spec, dict) else {}
+
+
+def _base_file(out: Path) -> Path:
+    return out.with_name(f"{out.stem}.base{out.suffix}")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import export as ex
+    from .models import input_size
+    from .pruning import load_pruned
+
+    if args.format == "onnx" or args.benchmark:
+        ex.require_deploy()
+    if args.batch is not None and args.batch < 1:
+        raise SystemExit(f"error: --batch must be >= 1, got {args.batch}")
+    if args.verify_images < 1:
+        raise SystemExit(f"error: --verify-images must be >= 1, got {args.verify_images}")
+    spec = _pruned_spec(args.pruned)
+    pruned = load_pruned(args.pruned)
+    arch = spec.get("arch", "?")
+    if args.dataset is None:
+        args.dataset = spec.get("dataset", "cifar10-jpeg")
+    size = input_size(arch) if arch != "?" else 32
+    out = Path(args.out)
+    models = {"pruned": (pruned, out)}
+    if args.base or args.benchmark:
+        base, _ = _load_model(arch, args.weights, args.data_dir, args.dataset)
+        models["base"] = (base, _base_file(out))
+    x = _images(args, "test", args.verify_images, False, args.seed).batches(256)
+    images = torch.cat([b for b, _ in x])
+    report = {"pruned": args.pruned, "arch": arch, "dataset": _describe(args.dataset), "format": args.format,
+              "torch": torch.__version__}
+    for name, (model, path) in models.items():
+        info = ex.export_model(model, path, args.format, size, args.batch)
+        check = ex.verify(model, path, args.format, images, batch=args.batch)
+        report[name] = {**info, "verification": check.as_dict()}
+        print(f"{name}: wrote {path} ({info['bytes'] / 1e6:.2f} MB, {args.format}"
+              f"{', opset ' + str(info['opset']) if 'opset' in info else ''}, batch "
+              f"{args.batch or 'dynamic'}); on {check.images} {args.dataset} test images: max |logit diff| "
+              f"{check.max_abs_diff:.2e} (tolerance {check.tolerance:.1e}), top-1 agreement {check.top1_agreement:.2%}")
+    if args.benchmark:
+        report["latency"] = _latency_section(models["base"][0], pruned, size, args.latency_repeats,
+                                             out.parent / f".{out.stem}-latency")
+        _print_latency(report["latency"])
+    from .atomic import write_text_atomic
+
+    report_path = out.with_name(f"{out.name}.json")
+    write_text_atomic(report_path, json.dumps(report, indent=2))
+    print(f"wrote {report_path}")
+    return 0
+
+
+def _latency_section(base, pruned, size: int, repeats: int, workdir: Path) -> dict:
+    """Base vs pruned latency in PyTorch eager and (when the deploy extra is
+    installed) ONNX Runtime, batch 1 and 64, plus the exported file sizes."""
+    from . import export as ex
+
+    try:
+        ex.require_deploy()
+        onnx_ok = True
+    except ImportError as exc:
+        onnx_ok, missing = False, str(exc)
+    workdir.mkdir(parents=True, exist_ok=True)
+    section: dict = {}
+    try:
+        for name, model in (("base", base), ("pruned", pruned)):
+            path = None
+            if onnx_ok:
+                path = workdir / f"{name}.onnx"
+                ex.export_model(model, path, "onnx", size)
+            section[name] = ex.runtime_latency(model, path, size, repeats=repeats)
+            if path is not None:
+                section[name]["onnx_bytes"] = path.stat().st_size
+            section[name]["weights_bytes"] = _weights_bytes(model)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if not onnx_ok:
+        section["onnxruntime"] = f"not measured: {missing}"
+    for key in section["pruned"]:
+        if key.startswith(("eager_b", "onnxruntime_b")):
+            section.setdefault("speedup", {})[key] = section["base"][key]["median"] / section["pruned"][key]["median"]
+    return section
+
+
+def _weights_bytes(model) -> int:
+    """Bytes of the model's weights as float32 safetensors would hold them (parameters and buffers)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def _print_latency(section: dict) -> None:
+    threads = section["pruned"]["threads"]
+    print(f"latency on this CPU ({threads} threads; median ms, base -> pruned, speed-up):")
+    for key, ratio in section.get("speedup", {}).items():
+        print(f"  {key:<18} {section['base'][key]['median']:9.2f} -> {section['pruned'][key]['median']:9.2f}"
+              f"   x{ratio:.2f}")
+    if "onnxruntime" in section:
+        print(f"  ONNX Runtime {section['onnxruntime']}")
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .datapaths import data_places
 
@@ -432,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="re-estimate BatchNorm statistics of the pruned model on this many training images "
                          "before evaluating and distilling it (default 1000; 0: off)")
     pr.add_argument("--lr", type=float, default=0.01)
+    pr.add_argument("--latency-repeats", type=int, default=10,
+                    help="timed passes per latency figure of the report (base vs pruned, PyTorch eager and, with "
+                         "the deploy extra, ONNX Runtime; batch 1 and 64); 0: no latency section")
     pr.add_argument("--out", default="runs/prune")
     pr.set_defaults(func=cmd_prune)
 
@@ -469,6 +600,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--pruned", help="a directory written by 'prune' (its pruned/ folder)")
     ev.add_argument("--eval-images", type=int, default=None)
     ev.set_defaults(func=cmd_evaluate)
+
+    ex = sub.add_parser("export", help="export a pruned model to ONNX or TorchScript, verify it, measure latency")
+    ex.add_argument("--pruned", required=True, help="a pruned/ folder written by 'prune'")
+    ex.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    ex.add_argument("--out", required=True, help="the file to write (with --base, the original goes to NAME.base.EXT)")
+    ex.add_argument("--base", action="store_true", help="also export the unpruned model it came from")
+    ex.add_argument("--batch", type=int, default=None, help="a fixed batch size (default: dynamic batch)")
+    ex.add_argument("--verify-images", type=int, default=256,
+                    help="test images of the data set the model was pruned on, run in the exported file and in "
+                         "PyTorch and compared (default 256)")
+    ex.add_argument("--benchmark", action="store_true",
+                    help="measure base vs pruned latency in ONNX Runtime and PyTorch eager, batch 1 and 64")
+    ex.add_argument("--latency-repeats", type=int, default=20)
+    ex.add_argument("--weights", help="the base model's weights (default: the shipped ones for the plan's arch)")
+    ex.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    ex.add_argument("--dataset", default=None, type=_dataset_name, choices=DATASET_CHOICES,
+                    help="data set for verification (default: the one the model was pruned on)")
+    ex.add_argument("--seed", type=int, default=0)
+    ex.set_defaults(func=cmd_export)
 
     fe = sub.add_parser("fetch", help="download CIFAR archives or pretrained checkpoints (checked by sha256)")
     from .fetch import REMOTES

@@ -22,9 +22,15 @@ def test_prune_end_to_end(tmp_path, data_dir, capsys):
     rc = main(["prune", "--arch", "resnet20", "--k", "40", "--n-components", "0.9", "--criterion", "ocnna-rms",
                "--score-images", "32",
                "--eval-images", "40", "--train-images", "64", "--finetune-epochs", "1", "--batch-size", "32",
-               "--bn-images", "48", "--data-dir", str(data_dir), "--out", str(out), "--no-progress"])
+               "--bn-images", "48", "--latency-repeats", "2", "--data-dir", str(data_dir), "--out", str(out),
+               "--no-progress"])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
+    lat = report["latency"]  # base vs pruned, eager always, ONNX Runtime with the deploy extra
+    for key in ("eager_b1", "eager_b64"):
+        assert lat["speedup"][key] == pytest.approx(lat["base"][key]["median"] / lat["pruned"][key]["median"])
+    assert ("onnxruntime_b1" in lat["speedup"]) != ("onnxruntime" in lat)
+    assert "## Latency on this CPU" in (out / "report.md").read_text()
     for f in FIELDS:
         assert f in report, f
     assert report["bn_images"] == 48 and report["criterion"] == "ocnna-rms"
@@ -116,7 +122,7 @@ def test_lossless_cifar10_through_the_cli(tmp_path, data_dir, monkeypatch, capsy
 
 
 TINY = ["--arch", "resnet20", "--k", "40", "--score-images", "16", "--eval-images", "16", "--train-images", "16",
-        "--finetune-epochs", "1", "--batch-size", "16", "--bn-images", "16", "--no-progress"]
+        "--finetune-epochs", "1", "--batch-size", "16", "--bn-images", "16", "--latency-repeats", "0", "--no-progress"]
 
 
 @pytest.mark.parametrize("make_bad, message", [

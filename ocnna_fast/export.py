@@ -1,0 +1,187 @@
+"""From pruned model to a deployable file: ONNX or TorchScript export, a
+verification of the file in its runtime against PyTorch, and latency where
+it will run (ONNX Runtime's CPU provider, PyTorch eager).
+
+ONNX needs the optional extra ``pip install "ocnna-fast[deploy]"`` (onnx,
+onnxscript for torch's exporter, onnxruntime); TorchScript needs nothing
+more.  Verification failing is an error (:class:`ExportMismatch`), never a
+warning: a file that does not compute what the model computes must not ship.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .atomic import atomic_path
+from .latency import time_calls
+
+__all__ = ["FORMATS", "ExportMismatch", "Verification", "export_model", "load_runner", "verify",
+           "runtime_latency", "require_deploy"]
+
+FORMATS = ("onnx", "torchscript")
+PathLike = Union[str, os.PathLike]
+DEFAULT_OPSET = 18
+
+
+class ExportMismatch(ValueError):
+    """The exported file's outputs differ from the PyTorch model's beyond tolerance."""
+
+
+def require_deploy() -> None:
+    """Raises ``ImportError`` naming the extra when ONNX support is missing."""
+    missing = []
+    for mod in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(mod)
+    if missing:
+        raise ImportError(f"ONNX export and verification need {', '.join(missing)}: "
+                          "pip install \"ocnna-fast[deploy]\" (or pip install onnx onnxscript onnxruntime)")
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    return fmt
+
+
+def export_model(model: nn.Module, path: PathLike, fmt: str = "onnx", input_size: int = 32,
+                 batch: Optional[int] = None, opset: int = DEFAULT_OPSET) -> Dict[str, Any]:
+    """Writes ``model`` (in eval mode, on the CPU) to ``path`` atomically and
+    returns what was written: format, batch (``None``: dynamic), ONNX opset,
+    bytes.  ``batch=None`` exports a dynamic batch dimension."""
+    _check_format(fmt)
+    if batch is not None and batch < 1:
+        raise ValueError(f"batch must be >= 1 or None (dynamic), got {batch}")
+    model = model.eval().cpu()
+    example = torch.randn(batch or 2, 3, input_size, input_size)
+    path = Path(path)
+    info: Dict[str, Any] = {"format": fmt, "path": str(path), "batch": batch, "input_size": input_size}
+    with atomic_path(path) as tmp:
+        if fmt == "onnx":
+            require_deploy()
+            dyn = None if batch is not None else ({0: torch.export.Dim("batch", min=1)},)
+            # torch's exporter reports its progress on stdout; keep a CLI's output readable
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, (example,), str(tmp), dynamo=True, dynamic_shapes=dyn, opset_version=opset,
+                                  input_names=["images"], output_names=["logits"], external_data=False)
+            import onnx
+
+            proto = onnx.load(str(tmp))
+            onnx.checker.check_model(proto)
+            info["opset"] = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+        else:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(model, example, check_trace=False)
+            traced.save(str(tmp))
+    info["bytes"] = path.stat().st_size
+    return info
+
+
+def load_runner(path: PathLike, fmt: str, threads: Optional[int] = None) -> Callable[[np.ndarray], np.ndarray]:
+    """A function float32 ``(N, 3, H, W)`` array -> logits array that runs the
+    exported file in its runtime: ONNX Runtime's CPU provider, or TorchScript."""
+    _check_format(fmt)
+    threads = threads or torch.get_num_threads()
+    if fmt == "onnx":
+        require_deploy()
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda x: session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still what many deploy
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+    return run
+
+
+@dataclass
+class Verification:
+    """How closely the exported file reproduces the PyTorch model on real images."""
+
+    format: str
+    images: int
+    max_abs_diff: float
+    tolerance: float
+    top1_agreement: float  # fraction of images with the same predicted class
+    ok: bool
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def verify(model: nn.Module, path: PathLike, fmt: str, images: Union[torch.Tensor, Iterable[torch.Tensor]],
+           batch: Optional[int] = None, atol: float = 1e-3, rtol: float = 1e-4) -> Verification:
+    """Runs the exported file and ``model`` on the same normalised images and
+    compares the logits.  The tolerance is ``atol + rtol * max|logit|``; a
+    larger difference raises :class:`ExportMismatch`.  ``batch`` is the
+    export's fixed batch size (images are fed in chunks of it, the last one
+    padded), or ``None`` for a dynamic batch."""
+    run = load_runner(path, fmt)
+    chunks = [images] if isinstance(images, torch.Tensor) else list(images)
+    x = torch.cat([c.float().cpu() for c in chunks])
+    if len(x) == 0:
+        raise ValueError("verification needs at least one image")
+    model = model.eval().cpu()
+    step = batch or 64
+    got, want = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), step):
+            part = x[i:i + step]
+            n = len(part)
+            if batch is not None and n < batch:  # a fixed-batch file takes exactly `batch` images
+                part = torch.cat([part, part[:1].expand(batch - n, *part.shape[1:])])
+            got.append(run(part.numpy())[:n])
+            want.append(model(part).numpy()[:n])
+    got_a, want_a = np.concatenate(got), np.concatenate(want)
+    if got_a.shape != want_a.shape:
+        raise ExportMismatch(f"{path}: output shape {got_a.shape} differs from the model's {want_a.shape}")
+    diff = float(np.max(np.abs(got_a.astype(np.float64) - want_a))) if np.all(np.isfinite(got_a)) else float("inf")
+    tol = atol + rtol * float(np.max(np.abs(want_a)))
+    agree = float(np.mean(got_a.argmax(1) == want_a.argmax(1)))
+    result = Verification(fmt, len(x), diff, tol, agree, diff <= tol)
+    if not result.ok:
+        raise ExportMismatch(f"{path} ({fmt}) does not reproduce the model: max |logit difference| {diff:.3g} > "
+                             f"tolerance {tol:.3g} on {len(x)} images (top-1 agreement {agree:.1%})")
+    return result
+
+
+def runtime_latency(model: nn.Module, onnx_path: Optional[PathLike], input_size: int = 32,
+                    batches=(1, 64), repeats: int = 20, warmup: int = 3) -> Dict[str, Any]:
+    """Milliseconds per forward pass (median and spread, see
+    :func:`ocnna_fast.latency.time_calls`) in PyTorch eager and, given an ONNX
+    file with a dynamic batch, in ONNX Runtime, at each batch size; threads
+    stated."""
+    from .latency import latency_ms
+
+    threads = torch.get_num_threads()
+    out: Dict[str, Any] = {"threads": threads, "repeats": repeats, "warmup": warmup}
+    for b in batches:
+        reps = repeats if b == 1 else max(3, repeats // 4)
+        out[f"eager_b{b}"] = latency_ms(model, b, input_size, reps, warmup)
+        if onnx_path is not None:
+            run = load_runner(onnx_path, "onnx", threads)
+            x = np.random.default_rng(0).standard_normal((b, 3, input_size, input_size), dtype=np.float32)
+            out[f"onnxruntime_b{b}"] = time_calls(lambda: run(x), reps, warmup)
+    return out

@@ -1,0 +1,42 @@
+"""CPU latency of a callable: warm-up, then the median and spread of timed
+repeats.  One function for every runtime (PyTorch eager, ONNX Runtime,
+TorchScript), so their figures are measured the same way."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Dict
+
+import torch
+from torch import nn
+
+__all__ = ["time_calls", "latency_ms"]
+
+
+def time_calls(call: Callable[[], object], repeats: int, warmup: int = 2) -> Dict[str, float]:
+    """Milliseconds per ``call()``: median, quartiles, min and max of
+    ``repeats`` timed calls after ``warmup`` untimed ones."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    times = []
+    for i in range(warmup + repeats):
+        t = time.perf_counter()
+        call()
+        if i >= warmup:
+            times.append(1000.0 * (time.perf_counter() - t))
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return {"median": statistics.median(times), "q25": q[0], "q75": q[2], "min": min(times), "max": max(times),
+            "repeats": repeats}
+
+
+def latency_ms(model: nn.Module, batch: int, size: int, repeats: int, warmup: int = 2) -> Dict[str, float]:
+    """:func:`time_calls` of a PyTorch model's eager forward pass on a random
+    ``(batch, 3, size, size)`` input on the CPU, without autograd."""
+    model = model.eval()
+    x = torch.randn(batch, 3, size, size)
+
+    def call():
+        with torch.no_grad():
+            model(x)
+
+    return time_calls(call, repeats, warmup)
