@@ -21,7 +21,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -158,24 +158,10 @@ def _write_report(out: Path, report: dict, title: str) -> None:
                      if not isinstance(v, (dict, list)))
     md = f"# {title}\n\n| metric | value |\n| --- | --- |\n{rows}\n"
     if isinstance(report.get("latency"), dict):
-        md += "\n" + _latency_md(report["latency"])
+        from .export import latency_markdown
+
+        md += "\n" + latency_markdown(report["latency"])
     write_text_atomic(out / "report.md", md)
-
-
-def _latency_md(section: dict) -> str:
-    threads = section["pruned"]["threads"]
-    lines = [f"## Latency on this CPU ({threads} threads, median of repeats after warm-up)", "",
-             "| runtime, batch | base ms (q25-q75) | pruned ms (q25-q75) | speed-up |", "| --- | --- | --- | --- |"]
-    for key, ratio in section.get("speedup", {}).items():
-        b, p = section["base"][key], section["pruned"][key]
-        lines.append(f"| {key.replace('_b', ', batch ')} | {b['median']:.2f} ({b['q25']:.2f}-{b['q75']:.2f}) | "
-                     f"{p['median']:.2f} ({p['q25']:.2f}-{p['q75']:.2f}) | {ratio:.2f}x |")
-    for name in ("base", "pruned"):
-        if "onnx_bytes" in section[name]:
-            lines.append(f"\n{name} ONNX file: {section[name]['onnx_bytes']} bytes")
-    if "onnxruntime" in section:
-        lines.append(f"\nONNX Runtime {section['onnxruntime']}")
-    return "\n".join(lines) + "\n"
 
 
 def _out_dir(path: str) -> Path:
@@ -289,7 +275,9 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
         "distill_history": history, "pruned_weights_sha256": state_sha256(pruned),
     }
     if args.latency_repeats > 0:
-        report["latency"] = _latency_section(model, pruned, size, args.latency_repeats, stage / ".latency")
+        from . import export as ex
+
+        report["latency"] = ex.compare_latency(model, pruned, size, args.latency_repeats, stage / ".latency")
         _print_latency(report["latency"])
     _write_report(stage, report, f"OCNNA: {args.arch}, k={args.k}")
     _publish(stage, out, ["scores.safetensors", "pruned", "report.json", "report.md"])
@@ -433,7 +421,7 @@ def cmd_export(args: argparse.Namespace) -> int:
               f"{args.batch or 'dynamic'}); on {check.images} {args.dataset} test images: max |logit diff| "
               f"{check.max_abs_diff:.2e} (tolerance {check.tolerance:.1e}), top-1 agreement {check.top1_agreement:.2%}")
     if args.benchmark:
-        report["latency"] = _latency_section(models["base"][0], pruned, size, args.latency_repeats,
+        report["latency"] = ex.compare_latency(models["base"][0], pruned, size, args.latency_repeats,
                                              out.parent / f".{out.stem}-latency")
         _print_latency(report["latency"])
     from .atomic import write_text_atomic
@@ -442,43 +430,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     write_text_atomic(report_path, json.dumps(report, indent=2))
     print(f"wrote {report_path}")
     return 0
-
-
-def _latency_section(base, pruned, size: int, repeats: int, workdir: Path) -> dict:
-    """Base vs pruned latency in PyTorch eager and (when the deploy extra is
-    installed) ONNX Runtime, batch 1 and 64, plus the exported file sizes."""
-    from . import export as ex
-
-    try:
-        ex.require_deploy()
-        onnx_ok = True
-    except ImportError as exc:
-        onnx_ok, missing = False, str(exc)
-    workdir.mkdir(parents=True, exist_ok=True)
-    section: dict = {}
-    try:
-        for name, model in (("base", base), ("pruned", pruned)):
-            path = None
-            if onnx_ok:
-                path = workdir / f"{name}.onnx"
-                ex.export_model(model, path, "onnx", size)
-            section[name] = ex.runtime_latency(model, path, size, repeats=repeats)
-            if path is not None:
-                section[name]["onnx_bytes"] = path.stat().st_size
-            section[name]["weights_bytes"] = _weights_bytes(model)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if not onnx_ok:
-        section["onnxruntime"] = f"not measured: {missing}"
-    for key in section["pruned"]:
-        if key.startswith(("eager_b", "onnxruntime_b")):
-            section.setdefault("speedup", {})[key] = section["base"][key]["median"] / section["pruned"][key]["median"]
-    return section
-
-
-def _weights_bytes(model) -> int:
-    """Bytes of the model's weights as float32 safetensors would hold them (parameters and buffers)."""
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 def _print_latency(section: dict) -> None:

@@ -14,14 +14,14 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .pruning import group_scores, layer_values
+from .pruning import group_scores
 from .scoring import score
 
 __all__ = ["CRITERIA", "Context", "criterion_values", "SEEDED"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +26,8 @@ from .atomic import atomic_path
 from .latency import time_calls
 
 __all__ = ["FORMATS", "ExportMismatch", "Verification", "export_model", "load_runner", "verify",
-           "runtime_latency", "require_deploy"]
+           "runtime_latency", "require_deploy", "compare_latency",
+           "latency_markdown", "weights_bytes"]
 
 FORMATS = ("onnx", "torchscript")
 PathLike = Union[str, os.PathLike]
@@ -185,3 +187,55 @@ def runtime_latency(model: nn.Module, onnx_path: Optional[PathLike], input_size:
             x = np.random.default_rng(0).standard_normal((b, 3, input_size, input_size), dtype=np.float32)
             out[f"onnxruntime_b{b}"] = time_calls(lambda: run(x), reps, warmup)
     return out
+
+
+def compare_latency(base: nn.Module, pruned: nn.Module, size: int, repeats: int, workdir: PathLike) -> Dict[str, Any]:
+    """Base vs pruned latency in PyTorch eager and (when the deploy extra is
+    installed) ONNX Runtime, batch 1 and 64, plus the exported file sizes."""
+    try:
+        require_deploy()
+        onnx_ok = True
+    except ImportError as exc:
+        onnx_ok, missing = False, str(exc)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    section: Dict[str, Any] = {}
+    try:
+        for name, model in (("base", base), ("pruned", pruned)):
+            path = None
+            if onnx_ok:
+                path = workdir / f"{name}.onnx"
+                export_model(model, path, "onnx", size)
+            section[name] = runtime_latency(model, path, size, repeats=repeats)
+            if path is not None:
+                section[name]["onnx_bytes"] = path.stat().st_size
+            section[name]["weights_bytes"] = weights_bytes(model)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if not onnx_ok:
+        section["onnxruntime"] = f"not measured: {missing}"
+    for key in section["pruned"]:
+        if key.startswith(("eager_b", "onnxruntime_b")):
+            section.setdefault("speedup", {})[key] = section["base"][key]["median"] / section["pruned"][key]["median"]
+    return section
+
+
+def weights_bytes(model: nn.Module) -> int:
+    """Bytes of the model's weights as float32 safetensors would hold them (parameters and buffers)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def latency_markdown(section: Dict[str, Any]) -> str:
+    threads = section["pruned"]["threads"]
+    lines = [f"## Latency on this CPU ({threads} threads, median of repeats after warm-up)", "",
+             "| runtime, batch | base ms (q25-q75) | pruned ms (q25-q75) | speed-up |", "| --- | --- | --- | --- |"]
+    for key, ratio in section.get("speedup", {}).items():
+        b, p = section["base"][key], section["pruned"][key]
+        lines.append(f"| {key.replace('_b', ', batch ')} | {b['median']:.2f} ({b['q25']:.2f}-{b['q75']:.2f}) | "
+                     f"{p['median']:.2f} ({p['q25']:.2f}-{p['q75']:.2f}) | {ratio:.2f}x |")
+    for name in ("base", "pruned"):
+        if "onnx_bytes" in section[name]:
+            lines.append(f"\n{name} ONNX file: {section[name]['onnx_bytes']} bytes")
+    if "onnxruntime" in section:
+        lines.append(f"\nONNX Runtime {section['onnxruntime']}")
+    return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ fresh model so a pruned network is stored as ``plan.json`` plus
 """
 from __future__ import annotations
 
+import collections
 import copy
 import hashlib
 import json
@@ -25,7 +26,8 @@ from .module_state import restore_training_flags, training_flags
 from .scores import LayerScores
 
 __all__ = ["prune", "apply_plan", "save_pruned", "load_pruned", "count_params", "group_scores", "select_channels",
-           "select_top", "kept_count", "SELECTION_RULES", "FAMILY", "layer_values"]
+           "select_top", "kept_count", "SELECTION_RULES", "FAMILY", "layer_values", "feeds_output",
+           "channel_groups"]
 
 PLAN_FORMAT = "ocnna-fast-plan"
 PLAN_VERSION = 1
@@ -132,7 +134,53 @@ def _default_ignored(model: nn.Module) -> List[nn.Module]:
 
 def _graph(model: nn.Module, example_inputs: torch.Tensor):
     tp = _tp()
-    return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    except ZeroDivisionError as exc:
+        # Torch-Pruning's index mapping of a reshape divides by the channels
+        # it can follow; a reshape that interleaves channels leaves none
+        raise ValueError(
+            f"{type(model).__name__}: Torch-Pruning cannot trace channel dependencies through a reshape that "
+            "mixes the channel axis (a channel shuffle: view -> transpose -> view, as in ShuffleNet), so this "
+            "model cannot be pruned structurally. score() still works on it; to prune, apply prune() to "
+            "sub-modules without the shuffle, or replace the shuffle with a module Torch-Pruning can follow."
+        ) from exc
+
+
+def feeds_output(group) -> bool:
+    """Whether a Torch-Pruning group's channels reach the model's output
+    unchanged in number (e.g. a conv classifier's logits): such channels are
+    never pruned, whatever the layer type."""
+    return any(type(dep.target.module).__name__ == "_OutputOp" for dep, _ in group)
+
+
+def channel_groups(group) -> int:
+    """How many equal blocks the group's channels split into because a
+    grouped (not depthwise) conv produces or consumes them: a removal must
+    take the same positions from every block, or the grouped conv cannot
+    be rebuilt.  1 when no grouped conv is involved."""
+    blocks = 1
+    for dep, _ in group:
+        m = dep.target.module
+        if isinstance(m, nn.Conv2d) and m.groups > 1 and not (m.groups == m.in_channels == m.out_channels):
+            blocks = int(np.lcm(blocks, m.groups))
+    return blocks
+
+
+def _select(values: np.ndarray, k: float, rule: str, name: str, blocks: int) -> np.ndarray:
+    """Kept channel indices.  With ``blocks > 1`` a position within a block is
+    ranked by its mean value over the blocks and kept or removed in all of
+    them (how grouped convs stay valid)."""
+    width = len(values)
+    if blocks > 1:
+        if width % blocks:
+            raise ValueError(f"group {name!r}: {width} channels do not split into {blocks} equal blocks")
+        per = values.reshape(blocks, width // blocks).mean(axis=0)
+        keep = _select(per, k, rule, name, 1)
+        return np.sort(np.concatenate([keep + b * (width // blocks) for b in range(blocks)]))
+    if rule == "count":
+        return select_top(values, kept_count(width, k), name=name)
+    return select_channels(values, k, name=name)
 
 
 def prune(
@@ -228,6 +276,8 @@ def prune(
                 members.append((ls, [int(i) for i in idxs]))
         if not members:
             continue  # no scored conv decides this group: it stays whole
+        if feeds_output(group):
+            continue  # the model's outputs (a conv classifier's logits) keep their number
         if importance is not None:
             values = importance.get(names[root]) if isinstance(importance, Mapping) else importance(group)
             if values is None:
@@ -238,12 +288,13 @@ def prune(
                                  f"of {width} channels")
         else:
             values = group_scores(members, criterion)
-        if rule == "count":
-            keep = select_top(values, kept_count(width, k), name=names[root])
-        else:
-            keep = select_channels(values, k, name=names[root])
+        blocks = channel_groups(group)
+        keep = _select(values, k, rule, names[root], blocks)
         removed = sorted(set(range(width)) - set(keep.tolist()))
-        decisions.append({"root": names[root], "channels": width, "removed": removed})
+        decision = {"root": names[root], "channels": width, "removed": removed}
+        if blocks > 1:
+            decision["blocks"] = blocks  # removed positions repeat in each block (a grouped conv)
+        decisions.append(decision)
 
     for d in decisions:
         if d["removed"]:
@@ -409,6 +460,11 @@ def load_pruned(directory: PathLike, base_model: Optional[nn.Module] = None) -> 
         raise
     except Exception as exc:
         raise ValueError(f"cannot read {d / 'model.safetensors'}: {exc}") from exc
+    # safetensors keeps no module versions (state_dict()._metadata); some
+    # modules (torchvision's MNASNet) refuse a state without them.  The
+    # weights were saved from this same code, so its own versions apply.
+    state = collections.OrderedDict(state)
+    state._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -3,8 +3,7 @@ the exact merge of accumulators across ``torch.distributed`` ranks."""
 from __future__ import annotations
 
 import json
-import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import nn

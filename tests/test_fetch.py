@@ -8,13 +8,12 @@ import io
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from ocnna_fast import fetch as fetch_mod
 from ocnna_fast.cli import main
-from ocnna_fast.fetch import REMOTES, Remote, download, fetch, sha256_of
+from ocnna_fast.fetch import REMOTES, Remote, download, fetch
 
 
 class _Server:
