@@ -57,7 +57,8 @@ def _load_rows(path: Path, config: Dict[str, Any]) -> List[Dict[str, Any]]:
         raise ValueError(f"{path} is not valid JSON ({exc}); move it away to start afresh") from exc
     theirs = doc.get("config") if isinstance(doc, dict) else None
     if isinstance(theirs, dict):
-        theirs = {"dataset": "cifar10-jpeg", **theirs}  # suites from before --dataset ran on the JPEG copy
+        # suites from before --dataset / --scope ran on the JPEG copy, pruning only inner convs
+        theirs = {"dataset": "cifar10-jpeg", "scope": "inner", **theirs}
     if theirs != config:
         theirs = theirs if isinstance(theirs, dict) else {}
         differ = sorted(k for k in set(config) | set(theirs) if config.get(k) != theirs.get(k))
@@ -90,6 +91,7 @@ def run_suite(
     progress: bool = True,
     log=print,
     dataset: str = "cifar10-jpeg",
+    scope: Optional[str] = None,
 ) -> List[Dict[str, Any]]:
     """Runs (or continues) the suite and writes ``results.json`` and
     ``results.md`` into ``out``; returns the rows.  Deterministic criteria run
@@ -102,7 +104,8 @@ def run_suite(
     if finetune_epochs > 0 and train_set is None:
         raise ValueError("fine-tuning needs a training set")
     out.mkdir(parents=True, exist_ok=True)
-    config = {"arch": arch, "dataset": dataset, "score_images": len(score_set), "bn_images": len(bn_set) if bn_set else 0,
+    config = {"arch": arch, "dataset": dataset, "scope": scope or "custom", "score_images": len(score_set),
+              "bn_images": len(bn_set) if bn_set else 0,
               "train_images": len(train_set) if train_set is not None and finetune_epochs else 0,
               "eval_images": len(eval_set), "finetune_epochs": finetune_epochs, "lr": lr, "batch_size": batch_size}
     results_path = out / "results.json"

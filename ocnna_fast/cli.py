@@ -143,6 +143,13 @@ def _images(args: argparse.Namespace, split: str, n: Optional[int], augment: boo
     return TensorImages(x, y, CIFAR_MEAN, CIFAR_STD, augment=augment)
 
 
+def _ignored(model, scope: str):
+    """The layers --scope leaves whole: for the CIFAR ResNets, ``inner`` keeps
+    the stage widths (only each block's inner conv is pruned)."""
+    hook = getattr(model, "ocnna_ignored_layers", None)
+    return list(hook(scope)) if callable(hook) else []
+
+
 def _macs_params(model, size: int):
     import torch_pruning as tp
 
@@ -238,7 +245,8 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
                    progress=progress)
     scoring_seconds = time.perf_counter() - t
     scores.save(stage / "scores.safetensors")
-    pruned, plan = prune(model, scores, args.k, torch.zeros(1, 3, size, size), criterion=args.criterion)
+    pruned, plan = prune(model, scores, args.k, torch.zeros(1, 3, size, size), criterion=args.criterion,
+                         ignored_layers=_ignored(model, args.scope))
     surgery_acc = evaluate(pruned, evalset)
     print(f"pruned at k={args.k}: {count_params(pruned)}/{count_params(model)} parameters, "
           f"accuracy right after surgery {surgery_acc:.2f}%")
@@ -264,7 +272,8 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
                                                           "dataset": args.dataset})
     report = {
         "arch": args.arch, "dataset": _describe(args.dataset),
-        "base_weights": weights, "k": args.k, "n_components": args.n_components, "criterion": args.criterion,
+        "base_weights": weights, "k": args.k, "scope": args.scope, "n_components": args.n_components,
+        "criterion": args.criterion,
         "score_images": len(scoreset), "eval_images": len(evalset),
         "base_accuracy": base_acc, "pruned_accuracy_after_surgery": surgery_acc, "bn_images": bn_images,
         "pruned_accuracy_before_finetune": before, "pruned_accuracy": after,
@@ -311,7 +320,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = run_suite(model, arch=args.arch, score_set=score_set, bn_set=bn_set, train_set=train_set,
                      eval_set=eval_set, criteria=args.criteria, ks=args.k, seeds=args.seeds, out=out,
                      finetune_epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size,
-                     latency_repeats=args.latency_repeats, progress=not args.no_progress, dataset=args.dataset)
+                     latency_repeats=args.latency_repeats, progress=not args.no_progress, dataset=args.dataset,
+                     ignored_layers=_ignored(model, args.scope), scope=args.scope)
     print(f"{len(rows)} cells; wrote {out / 'results.json'}, {out / 'results.md'} and plots (weights {weights})")
     return 0
 
@@ -493,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=DATASET_HELP + (f"; {LOSSLESS_20}: the 20 shipped lossless test images"
                                              if LOSSLESS_20 in datasets else ""))
         sp.add_argument("--batch-size", type=int, default=128)
+        sp.add_argument("--scope", default="full", choices=["full", "inner"],
+                        help="CIFAR ResNets: full (default) prunes stage widths too; inner prunes only each "
+                             "block's inner conv (the setting of HRank and CHIP on ResNet-56)")
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--no-progress", action="store_true")
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .pruning import group_scores
+from .pruning import dependency_graph, group_scores
 from .scoring import score
 
 __all__ = ["CRITERIA", "Context", "criterion_values", "SEEDED"]
@@ -44,13 +44,11 @@ class Context:
 def _groups(model: nn.Module, ctx: Context):
     """(root name, group, graph) for the groups ``prune`` ranks, on ``model``
     (a copy of ctx.model with the same module names)."""
-    import torch_pruning as tp
-
     names = {m: n for n, m in model.named_modules()}
     by_name = dict(model.named_modules())
     orig = {m: n for n, m in ctx.model.named_modules()}
     ignored = [by_name[orig[m]] for m in ctx.ignored_layers]
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=ctx.example_inputs)
+    dg = dependency_graph(model, ctx.example_inputs)
     for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]):
         yield names[group[0][0].target.module], group, dg
 

@@ -27,7 +27,7 @@ from .scores import LayerScores
 
 __all__ = ["prune", "apply_plan", "save_pruned", "load_pruned", "count_params", "group_scores", "select_channels",
            "select_top", "kept_count", "SELECTION_RULES", "FAMILY", "layer_values", "feeds_output",
-           "channel_groups"]
+           "channel_groups", "dependency_graph"]
 
 PLAN_FORMAT = "ocnna-fast-plan"
 PLAN_VERSION = 1
@@ -132,10 +132,16 @@ def _default_ignored(model: nn.Module) -> List[nn.Module]:
     return list(hook()) if callable(hook) else []
 
 
-def _graph(model: nn.Module, example_inputs: torch.Tensor):
+def dependency_graph(model: nn.Module, example_inputs: torch.Tensor):
+    """Torch-Pruning's dependency graph of ``model``, with the pruning
+    functions the model declares for its own modules (``ocnna_pruners()``,
+    e.g. the CIFAR ResNets' option-A shortcut)."""
     tp = _tp()
+    hook = getattr(model, "ocnna_pruners", None)
+    custom = hook() if callable(hook) else None
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
+                                                     customized_pruners=custom)
     except ZeroDivisionError as exc:
         # Torch-Pruning's index mapping of a reshape divides by the channels
         # it can follow; a reshape that interleaves channels leaves none
@@ -255,7 +261,7 @@ def prune(
         raise ValueError(f"scores name layers the model does not have: {missing[:5]}")
 
     tp = _tp()
-    DG = _graph(pruned, example_inputs)
+    DG = dependency_graph(pruned, example_inputs)
     decisions = []
     for group in DG.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]):
         root_dep, root_idxs = group[0]
@@ -376,7 +382,7 @@ def apply_plan(base_model: nn.Module, plan: Dict[str, Any]) -> nn.Module:
     model = copy.deepcopy(base_model).eval()
     by_name = dict(model.named_modules())
     example = torch.zeros(1, *plan["input_shape"])
-    DG = _graph(model, example)
+    DG = dependency_graph(model, example)
     for g in plan["groups"]:
         root = by_name.get(g["root"])
         if not isinstance(root, nn.Conv2d) or root.out_channels != g["channels"]:
