@@ -24,7 +24,6 @@ from ocnna_fast.models import build, load_weights
 from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 from ocnna_fast.taps import post_activation_taps
 
-WEIGHTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
 
 
 def reference_hrank(model, batches, taps):
@@ -50,10 +49,10 @@ def reference_hrank(model, batches, taps):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--arch", default="resnet56", choices=list(WEIGHTS))
+    ap.add_argument("--arch", default="resnet56", choices=list(data.PRETRAINED))
     ap.add_argument("--images", type=int, default=128)
     args = ap.parse_args()
-    model = load_weights(build(args.arch), data.data_root() / "resnet-cifar10-akamaster" / WEIGHTS[args.arch]).eval()
+    model = load_weights(build(args.arch), data.pretrained_weights(args.arch)).eval()
     x, _ = data.cifar10_jpeg("train", limit=args.images, seed=1)
     batches = [data.normalize(x[i:i + 64], CIFAR_MEAN, CIFAR_STD) for i in range(0, len(x), 64)]
     taps = {n: t for n, t in post_activation_taps(model, prunable_convs(model)).items() if t[1] is not None}

@@ -24,8 +24,6 @@ from ocnna_fast.models import build, load_weights
 from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 from ocnna_fast.scores import LayerScores
 
-WEIGHTS = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th",
-           "resnet44": "resnet44-014dd654.th", "resnet56": "resnet56-4bfd9763.th"}
 
 
 def as_scores(values):
@@ -35,7 +33,7 @@ def as_scores(values):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--arch", default="resnet56", choices=list(WEIGHTS))
+    ap.add_argument("--arch", default="resnet56", choices=list(data.PRETRAINED))
     ap.add_argument("--k", type=float, default=40)
     ap.add_argument("--score-images", type=int, default=500)
     ap.add_argument("--eval-images", type=int, default=2000)
@@ -43,7 +41,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args()
     torch.manual_seed(0)
-    model = load_weights(build(args.arch), data.data_root() / "resnet-cifar10-akamaster" / WEIGHTS[args.arch]).eval()
+    model = load_weights(build(args.arch), data.pretrained_weights(args.arch)).eval()
     xs, _ = data.cifar10_jpeg("train", limit=args.score_images, seed=1)
     xb, _ = data.cifar10_jpeg("train", limit=args.bn_images, seed=3)
     xe, ye = data.cifar10_jpeg("test", limit=args.eval_images, seed=0)
