@@ -14,6 +14,7 @@ C. per-layer vs global percentile: with one threshold over all layers (the
    share of each layer the k=40 threshold would remove.
 
     python benchmarks/ocnna_ablations.py --arch resnet20 resnet56 --json benchmarks/results/ablations.json
+    python benchmarks/ocnna_ablations.py --arch resnet20 --scope full --json benchmarks/results/ablations_full.json
 
 (The tap and n_components readings are criteria of the suite: `ocnna-relu`,
 `ocnna-0.95`.  In these ResNets each group is one conv, so the rule for
@@ -51,14 +52,17 @@ def _images(split: str, n: int, seed: int) -> TensorImages:
     return TensorImages(x, y, CIFAR_MEAN, CIFAR_STD)
 
 
+SCOPE = "inner"  # as the criteria suite ran (set by --scope)
+
+
 def _ctx(model, data: TensorImages) -> Context:
     batches = list(data.batches(128))
     return Context(model, [x for x, _ in batches], [y for _, y in batches], torch.zeros(1, 3, 32, 32),
-                   list(model.ocnna_ignored_layers()))
+                   list(model.ocnna_ignored_layers(SCOPE)))
 
 
 def _acc_bn(model, values, k, bn_set, eval_set) -> float:
-    pruned, _ = prune(model, None, k, torch.zeros(1, 3, 32, 32), ignored_layers=list(model.ocnna_ignored_layers()),
+    pruned, _ = prune(model, None, k, torch.zeros(1, 3, 32, 32), ignored_layers=list(model.ocnna_ignored_layers(SCOPE)),
                       importance=values, rule="count")
     recalibrate_batchnorm(pruned, (x for x, _ in bn_set.batches(128)))
     return evaluate(pruned, eval_set)
@@ -77,7 +81,7 @@ def run(arch: str, k: float, eval_images: int) -> dict:
         "l1": criterion_values("l1", _ctx(model, s1000)),
     }
     roots = list(vals["l1"])
-    out: dict = {"arch": arch, "k": k, "groups": len(roots)}
+    out: dict = {"arch": arch, "k": k, "scope": SCOPE, "groups": len(roots)}
 
     def per_group(f, a, b):
         return float(np.mean([f(vals[a][r], vals[b][r]) for r in roots]))
@@ -119,8 +123,12 @@ def main() -> None:
     ap.add_argument("--arch", nargs="+", default=["resnet20", "resnet56"])
     ap.add_argument("--k", type=float, default=40.0)
     ap.add_argument("--eval-images", type=int, default=10000)
+    ap.add_argument("--scope", default="inner", choices=["inner", "full"],
+                    help="which convs are pruned (inner: as the criteria suite ran)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    global SCOPE
+    SCOPE = args.scope
     results = []
     for arch in args.arch:
         r = run(arch, args.k, args.eval_images)

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from .datapaths import data_places, find_data
+from .fetch import REMOTES, fetch  # the opt-in downloads, here too: ocnna_fast.data.fetch("cifar10")
 
-__all__ = ["data_places", "find_data", "foolbox_samples", "cifar10_jpeg", "imagenet_sample", "torchvision_cifar",
+__all__ = ["data_places", "find_data", "fetch", "REMOTES", "foolbox_samples", "cifar10_jpeg", "imagenet_sample", "torchvision_cifar",
            "normalize", "load_split", "pretrained_weights", "DATASETS", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
