@@ -452,6 +452,26 @@ def _print_latency(section: dict) -> None:
         print(f"  ONNX Runtime {section['onnxruntime']}")
 
 
+def cmd_convert_tflite(args: argparse.Namespace) -> int:
+    from safetensors.torch import save_file
+
+    from .atomic import atomic_path
+    from .fetch import sha256_of
+    from .models import build
+    from .tflite_convert import convert_tflite, detect_arch
+
+    arch = args.arch or detect_arch(args.file)
+    model = build(arch, num_classes=1000)
+    state = convert_tflite(args.file, model)
+    out = Path(args.out)
+    with atomic_path(out) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp,
+                  metadata={"arch": arch, "source": Path(args.file).name, "source_sha256": sha256_of(args.file)})
+    print(f"{args.file} -> {out} ({arch}, {sum(v.numel() for v in state.values())} values); use it with "
+          f"--arch {arch} --weights {out}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .datapaths import data_places
 
@@ -583,6 +603,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="data set for verification (default: the one the model was pruned on)")
     ex.add_argument("--seed", type=int, default=0)
     ex.set_defaults(func=cmd_export)
+
+    cv = sub.add_parser("convert-tflite", help="convert a (quantized) TFLite MobileNet into float PyTorch weights")
+    cv.add_argument("file", help="a .tflite file (the Coral MobileNet v1 files)")
+    cv.add_argument("--out", required=True, help="the .safetensors file to write")
+    cv.add_argument("--arch", default=None, help="zoo architecture (default: detected from the file)")
+    cv.set_defaults(func=cmd_convert_tflite)
 
     fe = sub.add_parser("fetch", help="download CIFAR archives or pretrained checkpoints (checked by sha256)")
     from .fetch import REMOTES

@@ -88,21 +88,31 @@ def _decode(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-def foolbox_samples(dataset: str = "cifar10", root: Optional[PathLike] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The 20 lossless test images of ``cifar10`` or ``cifar100`` from the
-    foolbox wheel: ``(uint8 images (N, 3, H, W), int64 labels)``."""
-    if dataset not in ("cifar10", "cifar100"):
-        raise ValueError(f"dataset must be 'cifar10' or 'cifar100', got {dataset!r}")
+def foolbox_samples(dataset: str = "cifar10", root: Optional[PathLike] = None, size: int = 224,
+                    crop_fraction: float = 0.875) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The 20 lossless test images of ``cifar10`` or ``cifar100`` (32x32), or
+    the 20 ``imagenet`` JPEGs (their central ``crop_fraction`` resized to
+    ``size``), from the foolbox wheel: ``(uint8 images (N, 3, H, W), int64
+    labels)``; ImageNet labels are the standard 0..999 index."""
+    if dataset not in ("cifar10", "cifar100", "imagenet"):
+        raise ValueError(f"dataset must be 'cifar10', 'cifar100' or 'imagenet', got {dataset!r}")
+    from PIL import Image
+
+    ext = "jpg" if dataset == "imagenet" else "png"
     folder = find_data(f"foolbox-samples/{dataset}", root, f"foolbox {dataset} samples")
-    files = sorted(folder.glob(f"{dataset}_*_*.png"))
+    files = sorted(folder.glob(f"{dataset}_*_*.{ext}"))
     if not files:
-        raise FileNotFoundError(f"no {dataset}_NN_label.png files in {folder}")
+        raise FileNotFoundError(f"no {dataset}_NN_label.{ext} files in {folder}")
     images, labels = [], []
     for f in files:
-        m = re.fullmatch(rf"{dataset}_(\d+)_(\d+)\.png", f.name)
+        m = re.fullmatch(rf"{dataset}_(\d+)_(\d+)\.{ext}", f.name)
         if not m:
             continue
-        images.append(_decode(f.read_bytes()))
+        if dataset == "imagenet":
+            with Image.open(f) as im:
+                images.append(np.asarray(_central_fraction(im.convert("RGB"), crop_fraction, size), dtype=np.uint8))
+        else:
+            images.append(_decode(f.read_bytes()))
         labels.append(int(m.group(2)))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     return x, torch.tensor(labels, dtype=torch.int64)
@@ -145,13 +155,28 @@ def _resize_center_crop(im, size: int, resize: int):
     return im.crop((left, top, left + size, top + size))
 
 
+def _central_fraction(im, fraction: float, size: int):
+    """The central ``fraction`` of each side, resized to ``size`` square (bilinear)."""
+    from PIL import Image
+
+    if not 0 < fraction <= 1:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {fraction}")
+    w, h = im.size
+    cw, ch = round(w * fraction), round(h * fraction)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return im.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BILINEAR)
+
+
 def imagenet_sample(root: Optional[PathLike] = None, limit: Optional[int] = None, size: int = 224,
-                    resize: int = 256) -> Tuple[torch.Tensor, torch.Tensor]:
+                    resize: int = 256, crop_fraction: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """The 1000-image ImageNet sample (one image per class, from the staged
     ``imagenet-sample-1000-eli/imagenet_sample_1000.tar``): uint8 images
     ``(N, 3, size, size)`` after a short-side resize and a centre crop, and the
     standard ImageNet-1k class index (the position in the sorted file list).
-    Normalise with ``IMAGENET_MEAN``/``IMAGENET_STD`` for torchvision models."""
+    Normalise with ``IMAGENET_MEAN``/``IMAGENET_STD`` for torchvision models.
+    ``crop_fraction`` (e.g. 0.875, TensorFlow's evaluation for the TFLite
+    MobileNets) instead takes that central fraction of each side and resizes
+    it to ``size`` (bilinear)."""
     from PIL import Image
 
     tar_path = find_data("imagenet-sample-1000-eli/imagenet_sample_1000.tar", root,
@@ -164,7 +189,12 @@ def imagenet_sample(root: Optional[PathLike] = None, limit: Optional[int] = None
             raise ValueError(f"{tar_path} should hold 1000 JPEGs, found {len(members)}")
         for label, m in enumerate(members[: limit if limit is not None else None]):
             with Image.open(io.BytesIO(tar.extractfile(m).read())) as im:
-                images.append(np.asarray(_resize_center_crop(im.convert("RGB"), size, resize), dtype=np.uint8))
+                im = im.convert("RGB")
+                if crop_fraction is not None:
+                    im = _central_fraction(im, crop_fraction, size)
+                else:
+                    im = _resize_center_crop(im, size, resize)
+                images.append(np.asarray(im, dtype=np.uint8))
             labels.append(label)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     return x, torch.tensor(labels, dtype=torch.int64)

@@ -1,0 +1,94 @@
+"""TFLite MobileNets -> float PyTorch: TensorFlow's SAME padding, the
+dequantisation, and (when the Coral files are present; they are kept outside
+the repository) the converted networks' predictions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ocnna_fast.models import build, input_size
+from ocnna_fast.models.mobilenet_tf import Conv2dSame
+
+pytest.importorskip("tflite")
+
+from ocnna_fast.tflite_convert import _dequantise, convert_tflite, detect_arch  # noqa: E402
+
+
+@pytest.mark.parametrize("size, stride, k, pads", [
+    (192, 2, 3, (0, 1)),   # even input, stride 2: the extra row goes at the bottom only
+    (7, 2, 3, (1, 1)),     # odd input: symmetric
+    (96, 1, 3, (1, 1)),
+    (10, 2, 1, (0, 0)),    # 1x1: no padding
+    (6, 2, 5, (1, 2)),     # odd total: one more after
+])
+def test_same_padding_is_tensorflows(size, stride, k, pads):
+    conv = Conv2dSame(2, 3, k, stride=stride)
+    x = torch.randn(1, 2, size, size)
+    want_out = -(-size // stride)  # ceil
+    got = conv(x)
+    assert got.shape[-1] == got.shape[-2] == want_out
+    assert Conv2dSame._pads(size, k, stride, 1) == pads
+    ref = F.conv2d(F.pad(x, (pads[0], pads[1], pads[0], pads[1])), conv.weight, conv.bias, stride)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+class _Q:
+    def __init__(self, scale, zero):
+        self.scale, self.zero = np.array(scale), np.array(zero)
+
+    def ScaleLength(self):
+        return self.scale.size
+
+    def ScaleAsNumpy(self):
+        return self.scale
+
+    def ZeroPointLength(self):
+        return self.zero.size
+
+    def ZeroPointAsNumpy(self):
+        return self.zero
+
+
+class _T:
+    def __init__(self, q):
+        self.q = q
+
+    def Quantization(self):
+        return self.q
+
+
+def test_dequantisation_per_tensor_and_per_channel():
+    raw = np.array([[0, 128, 255], [10, 20, 30]], dtype=np.uint8)
+    got = _dequantise(_T(_Q([0.5], [128])), raw, 0)
+    np.testing.assert_allclose(got, (raw.astype(np.float64) - 128) * 0.5)
+    got = _dequantise(_T(_Q([0.5, 2.0], [0, 10])), raw, 0)  # one scale per row (axis 0)
+    np.testing.assert_allclose(got, np.array([[0, 64, 127.5], [0, 20, 40]]))
+
+
+def _coral(name):
+    from ocnna_fast.datapaths import find_data
+
+    try:
+        return find_data(f"mobilenet-imagenet-tflite-coral/{name}")
+    except FileNotFoundError as exc:
+        pytest.skip(f"optional data absent: {exc}")
+
+
+def test_converted_mobilenet_v1_predicts_as_tflite(data_dir):
+    """PROVENANCE: the TFLite file gets 17 of the 20 foolbox ImageNet images;
+    the float conversion must reproduce that."""
+    from ocnna_fast.data import foolbox_samples, normalize
+
+    path = _coral("mobilenet_v1_0.75_192_quant.tflite")
+    arch = detect_arch(path)
+    assert arch == "mobilenet_v1_075_imagenet"
+    model = build(arch, num_classes=1000).eval()
+    convert_tflite(path, model)
+    x, y = foolbox_samples("imagenet", data_dir, size=input_size(arch), crop_fraction=model.crop_fraction)
+    with torch.no_grad():
+        pred = model(normalize(x, model.input_mean, model.input_std)).argmax(1)
+    assert int((pred == y).sum()) == 17
+    with pytest.raises(ValueError, match="the model's|another architecture"):
+        convert_tflite(path, build("mobilenet_v1_025_imagenet", num_classes=1000))
