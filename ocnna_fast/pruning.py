@@ -146,10 +146,11 @@ def dependency_graph(model: nn.Module, example_inputs: torch.Tensor):
         # Torch-Pruning's index mapping of a reshape divides by the channels
         # it can follow; a reshape that interleaves channels leaves none
         raise ValueError(
-            f"{type(model).__name__}: Torch-Pruning cannot trace channel dependencies through a reshape that "
-            "mixes the channel axis (a channel shuffle: view -> transpose -> view, as in ShuffleNet), so this "
-            "model cannot be pruned structurally. score() still works on it; to prune, apply prune() to "
-            "sub-modules without the shuffle, or replace the shuffle with a module Torch-Pruning can follow."
+            f"{type(model).__name__}: Torch-Pruning cannot map channels through a reshape of the channel axis "
+            "(a channel shuffle: view -> transpose -> view, as in ShuffleNet, or a reshape that changes the "
+            "channel count), so this model cannot be pruned structurally. score() still works on it; to prune, "
+            "apply prune() to sub-modules without that reshape, or replace it with a module Torch-Pruning can "
+            "follow."
         ) from exc
 
 

@@ -147,6 +147,10 @@ def convert_tflite(path: PathLike, model: torch.nn.Module) -> Dict[str, torch.Te
     mods = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
     if len(mods) != len(convs):
         raise ValueError(f"{path} has {len(convs)} convolutions, the model {len(mods)}: another architecture")
+    last = convs[-1] if convs else None
+    if last is not None and last.weight.shape[0] == mods[-1][1].out_channels + 1:
+        # the TF classifier's extra first output is "background": not an ImageNet class
+        last.weight, last.bias = last.weight[1:], last.bias[1:]
     with torch.no_grad():
         for (name, mod), c in zip(mods, convs):
             if tuple(mod.weight.shape) != c.weight.shape:

@@ -92,3 +92,35 @@ def test_converted_mobilenet_v1_predicts_as_tflite(data_dir):
     assert int((pred == y).sum()) == 17
     with pytest.raises(ValueError, match="the model's|another architecture"):
         convert_tflite(path, build("mobilenet_v1_025_imagenet", num_classes=1000))
+
+
+def test_pruning_a_pointwise_conv_takes_its_depthwise_channels_along():
+    """MobileNet v1 (folded BatchNorm): a pointwise conv's removed channels
+    leave the next depthwise conv and the pointwise conv after it too; with
+    those channels exactly zero the outputs do not move."""
+    import copy
+
+    import torch_pruning as tp
+    from torch import nn
+
+    from ocnna_fast.models.mobilenet_tf import MobileNetV1TF, mobilenet_v1_widths
+    from ocnna_fast.pruning import dependency_graph
+
+    torch.manual_seed(0)
+    m = MobileNetV1TF(mobilenet_v1_widths(0.25)).eval()
+    for mod in m.modules():
+        if isinstance(mod, nn.Conv2d):
+            nn.init.normal_(mod.weight, std=0.1)
+            nn.init.normal_(mod.bias, std=0.1)
+    gone = [1, 5]
+    with torch.no_grad():
+        m.blocks[0][2].weight[gone] = 0
+        m.blocks[0][2].bias[gone] = 0
+        m.blocks[1][0].bias[gone] = 0
+    x = torch.randn(2, 3, 64, 64)
+    p = copy.deepcopy(m)
+    dg = dependency_graph(p, torch.zeros(1, 3, 64, 64))
+    dg.get_pruning_group(p.blocks[0][2], tp.prune_conv_out_channels, idxs=gone).prune()
+    assert p.blocks[1][0].groups == p.blocks[1][0].out_channels == 14 and p.blocks[1][2].in_channels == 14
+    with torch.no_grad():
+        torch.testing.assert_close(p(x), m(x), rtol=0, atol=1e-6)

@@ -8,8 +8,10 @@ Two details make a float PyTorch copy reproduce the TensorFlow graph:
 - BatchNorm is folded into each conv's weights and bias (the TFLite files
   hold no BatchNorm), so every conv carries a bias and there is nothing to
   re-estimate after pruning.
-The TFLite classifier has 1001 outputs, index 0 being "background"; the model
-returns the 1000 ImageNet classes (standard order) only.
+The TFLite classifier has 1001 outputs, index 0 being "background"; the
+converter drops that row, so the model's classifier has the 1000 ImageNet
+classes in standard order (a slice in forward would hide the classifier's
+outputs from Torch-Pruning's dependency graph).
 """
 from __future__ import annotations
 
@@ -73,7 +75,7 @@ class MobileNetV1TF(nn.Module):
     input_std = (128 / 255,) * 3
     crop_fraction = 0.875
 
-    def __init__(self, widths: Sequence[int], num_classes: int = 1000, background: bool = True) -> None:
+    def __init__(self, widths: Sequence[int], num_classes: int = 1000) -> None:
         super().__init__()
         if len(widths) != 14:
             raise ValueError(f"MobileNet v1 has a stem and 13 blocks: 14 widths, got {len(widths)}")
@@ -85,10 +87,8 @@ class MobileNetV1TF(nn.Module):
                                         nn.Conv2d(c, out, 1), nn.ReLU6()))
             c = out
         self.blocks = nn.Sequential(*blocks)
-        self.background = background  # the logits conv has one more output, "background", dropped in forward
-        self.logits = nn.Conv2d(c, num_classes + int(background), 1)
+        self.logits = nn.Conv2d(c, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(F.relu6(self.stem(x)))
-        x = self.logits(F.adaptive_avg_pool2d(x, 1)).flatten(1)
-        return x[:, 1:] if self.background else x
+        return self.logits(F.adaptive_avg_pool2d(x, 1)).flatten(1)
