@@ -18,7 +18,8 @@ from ocnna_fast.tflite_convert import convert_tflite, detect_arch
 FOLDER = "mobilenet-imagenet-tflite-coral"
 # TFLite interpreter (ai-edge-litert 2.3.0) on the same 1000 images, quantized: top-1 / top-5
 TFLITE = {"mobilenet_v1_0.25_128_quant.tflite": (42.5, 68.1), "mobilenet_v1_0.5_160_quant.tflite": (66.4, 85.9),
-          "mobilenet_v1_0.75_192_quant.tflite": (75.8, 92.5)}
+          "mobilenet_v1_0.75_192_quant.tflite": (75.8, 92.5), "mobilenet_v2_1.0_224_quant.tflite": (85.1, 96.2),
+          "tf2_mobilenet_v2_1.0_224_ptq.tflite": (86.8, 97.6)}
 
 
 def topk(model, x: torch.Tensor, y: torch.Tensor):

@@ -121,11 +121,17 @@ def input_normalisation(quant: Dict[str, float]) -> Tuple[Tuple[float, ...], Tup
 def detect_arch(path: PathLike) -> str:
     """The zoo name of the MobileNet a TFLite file holds (by its stem width,
     conv count and input size)."""
-    from .models.mobilenet_tf import TF_MOBILENETS, mobilenet_v1_widths
+    from .models.mobilenet_tf import TF_MOBILENETS, tf_mobilenet
 
     convs, quant = read_convs(path)
-    for name, (mult, size) in TF_MOBILENETS.items():
-        if size == quant["size"] and len(convs) == 28 and convs[0].weight.shape[0] == mobilenet_v1_widths(mult)[0]:
+    for name, (_, _, size, zero_point, scale) in TF_MOBILENETS.items():
+        if size != quant["size"] or abs(zero_point - quant["zero_point"]) > 1e-6:
+            continue
+        if abs(scale - quant["scale"]) > 1e-6 * scale:
+            continue
+        model = tf_mobilenet(name)
+        shapes = [tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        if shapes[:-1] == [c.weight.shape for c in convs][:-1]:  # the classifier may carry "background"
             return name
     raise ValueError(f"{path}: {len(convs)} convolutions, stem width {convs[0].weight.shape[0] if convs else 0}, "
                      f"input {quant['size']}px: not a MobileNet this converter knows ({', '.join(TF_MOBILENETS)})")
@@ -151,6 +157,8 @@ def convert_tflite(path: PathLike, model: torch.nn.Module) -> Dict[str, torch.Te
     if last is not None and last.weight.shape[0] == mods[-1][1].out_channels + 1:
         # the TF classifier's extra first output is "background": not an ImageNet class
         last.weight, last.bias = last.weight[1:], last.bias[1:]
+    relu6 = model.tf_relu6_flags() if hasattr(model, "tf_relu6_flags") else [c.relu6 for c in convs]
+    checked: List[str] = []
     with torch.no_grad():
         for (name, mod), c in zip(mods, convs):
             if tuple(mod.weight.shape) != c.weight.shape:
@@ -161,9 +169,9 @@ def convert_tflite(path: PathLike, model: torch.nn.Module) -> Dict[str, torch.Te
                 raise ValueError(f"{name}: stride {mod.stride[0]} in the model, {c.stride} in the file")
             if c.weight.shape[-1] > 1 and c.same_padding != isinstance(mod, Conv2dSame):
                 raise ValueError(f"{name}: the file pads {'SAME' if c.same_padding else 'VALID'}")
-            # ReLU6 follows every conv but the classifier in the zoo model
-            if c.relu6 != (name != mods[-1][0]):
+            if c.relu6 != relu6[len(checked)]:
                 raise ValueError(f"{name}: activation differs (the file {'has' if c.relu6 else 'has no'} ReLU6)")
+            checked.append(name)
             mod.weight.copy_(torch.from_numpy(c.weight))
             if mod.bias is None:
                 raise ValueError(f"{name}: the model's conv has no bias; the file's has folded BatchNorm")

@@ -76,21 +76,24 @@ def _coral(name):
         pytest.skip(f"optional data absent: {exc}")
 
 
-def test_converted_mobilenet_v1_predicts_as_tflite(data_dir):
-    """PROVENANCE: the TFLite file gets 17 of the 20 foolbox ImageNet images;
-    the float conversion must reproduce that."""
+@pytest.mark.parametrize("name, arch, correct", [
+    ("mobilenet_v1_0.75_192_quant.tflite", "mobilenet_v1_075_imagenet", 17),
+    ("mobilenet_v2_1.0_224_quant.tflite", "mobilenet_v2_100_imagenet", 18),
+])
+def test_converted_mobilenets_predict_as_tflite(data_dir, name, arch, correct):
+    """PROVENANCE: the TFLite interpreter gets 17 (v1 0.75) and 18 (v2) of
+    the 20 foolbox ImageNet images; the float conversion must too."""
     from ocnna_fast.data import foolbox_samples, normalize
 
-    path = _coral("mobilenet_v1_0.75_192_quant.tflite")
-    arch = detect_arch(path)
-    assert arch == "mobilenet_v1_075_imagenet"
+    path = _coral(name)
+    assert detect_arch(path) == arch
     model = build(arch, num_classes=1000).eval()
     convert_tflite(path, model)
     x, y = foolbox_samples("imagenet", data_dir, size=input_size(arch), crop_fraction=model.crop_fraction)
     with torch.no_grad():
         pred = model(normalize(x, model.input_mean, model.input_std)).argmax(1)
-    assert int((pred == y).sum()) == 17
-    with pytest.raises(ValueError, match="the model's|another architecture"):
+    assert int((pred == y).sum()) == correct
+    with pytest.raises(ValueError, match="the model's|another architecture|input quantisation"):
         convert_tflite(path, build("mobilenet_v1_025_imagenet", num_classes=1000))
 
 

@@ -5,7 +5,8 @@ checkpoints), ``vgg16_bn_cifar``, ``densenet40``, ``mobilenet_v1_cifar``.
 ImageNet (224x224): torchvision's ``resnet50``, ``vgg16_bn``, ``densenet121``,
 ``mobilenet_v2``, built with ``weights=None`` (nothing is downloaded; load a
 local state dict with ``load_weights``); ``mobilenet_v1_{025,050,075}_imagenet``
-(TensorFlow's MobileNet v1, weights from ``ocnna-fast convert-tflite``).
+and ``mobilenet_v2_100_imagenet[_tf2]`` (TensorFlow's MobileNets, weights from
+``ocnna-fast convert-tflite``).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from .cifar_others import densenet40_cifar, mobilenet_v1_cifar, vgg16_bn_cifar
 from .cifar_resnet import CifarResNet, cifar_resnet, load_akamaster_checkpoint
-from .mobilenet_tf import TF_MOBILENETS, MobileNetV1TF, mobilenet_v1_widths
+from .mobilenet_tf import TF_MOBILENETS, tf_mobilenet
 
 __all__ = ["ARCHS", "build", "input_size", "load_weights", "CifarResNet", "cifar_resnet",
            "load_akamaster_checkpoint"]
@@ -48,8 +49,8 @@ ARCHS: Dict[str, Tuple[Callable[[int], nn.Module], int]] = {
 }
 # MobileNet v1 as TensorFlow built it, for weights converted from the Coral
 # TFLite files (``ocnna-fast convert-tflite``); 1000 ImageNet classes
-for _name, (_mult, _size) in TF_MOBILENETS.items():
-    ARCHS[_name] = (lambda n, m=_mult: MobileNetV1TF(mobilenet_v1_widths(m), num_classes=n), _size)
+for _name, _spec in TF_MOBILENETS.items():
+    ARCHS[_name] = (lambda n, name=_name: tf_mobilenet(name, n), _spec[2])
 
 
 def _check(arch: str) -> None:

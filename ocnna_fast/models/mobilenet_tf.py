@@ -22,17 +22,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Conv2dSame", "MobileNetV1TF", "MOBILENET_V1_STRIDES", "mobilenet_v1_widths", "TF_MOBILENETS"]
+__all__ = ["Conv2dSame", "MobileNetV1TF", "MobileNetV2TF", "MOBILENET_V1_STRIDES", "mobilenet_v1_widths",
+           "TF_MOBILENETS", "tf_mobilenet"]
 
 # the 13 depthwise-separable blocks of MobileNet v1 (Howard et al. 2017, table 1)
 MOBILENET_V1_STRIDES = (1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1)
 _V1_BASE = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
 
-# zoo name -> (width multiplier, input size) of the Coral TFLite files
+# zoo name -> (version, width multiplier, input size, input zero point, input scale) of the Coral
+# TFLite files; the uint8 input quantisation real = (q - zero point) * scale is the normalisation
 TF_MOBILENETS = {
-    "mobilenet_v1_025_imagenet": (0.25, 128),
-    "mobilenet_v1_050_imagenet": (0.5, 160),
-    "mobilenet_v1_075_imagenet": (0.75, 192),
+    "mobilenet_v1_025_imagenet": (1, 0.25, 128, 128.0, 1 / 128),
+    "mobilenet_v1_050_imagenet": (1, 0.5, 160, 128.0, 1 / 128),
+    "mobilenet_v1_075_imagenet": (1, 0.75, 192, 128.0, 1 / 128),
+    "mobilenet_v2_100_imagenet": (2, 1.0, 224, 128.0, 1 / 128),  # TF1 (slim) file
+    "mobilenet_v2_100_imagenet_tf2": (2, 1.0, 224, 127.0, 1 / 127.5),  # TF2 (Keras) file
 }
 
 
@@ -64,19 +68,25 @@ class Conv2dSame(nn.Conv2d):
         return super().forward(x)
 
 
-class MobileNetV1TF(nn.Module):
-    """MobileNet v1 with folded BatchNorm (every conv has a bias) and ReLU6.
+class _TFInput:
+    """Inputs: RGB in [0, 1] normalised with ``input_mean`` / ``input_std``
+    (the TFLite file's uint8 input quantisation); the evaluation crop is the
+    central 87.5% resized to the input size."""
 
-    Inputs: RGB in [0, 1] normalised with ``input_mean`` / ``input_std``
-    (the TFLite files' uint8 input quantisation, ``(q - 128) / 128``); the
-    evaluation crop is the central 87.5% resized to ``input_size``."""
-
-    input_mean = (128 / 255,) * 3
-    input_std = (128 / 255,) * 3
     crop_fraction = 0.875
 
-    def __init__(self, widths: Sequence[int], num_classes: int = 1000) -> None:
+    def _set_input(self, zero_point: float, scale: float) -> None:
+        self.input_mean = (zero_point / 255.0,) * 3
+        self.input_std = (1.0 / (255.0 * scale),) * 3
+
+
+class MobileNetV1TF(nn.Module, _TFInput):
+    """MobileNet v1 with folded BatchNorm (every conv has a bias) and ReLU6."""
+
+    def __init__(self, widths: Sequence[int], num_classes: int = 1000, zero_point: float = 128.0,
+                 scale: float = 1 / 128) -> None:
         super().__init__()
+        self._set_input(zero_point, scale)
         if len(widths) != 14:
             raise ValueError(f"MobileNet v1 has a stem and 13 blocks: 14 widths, got {len(widths)}")
         self.stem = Conv2dSame(3, widths[0], 3, stride=2)
@@ -89,6 +99,64 @@ class MobileNetV1TF(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.logits = nn.Conv2d(c, num_classes, 1)
 
+    def tf_relu6_flags(self) -> List[bool]:
+        """Whether a fused ReLU6 follows each conv, in execution order."""
+        return [True] * 27 + [False]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(F.relu6(self.stem(x)))
         return self.logits(F.adaptive_avg_pool2d(x, 1)).flatten(1)
+
+
+# MobileNet v2 inverted residual stages (Sandler et al. 2018, table 2): expansion t, channels c, repeats n, stride s
+_V2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+class _InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, t: int) -> None:
+        super().__init__()
+        hidden = cin * t
+        self.expand = nn.Conv2d(cin, hidden, 1) if t != 1 else None
+        self.depthwise = Conv2dSame(hidden, hidden, 3, stride=stride, groups=hidden)
+        self.project = nn.Conv2d(hidden, cout, 1)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu6(self.expand(x)) if self.expand is not None else x
+        h = self.project(F.relu6(self.depthwise(h)))  # linear bottleneck: no activation
+        return x + h if self.residual else h
+
+
+class MobileNetV2TF(nn.Module, _TFInput):
+    """MobileNet v2 (width 1.0) with folded BatchNorm and ReLU6, as TensorFlow built it."""
+
+    def __init__(self, num_classes: int = 1000, zero_point: float = 128.0, scale: float = 1 / 128) -> None:
+        super().__init__()
+        self._set_input(zero_point, scale)
+        self.stem = Conv2dSame(3, 32, 3, stride=2)
+        blocks, cin = [], 32
+        for t, c, n, s in _V2_STAGES:
+            for i in range(n):
+                blocks.append(_InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Conv2d(cin, 1280, 1)
+        self.logits = nn.Conv2d(1280, num_classes, 1)
+
+    def tf_relu6_flags(self) -> List[bool]:
+        flags = [True]
+        for b in self.blocks:
+            flags += ([True] if b.expand is not None else []) + [True, False]
+        return flags + [True, False]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self.head(self.blocks(F.relu6(self.stem(x)))))
+        return self.logits(F.adaptive_avg_pool2d(x, 1)).flatten(1)
+
+
+def tf_mobilenet(name: str, num_classes: int = 1000) -> nn.Module:
+    """The zoo MobileNet ``name`` (a key of ``TF_MOBILENETS``), untrained."""
+    version, mult, _, zero_point, scale = TF_MOBILENETS[name]
+    if version == 1:
+        return MobileNetV1TF(mobilenet_v1_widths(mult), num_classes, zero_point, scale)
+    return MobileNetV2TF(num_classes, zero_point, scale)
