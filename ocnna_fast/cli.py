@@ -28,10 +28,11 @@ import torch
 from . import __version__, build_info
 from .scoring import score
 
-DATASET_CHOICES = ["cifar10-jpeg", "cifar10", "cifar100"]
+DATASET_CHOICES = ["cifar10-jpeg", "cifar10", "cifar100", "imagenet-sample"]
 LOSSLESS_20 = "cifar10-lossless-20"
 DATASET_HELP = ("cifar10-jpeg (shipped, default), or cifar10 / cifar100: torchvision's lossless layout, "
-                "e.g. after `ocnna-fast fetch cifar10`")
+                "e.g. after `ocnna-fast fetch cifar10`; imagenet-sample: the 1000-image ImageNet sample "
+                "(ImageNet models; halves for scoring/training and evaluation)")
 DATA_DIR_HELP = ("a folder searched first for data (default $OCNNA_DATA_DIR); then the checkout's data/, "
                  "the user cache and ../shared/data")
 
@@ -81,28 +82,31 @@ def _load_model(arch: str, weights: Optional[str], data_dir: Optional[str], data
         raise SystemExit(f"error: the shipped {arch} weights are for CIFAR-10; for --dataset {dataset} "
                          f"({classes} classes) pass --weights FILE")
     else:
-        raise SystemExit(f"error: no weights ship for --arch {arch}; pass --weights FILE")
+        hint = " (convert a TFLite file with `ocnna-fast convert-tflite`)" if arch.endswith(("_imagenet", "_tf2")) else ""
+        raise SystemExit(f"error: no weights ship for --arch {arch}; pass --weights FILE{hint}")
     load_weights(model, path)
     return model.eval(), str(path)
 
 
-def _load_images(dataset: str, images: int, data_dir: Optional[str]):
+def _load_images(arch: str, dataset: str, images: int, data_dir: Optional[str]):
     from .data import foolbox_samples, load_split, normalize
-    from .models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 
+    size, mean, std, crop = _input_spec(arch)
     if dataset == LOSSLESS_20:
         x, y = foolbox_samples("cifar10", data_dir)
         x, y = x[:images], y[:images]
     else:
-        x, y = load_split(dataset, "test", data_dir, limit=images)
-    return normalize(x, CIFAR_MEAN, CIFAR_STD), y
+        x, y = load_split(dataset, "test", data_dir, limit=images, size=size, crop_fraction=crop)
+    return normalize(x, mean, std), y
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     if args.images < 1:
         raise SystemExit("error: --images must be >= 1")
     model, weights = _load_model(args.arch, args.weights, args.data_dir, args.dataset)
-    x, _ = _load_images(args.dataset, args.images, args.data_dir)
+    if args.dataset != LOSSLESS_20:
+        _check_data_fits(args.arch, args.dataset)
+    x, _ = _load_images(args.arch, args.dataset, args.images, args.data_dir)
     batches = [x[i:i + args.batch_size] for i in range(0, len(x), args.batch_size)]
     t = time.perf_counter()
     scores = score(model, batches, n_components=args.n_components, device=args.device,
@@ -133,14 +137,40 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _input_spec(arch: str):
+    """(input size, mean, std, crop fraction or None) the zoo model ``arch`` expects."""
+    from .data import IMAGENET_MEAN, IMAGENET_STD
+    from .models import input_size
+    from .models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
+    from .models.mobilenet_tf import TF_MOBILENETS
+
+    size = input_size(arch)
+    if arch in TF_MOBILENETS:
+        _, _, _, zero_point, scale = TF_MOBILENETS[arch]
+        return size, (zero_point / 255,) * 3, (1 / (255 * scale),) * 3, 0.875
+    if size != 32:
+        return size, IMAGENET_MEAN, IMAGENET_STD, None
+    return size, CIFAR_MEAN, CIFAR_STD, None
+
+
+def _check_data_fits(arch: str, dataset: str) -> int:
+    """The model's input size, after checking that --dataset has images of that size."""
+    size = _input_spec(arch)[0]
+    if (dataset == "imagenet-sample") != (size != 32):
+        raise SystemExit(f"error: --arch {arch} takes {size}px inputs; --dataset {dataset} does not fit it "
+                         f"({'imagenet-sample is for ImageNet models' if dataset == 'imagenet-sample' else 'the CIFAR data sets are 32px; use --dataset imagenet-sample'})")
+    return size
+
+
 def _images(args: argparse.Namespace, split: str, n: Optional[int], augment: bool, seed: int):
-    """A split of ``--dataset`` as ``TensorImages`` (seeded, class-balanced when ``n`` is set)."""
+    """A split of ``--dataset`` as ``TensorImages`` (seeded, class-balanced when ``n`` is set),
+    sized and normalised for ``--arch``."""
     from .data import load_split
     from .distill import TensorImages
-    from .models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 
-    x, y = load_split(args.dataset, split, args.data_dir, limit=n, seed=seed)
-    return TensorImages(x, y, CIFAR_MEAN, CIFAR_STD, augment=augment)
+    size, mean, std, crop = _input_spec(args.arch)
+    x, y = load_split(args.dataset, split, args.data_dir, limit=n, seed=seed, size=size, crop_fraction=crop)
+    return TensorImages(x, y, mean, std, augment=augment)
 
 
 def _ignored(model, scope: str):
@@ -214,16 +244,12 @@ def _publish(staging: Path, out: Path, names: Sequence[str]) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .models import input_size
-
     if not 0 <= args.k < 100:
         raise SystemExit(f"error: --k is a percentile in [0, 100), got {args.k}")
     if args.bn_images < 0:
         raise SystemExit(f"error: --bn-images must be >= 0, got {args.bn_images}")
+    size = _check_data_fits(args.arch, args.dataset)
     model, weights = _load_model(args.arch, args.weights, args.data_dir, args.dataset)
-    size = input_size(args.arch)
-    if size != 32:
-        raise SystemExit(f"error: --arch {args.arch} takes {size}px inputs; the CIFAR data sets are 32px")
     torch.manual_seed(args.seed)
     out = _out_dir(args.out)
     with _staged(out) as stage:
@@ -251,7 +277,10 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
     print(f"pruned at k={args.k}: {count_params(pruned)}/{count_params(model)} parameters, "
           f"accuracy right after surgery {surgery_acc:.2f}%")
     bn_images = 0
-    if args.bn_images > 0:
+    if args.bn_images > 0 and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in pruned.modules()):
+        print(f"--bn-images {args.bn_images}: {args.arch} has no BatchNorm layers (folded into its convs), "
+              "so there are no statistics to re-estimate; skipped")
+    elif args.bn_images > 0:
         bnset = _images(args, "train", args.bn_images, False, args.seed + 3)
         bn_images = recalibrate_batchnorm(pruned, (x for x, _ in bnset.batches(args.batch_size)), progress=progress)
     before = evaluate(pruned, evalset) if bn_images else surgery_acc
@@ -299,12 +328,9 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_suite
-    from .models import input_size
 
+    size = _check_data_fits(args.arch, args.dataset)
     model, weights = _load_model(args.arch, args.weights, args.data_dir, args.dataset)
-    size = input_size(args.arch)
-    if size != 32:
-        raise SystemExit(f"error: --arch {args.arch} takes {size}px inputs; the CIFAR data sets are 32px")
     for name in ("score_images", "eval_images"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1")
@@ -321,7 +347,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      eval_set=eval_set, criteria=args.criteria, ks=args.k, seeds=args.seeds, out=out,
                      finetune_epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size,
                      latency_repeats=args.latency_repeats, progress=not args.no_progress, dataset=args.dataset,
-                     ignored_layers=_ignored(model, args.scope), scope=args.scope)
+                     ignored_layers=_ignored(model, args.scope), scope=args.scope, input_size=size)
     print(f"{len(rows)} cells; wrote {out / 'results.json'}, {out / 'results.md'} and plots (weights {weights})")
     return 0
 
@@ -361,8 +387,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .pruning import load_pruned
 
         model, what = load_pruned(args.pruned), args.pruned
+        args.arch = _pruned_spec(args.pruned).get("arch", args.arch)
+        size = _input_spec(args.arch)[0]
         with torch.no_grad():
-            classes = model.eval()(torch.zeros(1, 3, 32, 32)).shape[-1]
+            classes = model.eval()(torch.zeros(1, 3, size, size)).shape[-1]
         if classes != _num_classes(args.dataset):
             raise ValueError(f"{args.pruned} predicts {classes} classes but --dataset {args.dataset} has "
                              f"{_num_classes(args.dataset)}; pass the data set it was pruned on")
@@ -410,6 +438,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     spec = _pruned_spec(args.pruned)
     pruned = load_pruned(args.pruned)
     arch = spec.get("arch", "?")
+    args.arch = arch
     if args.dataset is None:
         args.dataset = spec.get("dataset", "cifar10-jpeg")
     size = input_size(arch) if arch != "?" else 32

@@ -36,6 +36,8 @@ DATASETS: Dict[str, Tuple[int, str]] = {
     "cifar10-jpeg": (10, "cifar10-jpeg: CIFAR-10 re-encoded as quality-75 JPEG (shipped; see data/README.md)"),
     "cifar10": (10, "cifar10: lossless CIFAR-10 (torchvision's archive)"),
     "cifar100": (100, "cifar100: lossless CIFAR-100, fine labels (torchvision's archive)"),
+    "imagenet-sample": (1000, "imagenet-sample: the 1000-image ImageNet sample (one image per class, probably from "
+                              "the training split: relative drops only); train = even, test = odd positions"),
 }
 
 PRETRAINED = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th",
@@ -66,17 +68,26 @@ def _balanced(labels: np.ndarray, limit: Optional[int], seed: int) -> np.ndarray
 
 
 def load_split(dataset: str, split: str, root: Optional[PathLike] = None, limit: Optional[int] = None,
-               seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(uint8 images (N, 3, 32, 32), int64 labels)`` of one split
+               seed: int = 0, size: int = 224, crop_fraction: Optional[float] = None
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(uint8 images (N, 3, H, W), int64 labels)`` of one split
     (``train``/``test``) of a data set in :data:`DATASETS`, optionally a
-    seeded class-balanced subset of ``limit`` images."""
+    seeded class-balanced subset of ``limit`` images.  CIFAR sets are 32px;
+    ``imagenet-sample`` is resized to ``size`` (``crop_fraction``: see
+    :func:`imagenet_sample`) and split in two halves, even positions for
+    ``train`` (scoring, BatchNorm, distillation) and odd ones for ``test``."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if dataset == "cifar10-jpeg":
         return cifar10_jpeg(split, root, limit=limit, seed=seed)
-    x, y = torchvision_cifar(root, dataset, train=split == "train")
+    if dataset == "imagenet-sample":
+        x, y = imagenet_sample(root, size=size, crop_fraction=crop_fraction)
+        half = slice(0, None, 2) if split == "train" else slice(1, None, 2)
+        x, y = x[half], y[half]
+    else:
+        x, y = torchvision_cifar(root, dataset, train=split == "train")
     keep = torch.from_numpy(_balanced(y.numpy(), limit, seed))
     return x[keep].contiguous(), y[keep]
 

@@ -182,3 +182,10 @@ def test_rerun_into_the_same_out_with_other_settings(tmp_path, data_dir):
     rc = main(["prune", *TINY, "--k", "60", "--data-dir", str(data_dir), "--out", str(out)])
     assert rc == 2  # refused: the old checkpoint belongs to another run
     assert json.loads((out / "report.json").read_text())["k"] == 40  # the first run's outputs, whole
+
+
+def test_dataset_and_model_sizes_must_fit(tmp_path):
+    with pytest.raises(SystemExit, match="imagenet-sample is for ImageNet models"):
+        main(["prune", "--arch", "resnet20", "--dataset", "imagenet-sample", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="use --dataset imagenet-sample"):
+        main(["prune", "--arch", "mobilenet_v1_075_imagenet", "--out", str(tmp_path)])

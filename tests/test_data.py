@@ -153,3 +153,14 @@ def test_balanced_subsets_are_seeded_and_balanced():
     assert counts.max() - counts.min() <= 1
     assert not np.array_equal(a, _balanced(labels, 50, 4))
     assert np.array_equal(_balanced(labels, None, 0), np.arange(len(labels)))
+
+
+def test_imagenet_sample_halves(imagenet_sample_tar):
+    """Scoring/training and evaluation never share an image: even and odd positions."""
+    root = imagenet_sample_tar.parent.parent
+    tr_x, tr_y = load_split("imagenet-sample", "train", root, size=64, crop_fraction=0.875)
+    te_x, te_y = load_split("imagenet-sample", "test", root, size=64)
+    assert tr_y.tolist() == list(range(0, 1000, 2)) and te_y.tolist() == list(range(1, 1000, 2))
+    assert tr_x.shape == (500, 3, 64, 64) and te_x.shape == (500, 3, 64, 64)
+    sub_x, sub_y = load_split("imagenet-sample", "train", root, limit=10, seed=3, size=64)
+    assert len(sub_y) == 10 and set(sub_y.tolist()) <= set(tr_y.tolist())
