@@ -48,9 +48,9 @@ def test_surgery_on_every_zoo_model(arch):
         got = (m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d) else (m.in_features, m.out_features)
         assert got == (w["in"], w["out"]), name
     assert count_params(pruned) < count_params(model)
-    # the classifier keeps all its outputs
-    last = [m for m in pruned.modules() if isinstance(m, nn.Linear)][-1]
-    assert last.out_features == 10
+    # the classifier (a Linear, or a conv in the TF MobileNets) keeps all its outputs
+    last = [m for m in pruned.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+    assert (last.out_features if isinstance(last, nn.Linear) else last.out_channels) == 10
     json.dumps(plan)  # JSON-serialisable
 
 
