@@ -140,10 +140,12 @@ def cmd_score(args: argparse.Namespace) -> int:
 def _input_spec(arch: str):
     """(input size, mean, std, crop fraction or None) the zoo model ``arch`` expects."""
     from .data import IMAGENET_MEAN, IMAGENET_STD
-    from .models import input_size
+    from .models import ARCHS, input_size
     from .models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
     from .models.mobilenet_tf import TF_MOBILENETS
 
+    if arch not in ARCHS:
+        raise SystemExit(f"error: unknown --arch {arch!r}; choose from {', '.join(ARCHS)}")
     size = input_size(arch)
     if arch in TF_MOBILENETS:
         _, _, _, zero_point, scale = TF_MOBILENETS[arch]

@@ -81,3 +81,12 @@ def test_channel_shuffle_is_refused_with_a_reason():
     x = torch.randn(1, 3, 64, 64)
     with pytest.raises(ValueError, match="channel shuffle"):
         prune(model, score(model, [x], progress=False), 40, x)
+
+
+def test_the_plug_in_can_refuse_a_channel_shuffle_up_front():
+    from ocnna_fast.integrations.torch_pruning import OCNNAImportance
+
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.raises(ValueError, match="channel shuffle"):
+        OCNNAImportance.check_model(tv.models.shufflenet_v2_x0_5().eval(), x)
+    OCNNAImportance.check_model(tv.models.mobilenet_v2().eval(), x)  # a model it can trace passes

@@ -10,6 +10,11 @@ for coupled groups (residual adds, concatenations) it is SPEC section 4's rule,
 the mean over the group's scored convs of score / layer mean - the same numbers
 ``ocnna_fast.prune`` ranks by.  Groups with no scored conv return ``None``, which
 Torch-Pruning skips.
+
+Torch-Pruning's own pruner builds its dependency graph before it calls any
+importance, so a model it cannot trace (a channel shuffle, as in ShuffleNet)
+fails inside Torch-Pruning; ``OCNNAImportance.check_model(model, example)``
+refuses such a model up front with the reason.
 """
 from __future__ import annotations
 
@@ -43,6 +48,15 @@ class OCNNAImportance(_Base):  # type: ignore[misc,valid-type]
             paper's score, default), ``"mean-energy"`` or ``"ocnna-rms"``
             (``ocnna_fast.pruning.FAMILY``).
     """
+
+    @staticmethod
+    def check_model(model: nn.Module, example_inputs: torch.Tensor) -> None:
+        """Raises ``ValueError`` naming the operation when Torch-Pruning
+        cannot build the model's dependency graph (call it before creating
+        Torch-Pruning's pruner, which would fail with a bare error)."""
+        from ..pruning import dependency_graph
+
+        dependency_graph(model, example_inputs)
 
     def __init__(self, scores: Mapping[str, LayerScores], model: Optional[nn.Module] = None,
                  criterion: str = "ocnna") -> None:
