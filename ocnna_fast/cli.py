@@ -78,6 +78,10 @@ def _load_model(arch: str, weights: Optional[str], data_dir: Optional[str], data
         path = Path(weights)
     elif arch in PRETRAINED and classes == 10:
         path = pretrained_weights(arch, data_dir)
+    elif arch == "efficientnet_lite0_imagenet":
+        from .models import lite0_weights_path
+
+        path = Path(lite0_weights_path())
     elif arch in PRETRAINED:
         raise SystemExit(f"error: the shipped {arch} weights are for CIFAR-10; for --dataset {dataset} "
                          f"({classes} classes) pass --weights FILE")
@@ -139,20 +143,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def _input_spec(arch: str):
     """(input size, mean, std, crop fraction or None) the zoo model ``arch`` expects."""
-    from .data import IMAGENET_MEAN, IMAGENET_STD
-    from .models import ARCHS, input_size
-    from .models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
-    from .models.mobilenet_tf import TF_MOBILENETS
+    from .models import ARCHS, input_spec
 
     if arch not in ARCHS:
         raise SystemExit(f"error: unknown --arch {arch!r}; choose from {', '.join(ARCHS)}")
-    size = input_size(arch)
-    if arch in TF_MOBILENETS:
-        _, _, _, zero_point, scale = TF_MOBILENETS[arch]
-        return size, (zero_point / 255,) * 3, (1 / (255 * scale),) * 3, 0.875
-    if size != 32:
-        return size, IMAGENET_MEAN, IMAGENET_STD, None
-    return size, CIFAR_MEAN, CIFAR_STD, None
+    return input_spec(arch)
 
 
 def _check_data_fits(arch: str, dataset: str) -> int:

