@@ -6,7 +6,7 @@ of variation of those norms over the images.
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from ._native import build_info
 from .batchnorm import recalibrate_batchnorm

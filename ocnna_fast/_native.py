@@ -132,7 +132,7 @@ def build_info() -> Dict[str, Any]:
     ``cuda_available`` (it sees a usable GPU now), ``cpu_threads``, and
     ``cuda_import_error`` when the CUDA module is missing.
     """
-    from . import __version__
+    from ._version import __version__
 
     info: Dict[str, Any] = {
         "version": __version__,

@@ -14,8 +14,8 @@ from typing import Any, Iterable, Optional, Union
 import torch
 from torch import nn
 
-from .scoring import _input_of, _placement
-from .stats import positive_int
+from .placement import input_of, placement
+from .validate import positive_int
 
 __all__ = ["recalibrate_batchnorm"]
 
@@ -54,7 +54,7 @@ def recalibrate_batchnorm(
         raise ValueError(f"{type(model).__name__} has no BatchNorm layer to recalibrate")
     if any(not m.track_running_stats for m in norms):
         raise ValueError("a BatchNorm layer has track_running_stats=False: it keeps no statistics to re-estimate")
-    home, run_device = _placement(model, device)
+    home, run_device = placement(model, device)
     flags = {m: m.training for m in model.modules()}
     saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items() if k.startswith(("running_", "num_"))})
              for m in norms]
@@ -75,7 +75,7 @@ def recalibrate_batchnorm(
             bar = tqdm(total=max_images, unit="img", desc="BatchNorm statistics")
         with torch.no_grad():
             for batch in data:
-                x = _input_of(batch)
+                x = input_of(batch)
                 if max_images is not None:
                     x = x[: max_images - seen]
                 if x.shape[0] == 0:

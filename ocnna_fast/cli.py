@@ -25,7 +25,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import __version__, build_info
+from . import build_info
+from ._version import __version__
 from .scoring import score
 
 DATASET_CHOICES = ["cifar10-jpeg", "cifar10", "cifar100", "imagenet-sample"]

@@ -24,9 +24,8 @@ import queue
 import threading
 import warnings
 import weakref
-from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Optional, Sequence, Union
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -35,42 +34,12 @@ from .layers import prunable_convs
 from .taps import TAPS, post_activation_taps
 from .module_state import restore_training_flags, training_flags
 from .scores import Scores
-from .stats import FilterStats, positive_int
+from .placement import input_of as _input_of
+from .placement import placement as _placement
+from .stats import FilterStats
+from .validate import positive_int
 
 __all__ = ["score"]
-
-
-def _input_of(batch: Any) -> torch.Tensor:
-    """The model input of one item of ``data``: a tensor, or the first element of a tuple/list."""
-    if isinstance(batch, (tuple, list)):
-        if not batch:
-            raise TypeError("data yielded an empty tuple/list; expected (input, target, ...)")
-        batch = batch[0]
-    if isinstance(batch, np.ndarray):
-        batch = torch.from_numpy(batch)
-    if not isinstance(batch, torch.Tensor):
-        raise TypeError(
-            "data must yield input tensors or (input, target, ...) tuples, "
-            f"got {type(batch).__name__}"
-        )
-    if batch.dim() == 0:
-        raise ValueError("data yielded a 0-d tensor; expected a batch of inputs")
-    return batch
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-def _placement(model: nn.Module, device: Union[None, str, torch.device]) -> Tuple[torch.device, torch.device]:
-    """``(home, run)``: where the model's weights are, and where to run it
-    (``device``, default home; a bare ``"cuda"`` means the current GPU)."""
-    home = _model_device(model)
-    return home, _native.concrete_device(device if device is not None else home)
 
 
 def _total_images(data: Any, max_images: Optional[int]) -> Optional[int]:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from . import _native, validate
+from .validate import positive_int
 from ._native import _C
 from .errors import InternalError
 from .scores import LayerScores
@@ -25,13 +26,6 @@ ArrayLike = Union[torch.Tensor, np.ndarray]
 
 _STATE_VERSION = 2  # 2: the statistic is part of the state
 _STATE_KEYS = ("version", "num_channels", "n_components", "statistic", "images", "count", "mean", "m2")
-
-
-def positive_int(value: Any, what: str) -> int:
-    """``value`` as an int >= 1, or a ``ValueError`` naming ``what``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{what} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _as_tensor(activations: ArrayLike) -> torch.Tensor:

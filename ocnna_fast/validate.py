@@ -8,6 +8,7 @@ import hashlib
 import numbers
 from typing import Any, Iterable, Mapping, Sequence, Tuple
 
+import numpy as np
 import torch
 
 __all__ = ["as_count", "float_vector", "accumulators", "layer_scores", "tensors_sha256", "check_digest", "exact_keys"]
@@ -110,3 +111,10 @@ def check_digest(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], w
     body = [(k, v) for k, v in meta.items() if k != "sha256"]
     if tensors_sha256(tensors, body) != meta.get("sha256"):
         raise ValueError(f"{what} is damaged: its contents do not match the digest it was saved with")
+
+
+def positive_int(value: Any, what: str) -> int:
+    """``value`` as an int >= 1, or a ``ValueError`` naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{what} must be a positive int, got {value!r}")
+    return int(value)

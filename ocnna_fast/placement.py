@@ -1,0 +1,47 @@
+"""Where a model runs and what it is fed: the input tensor of one item of a
+data iterable, and the (home, run) devices of a model.  Shared by scoring
+and BatchNorm re-estimation."""
+from __future__ import annotations
+
+from typing import Any, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import _native
+
+__all__ = ["input_of", "model_device", "placement"]
+
+
+def input_of(batch: Any) -> torch.Tensor:
+    """The model input of one item of ``data``: a tensor, or the first element of a tuple/list."""
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise TypeError("data yielded an empty tuple/list; expected (input, target, ...)")
+        batch = batch[0]
+    if isinstance(batch, np.ndarray):
+        batch = torch.from_numpy(batch)
+    if not isinstance(batch, torch.Tensor):
+        raise TypeError(
+            "data must yield input tensors or (input, target, ...) tuples, "
+            f"got {type(batch).__name__}"
+        )
+    if batch.dim() == 0:
+        raise ValueError("data yielded a 0-d tensor; expected a batch of inputs")
+    return batch
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def placement(model: nn.Module, device: Union[None, str, torch.device]) -> Tuple[torch.device, torch.device]:
+    """``(home, run)``: where the model's weights are, and where to run it
+    (``device``, default home; a bare ``"cuda"`` means the current GPU)."""
+    home = model_device(model)
+    return home, _native.concrete_device(device if device is not None else home)
