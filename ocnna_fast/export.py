@@ -179,11 +179,11 @@ def runtime_latency(model: nn.Module, onnx_path: Optional[PathLike], input_size:
 
     threads = torch.get_num_threads()
     out: Dict[str, Any] = {"threads": threads, "repeats": repeats, "warmup": warmup}
+    run = load_runner(onnx_path, "onnx", threads) if onnx_path is not None else None  # one session for every batch
     for b in batches:
         reps = repeats if b == 1 else max(3, repeats // 4)
         out[f"eager_b{b}"] = latency_ms(model, b, input_size, reps, warmup)
-        if onnx_path is not None:
-            run = load_runner(onnx_path, "onnx", threads)
+        if run is not None:
             x = np.random.default_rng(0).standard_normal((b, 3, input_size, input_size), dtype=np.float32)
             out[f"onnxruntime_b{b}"] = time_calls(lambda: run(x), reps, warmup)
     return out
