@@ -15,8 +15,10 @@ run() {  # folder, then the bench arguments
 }
 bn() { run benchmarks/results/r$1-bn --arch resnet$1 --scope inner --k $2 --criteria $ALL --seeds 0 1 2 \
          --score-images 1000 --bn-images 1000; }
-ft() { run benchmarks/results/r$1-ft --arch resnet$1 --scope inner --k 40 --criteria $FT --seeds 0 \
+ft() { run benchmarks/results/r$1-ft --arch resnet$1 --scope inner --k 40 --criteria ${2:-$FT} --seeds ${3:-0} \
          --score-images 1000 --bn-images 1000 --finetune-epochs 1 --train-images 10000; }
+# the closest finishers after fine-tuning, again at two more seeds (the seed orders the fine-tuning data)
+TOP="ocnna-rms l1 fpgm"
 bn 20 "40 20 60"
 bn 32 40
 bn 44 40
@@ -25,4 +27,8 @@ bn 56 "40 20 60"
 ft 20
 ft 32
 ft 44
+ft 56 "$TOP" "0 1 2"
+ft 20 "$TOP" "0 1 2"
+ft 32 "$TOP" "0 1 2"
+ft 44 "$TOP" "0 1 2"
 echo "[$(date -u +%H:%M:%S)] all done"
