@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .atomic import write_text_atomic
-from .batchnorm import recalibrate_batchnorm
+from .compensation import recalibrate
 from .criteria import CRITERIA, SEEDED, Context, criterion_values
 from .distill import TensorImages, distill, evaluate
 from .latency import latency_ms
@@ -144,14 +144,16 @@ def run_suite(
                 ctx = Context(model, score_batches, score_labels, example, ignored, seed=s)
                 values_cache[key] = (criterion_values(c, ctx), time.perf_counter() - t)
             values, seconds = values_cache[key]
-            pruned, _ = prune(model, None, k, example, ignored_layers=ignored, importance=values, rule="count")
+            pruned, plan = prune(model, None, k, example, ignored_layers=ignored, importance=values, rule="count")
             row: Dict[str, Any] = {"criterion": c, "k": k, "seed": s, "score_seconds": seconds}
             row["rpr"] = count_params(pruned) / base_params
             row["macs_ratio"] = _macs(pruned, input_size) / base_macs
             row["acc_surgery"] = evaluate(pruned, eval_set)
             row["acc_bn"] = None
             if bn_set is not None and len(bn_set):
-                recalibrate_batchnorm(pruned, (x for x, _ in bn_set.batches(batch_size)))
+                # folded-BatchNorm models get bias compensation instead (same images)
+                row["recalibration"] = recalibrate(pruned, model, plan,
+                                                   lambda: (x for x, _ in bn_set.batches(batch_size)))["method"]
                 row["acc_bn"] = evaluate(pruned, eval_set)
             row["acc_finetuned"] = None
             if finetune_epochs > 0:

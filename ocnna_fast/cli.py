@@ -27,13 +27,15 @@ import torch
 
 from . import build_info
 from ._version import __version__
+from .distributed import init_from_env, is_main
 from .scoring import score
 
-DATASET_CHOICES = ["cifar10-jpeg", "cifar10", "cifar100", "imagenet-sample"]
+DATASET_CHOICES = ["cifar10-jpeg", "cifar10", "cifar100", "imagenet-sample", "imagenet"]
 LOSSLESS_20 = "cifar10-lossless-20"
 DATASET_HELP = ("cifar10-jpeg (shipped, default), or cifar10 / cifar100: torchvision's lossless layout, "
                 "e.g. after `ocnna-fast fetch cifar10`; imagenet-sample: the 1000-image ImageNet sample "
-                "(ImageNet models; halves for scoring/training and evaluation)")
+                "(ImageNet models; halves for scoring/training and evaluation); imagenet: an ImageNet-layout "
+                "folder given as --data-dir (DIR/train/<wnid>/*.JPEG, DIR/val/<wnid>/*.JPEG)")
 DATA_DIR_HELP = ("a folder searched first for data (default $OCNNA_DATA_DIR); then the checkout's data/, "
                  "the user cache and ../shared/data")
 
@@ -55,9 +57,16 @@ def _dataset_name(text: str) -> str:
     return {"cifar10-jpeg-test": "cifar10-jpeg"}.get(text, text)  # the name before 0.1 had --dataset everywhere
 
 
-def _num_classes(dataset: str) -> int:
-    from .data import DATASETS
+def _num_classes(dataset: str, data_dir: Optional[str] = None) -> int:
+    """Classes of a data set; for an image folder, its class folders (so a
+    folder with a subset of ImageNet's classes is refused by a 1000-class
+    model instead of being scored against shifted labels)."""
+    from .data import DATASETS, FOLDER_DATASETS
 
+    if dataset in FOLDER_DATASETS and data_dir:
+        from .imagefolder import folder_classes
+
+        return len(folder_classes(data_dir))
     return DATASETS[dataset][0] if dataset in DATASETS else 10
 
 
@@ -67,13 +76,16 @@ def _describe(dataset: str) -> str:
     return DATASETS[dataset][1] if dataset in DATASETS else dataset
 
 
-def _load_model(arch: str, weights: Optional[str], data_dir: Optional[str], dataset: str = "cifar10-jpeg"):
+def _load_model(arch: str, weights: Optional[str], data_dir: Optional[str], dataset: str = "cifar10-jpeg",
+                input_size: Optional[int] = None):
     from .data import PRETRAINED, pretrained_weights
-    from .models import ARCHS, build, load_weights
+    from .models import ARCHS, build, is_factory, load_weights
 
+    if is_factory(arch):
+        return _load_user_model(arch, weights, dataset, input_size, _num_classes(dataset, data_dir))
     if arch not in ARCHS:
         raise SystemExit(f"error: unknown --arch {arch!r}; choose from {', '.join(ARCHS)}")
-    classes = _num_classes(dataset)
+    classes = _num_classes(dataset, data_dir)
     model = build(arch, num_classes=classes)
     if weights:
         path = Path(weights)
@@ -93,26 +105,48 @@ def _load_model(arch: str, weights: Optional[str], data_dir: Optional[str], data
     return model.eval(), str(path)
 
 
-def _load_images(arch: str, dataset: str, images: int, data_dir: Optional[str]):
-    from .data import foolbox_samples, load_split, normalize
+def _load_user_model(spec: str, weights: Optional[str], dataset: str, input_size: Optional[int], classes: int):
+    """``--model module:factory`` with ``--weights`` (or the factory's own
+    parameters), checked to predict the data set's number of classes."""
+    from .models import build, load_weights
 
-    size, mean, std, crop = _input_spec(arch)
-    if dataset == LOSSLESS_20:
-        x, y = foolbox_samples("cifar10", data_dir)
-        x, y = x[:images], y[:images]
+    model = build(spec)
+    if weights:
+        load_weights(model, weights)
     else:
-        x, y = load_split(dataset, "test", data_dir, limit=images, size=size, crop_fraction=crop)
-    return normalize(x, mean, std), y
+        print(f"--model {spec} without --weights: using the parameters the factory returned")
+    size = input_size or _default_size(dataset)
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, 3, size, size))
+    except Exception as exc:
+        raise ValueError(f"--model {spec} fails on a {size}x{size} input (set --input-size?): {exc}") from exc
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"--model {spec} returns {shape} for one image; --dataset {dataset} needs logits "
+                         f"(1, {classes})")
+    return model, weights or f"{spec} (factory parameters)"
+
+
+def _default_size(dataset: str) -> int:
+    return 224 if dataset.startswith("imagenet") else 32
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     if args.images < 1:
         raise SystemExit("error: --images must be >= 1")
-    model, weights = _load_model(args.arch, args.weights, args.data_dir, args.dataset)
-    if args.dataset != LOSSLESS_20:
-        _check_data_fits(args.arch, args.dataset)
-    x, _ = _load_images(args.arch, args.dataset, args.images, args.data_dir)
-    batches = [x[i:i + args.batch_size] for i in range(0, len(x), args.batch_size)]
+    model, weights = _load_model(args.arch, args.weights, args.data_dir, args.dataset, args.input_size)
+    if args.dataset == LOSSLESS_20:
+        from .data import foolbox_samples
+        from .distill import TensorImages
+
+        x, y = foolbox_samples("cifar10", args.data_dir)
+        _, mean, std, _ = _input_spec(args)
+        data = TensorImages(x[:args.images], y[:args.images], mean, std)
+    else:
+        _check_data_fits(args)
+        data = _images(args, "test", args.images, False, 0)
+    batches = (x for x, _ in data.batches(args.batch_size))
     t = time.perf_counter()
     scores = score(model, batches, n_components=args.n_components, device=args.device,
                    progress=not args.no_progress)
@@ -125,15 +159,15 @@ def cmd_score(args: argparse.Namespace) -> int:
                "score_max": float(ls.score.max())}
         for name, ls in scores.items()
     }
-    summary = {"arch": args.arch, "weights": weights, "dataset": _describe(args.dataset), "images": len(x),
+    summary = {"arch": args.arch, "weights": weights, "dataset": _describe(args.dataset), "images": len(data),
                "n_components": args.n_components, "scoring_seconds": seconds,
-               "images_per_second": len(x) / seconds, "ocnna_fast": __version__, "torch": torch.__version__,
+               "images_per_second": len(data) / seconds, "ocnna_fast": __version__, "torch": torch.__version__,
                "layers": layers}
     from .atomic import write_text_atomic
 
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    print(f"scored {len(scores)} conv layers of {args.arch} on {len(x)} images "
-          f"(n_components={args.n_components!r}) in {seconds:.2f} s ({len(x) / seconds:.0f} images/s)")
+    print(f"scored {len(scores)} conv layers of {args.arch} on {len(data)} images "
+          f"(n_components={args.n_components!r}) in {seconds:.2f} s ({len(data) / seconds:.0f} images/s)")
     print(f"{'layer':<22} {'filters':>7} {'dead':>5} {'score min':>10} {'mean':>8} {'max':>8}")
     for name, s in layers.items():
         print(f"{name:<22} {s['channels']:>7} {s['dead']:>5} {s['score_min']:>10.4f} "
@@ -142,31 +176,57 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _input_spec(arch: str):
-    """(input size, mean, std, crop fraction or None) the zoo model ``arch`` expects."""
-    from .models import ARCHS, input_spec
+def _input_spec(args: argparse.Namespace):
+    """(input size, mean, std, crop fraction or None) the model expects: the
+    zoo's for a zoo ``--arch``; for ``--model``, ``--input-size`` (default 32
+    on CIFAR, 224 on ImageNet) and the data set's usual statistics.
+    ``--input-size`` overrides a zoo model's size too."""
+    from .data import IMAGENET_MEAN, IMAGENET_STD
+    from .models import ARCHS, input_spec, is_factory
+    from .models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 
+    arch, dataset, override = args.arch, args.dataset, getattr(args, "input_size", None)
+    if override is not None and override < 1:
+        raise SystemExit(f"error: --input-size must be >= 1, got {override}")
+    if is_factory(arch):
+        stats = (IMAGENET_MEAN, IMAGENET_STD) if dataset.startswith("imagenet") else (CIFAR_MEAN, CIFAR_STD)
+        return (override or _default_size(dataset), *stats, None)
     if arch not in ARCHS:
         raise SystemExit(f"error: unknown --arch {arch!r}; choose from {', '.join(ARCHS)}")
-    return input_spec(arch)
+    size, mean, std, crop = input_spec(arch)
+    return override or size, mean, std, crop
 
 
-def _check_data_fits(arch: str, dataset: str) -> int:
+def _check_data_fits(args: argparse.Namespace) -> int:
     """The model's input size, after checking that --dataset has images of that size."""
-    size = _input_spec(arch)[0]
-    if (dataset == "imagenet-sample") != (size != 32):
-        raise SystemExit(f"error: --arch {arch} takes {size}px inputs; --dataset {dataset} does not fit it "
-                         f"({'imagenet-sample is for ImageNet models' if dataset == 'imagenet-sample' else 'the CIFAR data sets are 32px; use --dataset imagenet-sample'})")
+    from .models import is_factory
+
+    size = _input_spec(args)[0]
+    imagenet = args.dataset.startswith("imagenet")
+    if not is_factory(args.arch) and imagenet != (size != 32):
+        why = ("the ImageNet data sets are for ImageNet models" if imagenet
+               else "the CIFAR data sets are 32px; use --dataset imagenet-sample or imagenet")
+        raise SystemExit(f"error: --arch {args.arch} takes {size}px inputs; --dataset {args.dataset} does not "
+                         f"fit it ({why})")
     return size
 
 
 def _images(args: argparse.Namespace, split: str, n: Optional[int], augment: bool, seed: int):
-    """A split of ``--dataset`` as ``TensorImages`` (seeded, class-balanced when ``n`` is set),
-    sized and normalised for ``--arch``."""
-    from .data import load_split
+    """A split of ``--dataset`` as ``TensorImages``, or ``FolderImages`` for an
+    image folder (seeded, class-balanced when ``n`` is set), sized and
+    normalised for the model."""
+    from .data import FOLDER_DATASETS, load_split
     from .distill import TensorImages
 
-    size, mean, std, crop = _input_spec(args.arch)
+    size, mean, std, crop = _input_spec(args)
+    if args.dataset in FOLDER_DATASETS:
+        from .imagefolder import folder_split
+
+        if not args.data_dir:
+            raise SystemExit(f"error: --dataset {args.dataset} reads the folder given as --data-dir DIR "
+                             "(DIR/train/<wnid>/*.JPEG, DIR/val/<wnid>/*.JPEG)")
+        return folder_split(args.data_dir, split, size, mean, std, crop, augment=augment,
+                            workers=getattr(args, "workers", 0), limit=n, seed=seed)
     x, y = load_split(args.dataset, split, args.data_dir, limit=n, seed=seed, size=size, crop_fraction=crop)
     return TensorImages(x, y, mean, std, augment=augment)
 
@@ -246,8 +306,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: --k is a percentile in [0, 100), got {args.k}")
     if args.bn_images < 0:
         raise SystemExit(f"error: --bn-images must be >= 0, got {args.bn_images}")
-    size = _check_data_fits(args.arch, args.dataset)
-    model, weights = _load_model(args.arch, args.weights, args.data_dir, args.dataset)
+    size = _check_data_fits(args)
+    model, weights = _load_model(args.arch, args.weights, args.data_dir, args.dataset, size)
     torch.manual_seed(args.seed)
     out = _out_dir(args.out)
     with _staged(out) as stage:
@@ -255,7 +315,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: Path, stage: Path) -> int:
-    from .batchnorm import recalibrate_batchnorm
+    from .compensation import recalibrate
     from .distill import distill, evaluate, state_sha256
     from .pruning import count_params, prune, save_pruned
 
@@ -274,16 +334,19 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
     surgery_acc = evaluate(pruned, evalset)
     print(f"pruned at k={args.k}: {count_params(pruned)}/{count_params(model)} parameters, "
           f"accuracy right after surgery {surgery_acc:.2f}%")
-    bn_images = 0
-    if args.bn_images > 0 and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in pruned.modules()):
-        print(f"--bn-images {args.bn_images}: {args.arch} has no BatchNorm layers (folded into its convs), "
-              "so there are no statistics to re-estimate; skipped")
-    elif args.bn_images > 0:
+    bn_images, recal = 0, None
+    if args.bn_images > 0:
         bnset = _images(args, "train", args.bn_images, False, args.seed + 3)
-        bn_images = recalibrate_batchnorm(pruned, (x for x, _ in bnset.batches(args.batch_size)), progress=progress)
+        recal = recalibrate(pruned, model, plan, lambda: (x for x, _ in bnset.batches(args.batch_size)),
+                            progress=progress)
+        bn_images = recal["images"]
     before = evaluate(pruned, evalset) if bn_images else surgery_acc
-    if bn_images:
+    if recal and recal["method"] == "batchnorm":
         print(f"BatchNorm statistics re-estimated on {bn_images} training images: accuracy {before:.2f}%")
+    elif recal:
+        print(f"{args.arch} has its BatchNorm folded into its convs, so there are no statistics to re-estimate; "
+              f"instead the removed channels' mean contributions went into {recal['compensated']} layers' biases "
+              f"(measured on {bn_images} training images): accuracy {before:.2f}%")
     t = time.perf_counter()
     history = []
     if args.finetune_epochs > 0:
@@ -295,14 +358,15 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
     after = evaluate(pruned, evalset)
     base_macs, base_params = _macs_params(model, size)
     pr_macs, pr_params = _macs_params(pruned, size)
-    save_pruned(stage / "pruned", pruned, plan, extra={"arch": args.arch, "num_classes": _num_classes(args.dataset),
-                                                          "dataset": args.dataset})
+    save_pruned(stage / "pruned", pruned, plan, extra={"arch": args.arch, "num_classes": _num_classes(args.dataset, args.data_dir),
+                                                          "dataset": args.dataset, "input_size": size})
     report = {
         "arch": args.arch, "dataset": _describe(args.dataset),
         "base_weights": weights, "k": args.k, "scope": args.scope, "n_components": args.n_components,
         "criterion": args.criterion,
         "score_images": len(scoreset), "eval_images": len(evalset),
         "base_accuracy": base_acc, "pruned_accuracy_after_surgery": surgery_acc, "bn_images": bn_images,
+        "recalibration": recal["method"] if recal else None,
         "pruned_accuracy_before_finetune": before, "pruned_accuracy": after,
         "accuracy_drop": base_acc - after, "base_params": base_params, "pruned_params": pr_params,
         "rpr": pr_params / base_params, "base_macs": base_macs, "pruned_macs": pr_macs,
@@ -310,6 +374,8 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
         "finetune_epochs": args.finetune_epochs, "finetune_seconds": finetune_seconds,
         "distill_history": history, "pruned_weights_sha256": state_sha256(pruned),
     }
+    if not is_main():  # under torchrun rank 0 alone measures and writes
+        return 0
     if args.latency_repeats > 0:
         from . import export as ex
 
@@ -327,8 +393,8 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_suite
 
-    size = _check_data_fits(args.arch, args.dataset)
-    model, weights = _load_model(args.arch, args.weights, args.data_dir, args.dataset)
+    size = _check_data_fits(args)
+    model, weights = _load_model(args.arch, args.weights, args.data_dir, args.dataset, size)
     for name in ("score_images", "eval_images"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1")
@@ -355,7 +421,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     from .distill import evaluate, finetune
 
-    model, weights = _load_model(args.arch, args.weights, args.data_dir, args.dataset)
+    size = _check_data_fits(args)
+    model, weights = _load_model(args.arch, args.weights, args.data_dir, args.dataset, size)
     out = _out_dir(args.out)
     evalset = _images(args, "test", args.eval_images, False, args.seed)
     trainset = _images(args, "train", args.train_images, True, args.seed + 2)
@@ -365,6 +432,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                        checkpoint_dir=out / "finetune", progress=not args.no_progress)
     seconds = time.perf_counter() - t
     after = evaluate(model, evalset)
+    if not is_main():
+        return 0
     from .atomic import atomic_path
 
     with atomic_path(out / "model.safetensors") as tmp:
@@ -385,15 +454,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .pruning import load_pruned
 
         model, what = load_pruned(args.pruned), args.pruned
-        args.arch = _pruned_spec(args.pruned).get("arch", args.arch)
-        size = _input_spec(args.arch)[0]
+        spec = _pruned_spec(args.pruned)
+        args.arch = spec.get("arch", args.arch)
+        args.input_size = spec.get("input_size", args.input_size)
+        size = _input_spec(args)[0]
         with torch.no_grad():
             classes = model.eval()(torch.zeros(1, 3, size, size)).shape[-1]
-        if classes != _num_classes(args.dataset):
+        if classes != _num_classes(args.dataset, args.data_dir):
             raise ValueError(f"{args.pruned} predicts {classes} classes but --dataset {args.dataset} has "
-                             f"{_num_classes(args.dataset)}; pass the data set it was pruned on")
+                             f"{_num_classes(args.dataset, args.data_dir)}; pass the data set it was pruned on")
     else:
-        model, what = _load_model(args.arch, args.weights, args.data_dir, args.dataset)
+        model, what = _load_model(args.arch, args.weights, args.data_dir, args.dataset, args.input_size)
     if args.dataset == LOSSLESS_20:
         from .data import foolbox_samples
         from .distill import TensorImages
@@ -439,11 +510,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     args.arch = arch
     if args.dataset is None:
         args.dataset = spec.get("dataset", "cifar10-jpeg")
-    size = input_size(arch) if arch != "?" else 32
+    args.input_size = spec.get("input_size")
+    size = args.input_size or (input_size(arch) if arch != "?" else 32)
     out = Path(args.out)
     models = {"pruned": (pruned, out)}
     if args.base or args.benchmark:
-        base, _ = _load_model(arch, args.weights, args.data_dir, args.dataset)
+        base, _ = _load_model(arch, args.weights, args.data_dir, args.dataset, size)
         models["base"] = (base, _base_file(out))
     x = _images(args, "test", args.verify_images, False, args.seed).batches(256)
     images = torch.cat([b for b, _ in x])
@@ -521,6 +593,31 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+WORKERS_HELP = "DataLoader worker processes decoding images of --dataset imagenet (default: min(4, CPUs))"
+
+
+def _workers(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"--workers must be >= 0, got {n}")
+    return n
+
+
+def _default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+def _model_options(sp: argparse.ArgumentParser) -> None:
+    """What every command that builds a model takes besides --arch."""
+    sp.add_argument("--model", default=None, metavar="MODULE:FACTORY",
+                    help="your own network instead of --arch: a callable taking no arguments that returns an "
+                         "nn.Module (e.g. mypkg.nets:build); its weights from --weights (safetensors or a "
+                         "torch state dict), or the factory's own")
+    sp.add_argument("--input-size", type=int, default=None,
+                    help="input side in pixels (default: the zoo model's; for --model 32 on CIFAR, 224 on ImageNet)")
+    sp.add_argument("--workers", type=_workers, default=_default_workers(), help=WORKERS_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ocnna-fast", description="Fast, exact OCNNA filter scoring for PyTorch CNNs")
     p.add_argument("--version", action="version", version=f"ocnna-fast {__version__}")
@@ -539,6 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     s.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     s.add_argument("--out", default="runs/score", help="output folder")
+    _model_options(s)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_score)
 
@@ -555,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "block's inner conv (the setting of HRank and CHIP on ResNet-56)")
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--no-progress", action="store_true")
+        _model_options(sp)
 
     pr = sub.add_parser("prune", help="score, prune, distill and report (the whole OCNNA job)")
     common(pr)
@@ -569,7 +668,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--finetune-epochs", type=int, default=2)
     pr.add_argument("--bn-images", type=int, default=1000,
                     help="re-estimate BatchNorm statistics of the pruned model on this many training images "
-                         "before evaluating and distilling it (default 1000; 0: off)")
+                         "before evaluating and distilling it (default 1000; 0: off); for a model whose "
+                         "BatchNorm is folded into its convs, compensate the removed channels' mean "
+                         "contributions in the next layers' biases instead")
     pr.add_argument("--lr", type=float, default=0.01)
     pr.add_argument("--latency-repeats", type=int, default=10,
                     help="timed passes per latency figure of the report (base vs pruned, PyTorch eager and, with "
@@ -629,6 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dataset", default=None, type=_dataset_name, choices=DATASET_CHOICES,
                     help="data set for verification (default: the one the model was pruned on)")
     ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--workers", type=_workers, default=_default_workers(), help=WORKERS_HELP)
     ex.set_defaults(func=cmd_export)
 
     cv = sub.add_parser("convert-tflite", help="convert a (quantized) TFLite MobileNet into float PyTorch weights")
@@ -654,10 +756,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _maybe_distributed(args: argparse.Namespace) -> int:
+    """Runs prune/finetune; launched by torchrun with several processes, their
+    distillation trains with DistributedDataParallel (gloo on CPU), every rank
+    scores and prunes identically, and rank 0 alone prints and writes."""
+    rank, world = init_from_env()
+    if world == 1:
+        return args.func(args)
+    args.no_progress = args.no_progress or rank != 0
+    try:
+        if rank != 0:
+            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+                return args.func(args)
+        print(f"torchrun: {world} processes; distillation in DistributedDataParallel, global batch "
+              f"{args.batch_size}")
+        return args.func(args)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
+    if getattr(args, "model", None):
+        if ":" not in args.model:
+            print(f"error: --model must be 'package.module:factory', got {args.model!r}", file=sys.stderr)
+            return 2
+        args.arch = args.model  # a module:factory spec goes wherever a zoo name does
+    if getattr(args, "dataset", None) == "imagenet" and not getattr(args, "data_dir", None):
+        print("error: --dataset imagenet reads the folder given as --data-dir DIR "
+              "(DIR/train/<wnid>/*.JPEG, DIR/val/<wnid>/*.JPEG)", file=sys.stderr)
+        return 2
     debug = getattr(args, "debug", False)
     try:
+        if args.func in (cmd_prune, cmd_finetune):
+            return _maybe_distributed(args)
         return args.func(args)
     except KeyboardInterrupt:
         if debug:

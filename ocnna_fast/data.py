@@ -22,7 +22,7 @@ from .datapaths import data_places, find_data
 from .fetch import REMOTES, fetch  # the opt-in downloads, here too: ocnna_fast.data.fetch("cifar10")
 
 __all__ = ["data_places", "find_data", "fetch", "REMOTES", "foolbox_samples", "cifar10_jpeg", "imagenet_sample", "torchvision_cifar",
-           "normalize", "load_split", "pretrained_weights", "DATASETS", "IMAGENET_MEAN", "IMAGENET_STD"]
+           "normalize", "load_split", "balanced_subset", "CentralFraction", "pretrained_weights", "DATASETS", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,7 +38,11 @@ DATASETS: Dict[str, Tuple[int, str]] = {
     "cifar100": (100, "cifar100: lossless CIFAR-100, fine labels (torchvision's archive)"),
     "imagenet-sample": (1000, "imagenet-sample: the 1000-image ImageNet sample (one image per class, probably from "
                               "the training split: relative drops only); train = even, test = odd positions"),
+    "imagenet": (1000, "imagenet: an ImageNet-layout folder (--data-dir DIR: DIR/train/<wnid>/*.JPEG for scoring, "
+                       "BatchNorm and training, DIR/val/<wnid>/*.JPEG for evaluation), resize + centre crop"),
 }
+# data sets read from a folder the user names, image by image, instead of into memory
+FOLDER_DATASETS = ("imagenet",)
 
 PRETRAINED = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th",
               "resnet44": "resnet44-014dd654.th", "resnet56": "resnet56-4bfd9763.th"}
@@ -52,7 +56,7 @@ def pretrained_weights(arch: str, root: Optional[PathLike] = None) -> Path:
                      f"ocnna-fast fetch {arch}")
 
 
-def _balanced(labels: np.ndarray, limit: Optional[int], seed: int) -> np.ndarray:
+def balanced_subset(labels: np.ndarray, limit: Optional[int], seed: int) -> np.ndarray:
     """Indices of a seeded, class-balanced subset of ``limit`` items, in
     their original order (data sets often list one class after another, so a
     plain prefix would hold one class)."""
@@ -80,6 +84,8 @@ def load_split(dataset: str, split: str, root: Optional[PathLike] = None, limit:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if dataset in FOLDER_DATASETS:
+        raise ValueError(f"--dataset {dataset} is read image by image: use ocnna_fast.imagefolder.folder_split")
     if dataset == "cifar10-jpeg":
         return cifar10_jpeg(split, root, limit=limit, seed=seed)
     if dataset == "imagenet-sample":
@@ -88,7 +94,7 @@ def load_split(dataset: str, split: str, root: Optional[PathLike] = None, limit:
         x, y = x[half], y[half]
     else:
         x, y = torchvision_cifar(root, dataset, train=split == "train")
-    keep = torch.from_numpy(_balanced(y.numpy(), limit, seed))
+    keep = torch.from_numpy(balanced_subset(y.numpy(), limit, seed))
     return x[keep].contiguous(), y[keep]
 
 
@@ -121,7 +127,7 @@ def foolbox_samples(dataset: str = "cifar10", root: Optional[PathLike] = None, s
             continue
         if dataset == "imagenet":
             with Image.open(f) as im:
-                images.append(np.asarray(_central_fraction(im.convert("RGB"), crop_fraction, size), dtype=np.uint8))
+                images.append(np.asarray(CentralFraction(crop_fraction, size)(im.convert("RGB")), dtype=np.uint8))
         else:
             images.append(_decode(f.read_bytes()))
         labels.append(int(m.group(2)))
@@ -143,7 +149,7 @@ def cifar10_jpeg(split: str = "test", root: Optional[PathLike] = None, limit: Op
     with tarfile.open(tar_path, "r:gz") as tar:
         members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jpg")]
         labels = [CIFAR10_CLASSES.index(Path(m.name).parent.name) for m in members]
-        order = _balanced(np.array(labels), limit, seed)
+        order = balanced_subset(np.array(labels), limit, seed)
         chosen = set(order.tolist())
         images = {}
         for i, m in enumerate(members):
@@ -166,16 +172,25 @@ def _resize_center_crop(im, size: int, resize: int):
     return im.crop((left, top, left + size, top + size))
 
 
-def _central_fraction(im, fraction: float, size: int):
-    """The central ``fraction`` of each side, resized to ``size`` square (bilinear)."""
-    from PIL import Image
+class CentralFraction:
+    """TensorFlow's evaluation crop, as a PIL transform: the central
+    ``fraction`` of each side, resized to ``size`` square (bilinear)."""
 
-    if not 0 < fraction <= 1:
-        raise ValueError(f"crop_fraction must be in (0, 1], got {fraction}")
-    w, h = im.size
-    cw, ch = round(w * fraction), round(h * fraction)
-    left, top = (w - cw) // 2, (h - ch) // 2
-    return im.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BILINEAR)
+    def __init__(self, fraction: float, size: int) -> None:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"crop_fraction must be in (0, 1], got {fraction}")
+        self.fraction, self.size = fraction, size
+
+    def __call__(self, im):
+        from PIL import Image
+
+        w, h = im.size
+        cw, ch = round(w * self.fraction), round(h * self.fraction)
+        left, top = (w - cw) // 2, (h - ch) // 2
+        return im.crop((left, top, left + cw, top + ch)).resize((self.size, self.size), Image.BILINEAR)
+
+    def __repr__(self) -> str:
+        return f"CentralFraction({self.fraction}, {self.size})"
 
 
 def imagenet_sample(root: Optional[PathLike] = None, limit: Optional[int] = None, size: int = 224,
@@ -202,7 +217,7 @@ def imagenet_sample(root: Optional[PathLike] = None, limit: Optional[int] = None
             with Image.open(io.BytesIO(tar.extractfile(m).read())) as im:
                 im = im.convert("RGB")
                 if crop_fraction is not None:
-                    im = _central_fraction(im, crop_fraction, size)
+                    im = CentralFraction(crop_fraction, size)(im)
                 else:
                     im = _resize_center_crop(im, size, resize)
                 images.append(np.asarray(im, dtype=np.uint8))

@@ -22,6 +22,7 @@ from torch import nn
 
 from . import validate
 from .atomic import atomic_path
+from .distributed import all_reduce_sum, barrier, rank_and_world
 from .module_state import restore_training_flags, training_flags
 
 __all__ = ["distill", "finetune", "evaluate", "TensorImages", "distillation_loss", "state_sha256"]
@@ -50,27 +51,40 @@ class TensorImages:
         return validate.tensors_sha256({"images": self.images, "labels": self.labels, "mean": self.mean,
                                         "std": self.std}, [("augment", str(self.augment))])
 
-    def batch(self, idx: torch.Tensor, gen: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        x = self.images[idx].float().div_(255.0)
+    def batch(self, idx: torch.Tensor, gen: Optional[torch.Generator] = None,
+              shard: Optional[Tuple[int, int]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Images ``idx``, normalised (and augmented from ``gen``).  With
+        ``shard=(rank, world)`` only positions ``rank::world`` of the batch,
+        augmented with the draws of the whole batch, so the processes of a
+        sharded run together see exactly what one process would."""
+        n = int(idx.shape[0])
         if self.augment:
             if gen is None:
                 raise ValueError("augmentation needs a generator")
-            n, _, h, w = x.shape
-            padded = F.pad(x, (4, 4, 4, 4))
             dy = torch.randint(0, 9, (n,), generator=gen)
             dx = torch.randint(0, 9, (n,), generator=gen)
             flip = torch.rand(n, generator=gen) < 0.5
+        mine = slice(shard[0], None, shard[1]) if shard is not None else slice(None)
+        idx = idx[mine]
+        x = self.images[idx].float().div_(255.0)
+        if self.augment:
+            dy, dx, flip = dy[mine], dx[mine], flip[mine]
+            _, _, h, w = x.shape
+            padded = F.pad(x, (4, 4, 4, 4))
             out = torch.empty_like(x)
-            for i in range(n):
+            for i in range(x.shape[0]):
                 crop = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
                 out[i] = crop.flip(-1) if flip[i] else crop
             x = out
         return (x - self.mean) / self.std, self.labels[idx]
 
-    def batches(self, batch_size: int, shuffle: bool = False, gen: Optional[torch.Generator] = None):
+    def batches(self, batch_size: int, shuffle: bool = False, gen: Optional[torch.Generator] = None,
+                shard: Optional[Tuple[int, int]] = None):
+        """Batches of ``batch_size`` in order, or shuffled from ``gen``; with
+        ``shard=(rank, world)``, this process's share of each (see ``batch``)."""
         order = torch.randperm(len(self), generator=gen) if shuffle else torch.arange(len(self))
         for s in range(0, len(self), batch_size):
-            yield self.batch(order[s:s + batch_size], gen)
+            yield self.batch(order[s:s + batch_size], gen, shard)
 
 
 def evaluate(model: nn.Module, data: TensorImages, batch_size: int = 256, device: Union[str, torch.device] = "cpu",
@@ -144,11 +158,28 @@ def distill(
     every epoch and an existing one is resumed from; a checkpoint from another
     run configuration is refused.  ``stop_after_epoch`` ends the run early
     (as an interruption would) - for tests and for splitting long runs.
+
+    Under ``torchrun`` (a default process group of several processes) the
+    student trains in ``DistributedDataParallel``: ``batch_size`` is the
+    *global* batch, each process takes positions ``rank::world`` of every
+    batch of the shared seeded order (``DistributedSampler``'s split), and
+    losses are weighted so the averaged gradient is the whole batch's.  Without
+    BatchNorm in training mode the weights equal a one-process run's up to
+    float rounding; BatchNorm normalises with each process's own share, as
+    DDP does.  Rank 0 alone writes the checkpoint; every process resumes from it.
     """
     if epochs < 0 or lr <= 0 or temperature <= 0 or not 0 <= alpha <= 1:
         raise ValueError("need epochs >= 0, lr > 0, temperature > 0 and alpha in [0, 1]")
     if len(train_data) == 0:
         raise ValueError("train_data is empty")
+    rank, world = rank_and_world()
+    if world > 1:
+        if batch_size % world:
+            raise ValueError(f"batch_size {batch_size} (the global batch) must be a multiple of the "
+                             f"{world} processes")
+        if 0 < len(train_data) % batch_size < world:
+            raise ValueError(f"the last batch of {len(train_data) % batch_size} images cannot be shared by "
+                             f"{world} processes: change the number of training images or batch_size")
     student.to(device)
     if teacher is not None:
         teacher.to(device).eval()
@@ -157,6 +188,8 @@ def distill(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
     config = {"epochs": epochs, "lr": lr, "temperature": temperature, "alpha": alpha, "batch_size": batch_size,
               "seed": seed, "n": len(train_data), "distill": teacher is not None}
+    if world > 1:  # BatchNorm sees each process's share: a run resumes with as many processes
+        config["world_size"] = world
     if checkpoint_dir is not None:
         # what the run belongs to: the student as it starts (its shapes are the
         # plan, its values the kept weights), the teacher and the data; a
@@ -185,8 +218,15 @@ def distill(
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
             start, history = int(ck["epoch"]), list(ck["history"])
+    net: nn.Module = student
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        on_gpu = torch.device(device).type == "cuda"
+        net = DistributedDataParallel(student, device_ids=[torch.device(device)] if on_gpu else None)
+    shard = (rank, world) if world > 1 else None
     bar = None
-    if progress:
+    if progress and rank == 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=(epochs - start) * steps_per_epoch, desc="distill" if teacher is not None else "finetune",
@@ -194,18 +234,24 @@ def distill(
     try:
         for epoch in range(start, epochs):
             gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            student.train()
+            net.train()
             tot_loss = tot_correct = seen = 0
-            for x, y in train_data.batches(batch_size, shuffle=True, gen=gen):
+            for step, (x, y) in enumerate(train_data.batches(batch_size, shuffle=True, gen=gen, shard=shard)):
                 x, y = x.to(device), y.to(device)
-                logits = student(x)
+                logits = net(x)
                 t_logits = None
                 if teacher is not None and alpha > 0:
                     with torch.no_grad():
                         t_logits = teacher(x)
                 loss = distillation_loss(logits, t_logits, y, temperature, alpha)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if world > 1:
+                    # DDP averages the processes' gradients; weighting each
+                    # share's mean by its size makes that the whole batch's mean
+                    whole = min(batch_size, len(train_data) - step * batch_size)
+                    (loss * (y.shape[0] * world / whole)).backward()
+                else:
+                    loss.backward()
                 opt.step()
                 sched.step()
                 n = int(y.shape[0])
@@ -215,14 +261,19 @@ def distill(
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{tot_loss / seen:.3f}", acc=f"{100 * tot_correct / seen:.1f}")
+            if world > 1:
+                tot_loss, tot_correct, seen = all_reduce_sum(
+                    torch.tensor([tot_loss, tot_correct, seen], dtype=torch.float64)).tolist()
             rec = {"epoch": epoch + 1, "loss": tot_loss / seen, "train_accuracy": 100.0 * tot_correct / seen}
             if eval_data is not None:
                 rec["eval_accuracy"] = evaluate(student, eval_data, device=device)
             history.append(rec)
             if ckpt_path is not None:
-                _save_atomic({"config": config, "epoch": epoch + 1, "history": history,
-                              "student": student.state_dict(), "optimizer": opt.state_dict(),
-                              "scheduler": sched.state_dict()}, ckpt_path)
+                if rank == 0:
+                    _save_atomic({"config": config, "epoch": epoch + 1, "history": history,
+                                  "student": student.state_dict(), "optimizer": opt.state_dict(),
+                                  "scheduler": sched.state_dict()}, ckpt_path)
+                barrier()  # no process runs ahead of the checkpoint it would resume from
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
                 break
     finally:

@@ -303,16 +303,58 @@ def prune(
             decision["blocks"] = blocks  # removed positions repeat in each block (a grouped conv)
         decisions.append(decision)
 
+    maps = _ChannelMaps(pruned)
     for d in decisions:
         if d["removed"]:
             root = by_name[d["root"]]
             g = DG.get_pruning_group(root, tp.prune_conv_out_channels, idxs=d["removed"])
             if not DG.check_pruning_group(g):
                 raise ValueError(f"Torch-Pruning refused to prune group rooted at {d['root']!r}")
+            maps.record(g, DG, names)
             g.prune()
     plan = _make_plan(model, pruned, decisions, k, example_inputs)
+    plan["channel_maps"] = maps.as_dict()
     _verify(pruned, example_inputs, model)
     return pruned, plan
+
+
+class _ChannelMaps:
+    """Which original input channels / features each conv and linear layer
+    lost, and which outputs it kept, in the *original* numbering.  Torch-Pruning
+    gives each group's indices in the numbering of the moment (a layer fed by a
+    concat may lose channels to several groups), so positions are tracked."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.inputs: Dict[str, List[int]] = {}
+        self.outputs: Dict[str, List[int]] = {}
+        self.touched: set = set()
+        for n, m in model.named_modules():
+            if isinstance(m, nn.Conv2d):
+                self.inputs[n], self.outputs[n] = list(range(m.in_channels)), list(range(m.out_channels))
+            elif isinstance(m, nn.Linear):
+                self.inputs[n], self.outputs[n] = list(range(m.in_features)), list(range(m.out_features))
+        self.removed_inputs: Dict[str, List[int]] = {}
+
+    def record(self, group, DG, names) -> None:
+        for dep, idxs in group:
+            name = names.get(dep.target.module)
+            if name not in self.inputs:
+                continue
+            side = (self.outputs if DG.is_out_channel_pruning_fn(dep.handler)
+                    else self.inputs if DG.is_in_channel_pruning_fn(dep.handler) else None)
+            if side is None:
+                continue
+            gone = set(int(i) for i in idxs)
+            if side is self.inputs:
+                self.removed_inputs.setdefault(name, []).extend(side[name][i] for i in sorted(gone))
+            side[name] = [p for j, p in enumerate(side[name]) if j not in gone]
+            self.touched.add(name)
+
+    def as_dict(self) -> Dict[str, Dict[str, List[int]]]:
+        """Per layer whose inputs were removed: ``removed_inputs`` and
+        ``kept_outputs``, in the original numbering."""
+        return {n: {"removed_inputs": sorted(r), "kept_outputs": self.outputs[n]}
+                for n, r in self.removed_inputs.items() if r}
 
 
 def _layer_table(model: nn.Module) -> Dict[str, Dict[str, int]]:

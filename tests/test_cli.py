@@ -185,7 +185,7 @@ def test_rerun_into_the_same_out_with_other_settings(tmp_path, data_dir):
 
 
 def test_dataset_and_model_sizes_must_fit(tmp_path):
-    with pytest.raises(SystemExit, match="imagenet-sample is for ImageNet models"):
+    with pytest.raises(SystemExit, match="ImageNet data sets are for ImageNet models"):
         main(["prune", "--arch", "resnet20", "--dataset", "imagenet-sample", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="use --dataset imagenet-sample"):
         main(["prune", "--arch", "mobilenet_v1_075_imagenet", "--out", str(tmp_path)])

@@ -9,7 +9,7 @@ import torch
 
 from ocnna_fast import datapaths
 from ocnna_fast.data import (
-    _balanced,
+    balanced_subset,
     cifar10_jpeg,
     data_places,
     foolbox_samples,
@@ -147,12 +147,12 @@ def test_shipped_files_match_their_pinned_sha256(name, data_dir):
 
 def test_balanced_subsets_are_seeded_and_balanced():
     labels = np.repeat(np.arange(7), 30)
-    a, b = _balanced(labels, 50, 3), _balanced(labels, 50, 3)
+    a, b = balanced_subset(labels, 50, 3), balanced_subset(labels, 50, 3)
     assert np.array_equal(a, b) and len(a) == 50 and np.all(np.diff(a) > 0)
     counts = np.bincount(labels[a], minlength=7)
     assert counts.max() - counts.min() <= 1
-    assert not np.array_equal(a, _balanced(labels, 50, 4))
-    assert np.array_equal(_balanced(labels, None, 0), np.arange(len(labels)))
+    assert not np.array_equal(a, balanced_subset(labels, 50, 4))
+    assert np.array_equal(balanced_subset(labels, None, 0), np.arange(len(labels)))
 
 
 def test_imagenet_sample_halves(imagenet_sample_tar):

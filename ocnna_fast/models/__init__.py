@@ -20,9 +20,10 @@ from .cifar_others import densenet40_cifar, mobilenet_v1_cifar, vgg16_bn_cifar
 from .cifar_resnet import CifarResNet, cifar_resnet, load_akamaster_checkpoint
 from .efficientnet_lite import EfficientNetLite0, lite0_weights_path
 from .mobilenet_tf import TF_MOBILENETS, tf_mobilenet
+from .user import build_user_model, is_factory
 
 __all__ = ["ARCHS", "build", "input_size", "input_spec", "load_weights", "CifarResNet", "cifar_resnet",
-           "load_akamaster_checkpoint", "lite0_weights_path"]
+           "load_akamaster_checkpoint", "lite0_weights_path", "is_factory"]
 
 
 def _tv(name: str) -> Callable[[int], nn.Module]:
@@ -57,12 +58,18 @@ ARCHS["efficientnet_lite0_imagenet"] = (lambda n: EfficientNetLite0(n), 224)
 
 
 def _check(arch: str) -> None:
+    if is_factory(arch):
+        raise ValueError(f"{arch} is a user model: its input size and normalisation are the user's to give "
+                         "(--input-size; the data set's usual statistics)")
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
 
 
 def build(arch: str, num_classes: int = 10) -> nn.Module:
-    """An untrained model of the named architecture."""
+    """An untrained model of the named architecture, or what a user's
+    ``module:factory`` returns (``num_classes`` is then the factory's to choose)."""
+    if is_factory(arch):
+        return build_user_model(arch)
     _check(arch)
     return ARCHS[arch][0](num_classes)
 
