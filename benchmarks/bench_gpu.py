@@ -10,6 +10,7 @@ Prints, all measured in this one process on this one GPU:
      one batch's stored conv outputs against torch's .sum() of them
   3. wall time to score 50,000 images (measured, or extrapolated if --quick)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,6 @@ from common import RESNET50, torch_energies  # noqa: E402
 
 import ocnna_fast  # noqa: E402
 from ocnna_fast import FilterStats, scoring  # noqa: E402
-
 
 
 def cuda_time(fn, repeat=5, warmup=1):
@@ -45,7 +45,9 @@ def cuda_time(fn, repeat=5, warmup=1):
 
 def per_shape(images: int, results: dict):
     print(f"\n1. Per map size, batches of {images} images of ResNet-50 maps, float32 channels_last, seconds per image")
-    print(f"{'map':>8} {'maps/img':>9} {'mode':>5} {'native':>10} {'torch64':>10} {'torch32':>10} {'t64/nat':>8} {'t32/nat':>8}")
+    print(
+        f"{'map':>8} {'maps/img':>9} {'mode':>5} {'native':>10} {'torch64':>10} {'torch32':>10} {'t64/nat':>8} {'t32/nat':>8}"
+    )
     tot = {}
     for nc in (None, 0.95):
         tn_all = tt_all = t32_all = 0.0
@@ -64,13 +66,16 @@ def per_shape(images: int, results: dict):
             tn_all += tn
             tt_all += tt
             t32_all += t32
-            print(f"{size:>4}x{size:<3} {per_image:>9} {str(nc):>5} {tn:>10.6f} {tt:>10.6f} {t32:>10.6f}"
-                  f" {tt / tn:>8.1f} {t32 / tn:>8.1f}")
-            del x, xs
-        print(f"{'total':>8} {'':>9} {str(nc):>5} {tn_all:>10.6f} {tt_all:>10.6f} {t32_all:>10.6f}"
-              f" {tt_all / tn_all:>8.1f} {t32_all / tn_all:>8.1f}")
-        tot[str(nc)] = {"native_s_per_image": tn_all, "torch64_s_per_image": tt_all,
-                        "torch32_s_per_image": t32_all}
+            print(
+                f"{size:>4}x{size:<3} {per_image:>9} {str(nc):>5} {tn:>10.6f} {tt:>10.6f} {t32:>10.6f}"
+                f" {tt / tn:>8.1f} {t32 / tn:>8.1f}"
+            )
+            x = xs = None  # frees the maps before the next size (a del would end the closures above)
+        print(
+            f"{'total':>8} {'':>9} {str(nc):>5} {tn_all:>10.6f} {tt_all:>10.6f} {t32_all:>10.6f}"
+            f" {tt_all / tn_all:>8.1f} {t32_all / tn_all:>8.1f}"
+        )
+        tot[str(nc)] = {"native_s_per_image": tn_all, "torch64_s_per_image": tt_all, "torch32_s_per_image": t32_all}
     results["per_shape"] = tot
 
 
@@ -87,12 +92,15 @@ def resnet50_overhead(batch: int, batches: int, results: dict):
             for _ in range(batches):
                 model(x)
 
-    print(f"\n2. torchvision ResNet-50, batch {batch}, fp32 (TF32 off), channels_last, "
-          f"{batches} batches per timing, ms per batch")
+    print(
+        f"\n2. torchvision ResNet-50, batch {batch}, fp32 (TF32 off), channels_last, "
+        f"{batches} batches per timing, ms per batch"
+    )
     out = {}
     tf = cuda_time(fwd, repeat=3, warmup=1) / batches
     out["forward_s"] = tf
     print(f"  forward alone: {tf * 1e3:.1f} ms ({batch / tf:.0f} images/s)")
+
     # A floor for any hook-based scorer: torch's own reduction reading each
     # conv output once, on the same stream.
     def read_once(_m, _i, o):
@@ -113,15 +121,22 @@ def resnet50_overhead(batch: int, batches: int, results: dict):
             data = lambda: (x for _ in range(nb))  # noqa: E731
             scoring._FORWARD_PRIORITY = priority
             try:
-                ts = cuda_time(lambda: ocnna_fast.score(model, data(), n_components=nc, overlap=overlap,
-                                                        progress=False), repeat=3 if nc is None else 1,
-                               warmup=1) / nb
+                ts = (
+                    cuda_time(
+                        lambda: ocnna_fast.score(model, data(), n_components=nc, overlap=overlap, progress=False),
+                        repeat=3 if nc is None else 1,
+                        warmup=1,
+                    )
+                    / nb
+                )
             finally:
                 scoring._FORWARD_PRIORITY = None
             key = f"{nc}|{how}"
             out[key] = {"score_s": ts, "ratio": ts / tf}
-            print(f"  forward + scoring, n_components={nc!s:>4}, {how:<19}: {ts * 1e3:.1f} ms, "
-                  f"{ts / tf:.3f}x forward (+{(ts / tf - 1) * 100:.1f}%), {batch / ts:.0f} images/s")
+            print(
+                f"  forward + scoring, n_components={nc!s:>4}, {how:<19}: {ts * 1e3:.1f} ms, "
+                f"{ts / tf:.3f}x forward (+{(ts / tf - 1) * 100:.1f}%), {batch / ts:.0f} images/s"
+            )
 
     kernels_alone(model, x, out)
 
@@ -136,11 +151,12 @@ def resnet50_overhead(batch: int, batches: int, results: dict):
                 model(x1)
 
     t1 = cuda_time(fwd1, repeat=3, warmup=1) / n1
-    s1 = cuda_time(lambda: ocnna_fast.score(model, (x1 for _ in range(n1)), progress=False),
-                   repeat=3, warmup=1) / n1
+    s1 = cuda_time(lambda: ocnna_fast.score(model, (x1 for _ in range(n1)), progress=False), repeat=3, warmup=1) / n1
     out["batch1"] = {"forward_s": t1, "score_s": s1}
-    print(f"  batch 1 (host-bound): forward {t1 * 1e3:.2f} ms, forward + scoring (None) {s1 * 1e3:.2f} ms "
-          f"-> hooks cost ~{(s1 - t1) * 1e3:.2f} ms of host time per forward pass")
+    print(
+        f"  batch 1 (host-bound): forward {t1 * 1e3:.2f} ms, forward + scoring (None) {s1 * 1e3:.2f} ms "
+        f"-> hooks cost ~{(s1 - t1) * 1e3:.2f} ms of host time per forward pass"
+    )
     results["resnet50"] = out
     return model, x
 
@@ -174,11 +190,13 @@ def kernels_alone(model, x, out: dict):
 
         tk, tp = cuda_time(ours, repeat=5), cuda_time(plain, repeat=5)
         out[f"kernels_alone_{layout}"] = {"bytes": nbytes, "ocnna_s": tk, "torch_sum_s": tp}
-        print(f"  None kernels alone, {len(tensors)} conv outputs of one batch ({nbytes / 1e9:.1f} GB, {layout}): "
-              f"{tk * 1e3:.2f} ms ({nbytes / tk / 1e12:.2f} TB/s); torch .sum(): {tp * 1e3:.2f} ms "
-              f"({nbytes / tp / 1e12:.2f} TB/s); ratio {tk / tp:.2f}")
-        del tensors, stats
-    del kept
+        print(
+            f"  None kernels alone, {len(tensors)} conv outputs of one batch ({nbytes / 1e9:.1f} GB, {layout}): "
+            f"{tk * 1e3:.2f} ms ({nbytes / tk / 1e12:.2f} TB/s); torch .sum(): {tp * 1e3:.2f} ms "
+            f"({nbytes / tp / 1e12:.2f} TB/s); ratio {tk / tp:.2f}"
+        )
+        tensors = stats = None  # frees the copies before the next layout
+    kept.clear()
 
 
 def profile_scoring(model, x):
@@ -207,8 +225,7 @@ def fifty_thousand(model, x, quick: bool, full_truncated: bool, results: dict):
         data = (x for _ in range(n_batches))
         torch.cuda.synchronize()
         t = time.perf_counter()
-        s = ocnna_fast.score(model, data, n_components=nc, max_images=min(50000, n_batches * batch),
-                             progress=False)
+        s = ocnna_fast.score(model, data, n_components=nc, max_images=min(50000, n_batches * batch), progress=False)
         torch.cuda.synchronize()
         dt = time.perf_counter() - t
         images = next(iter(s.values())).count
@@ -225,17 +242,23 @@ def goals(results: dict) -> None:
     side = [r50[k]["ratio"] for k in ("None|side stream", "None|side, forward first") if k in r50]
     if side:
         best = min(side) - 1
-        print(f"  None adds <= 5% to the forward pass: +{best * 100:.1f}% (best side-stream variant) "
-              f"-> {'met' if best <= 0.05 else 'NOT met'}")
+        print(
+            f"  None adds <= 5% to the forward pass: +{best * 100:.1f}% (best side-stream variant) "
+            f"-> {'met' if best <= 0.05 else 'NOT met'}"
+        )
     ps = results.get("per_shape", {}).get("0.95")
     if ps:
         worst = min(ps["torch64_s_per_image"], ps["torch32_s_per_image"]) / ps["native_s_per_image"]
-        print(f"  truncated >= 20x faster than batched eigvalsh: {worst:.0f}x (the slower of float64/float32 torch) "
-              f"-> {'met' if worst >= 20 else 'NOT met'}")
+        print(
+            f"  truncated >= 20x faster than batched eigvalsh: {worst:.0f}x (the slower of float64/float32 torch) "
+            f"-> {'met' if worst >= 20 else 'NOT met'}"
+        )
     fk = results.get("50k_None")
     if fk:
-        print(f"  50,000 images (None, the default) in <= 60 s: {fk['seconds_for_50k']:.1f} s "
-              f"-> {'met' if fk['seconds_for_50k'] <= 60 else 'NOT met'}")
+        print(
+            f"  50,000 images (None, the default) in <= 60 s: {fk['seconds_for_50k']:.1f} s "
+            f"-> {'met' if fk['seconds_for_50k'] <= 60 else 'NOT met'}"
+        )
 
 
 def main():
@@ -252,8 +275,10 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     info = ocnna_fast.build_info()
-    print(f"ocnna-fast {info['version']}, torch {torch.__version__}, {torch.cuda.get_device_name()}, "
-          f"cuda_compiled={info['cuda_compiled']} cuda_available={info['cuda_available']}")
+    print(
+        f"ocnna-fast {info['version']}, torch {torch.__version__}, {torch.cuda.get_device_name()}, "
+        f"cuda_compiled={info['cuda_compiled']} cuda_available={info['cuda_available']}"
+    )
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     sections = {int(k) for k in args.sections.split(",")}
     if 1 in sections:

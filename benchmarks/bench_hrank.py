@@ -9,13 +9,13 @@ scores every layer in one pass.  Both must give the same average ranks.
 
     python benchmarks/bench_hrank.py --arch resnet56 --images 128
 """
+
 from __future__ import annotations
 
 import argparse
 import time
 import warnings
 
-import numpy as np
 import torch
 
 from ocnna_fast import data, score
@@ -23,7 +23,6 @@ from ocnna_fast.layers import prunable_convs
 from ocnna_fast.models import build, load_weights
 from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 from ocnna_fast.taps import post_activation_taps
-
 
 
 def reference_hrank(model, batches, taps):
@@ -38,8 +37,13 @@ def reference_hrank(model, batches, taps):
             for x in batches:
                 model(x)
                 maps = got["o"]
-                r = torch.tensor([[float(torch.linalg.matrix_rank(maps[i, j])) for j in range(maps.shape[1])]
-                                  for i in range(maps.shape[0])], dtype=torch.float64)
+                r = torch.tensor(
+                    [
+                        [float(torch.linalg.matrix_rank(maps[i, j])) for j in range(maps.shape[1])]
+                        for i in range(maps.shape[0])
+                    ],
+                    dtype=torch.float64,
+                )
                 total = r.sum(0) if total is None else total + r.sum(0)
                 n += maps.shape[0]
         h.remove()
@@ -54,7 +58,7 @@ def main() -> None:
     args = ap.parse_args()
     model = load_weights(build(args.arch), data.pretrained_weights(args.arch)).eval()
     x, _ = data.cifar10_jpeg("train", limit=args.images, seed=1)
-    batches = [data.normalize(x[i:i + 64], CIFAR_MEAN, CIFAR_STD) for i in range(0, len(x), 64)]
+    batches = [data.normalize(x[i : i + 64], CIFAR_MEAN, CIFAR_STD) for i in range(0, len(x), 64)]
     taps = {n: t for n, t in post_activation_taps(model, prunable_convs(model)).items() if t[1] is not None}
     t = time.perf_counter()
     with warnings.catch_warnings():

@@ -10,6 +10,7 @@ is the batched PyTorch version of the same math in float64 (the precision of
 our float64 path), "torch32" the same in float32 (the precision of our path
 for float32 activations).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,14 +64,20 @@ def shape_table(name, shapes, images, n_components, repeat, oracle_maps):
         tot["torch32"] += t32
         tot["oracle"] += to
     print(f"\n{name}, n_components={n_components!r}, {images} image(s), float32 activations, NCHW, seconds")
-    print(f"{'map':>8} {'maps/img':>9} {'native':>9} {'torch64':>9} {'torch32':>9} {'oracle*':>9}"
-          f" {'t64/nat':>8} {'t32/nat':>8} {'orc/nat':>8}")
+    print(
+        f"{'map':>8} {'maps/img':>9} {'native':>9} {'torch64':>9} {'torch32':>9} {'oracle*':>9}"
+        f" {'t64/nat':>8} {'t32/nat':>8} {'orc/nat':>8}"
+    )
     for size, per, tn, tt, t32, to in rows:
-        print(f"{size:>4}x{size:<3} {per:>9} {tn:>9.4f} {tt:>9.4f} {t32:>9.4f} {to:>9.2f}"
-              f" {tt / tn:>8.1f} {t32 / tn:>8.1f} {to / tn:>8.0f}")
+        print(
+            f"{size:>4}x{size:<3} {per:>9} {tn:>9.4f} {tt:>9.4f} {t32:>9.4f} {to:>9.2f}"
+            f" {tt / tn:>8.1f} {t32 / tn:>8.1f} {to / tn:>8.0f}"
+        )
     n = tot["native"]
-    print(f"{'total':>8} {'':>9} {n:>9.4f} {tot['torch']:>9.4f} {tot['torch32']:>9.4f} {tot['oracle']:>9.2f}"
-          f" {tot['torch'] / n:>8.1f} {tot['torch32'] / n:>8.1f} {tot['oracle'] / n:>8.0f}")
+    print(
+        f"{'total':>8} {'':>9} {n:>9.4f} {tot['torch']:>9.4f} {tot['torch32']:>9.4f} {tot['oracle']:>9.2f}"
+        f" {tot['torch'] / n:>8.1f} {tot['torch32'] / n:>8.1f} {tot['oracle'] / n:>8.0f}"
+    )
     print(f"  * oracle extrapolated from {oracle_maps} maps per size")
     return tot
 
@@ -90,20 +97,22 @@ def forward_overhead(batch: int, batches: int, repeat: int):
                 model(b)
 
     res = {}
-    for label, nc, overlap in (("None", None, True), ("None, overlap=False", None, False),
-                               ("0.95", 0.95, True)):
+    for label, nc, overlap in (("None", None, True), ("None, overlap=False", None, False), ("0.95", 0.95, True)):
         ratios, fwds = [], []
         for _ in range(repeat):
             tf = best_of(fwd, 1)
-            ts = best_of(lambda: ocnna_fast.score(model, data, n_components=nc, overlap=overlap,
-                                                  progress=False), 1)
+            ts = best_of(lambda: ocnna_fast.score(model, data, n_components=nc, overlap=overlap, progress=False), 1)
             ratios.append(ts / tf)
             fwds.append(tf)
         res[label] = (float(np.median(fwds)), float(np.median(ratios)))
-    print(f"\nCIFAR ResNet-56, {batches} batches of {batch}: score() time / forward time "
-          f"(median of {repeat} interleaved pairs)")
+    print(
+        f"\nCIFAR ResNet-56, {batches} batches of {batch}: score() time / forward time "
+        f"(median of {repeat} interleaved pairs)"
+    )
     for label, (tf, r) in res.items():
-        print(f"  n_components={label:<20}: forward {tf * 1e3:7.1f} ms, score/forward = {r:.3f}  (+{(r - 1) * 100:.1f}%)")
+        print(
+            f"  n_components={label:<20}: forward {tf * 1e3:7.1f} ms, score/forward = {r:.3f}  (+{(r - 1) * 100:.1f}%)"
+        )
     return res
 
 
@@ -112,8 +121,10 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer repeats and images")
     args = ap.parse_args()
     info = ocnna_fast.build_info()
-    print(f"ocnna-fast {info['version']}, torch {torch.__version__}, CPU threads: ocnna {info['cpu_threads']}, "
-          f"torch {torch.get_num_threads()}")
+    print(
+        f"ocnna-fast {info['version']}, torch {torch.__version__}, CPU threads: ocnna {info['cpu_threads']}, "
+        f"torch {torch.get_num_threads()}"
+    )
     rep = 3 if args.quick else 7
     forward_overhead(128, 4 if not args.quick else 2, 3 if args.quick else 11)
     for nc in (None, 0.95):

@@ -6,6 +6,7 @@ Each folder is one `ocnna-fast bench` run; its results.json holds the settings
 and the cells.  The command that produced each folder is read from its
 `command.txt` (written by the runner script `benchmarks/run_benchmarks.sh`).
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,11 @@ def table(folder: Path) -> str:
     cfg, base = doc["config"], doc["base"]
     rows = summarise(doc["rows"])
     ft = any(r["acc_finetuned"] is not None for r in rows)
-    head = ("| k | criterion | seeds | RPR | MACs ratio | after surgery | after BN re-estimation |"
-            + (" after fine-tuning |" if ft else "") + " scoring s | latency b1 (ms) | latency b64 (ms) |")
+    head = (
+        "| k | criterion | seeds | RPR | MACs ratio | after surgery | after BN re-estimation |"
+        + (" after fine-tuning |" if ft else "")
+        + " scoring s | latency b1 (ms) | latency b64 (ms) |"
+    )
     sep = "| --- " * (head.count("|") - 1) + "|"
     lines = [head, sep]
     best = {}
@@ -60,17 +64,23 @@ def table(folder: Path) -> str:
                 s += f" ({r['acc_bn_min']:.2f}-{r['acc_bn_max']:.2f})"
             return s
 
-        lines.append(f"| {r['k']:g} | {r['criterion']} | {r['seeds']} | {cell('rpr', 4)} | {cell('macs_ratio', 4)} | "
-                     f"{cell('acc_surgery')} | {cell('acc_bn')} |" + (f" {cell('acc_finetuned')} |" if ft else "")
-                     + f" {cell('score_seconds', 1)} | {cell('latency_ms_b1')} | {cell('latency_ms_b64', 1)} |")
+        lines.append(
+            f"| {r['k']:g} | {r['criterion']} | {r['seeds']} | {cell('rpr', 4)} | {cell('macs_ratio', 4)} | "
+            f"{cell('acc_surgery')} | {cell('acc_bn')} |"
+            + (f" {cell('acc_finetuned')} |" if ft else "")
+            + f" {cell('score_seconds', 1)} | {cell('latency_ms_b1')} | {cell('latency_ms_b64', 1)} |"
+        )
     command = (folder / "command.txt").read_text().strip() if (folder / "command.txt").exists() else "(not recorded)"
-    return (f"### {cfg['arch']}: base {base['accuracy']:.2f}% on {cfg['eval_images']} JPEG test images, "
-            f"{'fine-tuned ' + str(cfg['finetune_epochs']) + ' epoch(s) on ' + str(cfg['train_images']) + ' images' if ft else 'BN re-estimation only'}\n\n"
-            f"```bash\n{command}\n```\n\n"
-            f"Base latency {base['latency_ms_b1']['median']:.2f} ms (batch 1) / {base['latency_ms_b64']['median']:.1f} ms "
-            f"(batch 64), {base['threads']} threads, median of repeats; the machine is shared, so latencies move by "
-            f"tens of percent between runs. Bold: the best accuracy at that k. Random: mean over seeds (range).\n\n"
-            + "\n".join(lines) + "\n")
+    return (
+        f"### {cfg['arch']}: base {base['accuracy']:.2f}% on {cfg['eval_images']} JPEG test images, "
+        f"{'fine-tuned ' + str(cfg['finetune_epochs']) + ' epoch(s) on ' + str(cfg['train_images']) + ' images' if ft else 'BN re-estimation only'}\n\n"
+        f"```bash\n{command}\n```\n\n"
+        f"Base latency {base['latency_ms_b1']['median']:.2f} ms (batch 1) / {base['latency_ms_b64']['median']:.1f} ms "
+        f"(batch 64), {base['threads']} threads, median of repeats; the machine is shared, so latencies move by "
+        f"tens of percent between runs. Bold: the best accuracy at that k. Random: mean over seeds (range).\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
 
 
 PEERS = ("l1", "l2", "fpgm", "taylor", "bn-scale", "lamp", "hrank")
@@ -80,8 +90,10 @@ OURS = ("ocnna", "ocnna-rms", "mean-energy")
 def summary(folders) -> str:
     """One row per (suite, k): OCNNA, our variants, the best peer and random,
     so the claim 'beats every peer' can be read off without scanning tables."""
-    lines = ["| model | k | measured | ocnna | ocnna-rms | mean-energy | best peer | random (mean) | ocnna-rms - best peer |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| model | k | measured | ocnna | ocnna-rms | mean-energy | best peer | random (mean) | ocnna-rms - best peer |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for f in folders:
         if not (f / "results.json").exists():
             continue
@@ -96,38 +108,53 @@ def summary(folders) -> str:
                 continue
             best = max(peers, key=peers.get)
             cell = lambda c: f"{at[c]:.2f}" if c in at else "-"  # noqa: E731
-            lines.append(f"| {doc['config']['arch']} | {k:g} | {'fine-tuned' if ft else 'after BN'} | {cell('ocnna')} | "
-                         f"{cell('ocnna-rms')} | {cell('mean-energy')} | {best} {peers[best]:.2f} | {cell('random')} | "
-                         f"{at['ocnna-rms'] - peers[best]:+.2f} |")
-    return ("## Summary: OCNNA and its variants against the best peer\n\n"
-            "Generated from the tables below (accuracy in %, 10,000 JPEG test images; peers: "
-            + ", ".join(PEERS) + ").\n\n" + "\n".join(lines) + "\n")
+            lines.append(
+                f"| {doc['config']['arch']} | {k:g} | {'fine-tuned' if ft else 'after BN'} | {cell('ocnna')} | "
+                f"{cell('ocnna-rms')} | {cell('mean-energy')} | {best} {peers[best]:.2f} | {cell('random')} | "
+                f"{at['ocnna-rms'] - peers[best]:+.2f} |"
+            )
+    return (
+        "## Summary: OCNNA and its variants against the best peer\n\n"
+        "Generated from the tables below (accuracy in %, 10,000 JPEG test images; peers: "
+        + ", ".join(PEERS)
+        + ").\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
 
 
 def ablations(path: Path) -> str:
     docs = json.loads(path.read_text())
-    keys = [("A", "spearman_cv_vs_mean_energy", "Spearman: OCNNA (CV) vs mean energy, per group"),
-            ("A", "spearman_cv_vs_l1", "Spearman: OCNNA vs L1"),
-            ("A", "spearman_mean_energy_vs_l1", "Spearman: mean energy vs L1"),
-            ("A", "kept_overlap_cv_l1", "share of kept filters OCNNA and L1 agree on (k=40)"),
-            ("A", "kept_overlap_mean_energy_l1", "share of kept filters mean energy and L1 agree on"),
-            ("A", "kept_overlap_random_expected", "the same for two random selections (expected)"),
-            ("B", "spearman_250_vs_4000", "Spearman: OCNNA from 250 vs 4000 images"),
-            ("B", "spearman_1000_vs_4000", "Spearman: OCNNA from 1000 vs 4000 images"),
-            ("B", "acc_bn_ocnna_1000_images", "accuracy after BN, OCNNA scored on 1000 images"),
-            ("B", "acc_bn_ocnna_4000_images", "accuracy after BN, OCNNA scored on 4000 images"),
-            ("C", "global_threshold_removed_share_max", "one global k=40 threshold: largest share a group loses"),
-            ("C", "groups_losing_over_80_percent", "groups losing over 80% under it"),
-            ("C", "groups_losing_under_10_percent", "groups losing under 10% under it")]
+    keys = [
+        ("A", "spearman_cv_vs_mean_energy", "Spearman: OCNNA (CV) vs mean energy, per group"),
+        ("A", "spearman_cv_vs_l1", "Spearman: OCNNA vs L1"),
+        ("A", "spearman_mean_energy_vs_l1", "Spearman: mean energy vs L1"),
+        ("A", "kept_overlap_cv_l1", "share of kept filters OCNNA and L1 agree on (k=40)"),
+        ("A", "kept_overlap_mean_energy_l1", "share of kept filters mean energy and L1 agree on"),
+        ("A", "kept_overlap_random_expected", "the same for two random selections (expected)"),
+        ("B", "spearman_250_vs_4000", "Spearman: OCNNA from 250 vs 4000 images"),
+        ("B", "spearman_1000_vs_4000", "Spearman: OCNNA from 1000 vs 4000 images"),
+        ("B", "acc_bn_ocnna_1000_images", "accuracy after BN, OCNNA scored on 1000 images"),
+        ("B", "acc_bn_ocnna_4000_images", "accuracy after BN, OCNNA scored on 4000 images"),
+        ("C", "global_threshold_removed_share_max", "one global k=40 threshold: largest share a group loses"),
+        ("C", "groups_losing_over_80_percent", "groups losing over 80% under it"),
+        ("C", "groups_losing_under_10_percent", "groups losing under 10% under it"),
+    ]
     head = "| ablation | " + " | ".join(d["arch"] for d in docs) + " |"
     lines = [head, "| --- |" + " --- |" * len(docs)]
     for part, key, label in keys:
         vals = [d[part][key] for d in docs]
-        lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" if isinstance(v, float) and abs(v) < 2 else f"{v:g}"
-                                                 for v in vals) + " |")
-    return ("## Ablations: why OCNNA's score trails\n\n```bash\npython benchmarks/ocnna_ablations.py --arch "
-            + " ".join(d["arch"] for d in docs) + f" --json {path}\n```\n\nk=40, scope {docs[0].get('scope', 'inner')}, "
-            "BN re-estimation on 1000 images, 10,000 test images.\n\n" + "\n".join(lines) + "\n")
+        lines.append(
+            f"| {label} | "
+            + " | ".join(f"{v:.3f}" if isinstance(v, float) and abs(v) < 2 else f"{v:g}" for v in vals)
+            + " |"
+        )
+    return (
+        "## Ablations: why OCNNA's score trails\n\n```bash\npython benchmarks/ocnna_ablations.py --arch "
+        + " ".join(d["arch"] for d in docs)
+        + f" --json {path}\n```\n\nk=40, scope {docs[0].get('scope', 'inner')}, "
+        "BN re-estimation on 1000 images, 10,000 test images.\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 def main() -> None:

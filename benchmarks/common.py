@@ -1,5 +1,6 @@
 """Shared pieces of the benchmarks: map-shape tables, timers and the batched
 pure-PyTorch scorer."""
+
 from __future__ import annotations
 
 import time
@@ -28,8 +29,9 @@ def best_of(fn: Callable[[], object], repeat: int, sync: Optional[Callable[[], N
     return min(times)
 
 
-def torch_energies(x: torch.Tensor, n_components: Union[None, int, float],
-                   dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def torch_energies(
+    x: torch.Tensor, n_components: Union[None, int, float], dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """The same math in batched PyTorch ops: centre, then the centred norm
     (``None``) or the Gram of the smaller side + ``torch.linalg.eigvalsh``,
     computed in ``dtype``."""

@@ -9,6 +9,7 @@ measured side by side in this one process.
 Needs the deploy extra (pip install ".[deploy]").  Run it on a quiet machine:
 latency under another job's load means nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,7 @@ def main() -> None:
     model = load_weights(build(args.arch), pretrained_weights(args.arch)).eval()
     x, _ = cifar10_jpeg("train", limit=args.score_images, seed=1)
     images = normalize(x, CIFAR_MEAN, CIFAR_STD)
-    scores = score(model, [images[i:i + 128] for i in range(0, len(images), 128)], progress=False)
+    scores = score(model, [images[i : i + 128] for i in range(0, len(images), 128)], progress=False)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:  # warm-up: the first model timed in a process runs cold
         compare_latency(model, model, 32, max(3, args.repeats // 10), Path(tmp) / "work")
@@ -53,15 +54,18 @@ def main() -> None:
         rows.append(row)
 
         def cell(key: str) -> str:
-            return (f"{lat['base'][key]['median']:.2f} -> {lat['pruned'][key]['median']:.2f} "
-                    f"({lat['speedup'][key]:.2f}x)")
+            return (
+                f"{lat['base'][key]['median']:.2f} -> {lat['pruned'][key]['median']:.2f} ({lat['speedup'][key]:.2f}x)"
+            )
 
-        print(f"| {k:g} | {row['rpr']:.3f} | {lat['base']['onnx_bytes'] / 1e6:.2f} -> "
-              f"{lat['pruned']['onnx_bytes'] / 1e6:.2f} | {cell('onnxruntime_b1')} | {cell('onnxruntime_b64')} | "
-              f"{cell('eager_b1')} | {cell('eager_b64')} |", flush=True)
+        print(
+            f"| {k:g} | {row['rpr']:.3f} | {lat['base']['onnx_bytes'] / 1e6:.2f} -> "
+            f"{lat['pruned']['onnx_bytes'] / 1e6:.2f} | {cell('onnxruntime_b1')} | {cell('onnxruntime_b64')} | "
+            f"{cell('eager_b1')} | {cell('eager_b64')} |",
+            flush=True,
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"arch": args.arch, "torch": torch.__version__, "rows": rows},
-                                              indent=1))
+        Path(args.json).write_text(json.dumps({"arch": args.arch, "torch": torch.__version__, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ C. per-layer vs global percentile: with one threshold over all layers (the
 `ocnna-0.95`.  In these ResNets each group is one conv, so the rule for
 coupled groups plays no part here.)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,13 +58,25 @@ SCOPE = "inner"  # as the criteria suite ran (set by --scope)
 
 def _ctx(model, data: TensorImages) -> Context:
     batches = list(data.batches(128))
-    return Context(model, [x for x, _ in batches], [y for _, y in batches], torch.zeros(1, 3, 32, 32),
-                   list(model.ocnna_ignored_layers(SCOPE)))
+    return Context(
+        model,
+        [x for x, _ in batches],
+        [y for _, y in batches],
+        torch.zeros(1, 3, 32, 32),
+        list(model.ocnna_ignored_layers(SCOPE)),
+    )
 
 
 def _acc_bn(model, values, k, bn_set, eval_set) -> float:
-    pruned, _ = prune(model, None, k, torch.zeros(1, 3, 32, 32), ignored_layers=list(model.ocnna_ignored_layers(SCOPE)),
-                      importance=values, rule="count")
+    pruned, _ = prune(
+        model,
+        None,
+        k,
+        torch.zeros(1, 3, 32, 32),
+        ignored_layers=list(model.ocnna_ignored_layers(SCOPE)),
+        importance=values,
+        rule="count",
+    )
     recalibrate_batchnorm(pruned, (x for x, _ in bn_set.batches(128)))
     return evaluate(pruned, eval_set)
 
@@ -94,8 +107,9 @@ def run(arch: str, k: float, eval_images: int) -> dict:
         "kept_overlap_cv_mean_energy": per_group(overlap, "ocnna@1000", "mean-energy@1000"),
         "kept_overlap_cv_l1": per_group(overlap, "ocnna@1000", "l1"),
         "kept_overlap_mean_energy_l1": per_group(overlap, "mean-energy@1000", "l1"),
-        "kept_overlap_random_expected": float(np.mean([kept_count(len(vals["l1"][r]), k) / len(vals["l1"][r])
-                                                       for r in roots])),
+        "kept_overlap_random_expected": float(
+            np.mean([kept_count(len(vals["l1"][r]), k) / len(vals["l1"][r]) for r in roots])
+        ),
     }
     bn_set, eval_set = _images("train", 1000, 3), _images("test", eval_images, 0)
     out["B"] = {
@@ -123,8 +137,12 @@ def main() -> None:
     ap.add_argument("--arch", nargs="+", default=["resnet20", "resnet56"])
     ap.add_argument("--k", type=float, default=40.0)
     ap.add_argument("--eval-images", type=int, default=10000)
-    ap.add_argument("--scope", default="inner", choices=["inner", "full"],
-                    help="which convs are pruned (inner: as the criteria suite ran)")
+    ap.add_argument(
+        "--scope",
+        default="inner",
+        choices=["inner", "full"],
+        help="which convs are pruned (inner: as the criteria suite ran)",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     global SCOPE

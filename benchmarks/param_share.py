@@ -6,6 +6,7 @@ torchvision's ResNet-50 (untrained, 8 random 224x224 images; the paper reports
 
     python benchmarks/param_share.py
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,7 +27,7 @@ def shares(model, batches, example, ignored):
 def main() -> None:
     x, _ = cifar10_jpeg("train", limit=500, seed=1)
     images = normalize(x, CIFAR_MEAN, CIFAR_STD)
-    batches = [images[i:i + 100] for i in range(0, len(images), 100)]
+    batches = [images[i : i + 100] for i in range(0, len(images), 100)]
     print("| model | scope | " + " | ".join(f"k={k}" for k in KS) + " |")
     print("| --- | --- |" + " --- |" * len(KS))
     for arch in ("resnet20", "resnet32", "resnet44", "resnet56"):

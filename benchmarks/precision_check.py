@@ -3,6 +3,7 @@ scikit-learn oracle, for float32 and float64 activations.
 
     python benchmarks/precision_check.py
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -10,6 +10,7 @@ parameter counts agree.
 
     python benchmarks/selection_probe.py --arch resnet56 --k 40 --seeds 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,17 @@ from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 from ocnna_fast.scores import LayerScores
 
 
-
 def as_scores(values):
-    return {n: LayerScores(score=v.double(), mean=torch.ones_like(v, dtype=torch.float64), std=v.double(),
-                           count=1, dead=torch.zeros(v.numel(), dtype=torch.bool)) for n, v in values.items()}
+    return {
+        n: LayerScores(
+            score=v.double(),
+            mean=torch.ones_like(v, dtype=torch.float64),
+            std=v.double(),
+            count=1,
+            dead=torch.zeros(v.numel(), dtype=torch.bool),
+        )
+        for n, v in values.items()
+    }
 
 
 def main() -> None:
@@ -46,8 +54,8 @@ def main() -> None:
     xb, _ = data.cifar10_jpeg("train", limit=args.bn_images, seed=3)
     xe, ye = data.cifar10_jpeg("test", limit=args.eval_images, seed=0)
     evalset = TensorImages(xe, ye, CIFAR_MEAN, CIFAR_STD)
-    score_batches = [data.normalize(xs[i:i + 100], CIFAR_MEAN, CIFAR_STD) for i in range(0, len(xs), 100)]
-    bn_batches = [data.normalize(xb[i:i + 100], CIFAR_MEAN, CIFAR_STD) for i in range(0, len(xb), 100)]
+    score_batches = [data.normalize(xs[i : i + 100], CIFAR_MEAN, CIFAR_STD) for i in range(0, len(xs), 100)]
+    bn_batches = [data.normalize(xb[i : i + 100], CIFAR_MEAN, CIFAR_STD) for i in range(0, len(xb), 100)]
     convs = prunable_convs(model)
     crit = {}
     t = time.perf_counter()
@@ -61,8 +69,10 @@ def main() -> None:
     for seed in range(args.seeds):
         g = torch.Generator().manual_seed(seed)
         crit[f"random seed {seed}"] = {n: torch.rand(m.out_channels, generator=g) for n, m in convs.items()}
-    print(f"scoring {time.perf_counter() - t:.1f} s; base accuracy {evaluate(model, evalset):.2f}% "
-          f"on {len(evalset)} test images")
+    print(
+        f"scoring {time.perf_counter() - t:.1f} s; base accuracy {evaluate(model, evalset):.2f}% "
+        f"on {len(evalset)} test images"
+    )
     print(f"| criterion ({args.arch}, k={args.k:g}) | RPR | after surgery | after BN re-estimation |")
     print("| --- | --- | --- | --- |")
     params = None
@@ -74,8 +84,9 @@ def main() -> None:
         params = n
         surgery = evaluate(pruned, evalset)
         recalibrate_batchnorm(pruned, bn_batches, progress=False)
-        print(f"| {name} | {n / count_params(model):.4f} | {surgery:.2f} | {evaluate(pruned, evalset):.2f} |",
-              flush=True)
+        print(
+            f"| {name} | {n / count_params(model):.4f} | {surgery:.2f} | {evaluate(pruned, evalset):.2f} |", flush=True
+        )
 
 
 if __name__ == "__main__":

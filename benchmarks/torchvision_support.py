@@ -5,6 +5,7 @@ through save_pruned / load_pruned.  Prints README's table.
 
     python benchmarks/torchvision_support.py [--models resnet18 ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,26 @@ import torchvision
 
 from ocnna_fast import count_params, load_pruned, prune, save_pruned, score
 
-MODELS = ["resnet18", "resnet50", "wide_resnet50_2", "resnext50_32x4d", "regnet_y_400mf", "densenet121",
-          "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "efficientnet_v2_s", "mnasnet0_5", "vgg11_bn",
-          "googlenet", "inception_v3", "alexnet", "convnext_tiny", "squeezenet1_1", "shufflenet_v2_x0_5"]
+MODELS = [
+    "resnet18",
+    "resnet50",
+    "wide_resnet50_2",
+    "resnext50_32x4d",
+    "regnet_y_400mf",
+    "densenet121",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "efficientnet_v2_s",
+    "mnasnet0_5",
+    "vgg11_bn",
+    "googlenet",
+    "inception_v3",
+    "alexnet",
+    "convnext_tiny",
+    "squeezenet1_1",
+    "shufflenet_v2_x0_5",
+]
 
 
 def check(name: str) -> str:

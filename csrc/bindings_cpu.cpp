@@ -40,6 +40,15 @@ double* writable(Arr& a, int64_t size, const char* what) {
 
 PYBIND11_MODULE(_C, m) {
   m.attr("INTERNAL_FLAG") = py::int_(ocnna::kInternalFlag);  // accumulate: a failed solve, not bad input
+  // the codes of ocnna_math.h's enums, so Python never copies them by hand
+  m.attr("DTYPE_FLOAT32") = py::int_(int(ocnna::kFloat32));
+  m.attr("DTYPE_FLOAT64") = py::int_(int(ocnna::kFloat64));
+  m.attr("DTYPE_FLOAT16") = py::int_(int(ocnna::kFloat16));
+  m.attr("DTYPE_BFLOAT16") = py::int_(int(ocnna::kBFloat16));
+  m.attr("MODE_ALL") = py::int_(int(ocnna::kAll));
+  m.attr("MODE_COUNT") = py::int_(int(ocnna::kCount));
+  m.attr("MODE_RATIO") = py::int_(int(ocnna::kRatio));
+  m.attr("MODE_RANK") = py::int_(int(ocnna::kRank));
   m.doc() = "ocnna-fast CPU core (framework-free)";
 
   m.def(

@@ -4,20 +4,24 @@ The scoring contract is docs/scoring.md (SPEC): per image and filter, the
 Frobenius norm of the PCA-transformed output map; per filter, the coefficient
 of variation of those norms over the images.
 """
+
 from __future__ import annotations
 
-from ._version import __version__
-
 from ._native import build_info
+from ._version import __version__
 from .batchnorm import recalibrate_batchnorm
 from .distill import TensorImages as distill_data
 from .distill import distill, evaluate, finetune
 from .errors import InternalError
 from .layers import prunable_convs
-from .pruning import apply_plan, count_params, load_pruned, prune, save_pruned
+from .models import build as _zoo_build
+from .pruning import apply_plan, count_params, load_pruned, prune, save_pruned, set_model_builder
 from .scores import LayerScores, Scores
 from .scoring import score
 from .stats import FilterStats
+
+# load_pruned rebuilds the architecture a plan names from the model zoo
+set_model_builder(lambda arch, num_classes: _zoo_build(arch, num_classes=num_classes))
 
 __all__ = [
     "FilterStats",

@@ -5,6 +5,7 @@ The compiled modules never see a torch type: this file turns a tensor into
 stream handle.  ``_C`` (CPU) is always built; ``_C_cuda`` is optional at build
 time and at import time.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -34,16 +35,15 @@ except ImportError as exc:  # pragma: no cover - depends on the build
 
 __all__ = ["build_info", "parse_n_components", "batch_args", "cuda_core", "concrete_device", "current_stream"]
 
-# Element type codes shared with csrc/common/ocnna_math.h (enum DType).
+# Element type and mode codes of csrc/common/ocnna_math.h (enum DType, enum
+# Mode), as the compiled core exports them.
 DTYPE_CODES: Dict[torch.dtype, int] = {
-    torch.float32: 0,
-    torch.float64: 1,
-    torch.float16: 2,
-    torch.bfloat16: 3,
+    torch.float32: _C.DTYPE_FLOAT32,
+    torch.float64: _C.DTYPE_FLOAT64,
+    torch.float16: _C.DTYPE_FLOAT16,
+    torch.bfloat16: _C.DTYPE_BFLOAT16,
 }
-
-# Mode codes shared with csrc/common/ocnna_math.h (enum Mode).
-MODE_ALL, MODE_COUNT, MODE_RATIO, MODE_RANK = 0, 1, 2, 3
+MODE_ALL, MODE_COUNT, MODE_RATIO, MODE_RANK = _C.MODE_ALL, _C.MODE_COUNT, _C.MODE_RATIO, _C.MODE_RANK
 
 # Per-map statistics the accumulators can stream: the PCA energy (SPEC 2) or
 # HRank's numerical rank of the map (ocnna_math.h, map_rank).
@@ -67,13 +67,9 @@ def parse_n_components(n_components: Any) -> Tuple[int, int, float]:
     if isinstance(n_components, numbers.Real):
         tau = float(n_components)
         if not 0.0 < tau < 1.0:
-            raise ValueError(
-                f"n_components as a float is an explained-variance ratio and must be in (0, 1), got {tau}"
-            )
+            raise ValueError(f"n_components as a float is an explained-variance ratio and must be in (0, 1), got {tau}")
         return MODE_RATIO, 0, tau
-    raise ValueError(
-        f"n_components must be None, an int >= 1 or a float in (0, 1); got {type(n_components).__name__}"
-    )
+    raise ValueError(f"n_components must be None, an int >= 1 or a float in (0, 1); got {type(n_components).__name__}")
 
 
 def canonical_n_components(n_components: Any) -> NComponents:
@@ -87,9 +83,7 @@ def batch_args(x: torch.Tensor) -> Tuple[int, int, Tuple[int, ...], Tuple[int, .
     try:
         code = DTYPE_CODES[x.dtype]
     except KeyError:
-        raise ValueError(
-            f"activations must be float32, float64, float16 or bfloat16, got {x.dtype}"
-        ) from None
+        raise ValueError(f"activations must be float32, float64, float16 or bfloat16, got {x.dtype}") from None
     return x.data_ptr(), code, tuple(x.shape), tuple(x.stride())
 
 

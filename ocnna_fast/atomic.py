@@ -5,6 +5,7 @@ write: the data goes to a temporary file in the same folder (so the rename
 stays on one file system), is flushed to disk, then renamed over the target.
 On any error the temporary file is removed.
 """
+
 from __future__ import annotations
 
 import contextlib

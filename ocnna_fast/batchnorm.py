@@ -7,6 +7,7 @@ images with the BatchNorm layers in training mode, and their momentum set to
 ``None`` (an exact average over the batches instead of an exponential one),
 gives them statistics of the pruned network; nothing is trained.
 """
+
 from __future__ import annotations
 
 from typing import Any, Iterable, Optional, Union
@@ -56,8 +57,10 @@ def recalibrate_batchnorm(
         raise ValueError("a BatchNorm layer has track_running_stats=False: it keeps no statistics to re-estimate")
     home, run_device = placement(model, device)
     flags = {m: m.training for m in model.modules()}
-    saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items() if k.startswith(("running_", "num_"))})
-             for m in norms]
+    saved = [
+        (m.momentum, {k: v.clone() for k, v in m.state_dict().items() if k.startswith(("running_", "num_"))})
+        for m in norms
+    ]
     seen = 0
     ok = False
     bar = None

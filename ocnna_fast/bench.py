@@ -12,6 +12,7 @@ a stopped suite continues where it stopped.
 
     ocnna-fast bench --arch resnet56 --k 20 40 60 --criteria ocnna l1 random --out runs/bench
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,19 @@ from .pruning import count_params, prune
 
 __all__ = ["run_suite", "latency_ms", "RESULT_KEYS"]
 
-RESULT_KEYS = ("criterion", "k", "seed", "rpr", "macs_ratio", "acc_surgery", "acc_bn", "acc_finetuned",
-               "score_seconds", "latency_ms_b1", "latency_ms_b64")
+RESULT_KEYS = (
+    "criterion",
+    "k",
+    "seed",
+    "rpr",
+    "macs_ratio",
+    "acc_surgery",
+    "acc_bn",
+    "acc_finetuned",
+    "score_seconds",
+    "latency_ms_b1",
+    "latency_ms_b64",
+)
 
 
 def _macs(model: nn.Module, size: int) -> int:
@@ -62,8 +74,7 @@ def _load_rows(path: Path, config: Dict[str, Any]) -> List[Dict[str, Any]]:
     if theirs != config:
         theirs = theirs if isinstance(theirs, dict) else {}
         differ = sorted(k for k in set(config) | set(theirs) if config.get(k) != theirs.get(k))
-        raise ValueError(f"{path} holds results of other settings (differ in: {', '.join(differ)}); "
-                         "use another --out")
+        raise ValueError(f"{path} holds results of other settings (differ in: {', '.join(differ)}); use another --out")
     rows = doc.get("rows")
     if not isinstance(rows, list) or not all(isinstance(r, dict) and set(RESULT_KEYS) <= set(r) for r in rows):
         raise ValueError(f"{path}: malformed rows; move it away to start afresh")
@@ -104,30 +115,45 @@ def run_suite(
     if finetune_epochs > 0 and train_set is None:
         raise ValueError("fine-tuning needs a training set")
     out.mkdir(parents=True, exist_ok=True)
-    config = {"arch": arch, "dataset": dataset, "scope": scope or "custom", "score_images": len(score_set),
-              "bn_images": len(bn_set) if bn_set else 0,
-              "train_images": len(train_set) if train_set is not None and finetune_epochs else 0,
-              "eval_images": len(eval_set), "finetune_epochs": finetune_epochs, "lr": lr, "batch_size": batch_size}
+    config = {
+        "arch": arch,
+        "dataset": dataset,
+        "scope": scope or "custom",
+        "score_images": len(score_set),
+        "bn_images": len(bn_set) if bn_set else 0,
+        "train_images": len(train_set) if train_set is not None and finetune_epochs else 0,
+        "eval_images": len(eval_set),
+        "finetune_epochs": finetune_epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+    }
     results_path = out / "results.json"
     rows = _load_rows(results_path, config)
     done = {_cell_key(r) for r in rows}
     model = model.eval()
-    ignored = list(ignored_layers) if ignored_layers is not None else list(
-        getattr(model, "ocnna_ignored_layers", lambda: [])())
+    ignored = (
+        list(ignored_layers)
+        if ignored_layers is not None
+        else list(getattr(model, "ocnna_ignored_layers", lambda: [])())
+    )
     example = torch.zeros(1, 3, input_size, input_size)
     score_batches = [x for x, _ in score_set.batches(batch_size)]
     score_labels = [y for _, y in score_set.batches(batch_size)]
     base_params, base_macs = count_params(model), _macs(model, input_size)
     base_acc = evaluate(model, eval_set)
-    base_lat = {b: latency_ms(model, b, input_size, latency_repeats if b == 1 else max(3, latency_repeats // 3))
-                for b in (1, 64)}
-    log(f"base: {base_acc:.2f}% on {len(eval_set)} images, {base_params} parameters, "
-        f"latency {base_lat[1]['median']:.2f} ms (batch 1) / {base_lat[64]['median']:.1f} ms (batch 64)")
+    base_lat = {
+        b: latency_ms(model, b, input_size, latency_repeats if b == 1 else max(3, latency_repeats // 3))
+        for b in (1, 64)
+    }
+    log(
+        f"base: {base_acc:.2f}% on {len(eval_set)} images, {base_params} parameters, "
+        f"latency {base_lat[1]['median']:.2f} ms (batch 1) / {base_lat[64]['median']:.1f} ms (batch 64)"
+    )
     # k-major: a suite stopped early has every criterion at the first k
     cells = []
     for k in ks:
         for c in criteria:
-            for s in (seeds if (c in SEEDED or finetune_epochs > 0) else seeds[:1]):
+            for s in seeds if (c in SEEDED or finetune_epochs > 0) else seeds[:1]:
                 if (c, float(k), int(s)) not in done:
                     cells.append((c, float(k), int(s)))
     bar = None
@@ -152,25 +178,45 @@ def run_suite(
             row["acc_bn"] = None
             if bn_set is not None and len(bn_set):
                 # folded-BatchNorm models get bias compensation instead (same images)
-                row["recalibration"] = recalibrate(pruned, model, plan,
-                                                   lambda: (x for x, _ in bn_set.batches(batch_size)))["method"]
+                row["recalibration"] = recalibrate(
+                    pruned, model, plan, lambda: (x for x, _ in bn_set.batches(batch_size))
+                )["method"]
                 row["acc_bn"] = evaluate(pruned, eval_set)
             row["acc_finetuned"] = None
             if finetune_epochs > 0:
-                distill(pruned, model, train_set, epochs=finetune_epochs, lr=lr, batch_size=batch_size, seed=s,
-                        progress=False)
+                distill(
+                    pruned,
+                    model,
+                    train_set,
+                    epochs=finetune_epochs,
+                    lr=lr,
+                    batch_size=batch_size,
+                    seed=s,
+                    progress=False,
+                )
                 row["acc_finetuned"] = evaluate(pruned, eval_set)
             lat1 = latency_ms(pruned, 1, input_size, latency_repeats)
             lat64 = latency_ms(pruned, 64, input_size, max(3, latency_repeats // 3))
-            row.update(latency_ms_b1=lat1["median"], latency_ms_b64=lat64["median"],
-                       latency_ratio_b1=lat1["median"] / base_lat[1]["median"],
-                       latency_ratio_b64=lat64["median"] / base_lat[64]["median"],
-                       base_accuracy=base_acc)
+            row.update(
+                latency_ms_b1=lat1["median"],
+                latency_ms_b64=lat64["median"],
+                latency_ratio_b1=lat1["median"] / base_lat[1]["median"],
+                latency_ratio_b64=lat64["median"] / base_lat[64]["median"],
+                base_accuracy=base_acc,
+            )
             rows.append(row)
-            doc = {"config": config, "base": {"accuracy": base_acc, "params": base_params, "macs": base_macs,
-                                              "latency_ms_b1": base_lat[1], "latency_ms_b64": base_lat[64],
-                                              "threads": torch.get_num_threads()},
-                   "rows": rows}
+            doc = {
+                "config": config,
+                "base": {
+                    "accuracy": base_acc,
+                    "params": base_params,
+                    "macs": base_macs,
+                    "latency_ms_b1": base_lat[1],
+                    "latency_ms_b64": base_lat[64],
+                    "threads": torch.get_num_threads(),
+                },
+                "rows": rows,
+            }
             write_text_atomic(results_path, json.dumps(doc, indent=1))
             if bar is not None:
                 bar.update(1)
@@ -196,8 +242,16 @@ def summarise(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     out = []
     for (c, k), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         line = {"criterion": c, "k": k, "seeds": len(rs)}
-        for f in ("rpr", "macs_ratio", "acc_surgery", "acc_bn", "acc_finetuned", "score_seconds",
-                  "latency_ms_b1", "latency_ms_b64"):
+        for f in (
+            "rpr",
+            "macs_ratio",
+            "acc_surgery",
+            "acc_bn",
+            "acc_finetuned",
+            "score_seconds",
+            "latency_ms_b1",
+            "latency_ms_b64",
+        ):
             line[f] = _mean([r[f] for r in rs])
         line["acc_bn_min"] = min((r["acc_bn"] for r in rs if r["acc_bn"] is not None), default=None)
         line["acc_bn_max"] = max((r["acc_bn"] for r in rs if r["acc_bn"] is not None), default=None)
@@ -211,18 +265,24 @@ def _fmt(v: Optional[float], digits: int = 2) -> str:
 
 def results_table(rows: List[Dict[str, Any]], arch: str, config: Dict[str, Any]) -> str:
     """Markdown: one row per (criterion, k), means over seeds."""
-    lines = [f"# Pruning criteria on {arch}, identical structure", "",
-             f"Settings: {json.dumps(config, sort_keys=True)}", "",
-             "| k | criterion | seeds | RPR | MACs ratio | acc. after surgery | acc. after BN | "
-             "acc. after fine-tuning | scoring s | latency b1 ms | latency b64 ms |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# Pruning criteria on {arch}, identical structure",
+        "",
+        f"Settings: {json.dumps(config, sort_keys=True)}",
+        "",
+        "| k | criterion | seeds | RPR | MACs ratio | acc. after surgery | acc. after BN | "
+        "acc. after fine-tuning | scoring s | latency b1 ms | latency b64 ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for s in summarise(rows):
         bn = _fmt(s["acc_bn"])
         if s["seeds"] > 1 and s["acc_bn"] is not None:
             bn += f" ({_fmt(s['acc_bn_min'])}-{_fmt(s['acc_bn_max'])})"
-        lines.append(f"| {s['k']:g} | {s['criterion']} | {s['seeds']} | {_fmt(s['rpr'], 4)} | "
-                     f"{_fmt(s['macs_ratio'], 4)} | {_fmt(s['acc_surgery'])} | {bn} | {_fmt(s['acc_finetuned'])} | "
-                     f"{_fmt(s['score_seconds'], 1)} | {_fmt(s['latency_ms_b1'])} | {_fmt(s['latency_ms_b64'], 1)} |")
+        lines.append(
+            f"| {s['k']:g} | {s['criterion']} | {s['seeds']} | {_fmt(s['rpr'], 4)} | "
+            f"{_fmt(s['macs_ratio'], 4)} | {_fmt(s['acc_surgery'])} | {bn} | {_fmt(s['acc_finetuned'])} | "
+            f"{_fmt(s['score_seconds'], 1)} | {_fmt(s['latency_ms_b1'])} | {_fmt(s['latency_ms_b64'], 1)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -238,10 +298,15 @@ def _plots(rows: List[Dict[str, Any]], out: Path, arch: str) -> None:
         write_text_atomic(out / "plots-skipped.txt", "matplotlib is not installed: pip install 'ocnna-fast[bench]'\n")
         return
     summary = summarise(rows)
-    field = "acc_finetuned" if any(s["acc_finetuned"] is not None for s in summary) else (
-        "acc_bn" if any(s["acc_bn"] is not None for s in summary) else "acc_surgery")
-    for x_field, name, xlabel in (("rpr", "accuracy_vs_rpr.png", "remaining parameters ratio"),
-                                  ("k", "accuracy_vs_k.png", "k (percentile removed per group)")):
+    field = (
+        "acc_finetuned"
+        if any(s["acc_finetuned"] is not None for s in summary)
+        else ("acc_bn" if any(s["acc_bn"] is not None for s in summary) else "acc_surgery")
+    )
+    for x_field, name, xlabel in (
+        ("rpr", "accuracy_vs_rpr.png", "remaining parameters ratio"),
+        ("k", "accuracy_vs_k.png", "k (percentile removed per group)"),
+    ):
         fig, ax = plt.subplots(figsize=(6, 4))
         for c in sorted({s["criterion"] for s in summary}):
             pts = sorted((s[x_field], s[field]) for s in summary if s["criterion"] == c and s[field] is not None)

@@ -11,6 +11,7 @@ Commands read local data only (``--data-dir``/``$OCNNA_DATA_DIR``, the
 checkout's ``data/``, the user cache, ``../shared/data``); only ``fetch``
 downloads, and only what it is asked for.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,12 +33,16 @@ from .scoring import score
 
 DATASET_CHOICES = ["cifar10-jpeg", "cifar10", "cifar100", "imagenet-sample", "imagenet"]
 LOSSLESS_20 = "cifar10-lossless-20"
-DATASET_HELP = ("cifar10-jpeg (shipped, default), or cifar10 / cifar100: torchvision's lossless layout, "
-                "e.g. after `ocnna-fast fetch cifar10`; imagenet-sample: the 1000-image ImageNet sample "
-                "(ImageNet models; halves for scoring/training and evaluation); imagenet: an ImageNet-layout "
-                "folder given as --data-dir (DIR/train/<wnid>/*.JPEG, DIR/val/<wnid>/*.JPEG)")
-DATA_DIR_HELP = ("a folder searched first for data (default $OCNNA_DATA_DIR); then the checkout's data/, "
-                 "the user cache and ../shared/data")
+DATASET_HELP = (
+    "cifar10-jpeg (shipped, default), or cifar10 / cifar100: torchvision's lossless layout, "
+    "e.g. after `ocnna-fast fetch cifar10`; imagenet-sample: the 1000-image ImageNet sample "
+    "(ImageNet models; halves for scoring/training and evaluation); imagenet: an ImageNet-layout "
+    "folder given as --data-dir (DIR/train/<wnid>/*.JPEG, DIR/val/<wnid>/*.JPEG)"
+)
+DATA_DIR_HELP = (
+    "a folder searched first for data (default $OCNNA_DATA_DIR); then the checkout's data/, "
+    "the user cache and ../shared/data"
+)
 
 
 def _n_components(text: str):
@@ -76,8 +81,13 @@ def _describe(dataset: str) -> str:
     return DATASETS[dataset][1] if dataset in DATASETS else dataset
 
 
-def _load_model(arch: str, weights: Optional[str], data_dir: Optional[str], dataset: str = "cifar10-jpeg",
-                input_size: Optional[int] = None):
+def _load_model(
+    arch: str,
+    weights: Optional[str],
+    data_dir: Optional[str],
+    dataset: str = "cifar10-jpeg",
+    input_size: Optional[int] = None,
+):
     from .data import PRETRAINED, pretrained_weights
     from .models import ARCHS, build, is_factory, load_weights
 
@@ -96,10 +106,14 @@ def _load_model(arch: str, weights: Optional[str], data_dir: Optional[str], data
 
         path = Path(lite0_weights_path())
     elif arch in PRETRAINED:
-        raise SystemExit(f"error: the shipped {arch} weights are for CIFAR-10; for --dataset {dataset} "
-                         f"({classes} classes) pass --weights FILE")
+        raise SystemExit(
+            f"error: the shipped {arch} weights are for CIFAR-10; for --dataset {dataset} "
+            f"({classes} classes) pass --weights FILE"
+        )
     else:
-        hint = " (convert a TFLite file with `ocnna-fast convert-tflite`)" if arch.endswith(("_imagenet", "_tf2")) else ""
+        hint = (
+            " (convert a TFLite file with `ocnna-fast convert-tflite`)" if arch.endswith(("_imagenet", "_tf2")) else ""
+        )
         raise SystemExit(f"error: no weights ship for --arch {arch}; pass --weights FILE{hint}")
     load_weights(model, path)
     return model.eval(), str(path)
@@ -123,8 +137,9 @@ def _load_user_model(spec: str, weights: Optional[str], dataset: str, input_size
         raise ValueError(f"--model {spec} fails on a {size}x{size} input (set --input-size?): {exc}") from exc
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"--model {spec} returns {shape} for one image; --dataset {dataset} needs logits "
-                         f"(1, {classes})")
+        raise ValueError(
+            f"--model {spec} returns {shape} for one image; --dataset {dataset} needs logits (1, {classes})"
+        )
     return model, weights or f"{spec} (factory parameters)"
 
 
@@ -142,36 +157,51 @@ def cmd_score(args: argparse.Namespace) -> int:
 
         x, y = foolbox_samples("cifar10", args.data_dir)
         _, mean, std, _ = _input_spec(args)
-        data = TensorImages(x[:args.images], y[:args.images], mean, std)
+        data = TensorImages(x[: args.images], y[: args.images], mean, std)
     else:
         _check_data_fits(args)
         data = _images(args, "test", args.images, False, 0)
     batches = (x for x, _ in data.batches(args.batch_size))
     t = time.perf_counter()
-    scores = score(model, batches, n_components=args.n_components, device=args.device,
-                   progress=not args.no_progress)
+    scores = score(model, batches, n_components=args.n_components, device=args.device, progress=not args.no_progress)
     seconds = time.perf_counter() - t
     out = _out_dir(args.out)
     scores.save(out / "scores.safetensors")
     layers = {
-        name: {"channels": ls.num_channels, "dead": int(ls.dead.sum()),
-               "score_min": float(ls.score.min()), "score_mean": float(ls.score.mean()),
-               "score_max": float(ls.score.max())}
+        name: {
+            "channels": ls.num_channels,
+            "dead": int(ls.dead.sum()),
+            "score_min": float(ls.score.min()),
+            "score_mean": float(ls.score.mean()),
+            "score_max": float(ls.score.max()),
+        }
         for name, ls in scores.items()
     }
-    summary = {"arch": args.arch, "weights": weights, "dataset": _describe(args.dataset), "images": len(data),
-               "n_components": args.n_components, "scoring_seconds": seconds,
-               "images_per_second": len(data) / seconds, "ocnna_fast": __version__, "torch": torch.__version__,
-               "layers": layers}
+    summary = {
+        "arch": args.arch,
+        "weights": weights,
+        "dataset": _describe(args.dataset),
+        "images": len(data),
+        "n_components": args.n_components,
+        "scoring_seconds": seconds,
+        "images_per_second": len(data) / seconds,
+        "ocnna_fast": __version__,
+        "torch": torch.__version__,
+        "layers": layers,
+    }
     from .atomic import write_text_atomic
 
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    print(f"scored {len(scores)} conv layers of {args.arch} on {len(data)} images "
-          f"(n_components={args.n_components!r}) in {seconds:.2f} s ({len(data) / seconds:.0f} images/s)")
+    print(
+        f"scored {len(scores)} conv layers of {args.arch} on {len(data)} images "
+        f"(n_components={args.n_components!r}) in {seconds:.2f} s ({len(data) / seconds:.0f} images/s)"
+    )
     print(f"{'layer':<22} {'filters':>7} {'dead':>5} {'score min':>10} {'mean':>8} {'max':>8}")
     for name, s in layers.items():
-        print(f"{name:<22} {s['channels']:>7} {s['dead']:>5} {s['score_min']:>10.4f} "
-              f"{s['score_mean']:>8.4f} {s['score_max']:>8.4f}")
+        print(
+            f"{name:<22} {s['channels']:>7} {s['dead']:>5} {s['score_min']:>10.4f} "
+            f"{s['score_mean']:>8.4f} {s['score_max']:>8.4f}"
+        )
     print(f"wrote {out / 'scores.safetensors'} and {out / 'summary.json'}")
     return 0
 
@@ -204,10 +234,14 @@ def _check_data_fits(args: argparse.Namespace) -> int:
     size = _input_spec(args)[0]
     imagenet = args.dataset.startswith("imagenet")
     if not is_factory(args.arch) and imagenet != (size != 32):
-        why = ("the ImageNet data sets are for ImageNet models" if imagenet
-               else "the CIFAR data sets are 32px; use --dataset imagenet-sample or imagenet")
-        raise SystemExit(f"error: --arch {args.arch} takes {size}px inputs; --dataset {args.dataset} does not "
-                         f"fit it ({why})")
+        why = (
+            "the ImageNet data sets are for ImageNet models"
+            if imagenet
+            else "the CIFAR data sets are 32px; use --dataset imagenet-sample or imagenet"
+        )
+        raise SystemExit(
+            f"error: --arch {args.arch} takes {size}px inputs; --dataset {args.dataset} does not fit it ({why})"
+        )
     return size
 
 
@@ -223,10 +257,22 @@ def _images(args: argparse.Namespace, split: str, n: Optional[int], augment: boo
         from .imagefolder import folder_split
 
         if not args.data_dir:
-            raise SystemExit(f"error: --dataset {args.dataset} reads the folder given as --data-dir DIR "
-                             "(DIR/train/<wnid>/*.JPEG, DIR/val/<wnid>/*.JPEG)")
-        return folder_split(args.data_dir, split, size, mean, std, crop, augment=augment,
-                            workers=getattr(args, "workers", 0), limit=n, seed=seed)
+            raise SystemExit(
+                f"error: --dataset {args.dataset} reads the folder given as --data-dir DIR "
+                "(DIR/train/<wnid>/*.JPEG, DIR/val/<wnid>/*.JPEG)"
+            )
+        return folder_split(
+            args.data_dir,
+            split,
+            size,
+            mean,
+            std,
+            crop,
+            augment=augment,
+            workers=getattr(args, "workers", 0),
+            limit=n,
+            seed=seed,
+        )
     x, y = load_split(args.dataset, split, args.data_dir, limit=n, seed=seed, size=size, crop_fraction=crop)
     return TensorImages(x, y, mean, std, augment=augment)
 
@@ -249,8 +295,11 @@ def _write_report(out: Path, report: dict, title: str) -> None:
     from .atomic import write_text_atomic
 
     write_text_atomic(out / "report.json", json.dumps(report, indent=2))
-    rows = "\n".join(f"| {k} | {v if not isinstance(v, float) else round(v, 4)} |" for k, v in report.items()
-                     if not isinstance(v, (dict, list)))
+    rows = "\n".join(
+        f"| {k} | {v if not isinstance(v, float) else round(v, 4)} |"
+        for k, v in report.items()
+        if not isinstance(v, (dict, list))
+    )
     md = f"# {title}\n\n| metric | value |\n| --- | --- |\n{rows}\n"
     if isinstance(report.get("latency"), dict):
         from .export import latency_markdown
@@ -291,8 +340,10 @@ def _publish(staging: Path, out: Path, names: Sequence[str]) -> None:
     they move, ``out/INCOMPLETE`` says the folder mixes two runs; it is removed
     once all are in place (a folder that keeps it was interrupted here)."""
     marker = out / INCOMPLETE
-    marker.write_text("ocnna-fast was replacing the outputs in this folder and was interrupted: "
-                      "they may mix two runs. Rerun the command.\n")
+    marker.write_text(
+        "ocnna-fast was replacing the outputs in this folder and was interrupted: "
+        "they may mix two runs. Rerun the command.\n"
+    )
     for name in names:
         dst = out / name
         if dst.is_dir():
@@ -325,54 +376,98 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
     base_acc = evaluate(model, evalset)
     print(f"base accuracy {base_acc:.2f}% on {len(evalset)} {args.dataset} test images")
     t = time.perf_counter()
-    scores = score(model, (x for x, _ in scoreset.batches(args.batch_size)), n_components=args.n_components,
-                   progress=progress)
+    scores = score(
+        model, (x for x, _ in scoreset.batches(args.batch_size)), n_components=args.n_components, progress=progress
+    )
     scoring_seconds = time.perf_counter() - t
     scores.save(stage / "scores.safetensors")
-    pruned, plan = prune(model, scores, args.k, torch.zeros(1, 3, size, size), criterion=args.criterion,
-                         ignored_layers=_ignored(model, args.scope))
+    pruned, plan = prune(
+        model,
+        scores,
+        args.k,
+        torch.zeros(1, 3, size, size),
+        criterion=args.criterion,
+        ignored_layers=_ignored(model, args.scope),
+    )
     surgery_acc = evaluate(pruned, evalset)
-    print(f"pruned at k={args.k}: {count_params(pruned)}/{count_params(model)} parameters, "
-          f"accuracy right after surgery {surgery_acc:.2f}%")
+    print(
+        f"pruned at k={args.k}: {count_params(pruned)}/{count_params(model)} parameters, "
+        f"accuracy right after surgery {surgery_acc:.2f}%"
+    )
     bn_images, recal = 0, None
     if args.bn_images > 0:
         bnset = _images(args, "train", args.bn_images, False, args.seed + 3)
-        recal = recalibrate(pruned, model, plan, lambda: (x for x, _ in bnset.batches(args.batch_size)),
-                            progress=progress)
+        recal = recalibrate(
+            pruned, model, plan, lambda: (x for x, _ in bnset.batches(args.batch_size)), progress=progress
+        )
         bn_images = recal["images"]
     before = evaluate(pruned, evalset) if bn_images else surgery_acc
     if recal and recal["method"] == "batchnorm":
         print(f"BatchNorm statistics re-estimated on {bn_images} training images: accuracy {before:.2f}%")
     elif recal:
-        print(f"{args.arch} has its BatchNorm folded into its convs, so there are no statistics to re-estimate; "
-              f"instead the removed channels' mean contributions went into {recal['compensated']} layers' biases "
-              f"(measured on {bn_images} training images): accuracy {before:.2f}%")
+        print(
+            f"{args.arch} has its BatchNorm folded into its convs, so there are no statistics to re-estimate; "
+            f"instead the removed channels' mean contributions went into {recal['compensated']} layers' biases "
+            f"(measured on {bn_images} training images): accuracy {before:.2f}%"
+        )
     t = time.perf_counter()
     history = []
     if args.finetune_epochs > 0:
         trainset = _images(args, "train", args.train_images, True, args.seed + 2)
-        history = distill(pruned, model, trainset, epochs=args.finetune_epochs, lr=args.lr,
-                          batch_size=args.batch_size, seed=args.seed, checkpoint_dir=out / "distill",
-                          progress=progress)
+        history = distill(
+            pruned,
+            model,
+            trainset,
+            epochs=args.finetune_epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            checkpoint_dir=out / "distill",
+            progress=progress,
+        )
     finetune_seconds = time.perf_counter() - t
     after = evaluate(pruned, evalset)
     base_macs, base_params = _macs_params(model, size)
     pr_macs, pr_params = _macs_params(pruned, size)
-    save_pruned(stage / "pruned", pruned, plan, extra={"arch": args.arch, "num_classes": _num_classes(args.dataset, args.data_dir),
-                                                          "dataset": args.dataset, "input_size": size})
+    save_pruned(
+        stage / "pruned",
+        pruned,
+        plan,
+        extra={
+            "arch": args.arch,
+            "num_classes": _num_classes(args.dataset, args.data_dir),
+            "dataset": args.dataset,
+            "input_size": size,
+        },
+    )
     report = {
-        "arch": args.arch, "dataset": _describe(args.dataset),
-        "base_weights": weights, "k": args.k, "scope": args.scope, "n_components": args.n_components,
+        "arch": args.arch,
+        "dataset": _describe(args.dataset),
+        "base_weights": weights,
+        "k": args.k,
+        "scope": args.scope,
+        "n_components": args.n_components,
         "criterion": args.criterion,
-        "score_images": len(scoreset), "eval_images": len(evalset),
-        "base_accuracy": base_acc, "pruned_accuracy_after_surgery": surgery_acc, "bn_images": bn_images,
+        "score_images": len(scoreset),
+        "eval_images": len(evalset),
+        "base_accuracy": base_acc,
+        "pruned_accuracy_after_surgery": surgery_acc,
+        "bn_images": bn_images,
         "recalibration": recal["method"] if recal else None,
-        "pruned_accuracy_before_finetune": before, "pruned_accuracy": after,
-        "accuracy_drop": base_acc - after, "base_params": base_params, "pruned_params": pr_params,
-        "rpr": pr_params / base_params, "base_macs": base_macs, "pruned_macs": pr_macs,
-        "macs_ratio": pr_macs / base_macs, "scoring_seconds": scoring_seconds,
-        "finetune_epochs": args.finetune_epochs, "finetune_seconds": finetune_seconds,
-        "distill_history": history, "pruned_weights_sha256": state_sha256(pruned),
+        "pruned_accuracy_before_finetune": before,
+        "pruned_accuracy": after,
+        "accuracy_drop": base_acc - after,
+        "base_params": base_params,
+        "pruned_params": pr_params,
+        "rpr": pr_params / base_params,
+        "base_macs": base_macs,
+        "pruned_macs": pr_macs,
+        "macs_ratio": pr_macs / base_macs,
+        "scoring_seconds": scoring_seconds,
+        "finetune_epochs": args.finetune_epochs,
+        "finetune_seconds": finetune_seconds,
+        "distill_history": history,
+        "pruned_weights_sha256": state_sha256(pruned),
     }
     if not is_main():  # under torchrun rank 0 alone measures and writes
         return 0
@@ -383,9 +478,11 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
         _print_latency(report["latency"])
     _write_report(stage, report, f"OCNNA: {args.arch}, k={args.k}")
     _publish(stage, out, ["scores.safetensors", "pruned", "report.json", "report.md"])
-    print(f"accuracy {base_acc:.2f}% -> {before:.2f}% (pruned) -> {after:.2f}% "
-          f"(after {args.finetune_epochs} epochs of distillation); RPR {report['rpr']:.4f}, "
-          f"MACs ratio {report['macs_ratio']:.4f}")
+    print(
+        f"accuracy {base_acc:.2f}% -> {before:.2f}% (pruned) -> {after:.2f}% "
+        f"(after {args.finetune_epochs} epochs of distillation); RPR {report['rpr']:.4f}, "
+        f"MACs ratio {report['macs_ratio']:.4f}"
+    )
     print(f"wrote {out / 'report.json'}, {out / 'report.md'} and {out / 'pruned'}")
     return 0
 
@@ -407,11 +504,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     bn_set = _images(args, "train", args.bn_images, False, args.seed + 3) if args.bn_images else None
     train_set = _images(args, "train", args.train_images, True, args.seed + 2) if args.finetune_epochs else None
     eval_set = _images(args, "test", args.eval_images, False, args.seed)
-    rows = run_suite(model, arch=args.arch, score_set=score_set, bn_set=bn_set, train_set=train_set,
-                     eval_set=eval_set, criteria=args.criteria, ks=args.k, seeds=args.seeds, out=out,
-                     finetune_epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size,
-                     latency_repeats=args.latency_repeats, progress=not args.no_progress, dataset=args.dataset,
-                     ignored_layers=_ignored(model, args.scope), scope=args.scope, input_size=size)
+    rows = run_suite(
+        model,
+        arch=args.arch,
+        score_set=score_set,
+        bn_set=bn_set,
+        train_set=train_set,
+        eval_set=eval_set,
+        criteria=args.criteria,
+        ks=args.k,
+        seeds=args.seeds,
+        out=out,
+        finetune_epochs=args.finetune_epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        latency_repeats=args.latency_repeats,
+        progress=not args.no_progress,
+        dataset=args.dataset,
+        ignored_layers=_ignored(model, args.scope),
+        scope=args.scope,
+        input_size=size,
+    )
     print(f"{len(rows)} cells; wrote {out / 'results.json'}, {out / 'results.md'} and plots (weights {weights})")
     return 0
 
@@ -428,8 +541,16 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     trainset = _images(args, "train", args.train_images, True, args.seed + 2)
     before = evaluate(model, evalset)
     t = time.perf_counter()
-    history = finetune(model, trainset, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                       checkpoint_dir=out / "finetune", progress=not args.no_progress)
+    history = finetune(
+        model,
+        trainset,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        checkpoint_dir=out / "finetune",
+        progress=not args.no_progress,
+    )
     seconds = time.perf_counter() - t
     after = evaluate(model, evalset)
     if not is_main():
@@ -438,10 +559,19 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     with atomic_path(out / "model.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
-    report = {"arch": args.arch, "dataset": _describe(args.dataset), "base_weights": weights, "epochs": args.epochs,
-              "accuracy_before": before, "accuracy_after": after, "eval_images": len(evalset),
-              "train_images": len(trainset), "finetune_seconds": seconds, "history": history,
-              "weights_out": str(out / "model.safetensors")}
+    report = {
+        "arch": args.arch,
+        "dataset": _describe(args.dataset),
+        "base_weights": weights,
+        "epochs": args.epochs,
+        "accuracy_before": before,
+        "accuracy_after": after,
+        "eval_images": len(evalset),
+        "train_images": len(trainset),
+        "finetune_seconds": seconds,
+        "history": history,
+        "weights_out": str(out / "model.safetensors"),
+    }
     _write_report(out, report, f"Fine-tuning {args.arch} on {args.dataset}")
     print(f"accuracy {before:.2f}% -> {after:.2f}% after {args.epochs} epochs; wrote {out / 'model.safetensors'}")
     return 0
@@ -461,8 +591,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         with torch.no_grad():
             classes = model.eval()(torch.zeros(1, 3, size, size)).shape[-1]
         if classes != _num_classes(args.dataset, args.data_dir):
-            raise ValueError(f"{args.pruned} predicts {classes} classes but --dataset {args.dataset} has "
-                             f"{_num_classes(args.dataset, args.data_dir)}; pass the data set it was pruned on")
+            raise ValueError(
+                f"{args.pruned} predicts {classes} classes but --dataset {args.dataset} has "
+                f"{_num_classes(args.dataset, args.data_dir)}; pass the data set it was pruned on"
+            )
     else:
         model, what = _load_model(args.arch, args.weights, args.data_dir, args.dataset, args.input_size)
     if args.dataset == LOSSLESS_20:
@@ -475,8 +607,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         data = _images(args, "test", args.eval_images, False, args.seed)
     acc = evaluate(model, data, progress=not args.no_progress)
-    print(json.dumps({"model": what, "dataset": _describe(args.dataset), "images": len(data),
-                      "accuracy": acc}))
+    print(json.dumps({"model": what, "dataset": _describe(args.dataset), "images": len(data), "accuracy": acc}))
     return 0
 
 
@@ -519,19 +650,27 @@ def cmd_export(args: argparse.Namespace) -> int:
         models["base"] = (base, _base_file(out))
     x = _images(args, "test", args.verify_images, False, args.seed).batches(256)
     images = torch.cat([b for b, _ in x])
-    report = {"pruned": args.pruned, "arch": arch, "dataset": _describe(args.dataset), "format": args.format,
-              "torch": torch.__version__}
+    report = {
+        "pruned": args.pruned,
+        "arch": arch,
+        "dataset": _describe(args.dataset),
+        "format": args.format,
+        "torch": torch.__version__,
+    }
     for name, (model, path) in models.items():
         info = ex.export_model(model, path, args.format, size, args.batch)
         check = ex.verify(model, path, args.format, images, batch=args.batch)
         report[name] = {**info, "verification": check.as_dict()}
-        print(f"{name}: wrote {path} ({info['bytes'] / 1e6:.2f} MB, {args.format}"
-              f"{', opset ' + str(info['opset']) if 'opset' in info else ''}, batch "
-              f"{args.batch or 'dynamic'}); on {check.images} {args.dataset} test images: max |logit diff| "
-              f"{check.max_abs_diff:.2e} (tolerance {check.tolerance:.1e}), top-1 agreement {check.top1_agreement:.2%}")
+        print(
+            f"{name}: wrote {path} ({info['bytes'] / 1e6:.2f} MB, {args.format}"
+            f"{', opset ' + str(info['opset']) if 'opset' in info else ''}, batch "
+            f"{args.batch or 'dynamic'}); on {check.images} {args.dataset} test images: max |logit diff| "
+            f"{check.max_abs_diff:.2e} (tolerance {check.tolerance:.1e}), top-1 agreement {check.top1_agreement:.2%}"
+        )
     if args.benchmark:
-        report["latency"] = ex.compare_latency(models["base"][0], pruned, size, args.latency_repeats,
-                                             out.parent / f".{out.stem}-latency")
+        report["latency"] = ex.compare_latency(
+            models["base"][0], pruned, size, args.latency_repeats, out.parent / f".{out.stem}-latency"
+        )
         _print_latency(report["latency"])
     from .atomic import write_text_atomic
 
@@ -545,8 +684,10 @@ def _print_latency(section: dict) -> None:
     threads = section["pruned"]["threads"]
     print(f"latency on this CPU ({threads} threads; median ms, base -> pruned, speed-up):")
     for key, ratio in section.get("speedup", {}).items():
-        print(f"  {key:<18} {section['base'][key]['median']:9.2f} -> {section['pruned'][key]['median']:9.2f}"
-              f"   x{ratio:.2f}")
+        print(
+            f"  {key:<18} {section['base'][key]['median']:9.2f} -> {section['pruned'][key]['median']:9.2f}"
+            f"   x{ratio:.2f}"
+        )
     if "onnxruntime" in section:
         print(f"  ONNX Runtime {section['onnxruntime']}")
 
@@ -564,10 +705,15 @@ def cmd_convert_tflite(args: argparse.Namespace) -> int:
     state = convert_tflite(args.file, model)
     out = Path(args.out)
     with atomic_path(out) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp,
-                  metadata={"arch": arch, "source": Path(args.file).name, "source_sha256": sha256_of(args.file)})
-    print(f"{args.file} -> {out} ({arch}, {sum(v.numel() for v in state.values())} values); use it with "
-          f"--arch {arch} --weights {out}")
+        save_file(
+            {k: v.contiguous() for k, v in state.items()},
+            tmp,
+            metadata={"arch": arch, "source": Path(args.file).name, "source_sha256": sha256_of(args.file)},
+        )
+    print(
+        f"{args.file} -> {out} ({arch}, {sum(v.numel() for v in state.values())} values); use it with "
+        f"--arch {arch} --weights {out}"
+    )
     return 0
 
 
@@ -609,12 +755,20 @@ def _default_workers() -> int:
 
 def _model_options(sp: argparse.ArgumentParser) -> None:
     """What every command that builds a model takes besides --arch."""
-    sp.add_argument("--model", default=None, metavar="MODULE:FACTORY",
-                    help="your own network instead of --arch: a callable taking no arguments that returns an "
-                         "nn.Module (e.g. mypkg.nets:build); its weights from --weights (safetensors or a "
-                         "torch state dict), or the factory's own")
-    sp.add_argument("--input-size", type=int, default=None,
-                    help="input side in pixels (default: the zoo model's; for --model 32 on CIFAR, 224 on ImageNet)")
+    sp.add_argument(
+        "--model",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help="your own network instead of --arch: a callable taking no arguments that returns an "
+        "nn.Module (e.g. mypkg.nets:build); its weights from --weights (safetensors or a "
+        "torch state dict), or the factory's own",
+    )
+    sp.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="input side in pixels (default: the zoo model's; for --model 32 on CIFAR, 224 on ImageNet)",
+    )
     sp.add_argument("--workers", type=_workers, default=_default_workers(), help=WORKERS_HELP)
 
 
@@ -627,11 +781,20 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="score the filters of a pretrained model on shipped images")
     s.add_argument("--arch", default="resnet56", help="architecture (default resnet56)")
     s.add_argument("--weights", help="checkpoint file (default: the shipped one for --arch)")
-    s.add_argument("--dataset", default="cifar10-jpeg", type=_dataset_name, choices=[*DATASET_CHOICES, LOSSLESS_20],
-                   help=DATASET_HELP + f"; {LOSSLESS_20}: the 20 shipped lossless test images")
+    s.add_argument(
+        "--dataset",
+        default="cifar10-jpeg",
+        type=_dataset_name,
+        choices=[*DATASET_CHOICES, LOSSLESS_20],
+        help=DATASET_HELP + f"; {LOSSLESS_20}: the 20 shipped lossless test images",
+    )
     s.add_argument("--images", type=int, default=1000, help="images to score on (class-balanced subset)")
-    s.add_argument("--n-components", type=_n_components, default=None,
-                   help="PCA components per map: none (default), an int, or a ratio in (0, 1)")
+    s.add_argument(
+        "--n-components",
+        type=_n_components,
+        default=None,
+        help="PCA components per map: none (default), an int, or a ratio in (0, 1)",
+    )
     s.add_argument("--batch-size", type=int, default=128)
     s.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     s.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
@@ -644,13 +807,22 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--arch", default="resnet56", help="architecture (default resnet56)")
         sp.add_argument("--weights", help="weights file (.th or .safetensors); default: the shipped one for --arch")
         sp.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-        sp.add_argument("--dataset", default="cifar10-jpeg", type=_dataset_name, choices=datasets,
-                        help=DATASET_HELP + (f"; {LOSSLESS_20}: the 20 shipped lossless test images"
-                                             if LOSSLESS_20 in datasets else ""))
+        sp.add_argument(
+            "--dataset",
+            default="cifar10-jpeg",
+            type=_dataset_name,
+            choices=datasets,
+            help=DATASET_HELP
+            + (f"; {LOSSLESS_20}: the 20 shipped lossless test images" if LOSSLESS_20 in datasets else ""),
+        )
         sp.add_argument("--batch-size", type=int, default=128)
-        sp.add_argument("--scope", default="full", choices=["full", "inner"],
-                        help="CIFAR ResNets: full (default) prunes stage widths too; inner prunes only each "
-                             "block's inner conv (the setting of HRank and CHIP on ResNet-56)")
+        sp.add_argument(
+            "--scope",
+            default="full",
+            choices=["full", "inner"],
+            help="CIFAR ResNets: full (default) prunes stage widths too; inner prunes only each "
+            "block's inner conv (the setting of HRank and CHIP on ResNet-56)",
+        )
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--no-progress", action="store_true")
         _model_options(sp)
@@ -659,22 +831,34 @@ def build_parser() -> argparse.ArgumentParser:
     common(pr)
     pr.add_argument("--k", type=float, default=40.0, help="percentile of filters removed per group (default 40)")
     pr.add_argument("--n-components", type=_n_components, default=None)
-    pr.add_argument("--criterion", default="ocnna", choices=["ocnna", "mean-energy", "ocnna-rms"],
-                    help="which streamed statistic ranks the filters: ocnna (the paper's std/mean, default), "
-                         "mean-energy or ocnna-rms (see docs/scoring.md and BENCHMARKS.md)")
+    pr.add_argument(
+        "--criterion",
+        default="ocnna",
+        choices=["ocnna", "mean-energy", "ocnna-rms"],
+        help="which streamed statistic ranks the filters: ocnna (the paper's std/mean, default), "
+        "mean-energy or ocnna-rms (see docs/scoring.md and BENCHMARKS.md)",
+    )
     pr.add_argument("--score-images", type=int, default=1000, help="training images used for scoring")
     pr.add_argument("--eval-images", type=int, default=None, help="test images for accuracy (default all 10000)")
     pr.add_argument("--train-images", type=int, default=None, help="training images for distillation (default all)")
     pr.add_argument("--finetune-epochs", type=int, default=2)
-    pr.add_argument("--bn-images", type=int, default=1000,
-                    help="re-estimate BatchNorm statistics of the pruned model on this many training images "
-                         "before evaluating and distilling it (default 1000; 0: off); for a model whose "
-                         "BatchNorm is folded into its convs, compensate the removed channels' mean "
-                         "contributions in the next layers' biases instead")
+    pr.add_argument(
+        "--bn-images",
+        type=int,
+        default=1000,
+        help="re-estimate BatchNorm statistics of the pruned model on this many training images "
+        "before evaluating and distilling it (default 1000; 0: off); for a model whose "
+        "BatchNorm is folded into its convs, compensate the removed channels' mean "
+        "contributions in the next layers' biases instead",
+    )
     pr.add_argument("--lr", type=float, default=0.01)
-    pr.add_argument("--latency-repeats", type=int, default=10,
-                    help="timed passes per latency figure of the report (base vs pruned, PyTorch eager and, with "
-                         "the deploy extra, ONNX Runtime; batch 1 and 64); 0: no latency section")
+    pr.add_argument(
+        "--latency-repeats",
+        type=int,
+        default=10,
+        help="timed passes per latency figure of the report (base vs pruned, PyTorch eager and, with "
+        "the deploy extra, ONNX Runtime; batch 1 and 64); 0: no latency section",
+    )
     pr.add_argument("--out", default="runs/prune")
     pr.set_defaults(func=cmd_prune)
 
@@ -683,13 +867,24 @@ def build_parser() -> argparse.ArgumentParser:
     be = sub.add_parser("bench", help="compare pruning criteria at identical structure (results.json/md, plots)")
     common(be)
     be.add_argument("--k", type=float, nargs="+", default=[20.0, 40.0, 60.0], help="percentiles (default 20 40 60)")
-    be.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=list(CRITERIA), metavar="NAME",
-                    help=f"criteria to compare (default all: {' '.join(CRITERIA)})")
-    be.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                    help="seeds: for random, and for fine-tuning (default 0 1 2)")
+    be.add_argument(
+        "--criteria",
+        nargs="+",
+        default=list(CRITERIA),
+        choices=list(CRITERIA),
+        metavar="NAME",
+        help=f"criteria to compare (default all: {' '.join(CRITERIA)})",
+    )
+    be.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds: for random, and for fine-tuning (default 0 1 2)"
+    )
     be.add_argument("--score-images", type=int, default=1000, help="training images criteria are computed on")
-    be.add_argument("--bn-images", type=int, default=1000,
-                    help="training images for BatchNorm re-estimation after surgery (0: skip)")
+    be.add_argument(
+        "--bn-images",
+        type=int,
+        default=1000,
+        help="training images for BatchNorm re-estimation after surgery (0: skip)",
+    )
     be.add_argument("--finetune-epochs", type=int, default=0, help="distillation epochs per cell (default 0)")
     be.add_argument("--train-images", type=int, default=None, help="training images for fine-tuning (default all)")
     be.add_argument("--eval-images", type=int, default=None, help="test images for accuracy (default all 10000)")
@@ -719,16 +914,28 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="the file to write (with --base, the original goes to NAME.base.EXT)")
     ex.add_argument("--base", action="store_true", help="also export the unpruned model it came from")
     ex.add_argument("--batch", type=int, default=None, help="a fixed batch size (default: dynamic batch)")
-    ex.add_argument("--verify-images", type=int, default=256,
-                    help="test images of the data set the model was pruned on, run in the exported file and in "
-                         "PyTorch and compared (default 256)")
-    ex.add_argument("--benchmark", action="store_true",
-                    help="measure base vs pruned latency in ONNX Runtime and PyTorch eager, batch 1 and 64")
+    ex.add_argument(
+        "--verify-images",
+        type=int,
+        default=256,
+        help="test images of the data set the model was pruned on, run in the exported file and in "
+        "PyTorch and compared (default 256)",
+    )
+    ex.add_argument(
+        "--benchmark",
+        action="store_true",
+        help="measure base vs pruned latency in ONNX Runtime and PyTorch eager, batch 1 and 64",
+    )
     ex.add_argument("--latency-repeats", type=int, default=20)
     ex.add_argument("--weights", help="the base model's weights (default: the shipped ones for the plan's arch)")
     ex.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-    ex.add_argument("--dataset", default=None, type=_dataset_name, choices=DATASET_CHOICES,
-                    help="data set for verification (default: the one the model was pruned on)")
+    ex.add_argument(
+        "--dataset",
+        default=None,
+        type=_dataset_name,
+        choices=DATASET_CHOICES,
+        help="data set for verification (default: the one the model was pruned on)",
+    )
     ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--workers", type=_workers, default=_default_workers(), help=WORKERS_HELP)
     ex.set_defaults(func=cmd_export)
@@ -742,12 +949,14 @@ def build_parser() -> argparse.ArgumentParser:
     fe = sub.add_parser("fetch", help="download CIFAR archives or pretrained checkpoints (checked by sha256)")
     from .fetch import REMOTES
 
-    fe.add_argument("names", nargs="*", metavar="NAME",
-                    help=f"what to download: {', '.join(REMOTES)}")
+    fe.add_argument("names", nargs="*", metavar="NAME", help=f"what to download: {', '.join(REMOTES)}")
     fe.add_argument("--list", action="store_true", help="list what can be fetched, with sizes and URLs")
     fe.add_argument("--data-dir", default=None, help="download here instead of the user cache")
-    fe.add_argument("--base-url", default=None,
-                    help="fetch the same file names from this folder URL instead (a mirror; $OCNNA_FETCH_BASE_URL)")
+    fe.add_argument(
+        "--base-url",
+        default=None,
+        help="fetch the same file names from this folder URL instead (a mirror; $OCNNA_FETCH_BASE_URL)",
+    )
     fe.add_argument("--no-progress", action="store_true")
     fe.set_defaults(func=cmd_fetch)
 
@@ -768,8 +977,7 @@ def _maybe_distributed(args: argparse.Namespace) -> int:
         if rank != 0:
             with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
                 return args.func(args)
-        print(f"torchrun: {world} processes; distillation in DistributedDataParallel, global batch "
-              f"{args.batch_size}")
+        print(f"torchrun: {world} processes; distillation in DistributedDataParallel, global batch {args.batch_size}")
         return args.func(args)
     finally:
         torch.distributed.destroy_process_group()
@@ -783,8 +991,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
         args.arch = args.model  # a module:factory spec goes wherever a zoo name does
     if getattr(args, "dataset", None) == "imagenet" and not getattr(args, "data_dir", None):
-        print("error: --dataset imagenet reads the folder given as --data-dir DIR "
-              "(DIR/train/<wnid>/*.JPEG, DIR/val/<wnid>/*.JPEG)", file=sys.stderr)
+        print(
+            "error: --dataset imagenet reads the folder given as --data-dir DIR "
+            "(DIR/train/<wnid>/*.JPEG, DIR/val/<wnid>/*.JPEG)",
+            file=sys.stderr,
+        )
         return 2
     debug = getattr(args, "debug", False)
     try:
@@ -794,8 +1005,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        print("interrupted: this run's outputs were not written; the same command resumes a distillation "
-              "from its last finished epoch", file=sys.stderr)
+        print(
+            "interrupted: this run's outputs were not written; the same command resumes a distillation "
+            "from its last finished epoch",
+            file=sys.stderr,
+        )
         return 130
     except (ValueError, OSError) as exc:
         # expected failures (bad arguments, files, data): one line; anything

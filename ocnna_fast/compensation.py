@@ -14,6 +14,7 @@ Layers without a bias (those a BatchNorm follows) are left to BatchNorm
 re-estimation; grouped and depthwise convs lose an output with each input,
 so nothing downstream of them changes but through their dense consumers.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Iterable, Mapping, Sequence
@@ -46,6 +47,7 @@ def input_means(model: nn.Module, batches: Iterable, layers: Sequence[str]) -> D
             n = x.numel() // x.shape[1]
             sums[name] = sums.get(name, 0) + x.sum(dims).cpu()
             counts[name] = counts.get(name, 0) + n
+
         return pre
 
     handles = [modules[n].register_forward_pre_hook(hook(n)) for n in layers]
@@ -65,8 +67,12 @@ def input_means(model: nn.Module, batches: Iterable, layers: Sequence[str]) -> D
     return {n: sums[n] / counts[n] for n in layers}
 
 
-def compensate_biases(pruned: nn.Module, base: nn.Module, channel_maps: Mapping[str, Mapping[str, Sequence[int]]],
-                      means: Mapping[str, torch.Tensor]) -> Dict[str, int]:
+def compensate_biases(
+    pruned: nn.Module,
+    base: nn.Module,
+    channel_maps: Mapping[str, Mapping[str, Sequence[int]]],
+    means: Mapping[str, torch.Tensor],
+) -> Dict[str, int]:
     """Adds each removed input's mean contribution to the layer's bias, in
     place.  ``channel_maps`` is ``plan["channel_maps"]`` of ``prune``.  Returns
     ``{"compensated": layers, "skipped_no_bias": layers}``."""
@@ -106,8 +112,9 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def recalibrate(pruned: nn.Module, base: nn.Module, plan: Mapping, batches: Callable[[], Iterable],
-                progress: bool = False) -> Dict[str, Any]:
+def recalibrate(
+    pruned: nn.Module, base: nn.Module, plan: Mapping, batches: Callable[[], Iterable], progress: bool = False
+) -> Dict[str, Any]:
     """What follows surgery before evaluation: BatchNorm re-estimation when the
     pruned model has BatchNorm, else bias compensation (folded BatchNorm).
     ``batches()`` yields the calibration batches (called once).  Returns

@@ -9,6 +9,7 @@ groups ``prune`` forms.
 
 Names (stable, for scripts): see ``CRITERIA``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -53,24 +54,30 @@ def _groups(model: nn.Module, ctx: Context):
         yield names[group[0][0].target.module], group, dg
 
 
-def _family(criterion: str, n_components=None, tap: str = "conv_output",
-            statistic: str = "energy") -> Callable[[Context], Dict[str, np.ndarray]]:
+def _family(
+    criterion: str, n_components=None, tap: str = "conv_output", statistic: str = "energy"
+) -> Callable[[Context], Dict[str, np.ndarray]]:
     """An OCNNA-family criterion (``pruning.FAMILY``) from one scoring pass,
     per group by SPEC 4's coupled-group rule, as ``prune`` ranks scores."""
+
     def run(ctx: Context) -> Dict[str, np.ndarray]:
         with warnings.catch_warnings():  # the convs without their own activation are expected
             warnings.filterwarnings("ignore", message="tap='post_activation'")
-            s = score(ctx.model, ctx.batches, n_components=n_components, progress=False, tap=tap,
-                      statistic=statistic)
+            s = score(ctx.model, ctx.batches, n_components=n_components, progress=False, tap=tap, statistic=statistic)
         out = {}
         model = copy.deepcopy(ctx.model).eval()
         names = {m: n for n, m in model.named_modules()}
         for root, group, dg in _groups(model, ctx):
             width = len(group[0][1])
             # the group's convs whose output channels it removes (as prune counts them)
-            members = [(s[names[dep.target.module]], [int(i) for i in idxs]) for dep, idxs in group
-                       if isinstance(dep.target.module, nn.Conv2d) and dg.is_out_channel_pruning_fn(dep.handler)
-                       and names.get(dep.target.module) in s and len(idxs) == width]
+            members = [
+                (s[names[dep.target.module]], [int(i) for i in idxs])
+                for dep, idxs in group
+                if isinstance(dep.target.module, nn.Conv2d)
+                and dg.is_out_channel_pruning_fn(dep.handler)
+                and names.get(dep.target.module) in s
+                and len(idxs) == width
+            ]
             if members:
                 out[root] = group_scores(members, criterion)
         return out

@@ -6,6 +6,7 @@ Files are looked up over the data places of :mod:`ocnna_fast.datapaths`
 ``../shared/data``); a missing file names every place searched and, when one
 exists, the fetch command that gets it.
 """
+
 from __future__ import annotations
 
 import io
@@ -21,8 +22,24 @@ import torch
 from .datapaths import data_places, find_data
 from .fetch import REMOTES, fetch  # the opt-in downloads, here too: ocnna_fast.data.fetch("cifar10")
 
-__all__ = ["data_places", "find_data", "fetch", "REMOTES", "foolbox_samples", "cifar10_jpeg", "imagenet_sample", "torchvision_cifar",
-           "normalize", "load_split", "balanced_subset", "CentralFraction", "pretrained_weights", "DATASETS", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = [
+    "data_places",
+    "find_data",
+    "fetch",
+    "REMOTES",
+    "foolbox_samples",
+    "cifar10_jpeg",
+    "imagenet_sample",
+    "torchvision_cifar",
+    "normalize",
+    "load_split",
+    "balanced_subset",
+    "CentralFraction",
+    "pretrained_weights",
+    "DATASETS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,24 +53,35 @@ DATASETS: Dict[str, Tuple[int, str]] = {
     "cifar10-jpeg": (10, "cifar10-jpeg: CIFAR-10 re-encoded as quality-75 JPEG (shipped; see data/README.md)"),
     "cifar10": (10, "cifar10: lossless CIFAR-10 (torchvision's archive)"),
     "cifar100": (100, "cifar100: lossless CIFAR-100, fine labels (torchvision's archive)"),
-    "imagenet-sample": (1000, "imagenet-sample: the 1000-image ImageNet sample (one image per class, probably from "
-                              "the training split: relative drops only); train = even, test = odd positions"),
-    "imagenet": (1000, "imagenet: an ImageNet-layout folder (--data-dir DIR: DIR/train/<wnid>/*.JPEG for scoring, "
-                       "BatchNorm and training, DIR/val/<wnid>/*.JPEG for evaluation), resize + centre crop"),
+    "imagenet-sample": (
+        1000,
+        "imagenet-sample: the 1000-image ImageNet sample (one image per class, probably from "
+        "the training split: relative drops only); train = even, test = odd positions",
+    ),
+    "imagenet": (
+        1000,
+        "imagenet: an ImageNet-layout folder (--data-dir DIR: DIR/train/<wnid>/*.JPEG for scoring, "
+        "BatchNorm and training, DIR/val/<wnid>/*.JPEG for evaluation), resize + centre crop",
+    ),
 }
 # data sets read from a folder the user names, image by image, instead of into memory
 FOLDER_DATASETS = ("imagenet",)
 
-PRETRAINED = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th",
-              "resnet44": "resnet44-014dd654.th", "resnet56": "resnet56-4bfd9763.th"}
+PRETRAINED = {
+    "resnet20": "resnet20-12fca82f.th",
+    "resnet32": "resnet32-d509ac18.th",
+    "resnet44": "resnet44-014dd654.th",
+    "resnet56": "resnet56-4bfd9763.th",
+}
 
 
 def pretrained_weights(arch: str, root: Optional[PathLike] = None) -> Path:
     """The shipped (or fetched) CIFAR-10 checkpoint of a CIFAR ResNet."""
     if arch not in PRETRAINED:
         raise ValueError(f"no pretrained weights are known for {arch!r}; they exist for {', '.join(PRETRAINED)}")
-    return find_data(f"resnet-cifar10-akamaster/{PRETRAINED[arch]}", root, f"{arch} CIFAR-10 weights",
-                     f"ocnna-fast fetch {arch}")
+    return find_data(
+        f"resnet-cifar10-akamaster/{PRETRAINED[arch]}", root, f"{arch} CIFAR-10 weights", f"ocnna-fast fetch {arch}"
+    )
 
 
 def balanced_subset(labels: np.ndarray, limit: Optional[int], seed: int) -> np.ndarray:
@@ -71,9 +99,15 @@ def balanced_subset(labels: np.ndarray, limit: Optional[int], seed: int) -> np.n
     return np.sort(picked)[:limit]
 
 
-def load_split(dataset: str, split: str, root: Optional[PathLike] = None, limit: Optional[int] = None,
-               seed: int = 0, size: int = 224, crop_fraction: Optional[float] = None
-               ) -> Tuple[torch.Tensor, torch.Tensor]:
+def load_split(
+    dataset: str,
+    split: str,
+    root: Optional[PathLike] = None,
+    limit: Optional[int] = None,
+    seed: int = 0,
+    size: int = 224,
+    crop_fraction: Optional[float] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(uint8 images (N, 3, H, W), int64 labels)`` of one split
     (``train``/``test``) of a data set in :data:`DATASETS`, optionally a
     seeded class-balanced subset of ``limit`` images.  CIFAR sets are 32px;
@@ -105,8 +139,9 @@ def _decode(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-def foolbox_samples(dataset: str = "cifar10", root: Optional[PathLike] = None, size: int = 224,
-                    crop_fraction: float = 0.875) -> Tuple[torch.Tensor, torch.Tensor]:
+def foolbox_samples(
+    dataset: str = "cifar10", root: Optional[PathLike] = None, size: int = 224, crop_fraction: float = 0.875
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """The 20 lossless test images of ``cifar10`` or ``cifar100`` (32x32), or
     the 20 ``imagenet`` JPEGs (their central ``crop_fraction`` resized to
     ``size``), from the foolbox wheel: ``(uint8 images (N, 3, H, W), int64
@@ -135,8 +170,9 @@ def foolbox_samples(dataset: str = "cifar10", root: Optional[PathLike] = None, s
     return x, torch.tensor(labels, dtype=torch.int64)
 
 
-def cifar10_jpeg(split: str = "test", root: Optional[PathLike] = None, limit: Optional[int] = None,
-                 seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+def cifar10_jpeg(
+    split: str = "test", root: Optional[PathLike] = None, limit: Optional[int] = None, seed: int = 0
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """CIFAR-10 from the JPEG (quality ~75) tarball: ``(uint8 (N, 3, 32, 32), labels)``.
 
     ``limit`` takes a class-balanced, seeded subset (the tar lists classes in
@@ -144,8 +180,7 @@ def cifar10_jpeg(split: str = "test", root: Optional[PathLike] = None, limit: Op
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    tar_path = find_data(f"cifar10-jpeg-yoongikim/cifar10_{split}_jpg.tar.gz", root,
-                         f"CIFAR-10 JPEG {split} tarball")
+    tar_path = find_data(f"cifar10-jpeg-yoongikim/cifar10_{split}_jpg.tar.gz", root, f"CIFAR-10 JPEG {split} tarball")
     with tarfile.open(tar_path, "r:gz") as tar:
         members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jpg")]
         labels = [CIFAR10_CLASSES.index(Path(m.name).parent.name) for m in members]
@@ -193,8 +228,13 @@ class CentralFraction:
         return f"CentralFraction({self.fraction}, {self.size})"
 
 
-def imagenet_sample(root: Optional[PathLike] = None, limit: Optional[int] = None, size: int = 224,
-                    resize: int = 256, crop_fraction: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def imagenet_sample(
+    root: Optional[PathLike] = None,
+    limit: Optional[int] = None,
+    size: int = 224,
+    resize: int = 256,
+    crop_fraction: Optional[float] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """The 1000-image ImageNet sample (one image per class, from the staged
     ``imagenet-sample-1000-eli/imagenet_sample_1000.tar``): uint8 images
     ``(N, 3, size, size)`` after a short-side resize and a centre crop, and the
@@ -205,12 +245,17 @@ def imagenet_sample(root: Optional[PathLike] = None, limit: Optional[int] = None
     it to ``size`` (bilinear)."""
     from PIL import Image
 
-    tar_path = find_data("imagenet-sample-1000-eli/imagenet_sample_1000.tar", root,
-                         "ImageNet 1000-image sample tar (kept outside the repository; see data/README.md)")
+    tar_path = find_data(
+        "imagenet-sample-1000-eli/imagenet_sample_1000.tar",
+        root,
+        "ImageNet 1000-image sample tar (kept outside the repository; see data/README.md)",
+    )
     images, labels = [], []
     with tarfile.open(tar_path, "r:") as tar:
-        members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(".jpeg")),
-                         key=lambda m: Path(m.name).name)
+        members = sorted(
+            (m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(".jpeg")),
+            key=lambda m: Path(m.name).name,
+        )
         if len(members) != 1000:
             raise ValueError(f"{tar_path} should hold 1000 JPEGs, found {len(members)}")
         for label, m in enumerate(members[: limit if limit is not None else None]):
@@ -226,8 +271,9 @@ def imagenet_sample(root: Optional[PathLike] = None, limit: Optional[int] = None
     return x, torch.tensor(labels, dtype=torch.int64)
 
 
-def torchvision_cifar(root: Optional[PathLike] = None, dataset: str = "cifar10",
-                      train: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+def torchvision_cifar(
+    root: Optional[PathLike] = None, dataset: str = "cifar10", train: bool = False
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """CIFAR-10/100 in torchvision's on-disk layout (``cifar-10-batches-py/``
     or ``cifar-100-python/``, as ``ocnna-fast fetch cifar10`` leaves it) from
     the data places, never downloading: uint8 images ``(N, 3, 32, 32)`` and
@@ -240,8 +286,9 @@ def torchvision_cifar(root: Optional[PathLike] = None, dataset: str = "cifar10",
     if cls is None:
         raise ValueError(f"dataset must be 'cifar10' or 'cifar100', got {dataset!r}")
     folder = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[dataset]
-    found = find_data(folder, root, f"lossless {dataset} (torchvision's extracted {folder}/ folder)",
-                      f"ocnna-fast fetch {dataset}")
+    found = find_data(
+        folder, root, f"lossless {dataset} (torchvision's extracted {folder}/ folder)", f"ocnna-fast fetch {dataset}"
+    )
     try:
         ds = cls(os.fspath(found.parent), train=train, download=False)
     except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"

@@ -14,6 +14,7 @@ Every place has the same layout (``resnet-cifar10-akamaster/...``,
 ``cifar10-jpeg-yoongikim/...``, torchvision's ``cifar-10-batches-py/``...), so
 one relative path names a file in all of them.  Nothing here downloads.
 """
+
 from __future__ import annotations
 
 import os
@@ -77,8 +78,9 @@ def data_places(data_dir: Optional[PathLike] = None) -> List[Path]:
     return out
 
 
-def find_data(relpath: str, data_dir: Optional[PathLike] = None, what: Optional[str] = None,
-              fetch_hint: Optional[str] = None) -> Path:
+def find_data(
+    relpath: str, data_dir: Optional[PathLike] = None, what: Optional[str] = None, fetch_hint: Optional[str] = None
+) -> Path:
     """The first existing ``place / relpath`` over :func:`data_places`.
 
     Raises ``FileNotFoundError`` naming every place searched, and how to get

@@ -9,6 +9,7 @@ generators seeded by ``(seed, e)``, and a checkpoint holds the student,
 optimizer and scheduler state after a whole epoch, so an interrupted run that
 is resumed ends with the same weights as one that was never interrupted.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,11 +49,14 @@ class TensorImages:
     def fingerprint(self) -> str:
         """sha256 of the images, labels, normalisation and augmentation flag:
         what a distillation checkpoint records of its data."""
-        return validate.tensors_sha256({"images": self.images, "labels": self.labels, "mean": self.mean,
-                                        "std": self.std}, [("augment", str(self.augment))])
+        return validate.tensors_sha256(
+            {"images": self.images, "labels": self.labels, "mean": self.mean, "std": self.std},
+            [("augment", str(self.augment))],
+        )
 
-    def batch(self, idx: torch.Tensor, gen: Optional[torch.Generator] = None,
-              shard: Optional[Tuple[int, int]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, idx: torch.Tensor, gen: Optional[torch.Generator] = None, shard: Optional[Tuple[int, int]] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Images ``idx``, normalised (and augmented from ``gen``).  With
         ``shard=(rank, world)`` only positions ``rank::world`` of the batch,
         augmented with the draws of the whole batch, so the processes of a
@@ -73,22 +77,32 @@ class TensorImages:
             padded = F.pad(x, (4, 4, 4, 4))
             out = torch.empty_like(x)
             for i in range(x.shape[0]):
-                crop = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+                crop = padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
                 out[i] = crop.flip(-1) if flip[i] else crop
             x = out
         return (x - self.mean) / self.std, self.labels[idx]
 
-    def batches(self, batch_size: int, shuffle: bool = False, gen: Optional[torch.Generator] = None,
-                shard: Optional[Tuple[int, int]] = None):
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        gen: Optional[torch.Generator] = None,
+        shard: Optional[Tuple[int, int]] = None,
+    ):
         """Batches of ``batch_size`` in order, or shuffled from ``gen``; with
         ``shard=(rank, world)``, this process's share of each (see ``batch``)."""
         order = torch.randperm(len(self), generator=gen) if shuffle else torch.arange(len(self))
         for s in range(0, len(self), batch_size):
-            yield self.batch(order[s:s + batch_size], gen, shard)
+            yield self.batch(order[s : s + batch_size], gen, shard)
 
 
-def evaluate(model: nn.Module, data: TensorImages, batch_size: int = 256, device: Union[str, torch.device] = "cpu",
-             progress: bool = False) -> float:
+def evaluate(
+    model: nn.Module,
+    data: TensorImages,
+    batch_size: int = 256,
+    device: Union[str, torch.device] = "cpu",
+    progress: bool = False,
+) -> float:
     """Top-1 accuracy in percent; every module's training flag is restored."""
     was = training_flags(model)
     model.eval()
@@ -113,8 +127,9 @@ def state_sha256(model: nn.Module) -> str:
     return validate.tensors_sha256(model.state_dict())
 
 
-def distillation_loss(logits: torch.Tensor, teacher_logits: Optional[torch.Tensor], labels: torch.Tensor,
-                      temperature: float, alpha: float) -> torch.Tensor:
+def distillation_loss(
+    logits: torch.Tensor, teacher_logits: Optional[torch.Tensor], labels: torch.Tensor, temperature: float, alpha: float
+) -> torch.Tensor:
     """Hinton et al.'s loss: ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) +
     (1 - alpha) * CE(s, y)``, KL averaged over the batch.  The ``T^2`` keeps
     the soft term's gradients on the scale of the hard term's whatever T is.
@@ -122,8 +137,15 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: Optional[torch.Tenso
     ce = F.cross_entropy(logits, labels)
     if teacher_logits is None or alpha == 0:
         return ce
-    kd = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(teacher_logits / temperature, 1),
-                  reduction="batchmean", log_target=True) * temperature ** 2
+    kd = (
+        F.kl_div(
+            F.log_softmax(logits / temperature, 1),
+            F.log_softmax(teacher_logits / temperature, 1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * temperature**2
+    )
     return alpha * kd + (1 - alpha) * ce
 
 
@@ -175,27 +197,39 @@ def distill(
     rank, world = rank_and_world()
     if world > 1:
         if batch_size % world:
-            raise ValueError(f"batch_size {batch_size} (the global batch) must be a multiple of the "
-                             f"{world} processes")
+            raise ValueError(f"batch_size {batch_size} (the global batch) must be a multiple of the {world} processes")
         if 0 < len(train_data) % batch_size < world:
-            raise ValueError(f"the last batch of {len(train_data) % batch_size} images cannot be shared by "
-                             f"{world} processes: change the number of training images or batch_size")
+            raise ValueError(
+                f"the last batch of {len(train_data) % batch_size} images cannot be shared by "
+                f"{world} processes: change the number of training images or batch_size"
+            )
     student.to(device)
     if teacher is not None:
         teacher.to(device).eval()
     opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
     steps_per_epoch = math.ceil(len(train_data) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
-    config = {"epochs": epochs, "lr": lr, "temperature": temperature, "alpha": alpha, "batch_size": batch_size,
-              "seed": seed, "n": len(train_data), "distill": teacher is not None}
+    config = {
+        "epochs": epochs,
+        "lr": lr,
+        "temperature": temperature,
+        "alpha": alpha,
+        "batch_size": batch_size,
+        "seed": seed,
+        "n": len(train_data),
+        "distill": teacher is not None,
+    }
     if world > 1:  # BatchNorm sees each process's share: a run resumes with as many processes
         config["world_size"] = world
     if checkpoint_dir is not None:
         # what the run belongs to: the student as it starts (its shapes are the
         # plan, its values the kept weights), the teacher and the data; a
         # checkpoint of another run is refused, never resumed into this one
-        config.update(student_sha256=state_sha256(student), data_sha256=train_data.fingerprint(),
-                      teacher_sha256=state_sha256(teacher) if teacher is not None else None)
+        config.update(
+            student_sha256=state_sha256(student),
+            data_sha256=train_data.fingerprint(),
+            teacher_sha256=state_sha256(teacher) if teacher is not None else None,
+        )
     history: List[Dict[str, float]] = []
     start = 0
     ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
@@ -229,8 +263,9 @@ def distill(
     if progress and rank == 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=(epochs - start) * steps_per_epoch, desc="distill" if teacher is not None else "finetune",
-                   unit="step")
+        bar = tqdm(
+            total=(epochs - start) * steps_per_epoch, desc="distill" if teacher is not None else "finetune", unit="step"
+        )
     try:
         for epoch in range(start, epochs):
             gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -260,19 +295,30 @@ def distill(
                 tot_correct += int((logits.argmax(1) == y).sum())
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{tot_loss / seen:.3f}", acc=f"{100 * tot_correct / seen:.1f}")
+                    bar.set_postfix(
+                        epoch=epoch + 1, loss=f"{tot_loss / seen:.3f}", acc=f"{100 * tot_correct / seen:.1f}"
+                    )
             if world > 1:
                 tot_loss, tot_correct, seen = all_reduce_sum(
-                    torch.tensor([tot_loss, tot_correct, seen], dtype=torch.float64)).tolist()
+                    torch.tensor([tot_loss, tot_correct, seen], dtype=torch.float64)
+                ).tolist()
             rec = {"epoch": epoch + 1, "loss": tot_loss / seen, "train_accuracy": 100.0 * tot_correct / seen}
             if eval_data is not None:
                 rec["eval_accuracy"] = evaluate(student, eval_data, device=device)
             history.append(rec)
             if ckpt_path is not None:
                 if rank == 0:
-                    _save_atomic({"config": config, "epoch": epoch + 1, "history": history,
-                                  "student": student.state_dict(), "optimizer": opt.state_dict(),
-                                  "scheduler": sched.state_dict()}, ckpt_path)
+                    _save_atomic(
+                        {
+                            "config": config,
+                            "epoch": epoch + 1,
+                            "history": history,
+                            "student": student.state_dict(),
+                            "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(),
+                        },
+                        ckpt_path,
+                    )
                 barrier()  # no process runs ahead of the checkpoint it would resume from
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
                 break

@@ -4,6 +4,7 @@ which process this is, how many there are, and starting the group the way
 
 Everything works without a process group: one process is rank 0 of 1.
 """
+
 from __future__ import annotations
 
 import os

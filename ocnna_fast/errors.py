@@ -1,4 +1,5 @@
 """Exceptions of ocnna-fast that are not plain ``ValueError``s of bad input."""
+
 from __future__ import annotations
 
 __all__ = ["InternalError"]

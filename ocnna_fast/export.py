@@ -7,6 +7,7 @@ onnxscript for torch's exporter, onnxruntime); TorchScript needs nothing
 more.  Verification failing is an error (:class:`ExportMismatch`), never a
 warning: a file that does not compute what the model computes must not ship.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,9 +26,19 @@ from torch import nn
 from .atomic import atomic_path
 from .latency import time_calls
 
-__all__ = ["FORMATS", "ExportMismatch", "Verification", "export_model", "load_runner", "verify",
-           "runtime_latency", "require_deploy", "compare_latency",
-           "latency_markdown", "weights_bytes"]
+__all__ = [
+    "FORMATS",
+    "ExportMismatch",
+    "Verification",
+    "export_model",
+    "load_runner",
+    "verify",
+    "runtime_latency",
+    "require_deploy",
+    "compare_latency",
+    "latency_markdown",
+    "weights_bytes",
+]
 
 FORMATS = ("onnx", "torchscript")
 PathLike = Union[str, os.PathLike]
@@ -47,8 +58,10 @@ def require_deploy() -> None:
         except ImportError:
             missing.append(mod)
     if missing:
-        raise ImportError(f"ONNX export and verification need {', '.join(missing)}: "
-                          "pip install \"ocnna-fast[deploy]\" (or pip install onnx onnxscript onnxruntime)")
+        raise ImportError(
+            f"ONNX export and verification need {', '.join(missing)}: "
+            'pip install "ocnna-fast[deploy]" (or pip install onnx onnxscript onnxruntime)'
+        )
 
 
 def _check_format(fmt: str) -> str:
@@ -57,8 +70,14 @@ def _check_format(fmt: str) -> str:
     return fmt
 
 
-def export_model(model: nn.Module, path: PathLike, fmt: str = "onnx", input_size: int = 32,
-                 batch: Optional[int] = None, opset: int = DEFAULT_OPSET) -> Dict[str, Any]:
+def export_model(
+    model: nn.Module,
+    path: PathLike,
+    fmt: str = "onnx",
+    input_size: int = 32,
+    batch: Optional[int] = None,
+    opset: int = DEFAULT_OPSET,
+) -> Dict[str, Any]:
     """Writes ``model`` (in eval mode, on the CPU) to ``path`` atomically and
     returns what was written: format, batch (``None``: dynamic), ONNX opset,
     bytes.  ``batch=None`` exports a dynamic batch dimension."""
@@ -76,8 +95,17 @@ def export_model(model: nn.Module, path: PathLike, fmt: str = "onnx", input_size
             # torch's exporter reports its progress on stdout; keep a CLI's output readable
             with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(model, (example,), str(tmp), dynamo=True, dynamic_shapes=dyn, opset_version=opset,
-                                  input_names=["images"], output_names=["logits"], external_data=False)
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    str(tmp),
+                    dynamo=True,
+                    dynamic_shapes=dyn,
+                    opset_version=opset,
+                    input_names=["images"],
+                    output_names=["logits"],
+                    external_data=False,
+                )
             import onnx
 
             proto = onnx.load(str(tmp))
@@ -133,8 +161,15 @@ class Verification:
         return asdict(self)
 
 
-def verify(model: nn.Module, path: PathLike, fmt: str, images: Union[torch.Tensor, Iterable[torch.Tensor]],
-           batch: Optional[int] = None, atol: float = 1e-3, rtol: float = 1e-4) -> Verification:
+def verify(
+    model: nn.Module,
+    path: PathLike,
+    fmt: str,
+    images: Union[torch.Tensor, Iterable[torch.Tensor]],
+    batch: Optional[int] = None,
+    atol: float = 1e-3,
+    rtol: float = 1e-4,
+) -> Verification:
     """Runs the exported file and ``model`` on the same normalised images and
     compares the logits.  The tolerance is ``atol + rtol * max|logit|``; a
     larger difference raises :class:`ExportMismatch`.  ``batch`` is the
@@ -150,7 +185,7 @@ def verify(model: nn.Module, path: PathLike, fmt: str, images: Union[torch.Tenso
     got, want = [], []
     with torch.no_grad():
         for i in range(0, len(x), step):
-            part = x[i:i + step]
+            part = x[i : i + step]
             n = len(part)
             if batch is not None and n < batch:  # a fixed-batch file takes exactly `batch` images
                 part = torch.cat([part, part[:1].expand(batch - n, *part.shape[1:])])
@@ -164,13 +199,21 @@ def verify(model: nn.Module, path: PathLike, fmt: str, images: Union[torch.Tenso
     agree = float(np.mean(got_a.argmax(1) == want_a.argmax(1)))
     result = Verification(fmt, len(x), diff, tol, agree, diff <= tol)
     if not result.ok:
-        raise ExportMismatch(f"{path} ({fmt}) does not reproduce the model: max |logit difference| {diff:.3g} > "
-                             f"tolerance {tol:.3g} on {len(x)} images (top-1 agreement {agree:.1%})")
+        raise ExportMismatch(
+            f"{path} ({fmt}) does not reproduce the model: max |logit difference| {diff:.3g} > "
+            f"tolerance {tol:.3g} on {len(x)} images (top-1 agreement {agree:.1%})"
+        )
     return result
 
 
-def runtime_latency(model: nn.Module, onnx_path: Optional[PathLike], input_size: int = 32,
-                    batches=(1, 64), repeats: int = 20, warmup: int = 3) -> Dict[str, Any]:
+def runtime_latency(
+    model: nn.Module,
+    onnx_path: Optional[PathLike],
+    input_size: int = 32,
+    batches=(1, 64),
+    repeats: int = 20,
+    warmup: int = 3,
+) -> Dict[str, Any]:
     """Milliseconds per forward pass (median and spread, see
     :func:`ocnna_fast.latency.time_calls`) in PyTorch eager and, given an ONNX
     file with a dynamic batch, in ONNX Runtime, at each batch size; threads
@@ -227,12 +270,18 @@ def weights_bytes(model: nn.Module) -> int:
 
 def latency_markdown(section: Dict[str, Any]) -> str:
     threads = section["pruned"]["threads"]
-    lines = [f"## Latency on this CPU ({threads} threads, median of repeats after warm-up)", "",
-             "| runtime, batch | base ms (q25-q75) | pruned ms (q25-q75) | speed-up |", "| --- | --- | --- | --- |"]
+    lines = [
+        f"## Latency on this CPU ({threads} threads, median of repeats after warm-up)",
+        "",
+        "| runtime, batch | base ms (q25-q75) | pruned ms (q25-q75) | speed-up |",
+        "| --- | --- | --- | --- |",
+    ]
     for key, ratio in section.get("speedup", {}).items():
         b, p = section["base"][key], section["pruned"][key]
-        lines.append(f"| {key.replace('_b', ', batch ')} | {b['median']:.2f} ({b['q25']:.2f}-{b['q75']:.2f}) | "
-                     f"{p['median']:.2f} ({p['q25']:.2f}-{p['q75']:.2f}) | {ratio:.2f}x |")
+        lines.append(
+            f"| {key.replace('_b', ', batch ')} | {b['median']:.2f} ({b['q25']:.2f}-{b['q75']:.2f}) | "
+            f"{p['median']:.2f} ({p['q25']:.2f}-{p['q75']:.2f}) | {ratio:.2f}x |"
+        )
     for name in ("base", "pruned"):
         if "onnx_bytes" in section[name]:
             lines.append(f"\n{name} ONNX file: {section[name]['onnx_bytes']} bytes")

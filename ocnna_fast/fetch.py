@@ -7,6 +7,7 @@ it was interrupted; only a complete, verified file is renamed to its final
 name, and an archive is extracted into a temporary folder that is renamed
 into place when whole.  So a half-finished fetch is never taken as data.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,10 @@ from .datapaths import cache_dir
 __all__ = ["Remote", "REMOTES", "fetch", "download", "sha256_of"]
 
 PathLike = Union[str, os.PathLike]
-_AKAMASTER = ("https://github.com/akamaster/pytorch_resnet_cifar10/raw/"
-              "d5489e8995e81e91ce6b1d69dcc98ad579b0b153/pretrained_models/")
+_AKAMASTER = (
+    "https://github.com/akamaster/pytorch_resnet_cifar10/raw/"
+    "d5489e8995e81e91ce6b1d69dcc98ad579b0b153/pretrained_models/"
+)
 _TORONTO = "https://www.cs.toronto.edu/~kriz/"
 _MARKER = ".ocnna-fetch.json"
 
@@ -64,12 +67,18 @@ def _resnet(name: str, sha: str, size: int) -> Remote:
 # sha256 and sizes: the CIFAR archives as published by their authors (the
 # md5 torchvision pins agree); the checkpoints as in data/README.md
 REMOTES: Dict[str, Remote] = {
-    "cifar10": Remote(_TORONTO + "cifar-10-python.tar.gz",
-                      "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce", 170_498_071,
-                      extracts_to="cifar-10-batches-py"),
-    "cifar100": Remote(_TORONTO + "cifar-100-python.tar.gz",
-                       "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7", 169_001_437,
-                       extracts_to="cifar-100-python"),
+    "cifar10": Remote(
+        _TORONTO + "cifar-10-python.tar.gz",
+        "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+        170_498_071,
+        extracts_to="cifar-10-batches-py",
+    ),
+    "cifar100": Remote(
+        _TORONTO + "cifar-100-python.tar.gz",
+        "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
+        169_001_437,
+        extracts_to="cifar-100-python",
+    ),
     "resnet20": _resnet("resnet20", "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8", 1_099_231),
     "resnet32": _resnet("resnet32", "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850", 1_890_043),
     "resnet44": _resnet("resnet44", "014dd6541728a1c700b1642ab640e211dc6eb8ed507d70697458dc8f8a0ae2e4", 2_680_855),
@@ -85,8 +94,9 @@ def sha256_of(path: PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def download(url: str, dest: PathLike, sha256: str, size: Optional[int] = None, progress: bool = True,
-             timeout: float = 60.0) -> Path:
+def download(
+    url: str, dest: PathLike, sha256: str, size: Optional[int] = None, progress: bool = True, timeout: float = 60.0
+) -> Path:
     """Downloads ``url`` to ``dest`` through ``dest.part``, resuming a partial
     ``.part`` left by an interrupted call, and renames it to ``dest`` only when
     its sha256 is ``sha256``.  A file that does not match is deleted and a
@@ -110,7 +120,7 @@ def download(url: str, dest: PathLike, sha256: str, size: Optional[int] = None, 
             if exc.code != 416 or not have:  # 416: nothing left to send, the .part is whole
                 raise
             response = None
-        with (response if response is not None else _Empty()) as r:
+        with response if response is not None else _Empty() as r:
             if response is not None and have and r.status != 206:
                 have = 0  # the server ignored the range: take the whole file again
             total = size or (have + int(r.headers.get("Content-Length", 0) or 0)) or None
@@ -132,16 +142,19 @@ def download(url: str, dest: PathLike, sha256: str, size: Optional[int] = None, 
                 raise OSError(f"the connection closed after {got} of {total} bytes")
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         kept = part.stat().st_size if part.exists() else 0
-        raise OSError(f"download of {url} failed ({exc}); {kept} bytes kept in {part}: "
-                      f"run the same fetch again to resume") from exc
+        raise OSError(
+            f"download of {url} failed ({exc}); {kept} bytes kept in {part}: run the same fetch again to resume"
+        ) from exc
     finally:
         if bar is not None:
             bar.close()
     got = sha256_of(part)
     if got != sha256:
         part.unlink()
-        raise ValueError(f"{url}: sha256 {got} does not match the pinned {sha256}; the download was removed "
-                         "(a changed or corrupted file upstream, or a wrong --base-url)")
+        raise ValueError(
+            f"{url}: sha256 {got} does not match the pinned {sha256}; the download was removed "
+            "(a changed or corrupted file upstream, or a wrong --base-url)"
+        )
     os.replace(part, dest)
     return dest
 
@@ -167,13 +180,15 @@ def _safe_extract(archive: Path, into: Path) -> None:
         for m in tar.getmembers():
             target = (into / m.name).resolve()
             if not str(target).startswith(str(into.resolve()) + os.sep) or m.issym() or m.islnk() or m.isdev():
-                raise ValueError(f"{archive}: refusing the archive member {m.name!r} (outside the target, "
-                                 "a link or a device)")
+                raise ValueError(
+                    f"{archive}: refusing the archive member {m.name!r} (outside the target, a link or a device)"
+                )
         tar.extractall(into)
 
 
-def fetch(name: str, data_dir: Optional[PathLike] = None, base_url: Optional[str] = None,
-          progress: bool = True) -> Path:
+def fetch(
+    name: str, data_dir: Optional[PathLike] = None, base_url: Optional[str] = None, progress: bool = True
+) -> Path:
     """Downloads the item ``name`` (one of :data:`REMOTES`) into ``data_dir``
     (default: the user cache) unless it is already there, and returns its
     path, the one the data readers find.  ``base_url`` (or

@@ -13,6 +13,7 @@ seeds the random augmentation of an image from that image's seed.  So the
 batches of an epoch depend on the generator alone, not on the number of
 workers or on which worker decoded which image.
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,8 +41,11 @@ def eval_transform(size: int, mean: Sequence[float], std: Sequence[float], crop_
 
     from .data import CentralFraction
 
-    crop = ([CentralFraction(crop_fraction, size)] if crop_fraction is not None
-            else [T.Resize(round(size * 256 / 224)), T.CenterCrop(size)])
+    crop = (
+        [CentralFraction(crop_fraction, size)]
+        if crop_fraction is not None
+        else [T.Resize(round(size * 256 / 224)), T.CenterCrop(size)]
+    )
     return T.Compose([*crop, T.ToTensor(), T.Normalize(mean, std)])
 
 
@@ -79,9 +83,20 @@ class FolderImages:
     sorted folder names, as torchvision's ``ImageFolder`` numbers them),
     with the evaluation transform, or the training augmentation when ``augment``."""
 
-    def __init__(self, root: PathLike, size: int, mean: Sequence[float], std: Sequence[float],
-                 crop_fraction: Optional[float] = None, augment: bool = False, workers: int = 0) -> None:
-        from torchvision.datasets import ImageFolder
+    def __init__(
+        self,
+        root: PathLike,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        crop_fraction: Optional[float] = None,
+        augment: bool = False,
+        workers: int = 0,
+    ) -> None:
+        try:
+            from torchvision.datasets import ImageFolder
+        except ImportError as exc:
+            raise ImportError('reading image folders needs torchvision: pip install "ocnna-fast[vision]"') from exc
 
         root = Path(root)
         if not root.is_dir():
@@ -95,8 +110,7 @@ class FolderImages:
         self.root, self.size, self.augment, self.workers = root, size, augment, workers
         self.mean, self.std, self.crop_fraction = tuple(mean), tuple(std), crop_fraction
         self.indices = list(range(len(self.folder.samples)))
-        self.transform = train_transform(size, mean, std) if augment else eval_transform(size, mean, std,
-                                                                                        crop_fraction)
+        self.transform = train_transform(size, mean, std) if augment else eval_transform(size, mean, std, crop_fraction)
         self.labels = torch.tensor([self.folder.samples[i][1] for i in self.indices], dtype=torch.int64)
 
     def subset(self, indices: Sequence[int]) -> "FolderImages":
@@ -127,8 +141,13 @@ class FolderImages:
             h.update(f"{os.path.relpath(path, self.root)}|{os.path.getsize(path)}|{label};".encode())
         return h.hexdigest()
 
-    def batches(self, batch_size: int, shuffle: bool = False, gen: Optional[torch.Generator] = None,
-                shard: Optional[Tuple[int, int]] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        gen: Optional[torch.Generator] = None,
+        shard: Optional[Tuple[int, int]] = None,
+    ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """``(images (B, 3, size, size) float32, labels)`` batches in file
         order, or shuffled (and augmented) from ``gen``; with ``shard=(rank,
         world)`` positions ``rank::world`` of each batch (what
@@ -138,15 +157,18 @@ class FolderImages:
             raise ValueError("shuffling and augmentation need a generator")
         order = torch.randperm(n, generator=gen).tolist() if shuffle else list(range(n))
         # one seed per image, drawn up front in the caller's process
-        seeds = (torch.randint(0, 2 ** 62, (n,), generator=gen).tolist() if self.augment else [0] * n)
+        seeds = torch.randint(0, 2**62, (n,), generator=gen).tolist() if self.augment else [0] * n
         pairs = [(self.indices[p], seeds[p]) for p in order]
         mine = slice(shard[0], None, shard[1]) if shard is not None else slice(None)
-        chunks = [pairs[s:s + batch_size][mine] for s in range(0, n, batch_size)]
-        loader = torch.utils.data.DataLoader(_Seeded(self.folder, self.transform), batch_sampler=chunks,
-                                             num_workers=self.workers,
-                                             # its own generator: the loader draws worker seeds from
-                                             # it, not from (and so never moves) torch's global state
-                                             generator=torch.Generator().manual_seed(0))
+        chunks = [pairs[s : s + batch_size][mine] for s in range(0, n, batch_size)]
+        loader = torch.utils.data.DataLoader(
+            _Seeded(self.folder, self.transform),
+            batch_sampler=chunks,
+            num_workers=self.workers,
+            # its own generator: the loader draws worker seeds from
+            # it, not from (and so never moves) torch's global state
+            generator=torch.Generator().manual_seed(0),
+        )
         for x, y in loader:
             yield x, y
 
@@ -161,18 +183,30 @@ def folder_classes(root: PathLike) -> List[str]:
         if d.is_dir():
             found[split] = sorted(e.name for e in os.scandir(d) if e.is_dir())
     if not found:
-        raise FileNotFoundError(f"neither {root}/train nor {root}/val exists: --dataset imagenet reads the "
-                                "ImageNet layout DIR/train/<wnid>/*.JPEG, DIR/val/<wnid>/*.JPEG")
+        raise FileNotFoundError(
+            f"neither {root}/train nor {root}/val exists: --dataset imagenet reads the "
+            "ImageNet layout DIR/train/<wnid>/*.JPEG, DIR/val/<wnid>/*.JPEG"
+        )
     if len(found) == 2 and found["train"] != found["val"]:
         only = sorted(set(found["train"]) ^ set(found["val"]))
-        raise ValueError(f"{root}/train and {root}/val hold different class folders (e.g. {only[:3]}): labels "
-                         "would not line up")
+        raise ValueError(
+            f"{root}/train and {root}/val hold different class folders (e.g. {only[:3]}): labels would not line up"
+        )
     return found.get("train", found.get("val"))
 
 
-def folder_split(root: PathLike, split: str, size: int, mean: Sequence[float], std: Sequence[float],
-                 crop_fraction: Optional[float] = None, augment: bool = False, workers: int = 0,
-                 limit: Optional[int] = None, seed: int = 0) -> FolderImages:
+def folder_split(
+    root: PathLike,
+    split: str,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    crop_fraction: Optional[float] = None,
+    augment: bool = False,
+    workers: int = 0,
+    limit: Optional[int] = None,
+    seed: int = 0,
+) -> FolderImages:
     """Split ``train`` (``root/train``) or ``test`` (``root/val``) of an
     ImageNet-layout folder; ``limit`` takes a seeded class-balanced subset."""
     from .data import balanced_subset
@@ -182,8 +216,10 @@ def folder_split(root: PathLike, split: str, size: int, mean: Sequence[float], s
     root = Path(root)
     folder = root / SPLIT_FOLDERS[split]
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} not found: --dataset imagenet reads the ImageNet layout "
-                                f"{root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG (pass its root as --data-dir)")
+        raise FileNotFoundError(
+            f"{folder} not found: --dataset imagenet reads the ImageNet layout "
+            f"{root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG (pass its root as --data-dir)"
+        )
     full = FolderImages(folder, size, mean, std, crop_fraction, augment, workers)
     if full.classes != folder_classes(root):
         raise ValueError(f"{folder} does not hold images in every class folder of {root}: labels would not line up")

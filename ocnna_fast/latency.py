@@ -1,6 +1,7 @@
 """CPU latency of a callable: warm-up, then the median and spread of timed
 repeats.  One function for every runtime (PyTorch eager, ONNX Runtime,
 TorchScript), so their figures are measured the same way."""
+
 from __future__ import annotations
 
 import statistics
@@ -25,8 +26,14 @@ def time_calls(call: Callable[[], object], repeats: int, warmup: int = 2) -> Dic
         if i >= warmup:
             times.append(1000.0 * (time.perf_counter() - t))
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return {"median": statistics.median(times), "q25": q[0], "q75": q[2], "min": min(times), "max": max(times),
-            "repeats": repeats}
+    return {
+        "median": statistics.median(times),
+        "q25": q[0],
+        "q75": q[2],
+        "min": min(times),
+        "max": max(times),
+        "repeats": repeats,
+    }
 
 
 def latency_ms(model: nn.Module, batch: int, size: int, repeats: int, warmup: int = 2) -> Dict[str, float]:

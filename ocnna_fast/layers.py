@@ -1,4 +1,5 @@
 """Which layers OCNNA scores (SPEC section 1)."""
+
 from __future__ import annotations
 
 from typing import Dict, Iterable, Optional
@@ -15,9 +16,7 @@ def prunable_convs(model: nn.Module, layers: Optional[Iterable[str]] = None) -> 
     decided by the conv that feeds them).  ``layers`` restricts the set; an
     unknown or non-prunable name is a ``ValueError``.
     """
-    found = {
-        name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1
-    }
+    found = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1}
     if layers is None:
         return found
     if isinstance(layers, str):
@@ -30,9 +29,7 @@ def prunable_convs(model: nn.Module, layers: Optional[Iterable[str]] = None) -> 
             raise ValueError(f"model has no module named {name!r}")
         if name not in found:
             m = modules[name]
-            why = (
-                f"a grouped conv (groups={m.groups})" if isinstance(m, nn.Conv2d) else f"a {type(m).__name__}"
-            )
+            why = f"a grouped conv (groups={m.groups})" if isinstance(m, nn.Conv2d) else f"a {type(m).__name__}"
             raise ValueError(f"layer {name!r} is not a prunable conv: it is {why}")
         chosen[name] = found[name]
     return chosen

@@ -4,6 +4,7 @@
 had put in its own mode (a frozen BatchNorm in eval inside a training model)
 would come back changed.  These record and restore each module's own flag.
 """
+
 from __future__ import annotations
 
 from typing import Dict

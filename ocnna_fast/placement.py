@@ -1,6 +1,7 @@
 """Where a model runs and what it is fed: the input tensor of one item of a
 data iterable, and the (home, run) devices of a model.  Shared by scoring
 and BatchNorm re-estimation."""
+
 from __future__ import annotations
 
 from typing import Any, Tuple, Union
@@ -23,10 +24,7 @@ def input_of(batch: Any) -> torch.Tensor:
     if isinstance(batch, np.ndarray):
         batch = torch.from_numpy(batch)
     if not isinstance(batch, torch.Tensor):
-        raise TypeError(
-            "data must yield input tensors or (input, target, ...) tuples, "
-            f"got {type(batch).__name__}"
-        )
+        raise TypeError(f"data must yield input tensors or (input, target, ...) tuples, got {type(batch).__name__}")
     if batch.dim() == 0:
         raise ValueError("data yielded a 0-d tensor; expected a batch of inputs")
     return batch

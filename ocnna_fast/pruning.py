@@ -7,6 +7,7 @@ percentile rule, the plan that records the result, and replaying a plan on a
 fresh model so a pruned network is stored as ``plan.json`` plus
 ``model.safetensors`` (no pickle).
 """
+
 from __future__ import annotations
 
 import collections
@@ -25,9 +26,24 @@ from .atomic import atomic_path, write_text_atomic
 from .module_state import restore_training_flags, training_flags
 from .scores import LayerScores
 
-__all__ = ["prune", "apply_plan", "save_pruned", "load_pruned", "count_params", "group_scores", "select_channels",
-           "select_top", "kept_count", "SELECTION_RULES", "FAMILY", "layer_values", "feeds_output",
-           "channel_groups", "dependency_graph"]
+__all__ = [
+    "prune",
+    "apply_plan",
+    "save_pruned",
+    "load_pruned",
+    "set_model_builder",
+    "count_params",
+    "group_scores",
+    "select_channels",
+    "select_top",
+    "kept_count",
+    "SELECTION_RULES",
+    "FAMILY",
+    "layer_values",
+    "feeds_output",
+    "channel_groups",
+    "dependency_graph",
+]
 
 PLAN_FORMAT = "ocnna-fast-plan"
 PLAN_VERSION = 1
@@ -94,7 +110,7 @@ FAMILY = {
     "mean-energy": lambda ls: ls.mean,
     # sqrt(E[F^2]): the root-mean-square norm of the filter's PCA-transformed
     # map over the images, i.e. the output energy the filter carries
-    "ocnna-rms": lambda ls: torch.sqrt(ls.mean ** 2 + ls.std ** 2),
+    "ocnna-rms": lambda ls: torch.sqrt(ls.mean**2 + ls.std**2),
 }
 
 
@@ -140,8 +156,7 @@ def dependency_graph(model: nn.Module, example_inputs: torch.Tensor):
     hook = getattr(model, "ocnna_pruners", None)
     custom = hook() if callable(hook) else None
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
-                                                     customized_pruners=custom)
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, customized_pruners=custom)
     except ZeroDivisionError as exc:
         # Torch-Pruning's index mapping of a reshape divides by the channels
         # it can follow; a reshape that interleaves channels leaves none
@@ -291,8 +306,9 @@ def prune(
                 raise ValueError(f"the importance returned no values for group {names[root]!r}")
             values = torch.as_tensor(values).detach().double().cpu().numpy().reshape(-1)
             if values.shape != (width,):
-                raise ValueError(f"the importance gave {values.shape[0]} values for group {names[root]!r} "
-                                 f"of {width} channels")
+                raise ValueError(
+                    f"the importance gave {values.shape[0]} values for group {names[root]!r} of {width} channels"
+                )
         else:
             values = group_scores(members, criterion)
         blocks = channel_groups(group)
@@ -340,8 +356,13 @@ class _ChannelMaps:
             name = names.get(dep.target.module)
             if name not in self.inputs:
                 continue
-            side = (self.outputs if DG.is_out_channel_pruning_fn(dep.handler)
-                    else self.inputs if DG.is_in_channel_pruning_fn(dep.handler) else None)
+            side = (
+                self.outputs
+                if DG.is_out_channel_pruning_fn(dep.handler)
+                else self.inputs
+                if DG.is_in_channel_pruning_fn(dep.handler)
+                else None
+            )
             if side is None:
                 continue
             gone = set(int(i) for i in idxs)
@@ -353,8 +374,11 @@ class _ChannelMaps:
     def as_dict(self) -> Dict[str, Dict[str, List[int]]]:
         """Per layer whose inputs were removed: ``removed_inputs`` and
         ``kept_outputs``, in the original numbering."""
-        return {n: {"removed_inputs": sorted(r), "kept_outputs": self.outputs[n]}
-                for n, r in self.removed_inputs.items() if r}
+        return {
+            n: {"removed_inputs": sorted(r), "kept_outputs": self.outputs[n]}
+            for n, r in self.removed_inputs.items()
+            if r
+        }
 
 
 def _layer_table(model: nn.Module) -> Dict[str, Dict[str, int]]:
@@ -406,9 +430,12 @@ def _check_plan(plan: Any) -> Dict[str, Any]:
     try:
         groups = plan["groups"]
         for g in groups:
-            if not (isinstance(g["root"], str) and isinstance(g["channels"], int)
-                    and all(isinstance(i, int) and 0 <= i < g["channels"] for i in g["removed"])
-                    and len(g["removed"]) < g["channels"]):
+            if not (
+                isinstance(g["root"], str)
+                and isinstance(g["channels"], int)
+                and all(isinstance(i, int) and 0 <= i < g["channels"] for i in g["removed"])
+                and len(g["removed"]) < g["channels"]
+            ):
                 raise ValueError(f"malformed group entry {g!r}")
         _ = plan["layers_after"], plan["input_shape"]
     except (KeyError, TypeError) as exc:
@@ -438,15 +465,22 @@ def apply_plan(base_model: nn.Module, plan: Dict[str, Any]) -> nn.Module:
         only_plan = sorted(set(want) - set(got))
         only_model = sorted(set(got) - set(want))
         shapes = [n for n in want if n in got and got[n] != want[n]]
-        parts = [f"{label}: {names[:3]}" for label, names in (
-            ("layers only in the plan", only_plan), ("layers only in the model", only_model),
-            ("layers of other widths", shapes)) if names]
+        parts = [
+            f"{label}: {names[:3]}"
+            for label, names in (
+                ("layers only in the plan", only_plan),
+                ("layers only in the model", only_model),
+                ("layers of other widths", shapes),
+            )
+            if names
+        ]
         raise ValueError("plan does not fit this model (another architecture?); " + "; ".join(parts))
     return model
 
 
-def save_pruned(directory: PathLike, model: nn.Module, plan: Dict[str, Any],
-                extra: Optional[Dict[str, Any]] = None) -> Path:
+def save_pruned(
+    directory: PathLike, model: nn.Module, plan: Dict[str, Any], extra: Optional[Dict[str, Any]] = None
+) -> Path:
     """Writes ``model.safetensors`` and ``plan.json`` (each atomically; the
     plan records the sha256 of the weights file, which ``load_pruned`` checks)."""
     from safetensors.torch import save_file
@@ -473,6 +507,20 @@ def _file_sha256(path: PathLike) -> str:
     return h.hexdigest()
 
 
+# How load_pruned builds the base model a plan names when none is passed:
+# (arch, num_classes) -> model.  The package wires the model zoo in here
+# (ocnna_fast/__init__.py), so surgery never imports the zoo.
+_model_builder: Optional[Callable[[str, int], nn.Module]] = None
+
+
+def set_model_builder(builder: Optional[Callable[[str, int], nn.Module]]) -> None:
+    """Sets what ``load_pruned`` calls to rebuild a plan's architecture when
+    no ``base_model`` is given (default: the package's model zoo, whose names
+    include ``module:factory`` specs)."""
+    global _model_builder
+    _model_builder = builder
+
+
 def load_pruned(directory: PathLike, base_model: Optional[nn.Module] = None) -> nn.Module:
     """Loads a model saved by ``save_pruned``: replays ``plan.json`` on
     ``base_model`` (default: the zoo model the plan names) and loads
@@ -491,17 +539,19 @@ def load_pruned(directory: PathLike, base_model: Optional[nn.Module] = None) -> 
         spec = plan.get("model") if isinstance(plan, dict) else None
         if not spec or "arch" not in spec:
             raise ValueError("plan.json names no architecture; pass base_model")
-        from .models import build
-
-        base_model = build(spec["arch"], num_classes=spec.get("num_classes", 10))
+        if _model_builder is None:
+            raise ValueError("no model builder is set to rebuild the plan's architecture; pass base_model")
+        base_model = _model_builder(spec["arch"], spec.get("num_classes", 10))
     want = plan.get("weights_sha256")
     if not isinstance(want, str):
         raise ValueError(f"{d / 'plan.json'} does not name the weights it belongs to (no weights_sha256)")
     if not (d / "model.safetensors").is_file():
         raise FileNotFoundError(f"{d / 'model.safetensors'} not found")
     if _file_sha256(d / "model.safetensors") != want:
-        raise ValueError(f"{d / 'model.safetensors'} is not the weights file {d / 'plan.json'} was saved with "
-                         "(sha256 differs): the two files come from different runs, or one is damaged")
+        raise ValueError(
+            f"{d / 'model.safetensors'} is not the weights file {d / 'plan.json'} was saved with "
+            "(sha256 differs): the two files come from different runs, or one is damaged"
+        )
     model = apply_plan(base_model, plan)
     try:
         state = load_file(str(d / "model.safetensors"))

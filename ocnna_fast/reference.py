@@ -5,6 +5,7 @@ Frobenius norm of the result; then ``numpy.std / numpy.mean`` over images.
 It exists only to check the fast paths.  scikit-learn is a test/benchmark
 dependency, imported on first use.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Union

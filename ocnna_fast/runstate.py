@@ -1,5 +1,6 @@
 """State of a scoring run that outlives one process: checkpoints on disk and
 the exact merge of accumulators across ``torch.distributed`` ranks."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ def model_fingerprint(model: nn.Module, stats: Dict[str, FilterStats], n_compone
     }
 
 
-def save_checkpoint(path: str, stats: Dict[str, FilterStats], fingerprint: Dict[str, Any], batches: int,
-                    images: int) -> None:
+def save_checkpoint(
+    path: str, stats: Dict[str, FilterStats], fingerprint: Dict[str, Any], batches: int, images: int
+) -> None:
     """Writes accumulators and position to ``path`` atomically (a temporary
     file in the same folder, flushed to disk, then renamed over the old one),
     with a sha256 of the contents that ``load_checkpoint`` checks."""
@@ -42,8 +44,13 @@ def save_checkpoint(path: str, stats: Dict[str, FilterStats], fingerprint: Dict[
         sd = st.state_dict()
         tensors[f"{i}.count"], tensors[f"{i}.mean"], tensors[f"{i}.m2"] = sd["count"], sd["mean"], sd["m2"]
         tensors[f"{i}.images"] = torch.tensor([sd["images"]], dtype=torch.int64)
-    meta = {"format": _FORMAT, "version": _VERSION, "fingerprint": json.dumps(fingerprint, sort_keys=True),
-            "batches": str(batches), "images": str(images)}
+    meta = {
+        "format": _FORMAT,
+        "version": _VERSION,
+        "fingerprint": json.dumps(fingerprint, sort_keys=True),
+        "batches": str(batches),
+        "images": str(images),
+    }
     meta["sha256"] = validate.tensors_sha256(tensors, list(meta.items()))
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=meta)
@@ -72,8 +79,9 @@ def load_checkpoint(path: str, stats: Dict[str, FilterStats], fingerprint: Dict[
         raise ValueError(f"cannot read scoring checkpoint {path}: {exc}") from exc
     if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
         raise ValueError(f"{path} is not an ocnna-fast scoring checkpoint")
-    validate.exact_keys(meta, ("format", "version", "fingerprint", "batches", "images", "sha256"),
-                        f"checkpoint {path}: metadata")
+    validate.exact_keys(
+        meta, ("format", "version", "fingerprint", "batches", "images", "sha256"), f"checkpoint {path}: metadata"
+    )
     validate.check_digest(tensors, meta, f"checkpoint {path}")
     try:
         theirs = json.loads(meta["fingerprint"])
@@ -87,15 +95,20 @@ def load_checkpoint(path: str, stats: Dict[str, FilterStats], fingerprint: Dict[
             "delete it or score with the same model, layers and n_components"
         )
     batches, images = _count_field(meta, "batches", path), _count_field(meta, "images", path)
-    validate.exact_keys(tensors, [f"{i}.{k}" for i in range(len(stats)) for k in ("count", "mean", "m2", "images")],
-                        f"checkpoint {path}: tensors")
+    validate.exact_keys(
+        tensors,
+        [f"{i}.{k}" for i in range(len(stats)) for k in ("count", "mean", "m2", "images")],
+        f"checkpoint {path}: tensors",
+    )
     states: List[Dict[str, Any]] = []
     for i, (name, st) in enumerate(stats.items()):
         n_img = tensors[f"{i}.images"]
         if n_img.dtype != torch.int64 or tuple(n_img.shape) != (1,) or not 0 <= int(n_img[0]) <= images:
             raise ValueError(f"checkpoint {path}: layer {name!r} has an invalid image count")
         s = st.state_with(tensors[f"{i}.count"], tensors[f"{i}.mean"], tensors[f"{i}.m2"], int(n_img[0]))
-        FilterStats(st.num_channels, st.n_components, name=name, statistic=st.statistic).load_state_dict(s)  # checks only
+        FilterStats(st.num_channels, st.n_components, name=name, statistic=st.statistic).load_state_dict(
+            s
+        )  # checks only
         states.append(s)
     if images > 0 and batches == 0:
         raise ValueError(f"checkpoint {path} is inconsistent: {images} images in 0 batches")
@@ -119,7 +132,9 @@ def merge_across_ranks(stats: Dict[str, FilterStats]) -> None:
     shapes = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(shapes, mine)
     if any(not torch.equal(s, mine) for s in shapes):
-        raise ValueError("ranks score different layer sets; every rank must call score() with the same model and layers")
+        raise ValueError(
+            "ranks score different layer sets; every rank must call score() with the same model and layers"
+        )
     parts = []
     for st in stats.values():
         sd = st.state_dict()
@@ -135,9 +150,15 @@ def merge_across_ranks(stats: Dict[str, FilterStats]) -> None:
         m2 = torch.zeros(c, dtype=torch.float64)
         images = 0
         for g in gathered:
-            part = g[offset:offset + 3 * c + 1]
-            _C.merge(cnt.numpy(), mean.numpy(), m2.numpy(), part[:c].clone().numpy(),
-                     part[c:2 * c].clone().numpy(), part[2 * c:3 * c].clone().numpy())
+            part = g[offset : offset + 3 * c + 1]
+            _C.merge(
+                cnt.numpy(),
+                mean.numpy(),
+                m2.numpy(),
+                part[:c].clone().numpy(),
+                part[c : 2 * c].clone().numpy(),
+                part[2 * c : 3 * c].clone().numpy(),
+            )
             images += int(part[3 * c])
         offset += 3 * c + 1
         st.load_state_dict(st.state_with(cnt, mean, m2, images))

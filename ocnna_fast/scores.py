@@ -3,6 +3,7 @@
 ``Scores.save`` writes safetensors (tensors plus a JSON header), a format that
 cannot execute code when loaded.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,8 +77,10 @@ class Scores(Mapping[str, LayerScores]):
         return len(self._layers)
 
     def __repr__(self) -> str:
-        return (f"Scores({len(self)} layers, n_components={self.n_components!r}, tap={self.tap!r}, "
-                f"statistic={self.statistic!r})")
+        return (
+            f"Scores({len(self)} layers, n_components={self.n_components!r}, tap={self.tap!r}, "
+            f"statistic={self.statistic!r})"
+        )
 
     # ------------------------------------------------------------- storage --
     def save(self, path: Union[str, os.PathLike]) -> None:
@@ -147,12 +150,20 @@ class Scores(Mapping[str, LayerScores]):
             raise ValueError(f"{path}: unknown tap {meta['tap']!r}")
         if meta["statistic"] not in _native.STATISTICS:
             raise ValueError(f"{path}: unknown statistic {meta['statistic']!r}")
-        validate.exact_keys(tensors, [f"{i}.{f}" for i in range(len(names)) for f in ("score", "mean", "std", "dead")],
-                            f"{path}: tensors")
+        validate.exact_keys(
+            tensors,
+            [f"{i}.{f}" for i in range(len(names)) for f in ("score", "mean", "std", "dead")],
+            f"{path}: tensors",
+        )
         layers = {}
         for i, (name, count) in enumerate(zip(names, counts)):
             score, mean, std, dead, count = validate.layer_scores(
-                tensors[f"{i}.score"], tensors[f"{i}.mean"], tensors[f"{i}.std"], tensors[f"{i}.dead"], count,
-                f"{path}: layer {name!r}")
+                tensors[f"{i}.score"],
+                tensors[f"{i}.mean"],
+                tensors[f"{i}.std"],
+                tensors[f"{i}.dead"],
+                count,
+                f"{path}: layer {name!r}",
+            )
             layers[name] = LayerScores(score=score, mean=mean, std=std, count=count, dead=dead)
         return cls(layers, n_components=n_components, tap=meta["tap"], statistic=meta["statistic"])

@@ -14,6 +14,7 @@ them.  A conv whose output the model later modifies in place
 scoring starts, and is scored in place (on the CPU: in the hook; on CUDA: on
 the current stream, ahead of the in-place op).
 """
+
 from __future__ import annotations
 
 import collections
@@ -31,12 +32,12 @@ from torch import nn
 
 from . import _native, runstate
 from .layers import prunable_convs
-from .taps import TAPS, post_activation_taps
 from .module_state import restore_training_flags, training_flags
-from .scores import Scores
 from .placement import input_of as _input_of
 from .placement import placement as _placement
+from .scores import Scores
 from .stats import FilterStats
+from .taps import TAPS, post_activation_taps
 from .validate import positive_int
 
 __all__ = ["score"]
@@ -141,7 +142,6 @@ class _SideStream:
     def __init__(self, device: torch.device, forward_priority: Optional[int] = None) -> None:
         self.device = device
         self.stream = torch.cuda.Stream(device)
-        self._handle = self.stream.cuda_stream
         self._watch: list = []
         self._pending: "collections.deque[torch.cuda.Event]" = collections.deque()
         self.forward_stream = None if forward_priority is None else torch.cuda.Stream(device, priority=forward_priority)
@@ -165,14 +165,11 @@ class _SideStream:
         self._pending.append(done)
 
     def submit(self, st: FilterStats, t: torch.Tensor) -> None:
-        st._validate(t)
-        if t.device != self.device:
+        if isinstance(t, torch.Tensor) and t.device != self.device:
             raise ValueError(f"layer {st.name!r}: output on {t.device}, expected {self.device}")
+        st.update_on_stream(t.detach(), self.stream)
         if t.shape[0] == 0:
             return
-        st._prepare_cuda(self.device)  # its fills must come before the wait below
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        st._accumulate_cuda(t.detach(), self._handle)
         t.record_stream(self.stream)
         self._watch.append((weakref.ref(t), t._version, st.name))
 
@@ -193,6 +190,203 @@ class _SideStream:
         if self.forward_stream is not None:
             current.wait_stream(self.forward_stream)
         current.wait_stream(self.stream)
+
+
+def _taps(model: nn.Module, convs: Dict[str, nn.Module], tap: str) -> Dict[str, Any]:
+    """conv name -> (module whose output is scored, activation applied to it or None)."""
+    if tap not in TAPS:
+        raise ValueError(f"tap must be one of {TAPS}, got {tap!r}")
+    if tap == "conv_output":
+        return {n: (n, None) for n in convs}
+    taps = post_activation_taps(model, convs)
+    plain = [n for n, (_, act) in taps.items() if act is None]
+    if plain:
+        warnings.warn(
+            f"tap='post_activation': {len(plain)} conv(s) are not followed by their own activation "
+            f"and are scored on their output, e.g. {plain[:3]}"
+        )
+    return taps
+
+
+class _ScoringRun:
+    """One ``score()`` pass: the accumulators' hooks on the model, the worker
+    that folds batches beside the forward pass, the checkpoint, and the
+    model's state, restored on exit (hooks removed, train/eval flags and
+    device as found) whatever happens.  Used as a context manager."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        stats: Dict[str, FilterStats],
+        taps: Dict[str, Any],
+        home: torch.device,
+        run_device: torch.device,
+        ckpt_path: Optional[str],
+        fingerprint: Dict[str, Any],
+    ) -> None:
+        self.model, self.stats, self.taps = model, stats, taps
+        self.home, self.run_device = home, run_device
+        self.ckpt_path, self.fingerprint = ckpt_path, fingerprint
+        self.seen = 0  # images scored, resumed ones included
+        self.done_batches = 0  # batches consumed from data, resumed ones included
+        self.worker: Union[None, _Overlap, _SideStream] = None
+        self._calls: Dict[str, int] = {}
+        self._probe: Dict[str, Any] = {}  # probe pass: name -> (output, its version at the hook)
+        self._probing = False
+        # outputs a later op edits in place are scored inside the hook, before the edit
+        self._in_place: Dict[str, bool] = {name: True for name in stats}
+        self._handles: list = []
+        self._was_training: Any = None
+        if ckpt_path is not None and os.path.exists(ckpt_path):
+            self.done_batches, self.seen = runstate.load_checkpoint(ckpt_path, stats, fingerprint)
+
+    # ------------------------------------------------------------ hooks --
+    def _hook(self, name: str, act=None):
+        st = self.stats[name]
+
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if self._probing:
+                if isinstance(output, torch.Tensor) and act is None:
+                    self._probe[name] = (output, output._version)
+                return
+            if act is not None and isinstance(output, torch.Tensor):
+                output = act(output)  # a new tensor: a later in-place edit of the module's output cannot reach it
+            self._calls[name] = self._calls.get(name, 0) + 1
+            if self.worker is not None and not self._in_place[name] and isinstance(output, torch.Tensor):
+                self.worker.submit(st, output)
+            else:
+                st.update(output)
+
+        return hook
+
+    def __enter__(self) -> "_ScoringRun":
+        self._was_training = training_flags(self.model)
+        try:
+            if self.run_device != self.home:
+                self.model.to(self.run_device)
+            modules = dict(self.model.named_modules())
+            self._handles = [
+                modules[self.taps[n][0]].register_forward_hook(self._hook(n, self.taps[n][1])) for n in self.stats
+            ]
+            self.model.eval()
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        self._probing = False
+        if isinstance(self.worker, _SideStream):
+            self.worker.drain()  # nothing may reuse the accumulators while the side stream writes them
+        elif self.worker is not None:
+            self.worker.close()
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if self._was_training is not None:
+            restore_training_flags(self._was_training)
+        if self.run_device != self.home:
+            self.model.to(self.home)
+
+    # ------------------------------------------------------------ steps --
+    def resume(self, batches):
+        """``batches`` past those a resumed checkpoint already scored."""
+        for _ in range(self.done_batches):
+            if next(batches, None) is None:
+                raise ValueError(f"checkpoint {self.ckpt_path} is past the end of data; was data changed?")
+        return batches
+
+    def probe(self, batches):
+        """One image through the model, to see which conv outputs it edits in
+        place; then the worker that scores the others beside the forward pass.
+        Returns the batches, the first one put back."""
+        first = next(batches, None)
+        if first is None:
+            return batches
+        self._probing = True
+        try:
+            with torch.no_grad():
+                self.model(_input_of(first)[:1].to(self.run_device))
+        finally:
+            self._probing = False
+        for name, (out, version) in self._probe.items():
+            self._in_place[name] = out._version != version
+        for name, (_, act) in self.taps.items():
+            if act is not None:  # scored on a tensor of its own (see the hook)
+                self._in_place[name] = False
+        self._probe.clear()
+        self.worker = _Overlap() if self.run_device.type == "cpu" else _SideStream(self.run_device, _FORWARD_PRIORITY)
+        return itertools.chain([first], batches)
+
+    def run_batch(self, x: torch.Tensor, max_images: Optional[int]) -> int:
+        """Scores one input batch (cut at ``max_images``); returns its images."""
+        if max_images is not None and self.seen + x.shape[0] > max_images:
+            x = x[: max_images - self.seen]
+        self.done_batches += 1  # an empty batch is still consumed: a resume skips it like any other
+        if x.shape[0] == 0:
+            return 0
+        x = x.to(self.run_device, non_blocking=True)
+        self._calls.clear()
+        with torch.no_grad():
+            if isinstance(self.worker, _SideStream):
+                with self.worker.forward_pass(x):
+                    self.model(x)
+                self.worker.check()
+            else:
+                self.model(x)
+        for name, k in self._calls.items():
+            if k > 1:
+                raise ValueError(
+                    f"layer {name!r} ran {k} times in one forward pass "
+                    "(a shared module); its scores would mix several positions"
+                )
+        self.seen += int(x.shape[0])
+        return int(x.shape[0])
+
+    def checkpoint(self) -> None:
+        if self.ckpt_path is None:
+            return
+        if self.worker is not None:
+            self.worker.drain()  # the accumulators must hold every batch counted
+        runstate.save_checkpoint(self.ckpt_path, self.stats, self.fingerprint, self.done_batches, self.seen)
+
+    def finish(self, use_dist: bool, layers_given: bool) -> Dict[str, Any]:
+        """Every batch folded in (and merged across ranks): the layers' results."""
+        if self.worker is not None:
+            self.worker.drain()
+        seen = self.seen
+        if use_dist:
+            runstate.merge_across_ranks(self.stats)
+            seen = max(st.images for st in self.stats.values())
+        if seen == 0:
+            raise ValueError("data yielded no images")
+        results = {}
+        for name, st in self.stats.items():
+            if st.images == 0:
+                if layers_given:
+                    raise ValueError(f"layer {name!r} never ran in the forward pass")
+                warnings.warn(f"conv {name!r} never ran in the forward pass; it is left out of the scores")
+                continue
+            results[name] = st.result()
+        return results
+
+    def remove_checkpoint(self) -> None:
+        """Finished: a later call starts afresh.  The scores are computed, so a
+        checkpoint that cannot be removed costs a warning, never the result."""
+        if self.ckpt_path is None:
+            return
+        try:
+            os.remove(self.ckpt_path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            warnings.warn(
+                f"scoring finished, but its checkpoint {self.ckpt_path} could not be removed ({exc}); "
+                "delete it before scoring other data with the same checkpoint path"
+            )
 
 
 def score(
@@ -275,164 +469,50 @@ def score(
         )
     convs = prunable_convs(model, layers)
     if not convs:
-        raise ValueError(
-            f"{type(model).__name__} has no prunable conv (nn.Conv2d with groups == 1) to score"
-        )
-    if tap not in TAPS:
-        raise ValueError(f"tap must be one of {TAPS}, got {tap!r}")
-    modules = dict(model.named_modules())
-    if tap == "post_activation":
-        taps = post_activation_taps(model, convs)
-        plain = [n for n, (_, act) in taps.items() if act is None]
-        if plain:
-            warnings.warn(f"tap='post_activation': {len(plain)} conv(s) are not followed by their own activation "
-                          f"and are scored on their output, e.g. {plain[:3]}")
-    else:
-        taps = {n: (n, None) for n in convs}
+        raise ValueError(f"{type(model).__name__} has no prunable conv (nn.Conv2d with groups == 1) to score")
+    taps = _taps(model, convs, tap)
 
     home, run_device = _placement(model, device)
     stats: Dict[str, FilterStats] = {
         name: FilterStats(m.out_channels, ncomp, name=name, device=run_device, statistic=statistic)
         for name, m in convs.items()
     }
-
-    use_overlap = (overlap is None or bool(overlap)) and run_device.type in ("cpu", "cuda")
-    calls: Dict[str, int] = {}
-    probe: Dict[str, Any] = {}  # probe pass: name -> (output, its version at the hook)
-    in_place: Dict[str, bool] = {name: True for name in stats}
-    state = {"probing": False}
-    worker: Union[None, _Overlap, _SideStream] = None
-
-    def make_hook(name: str, st: FilterStats, act=None):
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if state["probing"]:
-                if isinstance(output, torch.Tensor) and act is None:
-                    probe[name] = (output, output._version)
-                return
-            if act is not None and isinstance(output, torch.Tensor):
-                output = act(output)  # a new tensor: a later in-place edit of the module's output cannot reach it
-            calls[name] = calls.get(name, 0) + 1
-            if worker is not None and not in_place[name] and isinstance(output, torch.Tensor):
-                worker.submit(st, output)
-            else:
-                st.update(output)
-
-        return hook
-
-    was_training = training_flags(model)
-    handles = []
-    seen = 0
-    done_batches = 0  # batches consumed from data, resumed ones included
-    bar = None
     ckpt_path = None
-    fingerprint: Dict[str, Any] = {}
     if checkpoint is not None:
         ckpt_path = os.fspath(checkpoint)
         if use_dist:
             import torch.distributed as dist
 
             ckpt_path = f"{ckpt_path}.rank{dist.get_rank()}"
-        fingerprint = runstate.model_fingerprint(model, stats, ncomp)
-        fingerprint.update(tap=tap, statistic=statistic)
-        if os.path.exists(ckpt_path):
-            done_batches, seen = runstate.load_checkpoint(ckpt_path, stats, fingerprint)
-    try:
-        if run_device != home:
-            model.to(run_device)
-        handles = [modules[taps[n][0]].register_forward_hook(make_hook(n, stats[n], taps[n][1])) for n in convs]
-        model.eval()
+    fingerprint: Dict[str, Any] = {}
+    if ckpt_path is not None:
+        fingerprint = {**runstate.model_fingerprint(model, stats, ncomp), "tap": tap, "statistic": statistic}
+    use_overlap = (overlap is None or bool(overlap)) and run_device.type in ("cpu", "cuda")
+
+    run = _ScoringRun(model, stats, taps, home, run_device, ckpt_path, fingerprint)
+    with run:
+        batches = run.resume(iter(data))
+        bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=_total_images(data, max_images), unit="img", desc="OCNNA scoring", initial=seen)
-        with torch.no_grad():
-            batches = iter(data)
-            for _ in range(done_batches):  # resuming: these were scored before the checkpoint
-                if next(batches, None) is None:
-                    raise ValueError(f"checkpoint {ckpt_path} is past the end of data; was data changed?")
-            if use_overlap and not (max_images is not None and seen >= max_images):
-                # one image through the model, to see which conv outputs it edits in place
-                first = next(batches, None)
-                if first is not None:
-                    batches = itertools.chain([first], batches)
-                    state["probing"] = True
-                    model(_input_of(first)[:1].to(run_device))
-                    state["probing"] = False
-                    for name, (out, version) in probe.items():
-                        in_place[name] = out._version != version
-                    for name, (_, act) in taps.items():
-                        if act is not None:  # scored on a tensor of its own (see the hook)
-                            in_place[name] = False
-                    probe.clear()
-                    worker = _Overlap() if run_device.type == "cpu" else _SideStream(run_device, _FORWARD_PRIORITY)
-            for batch in batches:
-                x = _input_of(batch)
-                if max_images is not None and seen + x.shape[0] > max_images:
-                    x = x[: max_images - seen]
-                if x.shape[0] == 0:
-                    # still a batch consumed from data: a resume skips it like any other
-                    done_batches += 1
-                    continue
-                x = x.to(run_device, non_blocking=True)
-                calls.clear()
-                if isinstance(worker, _SideStream):
-                    with worker.forward_pass(x):
-                        model(x)
-                    worker.check()
-                else:
-                    model(x)
-                for name, k in calls.items():
-                    if k > 1:
-                        raise ValueError(
-                            f"layer {name!r} ran {k} times in one forward pass "
-                            "(a shared module); its scores would mix several positions"
-                        )
-                seen += int(x.shape[0])
-                done_batches += 1
-                if bar is not None:
-                    bar.update(int(x.shape[0]))
-                if ckpt_path is not None and done_batches % checkpoint_every == 0:
-                    if worker is not None:
-                        worker.drain()  # the accumulators must hold every batch counted
-                    runstate.save_checkpoint(ckpt_path, stats, fingerprint, done_batches, seen)
-                if max_images is not None and seen >= max_images:
-                    break
-        if worker is not None:
-            worker.drain()
-        if use_dist:
-            runstate.merge_across_ranks(stats)
-            seen = max(st.images for st in stats.values())
-        if seen == 0:
-            raise ValueError("data yielded no images")
-        results = {}
-        for name, st in stats.items():
-            if st.images == 0:
-                if layers is not None:
-                    raise ValueError(f"layer {name!r} never ran in the forward pass")
-                warnings.warn(f"conv {name!r} never ran in the forward pass; it is left out of the scores")
-                continue
-            results[name] = st.result()
-    finally:
-        state["probing"] = False
-        if isinstance(worker, _SideStream):
-            worker.drain()  # nothing may reuse the accumulators while the side stream writes them
-        elif worker is not None:
-            worker.close()
-        for h in handles:
-            h.remove()
-        restore_training_flags(was_training)
-        if run_device != home:
-            model.to(home)
-        if bar is not None:
-            bar.close()
-    if ckpt_path is not None:
-        # finished: a later call starts afresh.  The scores are computed, so a
-        # checkpoint that cannot be removed costs a warning, never the result.
+            bar = tqdm(total=_total_images(data, max_images), unit="img", desc="OCNNA scoring", initial=run.seen)
         try:
-            os.remove(ckpt_path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            warnings.warn(f"scoring finished, but its checkpoint {ckpt_path} could not be removed ({exc}); "
-                          "delete it before scoring other data with the same checkpoint path")
+            if use_overlap and not (max_images is not None and run.seen >= max_images):
+                batches = run.probe(batches)
+            for batch in batches:
+                n = run.run_batch(_input_of(batch), max_images)
+                if n == 0:
+                    continue
+                if bar is not None:
+                    bar.update(n)
+                if run.done_batches % checkpoint_every == 0:
+                    run.checkpoint()
+                if max_images is not None and run.seen >= max_images:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        results = run.finish(use_dist, layers_given=layers is not None)
+    run.remove_checkpoint()
     return Scores(results, n_components=ncomp, tap=tap, statistic=statistic)

@@ -5,6 +5,7 @@ float64 ``(count, mean, M2)`` of the per-map PCA energies (Welford / Chan), so
 nothing of the activations is kept.  The math is in the native cores; this
 class owns validation, placement (CPU or CUDA) and state.
 """
+
 from __future__ import annotations
 
 import functools
@@ -15,10 +16,10 @@ import numpy as np
 import torch
 
 from . import _native, validate
-from .validate import positive_int
 from ._native import _C
 from .errors import InternalError
 from .scores import LayerScores
+from .validate import positive_int
 
 __all__ = ["FilterStats"]
 
@@ -40,9 +41,7 @@ def _as_tensor(activations: ArrayLike) -> torch.Tensor:
             return torch.from_numpy(activations)  # shares memory
         except ValueError:  # negative strides: torch cannot view them
             return torch.from_numpy(np.ascontiguousarray(activations))
-    raise TypeError(
-        f"activations must be a torch.Tensor or numpy.ndarray, got {type(activations).__name__}"
-    )
+    raise TypeError(f"activations must be a torch.Tensor or numpy.ndarray, got {type(activations).__name__}")
 
 
 def _locked(method):
@@ -89,8 +88,9 @@ class FilterStats:
         if statistic == "rank" and n_components is not None:
             raise ValueError("statistic='rank' takes no n_components (the rank uses every singular value)")
         self.statistic = statistic
-        self._params = _native.parse_n_components(n_components) if statistic == "energy" else (
-            _native.MODE_RANK, 0, 0.0)
+        self._params = (
+            _native.parse_n_components(n_components) if statistic == "energy" else (_native.MODE_RANK, 0, 0.0)
+        )
         self.n_components = _native.canonical_n_components(n_components)
         self.name = name
         self._images = 0  # images folded in, tracked on the host (no device sync)
@@ -158,8 +158,10 @@ class FilterStats:
                 f"their squares overflow float64; scale the activations down; {outcome}"
             )
         if x is None:  # CUDA: the batch is gone by now, so both causes are named
-            return ValueError(f"{self._where()}: non-finite (NaN or Inf) activations in channel {code}, or finite "
-                              f"values so large (|x| above ~1e154) that their squares overflow float64; {outcome}")
+            return ValueError(
+                f"{self._where()}: non-finite (NaN or Inf) activations in channel {code}, or finite "
+                f"values so large (|x| above ~1e154) that their squares overflow float64; {outcome}"
+            )
         return ValueError(f"{self._where()}: non-finite (NaN or Inf) activations in channel {code}; {outcome}")
 
     def _validate(self, x: torch.Tensor) -> None:
@@ -198,13 +200,35 @@ class FilterStats:
             mode, q, tau = self._params
             self._move_to(x.device)
             ptr, code, shape, strides = _native.batch_args(x)
-            bad = _C.accumulate(ptr, code, shape, strides, mode, q, tau,
-                                self._count.numpy(), self._mean.numpy(), self._m2.numpy())
+            bad = _C.accumulate(
+                ptr, code, shape, strides, mode, q, tau, self._count.numpy(), self._mean.numpy(), self._m2.numpy()
+            )
             if bad >= 0:
                 raise self._rejection(bad, x, "this batch was not accumulated")
         else:
             raise ValueError(f"{self._where()}: activations on unsupported device {x.device}")
         self._images += int(x.shape[0])
+        return self
+
+    @_locked
+    def update_on_stream(self, activations: torch.Tensor, stream: "torch.cuda.Stream") -> "FilterStats":
+        """Folds a CUDA batch in on ``stream`` rather than the current stream,
+        so scoring can run beside the forward pass.  ``stream`` first waits for
+        the current stream (which made the batch).  The caller keeps the batch
+        alive for ``stream`` (``activations.record_stream(stream)``), must not
+        edit it in place until ``stream`` has run, and makes the current stream
+        wait for ``stream`` before reading ``result()``."""
+        x = _as_tensor(activations)
+        self._validate(x)
+        if not x.is_cuda:
+            raise ValueError(f"{self._where()}: update_on_stream takes CUDA activations; use update()")
+        if self.statistic == "rank":
+            raise ValueError(f"{self._where()}: the rank statistic runs on the CPU: pass CPU activations")
+        if x.shape[0] == 0:
+            return self
+        self._prepare_cuda(x.device)  # its fills run on the current stream, before the wait below
+        stream.wait_stream(torch.cuda.current_stream(x.device))
+        self._accumulate_cuda(x, stream.cuda_stream)
         return self
 
     def _prepare_cuda(self, device: torch.device) -> None:
@@ -227,9 +251,21 @@ class FilterStats:
         core = _native.cuda_core()
         mode, q, tau = self._params
         ptr, code, shape, strides = _native.batch_args(x)
-        core.accumulate(ptr, code, shape, strides, mode, q, tau,
-                        self._count.data_ptr(), self._mean.data_ptr(), self._m2.data_ptr(),
-                        self._status.data_ptr(), stream, x.device.index)
+        core.accumulate(
+            ptr,
+            code,
+            shape,
+            strides,
+            mode,
+            q,
+            tau,
+            self._count.data_ptr(),
+            self._mean.data_ptr(),
+            self._m2.data_ptr(),
+            self._status.data_ptr(),
+            stream,
+            x.device.index,
+        )
         self._images += int(x.shape[0])
 
     def _host_state(self):
@@ -240,8 +276,11 @@ class FilterStats:
         """Folds another accumulator of the same layer in (exact Chan merge)."""
         if not isinstance(other, FilterStats):
             raise TypeError(f"can only merge a FilterStats, got {type(other).__name__}")
-        if (other.num_channels != self.num_channels or other._params != self._params
-                or other.statistic != self.statistic):
+        if (
+            other.num_channels != self.num_channels
+            or other._params != self._params
+            or other.statistic != self.statistic
+        ):
             raise ValueError(
                 f"{self._where()}: cannot merge stats of {other.num_channels} channels / n_components="
                 f"{other.n_components!r} into {self.num_channels} channels / n_components={self.n_components!r}"
@@ -288,9 +327,16 @@ class FilterStats:
 
     def state_with(self, count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor, images: int) -> Dict[str, Any]:
         """A state for this accumulator's layer holding the given totals."""
-        return {"version": _STATE_VERSION, "num_channels": self.num_channels, "n_components": self.n_components,
-                "statistic": self.statistic,
-                "images": int(images), "count": count, "mean": mean, "m2": m2}
+        return {
+            "version": _STATE_VERSION,
+            "num_channels": self.num_channels,
+            "n_components": self.n_components,
+            "statistic": self.statistic,
+            "images": int(images),
+            "count": count,
+            "mean": mean,
+            "m2": m2,
+        }
 
     @_locked
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -314,11 +360,10 @@ class FilterStats:
             raise ValueError(f"{where}: a rank state has no n_components, got {ncomp!r}")
         if self.statistic == "energy" and _native.parse_n_components(ncomp) != self._params:
             # parse_n_components also refuses malformed values
-            raise ValueError(
-                f"{where}: state was computed with n_components={ncomp!r}, this is {self.n_components!r}"
-            )
-        count, mean, m2, images = validate.accumulators(state["count"], state["mean"], state["m2"],
-                                                        state["images"], self.num_channels, where)
+            raise ValueError(f"{where}: state was computed with n_components={ncomp!r}, this is {self.n_components!r}")
+        count, mean, m2, images = validate.accumulators(
+            state["count"], state["mean"], state["m2"], state["images"], self.num_channels, where
+        )
         device = self.device
         self._count, self._mean, self._m2 = count.to(device), mean.to(device), m2.to(device)
         self._images = images

@@ -10,6 +10,7 @@ the chain before the activation and applies the activation itself, so no
 model code changes and in-place activations are handled like any other
 in-place edit.
 """
+
 from __future__ import annotations
 
 import operator  # noqa: F401  (fx graphs may name it)
@@ -48,8 +49,9 @@ def _activation_of(node, modules: Mapping[str, nn.Module]) -> Optional[Activatio
     return None
 
 
-def post_activation_taps(model: nn.Module, convs: Mapping[str, nn.Module]
-                         ) -> Dict[str, Tuple[str, Optional[Activation]]]:
+def post_activation_taps(
+    model: nn.Module, convs: Mapping[str, nn.Module]
+) -> Dict[str, Tuple[str, Optional[Activation]]]:
     """For each conv name: ``(module to hook, activation to apply)``.  A conv
     followed (through at most one BatchNorm, and nothing else reading the
     intermediate) by a ReLU/ReLU6 maps to that BatchNorm (or itself) and the
@@ -58,8 +60,10 @@ def post_activation_taps(model: nn.Module, convs: Mapping[str, nn.Module]
     try:
         gm = torch.fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many types on dynamic control flow
-        raise ValueError(f"tap='post_activation' needs a model torch.fx can trace ({type(exc).__name__}: {exc}); "
-                         "use tap='conv_output'") from exc
+        raise ValueError(
+            f"tap='post_activation' needs a model torch.fx can trace ({type(exc).__name__}: {exc}); "
+            "use tap='conv_output'"
+        ) from exc
     modules = dict(gm.named_modules())
     taps: Dict[str, Tuple[str, Optional[Activation]]] = {name: (name, None) for name in convs}
     for node in gm.graph.nodes:
@@ -67,8 +71,11 @@ def post_activation_taps(model: nn.Module, convs: Mapping[str, nn.Module]
             continue
         cur, hook = node, node.target
         users = list(cur.users)
-        if len(users) == 1 and users[0].op == "call_module" and isinstance(modules.get(users[0].target),
-                                                                            nn.modules.batchnorm._BatchNorm):
+        if (
+            len(users) == 1
+            and users[0].op == "call_module"
+            and isinstance(modules.get(users[0].target), nn.modules.batchnorm._BatchNorm)
+        ):
             cur, hook = users[0], users[0].target
             users = list(cur.users)
         if len(users) == 1:

@@ -11,6 +11,7 @@ error, never a silently different network.
 
     ocnna-fast convert-tflite mobilenet_v1_0.75_192_quant.tflite --out mnv1_075.safetensors
 """
+
 from __future__ import annotations
 
 import os
@@ -30,7 +31,7 @@ def _tflite():
     try:
         import tflite
     except ImportError as exc:
-        raise ImportError("reading TFLite files needs the `tflite` package: pip install \"ocnna-fast[tflite]\"") from exc
+        raise ImportError('reading TFLite files needs the `tflite` package: pip install "ocnna-fast[tflite]"') from exc
     return tflite
 
 
@@ -62,8 +63,12 @@ def _dequantise(tensor, raw: np.ndarray, axis: int) -> np.ndarray:
 def _buffer(model, graph, index: int) -> Tuple[object, np.ndarray]:
     tflite = _tflite()
     t = graph.Tensors(index)
-    dtype = {tflite.TensorType.UINT8: np.uint8, tflite.TensorType.INT8: np.int8,
-             tflite.TensorType.INT32: np.int32, tflite.TensorType.FLOAT32: np.float32}.get(t.Type())
+    dtype = {
+        tflite.TensorType.UINT8: np.uint8,
+        tflite.TensorType.INT8: np.int8,
+        tflite.TensorType.INT32: np.int32,
+        tflite.TensorType.FLOAT32: np.float32,
+    }.get(t.Type())
     if dtype is None:
         raise ValueError(f"tensor {t.Name().decode()}: unsupported type {t.Type()}")
     data = model.Buffers(t.Buffer()).DataAsNumpy()
@@ -99,14 +104,24 @@ def read_convs(path: PathLike) -> Tuple[List[TFLiteConv], Dict[str, float]]:
             w = _dequantise(wt, wq, 3).transpose(3, 0, 1, 2)  # 1HWC -> C1HW
         if options.StrideH() != options.StrideW():
             raise ValueError(f"operator {k}: unequal strides are not supported")
-        convs.append(TFLiteConv("conv" if name == "CONV_2D" else "depthwise", np.ascontiguousarray(w),
-                                _dequantise(bt, bq, 0), options.StrideH(), options.Padding() == _SAME,
-                                options.FusedActivationFunction() == _RELU6,
-                                graph.Tensors(ins[0]).ShapeAsNumpy().tolist()))
+        convs.append(
+            TFLiteConv(
+                "conv" if name == "CONV_2D" else "depthwise",
+                np.ascontiguousarray(w),
+                _dequantise(bt, bq, 0),
+                options.StrideH(),
+                options.Padding() == _SAME,
+                options.FusedActivationFunction() == _RELU6,
+                graph.Tensors(ins[0]).ShapeAsNumpy().tolist(),
+            )
+        )
     inp = graph.Tensors(graph.InputsAsNumpy()[0])
     q = inp.Quantization()
-    quant = {"scale": float(q.ScaleAsNumpy()[0]), "zero_point": float(q.ZeroPointAsNumpy()[0]),
-             "size": int(inp.ShapeAsNumpy()[1])}
+    quant = {
+        "scale": float(q.ScaleAsNumpy()[0]),
+        "zero_point": float(q.ZeroPointAsNumpy()[0]),
+        "size": int(inp.ShapeAsNumpy()[1]),
+    }
     return convs, quant
 
 
@@ -133,8 +148,10 @@ def detect_arch(path: PathLike) -> str:
         shapes = [tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
         if shapes[:-1] == [c.weight.shape for c in convs][:-1]:  # the classifier may carry "background"
             return name
-    raise ValueError(f"{path}: {len(convs)} convolutions, stem width {convs[0].weight.shape[0] if convs else 0}, "
-                     f"input {quant['size']}px: not a MobileNet this converter knows ({', '.join(TF_MOBILENETS)})")
+    raise ValueError(
+        f"{path}: {len(convs)} convolutions, stem width {convs[0].weight.shape[0] if convs else 0}, "
+        f"input {quant['size']}px: not a MobileNet this converter knows ({', '.join(TF_MOBILENETS)})"
+    )
 
 
 def convert_tflite(path: PathLike, model: torch.nn.Module) -> Dict[str, torch.Tensor]:
@@ -148,8 +165,10 @@ def convert_tflite(path: PathLike, model: torch.nn.Module) -> Dict[str, torch.Te
     mean, std = input_normalisation(quant)
     want = (getattr(model, "input_mean", None), getattr(model, "input_std", None))
     if want[0] is not None and (abs(mean[0] - want[0][0]) > 1e-6 or abs(std[0] - want[1][0]) > 1e-6):
-        raise ValueError(f"{path}: input quantisation means mean {mean[0]:.6f} / std {std[0]:.6f}, the model "
-                         f"expects {want[0][0]:.6f} / {want[1][0]:.6f}")
+        raise ValueError(
+            f"{path}: input quantisation means mean {mean[0]:.6f} / std {std[0]:.6f}, the model "
+            f"expects {want[0][0]:.6f} / {want[1][0]:.6f}"
+        )
     mods = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
     if len(mods) != len(convs):
         raise ValueError(f"{path} has {len(convs)} convolutions, the model {len(mods)}: another architecture")
@@ -162,7 +181,9 @@ def convert_tflite(path: PathLike, model: torch.nn.Module) -> Dict[str, torch.Te
     with torch.no_grad():
         for (name, mod), c in zip(mods, convs):
             if tuple(mod.weight.shape) != c.weight.shape:
-                raise ValueError(f"{name}: the file's weight is {c.weight.shape}, the model's {tuple(mod.weight.shape)}")
+                raise ValueError(
+                    f"{name}: the file's weight is {c.weight.shape}, the model's {tuple(mod.weight.shape)}"
+                )
             if (c.kind == "depthwise") != (mod.groups > 1 and mod.groups == mod.in_channels):
                 raise ValueError(f"{name}: depthwise in one and not the other")
             if mod.stride[0] != c.stride:

@@ -2,6 +2,7 @@
 scores files.  Each check raises a ``ValueError`` that says what is wrong and
 returns clean float64 tensors, so a loader can validate every part before it
 changes any state (nothing is ever half loaded)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -40,8 +41,9 @@ def float_vector(t: Any, n: int, what: str, *, nonnegative: bool = True) -> torc
     return out
 
 
-def accumulators(count: Any, mean: Any, m2: Any, images: Any, n: int, where: str
-                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+def accumulators(
+    count: Any, mean: Any, m2: Any, images: Any, n: int, where: str
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """The (count, mean, M2) state of one layer: finite, non-negative (energies
     are norms, so their mean is too), and every channel counted once per
     image (every batch covers every channel)."""
@@ -56,8 +58,9 @@ def accumulators(count: Any, mean: Any, m2: Any, images: Any, n: int, where: str
     return count, mean, m2, images
 
 
-def layer_scores(score: Any, mean: Any, std: Any, dead: Any, count: Any, where: str
-                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+def layer_scores(
+    score: Any, mean: Any, std: Any, dead: Any, count: Any, where: str
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """The fields of a LayerScores: same-length finite non-negative vectors,
     a 0/1 dead mask that agrees with ``mean == 0`` and ``score == 0``, and
     at least one image."""

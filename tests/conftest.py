@@ -1,4 +1,5 @@
 """Shared fixtures: where the shipped data lives, and the devices to test on."""
+
 from __future__ import annotations
 
 import os

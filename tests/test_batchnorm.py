@@ -1,5 +1,6 @@
 """BatchNorm re-estimation after surgery: exact averages, model left as found,
 and it brings a freshly pruned network back from near chance."""
+
 from __future__ import annotations
 
 import pytest
@@ -88,8 +89,9 @@ def test_brings_a_pruned_resnet_back_from_near_chance(data_dir):
     check = TensorImages(x[400:], y[400:], CIFAR_MEAN, CIFAR_STD)
     scores = score(model, (b for b, _ in train.batches(100)), progress=False)
     # inner convs only, as the measurement in README (stage widths pruned by OCNNA's scores fare worse)
-    pruned, _ = prune(model, scores, 40, torch.zeros(1, 3, 32, 32),
-                      ignored_layers=list(model.ocnna_ignored_layers("inner")))
+    pruned, _ = prune(
+        model, scores, 40, torch.zeros(1, 3, 32, 32), ignored_layers=list(model.ocnna_ignored_layers("inner"))
+    )
     before = evaluate(pruned, check)
     recalibrate_batchnorm(pruned, (b for b, _ in train.batches(100)))
     after = evaluate(pruned, check)

@@ -1,4 +1,5 @@
 """The benchmark suite: identical structure across criteria, resumable cells, the result schema."""
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,7 @@ def _ctx(model, n=12):
 def test_every_criterion_gives_the_same_structure(criterion):
     torch.manual_seed(0)
     model = Res().eval()
-    ref, _ = prune(model, score(model, _ctx(model).batches, progress=False), 50, torch.zeros(1, 3, 8, 8),
-                   rule="count")
+    ref, _ = prune(model, score(model, _ctx(model).batches, progress=False), 50, torch.zeros(1, 3, 8, 8), rule="count")
     values = criterion_values(criterion, _ctx(model))
     assert set(values) == {"b", "c"}  # group roots: c (coupled with a by the add) and b
     pruned, plan = prune(model, None, 50, torch.zeros(1, 3, 8, 8), importance=values, rule="count")
@@ -145,6 +145,6 @@ def test_rms_is_sqrt_of_mean_square_energy():
     x = torch.relu(torch.randn(9, 4, 6, 7, dtype=torch.float64))
     ls = FilterStats(4).update(x).result()
     f = np.sqrt(((x - x.mean(2, keepdim=True)) ** 2).sum((2, 3)).numpy())  # F with n_components=None
-    np.testing.assert_allclose(layer_values(ls, "ocnna-rms"), np.sqrt((f ** 2).mean(0)), rtol=1e-12)
+    np.testing.assert_allclose(layer_values(ls, "ocnna-rms"), np.sqrt((f**2).mean(0)), rtol=1e-12)
     with pytest.raises(ValueError, match="criterion"):
         layer_values(ls, "median")

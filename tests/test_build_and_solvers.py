@@ -4,6 +4,7 @@ The CUDA core finds eigenvalues by Sturm multisection (a few points per step,
 one per lane); CI has no GPU, so that solver is also exposed through the CPU
 module, with its points counted one after another, and checked here against
 QL and NumPy, with one point per step (bisection) and two."""
+
 from __future__ import annotations
 
 import shutil
@@ -90,5 +91,4 @@ def test_lane_solver_matches_the_scalar_ql_in_every_lane(d):
         scalar = _native._C._tridiagonal_eigenvalues(diag[k].copy(), off[k].copy(), "ql")
         np.testing.assert_array_equal(got[k], scalar, err_msg=f"lane {k}")
         want = np.sort(np.linalg.eigvalsh(_tridiagonal(diag[k], off[k])))[::-1]
-        np.testing.assert_allclose(got[k], want, rtol=0, atol=1e-13 * max(1.0, np.abs(want).max()),
-                                   err_msg=f"lane {k}")
+        np.testing.assert_allclose(got[k], want, rtol=0, atol=1e-13 * max(1.0, np.abs(want).max()), err_msg=f"lane {k}")

@@ -1,5 +1,6 @@
 """CIFAR ResNets: stage widths are prunable through the option-A shortcut
 (ChannelMapShortcut + its Torch-Pruning pruning function)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,8 +44,9 @@ def _values(model, seed):
     rng = np.random.default_rng(seed)
     dg = dependency_graph(model, EXAMPLE)
     names = {m: n for n, m in model.named_modules()}
-    return {names[g[0][0].target.module]: rng.random(len(g[0][1]))
-            for g in dg.get_all_groups(root_module_types=[nn.Conv2d])}
+    return {
+        names[g[0][0].target.module]: rng.random(len(g[0][1])) for g in dg.get_all_groups(root_module_types=[nn.Conv2d])
+    }
 
 
 def _exact_zero_selection(model, seed):
@@ -57,8 +59,11 @@ def _exact_zero_selection(model, seed):
     rng = np.random.default_rng(seed)
     values = _values(model, seed)
     gone_before = set()
-    for root, width, shortcut in (("conv1", 16, None), ("layer2.0.conv2", 32, model.layer2[0].shortcut),
-                                  ("layer3.0.conv2", 64, model.layer3[0].shortcut)):
+    for root, width, shortcut in (
+        ("conv1", 16, None),
+        ("layer2.0.conv2", 32, model.layer2[0].shortcut),
+        ("layer3.0.conv2", 64, model.layer3[0].shortcut),
+    ):
         if shortcut is not None:
             src = shortcut.src.tolist()
             zero = np.array([s < 0 or s in gone_before for s in src])

@@ -1,29 +1,72 @@
 """The ocnna-fast command line, end to end on a tiny subset of the shipped data."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
-import torch
 
 pytest.importorskip("torch_pruning")
 
 from ocnna_fast.cli import main
 from ocnna_fast.pruning import load_pruned
 
-FIELDS = ["arch", "dataset", "k", "n_components", "base_accuracy", "pruned_accuracy_after_surgery", "bn_images",
-          "pruned_accuracy_before_finetune",
-          "pruned_accuracy", "accuracy_drop", "base_params", "pruned_params", "rpr", "base_macs", "pruned_macs",
-          "macs_ratio", "scoring_seconds", "finetune_seconds"]
+FIELDS = [
+    "arch",
+    "dataset",
+    "k",
+    "n_components",
+    "base_accuracy",
+    "pruned_accuracy_after_surgery",
+    "bn_images",
+    "pruned_accuracy_before_finetune",
+    "pruned_accuracy",
+    "accuracy_drop",
+    "base_params",
+    "pruned_params",
+    "rpr",
+    "base_macs",
+    "pruned_macs",
+    "macs_ratio",
+    "scoring_seconds",
+    "finetune_seconds",
+]
 
 
 def test_prune_end_to_end(tmp_path, data_dir, capsys):
     out = tmp_path / "run"
-    rc = main(["prune", "--arch", "resnet20", "--k", "40", "--n-components", "0.9", "--criterion", "ocnna-rms",
-               "--score-images", "32",
-               "--eval-images", "40", "--train-images", "64", "--finetune-epochs", "1", "--batch-size", "32",
-               "--bn-images", "48", "--latency-repeats", "2", "--data-dir", str(data_dir), "--out", str(out),
-               "--no-progress"])
+    rc = main(
+        [
+            "prune",
+            "--arch",
+            "resnet20",
+            "--k",
+            "40",
+            "--n-components",
+            "0.9",
+            "--criterion",
+            "ocnna-rms",
+            "--score-images",
+            "32",
+            "--eval-images",
+            "40",
+            "--train-images",
+            "64",
+            "--finetune-epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--bn-images",
+            "48",
+            "--latency-repeats",
+            "2",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     lat = report["latency"]  # base vs pruned, eager always, ONNX Runtime with the deploy extra
@@ -41,8 +84,21 @@ def test_prune_end_to_end(tmp_path, data_dir, capsys):
     model = load_pruned(out / "pruned")
     assert sum(p.numel() for p in model.parameters()) == report["pruned_params"]
     # evaluate reads the pruned directory back
-    assert main(["evaluate", "--pruned", str(out / "pruned"), "--eval-images", "40", "--data-dir", str(data_dir),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pruned",
+                str(out / "pruned"),
+                "--eval-images",
+                "40",
+                "--data-dir",
+                str(data_dir),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(line)["accuracy"] == pytest.approx(report["pruned_accuracy"])
 
@@ -50,19 +106,37 @@ def test_prune_end_to_end(tmp_path, data_dir, capsys):
 def test_score_command(tmp_path, data_dir):
     from ocnna_fast import Scores
 
-    assert main(["score", "--arch", "resnet20", "--images", "16", "--data-dir", str(data_dir),
-                 "--out", str(tmp_path), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--arch",
+                "resnet20",
+                "--images",
+                "16",
+                "--data-dir",
+                str(data_dir),
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     s = Scores.load(tmp_path / "scores.safetensors")
     assert len(s) == 19 and all(ls.count == 16 for ls in s.values())
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["prune", "--arch", "resnet1000"], "unknown --arch"),
-    (["prune", "--k", "100"], "--k"),
-    (["prune", "--k", "-5"], "--k"),
-    (["prune", "--arch", "densenet40"], "pass --weights"),
-    (["prune", "--bn-images", "-1"], "--bn-images"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["prune", "--arch", "resnet1000"], "unknown --arch"),
+        (["prune", "--k", "100"], "--k"),
+        (["prune", "--k", "-5"], "--k"),
+        (["prune", "--arch", "densenet40"], "pass --weights"),
+        (["prune", "--bn-images", "-1"], "--bn-images"),
+    ],
+)
 def test_bad_arguments(argv, message, tmp_path, data_dir):
     with pytest.raises(SystemExit, match=message):
         main(argv + ["--data-dir", str(data_dir), "--out", str(tmp_path)])
@@ -74,21 +148,56 @@ def test_missing_data_is_explained(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(datapaths, "checkout_data_dir", lambda: None)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    rc = main(["score", "--arch", "resnet20", "--images", "4", "--data-dir", str(tmp_path / "nowhere"),
-               "--out", str(tmp_path)])
+    rc = main(
+        [
+            "score",
+            "--arch",
+            "resnet20",
+            "--images",
+            "4",
+            "--data-dir",
+            str(tmp_path / "nowhere"),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "OCNNA_DATA_DIR" in err and "ocnna-fast fetch resnet20" in err and str(tmp_path / "nowhere") in err
-    rc = main(["prune", "--arch", "resnet20", "--dataset", "cifar10", "--weights",
-               str(datapaths.Path(__file__).parents[1] / "data" / "resnet-cifar10-akamaster" / "resnet20-12fca82f.th"),
-               "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--no-progress"])
+    rc = main(
+        [
+            "prune",
+            "--arch",
+            "resnet20",
+            "--dataset",
+            "cifar10",
+            "--weights",
+            str(datapaths.Path(__file__).parents[1] / "data" / "resnet-cifar10-akamaster" / "resnet20-12fca82f.th"),
+            "--data-dir",
+            str(tmp_path / "nowhere"),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ]
+    )
     assert rc == 2 and "ocnna-fast fetch cifar10" in capsys.readouterr().err
 
 
 def test_cifar100_needs_its_own_weights(tmp_path, data_dir):
     with pytest.raises(SystemExit, match="are for CIFAR-10; for --dataset cifar100"):
-        main(["score", "--arch", "resnet20", "--dataset", "cifar100", "--data-dir", str(data_dir),
-              "--out", str(tmp_path)])
+        main(
+            [
+                "score",
+                "--arch",
+                "resnet20",
+                "--dataset",
+                "cifar100",
+                "--data-dir",
+                str(data_dir),
+                "--out",
+                str(tmp_path),
+            ]
+        )
 
 
 def test_lossless_cifar10_through_the_cli(tmp_path, data_dir, monkeypatch, capsys):
@@ -113,23 +222,58 @@ def test_lossless_cifar10_through_the_cli(tmp_path, data_dir, monkeypatch, capsy
         pickle.dump({"label_names": [str(i) for i in range(10)]}, f)
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)  # md5 sums are of the real files
     monkeypatch.setattr(tv_cifar.CIFAR10, "_check_integrity", lambda self: True)
-    assert main(["evaluate", "--arch", "resnet20", "--dataset", "cifar10", "--data-dir", str(tmp_path / "mine"),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--arch",
+                "resnet20",
+                "--dataset",
+                "cifar10",
+                "--data-dir",
+                str(tmp_path / "mine"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["dataset"].startswith("cifar10: lossless") and report["images"] == 20
     assert report["accuracy"] == 100.0  # PROVENANCE: ResNet-20 gets all 20 right
     assert np.array_equal(flat[0], x[0].reshape(-1).numpy())
 
 
-TINY = ["--arch", "resnet20", "--k", "40", "--score-images", "16", "--eval-images", "16", "--train-images", "16",
-        "--finetune-epochs", "1", "--batch-size", "16", "--bn-images", "16", "--latency-repeats", "0", "--no-progress"]
+TINY = [
+    "--arch",
+    "resnet20",
+    "--k",
+    "40",
+    "--score-images",
+    "16",
+    "--eval-images",
+    "16",
+    "--train-images",
+    "16",
+    "--finetune-epochs",
+    "1",
+    "--batch-size",
+    "16",
+    "--bn-images",
+    "16",
+    "--latency-repeats",
+    "0",
+    "--no-progress",
+]
 
 
-@pytest.mark.parametrize("make_bad, message", [
-    (lambda d: (d / "out").write_text("a file"), "not a folder"),
-    (lambda d: (d / "w.th").write_bytes(b"\x80garbage"), "cannot read weights"),
-    (lambda d: (d / "w.safetensors").write_bytes(b"garbage"), "cannot read weights"),
-])
+@pytest.mark.parametrize(
+    "make_bad, message",
+    [
+        (lambda d: (d / "out").write_text("a file"), "not a folder"),
+        (lambda d: (d / "w.th").write_bytes(b"\x80garbage"), "cannot read weights"),
+        (lambda d: (d / "w.safetensors").write_bytes(b"garbage"), "cannot read weights"),
+    ],
+)
 def test_expected_failures_are_one_line(make_bad, message, tmp_path, data_dir, capsys):
     """A file where --out should go, garbage weights: exit 2 and one line, no traceback."""
     make_bad(tmp_path)
@@ -144,8 +288,23 @@ def test_expected_failures_are_one_line(make_bad, message, tmp_path, data_dir, c
 
 def test_weights_of_another_architecture_are_one_line(tmp_path, data_dir, capsys):
     w = data_dir / "resnet-cifar10-akamaster" / "resnet20-12fca82f.th"
-    assert main(["evaluate", "--arch", "resnet56", "--weights", str(w), "--eval-images", "8",
-                 "--data-dir", str(data_dir), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--arch",
+                "resnet56",
+                "--weights",
+                str(w),
+                "--eval-images",
+                "8",
+                "--data-dir",
+                str(data_dir),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "do not fit" in err and "Traceback" not in err
 
@@ -165,8 +324,10 @@ def test_interrupted_prune_leaves_the_old_outputs_whole(tmp_path, data_dir, caps
         raise KeyboardInterrupt
 
     monkeypatch.setattr(distill_mod, "distill", interrupted)
-    assert main(["prune", *TINY, "--k", "60", "--n-components", "0.9", "--data-dir", str(data_dir),
-                 "--out", str(out)]) == 130
+    assert (
+        main(["prune", *TINY, "--k", "60", "--n-components", "0.9", "--data-dir", str(data_dir), "--out", str(out)])
+        == 130
+    )
     assert "interrupted" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert (out / "pruned" / "plan.json").read_bytes() == plan_before

@@ -1,4 +1,5 @@
 """Bias compensation for folded-BN models, and the channel maps it relies on."""
+
 from __future__ import annotations
 
 import torch
@@ -47,7 +48,9 @@ def test_channel_maps_name_original_channels_across_groups():
     assert torch.equal(pruned.mix.weight, want)
     assert len(entry["removed_inputs"]) == 3 + 2 and any(c >= 6 for c in entry["removed_inputs"])
     head = plan["channel_maps"]["head"]
-    assert torch.equal(pruned.head.weight, model.head.weight[:, [c for c in range(7) if c not in head["removed_inputs"]]])
+    assert torch.equal(
+        pruned.head.weight, model.head.weight[:, [c for c in range(7) if c not in head["removed_inputs"]]]
+    )
 
 
 def test_compensation_restores_the_consumers_mean_output():

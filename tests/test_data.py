@@ -1,4 +1,5 @@
 """The shipped-data readers."""
+
 from __future__ import annotations
 
 import pickle

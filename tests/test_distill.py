@@ -1,4 +1,5 @@
 """Distillation: it helps, and an interrupted run resumes to the same weights."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,8 +9,7 @@ pytest.importorskip("torch_pruning")
 from torch import nn
 
 from ocnna_fast.distill import TensorImages, distill, evaluate
-from ocnna_fast.models import load_weights
-from ocnna_fast.models import build
+from ocnna_fast.models import build, load_weights
 from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 from ocnna_fast.pruning import prune
 
@@ -44,8 +44,17 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
 
     b = Small()
     b.load_state_dict(init)
-    distill(b, teacher, data, epochs=3, lr=0.05, batch_size=16, checkpoint_dir=tmp_path / "b",
-            stop_after_epoch=1, progress=False)  # the "crash"
+    distill(
+        b,
+        teacher,
+        data,
+        epochs=3,
+        lr=0.05,
+        batch_size=16,
+        checkpoint_dir=tmp_path / "b",
+        stop_after_epoch=1,
+        progress=False,
+    )  # the "crash"
     c = Small()  # a fresh process: only the checkpoint survives
     c.load_state_dict(init)
     hist_c = distill(c, teacher, data, epochs=3, lr=0.05, batch_size=16, checkpoint_dir=tmp_path / "b", progress=False)
@@ -82,8 +91,13 @@ def test_distillation_repairs_a_damaged_pretrained_model(data_dir):
     check = TensorImages(x, y, CIFAR_MEAN, CIFAR_STD)
     from test_pruning import fake_scores
 
-    student, _ = prune(teacher, fake_scores(teacher, seed=2), 60, torch.zeros(1, 3, 32, 32),  # random cut: damaged
-                       ignored_layers=list(teacher.ocnna_ignored_layers("inner")))
+    student, _ = prune(
+        teacher,
+        fake_scores(teacher, seed=2),
+        60,
+        torch.zeros(1, 3, 32, 32),  # random cut: damaged
+        ignored_layers=list(teacher.ocnna_ignored_layers("inner")),
+    )
     before = evaluate(student, check)
     teacher_acc = evaluate(teacher, check)
     distill(student, teacher, train, epochs=2, lr=0.02, batch_size=64, progress=False)

@@ -1,11 +1,12 @@
 """Distillation under several processes (DistributedDataParallel over gloo on
 CPU, as torchrun would start it): the same weights as one process with the
 same global batch, and exact resume of a killed multi-process run."""
+
 from __future__ import annotations
 
 import os
-import sys
 import socket
+import sys
 
 import pytest
 import torch
@@ -21,8 +22,17 @@ N_IMAGES = 21  # the last batch holds 5 images: 3 and 2, so the shares need thei
 def _net(bn: bool, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     norm = (lambda c: nn.BatchNorm2d(c)) if bn else (lambda c: nn.Identity())
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), norm(6), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1),
-                         norm(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4))
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        norm(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 6, 3, padding=1),
+        norm(6),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 4),
+    )
 
 
 def _data() -> TensorImages:
@@ -34,8 +44,18 @@ def _data() -> TensorImages:
 
 def _train(bn: bool, checkpoint_dir=None, stop=None, epochs=2):
     student, teacher = _net(bn, 1), _net(bn, 2)
-    history = distill(student, teacher, _data(), epochs=epochs, lr=0.05, batch_size=GLOBAL_BATCH, seed=3,
-                      checkpoint_dir=checkpoint_dir, progress=False, stop_after_epoch=stop)
+    history = distill(
+        student,
+        teacher,
+        _data(),
+        epochs=epochs,
+        lr=0.05,
+        batch_size=GLOBAL_BATCH,
+        seed=3,
+        checkpoint_dir=checkpoint_dir,
+        progress=False,
+        stop_after_epoch=stop,
+    )
     return student, history
 
 
@@ -149,21 +169,64 @@ def test_prune_under_torchrun_matches_one_process_and_only_rank_0_writes(tmp_pat
 
     _write_folder(tmp_path / "imnet", per_class=(6, 3))  # 18 training images: global batches 4+4+4+4+2
     (tmp_path / "ddp_user_nets.py").write_text(PLAIN_FACTORY)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    args = ["prune", "--model", "ddp_user_nets:plain", "--dataset", "imagenet", "--data-dir", str(tmp_path / "imnet"),
-            "--input-size", "16", "--workers", "0", "--batch-size", "4", "--k", "50", "--score-images", "9",
-            "--finetune-epochs", "1", "--lr", "0.05", "--latency-repeats", "0", "--no-progress"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    args = [
+        "prune",
+        "--model",
+        "ddp_user_nets:plain",
+        "--dataset",
+        "imagenet",
+        "--data-dir",
+        str(tmp_path / "imnet"),
+        "--input-size",
+        "16",
+        "--workers",
+        "0",
+        "--batch-size",
+        "4",
+        "--k",
+        "50",
+        "--score-images",
+        "9",
+        "--finetune-epochs",
+        "1",
+        "--lr",
+        "0.05",
+        "--latency-repeats",
+        "0",
+        "--no-progress",
+    ]
     runs = {}
-    for name, launcher in (("one", [_sys.executable, "-m", "ocnna_fast.cli"]),
-                           ("two", [_sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                    "--nproc-per-node", "2", "-m", "ocnna_fast.cli"])):
+    for name, launcher in (
+        ("one", [_sys.executable, "-m", "ocnna_fast.cli"]),
+        (
+            "two",
+            [
+                _sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                "2",
+                "-m",
+                "ocnna_fast.cli",
+            ],
+        ),
+    ):
         out = tmp_path / name
-        done = subprocess.run([*launcher, *args, "--out", str(out)], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=600)
+        done = subprocess.run(
+            [*launcher, *args, "--out", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
         assert done.returncode == 0, done.stderr[-3000:]
-        runs[name] = (load_file(str(out / "pruned" / "model.safetensors")), json.loads((out / "report.json").read_text()),
-                      done.stdout)
+        runs[name] = (
+            load_file(str(out / "pruned" / "model.safetensors")),
+            json.loads((out / "report.json").read_text()),
+            done.stdout,
+        )
         assert not list(out.glob(".staging-*"))  # no rank left its staging folder behind
     (one, rep1, _), (two, rep2, stdout2) = runs["one"], runs["two"]
     assert "2 processes" in stdout2 and stdout2.count("wrote ") == 1  # rank 1 printed nothing

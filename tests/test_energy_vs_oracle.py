@@ -1,16 +1,16 @@
 """Per-map energies of the native cores against the scikit-learn oracle (SPEC 2, 5)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import DEVICES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ocnna_fast import _native, reference
 from ocnna_fast.stats import FilterStats
-
-from conftest import DEVICES
 
 pytest.importorskip("sklearn")
 
@@ -23,8 +23,9 @@ def native_energies(a: torch.Tensor, n_components) -> np.ndarray:
     ptr, code, shape, strides = _native.batch_args(a)
     if a.is_cuda:
         out = torch.empty(shape[0] * shape[1], dtype=torch.float64, device=a.device)
-        _native.cuda_core().energies(ptr, code, shape, strides, mode, q, tau, out.data_ptr(),
-                                     _native.current_stream(a.device), a.device.index)
+        _native.cuda_core().energies(
+            ptr, code, shape, strides, mode, q, tau, out.data_ptr(), _native.current_stream(a.device), a.device.index
+        )
         return out.cpu().numpy().reshape(shape[:2])
     out = np.empty(shape[0] * shape[1])
     _native._C.energies(ptr, code, shape, strides, mode, q, tau, out)
@@ -61,7 +62,7 @@ def make_maps(rng, kind: str, n: int, c: int, h: int, w: int) -> np.ndarray:
         bh, bw = max(1, h // 3), max(1, w // 3)
         r = int(rng.integers(1, 3))
         block = rng.standard_normal((n, c, bh, r)) @ rng.standard_normal((n, c, r, bw))
-        a[:, :, h - bh:, :bw] = np.maximum(block, 0)
+        a[:, :, h - bh :, :bw] = np.maximum(block, 0)
     return a
 
 
@@ -79,8 +80,9 @@ n_components_st = st.one_of(
 @given(
     h=st.integers(1, 40),
     w=st.integers(1, 40),
-    kind=st.sampled_from(["normal", "relu", "constant", "zero", "low_rank", "offset", "constant_columns"]
-                         + SPARSE_KINDS),
+    kind=st.sampled_from(
+        ["normal", "relu", "constant", "zero", "low_rank", "offset", "constant_columns"] + SPARSE_KINDS
+    ),
     dtype=st.sampled_from([np.float64, np.float32]),
     channels_last=st.booleans(),
     n_components=n_components_st,
@@ -125,8 +127,9 @@ def test_strided_views_need_no_copy(device):
     view = base[:, ::2, 3:17, 1:23:2]
     assert not view.is_contiguous()
     for nc in (None, 0.8):
-        np.testing.assert_allclose(native_energies(view, nc), native_energies(view.contiguous(), nc),
-                                   rtol=1e-13, atol=0)
+        np.testing.assert_allclose(
+            native_energies(view, nc), native_energies(view.contiguous(), nc), rtol=1e-13, atol=0
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -167,12 +170,15 @@ def test_ratio_rule_is_strictly_greater(tau, kept):
     Orthogonal zero-mean columns with squared norms 8, 4, 2, 2: ratios 1/2, 1/4,
     1/8, 1/8, cumulative 0.5, 0.75, 0.875, 1.  At tau equal to a cumulative
     value the rule keeps one more component ("strictly greater")."""
-    cols = np.array([
-        [1, 1, 1, 1, -1, -1, -1, -1],
-        [1, -1, 1, -1, 0, 0, 0, 0],
-        [0, 0, 0, 0, 1, -1, 0, 0],
-        [0, 0, 0, 0, 0, 0, 1, -1],
-    ], dtype=np.float64).T  # 8 rows (samples) x 4 columns (features)
+    cols = np.array(
+        [
+            [1, 1, 1, 1, -1, -1, -1, -1],
+            [1, -1, 1, -1, 0, 0, 0, 0],
+            [0, 0, 0, 0, 1, -1, 0, 0],
+            [0, 0, 0, 0, 0, 0, 1, -1],
+        ],
+        dtype=np.float64,
+    ).T  # 8 rows (samples) x 4 columns (features)
     x = torch.from_numpy(cols + 3.0).reshape(1, 1, 8, 4)  # the offset is centred away
     got = native_energies(x, tau)[0, 0]
     assert got == np.sqrt(kept)
@@ -216,6 +222,7 @@ def test_extreme_scales_keep_their_energy(dtype):
 
 
 # ---- exact-zero structure (post-activation maps) -----------------------------------
+
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
@@ -269,8 +276,11 @@ def test_real_post_relu_maps_match_oracle(arch, data_dir):
     model = models.load_weights(models.build(arch), weights[0]).eval()
     x, _ = data.cifar10_jpeg("train", root=data_dir, limit=24)
     acts = {}
-    hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: acts.__setitem__(n, torch.relu(o)))
-             for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, o, n=n: acts.__setitem__(n, torch.relu(o)))
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+    ]
     with torch.no_grad():
         model(data.normalize(x, CIFAR_MEAN, CIFAR_STD))
     for h in hooks:
@@ -283,8 +293,13 @@ def test_real_post_relu_maps_match_oracle(arch, data_dir):
             for name in names[:: max(1, len(names) // 4)]:
                 a = acts[name][:6, :6].to(dtype)
                 want = reference.energies(a, nc)
-                np.testing.assert_allclose(native_energies(a, nc), want, rtol=tol, atol=1e-12 * want.max(),
-                                           err_msg=f"{arch} {name} n_components={nc} {dtype}")
+                np.testing.assert_allclose(
+                    native_energies(a, nc),
+                    want,
+                    rtol=tol,
+                    atol=1e-12 * want.max(),
+                    err_msg=f"{arch} {name} n_components={nc} {dtype}",
+                )
 
 
 def test_own_failures_are_internal_errors_not_bad_input():

@@ -1,5 +1,6 @@
 """Export of a pruned CIFAR ResNet to ONNX and TorchScript, verified in each
 runtime on real images; a corrupted export must be caught."""
+
 from __future__ import annotations
 
 import json
@@ -93,8 +94,28 @@ def test_export_command_with_base_and_latency(pruned_r20, tmp_path, data_dir, ca
     _deploy_or_skip()
     _, _, folder = pruned_r20
     out = tmp_path / "r20.onnx"
-    assert main(["export", "--pruned", str(folder), "--format", "onnx", "--out", str(out), "--base",
-                 "--verify-images", "32", "--benchmark", "--latency-repeats", "2", "--data-dir", str(data_dir)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--pruned",
+                str(folder),
+                "--format",
+                "onnx",
+                "--out",
+                str(out),
+                "--base",
+                "--verify-images",
+                "32",
+                "--benchmark",
+                "--latency-repeats",
+                "2",
+                "--data-dir",
+                str(data_dir),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "r20.onnx.json").read_text())
     assert out.is_file() and (tmp_path / "r20.base.onnx").is_file()
     assert report["pruned"]["verification"]["ok"] and report["base"]["verification"]["images"] == 32

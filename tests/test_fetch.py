@@ -1,6 +1,7 @@
 """The fetchers, against a local HTTP server on 127.0.0.1 serving the shipped
 files (no network): success, a wrong checksum refused and removed, an
 interrupted download resumed, archives extracted atomically."""
+
 from __future__ import annotations
 
 import hashlib
@@ -152,9 +153,11 @@ def _tar_gz(members) -> bytes:
 def test_archives_are_extracted_whole_into_place(tmp_path, monkeypatch):
     archive = _tar_gz({"cifar-10-batches-py/data_batch_1": b"x" * 1000, "cifar-10-batches-py/batches.meta": b"m"})
     sha = hashlib.sha256(archive).hexdigest()
-    monkeypatch.setitem(fetch_mod.REMOTES, "cifar10",
-                        Remote("https://example.invalid/cifar-10-python.tar.gz", sha, len(archive),
-                               extracts_to="cifar-10-batches-py"))
+    monkeypatch.setitem(
+        fetch_mod.REMOTES,
+        "cifar10",
+        Remote("https://example.invalid/cifar-10-python.tar.gz", sha, len(archive), extracts_to="cifar-10-batches-py"),
+    )
     with _Server({"cifar-10-python.tar.gz": archive}) as srv:
         path = fetch("cifar10", tmp_path, base_url=srv.url, progress=False)
     assert path == tmp_path / "cifar-10-batches-py"
@@ -166,9 +169,11 @@ def test_archives_are_extracted_whole_into_place(tmp_path, monkeypatch):
 def test_archives_with_escaping_members_are_refused(tmp_path, monkeypatch):
     archive = _tar_gz({"../evil": b"x", "cifar-10-batches-py/a": b"y"})
     sha = hashlib.sha256(archive).hexdigest()
-    monkeypatch.setitem(fetch_mod.REMOTES, "cifar10",
-                        Remote("https://example.invalid/cifar-10-python.tar.gz", sha, len(archive),
-                               extracts_to="cifar-10-batches-py"))
+    monkeypatch.setitem(
+        fetch_mod.REMOTES,
+        "cifar10",
+        Remote("https://example.invalid/cifar-10-python.tar.gz", sha, len(archive), extracts_to="cifar-10-batches-py"),
+    )
     with _Server({"cifar-10-python.tar.gz": archive}) as srv:
         with pytest.raises(ValueError, match="refusing the archive member"):
             fetch("cifar10", tmp_path, base_url=srv.url, progress=False)

@@ -1,4 +1,5 @@
 """FilterStats: streaming exactness, merging, invariances, state and bad input."""
+
 from __future__ import annotations
 
 import math
@@ -6,11 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import DEVICES
 
 from ocnna_fast import FilterStats
 from ocnna_fast._native import parse_n_components
-
-from conftest import DEVICES
 
 MODES = [None, 2, 0.9]
 
@@ -33,7 +33,7 @@ def test_batch_size_does_not_matter(device, n_components):
         st = FilterStats(5, n_components)
         start = 0
         for s in sizes:
-            st.update(x[start:start + s])
+            st.update(x[start : start + s])
             start += s
         r = st.result()
         assert r.count == 24

@@ -1,4 +1,5 @@
 """OCNNAImportance inside Torch-Pruning's own pruner."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,10 +9,10 @@ from torch import nn
 tp = pytest.importorskip("torch_pruning")
 torchvision = pytest.importorskip("torchvision")
 
+from test_pruning import fake_scores  # noqa: E402
+
 from ocnna_fast.integrations.torch_pruning import OCNNAImportance  # noqa: E402
 from ocnna_fast.pruning import prune  # noqa: E402
-
-from test_pruning import fake_scores  # noqa: E402
 
 
 def widths(model):
@@ -27,8 +28,9 @@ def test_local_pruning_equals_ocnna_prune(arch):
 
     theirs = getattr(torchvision.models, arch)(weights=None, num_classes=10).eval()
     theirs.load_state_dict(model.state_dict())
-    pruner = tp.pruner.BasePruner(theirs, x, importance=OCNNAImportance(scores), pruning_ratio=0.5,
-                                  ignored_layers=[theirs.fc])
+    pruner = tp.pruner.BasePruner(
+        theirs, x, importance=OCNNAImportance(scores), pruning_ratio=0.5, ignored_layers=[theirs.fc]
+    )
     pruner.step()
     assert widths(theirs) == widths(ours)
     for (n, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
@@ -46,8 +48,15 @@ def test_global_and_iterative_pruning_run():
     x = torch.randn(1, 3, 64, 64)
     scores = fake_scores(model, seed=5)
     before = sum(p.numel() for p in model.parameters())
-    pruner = tp.pruner.BasePruner(model, x, importance=OCNNAImportance(scores, model=model), pruning_ratio=0.4,
-                                  global_pruning=True, iterative_steps=3, ignored_layers=[model.fc])
+    pruner = tp.pruner.BasePruner(
+        model,
+        x,
+        importance=OCNNAImportance(scores, model=model),
+        pruning_ratio=0.4,
+        global_pruning=True,
+        iterative_steps=3,
+        ignored_layers=[model.fc],
+    )
     for _ in range(3):
         pruner.step()
         with torch.no_grad():
@@ -68,8 +77,9 @@ def test_groups_without_scores_are_skipped():
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
     x = torch.randn(1, 3, 64, 64)
     only = {k: v for k, v in fake_scores(model).items() if k == "layer2.0.conv1"}
-    pruner = tp.pruner.BasePruner(model, x, importance=OCNNAImportance(only), pruning_ratio=0.5,
-                                  ignored_layers=[model.fc])
+    pruner = tp.pruner.BasePruner(
+        model, x, importance=OCNNAImportance(only), pruning_ratio=0.5, ignored_layers=[model.fc]
+    )
     pruner.step()
     w = widths(model)
     assert w["layer2.0.conv1"] == 64 and w["layer2.1.conv1"] == 128  # only the scored layer changed

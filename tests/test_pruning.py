@@ -1,4 +1,5 @@
 """Selection and surgery: plans, RPR, save/load, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,13 @@ def fake_scores(model, seed=0):
     for name, conv in prunable_convs(model).items():
         c = conv.out_channels
         s = torch.rand(c, generator=g, dtype=torch.float64) + 0.05
-        out[name] = LayerScores(score=s, mean=torch.ones(c, dtype=torch.float64), std=s.clone(), count=1,
-                                dead=torch.zeros(c, dtype=torch.bool))
+        out[name] = LayerScores(
+            score=s,
+            mean=torch.ones(c, dtype=torch.float64),
+            std=s.clone(),
+            count=1,
+            dead=torch.zeros(c, dtype=torch.bool),
+        )
     return out
 
 
@@ -69,7 +75,9 @@ def scores_from(values):
     out = {}
     for name, v in values.items():
         s = torch.tensor(v, dtype=torch.float64)
-        out[name] = LayerScores(score=s, mean=torch.ones_like(s), std=s, count=1, dead=torch.zeros(len(v), dtype=torch.bool))
+        out[name] = LayerScores(
+            score=s, mean=torch.ones_like(s), std=s, count=1, dead=torch.zeros(len(v), dtype=torch.bool)
+        )
     return out
 
 

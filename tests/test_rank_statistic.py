@@ -1,4 +1,5 @@
 """HRank's rank statistic, streamed by the native core: exact against the literal oracle."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,10 +7,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_energy_vs_oracle import SPARSE_KINDS, make_maps  # noqa: E402
 
 from ocnna_fast import FilterStats, Scores, reference, score
-
-from test_energy_vs_oracle import SPARSE_KINDS, make_maps, native_energies  # noqa: E402
 
 
 def native_ranks(a: torch.Tensor) -> np.ndarray:
@@ -44,16 +44,20 @@ def test_real_post_relu_ranks_and_scores(data_dir):
     from ocnna_fast import data, models
     from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 
-    model = models.load_weights(models.build("resnet20"),
-                                data_dir / "resnet-cifar10-akamaster" / "resnet20-12fca82f.th").eval()
+    model = models.load_weights(
+        models.build("resnet20"), data_dir / "resnet-cifar10-akamaster" / "resnet20-12fca82f.th"
+    ).eval()
     x, _ = data.cifar10_jpeg("train", root=data_dir, limit=16, seed=1)
     x = data.normalize(x, CIFAR_MEAN, CIFAR_STD)
     with pytest.warns(UserWarning):
         s = score(model, [x[:7], x[7:]], tap="post_activation", statistic="rank", progress=False)
     assert s.statistic == "rank"
     with torch.no_grad():
-        maps = torch.relu(model.layer2[1].bn1(model.layer2[1].conv1(model.layer2[0](model.layer1(
-            torch.relu(model.bn1(model.conv1(x))))))))
+        maps = torch.relu(
+            model.layer2[1].bn1(
+                model.layer2[1].conv1(model.layer2[0](model.layer1(torch.relu(model.bn1(model.conv1(x))))))
+            )
+        )
     want = reference.scores_from_energies(reference.ranks(maps))
     np.testing.assert_allclose(s["layer2.1.conv1"].mean.numpy(), want["mean"], rtol=1e-12)
     np.testing.assert_allclose(s["layer2.1.conv1"].score.numpy(), want["score"], rtol=1e-9, atol=1e-12)

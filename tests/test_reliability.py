@@ -1,8 +1,8 @@
 """Bad input, damaged files and interruptions: never a silent wrong result,
 never lost work (docs/reliability.md lists which test pins which promise)."""
+
 from __future__ import annotations
 
-import json
 import os
 import threading
 
@@ -24,8 +24,10 @@ def acts(n=6, c=5, seed=0):
 
 # ---- 1. every loader validates everything before changing anything -----------------
 
+
 def _bad_states(sd):
     """(what, mutated state) pairs that must all be refused."""
+
     def with_(**kw):
         d = dict(sd)
         d.update(kw)
@@ -43,11 +45,18 @@ def _bad_states(sd):
     extra["junk"] = 1
     missing = {k: v for k, v in sd.items() if k != "m2"}
     return [
-        ("nan mean", with_(mean=mean_nan)), ("negative count", with_(count=neg)), ("negative m2", with_(m2=m2_neg)),
-        ("counts disagree", with_(count=off)), ("images disagree", with_(images=sd["images"] + 1)),
-        ("negative images", with_(images=-1)), ("2-D mean", with_(mean=sd["mean"][None])),
-        ("integer mean", with_(mean=sd["mean"].long())), ("n_components abc", with_(n_components="abc")),
-        ("float images", with_(images=6.0)), ("unknown key", extra), ("missing key", missing),
+        ("nan mean", with_(mean=mean_nan)),
+        ("negative count", with_(count=neg)),
+        ("negative m2", with_(m2=m2_neg)),
+        ("counts disagree", with_(count=off)),
+        ("images disagree", with_(images=sd["images"] + 1)),
+        ("negative images", with_(images=-1)),
+        ("2-D mean", with_(mean=sd["mean"][None])),
+        ("integer mean", with_(mean=sd["mean"].long())),
+        ("n_components abc", with_(n_components="abc")),
+        ("float images", with_(images=6.0)),
+        ("unknown key", extra),
+        ("missing key", missing),
         ("bool version", with_(version=True)),
     ]
 
@@ -96,11 +105,22 @@ def test_scores_file_refuses_tampered_values(tmp_path):
     _scores().save(p)
     tensors, meta = _read(p)
     cases = []
-    t = dict(tensors); t["0.mean"] = t["0.mean"].clone(); t["0.mean"][0] = float("nan"); cases.append((t, meta))
-    t = dict(tensors); t["1.score"] = t["1.score"].clone()[None]; cases.append((t, meta))
-    t = dict(tensors); t["0.score"] = t["0.score"].long(); cases.append((t, meta))
-    t = dict(tensors); t["0.dead"] = torch.ones(7, dtype=torch.uint8); cases.append((t, meta))
-    t = dict(tensors); t["0.std"] = -t["0.std"]; cases.append((t, meta))
+    t = dict(tensors)
+    t["0.mean"] = t["0.mean"].clone()
+    t["0.mean"][0] = float("nan")
+    cases.append((t, meta))
+    t = dict(tensors)
+    t["1.score"] = t["1.score"].clone()[None]
+    cases.append((t, meta))
+    t = dict(tensors)
+    t["0.score"] = t["0.score"].long()
+    cases.append((t, meta))
+    t = dict(tensors)
+    t["0.dead"] = torch.ones(7, dtype=torch.uint8)
+    cases.append((t, meta))
+    t = dict(tensors)
+    t["0.std"] = -t["0.std"]
+    cases.append((t, meta))
     cases.append((tensors, dict(meta, counts="[]")))
     cases.append((tensors, dict(meta, counts="[6, -1]")))
     cases.append((tensors, dict(meta, layers='["a", "a"]')))
@@ -143,6 +163,7 @@ def _interrupted(batches, after):
             if i == after:
                 raise KeyboardInterrupt
             yield b
+
     return gen()
 
 
@@ -154,10 +175,19 @@ def test_checkpoint_refuses_tampered_values(tmp_path):
         score(model, _interrupted(_batches(), 2), checkpoint=ck, checkpoint_every=1, progress=False)
     tensors, meta = _read(ck)
     bad = []
-    t = dict(tensors); t["0.mean"] = t["0.mean"].clone(); t["0.mean"][1] = float("nan"); bad.append((t, meta))
-    t = dict(tensors); t["1.m2"] = -t["1.m2"]; bad.append((t, meta))
-    t = dict(tensors); t["0.images"] = torch.tensor([99]); bad.append((t, meta))
-    t = dict(tensors); t["0.count"] = t["0.count"] + 1; bad.append((t, meta))
+    t = dict(tensors)
+    t["0.mean"] = t["0.mean"].clone()
+    t["0.mean"][1] = float("nan")
+    bad.append((t, meta))
+    t = dict(tensors)
+    t["1.m2"] = -t["1.m2"]
+    bad.append((t, meta))
+    t = dict(tensors)
+    t["0.images"] = torch.tensor([99])
+    bad.append((t, meta))
+    t = dict(tensors)
+    t["0.count"] = t["0.count"] + 1
+    bad.append((t, meta))
     bad.append((tensors, dict(meta, batches="-1")))
     bad.append((tensors, dict(meta, images="abc")))
     for t, m in bad:
@@ -222,9 +252,16 @@ def test_fuzz_checkpoint_file(tmp_path_factory, pos, flip):
 
 
 @settings(max_examples=80, deadline=None)
-@given(key=st.sampled_from(["count", "mean", "m2", "images", "n_components", "num_channels", "version"]),
-       value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 50), st.text(max_size=3),
-                       st.none(), st.lists(st.floats(-1e3, 1e3), min_size=0, max_size=6)))
+@given(
+    key=st.sampled_from(["count", "mean", "m2", "images", "n_components", "num_channels", "version"]),
+    value=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(-5, 50),
+        st.text(max_size=3),
+        st.none(),
+        st.lists(st.floats(-1e3, 1e3), min_size=0, max_size=6),
+    ),
+)
 def test_fuzz_state_dict(key, value):
     src = FilterStats(5, 0.9).update(acts())
     sd = src.state_dict()
@@ -245,6 +282,7 @@ def test_fuzz_state_dict(key, value):
 
 # ---- 2. a NaN score never wipes out a layer ------------------------------------------
 
+
 def test_non_finite_scores_are_refused_with_the_layer_name():
     s = np.array([0.3, 0.1, float("nan"), 0.5, 0.2, 0.4, 0.9, 0.6])
     with pytest.raises(ValueError, match="'layer1.conv'.*non-finite.*\\[2\\]"):
@@ -253,6 +291,7 @@ def test_non_finite_scores_are_refused_with_the_layer_name():
 
 
 # ---- 3. an empty batch does not shift the resume position ----------------------------
+
 
 def test_resume_with_an_empty_batch_counts_every_image_once(tmp_path):
     torch.manual_seed(0)
@@ -270,6 +309,7 @@ def test_resume_with_an_empty_batch_counts_every_image_once(tmp_path):
 
 
 # ---- 4. FilterStats.update from several threads ---------------------------------------
+
 
 def test_concurrent_updates_lose_nothing():
     st_ = FilterStats(64, 0.9)
@@ -290,6 +330,7 @@ def test_concurrent_updates_lose_nothing():
 
 
 # ---- 5. a distillation checkpoint belongs to one run ---------------------------------
+
 
 class Small(nn.Module):
     def __init__(self, width=6):
@@ -317,8 +358,7 @@ def test_distill_checkpoint_of_another_student_teacher_or_data_is_refused(tmp_pa
     fresh = Small(4)
     fresh.load_state_dict(init)
     with pytest.raises(ValueError, match="data_sha256"):
-        distill(fresh, teacher, _data(seed=1), epochs=1, lr=0.05, batch_size=8, checkpoint_dir=tmp_path,
-                progress=False)
+        distill(fresh, teacher, _data(seed=1), epochs=1, lr=0.05, batch_size=8, checkpoint_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="teacher_sha256"):
         distill(fresh, Small(), _data(), epochs=1, lr=0.05, batch_size=8, checkpoint_dir=tmp_path, progress=False)
     distill(fresh, teacher, _data(), epochs=1, lr=0.05, batch_size=8, checkpoint_dir=tmp_path, progress=False)
@@ -326,6 +366,7 @@ def test_distill_checkpoint_of_another_student_teacher_or_data_is_refused(tmp_pa
 
 
 # ---- 6, 7. modules come back in their own modes ---------------------------------------
+
 
 def test_score_restores_every_submodules_flag():
     model = Tiny().train()
@@ -347,6 +388,7 @@ def test_prune_leaves_the_callers_model_in_its_mode():
 
 # ---- 8. finishing never depends on cleanup --------------------------------------------
 
+
 def test_result_survives_a_checkpoint_that_cannot_be_removed(tmp_path, monkeypatch):
     model = Tiny().eval()
     ck = str(tmp_path / "run.ckpt")
@@ -364,6 +406,7 @@ def test_result_survives_a_checkpoint_that_cannot_be_removed(tmp_path, monkeypat
 
 
 # ---- 9. atomic writes leave nothing behind ---------------------------------------------
+
 
 def test_saving_onto_a_folder_fails_cleanly(tmp_path):
     target = tmp_path / "scores"
@@ -385,6 +428,7 @@ def test_a_failed_write_removes_its_temporary_file(tmp_path):
 
 # ---- 11. plan.json names its weights ---------------------------------------------------
 
+
 def test_swapped_weights_of_the_same_shapes_are_refused(tmp_path):
     pytest.importorskip("torch_pruning")
     from ocnna_fast import load_pruned, prune, save_pruned
@@ -404,6 +448,7 @@ def test_swapped_weights_of_the_same_shapes_are_refused(tmp_path):
 
 # ---- 13. messages that say what happened ------------------------------------------------
 
+
 def test_plan_of_another_architecture_names_the_layers():
     pytest.importorskip("torch_pruning")
     from ocnna_fast import apply_plan, prune
@@ -422,16 +467,20 @@ def test_plan_of_another_architecture_names_the_layers():
 
 # ---- 14. rules pinned against values computed by hand --------------------------------
 
+
 def test_coupled_group_rule_normalises_each_layer_by_its_mean():
     """SPEC 4: scores of coupled layers are divided by their layer's mean
     before averaging.  Layer A scores ~100x layer B: without the division,
     A alone would decide the ranking."""
+
     def ls(v):
         v = torch.tensor(v, dtype=torch.float64)
-        return LayerScores(score=v, mean=torch.ones_like(v), std=v.clone(), count=1, dead=torch.zeros(4, dtype=torch.bool))
+        return LayerScores(
+            score=v, mean=torch.ones_like(v), std=v.clone(), count=1, dead=torch.zeros(4, dtype=torch.bool)
+        )
 
     a = ls([100.0, 300.0, 200.0, 400.0])  # mean 250
-    b = ls([4.0, 1.0, 2.0, 1.0])          # mean 2
+    b = ls([4.0, 1.0, 2.0, 1.0])  # mean 2
     got = group_scores([(a, [0, 1, 2, 3]), (b, [0, 1, 2, 3])])
     want = np.array([(0.4 + 2.0) / 2, (1.2 + 0.5) / 2, (0.8 + 1.0) / 2, (1.6 + 0.5) / 2])
     np.testing.assert_allclose(got, want, rtol=1e-15)
@@ -463,6 +512,7 @@ def test_distillation_loss_has_the_t_squared_factor():
 
 # ---- mutation-pass survivors worth killing (docs/reliability.md) ----------------------
 
+
 def test_the_teacher_changes_the_training():
     """With a teacher and alpha > 0 the soft loss is used: the weights differ
     from plain fine-tuning with the same seed, data and start."""
@@ -478,8 +528,17 @@ def test_the_teacher_changes_the_training():
 
 
 def test_stop_after_epoch_stops_there_and_bad_settings_are_refused(tmp_path):
-    hist = distill(Small(4), Small(), _data(), epochs=3, lr=0.05, batch_size=8, checkpoint_dir=tmp_path,
-                   stop_after_epoch=1, progress=False)
+    hist = distill(
+        Small(4),
+        Small(),
+        _data(),
+        epochs=3,
+        lr=0.05,
+        batch_size=8,
+        checkpoint_dir=tmp_path,
+        stop_after_epoch=1,
+        progress=False,
+    )
     assert [h["epoch"] for h in hist] == [1]
     assert distill(Small(4), Small(), _data(), epochs=0, lr=0.05, progress=False) == []
     with pytest.raises(ValueError, match="temperature"):
@@ -493,8 +552,13 @@ def test_malformed_plan_groups_are_refused():
     model = Tiny().eval()
     _, plan = prune(model, score(model, _batches(2), progress=False), 40, torch.zeros(1, 3, 8, 8))
     g = plan["groups"][0]
-    bad_groups = [dict(g, root=3), dict(g, channels="4"), dict(g, removed=[g["channels"]]),
-                  dict(g, removed=list(range(g["channels"]))), dict(g, removed=["0"])]
+    bad_groups = [
+        dict(g, root=3),
+        dict(g, channels="4"),
+        dict(g, removed=[g["channels"]]),
+        dict(g, removed=list(range(g["channels"]))),
+        dict(g, removed=["0"]),
+    ]
     for bad in bad_groups:
         with pytest.raises(ValueError, match="malformed"):
             apply_plan(Tiny().eval(), dict(plan, groups=[bad] + plan["groups"][1:]))

@@ -1,4 +1,5 @@
 """Multi-process scoring over torch.distributed, and resumable scoring runs."""
+
 from __future__ import annotations
 
 import os
@@ -106,8 +107,7 @@ def test_killed_run_resumes_to_the_same_scores(tmp_path):
     done = _checkpointed_batches(ckpt)
     assert 3 <= done < 8  # killed mid-run
 
-    resumed = score(make_model(), make_batches(), n_components=0.9, checkpoint=ckpt, checkpoint_every=1,
-                    progress=False)
+    resumed = score(make_model(), make_batches(), n_components=0.9, checkpoint=ckpt, checkpoint_every=1, progress=False)
     whole = score(make_model(), make_batches(), n_components=0.9, progress=False)
     for name in whole:
         assert resumed[name].count == whole[name].count == 40

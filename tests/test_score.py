@@ -1,11 +1,11 @@
 """score(): one hooked pass over real images equals the oracle on the same activations."""
-from __future__ import annotations
 
-import warnings
+from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import DEVICES
 from torch import nn
 
 import ocnna_fast
@@ -14,8 +14,6 @@ from ocnna_fast.data import foolbox_samples, normalize
 from ocnna_fast.models import cifar_resnet, load_akamaster_checkpoint
 from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 from ocnna_fast.scoring import _SideStream
-
-from conftest import DEVICES
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +32,10 @@ def cifar20(data_dir):
 def conv_outputs(model, x):
     """Every prunable conv's output on x, by a plain hooked forward (the oracle's input)."""
     outs = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: outs.__setitem__(n, o.detach().clone()))
-             for n, m in ocnna_fast.prunable_convs(model).items()]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, n=n: outs.__setitem__(n, o.detach().clone()))
+        for n, m in ocnna_fast.prunable_convs(model).items()
+    ]
     with torch.no_grad():
         logits = model(x)
     for h in hooks:
@@ -309,8 +309,13 @@ def test_overlap_reports_errors_from_the_background(device):
     bad = tiny_data(6, seed=1)
     bad[4, 1, 2, 3] = float("inf")
     with pytest.raises(ValueError, match="non-finite"):
-        score(model, [tiny_data(6), tiny_data(6, seed=2), bad, tiny_data(6, seed=3)], overlap=True,
-              device=device, progress=False)
+        score(
+            model,
+            [tiny_data(6), tiny_data(6, seed=2), bad, tiny_data(6, seed=3)],
+            overlap=True,
+            device=device,
+            progress=False,
+        )
     assert all(not m._forward_hooks for m in model.modules())
     import threading
 

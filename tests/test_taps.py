@@ -1,4 +1,5 @@
 """tap='post_activation': the map after a conv's own BatchNorm + ReLU, scored exactly."""
+
 from __future__ import annotations
 
 import warnings
@@ -48,8 +49,9 @@ def test_post_activation_scores_equal_the_oracle(overlap, n_components):
     net = _net()
     x = torch.randn(12, 3, 10, 10, generator=torch.Generator().manual_seed(1))
     with pytest.warns(UserWarning, match="1 conv"):
-        s = score(net, [x[:5], x[5:]], n_components=n_components, tap="post_activation", overlap=overlap,
-                  progress=False)
+        s = score(
+            net, [x[:5], x[5:]], n_components=n_components, tap="post_activation", overlap=overlap, progress=False
+        )
     assert s.tap == "post_activation"
     with torch.no_grad():
         a = torch.relu(net.bn(net.a(x)))

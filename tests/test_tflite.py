@@ -1,6 +1,7 @@
 """TFLite MobileNets -> float PyTorch: TensorFlow's SAME padding, the
 dequantisation, and (when the Coral files are present; they are kept outside
 the repository) the converted networks' predictions."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,13 +17,16 @@ pytest.importorskip("tflite")
 from ocnna_fast.tflite_convert import _dequantise, convert_tflite, detect_arch  # noqa: E402
 
 
-@pytest.mark.parametrize("size, stride, k, pads", [
-    (192, 2, 3, (0, 1)),   # even input, stride 2: the extra row goes at the bottom only
-    (7, 2, 3, (1, 1)),     # odd input: symmetric
-    (96, 1, 3, (1, 1)),
-    (10, 2, 1, (0, 0)),    # 1x1: no padding
-    (6, 2, 5, (1, 2)),     # odd total: one more after
-])
+@pytest.mark.parametrize(
+    "size, stride, k, pads",
+    [
+        (192, 2, 3, (0, 1)),  # even input, stride 2: the extra row goes at the bottom only
+        (7, 2, 3, (1, 1)),  # odd input: symmetric
+        (96, 1, 3, (1, 1)),
+        (10, 2, 1, (0, 0)),  # 1x1: no padding
+        (6, 2, 5, (1, 2)),  # odd total: one more after
+    ],
+)
 def test_same_padding_is_tensorflows(size, stride, k, pads):
     conv = Conv2dSame(2, 3, k, stride=stride)
     x = torch.randn(1, 2, size, size)
@@ -76,10 +80,13 @@ def _coral(name):
         pytest.skip(f"optional data absent: {exc}")
 
 
-@pytest.mark.parametrize("name, arch, correct", [
-    ("mobilenet_v1_0.75_192_quant.tflite", "mobilenet_v1_075_imagenet", 17),
-    ("mobilenet_v2_1.0_224_quant.tflite", "mobilenet_v2_100_imagenet", 18),
-])
+@pytest.mark.parametrize(
+    "name, arch, correct",
+    [
+        ("mobilenet_v1_0.75_192_quant.tflite", "mobilenet_v1_075_imagenet", 17),
+        ("mobilenet_v2_1.0_224_quant.tflite", "mobilenet_v2_100_imagenet", 18),
+    ],
+)
 def test_converted_mobilenets_predict_as_tflite(data_dir, name, arch, correct):
     """PROVENANCE: the TFLite interpreter gets 17 (v1 0.75) and 18 (v2) of
     the 20 foolbox ImageNet images; the float conversion must too."""

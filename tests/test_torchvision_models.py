@@ -4,6 +4,7 @@ round-trip through save_pruned / load_pruned with identical outputs.
 
 The slowest models run only with OCNNA_SLOW_TESTS=1 (README lists them all).
 """
+
 from __future__ import annotations
 
 import os
@@ -19,10 +20,23 @@ from ocnna_fast import load_pruned, prune, save_pruned, score  # noqa: E402
 SLOW = pytest.mark.skipif(not os.environ.get("OCNNA_SLOW_TESTS"), reason="slow; set OCNNA_SLOW_TESTS=1")
 
 MODELS = [
-    "resnet18", "resnet50", pytest.param("wide_resnet50_2", marks=SLOW), "resnext50_32x4d", "regnet_y_400mf",
-    "densenet121", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
-    pytest.param("efficientnet_v2_s", marks=SLOW), "mnasnet0_5", "vgg11_bn", "googlenet",
-    pytest.param("inception_v3", marks=SLOW), "alexnet", "convnext_tiny", "squeezenet1_1",
+    "resnet18",
+    "resnet50",
+    pytest.param("wide_resnet50_2", marks=SLOW),
+    "resnext50_32x4d",
+    "regnet_y_400mf",
+    "densenet121",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    pytest.param("efficientnet_v2_s", marks=SLOW),
+    "mnasnet0_5",
+    "vgg11_bn",
+    "googlenet",
+    pytest.param("inception_v3", marks=SLOW),
+    "alexnet",
+    "convnext_tiny",
+    "squeezenet1_1",
 ]
 
 

@@ -1,5 +1,6 @@
 """The data sets and models users bring: ImageNet-layout folders read through
 a DataLoader (``FolderImages``), and ``--model module:factory`` networks."""
+
 from __future__ import annotations
 
 import json
@@ -93,9 +94,17 @@ def test_augmented_batches_depend_on_the_generator_only(tmp_path):
 
 
 def _tiny(classes=3):
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, classes),
+    )
 
 
 def test_distillation_from_a_folder_resumes_exactly(tmp_path):
@@ -108,8 +117,17 @@ def test_distillation_from_a_folder_resumes_exactly(tmp_path):
         student = _tiny()
         student.load_state_dict(start.state_dict())
         ck = tmp_path / f"ck-{stop}"
-        distill(student, teacher, data, epochs=2, lr=0.05, batch_size=4, checkpoint_dir=ck, progress=False,
-                stop_after_epoch=stop)
+        distill(
+            student,
+            teacher,
+            data,
+            epochs=2,
+            lr=0.05,
+            batch_size=4,
+            checkpoint_dir=ck,
+            progress=False,
+            stop_after_epoch=stop,
+        )
         if stop is not None:  # resumed by a second call
             student = _tiny()
             student.load_state_dict(start.state_dict())
@@ -154,11 +172,44 @@ def test_cli_prunes_a_user_model_on_a_user_folder(tmp_path, user_module, capsys)
     torch.manual_seed(1)
     model = build(f"{user_module}:tiny")
     save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
-    common = ["--model", f"{user_module}:tiny", "--weights", str(tmp_path / "w.safetensors"), "--dataset",
-              "imagenet", "--data-dir", str(tmp_path / "imnet"), "--input-size", "24", "--workers", "0",
-              "--no-progress", "--batch-size", "4"]
-    assert cli.main(["prune", *common, "--k", "50", "--score-images", "12", "--bn-images", "6",
-                     "--finetune-epochs", "1", "--latency-repeats", "0", "--out", str(tmp_path / "run")]) == 0
+    common = [
+        "--model",
+        f"{user_module}:tiny",
+        "--weights",
+        str(tmp_path / "w.safetensors"),
+        "--dataset",
+        "imagenet",
+        "--data-dir",
+        str(tmp_path / "imnet"),
+        "--input-size",
+        "24",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--batch-size",
+        "4",
+    ]
+    assert (
+        cli.main(
+            [
+                "prune",
+                *common,
+                "--k",
+                "50",
+                "--score-images",
+                "12",
+                "--bn-images",
+                "6",
+                "--finetune-epochs",
+                "1",
+                "--latency-repeats",
+                "0",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["eval_images"] == 9 and report["score_images"] == 12
     assert report["pruned_params"] < report["base_params"]
@@ -169,8 +220,23 @@ def test_cli_prunes_a_user_model_on_a_user_folder(tmp_path, user_module, capsys)
     pruned = load_pruned(tmp_path / "run" / "pruned")
     assert sum(p.numel() for p in pruned.parameters()) == report["pruned_params"]
     capsys.readouterr()
-    assert cli.main(["evaluate", "--pruned", str(tmp_path / "run" / "pruned"), "--dataset", "imagenet",
-                     "--data-dir", str(tmp_path / "imnet"), "--workers", "0", "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--pruned",
+                str(tmp_path / "run" / "pruned"),
+                "--dataset",
+                "imagenet",
+                "--data-dir",
+                str(tmp_path / "imnet"),
+                "--workers",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert got["images"] == 9 and got["accuracy"] == pytest.approx(report["pruned_accuracy"])
     # a torch state dict works as --weights too, and gives the same accuracy as the safetensors file
@@ -181,24 +247,52 @@ def test_cli_prunes_a_user_model_on_a_user_folder(tmp_path, user_module, capsys)
         assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["accuracy"] == report["base_accuracy"]
 
 
-@pytest.mark.parametrize("spec, message", [
-    (":tiny", "package.module:factory"),
-    ("no_such_module_xyz:tiny", "cannot import"),
-    ("{m}:missing", "no attribute"),
-    ("{m}:not_a_model", "not callable"),
-    ("{m}:wrong_classes", r"needs logits \(1, 3\)"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (":tiny", "package.module:factory"),
+        ("no_such_module_xyz:tiny", "cannot import"),
+        ("{m}:missing", "no attribute"),
+        ("{m}:not_a_model", "not callable"),
+        ("{m}:wrong_classes", r"needs logits \(1, 3\)"),
+    ],
+)
 def test_cli_refuses_bad_user_models(tmp_path, user_module, capsys, spec, message):
     _write_folder(tmp_path / "imnet", per_class=(1, 1))
-    rc = cli.main(["evaluate", "--model", spec.format(m=user_module), "--dataset", "imagenet", "--data-dir",
-                   str(tmp_path / "imnet"), "--workers", "0", "--no-progress"])
+    rc = cli.main(
+        [
+            "evaluate",
+            "--model",
+            spec.format(m=user_module),
+            "--dataset",
+            "imagenet",
+            "--data-dir",
+            str(tmp_path / "imnet"),
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert rc == 2
     assert re.search(message, capsys.readouterr().err)
 
 
 def test_folder_dataset_needs_a_data_dir(tmp_path, capsys):
-    assert cli.main(["evaluate", "--arch", "mobilenet_v2", "--weights", str(tmp_path / "x.pt"), "--dataset",
-                     "imagenet", "--no-progress"]) == 2
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--arch",
+                "mobilenet_v2",
+                "--weights",
+                str(tmp_path / "x.pt"),
+                "--dataset",
+                "imagenet",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "--data-dir DIR" in capsys.readouterr().err
 
 

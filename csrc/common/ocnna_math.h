@@ -6,6 +6,20 @@
 //                         the column-centred map)      (PCA + Frobenius norm)
 //   per-filter score = std(F) / mean(F) over images, accumulated with the
 //                      Welford / Chan (count, mean, M2) merge.
+//
+// What is shared and what is not.  map_energy and map_rank are the
+// executable reference of one map: plain loops, used by the CPU core's scalar
+// path and compared against by the tests (tests/native/ runs the CUDA kernels
+// beside them).  The statistics, the component rule and the merge
+// (chan_merge, batch_summary, kept_energy, rank_from_eigenvalues,
+// checked_energy) and the eigenvalue bracketing (sturm_count_below,
+// multisection_*, gershgorin_bounds, tridiagonal_kth_largest) are used as they
+// are by both cores.  Three fast paths carry their own form of a stage and
+// must agree with the function named here:
+//   cpu/dense.h          centre_columns and gram_ata, laid out for SIMD;
+//   cpu/ql_lanes.h       tridiagonal_eigenvalues' QL, 8 or 16 maps per lane set;
+//   cuda/kernels.cuh     block_map_kernel: column_mean, the Gram and
+//                        tridiagonalize spread over a thread block.
 #pragma once
 
 #include <cmath>

@@ -16,6 +16,7 @@ importance, so a model it cannot trace (a channel shuffle, as in ShuffleNet)
 fails inside Torch-Pruning; ``OCNNAImportance.check_model(model, example)``
 refuses such a model up front with the reason.
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Optional
@@ -58,8 +59,9 @@ class OCNNAImportance(_Base):  # type: ignore[misc,valid-type]
 
         dependency_graph(model, example_inputs)
 
-    def __init__(self, scores: Mapping[str, LayerScores], model: Optional[nn.Module] = None,
-                 criterion: str = "ocnna") -> None:
+    def __init__(
+        self, scores: Mapping[str, LayerScores], model: Optional[nn.Module] = None, criterion: str = "ocnna"
+    ) -> None:
         if criterion not in FAMILY:
             raise ValueError(f"criterion must be one of {', '.join(FAMILY)}, got {criterion!r}")
         self.scores = scores

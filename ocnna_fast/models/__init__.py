@@ -8,12 +8,12 @@ local state dict with ``load_weights``); ``mobilenet_v1_{025,050,075}_imagenet``
 and ``mobilenet_v2_100_imagenet[_tf2]`` (TensorFlow's MobileNets, weights from
 ``ocnna-fast convert-tflite``).
 """
+
 from __future__ import annotations
 
 import os
 from typing import Callable, Dict, Tuple, Union
 
-import torch
 from torch import nn
 
 from .cifar_others import densenet40_cifar, mobilenet_v1_cifar, vgg16_bn_cifar
@@ -22,8 +22,18 @@ from .efficientnet_lite import EfficientNetLite0, lite0_weights_path
 from .mobilenet_tf import TF_MOBILENETS, tf_mobilenet
 from .user import build_user_model, is_factory
 
-__all__ = ["ARCHS", "build", "input_size", "input_spec", "load_weights", "CifarResNet", "cifar_resnet",
-           "load_akamaster_checkpoint", "lite0_weights_path", "is_factory"]
+__all__ = [
+    "ARCHS",
+    "build",
+    "input_size",
+    "input_spec",
+    "load_weights",
+    "CifarResNet",
+    "cifar_resnet",
+    "load_akamaster_checkpoint",
+    "lite0_weights_path",
+    "is_factory",
+]
 
 
 def _tv(name: str) -> Callable[[int], nn.Module]:
@@ -59,8 +69,10 @@ ARCHS["efficientnet_lite0_imagenet"] = (lambda n: EfficientNetLite0(n), 224)
 
 def _check(arch: str) -> None:
     if is_factory(arch):
-        raise ValueError(f"{arch} is a user model: its input size and normalisation are the user's to give "
-                         "(--input-size; the data set's usual statistics)")
+        raise ValueError(
+            f"{arch} is a user model: its input size and normalisation are the user's to give "
+            "(--input-size; the data set's usual statistics)"
+        )
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
 
@@ -122,15 +134,20 @@ def load_weights(model: nn.Module, path: Union[str, os.PathLike]) -> nn.Module:
         raise
     except RuntimeError as exc:
         if "state_dict" in str(exc):
-            raise ValueError(f"weights {path} do not fit {type(model).__name__} "
-                             f"(another architecture or width?): {str(exc).splitlines()[0]}") from exc
+            raise ValueError(
+                f"weights {path} do not fit {type(model).__name__} "
+                f"(another architecture or width?): {str(exc).splitlines()[0]}"
+            ) from exc
         raise ValueError(f"cannot read weights from {path}: {exc}") from exc
     except Exception as exc:  # pickle / safetensors errors on garbage files
-        raise ValueError(f"cannot read weights from {path}: not a checkpoint this loader knows "
-                         f"({type(exc).__name__}: {exc})") from exc
+        raise ValueError(
+            f"cannot read weights from {path}: not a checkpoint this loader knows ({type(exc).__name__}: {exc})"
+        ) from exc
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"weights {path} do not fit {type(model).__name__} "
-                         f"(another architecture or width?): {str(exc).splitlines()[0]}") from exc
+        raise ValueError(
+            f"weights {path} do not fit {type(model).__name__} "
+            f"(another architecture or width?): {str(exc).splitlines()[0]}"
+        ) from exc
     return model

@@ -1,6 +1,7 @@
 """CIFAR VGG-16 (with BatchNorm), DenseNet-40 (growth 12) and MobileNetV1,
 the other CIFAR architectures the OCNNA paper evaluates.  Untrained: no
 pretrained weights for them ship with this project."""
+
 from __future__ import annotations
 
 import torch
@@ -88,9 +89,12 @@ class MobileNetV1Cifar(nn.Module):
         for item in self._CFG:
             out, stride = (item, 1) if isinstance(item, int) else item
             layers += [
-                nn.Conv2d(c, c, 3, stride=stride, padding=1, groups=c, bias=False), nn.BatchNorm2d(c),
+                nn.Conv2d(c, c, 3, stride=stride, padding=1, groups=c, bias=False),
+                nn.BatchNorm2d(c),
                 nn.ReLU(inplace=True),
-                nn.Conv2d(c, out, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True),
+                nn.Conv2d(c, out, 1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
             ]
             c = out
         self.features = nn.Sequential(*layers)

@@ -5,6 +5,7 @@ Written to load the akamaster/pytorch_resnet_cifar10 checkpoints byte for byte
 and where the shape changes a stride-2 subsample zero-padded on the channel
 axis, so shortcuts carry no parameters.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CifarResNet", "cifar_resnet", "load_akamaster_checkpoint", "ChannelMapShortcut", "shortcut_pruner",
-           "CIFAR_MEAN", "CIFAR_STD", "SCOPES"]
+__all__ = [
+    "CifarResNet",
+    "cifar_resnet",
+    "load_akamaster_checkpoint",
+    "ChannelMapShortcut",
+    "shortcut_pruner",
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+    "SCOPES",
+]
 
 SCOPES = ("full", "inner")
 
@@ -40,7 +49,7 @@ class ChannelMapShortcut(nn.Module):
         super().__init__()
         pad = (out_channels - in_channels) // 2
         src = torch.full((out_channels,), -1, dtype=torch.long)
-        src[pad:pad + in_channels] = torch.arange(in_channels)
+        src[pad : pad + in_channels] = torch.arange(in_channels)
         self.register_buffer("src", src, persistent=False)
         self.in_channels = in_channels
         self.stride = stride
@@ -50,7 +59,7 @@ class ChannelMapShortcut(nn.Module):
         return int(self.src.numel())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, :, ::self.stride, ::self.stride]
+        x = x[:, :, :: self.stride, :: self.stride]
         # one extra zero channel, index `in_channels`, stands for every -1
         z = torch.cat([x, x.new_zeros(x.shape[0], 1, x.shape[2], x.shape[3])], 1)
         idx = torch.where(self.src >= 0, self.src, torch.full_like(self.src, x.shape[1]))
@@ -176,6 +185,6 @@ def load_akamaster_checkpoint(model: nn.Module, path: Union[str, os.PathLike]) -
     state: Dict[str, torch.Tensor] = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds no state dict (found {type(state).__name__})")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
     model.load_state_dict(state, strict=True)
     return model

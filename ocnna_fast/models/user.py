@@ -2,6 +2,7 @@
 arguments and returns an ``nn.Module`` (``torchvision.models:resnet18``,
 ``mypkg.nets:build_net``).  The current folder is importable, as under
 ``python -m``, so a factory in a file next to the user's data works."""
+
 from __future__ import annotations
 
 import importlib
