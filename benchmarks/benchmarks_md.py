@@ -60,8 +60,8 @@ def table(folder: Path) -> str:
             s = f"{v:.{digits}f}"
             if f == field and abs(v - best[r["k"]]) < 1e-9:
                 s = f"**{s}**"
-            if f == "acc_bn" and r["seeds"] > 1 and r["acc_bn_min"] is not None:
-                s += f" ({r['acc_bn_min']:.2f}-{r['acc_bn_max']:.2f})"
+            if f in ("acc_bn", "acc_finetuned") and r["seeds"] > 1 and r[f + "_min"] is not None:
+                s += f" ({r[f + '_min']:.2f}-{r[f + '_max']:.2f})"
             return s
 
         lines.append(

@@ -15,12 +15,7 @@ SHAPES = [(7, 7), (14, 14), (28, 28), (56, 56), (112, 112), (20, 50), (130, 140)
 
 
 def native_energies(a: np.ndarray, n_components) -> np.ndarray:
-    x = torch.from_numpy(a)
-    mode, q, tau = _native.parse_n_components(n_components)
-    ptr, code, shape, strides = _native.batch_args(x)
-    out = np.empty(shape[0] * shape[1])
-    _native._C.energies(ptr, code, shape, strides, mode, q, tau, out)
-    return out
+    return _native.map_energies(torch.from_numpy(a), n_components).ravel()
 
 
 def main():

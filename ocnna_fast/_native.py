@@ -11,6 +11,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, Dict, Optional, Tuple, Union
 
+import numpy as np
 import torch
 
 try:
@@ -33,7 +34,15 @@ except ImportError as exc:  # pragma: no cover - depends on the build
     _C_cuda = None
     _CUDA_IMPORT_ERROR = str(exc)
 
-__all__ = ["build_info", "parse_n_components", "batch_args", "cuda_core", "concrete_device", "current_stream"]
+__all__ = [
+    "build_info",
+    "parse_n_components",
+    "batch_args",
+    "cuda_core",
+    "concrete_device",
+    "current_stream",
+    "map_energies",
+]
 
 # Element type and mode codes of csrc/common/ocnna_math.h (enum DType, enum
 # Mode), as the compiled core exports them.
@@ -140,3 +149,20 @@ def build_info() -> Dict[str, Any]:
     else:
         info["cuda_import_error"] = _CUDA_IMPORT_ERROR
     return info
+
+
+def map_energies(x: torch.Tensor, n_components: Any = None) -> np.ndarray:
+    """The per-map energies ``F[n, c]`` of a batch ``(N, C, H, W)``, from the
+    core of the tensor's device (no accumulation): what the tests and the
+    precision benchmark compare with the oracle."""
+    mode, q, tau = parse_n_components(n_components)
+    ptr, code, shape, strides = batch_args(x)
+    if x.is_cuda:
+        out = torch.empty(shape[0] * shape[1], dtype=torch.float64, device=x.device)
+        cuda_core().energies(
+            ptr, code, shape, strides, mode, q, tau, out.data_ptr(), current_stream(x.device), x.device.index
+        )
+        return out.cpu().numpy().reshape(shape[:2])
+    out = np.empty(shape[0] * shape[1])
+    _C.energies(ptr, code, shape, strides, mode, q, tau, out)
+    return out.reshape(shape[:2])

@@ -242,19 +242,12 @@ def summarise(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     out = []
     for (c, k), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         line = {"criterion": c, "k": k, "seeds": len(rs)}
-        for f in (
-            "rpr",
-            "macs_ratio",
-            "acc_surgery",
-            "acc_bn",
-            "acc_finetuned",
-            "score_seconds",
-            "latency_ms_b1",
-            "latency_ms_b64",
-        ):
+        for f in RESULT_KEYS[3:]:  # what a cell measures (criterion, k and seed name it)
             line[f] = _mean([r[f] for r in rs])
-        line["acc_bn_min"] = min((r["acc_bn"] for r in rs if r["acc_bn"] is not None), default=None)
-        line["acc_bn_max"] = max((r["acc_bn"] for r in rs if r["acc_bn"] is not None), default=None)
+        for f in ("acc_bn", "acc_finetuned"):
+            values = [r[f] for r in rs if r[f] is not None]
+            line[f"{f}_min"] = min(values, default=None)
+            line[f"{f}_max"] = max(values, default=None)
         out.append(line)
     return out
 
@@ -275,15 +268,21 @@ def results_table(rows: List[Dict[str, Any]], arch: str, config: Dict[str, Any])
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for s in summarise(rows):
-        bn = _fmt(s["acc_bn"])
-        if s["seeds"] > 1 and s["acc_bn"] is not None:
-            bn += f" ({_fmt(s['acc_bn_min'])}-{_fmt(s['acc_bn_max'])})"
+        bn, ft = (_with_range(s, f) for f in ("acc_bn", "acc_finetuned"))
         lines.append(
             f"| {s['k']:g} | {s['criterion']} | {s['seeds']} | {_fmt(s['rpr'], 4)} | "
-            f"{_fmt(s['macs_ratio'], 4)} | {_fmt(s['acc_surgery'])} | {bn} | {_fmt(s['acc_finetuned'])} | "
+            f"{_fmt(s['macs_ratio'], 4)} | {_fmt(s['acc_surgery'])} | {bn} | {ft} | "
             f"{_fmt(s['score_seconds'], 1)} | {_fmt(s['latency_ms_b1'])} | {_fmt(s['latency_ms_b64'], 1)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _with_range(line: Dict[str, Any], field: str) -> str:
+    """The mean over seeds, and with several seeds their range."""
+    text = _fmt(line[field])
+    if line["seeds"] > 1 and line[field] is not None:
+        text += f" ({_fmt(line[field + '_min'])}-{_fmt(line[field + '_max'])})"
+    return text
 
 
 def _plots(rows: List[Dict[str, Any]], out: Path, arch: str) -> None:

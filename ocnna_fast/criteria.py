@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .pruning import dependency_graph, group_scores
+from .pruning import dependency_graph, group_scores, out_channel_convs
 from .scoring import score
 
 __all__ = ["CRITERIA", "Context", "criterion_values", "SEEDED"]
@@ -68,16 +68,8 @@ def _family(
         model = copy.deepcopy(ctx.model).eval()
         names = {m: n for n, m in model.named_modules()}
         for root, group, dg in _groups(model, ctx):
-            width = len(group[0][1])
             # the group's convs whose output channels it removes (as prune counts them)
-            members = [
-                (s[names[dep.target.module]], [int(i) for i in idxs])
-                for dep, idxs in group
-                if isinstance(dep.target.module, nn.Conv2d)
-                and dg.is_out_channel_pruning_fn(dep.handler)
-                and names.get(dep.target.module) in s
-                and len(idxs) == width
-            ]
+            members = [(s[names[mod]], idxs) for mod, idxs in out_channel_convs(group, dg) if names.get(mod) in s]
             if members:
                 out[root] = group_scores(members, criterion)
         return out

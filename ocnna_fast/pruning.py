@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ __all__ = [
     "save_pruned",
     "load_pruned",
     "set_model_builder",
+    "out_channel_convs",
     "count_params",
     "group_scores",
     "select_channels",
@@ -205,6 +206,21 @@ def _select(values: np.ndarray, k: float, rule: str, name: str, blocks: int) -> 
     return select_channels(values, k, name=name)
 
 
+def out_channel_convs(group: Any, dg: Any = None) -> Iterator[Tuple[nn.Conv2d, List[int]]]:
+    """``(conv, channel indices)`` of each conv of a Torch-Pruning group whose
+    output channels the group removes over its whole width: the members whose
+    scores rank the group (SPEC 4).  Without ``dg`` (a group built outside a
+    DependencyGraph) every conv over the whole width counts."""
+    width = len(group[0][1])
+    for dep, idxs in group:
+        mod = dep.target.module
+        if not isinstance(mod, nn.Conv2d) or len(idxs) != width:
+            continue
+        if dg is not None and not dg.is_out_channel_pruning_fn(dep.handler):
+            continue
+        yield mod, [int(i) for i in idxs]
+
+
 def prune(
     model: nn.Module,
     scores: Optional[Mapping[str, LayerScores]],
@@ -284,18 +300,15 @@ def prune(
         root = root_dep.target.module
         width = len(root_idxs)
         members = []
-        for dep, idxs in group:
-            mod = dep.target.module
-            if not (DG.is_out_channel_pruning_fn(dep.handler) and isinstance(mod, nn.Conv2d)):
-                continue
+        for mod, idxs in out_channel_convs(group, DG):
             name = names.get(mod)
-            if name in scores and len(idxs) == width:
+            if name in scores:
                 ls = scores[name]
                 if ls is not None and ls.num_channels != mod.out_channels:
                     raise ValueError(
                         f"scores for {name!r} have {ls.num_channels} channels, the layer has {mod.out_channels}"
                     )
-                members.append((ls, [int(i) for i in idxs]))
+                members.append((ls, idxs))
         if not members:
             continue  # no scored conv decides this group: it stays whole
         if feeds_output(group):

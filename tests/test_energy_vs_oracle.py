@@ -19,17 +19,7 @@ TOL = {np.float64: 1e-9, np.float32: 1e-4}
 
 def native_energies(a: torch.Tensor, n_components) -> np.ndarray:
     """F[n, c] from the core that matches the tensor's device."""
-    mode, q, tau = _native.parse_n_components(n_components)
-    ptr, code, shape, strides = _native.batch_args(a)
-    if a.is_cuda:
-        out = torch.empty(shape[0] * shape[1], dtype=torch.float64, device=a.device)
-        _native.cuda_core().energies(
-            ptr, code, shape, strides, mode, q, tau, out.data_ptr(), _native.current_stream(a.device), a.device.index
-        )
-        return out.cpu().numpy().reshape(shape[:2])
-    out = np.empty(shape[0] * shape[1])
-    _native._C.energies(ptr, code, shape, strides, mode, q, tau, out)
-    return out.reshape(shape[:2])
+    return _native.map_energies(a, n_components)
 
 
 def make_maps(rng, kind: str, n: int, c: int, h: int, w: int) -> np.ndarray:

@@ -18,7 +18,7 @@
 // must agree with the function named here:
 //   cpu/dense.h          centre_columns and gram_ata, laid out for SIMD;
 //   cpu/ql_lanes.h       tridiagonal_eigenvalues' QL, 8 or 16 maps per lane set;
-//   cuda/kernels.cuh     block_map_kernel: column_mean, the Gram and
+//   cuda/kernels/block_map.cuh  block_map_kernel: column_mean, the Gram and
 //                        tridiagonalize spread over a thread block.
 #pragma once
 
@@ -531,7 +531,7 @@ OCNNA_HD double* unit_gram_eigenvalues(const double* map, int h, int w, double t
 // F for one h x w map loaded row-major into `map` (destroyed), all in double:
 // the per-map math in one function.  The CPU core runs the same steps on
 // groups of maps (csrc/cpu/), the CUDA core on a block per map
-// (csrc/cuda/kernels.cuh); tests/native/ checks those kernels against this.
+// (csrc/cuda/kernels/); tests/native/ checks those kernels against this.
 // `scratch` holds h*w + d*d + 4*d doubles, d = min(h, w).  NaN for a map with
 // a non-finite value, kSolveFailed if the eigen-solve fails.
 OCNNA_HD double map_energy(double* map, int h, int w, const EnergyParams& p, double* scratch) {

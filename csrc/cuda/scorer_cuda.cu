@@ -1,5 +1,5 @@
 // CUDA core, host side: device lookups, launches and temporaries.  The
-// kernels and the launch plan are in kernels.cuh.  Everything is ordered on
+// kernels are in kernels/ and the launch plan in plan.cuh (gathered by kernels.cuh).  Everything is ordered on
 // the caller's stream; temporaries come from cudaMallocAsync on that stream,
 // so the host never waits.
 #include "scorer_cuda.h"

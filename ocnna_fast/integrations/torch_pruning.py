@@ -24,7 +24,7 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
-from ..pruning import FAMILY, group_scores
+from ..pruning import FAMILY, group_scores, out_channel_convs
 from ..scores import LayerScores
 
 try:
@@ -117,21 +117,13 @@ class OCNNAImportance(_Base):  # type: ignore[misc,valid-type]
 
     @torch.no_grad()
     def __call__(self, group) -> Optional[torch.Tensor]:
-        root_idxs = group[0].idxs
-        width = len(root_idxs)
         dg = getattr(group, "_DG", None)
         members = []
-        for dep, idxs in group:
-            mod = dep.target.module
-            if not isinstance(mod, nn.Conv2d):
-                continue
-            if dg is not None and not dg.is_out_channel_pruning_fn(dep.handler):
-                continue
+        for mod, plain in out_channel_convs(group, dg):
             name = self._name_of(group, mod)
             ls = self.scores.get(name) if name is not None else None
-            if ls is None or len(idxs) != width:
+            if ls is None:
                 continue
-            plain = [int(i) for i in idxs]
             if ls.num_channels != mod.out_channels:  # pruned by an earlier iterative step
                 plain = self._original_indices(name, mod, plain)
             if max(plain) >= ls.num_channels:
