@@ -5,6 +5,8 @@ measured side by side in this one process.
 
     python benchmarks/deploy_latency.py [--arch resnet56] [--k 20 40 60] [--repeats 30]
         [--json benchmarks/results/deploy_latency.json]
+    python benchmarks/deploy_latency.py --arch mobilenet_v1_075_imagenet --weights W.safetensors
+        (ImageNet zoo models: scored on the ImageNet sample's even half, at the model's input size)
 
 Needs the deploy extra (pip install ".[deploy]").  Run it on a quiet machine:
 latency under another job's load means nothing.
@@ -20,10 +22,9 @@ from pathlib import Path
 import torch
 
 from ocnna_fast import prune, score
-from ocnna_fast.data import cifar10_jpeg, normalize, pretrained_weights
+from ocnna_fast.data import load_split, normalize, pretrained_weights
 from ocnna_fast.export import compare_latency, require_deploy
-from ocnna_fast.models import build, load_weights
-from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
+from ocnna_fast.models import build, input_spec, load_weights
 from ocnna_fast.pruning import count_params
 
 
@@ -33,23 +34,28 @@ def main() -> None:
     ap.add_argument("--k", type=float, nargs="+", default=[20.0, 40.0, 60.0])
     ap.add_argument("--score-images", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--weights", default=None, help="weights file (default: the shipped CIFAR checkpoint)")
     ap.add_argument("--json", default=None, help="also write the measurements here")
     args = ap.parse_args()
     require_deploy()
-    model = load_weights(build(args.arch), pretrained_weights(args.arch)).eval()
-    x, _ = cifar10_jpeg("train", limit=args.score_images, seed=1)
-    images = normalize(x, CIFAR_MEAN, CIFAR_STD)
+    size, mean, std, crop = input_spec(args.arch)
+    imagenet = size != 32
+    model = build(args.arch, num_classes=1000 if imagenet else 10)
+    model = load_weights(model, args.weights or pretrained_weights(args.arch)).eval()
+    dataset = "imagenet-sample" if imagenet else "cifar10-jpeg"
+    x, _ = load_split(dataset, "train", limit=args.score_images, seed=1, size=size, crop_fraction=crop)
+    images = normalize(x, mean, std)
     scores = score(model, [images[i : i + 128] for i in range(0, len(images), 128)], progress=False)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:  # warm-up: the first model timed in a process runs cold
-        compare_latency(model, model, 32, max(3, args.repeats // 10), Path(tmp) / "work")
+        compare_latency(model, model, size, max(3, args.repeats // 10), Path(tmp) / "work")
     print(f"{args.arch}, torch {torch.__version__}, {torch.get_num_threads()} threads; median ms (speed-up)")
     print("| k | RPR | ONNX MB base -> pruned | ORT b1 | ORT b64 | eager b1 | eager b64 |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for k in args.k:
-        pruned, _ = prune(model, scores, k, torch.zeros(1, 3, 32, 32))
+        pruned, _ = prune(model, scores, k, torch.zeros(1, 3, size, size))
         with tempfile.TemporaryDirectory() as tmp:
-            lat = compare_latency(model, pruned, 32, args.repeats, Path(tmp) / "work")
+            lat = compare_latency(model, pruned, size, args.repeats, Path(tmp) / "work")
         row = {"k": k, "rpr": count_params(pruned) / count_params(model), "latency": lat}
         rows.append(row)
 
