@@ -115,9 +115,10 @@ def summary(folders) -> str:
             )
     return (
         "## Summary: OCNNA and its variants against the best peer\n\n"
-        "Generated from the tables below (accuracy in %, 10,000 JPEG test images; peers: "
+        "Generated from the tables below (accuracy in %, 10,000 JPEG test images; MobileNet: the 500 odd "
+        'images of the ImageNet sample, and its "after BN" is bias compensation; peers: '
         + ", ".join(PEERS)
-        + ").\n\n"
+        + "; fine-tuned rows average the seeds each criterion ran).\n\n"
         + "\n".join(lines)
         + "\n"
     )

@@ -57,7 +57,7 @@ def main() -> None:
     same = all(torch.equal(a[n].score, b[n].score) for n in a)
     times = {k: [] for k in runs}
     for i in range(args.pairs):
-        for k in (("new", "old") if i % 2 == 0 else ("old", "new")):
+        for k in ("new", "old") if i % 2 == 0 else ("old", "new"):
             t = time.perf_counter()
             runs[k](model, batches, n_components=nc, progress=False)
             times[k].append(time.perf_counter() - t)
