@@ -17,27 +17,9 @@ import torch
 import torchvision
 
 from ocnna_fast import count_params, load_pruned, prune, save_pruned, score
+from ocnna_fast.models import TORCHVISION_PRUNABLE
 
-MODELS = [
-    "resnet18",
-    "resnet50",
-    "wide_resnet50_2",
-    "resnext50_32x4d",
-    "regnet_y_400mf",
-    "densenet121",
-    "mobilenet_v2",
-    "mobilenet_v3_small",
-    "efficientnet_b0",
-    "efficientnet_v2_s",
-    "mnasnet0_5",
-    "vgg11_bn",
-    "googlenet",
-    "inception_v3",
-    "alexnet",
-    "convnext_tiny",
-    "squeezenet1_1",
-    "shufflenet_v2_x0_5",
-]
+MODELS = [*TORCHVISION_PRUNABLE, "shufflenet_v2_x0_5"]  # the last one to show the refusal
 
 
 def check(name: str) -> str:

@@ -16,27 +16,13 @@ tv = pytest.importorskip("torchvision")
 pytest.importorskip("torch_pruning")
 
 from ocnna_fast import load_pruned, prune, save_pruned, score  # noqa: E402
+from ocnna_fast.models import TORCHVISION_PRUNABLE  # noqa: E402
 
 SLOW = pytest.mark.skipif(not os.environ.get("OCNNA_SLOW_TESTS"), reason="slow; set OCNNA_SLOW_TESTS=1")
 
 MODELS = [
-    "resnet18",
-    "resnet50",
-    pytest.param("wide_resnet50_2", marks=SLOW),
-    "resnext50_32x4d",
-    "regnet_y_400mf",
-    "densenet121",
-    "mobilenet_v2",
-    "mobilenet_v3_small",
-    "efficientnet_b0",
-    pytest.param("efficientnet_v2_s", marks=SLOW),
-    "mnasnet0_5",
-    "vgg11_bn",
-    "googlenet",
-    pytest.param("inception_v3", marks=SLOW),
-    "alexnet",
-    "convnext_tiny",
-    "squeezenet1_1",
+    pytest.param(name, marks=SLOW) if name in ("wide_resnet50_2", "efficientnet_v2_s", "inception_v3") else name
+    for name in TORCHVISION_PRUNABLE
 ]
 
 

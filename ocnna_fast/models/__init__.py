@@ -67,6 +67,30 @@ for _name, _spec in TF_MOBILENETS.items():
 ARCHS["efficientnet_lite0_imagenet"] = (lambda n: EfficientNetLite0(n), 224)
 
 
+# torchvision classifiers that prune() handles and round-trips through
+# save_pruned / load_pruned (tests/test_torchvision_models.py checks each;
+# ShuffleNet v2 is refused: its channel shuffle fixes which channels meet)
+TORCHVISION_PRUNABLE = (
+    "resnet18",
+    "resnet50",
+    "wide_resnet50_2",
+    "resnext50_32x4d",
+    "regnet_y_400mf",
+    "densenet121",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "efficientnet_v2_s",
+    "mnasnet0_5",
+    "vgg11_bn",
+    "googlenet",
+    "inception_v3",
+    "alexnet",
+    "convnext_tiny",
+    "squeezenet1_1",
+)
+
+
 def _check(arch: str) -> None:
     if is_factory(arch):
         raise ValueError(
