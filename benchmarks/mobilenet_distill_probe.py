@@ -46,7 +46,7 @@ def main() -> None:
     start, plan = prune(
         model, None, args.k, example, importance=criterion_values("l1", ctx), rule="count", ignored_layers=[]
     )
-    recalibrate(start, model, plan, lambda: iter(batches))
+    recalibrate(start, model, plan, batches)
     print(f"base {evaluate(model, test):.1f}%; L1 k={args.k:g} after bias compensation {evaluate(start, test):.1f}%")
     for lr in args.lrs:
         student = copy.deepcopy(start)

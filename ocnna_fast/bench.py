@@ -178,9 +178,9 @@ def run_suite(
             row["acc_bn"] = None
             if bn_set is not None and len(bn_set):
                 # folded-BatchNorm models get bias compensation instead (same images)
-                row["recalibration"] = recalibrate(
-                    pruned, model, plan, lambda: (x for x, _ in bn_set.batches(batch_size))
-                )["method"]
+                row["recalibration"] = recalibrate(pruned, model, plan, (x for x, _ in bn_set.batches(batch_size)))[
+                    "method"
+                ]
                 row["acc_bn"] = evaluate(pruned, eval_set)
             row["acc_finetuned"] = None
             if finetune_epochs > 0:

@@ -397,9 +397,7 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
     bn_images, recal = 0, None
     if args.bn_images > 0:
         bnset = _images(args, "train", args.bn_images, False, args.seed + 3)
-        recal = recalibrate(
-            pruned, model, plan, lambda: (x for x, _ in bnset.batches(args.batch_size)), progress=progress
-        )
+        recal = recalibrate(pruned, model, plan, (x for x, _ in bnset.batches(args.batch_size)), progress=progress)
         bn_images = recal["images"]
     before = evaluate(pruned, evalset) if bn_images else surgery_acc
     if recal and recal["method"] == "batchnorm":

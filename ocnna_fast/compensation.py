@@ -17,7 +17,7 @@ so nothing downstream of them changes but through their dense consumers.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Mapping, Sequence
+from typing import Any, Dict, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -113,18 +113,18 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 
 def recalibrate(
-    pruned: nn.Module, base: nn.Module, plan: Mapping, batches: Callable[[], Iterable], progress: bool = False
+    pruned: nn.Module, base: nn.Module, plan: Mapping, batches: Iterable, progress: bool = False
 ) -> Dict[str, Any]:
     """What follows surgery before evaluation: BatchNorm re-estimation when the
     pruned model has BatchNorm, else bias compensation (folded BatchNorm).
-    ``batches()`` yields the calibration batches (called once).  Returns
+    ``batches``: the calibration batches (read once).  Returns
     ``{"method": "batchnorm" | "bias-compensation", "images": n, ...}``."""
     if has_batchnorm(pruned):
-        return {"method": "batchnorm", "images": recalibrate_batchnorm(pruned, batches(), progress=progress)}
+        return {"method": "batchnorm", "images": recalibrate_batchnorm(pruned, batches, progress=progress)}
     counted = []
 
     def counting():
-        for b in batches():
+        for b in batches:
             counted.append(int(input_of(b).shape[0]))
             yield b
 

@@ -220,9 +220,8 @@ def folder_split(
             f"{folder} not found: --dataset imagenet reads the ImageNet layout "
             f"{root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG (pass its root as --data-dir)"
         )
+    folder_classes(root)  # refuses train/val class folders that differ: labels would not line up
     full = FolderImages(folder, size, mean, std, crop_fraction, augment, workers)
-    if full.classes != folder_classes(root):
-        raise ValueError(f"{folder} does not hold images in every class folder of {root}: labels would not line up")
     if limit is None or limit >= len(full):
         return full
     return full.subset(balanced_subset(np.asarray(full.labels), limit, seed).tolist())

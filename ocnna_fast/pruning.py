@@ -354,43 +354,40 @@ class _ChannelMaps:
     concat may lose channels to several groups), so positions are tracked."""
 
     def __init__(self, model: nn.Module) -> None:
+        # per layer, the original index of each input / output position left
         self.inputs: Dict[str, List[int]] = {}
         self.outputs: Dict[str, List[int]] = {}
-        self.touched: set = set()
         for n, m in model.named_modules():
             if isinstance(m, nn.Conv2d):
                 self.inputs[n], self.outputs[n] = list(range(m.in_channels)), list(range(m.out_channels))
             elif isinstance(m, nn.Linear):
                 self.inputs[n], self.outputs[n] = list(range(m.in_features)), list(range(m.out_features))
-        self.removed_inputs: Dict[str, List[int]] = {}
+        self._in_widths = {n: len(v) for n, v in self.inputs.items()}
 
     def record(self, group, DG, names) -> None:
         for dep, idxs in group:
             name = names.get(dep.target.module)
             if name not in self.inputs:
                 continue
-            side = (
-                self.outputs
-                if DG.is_out_channel_pruning_fn(dep.handler)
-                else self.inputs
-                if DG.is_in_channel_pruning_fn(dep.handler)
-                else None
-            )
-            if side is None:
+            if DG.is_out_channel_pruning_fn(dep.handler):
+                side = self.outputs
+            elif DG.is_in_channel_pruning_fn(dep.handler):
+                side = self.inputs
+            else:
                 continue
-            gone = set(int(i) for i in idxs)
-            if side is self.inputs:
-                self.removed_inputs.setdefault(name, []).extend(side[name][i] for i in sorted(gone))
+            gone = {int(i) for i in idxs}
             side[name] = [p for j, p in enumerate(side[name]) if j not in gone]
-            self.touched.add(name)
 
     def as_dict(self) -> Dict[str, Dict[str, List[int]]]:
         """Per layer whose inputs were removed: ``removed_inputs`` and
         ``kept_outputs``, in the original numbering."""
         return {
-            n: {"removed_inputs": sorted(r), "kept_outputs": self.outputs[n]}
-            for n, r in self.removed_inputs.items()
-            if r
+            n: {
+                "removed_inputs": sorted(set(range(self._in_widths[n])) - set(kept)),
+                "kept_outputs": self.outputs[n],
+            }
+            for n, kept in self.inputs.items()
+            if len(kept) < self._in_widths[n]
         }
 
 

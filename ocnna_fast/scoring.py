@@ -165,7 +165,7 @@ class _SideStream:
         self._pending.append(done)
 
     def submit(self, st: FilterStats, t: torch.Tensor) -> None:
-        if isinstance(t, torch.Tensor) and t.device != self.device:
+        if t.device != self.device:  # the hook submits tensors only
             raise ValueError(f"layer {st.name!r}: output on {t.device}, expected {self.device}")
         st.update_on_stream(t.detach(), self.stream)
         if t.shape[0] == 0:
