@@ -15,6 +15,7 @@ from typing import Any, Iterable, Optional, Union
 import torch
 from torch import nn
 
+from .errors import add_note
 from .placement import input_of, placement
 from .validate import positive_int
 
@@ -64,6 +65,7 @@ def recalibrate_batchnorm(
     seen = 0
     ok = False
     bar = None
+    failure: Optional[BaseException] = None
     try:
         if run_device != home:
             model.to(run_device)
@@ -92,16 +94,26 @@ def recalibrate_batchnorm(
         if seen == 0:
             raise ValueError("data yielded no images to estimate statistics from")
         ok = True
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
-        for m, (momentum, state) in zip(norms, saved):
-            m.momentum = momentum
-            if not ok:
-                for k, v in state.items():
-                    getattr(m, k).copy_(v)
-        for m, was in flags.items():
-            m.train(was)
-        if run_device != home:
-            model.to(home)
-        if bar is not None:
-            bar.close()
+        try:
+            for m, (momentum, state) in zip(norms, saved):
+                m.momentum = momentum
+                if not ok:
+                    for k, v in state.items():
+                        getattr(m, k).copy_(v)
+            for m, was in flags.items():
+                m.train(was)
+            if run_device != home:
+                model.to(home)
+        except BaseException as restore_error:
+            if failure is None:
+                raise
+            # the first error is the cause: it propagates, the restore error is attached to it
+            add_note(failure, f"and restoring the model afterwards failed too: {restore_error!r}")
+        finally:
+            if bar is not None:
+                bar.close()
     return seen

@@ -16,6 +16,7 @@ a stopped suite continues where it stopped.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
@@ -26,11 +27,12 @@ from torch import nn
 from .atomic import write_text_atomic
 from .compensation import recalibrate
 from .criteria import CRITERIA, SEEDED, Context, criterion_values
-from .distill import TensorImages, distill, evaluate
+from .distill import TensorImages, distill, evaluate, state_sha256
 from .latency import latency_ms
 from .pruning import count_params, prune
+from .validate import as_count, percentile
 
-__all__ = ["run_suite", "latency_ms", "RESULT_KEYS"]
+__all__ = ["run_suite", "check_cells", "latency_ms", "RESULT_KEYS"]
 
 RESULT_KEYS = (
     "criterion",
@@ -58,6 +60,25 @@ def _cell_key(row: Dict[str, Any]) -> tuple:
     return (row["criterion"], float(row["k"]), int(row["seed"]))
 
 
+# the command-line option behind each setting a suite records
+_OPTION_OF = {
+    "arch": "--arch/--model",
+    "weights_sha256": "--weights/--model (the base model's weights)",
+    "seed": "--seed (the images drawn)",
+    "input_size": "--input-size",
+    "latency_repeats": "--latency-repeats",
+    "score_images": "--score-images",
+    "bn_images": "--bn-images",
+    "train_images": "--train-images",
+    "eval_images": "--eval-images",
+    "finetune_epochs": "--finetune-epochs",
+    "batch_size": "--batch-size",
+    "dataset": "--dataset",
+    "scope": "--scope",
+    "lr": "--lr",
+}
+
+
 def _load_rows(path: Path, config: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Finished cells of an earlier run into the same folder, if its settings
     match (else a ValueError: results of two budgets never mix)."""
@@ -68,17 +89,60 @@ def _load_rows(path: Path, config: Dict[str, Any]) -> List[Dict[str, Any]]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}); move it away to start afresh") from exc
     theirs = doc.get("config") if isinstance(doc, dict) else None
-    if isinstance(theirs, dict):
-        # suites from before --dataset / --scope ran on the JPEG copy, pruning only inner convs
-        theirs = {"dataset": "cifar10-jpeg", "scope": "inner", **theirs}
     if theirs != config:
         theirs = theirs if isinstance(theirs, dict) else {}
-        differ = sorted(k for k in set(config) | set(theirs) if config.get(k) != theirs.get(k))
-        raise ValueError(f"{path} holds results of other settings (differ in: {', '.join(differ)}); use another --out")
+        differ = sorted(_OPTION_OF.get(k, k) for k in set(config) | set(theirs) if config.get(k) != theirs.get(k))
+        raise ValueError(
+            f"{path} holds results of other settings (differ in: {', '.join(differ)}); "
+            "rerun with the same options to resume, or use another --out"
+        )
     rows = doc.get("rows")
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and set(RESULT_KEYS) <= set(r) for r in rows):
-        raise ValueError(f"{path}: malformed rows; move it away to start afresh")
+    if not isinstance(rows, list) or not all(_row_ok(r) for r in rows):
+        raise ValueError(f"{path}: malformed rows (missing fields or values of the wrong type); move it away")
+    if len({_cell_key(r) for r in rows}) != len(rows):
+        raise ValueError(f"{path}: the same cell is listed twice; move it away to start afresh")
     return rows
+
+
+def _row_ok(r: Any) -> bool:
+    """A row holds every field, each of its type: the cell's name, and numbers
+    (finite, or ``None`` for a step that did not run) for what it measured."""
+    if not (isinstance(r, dict) and set(RESULT_KEYS) <= set(r)):
+        return False
+    number = (int, float)
+    if not (isinstance(r["criterion"], str) and r["criterion"] in CRITERIA):
+        return False
+    if isinstance(r["k"], bool) or not isinstance(r["k"], number) or not 0 <= r["k"] < 100:
+        return False
+    if isinstance(r["seed"], bool) or not isinstance(r["seed"], int) or r["seed"] < 0:
+        return False
+    return all(
+        r[f] is None or (not isinstance(r[f], bool) and isinstance(r[f], number) and math.isfinite(r[f]))
+        for f in RESULT_KEYS[3:]
+    )
+
+
+def check_cells(criteria: Sequence[str], ks: Sequence[float], seeds: Sequence[int]) -> None:
+    """The suite's axes: known criteria, percentiles in [0, 100), seeds >= 0,
+    at least one of each and none twice (a repeated cell would be counted as
+    another seed in the tables)."""
+    unknown = [c for c in criteria if c not in CRITERIA]
+    if unknown:
+        raise ValueError(f"unknown criteria {unknown}; choose from {', '.join(CRITERIA)}")
+    if not criteria or not ks or not seeds:
+        raise ValueError("need at least one criterion, one k and one seed")
+    for k in ks:
+        percentile(k)
+    for s in seeds:
+        as_count(s, "a seed")
+    for option, values in (
+        ("--criteria", list(criteria)),
+        ("--k", [float(k) for k in ks]),
+        ("--seeds", [int(s) for s in seeds]),
+    ):
+        twice = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if twice:
+            raise ValueError(f"{option} lists {', '.join(map(str, twice))} more than once; give each value once")
 
 
 def run_suite(
@@ -103,15 +167,12 @@ def run_suite(
     log=print,
     dataset: str = "cifar10-jpeg",
     scope: Optional[str] = None,
+    data_seed: int = 0,
 ) -> List[Dict[str, Any]]:
     """Runs (or continues) the suite and writes ``results.json`` and
     ``results.md`` into ``out``; returns the rows.  Deterministic criteria run
     at the first seed only unless fine-tuning makes the seed matter."""
-    unknown = [c for c in criteria if c not in CRITERIA]
-    if unknown:
-        raise ValueError(f"unknown criteria {unknown}; choose from {', '.join(CRITERIA)}")
-    if not criteria or not ks or not seeds:
-        raise ValueError("need at least one criterion, one k and one seed")
+    check_cells(criteria, ks, seeds)
     if finetune_epochs > 0 and train_set is None:
         raise ValueError("fine-tuning needs a training set")
     out.mkdir(parents=True, exist_ok=True)
@@ -126,6 +187,11 @@ def run_suite(
         "finetune_epochs": finetune_epochs,
         "lr": lr,
         "batch_size": batch_size,
+        # what else changes a row: the base weights, the images drawn, their size, the latency repeats
+        "weights_sha256": state_sha256(model),
+        "seed": data_seed,
+        "input_size": input_size,
+        "latency_repeats": latency_repeats,
     }
     results_path = out / "results.json"
     rows = _load_rows(results_path, config)

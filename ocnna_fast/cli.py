@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,6 +29,7 @@ import torch
 from . import build_info
 from ._version import __version__
 from .distributed import init_from_env, is_main
+from .outdir import locked, out_dir, publish, staged
 from .scoring import score
 
 DATASET_CHOICES = ["cifar10-jpeg", "cifar10", "cifar100", "imagenet-sample", "imagenet"]
@@ -49,13 +50,81 @@ def _n_components(text: str):
     if text.lower() == "none":
         return None
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        pass
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not 0 < value < 1:
+            raise argparse.ArgumentTypeError(
+                f"expected 'none', an int >= 1 or a ratio in (0, 1), got {text!r}"
+            ) from None
+        return value
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'none', an int >= 1 or a ratio in (0, 1), got {text!r}")
+    return value
+
+
+def _int_type(minimum: int, maximum: Optional[int] = None, what: str = "a whole number"):
+    """An argparse type: an int in ``[minimum, maximum]``, refused with one line otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+            raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {text!r}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _float_type(low: float, high: float, *, low_open: bool = False, high_open: bool = False, what: str = "a number"):
+    """An argparse type: a finite float within the bounds (NaN and infinity refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        ok = (
+            math.isfinite(value)
+            and (value > low if low_open else value >= low)
+            and (value < high if high_open else value <= high)
+        )
+        if not ok:
+            bounds = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"expected {what}, a finite number in {bounds}, got {text!r}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
+COUNT = _int_type(1, what="a count")  # images, batch sizes: at least one
+NONNEG = _int_type(0, what="a count")  # epochs, repeats, BatchNorm images: 0 turns the step off
+SEED = _int_type(0, 2**31 - 1, what="a seed")  # seeds are offset and multiplied: keep them within 31 bits
+PERCENTILE = _float_type(0, 100, high_open=True, what="a percentile")
+LEARNING_RATE = _float_type(0, 10, low_open=True, what="a learning rate")
+SIZE = _int_type(1, 4096, what="an input size in pixels")
+
+
+def _device(text: str) -> str:
+    """An argparse type: a device that exists here (cpu, or a usable GPU)."""
+    from .placement import usable_device
+
     try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'none', an int or a float in (0, 1), got {text!r}") from None
+        return str(usable_device(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# a coefficient of variation over one image is 0 for every filter: scoring needs two
+SCORE_IMAGES = _int_type(2, what="a number of images (scores vary over images: at least 2)")
 
 
 def _dataset_name(text: str) -> str:
@@ -165,8 +234,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     scores = score(model, batches, n_components=args.n_components, device=args.device, progress=not args.no_progress)
     seconds = time.perf_counter() - t
-    out = _out_dir(args.out)
-    scores.save(out / "scores.safetensors")
+    out = out_dir(args.out)
+    with locked(out):
+        scores.save(out / "scores.safetensors")
+        _write_summary(args, out, scores, weights, len(data), seconds)
+    return 0
+
+
+def _write_summary(args: argparse.Namespace, out: Path, scores, weights: str, images: int, seconds: float) -> None:
     layers = {
         name: {
             "channels": ls.num_channels,
@@ -181,10 +256,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         "arch": args.arch,
         "weights": weights,
         "dataset": _describe(args.dataset),
-        "images": len(data),
+        "images": images,
         "n_components": args.n_components,
         "scoring_seconds": seconds,
-        "images_per_second": len(data) / seconds,
+        "images_per_second": images / seconds,
         "ocnna_fast": __version__,
         "torch": torch.__version__,
         "layers": layers,
@@ -193,8 +268,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     print(
-        f"scored {len(scores)} conv layers of {args.arch} on {len(data)} images "
-        f"(n_components={args.n_components!r}) in {seconds:.2f} s ({len(data) / seconds:.0f} images/s)"
+        f"scored {len(scores)} conv layers of {args.arch} on {images} images "
+        f"(n_components={args.n_components!r}) in {seconds:.2f} s ({images / seconds:.0f} images/s)"
     )
     print(f"{'layer':<22} {'filters':>7} {'dead':>5} {'score min':>10} {'mean':>8} {'max':>8}")
     for name, s in layers.items():
@@ -203,7 +278,6 @@ def cmd_score(args: argparse.Namespace) -> int:
             f"{s['score_mean']:>8.4f} {s['score_max']:>8.4f}"
         )
     print(f"wrote {out / 'scores.safetensors'} and {out / 'summary.json'}")
-    return 0
 
 
 def _input_spec(args: argparse.Namespace):
@@ -308,48 +382,10 @@ def _write_report(out: Path, report: dict, title: str) -> None:
     write_text_atomic(out / "report.md", md)
 
 
-def _out_dir(path: str) -> Path:
-    """The --out folder, created if missing; a file in its place is an error."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-INCOMPLETE = "INCOMPLETE"
-
-
-@contextlib.contextmanager
-def _staged(out: Path):
-    """A fresh folder inside ``out`` for a run's outputs.  Nothing in ``out``
-    changes until the run succeeds and ``_publish`` moves them in, so an
-    interrupted run never leaves new files beside an old run's report."""
-    staging = out / f".staging-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
-    try:
-        yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _publish(staging: Path, out: Path, names: Sequence[str]) -> None:
-    """Moves a finished run's outputs from ``staging`` into ``out``.  While
-    they move, ``out/INCOMPLETE`` says the folder mixes two runs; it is removed
-    once all are in place (a folder that keeps it was interrupted here)."""
-    marker = out / INCOMPLETE
-    marker.write_text(
-        "ocnna-fast was replacing the outputs in this folder and was interrupted: "
-        "they may mix two runs. Rerun the command.\n"
-    )
-    for name in names:
-        dst = out / name
-        if dst.is_dir():
-            shutil.rmtree(dst)
-        os.replace(staging / name, dst)
-    marker.unlink()
+def _writer_lock(out: Path):
+    """The --out lock, held by the process that writes: under torchrun every
+    rank runs the command and rank 0 alone writes."""
+    return locked(out) if is_main() else contextlib.nullcontext(out)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -360,8 +396,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     size = _check_data_fits(args)
     model, weights = _load_model(args.arch, args.weights, args.data_dir, args.dataset, size)
     torch.manual_seed(args.seed)
-    out = _out_dir(args.out)
-    with _staged(out) as stage:
+    out = out_dir(args.out)
+    with _writer_lock(out), staged(out) as stage:
         return _prune_into(args, model, weights, size, out, stage)
 
 
@@ -475,7 +511,7 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
         report["latency"] = ex.compare_latency(model, pruned, size, args.latency_repeats, stage / ".latency")
         _print_latency(report["latency"])
     _write_report(stage, report, f"OCNNA: {args.arch}, k={args.k}")
-    _publish(stage, out, ["scores.safetensors", "pruned", "report.json", "report.md"])
+    publish(stage, out, ["scores.safetensors", "pruned", "report.json", "report.md"])
     print(
         f"accuracy {base_acc:.2f}% -> {before:.2f}% (pruned) -> {after:.2f}% "
         f"(after {args.finetune_epochs} epochs of distillation); RPR {report['rpr']:.4f}, "
@@ -486,23 +522,26 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_suite
+    from .bench import check_cells
 
+    check_cells(args.criteria, args.k, args.seeds)  # before anything loads: repeated cells are refused
     size = _check_data_fits(args)
     model, weights = _load_model(args.arch, args.weights, args.data_dir, args.dataset, size)
-    for name in ("score_images", "eval_images"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1")
-    if args.bn_images < 0 or args.finetune_epochs < 0:
-        raise SystemExit("error: --bn-images and --finetune-epochs must be >= 0")
-    if any(not 0 <= k < 100 for k in args.k):
-        raise SystemExit(f"error: every --k is a percentile in [0, 100), got {args.k}")
-    out = _out_dir(args.out)
+    out = out_dir(args.out)
     score_set = _images(args, "train", args.score_images, False, args.seed + 1)
     bn_set = _images(args, "train", args.bn_images, False, args.seed + 3) if args.bn_images else None
     train_set = _images(args, "train", args.train_images, True, args.seed + 2) if args.finetune_epochs else None
     eval_set = _images(args, "test", args.eval_images, False, args.seed)
-    rows = run_suite(
+    with locked(out):
+        rows = _run_suite(args, model, size, out, score_set, bn_set, train_set, eval_set)
+    print(f"{len(rows)} cells; wrote {out / 'results.json'}, {out / 'results.md'} and plots (weights {weights})")
+    return 0
+
+
+def _run_suite(args: argparse.Namespace, model, size: int, out: Path, score_set, bn_set, train_set, eval_set):
+    from .bench import run_suite
+
+    return run_suite(
         model,
         arch=args.arch,
         score_set=score_set,
@@ -522,19 +561,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ignored_layers=_ignored(model, args.scope),
         scope=args.scope,
         input_size=size,
+        data_seed=args.seed,
     )
-    print(f"{len(rows)} cells; wrote {out / 'results.json'}, {out / 'results.md'} and plots (weights {weights})")
-    return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    size = _check_data_fits(args)
+    model, weights = _load_model(args.arch, args.weights, args.data_dir, args.dataset, size)
+    out = out_dir(args.out)
+    with _writer_lock(out):
+        return _finetune_into(args, model, weights, out)
+
+
+def _finetune_into(args: argparse.Namespace, model, weights: str, out: Path) -> int:
     from safetensors.torch import save_file
 
     from .distill import evaluate, finetune
 
-    size = _check_data_fits(args)
-    model, weights = _load_model(args.arch, args.weights, args.data_dir, args.dataset, size)
-    out = _out_dir(args.out)
     evalset = _images(args, "test", args.eval_images, False, args.seed)
     trainset = _images(args, "train", args.train_images, True, args.seed + 2)
     before = evaluate(model, evalset)
@@ -579,10 +622,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .distill import evaluate
 
     if args.pruned:
-        from .pruning import load_pruned
-
-        model, what = load_pruned(args.pruned), args.pruned
-        spec = _pruned_spec(args.pruned)
+        model, spec = _load_pruned(args)
+        what = args.pruned
         args.arch = spec.get("arch", args.arch)
         args.input_size = spec.get("input_size", args.input_size)
         size = _input_spec(args)[0]
@@ -609,13 +650,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pruned_spec(pruned: str) -> dict:
-    try:
-        plan = json.loads((Path(pruned) / "plan.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{Path(pruned) / 'plan.json'} is not valid JSON: {exc}") from exc
-    spec = plan.get("model") if isinstance(plan, dict) else None
-    return spec if isinstance(spec, dict) else {}
+def _load_pruned(args: argparse.Namespace):
+    """``(model, the plan's model entry)`` of ``--pruned``.  A folder pruned
+    from a user's ``module:factory`` is rebuilt only with ``--model`` given
+    explicitly and equal to what the plan recorded: a file never chooses the
+    code that runs."""
+    from .models import build, is_factory
+    from .pruning import load_pruned, read_plan
+
+    spec = read_plan(args.pruned).get("model") or {}
+    arch = spec.get("arch", "?")
+    base = None
+    if is_factory(arch):
+        given = getattr(args, "model", None)
+        if given is None:
+            raise ValueError(
+                f"{args.pruned} was pruned from the user model {arch}; loading a folder never runs code it "
+                f"names: pass --model {arch} to rebuild it"
+            )
+        if given != arch:
+            raise ValueError(f"--model {given} is not the model {args.pruned} was pruned from ({arch})")
+        base = build(arch)
+    return load_pruned(args.pruned, base), spec
 
 
 def _base_file(out: Path) -> Path:
@@ -625,7 +681,6 @@ def _base_file(out: Path) -> Path:
 def cmd_export(args: argparse.Namespace) -> int:
     from . import export as ex
     from .models import input_size
-    from .pruning import load_pruned
 
     if args.format == "onnx" or args.benchmark:
         ex.require_deploy()
@@ -633,15 +688,18 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: --batch must be >= 1, got {args.batch}")
     if args.verify_images < 1:
         raise SystemExit(f"error: --verify-images must be >= 1, got {args.verify_images}")
-    spec = _pruned_spec(args.pruned)
-    pruned = load_pruned(args.pruned)
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; name the file to write (e.g. {out / 'model.onnx'})")
+    pruned, spec = _load_pruned(args)
     arch = spec.get("arch", "?")
     args.arch = arch
     if args.dataset is None:
         args.dataset = spec.get("dataset", "cifar10-jpeg")
     args.input_size = spec.get("input_size")
     size = args.input_size or (input_size(arch) if arch != "?" else 32)
-    out = Path(args.out)
     models = {"pruned": (pruned, out)}
     if args.base or args.benchmark:
         base, _ = _load_model(arch, args.weights, args.data_dir, args.dataset, size)
@@ -655,10 +713,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         "format": args.format,
         "torch": torch.__version__,
     }
+    # every file is verified before any replaces what is at --out (and its .base twin)
+    report.update(ex.export_verified(models, args.format, images, size, args.batch))
     for name, (model, path) in models.items():
-        info = ex.export_model(model, path, args.format, size, args.batch)
-        check = ex.verify(model, path, args.format, images, batch=args.batch)
-        report[name] = {**info, "verification": check.as_dict()}
+        info = report[name]
+        check = ex.Verification(**info["verification"])
         print(
             f"{name}: wrote {path} ({info['bytes'] / 1e6:.2f} MB, {args.format}"
             f"{', opset ' + str(info['opset']) if 'opset' in info else ''}, batch "
@@ -698,10 +757,19 @@ def cmd_convert_tflite(args: argparse.Namespace) -> int:
     from .models import build
     from .tflite_convert import convert_tflite, detect_arch
 
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(
+            f"--out {out}: convert-tflite writes safetensors, and --weights reads a file by its "
+            "suffix: name it NAME.safetensors"
+        )
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+    if not Path(args.file).is_file():
+        raise ValueError(f"{args.file} is not a file")
     arch = args.arch or detect_arch(args.file)
     model = build(arch, num_classes=1000)
     state = convert_tflite(args.file, model)
-    out = Path(args.out)
     with atomic_path(out) as tmp:
         save_file(
             {k: v.contiguous() for k, v in state.items()},
@@ -763,7 +831,7 @@ def _model_options(sp: argparse.ArgumentParser) -> None:
     )
     sp.add_argument(
         "--input-size",
-        type=int,
+        type=SIZE,
         default=None,
         help="input side in pixels (default: the zoo model's; for --model 32 on CIFAR, 224 on ImageNet)",
     )
@@ -786,15 +854,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[*DATASET_CHOICES, LOSSLESS_20],
         help=DATASET_HELP + f"; {LOSSLESS_20}: the 20 shipped lossless test images",
     )
-    s.add_argument("--images", type=int, default=1000, help="images to score on (class-balanced subset)")
+    s.add_argument("--images", type=SCORE_IMAGES, default=1000, help="images to score on (class-balanced subset)")
     s.add_argument(
         "--n-components",
         type=_n_components,
         default=None,
         help="PCA components per map: none (default), an int, or a ratio in (0, 1)",
     )
-    s.add_argument("--batch-size", type=int, default=128)
-    s.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    s.add_argument("--batch-size", type=COUNT, default=128)
+    s.add_argument("--device", type=_device, default=None, help="cpu or cuda (default: cpu)")
     s.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     s.add_argument("--out", default="runs/score", help="output folder")
     _model_options(s)
@@ -813,7 +881,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=DATASET_HELP
             + (f"; {LOSSLESS_20}: the 20 shipped lossless test images" if LOSSLESS_20 in datasets else ""),
         )
-        sp.add_argument("--batch-size", type=int, default=128)
+        sp.add_argument("--batch-size", type=COUNT, default=128)
         sp.add_argument(
             "--scope",
             default="full",
@@ -821,14 +889,19 @@ def build_parser() -> argparse.ArgumentParser:
             help="CIFAR ResNets: full (default) prunes stage widths too; inner prunes only each "
             "block's inner conv (the setting of HRank and CHIP on ResNet-56)",
         )
-        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--seed", type=SEED, default=0)
         sp.add_argument("--no-progress", action="store_true")
         _model_options(sp)
 
     pr = sub.add_parser("prune", help="score, prune, distill and report (the whole OCNNA job)")
     common(pr)
-    pr.add_argument("--k", type=float, default=40.0, help="percentile of filters removed per group (default 40)")
-    pr.add_argument("--n-components", type=_n_components, default=None)
+    pr.add_argument("--k", type=PERCENTILE, default=40.0, help="percentile of filters removed per group (default 40)")
+    pr.add_argument(
+        "--n-components",
+        type=_n_components,
+        default=None,
+        help="PCA components per map: none (default: all), an int, or a ratio in (0, 1) of explained variance",
+    )
     pr.add_argument(
         "--criterion",
         default="ocnna",
@@ -836,23 +909,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="which streamed statistic ranks the filters: ocnna (the paper's std/mean, default), "
         "mean-energy or ocnna-rms (see docs/scoring.md and BENCHMARKS.md)",
     )
-    pr.add_argument("--score-images", type=int, default=1000, help="training images used for scoring")
-    pr.add_argument("--eval-images", type=int, default=None, help="test images for accuracy (default all 10000)")
-    pr.add_argument("--train-images", type=int, default=None, help="training images for distillation (default all)")
-    pr.add_argument("--finetune-epochs", type=int, default=2)
+    pr.add_argument("--score-images", type=SCORE_IMAGES, default=1000, help="training images used for scoring")
+    pr.add_argument("--eval-images", type=COUNT, default=None, help="test images for accuracy (default all 10000)")
+    pr.add_argument("--train-images", type=COUNT, default=None, help="training images for distillation (default all)")
+    pr.add_argument(
+        "--finetune-epochs", type=NONNEG, default=2, help="epochs of distillation from the base model (0: none)"
+    )
     pr.add_argument(
         "--bn-images",
-        type=int,
+        type=NONNEG,
         default=1000,
         help="re-estimate BatchNorm statistics of the pruned model on this many training images "
         "before evaluating and distilling it (default 1000; 0: off); for a model whose "
         "BatchNorm is folded into its convs, compensate the removed channels' mean "
         "contributions in the next layers' biases instead",
     )
-    pr.add_argument("--lr", type=float, default=0.01)
+    pr.add_argument("--lr", type=LEARNING_RATE, default=0.01, help="distillation learning rate (SGD, cosine)")
     pr.add_argument(
         "--latency-repeats",
-        type=int,
+        type=NONNEG,
         default=10,
         help="timed passes per latency figure of the report (base vs pruned, PyTorch eager and, with "
         "the deploy extra, ONNX Runtime; batch 1 and 64); 0: no latency section",
@@ -864,7 +939,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     be = sub.add_parser("bench", help="compare pruning criteria at identical structure (results.json/md, plots)")
     common(be)
-    be.add_argument("--k", type=float, nargs="+", default=[20.0, 40.0, 60.0], help="percentiles (default 20 40 60)")
+    be.add_argument(
+        "--k", type=PERCENTILE, nargs="+", default=[20.0, 40.0, 60.0], help="percentiles (default 20 40 60)"
+    )
     be.add_argument(
         "--criteria",
         nargs="+",
@@ -874,36 +951,40 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"criteria to compare (default all: {' '.join(CRITERIA)})",
     )
     be.add_argument(
-        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds: for random, and for fine-tuning (default 0 1 2)"
+        "--seeds",
+        type=SEED,
+        nargs="+",
+        default=[0, 1, 2],
+        help="seeds: for random, and for fine-tuning (default 0 1 2)",
     )
-    be.add_argument("--score-images", type=int, default=1000, help="training images criteria are computed on")
+    be.add_argument("--score-images", type=SCORE_IMAGES, default=1000, help="training images criteria are computed on")
     be.add_argument(
         "--bn-images",
-        type=int,
+        type=NONNEG,
         default=1000,
         help="training images for BatchNorm re-estimation after surgery (0: skip)",
     )
-    be.add_argument("--finetune-epochs", type=int, default=0, help="distillation epochs per cell (default 0)")
-    be.add_argument("--train-images", type=int, default=None, help="training images for fine-tuning (default all)")
-    be.add_argument("--eval-images", type=int, default=None, help="test images for accuracy (default all 10000)")
-    be.add_argument("--lr", type=float, default=0.01)
-    be.add_argument("--latency-repeats", type=int, default=10, help="timed forward passes per latency figure")
+    be.add_argument("--finetune-epochs", type=NONNEG, default=0, help="distillation epochs per cell (default 0)")
+    be.add_argument("--train-images", type=COUNT, default=None, help="training images for fine-tuning (default all)")
+    be.add_argument("--eval-images", type=COUNT, default=None, help="test images for accuracy (default all 10000)")
+    be.add_argument("--lr", type=LEARNING_RATE, default=0.01)
+    be.add_argument("--latency-repeats", type=NONNEG, default=10, help="timed forward passes per latency figure")
     be.add_argument("--out", default="runs/bench")
     be.set_defaults(func=cmd_bench)
 
     ft = sub.add_parser("finetune", help="adapt a model to the shipped JPEG CIFAR-10 (cross-entropy)")
     common(ft)
-    ft.add_argument("--epochs", type=int, default=2)
-    ft.add_argument("--lr", type=float, default=0.01)
-    ft.add_argument("--eval-images", type=int, default=None)
-    ft.add_argument("--train-images", type=int, default=None)
+    ft.add_argument("--epochs", type=NONNEG, default=2)
+    ft.add_argument("--lr", type=LEARNING_RATE, default=0.01)
+    ft.add_argument("--eval-images", type=COUNT, default=None)
+    ft.add_argument("--train-images", type=COUNT, default=None)
     ft.add_argument("--out", default="runs/finetune")
     ft.set_defaults(func=cmd_finetune)
 
     ev = sub.add_parser("evaluate", help="top-1 accuracy of a model or a pruned model directory")
     common(ev, [*DATASET_CHOICES, LOSSLESS_20])
     ev.add_argument("--pruned", help="a directory written by 'prune' (its pruned/ folder)")
-    ev.add_argument("--eval-images", type=int, default=None)
+    ev.add_argument("--eval-images", type=COUNT, default=None)
     ev.set_defaults(func=cmd_evaluate)
 
     ex = sub.add_parser("export", help="export a pruned model to ONNX or TorchScript, verify it, measure latency")
@@ -911,10 +992,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
     ex.add_argument("--out", required=True, help="the file to write (with --base, the original goes to NAME.base.EXT)")
     ex.add_argument("--base", action="store_true", help="also export the unpruned model it came from")
-    ex.add_argument("--batch", type=int, default=None, help="a fixed batch size (default: dynamic batch)")
+    ex.add_argument("--batch", type=COUNT, default=None, help="a fixed batch size (default: dynamic batch)")
     ex.add_argument(
         "--verify-images",
-        type=int,
+        type=COUNT,
         default=256,
         help="test images of the data set the model was pruned on, run in the exported file and in "
         "PyTorch and compared (default 256)",
@@ -924,7 +1005,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="measure base vs pruned latency in ONNX Runtime and PyTorch eager, batch 1 and 64",
     )
-    ex.add_argument("--latency-repeats", type=int, default=20)
+    ex.add_argument("--latency-repeats", type=COUNT, default=20, help="timed passes per latency figure")
     ex.add_argument("--weights", help="the base model's weights (default: the shipped ones for the plan's arch)")
     ex.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     ex.add_argument(
@@ -934,12 +1015,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=DATASET_CHOICES,
         help="data set for verification (default: the one the model was pruned on)",
     )
-    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--seed", type=SEED, default=0)
     ex.add_argument("--workers", type=_workers, default=_default_workers(), help=WORKERS_HELP)
+    ex.add_argument(
+        "--model",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help="the user model the folder was pruned from (required for such a folder: a file never "
+        "chooses the code that runs)",
+    )
     ex.set_defaults(func=cmd_export)
 
     cv = sub.add_parser("convert-tflite", help="convert a (quantized) TFLite MobileNet into float PyTorch weights")
-    cv.add_argument("file", help="a .tflite file (the Coral MobileNet v1 files)")
+    cv.add_argument("file", help="a .tflite file (the Coral MobileNet v1 and v2 files)")
     cv.add_argument("--out", required=True, help="the .safetensors file to write")
     cv.add_argument("--arch", default=None, help="zoo architecture (default: detected from the file)")
     cv.set_defaults(func=cmd_convert_tflite)
@@ -981,6 +1069,17 @@ def _maybe_distributed(args: argparse.Namespace) -> int:
         torch.distributed.destroy_process_group()
 
 
+def _interrupted_note(args: argparse.Namespace) -> str:
+    """What an interrupted command kept, and how to go on."""
+    out = getattr(args, "out", None)
+    return {
+        cmd_prune: f"nothing in {out} changed; the same command resumes the distillation from its last finished epoch",
+        cmd_bench: f"the cells finished so far are kept in {out}/results.json; the same command resumes from there",
+        cmd_finetune: "the same command resumes the fine-tuning from its last finished epoch",
+        cmd_fetch: "what was downloaded is kept as NAME.part; the same fetch resumes it",
+    }.get(args.func, "no output was written or changed")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     if getattr(args, "model", None):
@@ -1003,13 +1102,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        print(
-            "interrupted: this run's outputs were not written; the same command resumes a distillation "
-            "from its last finished epoch",
-            file=sys.stderr,
-        )
+        print(f"interrupted: {_interrupted_note(args)}", file=sys.stderr)
         return 130
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ImportError) as exc:
         # expected failures (bad arguments, files, data): one line; anything
         # else (a bug, InternalError included) keeps its traceback
         if debug:

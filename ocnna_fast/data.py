@@ -21,6 +21,7 @@ import torch
 
 from .datapaths import data_places, find_data
 from .fetch import REMOTES, fetch  # the opt-in downloads, here too: ocnna_fast.data.fetch("cifar10")
+from .validate import as_count, positive_int
 
 __all__ = [
     "data_places",
@@ -88,6 +89,9 @@ def balanced_subset(labels: np.ndarray, limit: Optional[int], seed: int) -> np.n
     """Indices of a seeded, class-balanced subset of ``limit`` items, in
     their original order (data sets often list one class after another, so a
     plain prefix would hold one class)."""
+    if limit is not None:
+        limit = positive_int(limit, "the number of images")
+    as_count(seed, "seed")
     order = np.arange(len(labels))
     if limit is None or limit >= len(labels):
         return order

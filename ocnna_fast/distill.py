@@ -26,7 +26,7 @@ from .atomic import atomic_path
 from .distributed import all_reduce_sum, barrier, rank_and_world
 from .module_state import restore_training_flags, training_flags
 
-__all__ = ["distill", "finetune", "evaluate", "TensorImages", "distillation_loss", "state_sha256"]
+__all__ = ["distill", "finetune", "evaluate", "TensorImages", "distillation_loss", "state_sha256", "TrainingDiverged"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -103,7 +103,11 @@ def evaluate(
     device: Union[str, torch.device] = "cpu",
     progress: bool = False,
 ) -> float:
-    """Top-1 accuracy in percent; every module's training flag is restored."""
+    """Top-1 accuracy in percent; every module's training flag is restored.
+    Empty data is an error (an accuracy of no images means nothing)."""
+    batch_size = validate.positive_int(batch_size, "batch_size")
+    if len(data) == 0:
+        raise ValueError("no images to evaluate on")
     was = training_flags(model)
     model.eval()
     correct = 0
@@ -118,7 +122,7 @@ def evaluate(
                 correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
     finally:
         restore_training_flags(was)
-    return 100.0 * correct / max(1, len(data))
+    return 100.0 * correct / len(data)
 
 
 def state_sha256(model: nn.Module) -> str:
@@ -147,6 +151,26 @@ def distillation_loss(
         * temperature**2
     )
     return alpha * kd + (1 - alpha) * ce
+
+
+def _check_settings(
+    epochs: Any, lr: Any, temperature: Any, alpha: Any, batch_size: Any, momentum: Any, weight_decay: Any, seed: Any
+) -> None:
+    """Every setting finite and in range before anything trains: a NaN
+    learning rate compares false with every bound and would train NaNs."""
+    validate.as_count(epochs, "epochs")
+    validate.positive_int(batch_size, "batch_size")
+    validate.as_count(seed, "seed")
+    if seed >= 2**31:
+        raise ValueError(f"seed must be < 2**31, got {seed}")
+    for name, value, low, high, low_open in (
+        ("lr", lr, 0.0, math.inf, True),
+        ("temperature", temperature, 0.0, math.inf, True),
+        ("alpha", alpha, 0.0, 1.0, False),
+        ("momentum", momentum, 0.0, 1.0, False),
+        ("weight_decay", weight_decay, 0.0, math.inf, False),
+    ):
+        validate.finite_number(value, name, low, high, low_open=low_open)
 
 
 def _save_atomic(obj: Dict[str, Any], path: Path) -> None:
@@ -190,8 +214,7 @@ def distill(
     float rounding; BatchNorm normalises with each process's own share, as
     DDP does.  Rank 0 alone writes the checkpoint; every process resumes from it.
     """
-    if epochs < 0 or lr <= 0 or temperature <= 0 or not 0 <= alpha <= 1:
-        raise ValueError("need epochs >= 0, lr > 0, temperature > 0 and alpha in [0, 1]")
+    _check_settings(epochs, lr, temperature, alpha, batch_size, momentum, weight_decay, seed)
     if len(train_data) == 0:
         raise ValueError("train_data is empty")
     rank, world = rank_and_world()
@@ -236,10 +259,7 @@ def distill(
     if ckpt_path is not None:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         if ckpt_path.exists():
-            try:
-                ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise ValueError(f"cannot read checkpoint {ckpt_path}: {exc}") from exc
+            ck = validate.torch_load_safely(ckpt_path, "checkpoint")
             if not isinstance(ck, dict) or ck.get("config") != config:
                 theirs = ck.get("config") if isinstance(ck, dict) else None
                 theirs = theirs if isinstance(theirs, dict) else {}
@@ -269,6 +289,8 @@ def distill(
     try:
         for epoch in range(start, epochs):
             gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            # the state to fall back to if this epoch diverges (the checkpoint on disk is the same)
+            good = {k: v.detach().clone() for k, v in student.state_dict().items()}
             net.train()
             tot_loss = tot_correct = seen = 0
             for step, (x, y) in enumerate(train_data.batches(batch_size, shuffle=True, gen=gen, shard=shard)):
@@ -291,7 +313,10 @@ def distill(
                 sched.step()
                 n = int(y.shape[0])
                 seen += n
-                tot_loss += float(loss.detach()) * n
+                value = float(loss.detach())
+                if world == 1 and not math.isfinite(value):  # under DDP every rank checks at the epoch's end
+                    _diverged(student, good, epoch, f"step {step + 1}", lr, ckpt_path)
+                tot_loss += value * n
                 tot_correct += int((logits.argmax(1) == y).sum())
                 if bar is not None:
                     bar.update(1)
@@ -302,6 +327,8 @@ def distill(
                 tot_loss, tot_correct, seen = all_reduce_sum(
                     torch.tensor([tot_loss, tot_correct, seen], dtype=torch.float64)
                 ).tolist()
+            if not math.isfinite(tot_loss) or not all(bool(torch.isfinite(p).all()) for p in student.parameters()):
+                _diverged(student, good, epoch, "its end", lr, ckpt_path)
             rec = {"epoch": epoch + 1, "loss": tot_loss / seen, "train_accuracy": 100.0 * tot_correct / seen}
             if eval_data is not None:
                 rec["eval_accuracy"] = evaluate(student, eval_data, device=device)
@@ -327,6 +354,22 @@ def distill(
             bar.close()
     student.eval()
     return history
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the weights became non-finite during training."""
+
+
+def _diverged(student: nn.Module, good: Dict[str, torch.Tensor], epoch: int, where: str, lr: float, ckpt) -> None:
+    """Puts back the student of the last finished epoch and stops the run:
+    a non-finite loss or weight is never trained on, saved or returned."""
+    student.load_state_dict(good)
+    student.eval()
+    kept = f"; {ckpt} (after epoch {epoch}) is kept" if ckpt is not None and ckpt.exists() else ""
+    raise TrainingDiverged(
+        f"training diverged: the loss or the weights became non-finite in epoch {epoch + 1} at {where} "
+        f"(learning rate {lr:g} too high?); the student is back to its state after epoch {epoch}{kept}"
+    )
 
 
 def finetune(model: nn.Module, train_data: TensorImages, **kwargs: Any) -> List[Dict[str, float]]:

@@ -17,7 +17,7 @@ import shutil
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ __all__ = [
     "ExportMismatch",
     "Verification",
     "export_model",
+    "export_verified",
     "load_runner",
     "verify",
     "runtime_latency",
@@ -88,36 +89,97 @@ def export_model(
     example = torch.randn(batch or 2, 3, input_size, input_size)
     path = Path(path)
     info: Dict[str, Any] = {"format": fmt, "path": str(path), "batch": batch, "input_size": input_size}
-    with atomic_path(path) as tmp:
-        if fmt == "onnx":
-            require_deploy()
-            dyn = None if batch is not None else ({0: torch.export.Dim("batch", min=1)},)
-            # torch's exporter reports its progress on stdout; keep a CLI's output readable
-            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    model,
-                    (example,),
-                    str(tmp),
-                    dynamo=True,
-                    dynamic_shapes=dyn,
-                    opset_version=opset,
-                    input_names=["images"],
-                    output_names=["logits"],
-                    external_data=False,
-                )
-            import onnx
-
-            proto = onnx.load(str(tmp))
-            onnx.checker.check_model(proto)
-            info["opset"] = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-        else:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                traced = torch.jit.trace(model, example, check_trace=False)
-            traced.save(str(tmp))
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist")
+    try:
+        with atomic_path(path) as tmp:
+            _write(model, tmp, fmt, example, batch, opset, info)
+    except (ValueError, ImportError, OSError):
+        raise
+    except Exception as exc:  # the exporters raise many types; a model they cannot trace is the user's to change
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        hint = (
+            "try --format torchscript, or a fixed --batch"
+            if fmt == "onnx"
+            else "try --format onnx, or script the model yourself (torch.jit.script)"
+        )
+        raise ValueError(
+            f"cannot export {type(model).__name__} to {fmt}: tracing it failed ({type(exc).__name__}: {first}). "
+            f"A model whose control flow depends on its input values cannot be traced; {hint}"
+        ) from exc
     info["bytes"] = path.stat().st_size
     return info
+
+
+def _write(
+    model: nn.Module, tmp: str, fmt: str, example: torch.Tensor, batch: Optional[int], opset: int, info: Dict[str, Any]
+) -> None:
+    """The exporter's part of ``export_model``: writes ``tmp`` in ``fmt``."""
+    if fmt == "onnx":
+        require_deploy()
+        dyn = None if batch is not None else ({0: torch.export.Dim("batch", min=1)},)
+        # torch's exporter reports its progress on stdout; keep a CLI's output readable
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                dynamo=True,
+                dynamic_shapes=dyn,
+                opset_version=opset,
+                input_names=["images"],
+                output_names=["logits"],
+                external_data=False,
+            )
+        import onnx
+
+        proto = onnx.load(str(tmp))
+        onnx.checker.check_model(proto)
+        info["opset"] = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    else:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model, example, check_trace=False)
+        traced.save(str(tmp))
+
+
+def export_verified(
+    models: Dict[str, Tuple[nn.Module, PathLike]],
+    fmt: str,
+    images: torch.Tensor,
+    input_size: int,
+    batch: Optional[int] = None,
+) -> Dict[str, Dict[str, Any]]:
+    """Exports each ``name: (model, path)``, verifies every file in its
+    runtime, and only when all pass puts them at their paths: on any failure
+    (a mismatch, a runtime that cannot load the file, an interruption) no
+    path changes and the temporary files are removed.  Returns per name what
+    ``export_model`` returns plus ``verification``."""
+    staged: Dict[str, Path] = {}
+    report: Dict[str, Dict[str, Any]] = {}
+    try:
+        for name, (model, path) in models.items():
+            path = Path(path)
+            tmp = path.with_name(f".{path.stem}.unverified-{os.getpid()}{path.suffix}")
+            staged[name] = tmp
+            info = export_model(model, tmp, fmt, input_size, batch)
+            try:
+                check = verify(model, tmp, fmt, images, batch=batch)
+            except ExportMismatch as exc:
+                raise ExportMismatch(str(exc).replace(str(tmp), f"the export of {path}")) from None
+            except (ImportError, ValueError):
+                raise
+            except Exception as exc:
+                raise ValueError(f"{fmt} runtime cannot run the export of {path}: {type(exc).__name__}: {exc}") from exc
+            report[name] = {**info, "path": str(path), "verification": check.as_dict()}
+        for name, (_, path) in models.items():
+            os.replace(staged[name], path)
+    finally:
+        for tmp in staged.values():
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    return report
 
 
 def load_runner(path: PathLike, fmt: str, threads: Optional[int] = None) -> Callable[[np.ndarray], np.ndarray]:

@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 from .datapaths import cache_dir
 
@@ -47,6 +47,7 @@ class Remote:
     size: int
     folder: str = ""
     extracts_to: Optional[str] = None
+    contents: Tuple[str, ...] = ()  # files an extracted folder must hold to count as whole
 
     @property
     def filename(self) -> str:
@@ -72,12 +73,14 @@ REMOTES: Dict[str, Remote] = {
         "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
         170_498_071,
         extracts_to="cifar-10-batches-py",
+        contents=("batches.meta", "test_batch", *(f"data_batch_{i}" for i in range(1, 6))),
     ),
     "cifar100": Remote(
         _TORONTO + "cifar-100-python.tar.gz",
         "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
         169_001_437,
         extracts_to="cifar-100-python",
+        contents=("meta", "train", "test"),
     ),
     "resnet20": _resnet("resnet20", "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8", 1_099_231),
     "resnet32": _resnet("resnet32", "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850", 1_890_043),
@@ -95,15 +98,29 @@ def sha256_of(path: PathLike, chunk: int = 1 << 20) -> str:
 
 
 def download(
-    url: str, dest: PathLike, sha256: str, size: Optional[int] = None, progress: bool = True, timeout: float = 60.0
+    url: str,
+    dest: PathLike,
+    sha256: str,
+    size: Optional[int] = None,
+    progress: bool = True,
+    timeout: float = 60.0,
 ) -> Path:
     """Downloads ``url`` to ``dest`` through ``dest.part``, resuming a partial
     ``.part`` left by an interrupted call, and renames it to ``dest`` only when
-    its sha256 is ``sha256``.  A file that does not match is deleted and a
-    ``ValueError`` raised; a failed transfer keeps the ``.part`` for the next
-    call and raises ``OSError``."""
+    its sha256 is ``sha256``.
+
+    ``size`` (the pinned size) bounds the download: a server that sends more
+    is refused at that point, so an endless stream never fills the disk.
+    ``timeout`` is the stall limit: a connection that delivers nothing for
+    that many seconds fails.  A file that does not match is deleted and a
+    ``ValueError`` raised; a refused request (HTTP 4xx/5xx) or a folder that
+    cannot be written is an ``OSError`` saying so; a transfer cut short keeps
+    the ``.part`` for the next call and says that the same fetch resumes."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"cannot create {dest.parent} ({exc.strerror or exc}); choose another --data-dir") from exc
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
     if size is not None and have > size:  # not a prefix of this file: start over
@@ -118,7 +135,7 @@ def download(
             response = urllib.request.urlopen(request, timeout=timeout)
         except urllib.error.HTTPError as exc:
             if exc.code != 416 or not have:  # 416: nothing left to send, the .part is whole
-                raise
+                raise _Refused(f"{url}: the server answered HTTP {exc.code} {exc.reason}") from exc
             response = None
         with response if response is not None else _Empty() as r:
             if response is not None and have and r.status != 206:
@@ -128,11 +145,19 @@ def download(
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=dest.name)
-            with open(part, "ab" if have else "wb") as f:
+            try:
+                f = open(part, "ab" if have else "wb")
+            except OSError as exc:
+                raise _Refused(f"cannot write {part} ({exc.strerror or exc}); choose another --data-dir") from exc
+            with f:
+                got = have
                 while True:
                     block = r.read(1 << 16)
                     if not block:
                         break
+                    got += len(block)
+                    if size is not None and got > size:
+                        raise _TooLong(f"{url} sent more than the pinned {size} bytes: not the file asked for")
                     f.write(block)
                     if bar is not None:
                         bar.update(len(block))
@@ -140,6 +165,11 @@ def download(
             got = part.stat().st_size
             if total is not None and got < total:
                 raise OSError(f"the connection closed after {got} of {total} bytes")
+    except _TooLong as exc:
+        part.unlink(missing_ok=True)
+        raise ValueError(f"{exc}; the download was removed (a wrong --base-url?)") from None
+    except _Refused as exc:
+        raise OSError(str(exc)) from exc.__cause__
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         kept = part.stat().st_size if part.exists() else 0
         raise OSError(
@@ -157,6 +187,14 @@ def download(
         )
     os.replace(part, dest)
     return dest
+
+
+class _Refused(Exception):
+    """A request the server refused, or a file that cannot be written: trying again will not help."""
+
+
+class _TooLong(Exception):
+    """More bytes than the pinned size."""
 
 
 class _Empty:
@@ -208,14 +246,21 @@ def fetch(
             raise ValueError(f"{target} exists but its sha256 is not the pinned one; remove it and fetch again")
         return download(url, target, remote.sha256, remote.size, progress=progress)
     if target.is_dir():
-        return target  # extracted earlier (or the user's own copy of the same layout)
+        missing = [f for f in remote.contents if not (target / f).is_file()]
+        if not missing:
+            return target  # extracted earlier (or the user's own copy of the same layout)
+        raise ValueError(
+            f"{target} exists but is not a whole {name} (missing {', '.join(missing[:3])}); "
+            "remove the folder and fetch again"
+        )
     downloads = place / "downloads"
     archive = download(url, downloads / remote.filename, remote.sha256, remote.size, progress=progress)
     tmp = Path(tempfile.mkdtemp(prefix=f".{remote.extracts_to}-", dir=place))
     try:
         _safe_extract(archive, tmp)
-        if not (tmp / remote.extracts_to).is_dir():
-            raise ValueError(f"{archive} does not hold the folder {remote.extracts_to}/")
+        missing = [f for f in remote.contents if not (tmp / remote.extracts_to / f).is_file()]
+        if not (tmp / remote.extracts_to).is_dir() or missing:
+            raise ValueError(f"{archive} does not hold a whole {remote.extracts_to}/ (missing {missing[:3]})")
         (tmp / remote.extracts_to / _MARKER).write_text(json.dumps({"url": url, "sha256": remote.sha256}))
         os.replace(tmp / remote.extracts_to, target)
     finally:

@@ -25,7 +25,15 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-__all__ = ["FolderImages", "folder_split", "folder_classes", "eval_transform", "train_transform", "SPLIT_FOLDERS"]
+__all__ = [
+    "UnreadableImage",
+    "FolderImages",
+    "folder_split",
+    "folder_classes",
+    "eval_transform",
+    "train_transform",
+    "SPLIT_FOLDERS",
+]
 
 PathLike = Union[str, os.PathLike]
 # the split names the commands use -> the folder of the ImageNet layout
@@ -57,6 +65,10 @@ def train_transform(size: int, mean: Sequence[float], std: Sequence[float]):
     return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
 
 
+class UnreadableImage(ValueError):
+    """An image file of the folder cannot be decoded (the message names it)."""
+
+
 class _Seeded(torch.utils.data.Dataset):
     """Items are ``(index, seed)`` pairs: the transform of image ``index`` runs
     with torch's random state seeded by ``seed`` (restored afterwards, so the
@@ -71,7 +83,10 @@ class _Seeded(torch.utils.data.Dataset):
     def __getitem__(self, item: Tuple[int, int]):
         index, seed = item
         path, label = self.folder.samples[index]
-        image = self.folder.loader(path)
+        try:
+            image = self.folder.loader(path)
+        except Exception as exc:  # PIL raises several types for damaged or non-image files
+            raise UnreadableImage(f"cannot read the image {path} ({type(exc).__name__}: {exc})") from None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             x = self.transform(image)
@@ -169,8 +184,12 @@ class FolderImages:
             # it, not from (and so never moves) torch's global state
             generator=torch.Generator().manual_seed(0),
         )
-        for x, y in loader:
-            yield x, y
+        try:
+            yield from loader
+        except UnreadableImage as exc:
+            # from a worker process the message carries the worker's traceback: keep its last line
+            last = str(exc).strip().splitlines()[-1]
+            raise UnreadableImage(last.split(f"{UnreadableImage.__name__}: ", 1)[-1]) from None
 
 
 def folder_classes(root: PathLike) -> List[str]:

@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -25,12 +26,14 @@ from torch import nn
 from .atomic import atomic_path, write_text_atomic
 from .module_state import restore_training_flags, training_flags
 from .scores import LayerScores
+from .validate import percentile
 
 __all__ = [
     "prune",
     "apply_plan",
     "save_pruned",
     "load_pruned",
+    "read_plan",
     "set_model_builder",
     "out_channel_convs",
     "count_params",
@@ -48,6 +51,7 @@ __all__ = [
 
 PLAN_FORMAT = "ocnna-fast-plan"
 PLAN_VERSION = 1
+PLAN_DIGEST = "plan_sha256"
 PathLike = Union[str, os.PathLike]
 
 
@@ -65,22 +69,29 @@ def count_params(model: nn.Module) -> int:
 
 
 def select_channels(group_score: np.ndarray, k: float, name: Optional[str] = None) -> np.ndarray:
-    """Indices (ascending) to keep: those not below the k-th percentile of the
-    group's scores (NumPy ``percentile``, linear interpolation); never none.
-    Non-finite scores are refused (a NaN would make the percentile NaN and
-    drop every channel), naming the group ``name``."""
-    s = np.asarray(group_score, dtype=np.float64)
+    """Indices (ascending) to keep under SPEC 4's percentile rule: as many
+    channels as lie at or above the k-th percentile (NumPy ``percentile``,
+    linear interpolation) of distinct scores, ``kept_count(width, k)``, taken
+    in order of score, ties broken by the lower channel index; never none.
+
+    The count does not depend on ties: a threshold test (``score >=
+    percentile``) would keep every tied channel, so a layer whose scores are
+    all equal (one scoring image, or many dead filters) would lose nothing
+    whatever ``k``.  Non-finite scores are refused (a NaN would make the
+    order meaningless), naming the group ``name``."""
+    s = _finite_vector(group_score, name)
+    return select_top(s, kept_count(s.size, k), name=name)
+
+
+def _finite_vector(values: Any, name: Optional[str]) -> np.ndarray:
+    s = np.asarray(values, dtype=np.float64)
     where = f"group {name!r}" if name else "group"
     if s.ndim != 1 or s.size == 0:
         raise ValueError(f"{where}: scores must be a non-empty 1-D array")
     if not np.all(np.isfinite(s)):
         bad = np.flatnonzero(~np.isfinite(s))
         raise ValueError(f"{where}: non-finite scores at channels {bad[:8].tolist()}; rescore the layer")
-    threshold = np.percentile(s, k)
-    keep = np.flatnonzero(s >= threshold)
-    if keep.size == 0:  # cannot happen for finite scores, kept as a guard
-        keep = np.array([int(np.argmax(s))])
-    return keep
+    return s
 
 
 SELECTION_RULES = ("percentile", "count")
@@ -95,8 +106,7 @@ def kept_count(width: int, k: float) -> int:
 def select_top(values: np.ndarray, count: int, name: Optional[str] = None) -> np.ndarray:
     """Indices (ascending) of the ``count`` highest values, ties broken by the
     lower index; non-finite values refused as in ``select_channels``."""
-    s = np.asarray(values, dtype=np.float64)
-    select_channels(s, 0, name=name)  # the same checks of shape and finiteness
+    s = _finite_vector(values, name)
     if not 1 <= count <= s.size:
         raise ValueError(f"cannot keep {count} of {s.size} channels")
     order = np.lexsort((np.arange(s.size), -s))  # by value descending, then index
@@ -139,9 +149,7 @@ def group_scores(members: Sequence[Tuple[LayerScores, Sequence[int]]], criterion
 
 
 def _check_k(k: float) -> float:
-    if isinstance(k, bool) or not isinstance(k, (int, float, np.integer, np.floating)) or not 0 <= float(k) < 100:
-        raise ValueError(f"k is a percentile in [0, 100), got {k!r}")
-    return float(k)
+    return percentile(k)
 
 
 def _default_ignored(model: nn.Module) -> List[nn.Module]:
@@ -157,7 +165,7 @@ def dependency_graph(model: nn.Module, example_inputs: torch.Tensor):
     hook = getattr(model, "ocnna_pruners", None)
     custom = hook() if callable(hook) else None
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, customized_pruners=custom)
+        DG = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, customized_pruners=custom)
     except ZeroDivisionError as exc:
         # Torch-Pruning's index mapping of a reshape divides by the channels
         # it can follow; a reshape that interleaves channels leaves none
@@ -168,6 +176,37 @@ def dependency_graph(model: nn.Module, example_inputs: torch.Tensor):
             "apply prune() to sub-modules without that reshape, or replace it with a module Torch-Pruning can "
             "follow."
         ) from exc
+    _refuse_untraced(model, example_inputs, DG)
+    return DG
+
+
+def _refuse_untraced(model: nn.Module, example_inputs: torch.Tensor, DG: Any) -> None:
+    """Torch-Pruning traces back from the outputs, so a conv or linear layer
+    that runs but whose result the model never uses is not in the graph:
+    pruning its input channels' producer would leave it with the old width
+    (and a shape error at the next forward).  Such layers are refused by name."""
+    ran: List[str] = []
+    names = {m: n for n, m in model.named_modules()}
+    hooks = [
+        m.register_forward_hook(lambda mod, _i, _o: ran.append(names[mod]))
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m not in DG.module2node
+    ]
+    if not hooks:
+        return
+    flags = training_flags(model)
+    try:
+        with torch.no_grad():
+            model.eval()(example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        restore_training_flags(flags)
+    if ran:
+        raise ValueError(
+            f"layers {sorted(set(ran))[:5]} compute outputs the model never uses, so Torch-Pruning cannot follow "
+            "their channels and pruning would break them; remove them from forward() (or use their outputs)"
+        )
 
 
 def feeds_output(group) -> bool:
@@ -201,8 +240,6 @@ def _select(values: np.ndarray, k: float, rule: str, name: str, blocks: int) -> 
         per = values.reshape(blocks, width // blocks).mean(axis=0)
         keep = _select(per, k, rule, name, 1)
         return np.sort(np.concatenate([keep + b * (width // blocks) for b in range(blocks)]))
-    if rule == "count":
-        return select_top(values, kept_count(width, k), name=name)
     return select_channels(values, k, name=name)
 
 
@@ -253,11 +290,9 @@ def prune(
         criterion: which of the scores' statistics rank the filters
             (``FAMILY``): ``"ocnna"`` (the paper's std/mean, default),
             ``"mean-energy"`` or ``"ocnna-rms"`` (see docs/scoring.md).
-        rule: ``"percentile"`` (SPEC 4: remove channels below the k-th
-            percentile) or ``"count"``: keep exactly as many channels as the
-            percentile rule keeps for distinct values, the highest-ranked,
-            ties broken by channel index.  ``"count"`` gives every criterion
-            the same structure at the same k, whatever its ties.
+        rule: ``"percentile"`` (SPEC 4, default) or ``"count"``, which
+            since ties are broken by channel index select the same channels
+            (``"count"`` stays accepted for code written before).
 
     Returns:
         ``(pruned_model, plan)``; ``plan`` is JSON-serialisable and
@@ -325,6 +360,13 @@ def prune(
         else:
             values = group_scores(members, criterion)
         blocks = channel_groups(group)
+        if k > 0 and width > 1 and np.ptp(values) == 0:
+            warnings.warn(
+                f"group {names[root]!r}: all {width} channels score the same ({values[0]:g}), so the "
+                "ones removed are the highest-numbered; score on more images (the coefficient of "
+                "variation of one image is 0) or use another criterion",
+                stacklevel=2,
+            )
         keep = _select(values, k, rule, names[root], blocks)
         removed = sorted(set(range(width)) - set(keep.tolist()))
         decision = {"root": names[root], "channels": width, "removed": removed}
@@ -432,24 +474,42 @@ def _verify(pruned: nn.Module, example_inputs: torch.Tensor, base: nn.Module) ->
         raise RuntimeError(f"pruned model output shape {tuple(out.shape)} differs from {tuple(ref.shape)}")
 
 
+def _is_int(v: Any, minimum: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
 def _check_plan(plan: Any) -> Dict[str, Any]:
+    """Every field ``apply_plan`` reads, with its type and range: a plan of
+    the wrong shape is a ``ValueError`` naming the field, never a crash
+    deeper in the surgery."""
     if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
         raise ValueError("not an ocnna-fast pruning plan")
     if plan.get("version") != PLAN_VERSION:
         raise ValueError(f"unsupported plan version {plan.get('version')!r}")
-    try:
-        groups = plan["groups"]
-        for g in groups:
-            if not (
-                isinstance(g["root"], str)
-                and isinstance(g["channels"], int)
-                and all(isinstance(i, int) and 0 <= i < g["channels"] for i in g["removed"])
-                and len(g["removed"]) < g["channels"]
-            ):
-                raise ValueError(f"malformed group entry {g!r}")
-        _ = plan["layers_after"], plan["input_shape"]
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"malformed pruning plan ({exc})") from exc
+    groups, shape, after = plan.get("groups"), plan.get("input_shape"), plan.get("layers_after")
+    if not isinstance(groups, list):
+        raise ValueError("malformed pruning plan: 'groups' must be a list")
+    for g in groups:
+        if not (
+            isinstance(g, dict)
+            and isinstance(g.get("root"), str)
+            and _is_int(g.get("channels"), 1)
+            and isinstance(g.get("removed"), list)
+            and all(_is_int(i) and i < g["channels"] for i in g["removed"])
+            and len(set(g["removed"])) == len(g["removed"]) < g["channels"]
+            and _is_int(g.get("blocks", 1), 1)
+        ):
+            raise ValueError(f"malformed pruning plan: group entry {str(g)[:200]}")
+    if not (isinstance(shape, list) and shape and all(_is_int(d, 1) and d <= 1 << 16 for d in shape)):
+        raise ValueError(f"malformed pruning plan: 'input_shape' must be a list of positive sizes, got {shape!r}")
+    if not isinstance(after, dict) or not all(
+        isinstance(n, str) and isinstance(t, dict) and all(isinstance(f, str) and _is_int(v, 1) for f, v in t.items())
+        for n, t in after.items()
+    ):
+        raise ValueError("malformed pruning plan: 'layers_after' must map layer names to positive widths")
+    k = plan.get("k")
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 <= k < 100:
+        raise ValueError(f"malformed pruning plan: 'k' must be a percentile in [0, 100), got {k!r}")
     return plan
 
 
@@ -502,11 +562,55 @@ def save_pruned(
         save_file(state, tmp)
         digest = _file_sha256(tmp)
     doc = dict(plan)
+    doc.pop(PLAN_DIGEST, None)
     doc["weights_sha256"] = digest
     if extra:
         doc["model"] = extra
+    doc[PLAN_DIGEST] = _plan_digest(doc)
     write_text_atomic(d / "plan.json", json.dumps(doc, indent=1))
     return d
+
+
+def _plan_digest(doc: Dict[str, Any]) -> str:
+    """sha256 of a plan document without its own digest, in a canonical JSON
+    form (sorted keys; Python's float repr round-trips exactly)."""
+    body = {k: v for k, v in doc.items() if k != PLAN_DIGEST}
+    try:
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"a pruning plan must be plain JSON without NaN or infinity ({exc})") from exc
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_plan(directory: PathLike) -> Dict[str, Any]:
+    """``plan.json`` of a folder written by ``save_pruned``, checked against
+    the digest it was saved with and validated field by field.  What it says
+    is data only: nothing it names is imported or called."""
+    path = Path(directory) / "plan.json"
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: --pruned takes the pruned/ folder written by 'prune'") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path} is not an ocnna-fast pruning plan")
+    want = doc.get(PLAN_DIGEST)
+    if not isinstance(want, str):
+        raise ValueError(f"{path} carries no {PLAN_DIGEST} (written by an older ocnna-fast, or edited): prune again")
+    if _plan_digest(doc) != want:
+        raise ValueError(
+            f"{path} was edited or damaged: its contents do not match the digest it was saved with; prune again"
+        )
+    spec = doc.get("model")
+    if spec is not None and not (
+        isinstance(spec, dict)
+        and isinstance(spec.get("arch", ""), str)
+        and _is_int(spec.get("num_classes", 1), 1)
+        and (spec.get("input_size") is None or _is_int(spec["input_size"], 1))
+    ):
+        raise ValueError(f"{path}: malformed 'model' entry {str(spec)[:200]}")
+    return _check_plan(doc)
 
 
 def _file_sha256(path: PathLike) -> str:
@@ -533,25 +637,30 @@ def set_model_builder(builder: Optional[Callable[[str, int], nn.Module]]) -> Non
 
 def load_pruned(directory: PathLike, base_model: Optional[nn.Module] = None) -> nn.Module:
     """Loads a model saved by ``save_pruned``: replays ``plan.json`` on
-    ``base_model`` (default: the zoo model the plan names) and loads
-    ``model.safetensors`` strictly.  Damaged or mismatched files are a
-    ``ValueError``."""
+    ``base_model`` and loads ``model.safetensors`` strictly.  Damaged or
+    mismatched files are a ``ValueError``.
+
+    Without ``base_model`` the architecture is the zoo model the plan names;
+    a plan pruned from a user's ``module:factory`` model is refused then:
+    loading a file never imports or calls code the file chooses, so build
+    the unpruned model yourself and pass it as ``base_model``."""
     from safetensors.torch import load_file
 
     d = Path(directory)
-    try:
-        plan = json.loads((d / "plan.json").read_text())
-    except FileNotFoundError:
-        raise
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{d / 'plan.json'} is not valid JSON: {exc}") from exc
+    plan = read_plan(d)
     if base_model is None:
-        spec = plan.get("model") if isinstance(plan, dict) else None
-        if not spec or "arch" not in spec:
+        spec = plan.get("model") or {}
+        arch = spec.get("arch")
+        if not arch:
             raise ValueError("plan.json names no architecture; pass base_model")
+        if ":" in arch:
+            raise ValueError(
+                f"{d} was pruned from the user model {arch!r}; loading a folder never imports or calls code "
+                f"it names: pass base_model= (the unpruned model), or on the command line --model {arch}"
+            )
         if _model_builder is None:
             raise ValueError("no model builder is set to rebuild the plan's architecture; pass base_model")
-        base_model = _model_builder(spec["arch"], spec.get("num_classes", 10))
+        base_model = _model_builder(arch, spec.get("num_classes", 10))
     want = plan.get("weights_sha256")
     if not isinstance(want, str):
         raise ValueError(f"{d / 'plan.json'} does not name the weights it belongs to (no weights_sha256)")

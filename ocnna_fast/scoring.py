@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from . import _native, runstate
+from .errors import add_note as _add_note
 from .layers import prunable_convs
 from .module_state import restore_training_flags, training_flags
 from .placement import input_of as _input_of
@@ -274,8 +275,14 @@ class _ScoringRun:
             raise
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self._restore()
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            self._restore()
+        except BaseException as restore_error:
+            if exc is None:
+                raise
+            # the first error is the cause: it propagates, the restore error is attached to it
+            _add_note(exc, f"and restoring the model afterwards failed too: {restore_error!r}")
 
     def _restore(self) -> None:
         self._probing = False

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Tuple, Union
+from typing import Any, Dict, List, Tuple, Union
 
 import numpy as np
 import torch
@@ -81,8 +81,26 @@ def read_convs(path: PathLike) -> Tuple[List[TFLiteConv], Dict[str, float]]:
     """Every conv of the (single) graph in execution order, and the input
     tensor's quantisation (``scale``, ``zero_point``, ``size``)."""
     tflite = _tflite()
-    buf = open(path, "rb").read()
+    with open(path, "rb") as f:
+        buf = f.read()
+    # a TFLite flatbuffer names itself "TFL3" at bytes 4-8; anything else is not one
+    if len(buf) < 8 or buf[4:8] != b"TFL3":
+        what = "empty" if not buf else "not a TFLite model (no TFL3 identifier)"
+        raise ValueError(f"{path} is {what}; convert-tflite reads the Coral MobileNet .tflite files")
+    try:
+        return _read_convs(tflite, buf, path)
+    except ValueError:
+        raise
+    except Exception as exc:  # the flatbuffer reader fails in many ways on a damaged file
+        raise ValueError(
+            f"{path} is a damaged or truncated TFLite file ({type(exc).__name__}: {exc}); fetch it again"
+        ) from None
+
+
+def _read_convs(tflite: Any, buf: bytes, path: PathLike) -> Tuple[List[TFLiteConv], Dict[str, float]]:
     model = tflite.Model.GetRootAsModel(buf, 0)
+    if model.SubgraphsLength() < 1:
+        raise ValueError(f"{path} holds no subgraph: there is no network to convert")
     graph = model.Subgraphs(0)
     names = {v: k for k, v in tflite.BuiltinOperator.__dict__.items() if not k.startswith("_")}
     convs = []
@@ -115,8 +133,15 @@ def read_convs(path: PathLike) -> Tuple[List[TFLiteConv], Dict[str, float]]:
                 graph.Tensors(ins[0]).ShapeAsNumpy().tolist(),
             )
         )
+    if not convs:
+        raise ValueError(f"{path} holds no convolution: not a MobileNet")
     inp = graph.Tensors(graph.InputsAsNumpy()[0])
     q = inp.Quantization()
+    if q is None or q.ScaleLength() < 1 or q.ZeroPointLength() < 1:
+        raise ValueError(
+            f"{path}: its input is not quantised (a float TFLite model?); convert-tflite reads the Coral "
+            "uint8 MobileNets, whose input quantisation gives the normalisation"
+        )
     quant = {
         "scale": float(q.ScaleAsNumpy()[0]),
         "zero_point": float(q.ZeroPointAsNumpy()[0]),

@@ -6,13 +6,24 @@ changes any state (nothing is ever half loaded)."""
 from __future__ import annotations
 
 import hashlib
+import math
 import numbers
 from typing import Any, Iterable, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
 
-__all__ = ["as_count", "float_vector", "accumulators", "layer_scores", "tensors_sha256", "check_digest", "exact_keys"]
+__all__ = [
+    "as_count",
+    "float_vector",
+    "accumulators",
+    "layer_scores",
+    "tensors_sha256",
+    "check_digest",
+    "exact_keys",
+    "finite_number",
+    "positive_int",
+]
 
 
 def as_count(value: Any, what: str, minimum: int = 0) -> int:
@@ -121,3 +132,59 @@ def positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{what} must be a positive int, got {value!r}")
     return int(value)
+
+
+def finite_number(
+    value: Any, what: str, low: float = -math.inf, high: float = math.inf, *, low_open: bool = False
+) -> float:
+    """``value`` as a finite float in ``[low, high]`` (``(low, high]`` with
+    ``low_open``); NaN, infinity, bools and strings are ``ValueError``s."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{what} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v > high or (v <= low if low_open else v < low):
+        bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise ValueError(f"{what} must be a finite number in {bounds}, got {value!r}")
+    return v
+
+
+def torch_load_safely(path: Any, what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU.  A file holding
+    anything but tensors and plain containers is a ``ValueError`` that says so;
+    torch's own message is left out, since it suggests ``weights_only=False``,
+    which would run code the file carries."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unpickl" in type(exc).__name__:
+            first = "it holds objects other than tensors, numbers and plain containers, which are never unpickled"
+        raise ValueError(f"cannot read {what} {path}: {first}") from None
+
+
+def floating_like(state: Mapping[str, Any], reference: Mapping[str, torch.Tensor], where: str) -> None:
+    """Each entry of ``state`` whose counterpart in ``reference`` (a model's
+    state dict) is floating-point must be a floating-point tensor too:
+    ``load_state_dict`` would otherwise copy integers into the weights
+    silently (every filter of an int64 file truncates to 0 and scores dead)."""
+    bad = [
+        f"{k} ({v.dtype})"
+        for k, v in state.items()
+        if k in reference
+        and reference[k].dtype.is_floating_point
+        and not (isinstance(v, torch.Tensor) and v.dtype.is_floating_point)
+    ]
+    if bad:
+        raise ValueError(
+            f"{where}: {len(bad)} weights are not floating-point tensors, e.g. {', '.join(bad[:3])}; "
+            "save the model's float weights"
+        )
+
+
+def percentile(value: Any, what: str = "k") -> float:
+    """A percentile in [0, 100) as a float (NaN, bools and strings refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= float(value) < 100:
+        raise ValueError(f"{what} is a percentile in [0, 100), got {value!r}")
+    return float(value)

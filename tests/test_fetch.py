@@ -24,6 +24,7 @@ class _Server:
 
     def __init__(self, files):
         self.files = dict(files)
+        self.endless = False  # stream zeros for ever, whatever the file (a broken mirror)
         self.cut_after = None
         self.cuts_left = 0
         self.requests = []
@@ -37,6 +38,15 @@ class _Server:
                 name = self.path.rsplit("/", 1)[-1]
                 outer.requests.append((name, self.headers.get("Range")))
                 body = outer.files.get(name)
+                if outer.endless:
+                    self.send_response(200)
+                    self.end_headers()
+                    try:
+                        for _ in range(100_000):  # bounded: about 6.5 GB if nobody stops reading
+                            self.wfile.write(b"\0" * 65536)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    return
                 if body is None:
                     self.send_error(404)
                     return
@@ -192,3 +202,33 @@ def test_pinned_values_are_well_formed():
     for name, r in REMOTES.items():
         assert len(r.sha256) == 64 and int(r.sha256, 16) >= 0 and r.size > 0, name
         assert r.url.startswith("https://"), name
+
+
+def test_an_endless_stream_stops_at_the_pinned_size(tmp_path, shipped_resnet20):
+    with _Server({}) as srv:
+        srv.endless = True
+        with pytest.raises(ValueError, match="sent more than the pinned"):
+            fetch("resnet20", tmp_path, base_url=srv.url, progress=False)
+    part = tmp_path / "resnet-cifar10-akamaster" / (REMOTES["resnet20"].filename + ".part")
+    assert not part.exists()  # removed, and it never grew past the pinned size + one block
+
+
+def test_refusals_do_not_promise_a_resume(tmp_path, shipped_resnet20):
+    with _Server({}) as srv:
+        with pytest.raises(OSError) as info:
+            fetch("resnet32", tmp_path, base_url=srv.url, progress=False)
+    assert "HTTP 404" in str(info.value) and "resume" not in str(info.value)
+    blocked = tmp_path / "blocked"  # a file where the folder must go: unwritable for root too
+    blocked.mkdir()
+    (blocked / "resnet-cifar10-akamaster").write_text("a file, not a folder")
+    with _Server({REMOTES["resnet20"].filename: shipped_resnet20}) as srv:
+        with pytest.raises(OSError) as info:
+            fetch("resnet20", blocked, base_url=srv.url, progress=False)
+    assert "cannot create" in str(info.value) and "resume" not in str(info.value)
+
+
+def test_a_partial_extracted_folder_is_not_taken_as_whole(tmp_path):
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"x")
+    with pytest.raises(ValueError, match="not a whole cifar10.*missing batches.meta"):
+        fetch("cifar10", tmp_path, progress=False)

@@ -99,7 +99,8 @@ def test_select_channels_rule():
     s = np.array([0.3, 0.1, 0.2, 0.4, 0.5])
     assert select_channels(s, 0).tolist() == [0, 1, 2, 3, 4]
     assert select_channels(s, 40).tolist() == [0, 3, 4]  # percentile 40 = 0.26
-    assert select_channels(np.zeros(4), 99).tolist() == [0, 1, 2, 3]  # ties all stay
+    # ties keep the count distinct values would (4 - ceil(0.99 * 3) = 1), the lowest index first
+    assert select_channels(np.zeros(4), 99).tolist() == [0]
     assert select_channels(np.array([1.0]), 99.9).tolist() == [0]
 
 

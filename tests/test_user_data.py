@@ -216,8 +216,8 @@ def test_cli_prunes_a_user_model_on_a_user_folder(tmp_path, user_module, capsys)
     assert report["recalibration"] == "batchnorm" and report["bn_images"] == 6
     plan = json.loads((tmp_path / "run" / "pruned" / "plan.json").read_text())
     assert plan["model"]["arch"] == f"{user_module}:tiny" and plan["model"]["input_size"] == 24
-    # the pruned folder rebuilds from the factory the plan names
-    pruned = load_pruned(tmp_path / "run" / "pruned")
+    # the pruned folder rebuilds from the model the caller builds (a file never chooses the code that runs)
+    pruned = load_pruned(tmp_path / "run" / "pruned", base_model=build(f"{user_module}:tiny"))
     assert sum(p.numel() for p in pruned.parameters()) == report["pruned_params"]
     capsys.readouterr()
     assert (
@@ -226,6 +226,8 @@ def test_cli_prunes_a_user_model_on_a_user_folder(tmp_path, user_module, capsys)
                 "evaluate",
                 "--pruned",
                 str(tmp_path / "run" / "pruned"),
+                "--model",
+                f"{user_module}:tiny",
                 "--dataset",
                 "imagenet",
                 "--data-dir",

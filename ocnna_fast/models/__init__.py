@@ -16,6 +16,7 @@ from typing import Callable, Dict, Tuple, Union
 
 from torch import nn
 
+from ..validate import floating_like
 from .cifar_others import densenet40_cifar, mobilenet_v1_cifar, vgg16_bn_cifar
 from .cifar_resnet import CifarResNet, cifar_resnet, load_akamaster_checkpoint
 from .efficientnet_lite import EfficientNetLite0, lite0_weights_path
@@ -167,6 +168,7 @@ def load_weights(model: nn.Module, path: Union[str, os.PathLike]) -> nn.Module:
         raise ValueError(
             f"cannot read weights from {path}: not a checkpoint this loader knows ({type(exc).__name__}: {exc})"
         ) from exc
+    floating_like(state, model.state_dict(), f"weights {path}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

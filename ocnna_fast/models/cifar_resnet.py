@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..validate import floating_like, torch_load_safely
+
 __all__ = [
     "CifarResNet",
     "cifar_resnet",
@@ -181,10 +183,11 @@ def load_akamaster_checkpoint(model: nn.Module, path: Union[str, os.PathLike]) -
             f"checkpoint {path} not found; the pretrained CIFAR ResNets are in "
             "data/resnet-cifar10-akamaster/ of the repository (or `ocnna-fast fetch resnet56`)"
         )
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = torch_load_safely(path, "weights")
     state: Dict[str, torch.Tensor] = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds no state dict (found {type(state).__name__})")
     state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+    floating_like(state, model.state_dict(), f"weights {path}")
     model.load_state_dict(state, strict=True)
     return model

@@ -6,6 +6,7 @@ arguments and returns an ``nn.Module`` (``torchvision.models:resnet18``,
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 from typing import Callable
@@ -42,7 +43,17 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
 
 def build_user_model(spec: str) -> nn.Module:
     """Calls the factory; anything but an ``nn.Module`` back is an error."""
-    model = load_factory(spec)()
+    factory = load_factory(spec)
+    try:
+        inspect.signature(factory).bind()
+    except TypeError as exc:
+        raise ValueError(
+            f"--model {spec}: the factory must be callable without arguments ({exc}); wrap it, e.g. "
+            "def build(): return MyNet(num_classes=10)"
+        ) from None
+    except ValueError:
+        pass  # no signature to inspect (a builtin): call it and see
+    model = factory()
     if not isinstance(model, nn.Module):
         raise ValueError(f"--model {spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model
