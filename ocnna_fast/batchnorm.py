@@ -63,9 +63,12 @@ def recalibrate_batchnorm(
         for m in norms
     ]
     seen = 0
-    ok = False
-    bar = None
     failure: Optional[BaseException] = None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_images, unit="img", desc="BatchNorm statistics")
     try:
         if run_device != home:
             model.to(run_device)
@@ -74,40 +77,13 @@ def recalibrate_batchnorm(
             m.reset_running_stats()
             m.momentum = None
             m.train()
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=max_images, unit="img", desc="BatchNorm statistics")
-        with torch.no_grad():
-            for batch in data:
-                x = input_of(batch)
-                if max_images is not None:
-                    x = x[: max_images - seen]
-                if x.shape[0] == 0:
-                    break
-                model(x.to(run_device, non_blocking=True))
-                seen += int(x.shape[0])
-                if bar is not None:
-                    bar.update(int(x.shape[0]))
-                if max_images is not None and seen >= max_images:
-                    break
-        if seen == 0:
-            raise ValueError("data yielded no images to estimate statistics from")
-        ok = True
+        seen = _stream(model, data, max_images, run_device, bar)
     except BaseException as exc:
         failure = exc
         raise
     finally:
         try:
-            for m, (momentum, state) in zip(norms, saved):
-                m.momentum = momentum
-                if not ok:
-                    for k, v in state.items():
-                        getattr(m, k).copy_(v)
-            for m, was in flags.items():
-                m.train(was)
-            if run_device != home:
-                model.to(home)
+            _restore(model, norms, saved, flags, (home, run_device), keep_statistics=failure is None)
         except BaseException as restore_error:
             if failure is None:
                 raise
@@ -117,3 +93,38 @@ def recalibrate_batchnorm(
             if bar is not None:
                 bar.close()
     return seen
+
+
+def _stream(model: nn.Module, data: Iterable[Any], max_images: Optional[int], run_device, bar) -> int:
+    """Forward passes over ``data`` (BatchNorm in training mode accumulates); the images seen."""
+    seen = 0
+    with torch.no_grad():
+        for batch in data:
+            x = input_of(batch)
+            if max_images is not None:
+                x = x[: max_images - seen]
+            if x.shape[0] == 0:
+                break
+            model(x.to(run_device, non_blocking=True))
+            seen += int(x.shape[0])
+            if bar is not None:
+                bar.update(int(x.shape[0]))
+            if max_images is not None and seen >= max_images:
+                break
+    if seen == 0:
+        raise ValueError("data yielded no images to estimate statistics from")
+    return seen
+
+
+def _restore(model: nn.Module, norms, saved, flags, devices, keep_statistics: bool) -> None:
+    """Momenta, training flags and device as found; the old statistics too unless the run succeeded."""
+    home, run_device = devices
+    for m, (momentum, state) in zip(norms, saved):
+        m.momentum = momentum
+        if not keep_statistics:
+            for k, v in state.items():
+                getattr(m, k).copy_(v)
+    for m, was in flags.items():
+        m.train(was)
+    if run_device != home:
+        model.to(home)

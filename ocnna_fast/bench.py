@@ -15,9 +15,9 @@ a stopped suite continues where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -25,11 +25,10 @@ import torch
 from torch import nn
 
 from .atomic import write_text_atomic
-from .compensation import recalibrate
-from .criteria import CRITERIA, SEEDED, Context, criterion_values
-from .distill import TensorImages, distill, evaluate, state_sha256
+from .criteria import CRITERIA, SEEDED
+from .distill import state_sha256
 from .latency import latency_ms
-from .pruning import count_params, prune
+from .pipeline import JobData, JobSettings, PruneJob, eager_latency, measure_baseline
 from .validate import as_count, percentile
 
 __all__ = ["run_suite", "check_cells", "latency_ms", "RESULT_KEYS"]
@@ -47,13 +46,6 @@ RESULT_KEYS = (
     "latency_ms_b1",
     "latency_ms_b64",
 )
-
-
-def _macs(model: nn.Module, size: int) -> int:
-    import torch_pruning as tp
-
-    macs, _ = tp.utils.count_ops_and_params(model, torch.zeros(1, 3, size, size))
-    return int(macs)
 
 
 def _cell_key(row: Dict[str, Any]) -> tuple:
@@ -149,10 +141,10 @@ def run_suite(
     model: nn.Module,
     *,
     arch: str,
-    score_set: TensorImages,
-    bn_set: Optional[TensorImages],
-    train_set: Optional[TensorImages],
-    eval_set: TensorImages,
+    score_set: Any,
+    bn_set: Optional[Any],
+    train_set: Optional[Any],
+    eval_set: Any,
     criteria: Sequence[str],
     ks: Sequence[float],
     seeds: Sequence[int],
@@ -170,120 +162,42 @@ def run_suite(
     data_seed: int = 0,
 ) -> List[Dict[str, Any]]:
     """Runs (or continues) the suite and writes ``results.json`` and
-    ``results.md`` into ``out``; returns the rows.  Deterministic criteria run
-    at the first seed only unless fine-tuning makes the seed matter."""
+    ``results.md`` into ``out``; returns the rows.  Each cell is one
+    ``pipeline.PruneJob`` (rank, surgery, recalibrate, distill); the base
+    model is measured once.  Deterministic criteria run at the first seed
+    only unless fine-tuning makes the seed matter."""
     check_cells(criteria, ks, seeds)
     if finetune_epochs > 0 and train_set is None:
         raise ValueError("fine-tuning needs a training set")
     out.mkdir(parents=True, exist_ok=True)
-    config = {
-        "arch": arch,
-        "dataset": dataset,
-        "scope": scope or "custom",
-        "score_images": len(score_set),
-        "bn_images": len(bn_set) if bn_set else 0,
-        "train_images": len(train_set) if train_set is not None and finetune_epochs else 0,
-        "eval_images": len(eval_set),
-        "finetune_epochs": finetune_epochs,
-        "lr": lr,
-        "batch_size": batch_size,
-        # what else changes a row: the base weights, the images drawn, their size, the latency repeats
-        "weights_sha256": state_sha256(model),
-        "seed": data_seed,
-        "input_size": input_size,
-        "latency_repeats": latency_repeats,
-    }
-    results_path = out / "results.json"
-    rows = _load_rows(results_path, config)
-    done = {_cell_key(r) for r in rows}
     model = model.eval()
-    ignored = (
-        list(ignored_layers)
-        if ignored_layers is not None
-        else list(getattr(model, "ocnna_ignored_layers", lambda: [])())
+    config = _config(arch, dataset, scope, score_set, bn_set, train_set, eval_set, finetune_epochs, lr)
+    config.update(batch_size=batch_size, weights_sha256=state_sha256(model), seed=data_seed)
+    config.update(input_size=input_size, latency_repeats=latency_repeats)
+    rows = _load_rows(out / "results.json", config)
+    suite = _Suite(
+        model,
+        JobData(eval=eval_set, score=score_set, bn=bn_set, train=train_set if finetune_epochs else None),
+        JobSettings(epochs=finetune_epochs, lr=lr, batch_size=batch_size, input_size=input_size),
+        ignored_layers,
+        latency_repeats,
     )
-    example = torch.zeros(1, 3, input_size, input_size)
-    score_batches = [x for x, _ in score_set.batches(batch_size)]
-    score_labels = [y for _, y in score_set.batches(batch_size)]
-    base_params, base_macs = count_params(model), _macs(model, input_size)
-    base_acc = evaluate(model, eval_set)
-    base_lat = {
-        b: latency_ms(model, b, input_size, latency_repeats if b == 1 else max(3, latency_repeats // 3))
-        for b in (1, 64)
-    }
+    lat = suite.base_latency
     log(
-        f"base: {base_acc:.2f}% on {len(eval_set)} images, {base_params} parameters, "
-        f"latency {base_lat[1]['median']:.2f} ms (batch 1) / {base_lat[64]['median']:.1f} ms (batch 64)"
+        f"base: {suite.baseline.accuracy:.2f}% on {len(eval_set)} images, {suite.baseline.params} parameters"
+        + (f", latency {lat[1]['median']:.2f} ms (batch 1) / {lat[64]['median']:.1f} ms (batch 64)" if lat else "")
     )
-    # k-major: a suite stopped early has every criterion at the first k
-    cells = []
-    for k in ks:
-        for c in criteria:
-            for s in seeds if (c in SEEDED or finetune_epochs > 0) else seeds[:1]:
-                if (c, float(k), int(s)) not in done:
-                    cells.append((c, float(k), int(s)))
+    cells = _pending(criteria, ks, seeds, finetune_epochs, {_cell_key(r) for r in rows})
     bar = None
     if progress and cells:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(cells), desc="bench cells", unit="cell")
-    values_cache: Dict[tuple, tuple] = {}
     try:
         for c, k, s in cells:
-            key = (c, s if c in SEEDED else 0)
-            if key not in values_cache:
-                t = time.perf_counter()
-                ctx = Context(model, score_batches, score_labels, example, ignored, seed=s)
-                values_cache[key] = (criterion_values(c, ctx), time.perf_counter() - t)
-            values, seconds = values_cache[key]
-            pruned, plan = prune(model, None, k, example, ignored_layers=ignored, importance=values, rule="count")
-            row: Dict[str, Any] = {"criterion": c, "k": k, "seed": s, "score_seconds": seconds}
-            row["rpr"] = count_params(pruned) / base_params
-            row["macs_ratio"] = _macs(pruned, input_size) / base_macs
-            row["acc_surgery"] = evaluate(pruned, eval_set)
-            row["acc_bn"] = None
-            if bn_set is not None and len(bn_set):
-                # folded-BatchNorm models get bias compensation instead (same images)
-                row["recalibration"] = recalibrate(pruned, model, plan, (x for x, _ in bn_set.batches(batch_size)))[
-                    "method"
-                ]
-                row["acc_bn"] = evaluate(pruned, eval_set)
-            row["acc_finetuned"] = None
-            if finetune_epochs > 0:
-                distill(
-                    pruned,
-                    model,
-                    train_set,
-                    epochs=finetune_epochs,
-                    lr=lr,
-                    batch_size=batch_size,
-                    seed=s,
-                    progress=False,
-                )
-                row["acc_finetuned"] = evaluate(pruned, eval_set)
-            lat1 = latency_ms(pruned, 1, input_size, latency_repeats)
-            lat64 = latency_ms(pruned, 64, input_size, max(3, latency_repeats // 3))
-            row.update(
-                latency_ms_b1=lat1["median"],
-                latency_ms_b64=lat64["median"],
-                latency_ratio_b1=lat1["median"] / base_lat[1]["median"],
-                latency_ratio_b64=lat64["median"] / base_lat[64]["median"],
-                base_accuracy=base_acc,
-            )
+            row = suite.cell(c, k, s)
             rows.append(row)
-            doc = {
-                "config": config,
-                "base": {
-                    "accuracy": base_acc,
-                    "params": base_params,
-                    "macs": base_macs,
-                    "latency_ms_b1": base_lat[1],
-                    "latency_ms_b64": base_lat[64],
-                    "threads": torch.get_num_threads(),
-                },
-                "rows": rows,
-            }
-            write_text_atomic(results_path, json.dumps(doc, indent=1))
+            write_text_atomic(out / "results.json", json.dumps(suite.document(config, rows), indent=1))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(criterion=c, k=k, acc_bn=row["acc_bn"])
@@ -293,6 +207,91 @@ def run_suite(
     write_text_atomic(out / "results.md", results_table(rows, arch, config))
     _plots(rows, out, arch)
     return rows
+
+
+def _config(arch, dataset, scope, score_set, bn_set, train_set, eval_set, epochs, lr) -> Dict[str, Any]:
+    """The settings a suite's rows depend on (a resume must match them all):
+    the base weights (by digest), the images drawn (their counts and seed),
+    their size and the latency repeats are added by the caller."""
+    return {
+        "arch": arch,
+        "dataset": dataset,
+        "scope": scope or "custom",
+        "score_images": len(score_set),
+        "bn_images": len(bn_set) if bn_set else 0,
+        "train_images": len(train_set) if train_set is not None and epochs else 0,
+        "eval_images": len(eval_set),
+        "finetune_epochs": epochs,
+        "lr": lr,
+    }
+
+
+def _pending(criteria, ks, seeds, finetune_epochs: int, done) -> List[tuple]:
+    """The cells still to run, k-major: a suite stopped early has every criterion at the first k."""
+    cells = []
+    for k in ks:
+        for c in criteria:
+            for s in seeds if (c in SEEDED or finetune_epochs > 0) else seeds[:1]:
+                if (c, float(k), int(s)) not in done:
+                    cells.append((c, float(k), int(s)))
+    return cells
+
+
+class _Suite:
+    """The base model measured once, the criteria's values cached per
+    (criterion, seed), and one prune job per cell."""
+
+    def __init__(self, model, data: JobData, settings: JobSettings, ignored_layers, latency_repeats: int) -> None:
+        self.model, self.data, self.settings, self.repeats = model, data, settings, latency_repeats
+        self.ignored = list(ignored_layers) if ignored_layers is not None else None
+        self.baseline = measure_baseline(model, data.eval, settings.input_size)
+        self.base_latency = eager_latency(model, settings.input_size, latency_repeats) if latency_repeats else None
+        self.values: Dict[tuple, tuple] = {}
+
+    def cell(self, criterion: str, k: float, seed: int) -> Dict[str, Any]:
+        settings = dataclasses.replace(self.settings, criterion=criterion, k=k, seed=seed)
+        job = PruneJob(
+            self.model, self.data, settings, ignored_layers=self.ignored, baseline=self.baseline, progress=False
+        )
+        key = (criterion, seed if criterion in SEEDED else 0)
+        if key not in self.values:
+            self.values[key] = (job.rank(), job.seconds["rank"])
+        values, seconds = self.values[key]
+        job.rank(values)
+        job.surgery()
+        job.recalibrate()
+        job.distill()
+        result = job.result()
+        row: Dict[str, Any] = {"criterion": criterion, "k": k, "seed": seed, "score_seconds": seconds}
+        row.update(rpr=result.rpr, macs_ratio=result.macs_ratio, acc_surgery=result.accuracy["surgery"])
+        row["acc_bn"] = result.accuracy.get("recalibrated")
+        if result.recalibration is not None:  # folded-BatchNorm models get bias compensation instead (same images)
+            row["recalibration"] = result.recalibration["method"]
+        row["acc_finetuned"] = result.accuracy.get("distilled")
+        row.update(self._latency(result.pruned), base_accuracy=self.baseline.accuracy)
+        return row
+
+    def _latency(self, pruned: nn.Module) -> Dict[str, Optional[float]]:
+        if self.base_latency is None:
+            return dict.fromkeys(("latency_ms_b1", "latency_ms_b64", "latency_ratio_b1", "latency_ratio_b64"))
+        lat = eager_latency(pruned, self.settings.input_size, self.repeats)
+        return {
+            "latency_ms_b1": lat[1]["median"],
+            "latency_ms_b64": lat[64]["median"],
+            "latency_ratio_b1": lat[1]["median"] / self.base_latency[1]["median"],
+            "latency_ratio_b64": lat[64]["median"] / self.base_latency[64]["median"],
+        }
+
+    def document(self, config: Dict[str, Any], rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+        base: Dict[str, Any] = {
+            "accuracy": self.baseline.accuracy,
+            "params": self.baseline.params,
+            "macs": self.baseline.macs,
+        }
+        if self.base_latency is not None:
+            base.update(latency_ms_b1=self.base_latency[1], latency_ms_b64=self.base_latency[64])
+        base["threads"] = torch.get_num_threads()
+        return {"config": config, "base": base, "rows": rows}
 
 
 def _mean(values: List[Optional[float]]) -> Optional[float]:

@@ -15,17 +15,19 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, Iterable, List
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .pruning import dependency_graph, group_scores, out_channel_convs
+from .graph import dependency_graph, out_channel_convs
+from .pruning import group_scores
+from .scores import Scores
 from .scoring import score
 
-__all__ = ["CRITERIA", "Context", "criterion_values", "SEEDED"]
+__all__ = ["CRITERIA", "Context", "FamilyCriterion", "criterion_values", "SEEDED"]
 
 
 @dataclass
@@ -35,8 +37,8 @@ class Context:
     pruned, and a seed (for ``random``)."""
 
     model: nn.Module
-    batches: Sequence[torch.Tensor]
-    labels: Sequence[torch.Tensor]
+    batches: Iterable[torch.Tensor]  # iterated once per criterion: a list, or a re-iterable view of a data set
+    labels: Iterable[torch.Tensor]
     example_inputs: torch.Tensor
     ignored_layers: List[nn.Module]
     seed: int = 0
@@ -54,27 +56,44 @@ def _groups(model: nn.Module, ctx: Context):
         yield names[group[0][0].target.module], group, dg
 
 
-def _family(
-    criterion: str, n_components=None, tap: str = "conv_output", statistic: str = "energy"
-) -> Callable[[Context], Dict[str, np.ndarray]]:
-    """An OCNNA-family criterion (``pruning.FAMILY``) from one scoring pass,
-    per group by SPEC 4's coupled-group rule, as ``prune`` ranks scores."""
+@dataclass(frozen=True)
+class FamilyCriterion:
+    """An OCNNA-family criterion (``pruning.FAMILY``): one scoring pass, then
+    per group SPEC 4's coupled-group rule, as ``prune`` ranks scores.  The
+    two halves are separate steps, so a caller can keep the scores."""
 
-    def run(ctx: Context) -> Dict[str, np.ndarray]:
+    criterion: str
+    n_components: Any = None
+    tap: str = "conv_output"
+    statistic: str = "energy"
+
+    def scores(self, ctx: Context, progress: bool = False) -> Scores:
         with warnings.catch_warnings():  # the convs without their own activation are expected
             warnings.filterwarnings("ignore", message="tap='post_activation'")
-            s = score(ctx.model, ctx.batches, n_components=n_components, progress=False, tap=tap, statistic=statistic)
+            return score(
+                ctx.model,
+                ctx.batches,
+                n_components=self.n_components,
+                progress=progress,
+                tap=self.tap,
+                statistic=self.statistic,
+            )
+
+    def values(self, ctx: Context, scores: Scores) -> Dict[str, np.ndarray]:
         out = {}
         model = copy.deepcopy(ctx.model).eval()
         names = {m: n for n, m in model.named_modules()}
         for root, group, dg in _groups(model, ctx):
             # the group's convs whose output channels it removes (as prune counts them)
-            members = [(s[names[mod]], idxs) for mod, idxs in out_channel_convs(group, dg) if names.get(mod) in s]
+            members = [
+                (scores[names[mod]], idxs) for mod, idxs in out_channel_convs(group, dg) if names.get(mod) in scores
+            ]
             if members:
-                out[root] = group_scores(members, criterion)
+                out[root] = group_scores(members, self.criterion)
         return out
 
-    return run
+    def __call__(self, ctx: Context) -> Dict[str, np.ndarray]:
+        return self.values(ctx, self.scores(ctx))
 
 
 def _tp(make: Callable[[], object], needs_grad: bool = False) -> Callable[[Context], Dict[str, np.ndarray]]:
@@ -113,11 +132,11 @@ def _tp_importance(name: str, **kw):
 # name -> how its values are made.  "ocnna" is the paper's reading (SPEC
 # defaults); "mean-energy" is the mean of the same per-image energies.
 CRITERIA: Dict[str, Callable[[Context], Dict[str, np.ndarray]]] = {
-    "ocnna": _family("ocnna"),
-    "ocnna-0.95": _family("ocnna", 0.95),
-    "ocnna-relu": _family("ocnna", tap="post_activation"),
-    "mean-energy": _family("mean-energy"),
-    "ocnna-rms": _family("ocnna-rms"),
+    "ocnna": FamilyCriterion("ocnna"),
+    "ocnna-0.95": FamilyCriterion("ocnna", 0.95),
+    "ocnna-relu": FamilyCriterion("ocnna", tap="post_activation"),
+    "mean-energy": FamilyCriterion("mean-energy"),
+    "ocnna-rms": FamilyCriterion("ocnna-rms"),
     "l1": _tp(_tp_importance("GroupMagnitudeImportance", p=1)),
     "l2": _tp(_tp_importance("GroupMagnitudeImportance", p=2)),
     "fpgm": _tp(_tp_importance("FPGMImportance")),
@@ -127,7 +146,7 @@ CRITERIA: Dict[str, Callable[[Context], Dict[str, np.ndarray]]] = {
     "random": _random,
     # HRank (Lin et al., CVPR 2020): the average rank of each post-activation
     # map, streamed by the native core in the same single pass
-    "hrank": _family("mean-energy", tap="post_activation", statistic="rank"),  # .mean = average rank
+    "hrank": FamilyCriterion("mean-energy", tap="post_activation", statistic="rank"),  # .mean = average rank
 }
 
 # criteria whose values depend on the seed

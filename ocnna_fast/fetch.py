@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .datapaths import cache_dir
 
@@ -145,22 +145,7 @@ def download(
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=dest.name)
-            try:
-                f = open(part, "ab" if have else "wb")
-            except OSError as exc:
-                raise _Refused(f"cannot write {part} ({exc.strerror or exc}); choose another --data-dir") from exc
-            with f:
-                got = have
-                while True:
-                    block = r.read(1 << 16)
-                    if not block:
-                        break
-                    got += len(block)
-                    if size is not None and got > size:
-                        raise _TooLong(f"{url} sent more than the pinned {size} bytes: not the file asked for")
-                    f.write(block)
-                    if bar is not None:
-                        bar.update(len(block))
+            _transfer(r, part, have, size, bar, url)
             # a dropped connection can look like a normal end of the body
             got = part.stat().st_size
             if total is not None and got < total:
@@ -187,6 +172,27 @@ def download(
         )
     os.replace(part, dest)
     return dest
+
+
+def _transfer(response: Any, part: Path, have: int, size: Optional[int], bar: Any, url: str) -> None:
+    """Appends the body of ``response`` to ``part`` (which holds ``have``
+    bytes), never past the pinned ``size``."""
+    try:
+        f = open(part, "ab" if have else "wb")
+    except OSError as exc:
+        raise _Refused(f"cannot write {part} ({exc.strerror or exc}); choose another --data-dir") from exc
+    with f:
+        got = have
+        while True:
+            block = response.read(1 << 16)
+            if not block:
+                break
+            got += len(block)
+            if size is not None and got > size:
+                raise _TooLong(f"{url} sent more than the pinned {size} bytes: not the file asked for")
+            f.write(block)
+            if bar is not None:
+                bar.update(len(block))
 
 
 class _Refused(Exception):

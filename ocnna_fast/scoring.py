@@ -17,14 +17,9 @@ the current stream, ahead of the in-place op).
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import itertools
 import os
-import queue
-import threading
 import warnings
-import weakref
 from typing import Any, Dict, Iterable, Optional, Sequence, Union
 
 import torch
@@ -34,11 +29,12 @@ from . import _native, runstate
 from .errors import add_note as _add_note
 from .layers import prunable_convs
 from .module_state import restore_training_flags, training_flags
+from .overlap import Overlap, SideStream
 from .placement import input_of as _input_of
 from .placement import placement as _placement
 from .scores import Scores
 from .stats import FilterStats
-from .taps import TAPS, post_activation_taps
+from .taps import scored_maps
 from .validate import positive_int
 
 __all__ = ["score"]
@@ -56,157 +52,12 @@ def _total_images(data: Any, max_images: Optional[int]) -> Optional[int]:
     return total
 
 
-class _Overlap:
-    """Runs ``FilterStats.update`` for CPU batches on one background thread.
-
-    The queue is bounded, so at most ``max_pending`` activation tensors are
-    held beyond their normal lifetime.  The first error is kept and raised by
-    the next ``submit`` or by ``drain``."""
-
-    def __init__(self, max_pending: int = 8) -> None:
-        self._q: "queue.Queue[Any]" = queue.Queue(maxsize=max_pending)
-        self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._loop, name="ocnna-fast-score", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            item = self._q.get()
-            try:
-                if item is None:
-                    return
-                st, t, version = item
-                if self._error is None:
-                    if t._version != version:
-                        raise RuntimeError(
-                            f"the output of layer {st.name!r} was modified in place before it was scored; "
-                            "call score(..., overlap=False)"
-                        )
-                    st.update(t)
-                    if t._version != version:
-                        raise RuntimeError(
-                            f"the output of layer {st.name!r} was modified in place while it was scored; "
-                            "call score(..., overlap=False)"
-                        )
-            except BaseException as exc:  # kept for the main thread
-                if self._error is None:
-                    self._error = exc
-            finally:
-                self._q.task_done()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise err
-
-    def submit(self, st: FilterStats, t: torch.Tensor) -> None:
-        self._raise()
-        self._q.put((st, t.detach(), t._version))  # detach() shares the version counter
-
-    def drain(self) -> None:
-        self._q.join()
-        self._raise()
-
-    def close(self) -> None:
-        self._q.put(None)
-        self._thread.join()
-
-
 # Experimental (benchmarks/bench_gpu.py measures it): when set, score() runs
 # the forward pass on a stream of this priority (lower is more urgent; the
 # scoring side stream has the default, 0), so the block scheduler hands SMs to
 # the forward kernels first and the scoring reads fill the gaps.  Off by
 # default until an H100 run shows it pays.
 _FORWARD_PRIORITY: Optional[int] = None
-
-
-class _SideStream:
-    """Scores CUDA activations on a side stream of ``device``.
-
-    Each output waits for the current stream (the conv has written it), and is
-    marked as used by the side stream so the caching allocator does not hand
-    its memory out before the kernels have read it.  ``check`` runs after every
-    forward pass: a scored output whose version moved was edited in place
-    while the side stream may still have been reading it.  (Waiting instead
-    for the next conv to start, so the reads run beside a compute-bound
-    convolution, measured no faster on an H100: see benchmarks/bench_gpu.py.)
-
-    Scoring may trail the forward passes by ``max_pending`` batches.  Before
-    the next one the host waits for the oldest: the GPU still has the later
-    batches queued, so it does not idle, but the activations held for the side
-    stream stay bounded when scoring is slower than the forward pass (the
-    truncated modes).  Without this the caching allocator would keep them all
-    until the GPU's memory runs out."""
-
-    max_pending = 2
-
-    def __init__(self, device: torch.device, forward_priority: Optional[int] = None) -> None:
-        self.device = device
-        self.stream = torch.cuda.Stream(device)
-        self._watch: list = []
-        self._pending: "collections.deque[torch.cuda.Event]" = collections.deque()
-        self.forward_stream = None if forward_priority is None else torch.cuda.Stream(device, priority=forward_priority)
-
-    @contextlib.contextmanager
-    def forward_pass(self, x: torch.Tensor):
-        """Runs one forward pass of input ``x``: on the current stream, or on the
-        forward stream (after the current one, which made ``x``)."""
-        while len(self._pending) >= self.max_pending:
-            self._pending.popleft().synchronize()
-        if self.forward_stream is None:
-            yield
-        else:
-            self.forward_stream.wait_stream(torch.cuda.current_stream(self.device))
-            if x.is_cuda:
-                x.record_stream(self.forward_stream)
-            with torch.cuda.stream(self.forward_stream):
-                yield
-        done = torch.cuda.Event()
-        done.record(self.stream)  # the end of this batch's scoring
-        self._pending.append(done)
-
-    def submit(self, st: FilterStats, t: torch.Tensor) -> None:
-        if t.device != self.device:  # the hook submits tensors only
-            raise ValueError(f"layer {st.name!r}: output on {t.device}, expected {self.device}")
-        st.update_on_stream(t.detach(), self.stream)
-        if t.shape[0] == 0:
-            return
-        t.record_stream(self.stream)
-        self._watch.append((weakref.ref(t), t._version, st.name))
-
-    def check(self) -> None:
-        """After a forward pass: refuse outputs edited in place while being read."""
-        watch, self._watch = self._watch, []
-        for ref, version, name in watch:
-            t = ref()
-            if t is not None and t._version != version:
-                raise RuntimeError(
-                    f"the output of layer {name!r} was modified in place while it was scored; "
-                    "call score(..., overlap=False)"
-                )
-
-    def drain(self) -> None:
-        """Later work on the current stream (reading the accumulators) waits for the side stream."""
-        current = torch.cuda.current_stream(self.device)
-        if self.forward_stream is not None:
-            current.wait_stream(self.forward_stream)
-        current.wait_stream(self.stream)
-
-
-def _taps(model: nn.Module, convs: Dict[str, nn.Module], tap: str) -> Dict[str, Any]:
-    """conv name -> (module whose output is scored, activation applied to it or None)."""
-    if tap not in TAPS:
-        raise ValueError(f"tap must be one of {TAPS}, got {tap!r}")
-    if tap == "conv_output":
-        return {n: (n, None) for n in convs}
-    taps = post_activation_taps(model, convs)
-    plain = [n for n, (_, act) in taps.items() if act is None]
-    if plain:
-        warnings.warn(
-            f"tap='post_activation': {len(plain)} conv(s) are not followed by their own activation "
-            f"and are scored on their output, e.g. {plain[:3]}"
-        )
-    return taps
 
 
 class _ScoringRun:
@@ -230,7 +81,7 @@ class _ScoringRun:
         self.ckpt_path, self.fingerprint = ckpt_path, fingerprint
         self.seen = 0  # images scored, resumed ones included
         self.done_batches = 0  # batches consumed from data, resumed ones included
-        self.worker: Union[None, _Overlap, _SideStream] = None
+        self.worker: Union[None, Overlap, SideStream] = None
         self._calls: Dict[str, int] = {}
         self._probe: Dict[str, Any] = {}  # probe pass: name -> (output, its version at the hook)
         self._probing = False
@@ -286,7 +137,7 @@ class _ScoringRun:
 
     def _restore(self) -> None:
         self._probing = False
-        if isinstance(self.worker, _SideStream):
+        if isinstance(self.worker, SideStream):
             self.worker.drain()  # nothing may reuse the accumulators while the side stream writes them
         elif self.worker is not None:
             self.worker.close()
@@ -325,7 +176,7 @@ class _ScoringRun:
             if act is not None:  # scored on a tensor of its own (see the hook)
                 self._in_place[name] = False
         self._probe.clear()
-        self.worker = _Overlap() if self.run_device.type == "cpu" else _SideStream(self.run_device, _FORWARD_PRIORITY)
+        self.worker = Overlap() if self.run_device.type == "cpu" else SideStream(self.run_device, _FORWARD_PRIORITY)
         return itertools.chain([first], batches)
 
     def run_batch(self, x: torch.Tensor, max_images: Optional[int]) -> int:
@@ -338,7 +189,7 @@ class _ScoringRun:
         x = x.to(self.run_device, non_blocking=True)
         self._calls.clear()
         with torch.no_grad():
-            if isinstance(self.worker, _SideStream):
+            if isinstance(self.worker, SideStream):
                 with self.worker.forward_pass(x):
                     self.model(x)
                 self.worker.check()
@@ -458,15 +309,31 @@ def score(
     """
     ncomp = _native.canonical_n_components(n_components)
     checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
-    use_dist = False
-    if distributed is not False:
-        import torch.distributed as dist
+    use_dist = _use_distributed(distributed)
+    max_images = positive_int(max_images, "max_images") if max_images is not None else None
+    convs, taps = _layers(model, layers, tap)
+    home, run_device = _placement(model, device)
+    stats = {
+        n: FilterStats(m.out_channels, ncomp, name=n, device=run_device, statistic=statistic) for n, m in convs.items()
+    }
+    ckpt_path = _checkpoint_path(checkpoint, use_dist)
+    # what a checkpoint must have been written by: this model, these layers and settings
+    fingerprint = _fingerprint(model, stats, ncomp, tap, statistic) if ckpt_path else {}
+    use_overlap = (overlap is None or bool(overlap)) and run_device.type in ("cpu", "cuda")
+    run = _ScoringRun(model, stats, taps, home, run_device, ckpt_path, fingerprint)
+    with run:
+        _feed(run, data, max_images, use_overlap, checkpoint_every, progress)
+        results = run.finish(use_dist, layers_given=layers is not None)
+    run.remove_checkpoint()
+    return Scores(results, n_components=ncomp, tap=tap, statistic=statistic)
 
-        use_dist = dist.is_available() and dist.is_initialized()
-        if distributed and not use_dist:
-            raise ValueError("distributed=True but no torch.distributed process group is initialised")
-    if max_images is not None:
-        max_images = positive_int(max_images, "max_images")
+
+def _fingerprint(model: nn.Module, stats: Dict[str, FilterStats], ncomp: Any, tap: str, statistic: str):
+    return {**runstate.model_fingerprint(model, stats, ncomp), "tap": tap, "statistic": statistic}
+
+
+def _layers(model: nn.Module, layers: Optional[Sequence[str]], tap: str):
+    """The convs to score and, per conv, the map its hook reads."""
     if isinstance(model, nn.DataParallel):
         # its replicas share the hooks and would feed each layer's accumulator
         # from several GPUs at once
@@ -477,49 +344,54 @@ def score(
     convs = prunable_convs(model, layers)
     if not convs:
         raise ValueError(f"{type(model).__name__} has no prunable conv (nn.Conv2d with groups == 1) to score")
-    taps = _taps(model, convs, tap)
+    return convs, scored_maps(model, convs, tap)
 
-    home, run_device = _placement(model, device)
-    stats: Dict[str, FilterStats] = {
-        name: FilterStats(m.out_channels, ncomp, name=name, device=run_device, statistic=statistic)
-        for name, m in convs.items()
-    }
-    ckpt_path = None
-    if checkpoint is not None:
-        ckpt_path = os.fspath(checkpoint)
-        if use_dist:
-            import torch.distributed as dist
 
-            ckpt_path = f"{ckpt_path}.rank{dist.get_rank()}"
-    fingerprint: Dict[str, Any] = {}
-    if ckpt_path is not None:
-        fingerprint = {**runstate.model_fingerprint(model, stats, ncomp), "tap": tap, "statistic": statistic}
-    use_overlap = (overlap is None or bool(overlap)) and run_device.type in ("cpu", "cuda")
+def _use_distributed(distributed: Optional[bool]) -> bool:
+    if distributed is False:
+        return False
+    import torch.distributed as dist
 
-    run = _ScoringRun(model, stats, taps, home, run_device, ckpt_path, fingerprint)
-    with run:
-        batches = run.resume(iter(data))
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+    use = dist.is_available() and dist.is_initialized()
+    if distributed and not use:
+        raise ValueError("distributed=True but no torch.distributed process group is initialised")
+    return use
 
-            bar = tqdm(total=_total_images(data, max_images), unit="img", desc="OCNNA scoring", initial=run.seen)
-        try:
-            if use_overlap and not (max_images is not None and run.seen >= max_images):
-                batches = run.probe(batches)
-            for batch in batches:
-                n = run.run_batch(_input_of(batch), max_images)
-                if n == 0:
-                    continue
-                if bar is not None:
-                    bar.update(n)
-                if run.done_batches % checkpoint_every == 0:
-                    run.checkpoint()
-                if max_images is not None and run.seen >= max_images:
-                    break
-        finally:
+
+def _checkpoint_path(checkpoint: Any, use_dist: bool) -> Optional[str]:
+    """The checkpoint file of this process (under torch.distributed, one per rank)."""
+    if checkpoint is None:
+        return None
+    path = os.fspath(checkpoint)
+    if use_dist:
+        import torch.distributed as dist
+
+        path = f"{path}.rank{dist.get_rank()}"
+    return path
+
+
+def _feed(run: "_ScoringRun", data: Iterable[Any], max_images, use_overlap: bool, every: int, progress: bool) -> None:
+    """The batches of ``data`` past a resumed checkpoint through the run,
+    checkpointing every ``every`` batches, up to ``max_images``."""
+    batches = run.resume(iter(data))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=_total_images(data, max_images), unit="img", desc="OCNNA scoring", initial=run.seen)
+    try:
+        if use_overlap and not (max_images is not None and run.seen >= max_images):
+            batches = run.probe(batches)
+        for batch in batches:
+            n = run.run_batch(_input_of(batch), max_images)
+            if n == 0:
+                continue
             if bar is not None:
-                bar.close()
-        results = run.finish(use_dist, layers_given=layers is not None)
-    run.remove_checkpoint()
-    return Scores(results, n_components=ncomp, tap=tap, statistic=statistic)
+                bar.update(n)
+            if run.done_batches % every == 0:
+                run.checkpoint()
+            if max_images is not None and run.seen >= max_images:
+                break
+    finally:
+        if bar is not None:
+            bar.close()

@@ -14,13 +14,14 @@ in-place edit.
 from __future__ import annotations
 
 import operator  # noqa: F401  (fx graphs may name it)
-from typing import Callable, Dict, Mapping, Optional, Tuple
+import warnings
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TAPS", "post_activation_taps"]
+__all__ = ["TAPS", "post_activation_taps", "scored_maps"]
 
 TAPS = ("conv_output", "post_activation")
 
@@ -82,4 +83,20 @@ def post_activation_taps(
             act = _activation_of(users[0], modules)
             if act is not None:
                 taps[node.target] = (hook, act)
+    return taps
+
+
+def scored_maps(model: nn.Module, convs: Dict[str, nn.Module], tap: str) -> Dict[str, Any]:
+    """conv name -> (module whose output is scored, activation applied to it or None)."""
+    if tap not in TAPS:
+        raise ValueError(f"tap must be one of {TAPS}, got {tap!r}")
+    if tap == "conv_output":
+        return {n: (n, None) for n in convs}
+    taps = post_activation_taps(model, convs)
+    plain = [n for n, (_, act) in taps.items() if act is None]
+    if plain:
+        warnings.warn(
+            f"tap='post_activation': {len(plain)} conv(s) are not followed by their own activation "
+            f"and are scored on their output, e.g. {plain[:3]}"
+        )
     return taps

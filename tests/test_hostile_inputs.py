@@ -56,7 +56,7 @@ def _data(n=12, seed=0, augment=False):
 
 def _rewrite_plan(folder, edit):
     """Edits plan.json and recomputes its digest, as a determined tamperer would."""
-    from ocnna_fast.pruning import PLAN_DIGEST, _plan_digest
+    from ocnna_fast.plans import PLAN_DIGEST, _plan_digest
 
     doc = json.loads((folder / "plan.json").read_text())
     edit(doc)
@@ -134,7 +134,7 @@ def test_cli_rebuilds_a_user_model_only_from_an_explicit_equal_model_option(user
     assert "is not the model" in capsys.readouterr().err
     assert not (folder.parent / "IMPORTED").exists()
     args = cli.build_parser().parse_args(["export", "--pruned", str(folder), "--out", "x.onnx", "--model", spec])
-    model, plan_model = cli._load_pruned(args)  # the module is imported because the user named it
+    model, plan_model = cli.loading.load_pruned_folder(args)  # the module is imported because the user named it
     assert plan_model["arch"] == spec and (folder.parent / "IMPORTED").exists()
 
 
@@ -194,7 +194,7 @@ def test_one_scoring_image_is_refused_by_the_cli(capsys):
 
 # ---- every number is checked, in the CLI and in the library ------------------------------
 
-NUMERIC_TYPES = {"int", "float", "_n_components", "_workers"}
+NUMERIC_TYPES = {"int", "float", "n_components"}
 BAD_VALUES = ["nan", "inf", "-inf", "1e999", "abc", "", "-1"]
 
 
@@ -370,9 +370,8 @@ def test_an_interrupted_bench_says_what_it_kept(tmp_path, capsys, monkeypatch):
     def interrupt(*a, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_run_suite", interrupt)
-    monkeypatch.setattr(cli, "_load_model", lambda *a, **kw: (Net(), "w"))
-    monkeypatch.setattr(cli, "_images", lambda *a, **kw: _data())
+    monkeypatch.setattr(cli.bench, "suite", interrupt)
+    monkeypatch.setattr(cli.loading, "load_model", lambda *a, **kw: (Net(), "w"))
     assert cli.main(["bench", "--criteria", "l1", "--k", "40", "--out", str(tmp_path)]) == 130
     err = capsys.readouterr().err
     assert "finished so far are kept" in err and "results.json" in err
@@ -688,22 +687,23 @@ _MEASURED = ("criterion", "k", "seed", "rpr", "macs_ratio", "acc_surgery", "acc_
 def test_fuzz_bench_interrupted_at_any_cell_resumes_to_the_same_rows(tmp_path_factory, bench_reference, stop_at):
     model, want, _ = bench_reference
     out = tmp_path_factory.mktemp("benchstop")
-    bench_mod = sys.modules["ocnna_fast.bench"]
-    real = bench_mod.prune
+    from ocnna_fast.pipeline import PruneJob
+
+    real = PruneJob.surgery
     calls = {"n": 0}
 
-    def prune_then_stop(*a, **kw):
+    def surgery_then_stop(self):
         calls["n"] += 1
         if calls["n"] == stop_at:
             raise KeyboardInterrupt
-        return real(*a, **kw)
+        return real(self)
 
-    bench_mod.prune = prune_then_stop
+    PruneJob.surgery = surgery_then_stop
     try:
         with pytest.raises(KeyboardInterrupt):
             run_suite(model, log=lambda *_: None, out=out, **_BENCH)
     finally:
-        bench_mod.prune = real
+        PruneJob.surgery = real
     kept = json.loads((out / "results.json").read_text())["rows"] if stop_at > 1 else []
     assert len(kept) == stop_at - 1  # whole rows only
     got = run_suite(model, log=lambda *_: None, out=out, **_BENCH)

@@ -13,7 +13,7 @@ from ocnna_fast import Scores, reference, score
 from ocnna_fast.data import foolbox_samples, normalize
 from ocnna_fast.models import cifar_resnet, load_akamaster_checkpoint
 from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
-from ocnna_fast.scoring import _SideStream
+from ocnna_fast.overlap import SideStream
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +293,7 @@ def test_side_stream_holds_a_bounded_number_of_batches():
     grown = torch.cuda.max_memory_reserved() - base
     assert next(iter(s.values())).count == batches * x.shape[0]
     # at most max_pending scored batches, the one in the forward pass, and slack
-    assert grown < (_SideStream.max_pending + 3) * per_batch, (grown, per_batch)
+    assert grown < (SideStream.max_pending + 3) * per_batch, (grown, per_batch)
 
 
 def test_data_parallel_is_refused_with_a_way_out():

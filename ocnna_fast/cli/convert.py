@@ -1,0 +1,48 @@
+"""``ocnna-fast convert-tflite``: a Coral TFLite MobileNet into float PyTorch weights."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub) -> None:
+    cv = sub.add_parser("convert-tflite", help="convert a (quantized) TFLite MobileNet into float PyTorch weights")
+    cv.add_argument("file", help="a .tflite file (the Coral MobileNet v1 and v2 files)")
+    cv.add_argument("--out", required=True, help="the .safetensors file to write")
+    cv.add_argument("--arch", default=None, help="zoo architecture (default: detected from the file)")
+    cv.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from safetensors.torch import save_file
+
+    from ..atomic import atomic_path
+    from ..fetch import sha256_of
+    from ..models import build
+    from ..tflite_convert import convert_tflite, detect_arch
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(
+            f"--out {out}: convert-tflite writes safetensors, and --weights reads a file by its "
+            "suffix: name it NAME.safetensors"
+        )
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+    if not Path(args.file).is_file():
+        raise ValueError(f"{args.file} is not a file")
+    arch = args.arch or detect_arch(args.file)
+    model = build(arch, num_classes=1000)
+    state = convert_tflite(args.file, model)
+    with atomic_path(out) as tmp:
+        save_file(
+            {k: v.contiguous() for k, v in state.items()},
+            tmp,
+            metadata={"arch": arch, "source": Path(args.file).name, "source_sha256": sha256_of(args.file)},
+        )
+    print(
+        f"{args.file} -> {out} ({arch}, {sum(v.numel() for v in state.values())} values); use it with "
+        f"--arch {arch} --weights {out}"
+    )
+    return 0

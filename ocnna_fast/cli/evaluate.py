@@ -1,0 +1,43 @@
+"""``ocnna-fast evaluate``: top-1 accuracy of a model or of a pruned folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from ..evaluation import evaluate
+from . import loading, options
+
+
+def register(sub) -> None:
+    ev = sub.add_parser("evaluate", help="top-1 accuracy of a model or a pruned model directory")
+    options.add_model_options(ev)
+    options.add_data_options(ev, [*options.DATASET_CHOICES, options.LOSSLESS_20])
+    options.add_run_options(ev, batch=256)
+    ev.add_argument("--pruned", help="a directory written by 'prune' (its pruned/ folder)")
+    ev.add_argument("--eval-images", type=options.COUNT, default=None, help="test images (default all)")
+    ev.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.pruned:
+        model, spec = loading.load_pruned_folder(args)
+        what = args.pruned
+        args.arch = spec.get("arch", args.arch)
+        args.input_size = spec.get("input_size", args.input_size)
+        size = loading.input_spec(args)[0]
+        with torch.no_grad():
+            classes = model.eval()(torch.zeros(1, 3, size, size)).shape[-1]
+        if classes != loading.num_classes(args.dataset, args.data_dir):
+            raise ValueError(
+                f"{args.pruned} predicts {classes} classes but --dataset {args.dataset} has "
+                f"{loading.num_classes(args.dataset, args.data_dir)}; pass the data set it was pruned on"
+            )
+    else:
+        model, what = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, args.input_size)
+    data = loading.images(args, "test", args.eval_images, False, args.seed)
+    acc = evaluate(model, data, batch_size=args.batch_size, progress=not args.no_progress)
+    print(json.dumps({"model": what, "dataset": loading.describe(args.dataset), "images": len(data), "accuracy": acc}))
+    return 0

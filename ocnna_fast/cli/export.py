@@ -1,0 +1,104 @@
+"""``ocnna-fast export``: a pruned folder to ONNX or TorchScript, verified in
+its runtime against PyTorch before anything at --out is replaced."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from ..atomic import write_text_atomic
+from . import loading, options
+from .output import print_latency
+
+
+def register(sub) -> None:
+    ex = sub.add_parser("export", help="export a pruned model to ONNX or TorchScript, verify it, measure latency")
+    ex.add_argument("--pruned", required=True, help="a pruned/ folder written by 'prune'")
+    ex.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    ex.add_argument("--out", required=True, help="the file to write (with --base, the original goes to NAME.base.EXT)")
+    ex.add_argument("--base", action="store_true", help="also export the unpruned model it came from")
+    ex.add_argument("--batch", type=options.COUNT, default=None, help="a fixed batch size (default: dynamic batch)")
+    ex.add_argument(
+        "--verify-images",
+        type=options.COUNT,
+        default=256,
+        help="test images of the data set the model was pruned on, run in the exported file and in "
+        "PyTorch and compared (default 256)",
+    )
+    ex.add_argument(
+        "--benchmark",
+        action="store_true",
+        help="measure base vs pruned latency in ONNX Runtime and PyTorch eager, batch 1 and 64",
+    )
+    ex.add_argument("--latency-repeats", type=options.COUNT, default=20, help="timed passes per latency figure")
+    ex.add_argument("--weights", help="the base model's weights (default: the shipped ones for the plan's arch)")
+    options.add_data_options(ex, default=None)
+    options.add_run_options(ex, batch=None, progress=False)
+    ex.add_argument(
+        "--model",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help="the user model the folder was pruned from (required for such a folder: a file never "
+        "chooses the code that runs)",
+    )
+    ex.set_defaults(func=run)
+
+
+def _base_file(out: Path) -> Path:
+    return out.with_name(f"{out.stem}.base{out.suffix}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import export as ex
+    from ..models import input_size
+
+    if args.format == "onnx" or args.benchmark:
+        ex.require_deploy()
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; name the file to write (e.g. {out / 'model.onnx'})")
+    pruned, spec = loading.load_pruned_folder(args)
+    arch = spec.get("arch", "?")
+    args.arch = arch
+    if args.dataset is None:
+        args.dataset = spec.get("dataset", "cifar10-jpeg")
+    args.input_size = spec.get("input_size")
+    size = args.input_size or (input_size(arch) if arch != "?" else 32)
+    models = {"pruned": (pruned, out)}
+    if args.base or args.benchmark:
+        base, _ = loading.load_model(arch, args.weights, args.data_dir, args.dataset, size)
+        models["base"] = (base, _base_file(out))
+    x = loading.images(args, "test", args.verify_images, False, args.seed).batches(256)
+    images = torch.cat([b for b, _ in x])
+    report = {
+        "pruned": args.pruned,
+        "arch": arch,
+        "dataset": loading.describe(args.dataset),
+        "format": args.format,
+        "torch": torch.__version__,
+    }
+    # every file is verified before any replaces what is at --out (and its .base twin)
+    report.update(ex.export_verified(models, args.format, images, size, args.batch))
+    for name, (_, path) in models.items():
+        info = report[name]
+        check = ex.Verification(**info["verification"])
+        print(
+            f"{name}: wrote {path} ({info['bytes'] / 1e6:.2f} MB, {args.format}"
+            f"{', opset ' + str(info['opset']) if 'opset' in info else ''}, batch "
+            f"{args.batch or 'dynamic'}); on {check.images} {args.dataset} test images: max |logit diff| "
+            f"{check.max_abs_diff:.2e} (tolerance {check.tolerance:.1e}), top-1 agreement {check.top1_agreement:.2%}"
+        )
+    if args.benchmark:
+        report["latency"] = ex.compare_latency(
+            models["base"][0], pruned, size, args.latency_repeats, out.parent / f".{out.stem}-latency"
+        )
+        print_latency(report["latency"])
+    report_path = out.with_name(f"{out.name}.json")
+    write_text_atomic(report_path, json.dumps(report, indent=2))
+    print(f"wrote {report_path}")
+    return 0

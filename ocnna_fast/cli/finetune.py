@@ -1,0 +1,77 @@
+"""``ocnna-fast finetune``: adapt a model to a data set (cross-entropy), resumable."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..atomic import atomic_path
+from ..distill import finetune
+from ..distributed import is_main
+from ..evaluation import evaluate
+from ..outdir import out_dir
+from . import loading, options
+from .output import write_report, writer_lock
+
+
+def register(sub) -> None:
+    ft = sub.add_parser("finetune", help="adapt a model to the shipped JPEG CIFAR-10 (cross-entropy)")
+    options.add_model_options(ft)
+    options.add_data_options(ft)
+    options.add_run_options(ft)
+    ft.add_argument("--epochs", type=options.NONNEG, default=2, help="epochs of fine-tuning (default 2)")
+    ft.add_argument("--lr", type=options.LEARNING_RATE, default=0.01, help="learning rate (SGD, cosine)")
+    ft.add_argument("--eval-images", type=options.COUNT, default=None, help="test images for accuracy (default all)")
+    ft.add_argument("--train-images", type=options.COUNT, default=None, help="training images (default all)")
+    ft.add_argument("--out", default="runs/finetune", help="output folder")
+    ft.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    size = loading.check_data_fits(args)
+    model, weights = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, size)
+    out = out_dir(args.out)
+    with writer_lock(out):
+        return _finetune_into(args, model, weights, out)
+
+
+def _finetune_into(args: argparse.Namespace, model, weights: str, out: Path) -> int:
+    from safetensors.torch import save_file
+
+    evalset = loading.images(args, "test", args.eval_images, False, args.seed)
+    trainset = loading.images(args, "train", args.train_images, True, args.seed + 2)
+    before = evaluate(model, evalset)
+    t = time.perf_counter()
+    history = finetune(
+        model,
+        trainset,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        checkpoint_dir=out / "finetune",
+        progress=not args.no_progress,
+    )
+    seconds = time.perf_counter() - t
+    after = evaluate(model, evalset)
+    if not is_main():
+        return 0
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
+    report = {
+        "arch": args.arch,
+        "dataset": loading.describe(args.dataset),
+        "base_weights": weights,
+        "epochs": args.epochs,
+        "accuracy_before": before,
+        "accuracy_after": after,
+        "eval_images": len(evalset),
+        "train_images": len(trainset),
+        "finetune_seconds": seconds,
+        "history": history,
+        "weights_out": str(out / "model.safetensors"),
+    }
+    write_report(out, report, f"Fine-tuning {args.arch} on {args.dataset}")
+    print(f"accuracy {before:.2f}% -> {after:.2f}% after {args.epochs} epochs; wrote {out / 'model.safetensors'}")
+    return 0

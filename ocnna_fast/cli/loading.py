@@ -1,0 +1,215 @@
+"""What the commands load from their options: the model (a zoo ``--arch``
+with its weights, or the user's ``--model``), a pruned folder, and the
+images of ``--dataset`` sized and normalised for the model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .options import LOSSLESS_20
+
+__all__ = [
+    "num_classes",
+    "describe",
+    "load_model",
+    "load_pruned_folder",
+    "input_spec",
+    "check_data_fits",
+    "images",
+    "ignored_layers",
+]
+
+
+def num_classes(dataset: str, data_dir: Optional[str] = None) -> int:
+    """Classes of a data set; for an image folder, its class folders (so a
+    folder with a subset of ImageNet's classes is refused by a 1000-class
+    model instead of being scored against shifted labels)."""
+    from ..data import DATASETS, FOLDER_DATASETS
+
+    if dataset in FOLDER_DATASETS and data_dir:
+        from ..imagefolder import folder_classes
+
+        return len(folder_classes(data_dir))
+    return DATASETS[dataset][0] if dataset in DATASETS else 10
+
+
+def describe(dataset: str) -> str:
+    """A data set's name as reports print it."""
+    from ..data import DATASETS
+
+    return DATASETS[dataset][1] if dataset in DATASETS else dataset
+
+
+def load_model(
+    arch: str,
+    weights: Optional[str],
+    data_dir: Optional[str],
+    dataset: str = "cifar10-jpeg",
+    input_size: Optional[int] = None,
+) -> Tuple[nn.Module, str]:
+    """``(model in eval mode, where its weights came from)``."""
+    from ..data import PRETRAINED, pretrained_weights
+    from ..models import ARCHS, build, is_factory, load_weights
+
+    if is_factory(arch):
+        return _load_user_model(arch, weights, dataset, input_size, num_classes(dataset, data_dir))
+    if arch not in ARCHS:
+        raise ValueError(f"unknown --arch {arch!r}; choose from {', '.join(ARCHS)}")
+    classes = num_classes(dataset, data_dir)
+    model = build(arch, num_classes=classes)
+    if weights:
+        path = Path(weights)
+    elif arch in PRETRAINED and classes == 10:
+        path = pretrained_weights(arch, data_dir)
+    elif arch == "efficientnet_lite0_imagenet":
+        from ..models import lite0_weights_path
+
+        path = Path(lite0_weights_path())
+    elif arch in PRETRAINED:
+        raise ValueError(
+            f"the shipped {arch} weights are for CIFAR-10; for --dataset {dataset} "
+            f"({classes} classes) pass --weights FILE"
+        )
+    else:
+        hint = (
+            " (convert a TFLite file with `ocnna-fast convert-tflite`)" if arch.endswith(("_imagenet", "_tf2")) else ""
+        )
+        raise ValueError(f"no weights ship for --arch {arch}; pass --weights FILE{hint}")
+    load_weights(model, path)
+    return model.eval(), str(path)
+
+
+def _load_user_model(spec: str, weights: Optional[str], dataset: str, input_size: Optional[int], classes: int):
+    """``--model module:factory`` with ``--weights`` (or the factory's own
+    parameters), checked to predict the data set's number of classes."""
+    from ..models import build, load_weights
+
+    model = build(spec)
+    if weights:
+        load_weights(model, weights)
+    else:
+        print(f"--model {spec} without --weights: using the parameters the factory returned")
+    size = input_size or _default_size(dataset)
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, 3, size, size))
+    except Exception as exc:
+        raise ValueError(f"--model {spec} fails on a {size}x{size} input (set --input-size?): {exc}") from exc
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"--model {spec} returns {shape} for one image; --dataset {dataset} needs logits (1, {classes})"
+        )
+    return model, weights or f"{spec} (factory parameters)"
+
+
+def _default_size(dataset: str) -> int:
+    return 224 if dataset.startswith("imagenet") else 32
+
+
+def load_pruned_folder(args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, Any]]:
+    """``(model, the plan's model entry)`` of ``--pruned``.  A folder pruned
+    from a user's ``module:factory`` is rebuilt only with ``--model`` given
+    explicitly and equal to what the plan recorded: a file never chooses the
+    code that runs."""
+    from ..models import build, is_factory
+    from ..pruning import load_pruned, read_plan
+
+    spec = read_plan(args.pruned).get("model") or {}
+    arch = spec.get("arch", "?")
+    base = None
+    if is_factory(arch):
+        given = getattr(args, "model", None)
+        if given is None:
+            raise ValueError(
+                f"{args.pruned} was pruned from the user model {arch}; loading a folder never runs code it "
+                f"names: pass --model {arch} to rebuild it"
+            )
+        if given != arch:
+            raise ValueError(f"--model {given} is not the model {args.pruned} was pruned from ({arch})")
+        base = build(arch)
+    return load_pruned(args.pruned, base), spec
+
+
+def input_spec(args: argparse.Namespace):
+    """(input size, mean, std, crop fraction or None) the model expects: the
+    zoo's for a zoo ``--arch``; for ``--model``, ``--input-size`` (default 32
+    on CIFAR, 224 on ImageNet) and the data set's usual statistics.
+    ``--input-size`` overrides a zoo model's size too."""
+    from ..data import IMAGENET_MEAN, IMAGENET_STD
+    from ..models import ARCHS, is_factory
+    from ..models import input_spec as zoo_spec
+    from ..models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
+
+    arch, dataset, override = args.arch, args.dataset, getattr(args, "input_size", None)
+    if is_factory(arch):
+        stats = (IMAGENET_MEAN, IMAGENET_STD) if dataset.startswith("imagenet") else (CIFAR_MEAN, CIFAR_STD)
+        return (override or _default_size(dataset), *stats, None)
+    if arch not in ARCHS:
+        raise ValueError(f"unknown --arch {arch!r}; choose from {', '.join(ARCHS)}")
+    size, mean, std, crop = zoo_spec(arch)
+    return override or size, mean, std, crop
+
+
+def check_data_fits(args: argparse.Namespace) -> int:
+    """The model's input size, after checking that --dataset has images of that size."""
+    from ..models import is_factory
+
+    size = input_spec(args)[0]
+    imagenet = args.dataset.startswith("imagenet")
+    if not is_factory(args.arch) and imagenet != (size != 32):
+        why = (
+            "the ImageNet data sets are for ImageNet models"
+            if imagenet
+            else "the CIFAR data sets are 32px; use --dataset imagenet-sample or imagenet"
+        )
+        raise ValueError(f"--arch {args.arch} takes {size}px inputs; --dataset {args.dataset} does not fit it ({why})")
+    return size
+
+
+def images(args: argparse.Namespace, split: str, n: Optional[int], augment: bool, seed: int):
+    """A split of ``--dataset`` as ``TensorImages``, or ``FolderImages`` for an
+    image folder (seeded, class-balanced when ``n`` is set), sized and
+    normalised for the model; ``cifar10-lossless-20``: the 20 shipped
+    lossless test images."""
+    from ..data import FOLDER_DATASETS, foolbox_samples, load_split
+    from ..tensorimages import TensorImages
+
+    size, mean, std, crop = input_spec(args)
+    if args.dataset == LOSSLESS_20:
+        x, y = foolbox_samples("cifar10", args.data_dir)
+        return TensorImages(x[:n], y[:n], mean, std)
+    if args.dataset in FOLDER_DATASETS:
+        from ..imagefolder import folder_split
+
+        if not args.data_dir:
+            raise ValueError(
+                f"--dataset {args.dataset} reads the folder given as --data-dir DIR "
+                "(DIR/train/<wnid>/*.JPEG, DIR/val/<wnid>/*.JPEG)"
+            )
+        return folder_split(
+            args.data_dir,
+            split,
+            size,
+            mean,
+            std,
+            crop,
+            augment=augment,
+            workers=getattr(args, "workers", 0),
+            limit=n,
+            seed=seed,
+        )
+    x, y = load_split(args.dataset, split, args.data_dir, limit=n, seed=seed, size=size, crop_fraction=crop)
+    return TensorImages(x, y, mean, std, augment=augment)
+
+
+def ignored_layers(model: nn.Module, scope: str) -> List[nn.Module]:
+    """The layers --scope leaves whole: for the CIFAR ResNets, ``inner`` keeps
+    the stage widths (only each block's inner conv is pruned)."""
+    hook = getattr(model, "ocnna_ignored_layers", None)
+    return list(hook(scope)) if callable(hook) else []

@@ -1,0 +1,145 @@
+"""``ocnna-fast prune``: the whole job (``pipeline.PruneJob``): score, prune,
+recalibrate, distill, evaluate, measure, report; outputs staged and moved
+into --out only when the job succeeds."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..distributed import is_main
+from ..outdir import out_dir, publish, staged
+from ..pipeline import JobData, JobResult, JobSettings, PruneJob
+from ..pruning import FAMILY, save_pruned
+from . import loading, options
+from .output import print_latency, write_report, writer_lock
+
+
+def register(sub) -> None:
+    pr = sub.add_parser("prune", help="score, prune, distill and report (the whole OCNNA job)")
+    options.add_model_options(pr)
+    options.add_data_options(pr)
+    options.add_run_options(pr)
+    options.add_scope_option(pr)
+    pr.add_argument(
+        "--k", type=options.PERCENTILE, default=40.0, help="percentile of filters removed per group (default 40)"
+    )
+    pr.add_argument(
+        "--n-components",
+        type=options.n_components,
+        default=None,
+        help="PCA components per map: none (default: all), an int, or a ratio in (0, 1) of explained variance",
+    )
+    pr.add_argument(
+        "--criterion",
+        default="ocnna",
+        choices=list(FAMILY),
+        help="which streamed statistic ranks the filters: ocnna (the paper's std/mean, default), "
+        "mean-energy or ocnna-rms (see docs/scoring.md and BENCHMARKS.md)",
+    )
+    options.add_job_options(pr, finetune_epochs=2)
+    pr.add_argument("--out", default="runs/prune", help="output folder")
+    pr.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    size = loading.check_data_fits(args)
+    model, weights = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, size)
+    torch.manual_seed(args.seed)
+    out = out_dir(args.out)
+    with writer_lock(out), staged(out) as stage:
+        return _prune_into(args, model, weights, size, out, stage)
+
+
+def _job(args: argparse.Namespace, model, size: int, out: Path) -> PruneJob:
+    data = JobData(
+        eval=loading.images(args, "test", args.eval_images, False, args.seed),
+        score=loading.images(args, "train", args.score_images, False, args.seed + 1),
+        bn=loading.images(args, "train", args.bn_images, False, args.seed + 3) if args.bn_images else None,
+        train=loading.images(args, "train", args.train_images, True, args.seed + 2) if args.finetune_epochs else None,
+    )
+    settings = JobSettings(
+        k=args.k,
+        criterion=args.criterion,
+        n_components=args.n_components,
+        epochs=args.finetune_epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        input_size=size,
+    )
+    ignored = loading.ignored_layers(model, args.scope)
+    return PruneJob(model, data, settings, ignored_layers=ignored, checkpoint_dir=out, progress=not args.no_progress)
+
+
+def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: Path, stage: Path) -> int:
+    job = _job(args, model, size, out)
+    base = job.evaluate_base()
+    print(f"base accuracy {base.accuracy:.2f}% on {len(job.data.eval)} {args.dataset} test images")
+    job.score().save(stage / "scores.safetensors")
+    pruned, _ = job.surgery()
+    print(
+        f"pruned at k={args.k}: {sum(p.numel() for p in pruned.parameters())}/{base.params} parameters, "
+        f"accuracy right after surgery {job.accuracy['surgery']:.2f}%"
+    )
+    recal = job.recalibrate()
+    if recal and recal["method"] == "batchnorm":
+        print(
+            f"BatchNorm statistics re-estimated on {recal['images']} training images: "
+            f"accuracy {job.accuracy['recalibrated']:.2f}%"
+        )
+    elif recal:
+        print(
+            f"{args.arch} has its BatchNorm folded into its convs, so there are no statistics to re-estimate; "
+            f"instead the removed channels' mean contributions went into {recal['compensated']} layers' biases "
+            f"(measured on {recal['images']} training images): accuracy {job.accuracy['recalibrated']:.2f}%"
+        )
+    job.distill()
+    result = job.result()
+    save_pruned(
+        stage / "pruned",
+        result.pruned,
+        result.plan,
+        extra={
+            "arch": args.arch,
+            "num_classes": loading.num_classes(args.dataset, args.data_dir),
+            "dataset": args.dataset,
+            "input_size": size,
+        },
+    )
+    if not is_main():  # under torchrun rank 0 alone measures and writes
+        return 0
+    report = _report(args, weights, job, result)
+    if args.latency_repeats > 0:
+        from .. import export as ex
+
+        report["latency"] = ex.compare_latency(model, result.pruned, size, args.latency_repeats, stage / ".latency")
+        print_latency(report["latency"])
+    write_report(stage, report, f"OCNNA: {args.arch}, k={args.k}")
+    publish(stage, out, ["scores.safetensors", "pruned", "report.json", "report.md"])
+    before = report["pruned_accuracy_before_finetune"]
+    print(
+        f"accuracy {base.accuracy:.2f}% -> {before:.2f}% (pruned) -> {result.final_accuracy:.2f}% "
+        f"(after {args.finetune_epochs} epochs of distillation); RPR {result.rpr:.4f}, "
+        f"MACs ratio {result.macs_ratio:.4f}"
+    )
+    print(f"wrote {out / 'report.json'}, {out / 'report.md'} and {out / 'pruned'}")
+    return 0
+
+
+def _report(args: argparse.Namespace, weights: str, job: PruneJob, result: JobResult) -> dict:
+    """What the job measured, after what identifies the run."""
+    return {
+        "arch": args.arch,
+        "dataset": loading.describe(args.dataset),
+        "base_weights": weights,
+        "k": args.k,
+        "scope": args.scope,
+        "n_components": args.n_components,
+        "criterion": args.criterion,
+        "score_images": len(job.data.score),
+        "eval_images": len(job.data.eval),
+        **result.report(),
+    }

@@ -1,0 +1,361 @@
+"""The prune job as named steps: score, rank, surgery, recalibrate, distill,
+evaluate, measure.  ``ocnna-fast prune`` runs one job, ``ocnna-fast bench``
+one per cell, and Python users the same object::
+
+    job = PruneJob(model, JobData(eval=test, score=calib, bn=calib, train=train),
+                   JobSettings(k=40, criterion="ocnna", epochs=1), checkpoint_dir="ckpt")
+    result = job.run()          # or call the steps one by one
+    result.pruned, result.plan, result.accuracy, result.report()
+
+Each step records what it measured on the job (``accuracy``, ``seconds``,
+...) and the result carries all of it.  The long steps resume: with
+``checkpoint_dir``, scoring checkpoints every batch and distillation every
+epoch, and a rerun of the same job continues where an interrupted one
+stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .compensation import recalibrate
+from .criteria import CRITERIA, Context, FamilyCriterion, criterion_values
+from .distill import distill, state_sha256
+from .evaluation import evaluate
+from .latency import latency_ms
+from .pruning import count_params, prune
+from .scores import Scores
+from .scoring import score
+from .validate import percentile
+
+__all__ = ["JobData", "JobSettings", "JobResult", "Baseline", "PruneJob", "measure_baseline", "macs_and_params"]
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class JobData:
+    """The image sets a job reads (``TensorImages`` or ``FolderImages``):
+    evaluation, scoring (criteria that look at activations or gradients),
+    calibration (BatchNorm re-estimation or bias compensation; ``None``
+    skips the step) and distillation (``None``: no distillation)."""
+
+    eval: Any
+    score: Any = None
+    bn: Any = None
+    train: Any = None
+
+
+@dataclass
+class JobSettings:
+    """What the job is asked: the percentile ``k`` and the ``criterion`` (a
+    name of ``criteria.CRITERIA``; the OCNNA family is scored once and its
+    scores kept), ``n_components`` for OCNNA-family criteria (``None``: the
+    criterion's own), the distillation budget, the batch size, the seed
+    (distillation order and augmentation, the ``random`` criterion) and the
+    input side in pixels."""
+
+    k: float = 40.0
+    criterion: str = "ocnna"
+    n_components: Any = None
+    epochs: int = 0
+    lr: float = 0.01
+    batch_size: int = 128
+    seed: int = 0
+    input_size: int = 32
+
+
+@dataclass
+class Baseline:
+    """The unpruned model's accuracy, size and cost (measured once; a suite shares it)."""
+
+    accuracy: float
+    params: int
+    macs: int
+
+
+@dataclass
+class JobResult:
+    """Everything a report needs.  ``accuracy`` maps each stage measured
+    (``base``, ``surgery``, ``recalibrated``, ``distilled``) to a top-1 %;
+    ``seconds`` the time of each timed step."""
+
+    pruned: nn.Module
+    plan: Dict[str, Any]
+    baseline: Baseline
+    accuracy: Dict[str, float]
+    params: int
+    macs: int
+    scores: Optional[Scores] = None
+    recalibration: Optional[Dict[str, Any]] = None
+    history: List[Dict[str, float]] = field(default_factory=list)
+    seconds: Dict[str, float] = field(default_factory=dict)
+    epochs: int = 0
+
+    @property
+    def rpr(self) -> float:
+        """Remaining-parameters ratio, pruned / base."""
+        return self.params / self.baseline.params
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs / self.baseline.macs
+
+    @property
+    def final_accuracy(self) -> float:
+        """Accuracy after the last step that ran."""
+        return list(self.accuracy.values())[-1]
+
+    def report(self) -> Dict[str, Any]:
+        """The measurements as the keys of ``report.json``."""
+        acc = self.accuracy
+        before = acc.get("recalibrated", acc["surgery"])
+        return {
+            "base_accuracy": self.baseline.accuracy,
+            "pruned_accuracy_after_surgery": acc["surgery"],
+            "bn_images": self.recalibration["images"] if self.recalibration else 0,
+            "recalibration": self.recalibration["method"] if self.recalibration else None,
+            "pruned_accuracy_before_finetune": before,
+            "pruned_accuracy": self.final_accuracy,
+            "accuracy_drop": self.baseline.accuracy - self.final_accuracy,
+            "base_params": self.baseline.params,
+            "pruned_params": self.params,
+            "rpr": self.rpr,
+            "base_macs": self.baseline.macs,
+            "pruned_macs": self.macs,
+            "macs_ratio": self.macs_ratio,
+            "scoring_seconds": self.seconds.get("score", self.seconds.get("rank", 0.0)),
+            "finetune_epochs": self.epochs,
+            "finetune_seconds": self.seconds.get("distill", 0.0),
+            "distill_history": self.history,
+            "pruned_weights_sha256": state_sha256(self.pruned),
+        }
+
+
+def macs_and_params(model: nn.Module, input_size: int) -> Tuple[int, int]:
+    """Multiply-accumulates of one image and parameters (Torch-Pruning's counter)."""
+    import torch_pruning as tp
+
+    macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, 3, input_size, input_size))
+    return int(macs), int(params)
+
+
+def measure_baseline(model: nn.Module, eval_set: Any, input_size: int, batch_size: int = 256) -> Baseline:
+    macs, _ = macs_and_params(model, input_size)
+    return Baseline(evaluate(model, eval_set, batch_size=batch_size), count_params(model), macs)
+
+
+class _Inputs:
+    """The inputs (or labels) of a data set's batches, re-iterable: each pass
+    reads the set again, so a scoring pass over an image folder holds one
+    batch at a time."""
+
+    def __init__(self, data: Any, batch_size: int, part: int) -> None:
+        self.data, self.batch_size, self.part = data, batch_size, part
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (b[self.part] for b in self.data.batches(self.batch_size))
+
+
+class PruneJob:
+    """One prune job over ``model`` (never modified).  ``ignored_layers``:
+    modules whose output channels stay (default: what the model's
+    ``ocnna_ignored_layers()`` names).  ``checkpoint_dir``: where scoring and
+    distillation checkpoint, so a rerun resumes.  ``baseline``: the base
+    model's measurements when the caller has them (a suite measures once)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: JobData,
+        settings: JobSettings = JobSettings(),
+        *,
+        ignored_layers: Optional[Iterable[nn.Module]] = None,
+        checkpoint_dir: Optional[PathLike] = None,
+        baseline: Optional[Baseline] = None,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        if settings.criterion not in CRITERIA:
+            raise ValueError(f"unknown criterion {settings.criterion!r}; choose from {', '.join(CRITERIA)}")
+        percentile(settings.k)
+        self.model, self.data, self.settings = model.eval(), data, settings
+        hook = getattr(model, "ocnna_ignored_layers", None)
+        default = list(hook()) if callable(hook) else []
+        self.ignored = list(ignored_layers) if ignored_layers is not None else default
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.baseline, self.progress, self.log = baseline, progress, log
+        self.example = torch.zeros(1, 3, settings.input_size, settings.input_size)
+        self.scores: Optional[Scores] = None
+        self.values: Optional[Dict[str, np.ndarray]] = None
+        self.pruned: Optional[nn.Module] = None
+        self.plan: Optional[Dict[str, Any]] = None
+        self.accuracy: Dict[str, float] = {}
+        self.recalibration: Optional[Dict[str, Any]] = None
+        self.history: List[Dict[str, float]] = []
+        self.seconds: Dict[str, float] = {}
+
+    # ------------------------------------------------------------ steps --
+    def evaluate_base(self) -> Baseline:
+        if self.baseline is None:
+            self.baseline = measure_baseline(self.model, self.data.eval, self.settings.input_size)
+        self.accuracy["base"] = self.baseline.accuracy
+        return self.baseline
+
+    def _family(self) -> Optional[FamilyCriterion]:
+        crit = CRITERIA[self.settings.criterion]
+        if not isinstance(crit, FamilyCriterion):
+            return None
+        if self.settings.n_components is not None:
+            crit = FamilyCriterion(crit.criterion, self.settings.n_components, crit.tap, crit.statistic)
+        return crit
+
+    def context(self) -> Context:
+        """What a criterion may look at: the model, the scoring batches and labels, the seed."""
+        if self.data.score is None:
+            raise ValueError("this criterion needs scoring images: JobData(score=...)")
+        bs = self.settings.batch_size
+        return Context(
+            self.model,
+            _Inputs(self.data.score, bs, 0),
+            _Inputs(self.data.score, bs, 1),
+            self.example,
+            self.ignored,
+            seed=self.settings.seed,
+        )
+
+    def score(self) -> Scores:
+        """OCNNA-family criteria: one streamed pass over the scoring images
+        (checkpointed with ``checkpoint_dir``); the scores rank the filters."""
+        crit = self._family()
+        if crit is None:
+            raise ValueError(f"criterion {self.settings.criterion!r} is not scored by OCNNA's pass; call rank()")
+        ckpt = self.checkpoint_dir / "scores.ckpt" if self.checkpoint_dir is not None else None
+        t = time.perf_counter()
+        self.scores = score(
+            self.model,
+            _Inputs(self.data.score, self.settings.batch_size, 0),
+            n_components=crit.n_components,
+            tap=crit.tap,
+            statistic=crit.statistic,
+            progress=self.progress,
+            checkpoint=str(ckpt) if ckpt is not None else None,
+        )
+        self.seconds["score"] = time.perf_counter() - t
+        return self.scores
+
+    def rank(self, values: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+        """Per-group values of the criterion (higher = keep), or ``values``
+        already computed for it (a suite ranks once per criterion and seed)."""
+        if values is None:
+            t = time.perf_counter()
+            values = criterion_values(self.settings.criterion, self.context())
+            self.seconds["rank"] = time.perf_counter() - t
+        self.values = values
+        return values
+
+    def surgery(self) -> Tuple[nn.Module, Dict[str, Any]]:
+        """The physically smaller model, from the scores (``score()``) or
+        the values (``rank()``), and the accuracy right after it."""
+        s = self.settings
+        if self.scores is not None and self.values is None:
+            crit = FAMILY_OF.get(s.criterion, "ocnna")
+            self.pruned, self.plan = prune(
+                self.model, self.scores, s.k, self.example, criterion=crit, ignored_layers=self.ignored
+            )
+        else:
+            values = self.values if self.values is not None else self.rank()
+            self.pruned, self.plan = prune(
+                self.model, None, s.k, self.example, ignored_layers=self.ignored, importance=values, rule="count"
+            )
+        self.accuracy["surgery"] = evaluate(self.pruned, self.data.eval)
+        return self.pruned, self.plan
+
+    def recalibrate(self) -> Optional[Dict[str, Any]]:
+        """BatchNorm re-estimation (bias compensation on folded-BatchNorm
+        models) on the calibration images, and the accuracy after it."""
+        if self.data.bn is None or len(self.data.bn) == 0:
+            return None
+        pruned, plan = self._surgered()
+        batches = (x for x, _ in self.data.bn.batches(self.settings.batch_size))
+        self.recalibration = recalibrate(pruned, self.model, plan, batches, progress=self.progress)
+        self.accuracy["recalibrated"] = evaluate(pruned, self.data.eval)
+        return self.recalibration
+
+    def distill(self) -> List[Dict[str, float]]:
+        """Knowledge distillation from the base model (checkpointed every
+        epoch with ``checkpoint_dir``), and the accuracy after it."""
+        s = self.settings
+        if s.epochs <= 0:
+            return []
+        if self.data.train is None:
+            raise ValueError("distillation needs training images: JobData(train=...)")
+        pruned, _ = self._surgered()
+        t = time.perf_counter()
+        self.history = distill(
+            pruned,
+            self.model,
+            self.data.train,
+            epochs=s.epochs,
+            lr=s.lr,
+            batch_size=s.batch_size,
+            seed=s.seed,
+            checkpoint_dir=self.checkpoint_dir / "distill" if self.checkpoint_dir is not None else None,
+            progress=self.progress,
+        )
+        self.seconds["distill"] = time.perf_counter() - t
+        self.accuracy["distilled"] = evaluate(pruned, self.data.eval)
+        return self.history
+
+    def result(self) -> JobResult:
+        """The measurements so far (the model's size is counted here)."""
+        pruned, plan = self._surgered()
+        baseline = self.evaluate_base() if self.baseline is None else self.baseline
+        macs, params = macs_and_params(pruned, self.settings.input_size)
+        accuracy = {"base": baseline.accuracy, **{k: v for k, v in self.accuracy.items() if k != "base"}}
+        return JobResult(
+            pruned,
+            plan,
+            baseline,
+            accuracy,
+            params,
+            macs,
+            self.scores,
+            self.recalibration,
+            self.history,
+            dict(self.seconds),
+            epochs=self.settings.epochs,
+        )
+
+    def run(self) -> JobResult:
+        """Every step in order: base, score (OCNNA family) or rank, surgery,
+        recalibrate, distill."""
+        self.evaluate_base()
+        if self.values is None and self.scores is None and self._family() is not None:
+            self.score()
+        self.surgery()
+        self.recalibrate()
+        self.distill()
+        return self.result()
+
+    def _surgered(self) -> Tuple[nn.Module, Dict[str, Any]]:
+        if self.pruned is None or self.plan is None:
+            raise ValueError("run surgery() first")
+        return self.pruned, self.plan
+
+
+# the statistic of ``pruning.FAMILY`` each OCNNA-family criterion ranks by
+FAMILY_OF = {name: c.criterion for name, c in CRITERIA.items() if isinstance(c, FamilyCriterion)}
+
+
+def eager_latency(model: nn.Module, input_size: int, repeats: int) -> Dict[int, Dict[str, float]]:
+    """PyTorch eager milliseconds at batch 1 (``repeats``) and 64 (a third of them, at least 3)."""
+    return {b: latency_ms(model, b, input_size, repeats if b == 1 else max(3, repeats // 3)) for b in (1, 64)}
