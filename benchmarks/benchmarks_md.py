@@ -158,11 +158,43 @@ def ablations(path: Path) -> str:
     )
 
 
+def budget(paths) -> str:
+    """The equal-MACs probes (``benchmarks/budget_probe.py``): uniform k bisected
+    to the target beside the budget allocations, after BN re-estimation."""
+    parts = [
+        "## Pruning to a budget: equal MACs, after BN re-estimation (first measurements)\n\n"
+        "Each row prunes the pretrained model to the same MACs: uniform k (bisected to the target, "
+        "stage widths pruned too or not), or `--target` with an allocation. Full scope for the "
+        "allocations; accuracy after BatchNorm re-estimation on 1,000 training images, no fine-tuning; "
+        "one seed. `search` rows add that many local-search moves on the combined masked loss.\n"
+    ]
+    for path in paths:
+        doc = json.loads(path.read_text())
+        lines = [
+            f"### {doc['arch']}, MACs {doc['target_macs']:g}: base {doc['base_accuracy']:.2f}% on "
+            f"{doc['eval_images']} JPEG test images\n",
+            f"```bash\n{doc.get('command', 'python benchmarks/budget_probe.py ' + doc['arch'])}\n```\n",
+            "| method | criterion | MACs ratio | after surgery | after BN | seconds |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in doc["rows"]:
+            secs = f"{r['seconds']:.0f}" if r.get("seconds") else "-"
+            lines.append(
+                f"| {r['method']} | {r['criterion']} | {r['macs']:.4f} | {r['acc_surgery']:.2f} | "
+                f"{r['acc_bn']:.2f} | {secs} |"
+            )
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
 def main() -> None:
     args = [Path(a) for a in sys.argv[1:]]
     folders = [f for f in args if (f / "results.json").exists()]
     parts = [Path(__file__).with_name("benchmarks_intro.md").read_text(), summary(folders)]
     parts += [ablations(f) for f in args if f.name == "ablations.json"]
+    probes = sorted(f for f in args if f.name.startswith("budget-probe-") and f.suffix == ".json")
+    if probes:
+        parts.append(budget(probes))
     parts.append("## The suites\n")
     for f in folders:
         parts.append(table(f))

@@ -10,12 +10,13 @@ from __future__ import annotations
 from ._native import build_info
 from ._version import __version__
 from .batchnorm import recalibrate_batchnorm
+from .budget import prune
 from .distill import TensorImages as distill_data
 from .distill import distill, evaluate, finetune
 from .errors import InternalError
 from .layers import prunable_convs
 from .models import build as _zoo_build
-from .pruning import apply_plan, count_params, load_pruned, prune, save_pruned, set_model_builder
+from .pruning import apply_plan, count_params, load_pruned, save_pruned, set_model_builder
 from .scores import LayerScores, Scores
 from .scoring import score
 from .stats import FilterStats

@@ -27,8 +27,8 @@ from torch import nn
 from .atomic import write_text_atomic
 from .criteria import CRITERIA, SEEDED
 from .distill import state_sha256
-from .latency import latency_ms
-from .pipeline import JobData, JobSettings, PruneJob, eager_latency, measure_baseline
+from .latency import eager_latency, latency_ms
+from .pipeline import JobData, JobSettings, PruneJob, measure_baseline
 from .validate import as_count, percentile
 
 __all__ = ["run_suite", "check_cells", "latency_ms", "RESULT_KEYS"]

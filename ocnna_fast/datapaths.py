@@ -52,10 +52,11 @@ def checkout_data_dir() -> Optional[Path]:
     return None
 
 
-def data_places(data_dir: Optional[PathLike] = None) -> List[Path]:
+def data_places(data_dir: Optional[PathLike] = None, existing_only: bool = True) -> List[Path]:
     """Every folder searched for data, first match wins (see the module
-    docstring); folders that do not exist are left out, except an explicit
-    ``data_dir``, which is always listed so an error can name it."""
+    docstring); folders that do not exist are left out (unless
+    ``existing_only=False``), except an explicit ``data_dir``, which is
+    always listed so an error can name it."""
     places: List[Path] = []
     explicit = data_dir if data_dir is not None else os.environ.get("OCNNA_DATA_DIR") or None
     if explicit is not None:
@@ -71,7 +72,7 @@ def data_places(data_dir: Optional[PathLike] = None) -> List[Path]:
     seen, out = set(), []
     for i, p in enumerate(places):
         key = p.resolve() if p.exists() else p
-        if key in seen or (i > 0 or explicit is None) and not p.is_dir():
+        if key in seen or existing_only and (i > 0 or explicit is None) and not p.is_dir():
             continue
         seen.add(key)
         out.append(p)

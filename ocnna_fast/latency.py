@@ -11,7 +11,7 @@ from typing import Callable, Dict
 import torch
 from torch import nn
 
-__all__ = ["time_calls", "latency_ms"]
+__all__ = ["time_calls", "latency_ms", "eager_latency"]
 
 
 def time_calls(call: Callable[[], object], repeats: int, warmup: int = 2) -> Dict[str, float]:
@@ -47,3 +47,8 @@ def latency_ms(model: nn.Module, batch: int, size: int, repeats: int, warmup: in
             model(x)
 
     return time_calls(call, repeats, warmup)
+
+
+def eager_latency(model: nn.Module, input_size: int, repeats: int) -> Dict[int, Dict[str, float]]:
+    """PyTorch eager milliseconds at batch 1 (``repeats``) and 64 (a third of them, at least 3)."""
+    return {b: latency_ms(model, b, input_size, repeats if b == 1 else max(3, repeats // 3)) for b in (1, 64)}

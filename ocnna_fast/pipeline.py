@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
@@ -26,12 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from .allocation import macs_and_params, parse_target
+from .budget import BudgetResult, input_batches, prune_to_budget
 from .compensation import recalibrate
 from .criteria import CRITERIA, Context, FamilyCriterion, criterion_values
-from .distill import distill, state_sha256
+from .distill import distill
 from .evaluation import evaluate
-from .latency import latency_ms
-from .pruning import count_params, prune
+from .jobresult import Baseline, JobResult, measure_baseline
+from .pruning import prune
 from .scores import Scores
 from .scoring import score
 from .validate import percentile
@@ -61,7 +63,12 @@ class JobSettings:
     scores kept), ``n_components`` for OCNNA-family criteria (``None``: the
     criterion's own), the distillation budget, the batch size, the seed
     (distillation order and augmentation, the ``random`` criterion) and the
-    input side in pixels."""
+    input side in pixels.  With ``target`` (``"macs=0.5"``, ``"params=0.3"``)
+    the job prunes to that budget instead of ``k``: per-group widths chosen by
+    ``allocation`` (``sensitivity``: measured loss curves after BatchNorm
+    re-estimation on ``sensitivity_images`` calibration images; ``global``:
+    normalised values ranked across groups), multiples of ``round_to``, at
+    most ``max_prune`` of a group removed."""
 
     k: float = 40.0
     criterion: str = "ocnna"
@@ -71,86 +78,13 @@ class JobSettings:
     batch_size: int = 128
     seed: int = 0
     input_size: int = 32
-
-
-@dataclass
-class Baseline:
-    """The unpruned model's accuracy, size and cost (measured once; a suite shares it)."""
-
-    accuracy: float
-    params: int
-    macs: int
-
-
-@dataclass
-class JobResult:
-    """Everything a report needs.  ``accuracy`` maps each stage measured
-    (``base``, ``surgery``, ``recalibrated``, ``distilled``) to a top-1 %;
-    ``seconds`` the time of each timed step."""
-
-    pruned: nn.Module
-    plan: Dict[str, Any]
-    baseline: Baseline
-    accuracy: Dict[str, float]
-    params: int
-    macs: int
-    scores: Optional[Scores] = None
-    recalibration: Optional[Dict[str, Any]] = None
-    history: List[Dict[str, float]] = field(default_factory=list)
-    seconds: Dict[str, float] = field(default_factory=dict)
-    epochs: int = 0
-
-    @property
-    def rpr(self) -> float:
-        """Remaining-parameters ratio, pruned / base."""
-        return self.params / self.baseline.params
-
-    @property
-    def macs_ratio(self) -> float:
-        return self.macs / self.baseline.macs
-
-    @property
-    def final_accuracy(self) -> float:
-        """Accuracy after the last step that ran."""
-        return list(self.accuracy.values())[-1]
-
-    def report(self) -> Dict[str, Any]:
-        """The measurements as the keys of ``report.json``."""
-        acc = self.accuracy
-        before = acc.get("recalibrated", acc["surgery"])
-        return {
-            "base_accuracy": self.baseline.accuracy,
-            "pruned_accuracy_after_surgery": acc["surgery"],
-            "bn_images": self.recalibration["images"] if self.recalibration else 0,
-            "recalibration": self.recalibration["method"] if self.recalibration else None,
-            "pruned_accuracy_before_finetune": before,
-            "pruned_accuracy": self.final_accuracy,
-            "accuracy_drop": self.baseline.accuracy - self.final_accuracy,
-            "base_params": self.baseline.params,
-            "pruned_params": self.params,
-            "rpr": self.rpr,
-            "base_macs": self.baseline.macs,
-            "pruned_macs": self.macs,
-            "macs_ratio": self.macs_ratio,
-            "scoring_seconds": self.seconds.get("score", self.seconds.get("rank", 0.0)),
-            "finetune_epochs": self.epochs,
-            "finetune_seconds": self.seconds.get("distill", 0.0),
-            "distill_history": self.history,
-            "pruned_weights_sha256": state_sha256(self.pruned),
-        }
-
-
-def macs_and_params(model: nn.Module, input_size: int) -> Tuple[int, int]:
-    """Multiply-accumulates of one image and parameters (Torch-Pruning's counter)."""
-    import torch_pruning as tp
-
-    macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, 3, input_size, input_size))
-    return int(macs), int(params)
-
-
-def measure_baseline(model: nn.Module, eval_set: Any, input_size: int, batch_size: int = 256) -> Baseline:
-    macs, _ = macs_and_params(model, input_size)
-    return Baseline(evaluate(model, eval_set, batch_size=batch_size), count_params(model), macs)
+    # a budget instead of k: "macs=0.5", "params=0.3"; per-group widths from `allocation`
+    target: Any = None
+    allocation: str = "sensitivity"
+    round_to: int = 1
+    max_prune: float = 0.9
+    sensitivity_images: int = 256
+    refine_steps: int = 0
 
 
 class _Inputs:
@@ -186,7 +120,10 @@ class PruneJob:
     ) -> None:
         if settings.criterion not in CRITERIA:
             raise ValueError(f"unknown criterion {settings.criterion!r}; choose from {', '.join(CRITERIA)}")
-        percentile(settings.k)
+        if settings.target is None:
+            percentile(settings.k)
+        else:
+            parse_target(settings.target)
         self.model, self.data, self.settings = model.eval(), data, settings
         hook = getattr(model, "ocnna_ignored_layers", None)
         default = list(hook()) if callable(hook) else []
@@ -202,6 +139,7 @@ class PruneJob:
         self.recalibration: Optional[Dict[str, Any]] = None
         self.history: List[Dict[str, float]] = []
         self.seconds: Dict[str, float] = {}
+        self.budget: Optional[BudgetResult] = None
 
     # ------------------------------------------------------------ steps --
     def evaluate_base(self) -> Baseline:
@@ -257,7 +195,11 @@ class PruneJob:
         already computed for it (a suite ranks once per criterion and seed)."""
         if values is None:
             t = time.perf_counter()
-            values = criterion_values(self.settings.criterion, self.context())
+            family = self._family()
+            if family is not None and self.scores is not None:  # scored already: the same pass ranks
+                values = family.values(self.context(), self.scores)
+            else:
+                values = criterion_values(self.settings.criterion, self.context())
             self.seconds["rank"] = time.perf_counter() - t
         self.values = values
         return values
@@ -266,7 +208,10 @@ class PruneJob:
         """The physically smaller model, from the scores (``score()``) or
         the values (``rank()``), and the accuracy right after it."""
         s = self.settings
-        if self.scores is not None and self.values is None:
+        if s.target is not None:
+            budget = self.allocate()
+            self.pruned, self.plan = budget.pruned, budget.plan
+        elif self.scores is not None and self.values is None:
             crit = FAMILY_OF.get(s.criterion, "ocnna")
             self.pruned, self.plan = prune(
                 self.model, self.scores, s.k, self.example, criterion=crit, ignored_layers=self.ignored
@@ -278,6 +223,36 @@ class PruneJob:
             )
         self.accuracy["surgery"] = evaluate(self.pruned, self.data.eval)
         return self.pruned, self.plan
+
+    def allocate(self) -> BudgetResult:
+        """Per-group widths meeting ``settings.target`` (checked by a real
+        count, within 2%), the copy pruned to them: what ``surgery`` keeps."""
+        s = self.settings
+        values = self.values if self.values is not None else self.rank()
+        calibration = evaluation = None
+        if s.allocation == "sensitivity":
+            if self.data.bn is None or self.data.score is None:
+                raise ValueError("the sensitivity allocation needs calibration and scoring images: JobData(bn, score)")
+            calibration = input_batches(self.data.bn, s.batch_size, s.sensitivity_images)
+            evaluation = input_batches(self.data.score, s.batch_size, s.sensitivity_images)
+        t = time.perf_counter()
+        self.budget = prune_to_budget(
+            self.model,
+            values,
+            self.example,
+            s.target,
+            ignored_layers=self.ignored,
+            allocation=s.allocation,
+            round_to=s.round_to,
+            max_prune=s.max_prune,
+            calibration=calibration,
+            evaluation=evaluation,
+            refine_steps=s.refine_steps,
+            seed=s.seed,
+            progress=self.progress,
+        )
+        self.seconds["allocate"] = time.perf_counter() - t
+        return self.budget
 
     def recalibrate(self) -> Optional[Dict[str, Any]]:
         """BatchNorm re-estimation (bias compensation on folded-BatchNorm
@@ -333,6 +308,7 @@ class PruneJob:
             self.history,
             dict(self.seconds),
             epochs=self.settings.epochs,
+            budget=self.budget,
         )
 
     def run(self) -> JobResult:
@@ -354,8 +330,3 @@ class PruneJob:
 
 # the statistic of ``pruning.FAMILY`` each OCNNA-family criterion ranks by
 FAMILY_OF = {name: c.criterion for name, c in CRITERIA.items() if isinstance(c, FamilyCriterion)}
-
-
-def eager_latency(model: nn.Module, input_size: int, repeats: int) -> Dict[int, Dict[str, float]]:
-    """PyTorch eager milliseconds at batch 1 (``repeats``) and 64 (a third of them, at least 3)."""
-    return {b: latency_ms(model, b, input_size, repeats if b == 1 else max(3, repeats // 3)) for b in (1, 64)}

@@ -47,6 +47,7 @@ __all__ = [
     "out_channel_convs",
     "count_params",
     "group_scores",
+    "group_values",
     "select_channels",
     "select_top",
     "kept_count",
@@ -155,30 +156,32 @@ def _default_ignored(model: nn.Module) -> List[nn.Module]:
     return list(hook()) if callable(hook) else []
 
 
-def _select(values: np.ndarray, k: float, rule: str, name: str, blocks: int) -> np.ndarray:
-    """Kept channel indices.  With ``blocks > 1`` a position within a block is
-    ranked by its mean value over the blocks and kept or removed in all of
-    them (how grouped convs stay valid)."""
+def _select(values: np.ndarray, count: int, name: str, blocks: int) -> np.ndarray:
+    """Kept channel indices: the ``count`` highest-valued.  With ``blocks > 1``
+    a position within a block is ranked by its mean value over the blocks
+    and kept or removed in all of them (how grouped convs stay valid);
+    ``count`` is then a multiple of ``blocks``."""
     width = len(values)
     if blocks > 1:
-        if width % blocks:
-            raise ValueError(f"group {name!r}: {width} channels do not split into {blocks} equal blocks")
+        if width % blocks or count % blocks:
+            raise ValueError(f"group {name!r}: {width} channels (keeping {count}) do not split into {blocks} blocks")
         per = values.reshape(blocks, width // blocks).mean(axis=0)
-        keep = _select(per, k, rule, name, 1)
+        keep = _select(per, count // blocks, name, 1)
         return np.sort(np.concatenate([keep + b * (width // blocks) for b in range(blocks)]))
-    return select_channels(values, k, name=name)
+    return select_top(values, count, name=name)
 
 
 def prune(
     model: nn.Module,
     scores: Optional[Mapping[str, LayerScores]],
-    k: float,
+    k: Optional[float],
     example_inputs: torch.Tensor,
     ignored_layers: Optional[Iterable[Union[str, nn.Module]]] = None,
     *,
     importance: Union[None, Callable[[Any], Any], Mapping[str, Any]] = None,
     rule: str = "percentile",
     criterion: str = "ocnna",
+    keep: Optional[Mapping[str, int]] = None,
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     """A physically smaller copy of ``model`` with OCNNA's selection applied.
 
@@ -204,12 +207,16 @@ def prune(
         rule: ``"percentile"`` (SPEC 4, default) or ``"count"``, which
             since ties are broken by channel index select the same channels
             (``"count"`` stays accepted for code written before).
+        keep: per group root, how many channels stay (the highest-ranked),
+            instead of the percentile rule: the widths a budget allocation
+            chose (``ocnna_fast.allocation``).  Groups it does not name follow
+            ``k`` (``k=None``: they stay whole).
 
     Returns:
         ``(pruned_model, plan)``; ``plan`` is JSON-serialisable and
         ``apply_plan(base, plan)`` rebuilds the same architecture.
     """
-    k = _check_args(k, criterion, rule, scores, importance, example_inputs)
+    k = _check_args(0 if k is None and keep is not None else k, criterion, rule, scores, importance, example_inputs)
     pruned = copy.deepcopy(model).eval()
     by_name = dict(pruned.named_modules())
     ignored = _ignored_in_copy(model, by_name, ignored_layers)
@@ -222,9 +229,9 @@ def prune(
     names = {m: n for n, m in by_name.items()}
     decisions = []
     for group in DG.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]):
-        values = _group_values(group, DG, names, scores, importance, criterion)
+        values = group_values(group, DG, names, scores, importance, criterion)
         if values is not None:
-            decisions.append(_decide(group, names, values, k, rule))
+            decisions.append(_decide(group, names, values, k, keep))
     maps = _apply(pruned, DG, names, decisions)
     plan = _make_plan(model, pruned, decisions, k, example_inputs)
     plan["channel_maps"] = maps.as_dict()
@@ -260,7 +267,7 @@ def _ignored_in_copy(model: nn.Module, by_name: Dict[str, nn.Module], ignored_la
     return ignored
 
 
-def _group_values(group, DG, names, scores, importance, criterion) -> Optional[np.ndarray]:
+def group_values(group, DG, names, scores, importance=None, criterion: str = "ocnna") -> Optional[np.ndarray]:
     """One value per channel of the group (higher = keep), or ``None`` for a
     group that stays whole: no scored conv decides it, or its channels are
     the model's outputs (a conv classifier's logits keep their number)."""
@@ -289,19 +296,26 @@ def _group_values(group, DG, names, scores, importance, criterion) -> Optional[n
     return values
 
 
-def _decide(group, names, values: np.ndarray, k: float, rule: str) -> Dict[str, Any]:
-    """The group's entry of the plan: its root, width and removed channels."""
+def _decide(group, names, values: np.ndarray, k: float, keep: Optional[Mapping[str, int]]) -> Dict[str, Any]:
+    """The group's entry of the plan: its root, width and removed channels;
+    as many kept as ``keep`` names for the root, else as the percentile rule keeps."""
     root, width = names[group[0][0].target.module], len(group[0][1])
-    if k > 0 and width > 1 and np.ptp(values) == 0:
+    blocks = channel_groups(group)
+    if keep is not None and root in keep:
+        count = keep[root]
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 1 <= count <= width:
+            raise ValueError(f"keep[{root!r}] must be a count in [1, {width}], got {count!r}")
+    else:
+        count = blocks * kept_count(width // blocks, k)
+    if count < width and width > 1 and np.ptp(values) == 0:
         warnings.warn(
             f"group {root!r}: all {width} channels score the same ({values[0]:g}), so the "
             "ones removed are the highest-numbered; score on more images (the coefficient of "
             "variation of one image is 0) or use another criterion",
             stacklevel=3,
         )
-    blocks = channel_groups(group)
-    keep = _select(values, k, rule, root, blocks)
-    decision = {"root": root, "channels": width, "removed": sorted(set(range(width)) - set(keep.tolist()))}
+    kept = _select(values, int(count), root, blocks)
+    decision = {"root": root, "channels": width, "removed": sorted(set(range(width)) - set(kept.tolist()))}
     if blocks > 1:
         decision["blocks"] = blocks  # removed positions repeat in each block (a grouped conv)
     return decision

@@ -346,13 +346,15 @@ def test_interrupted_prune_leaves_the_old_outputs_whole(tmp_path, data_dir, caps
 
 
 def test_rerun_into_the_same_out_with_other_settings(tmp_path, data_dir):
-    """The distillation checkpoint of the first run is not resumed into a run
-    with another k: the second run's plan and weights agree."""
+    """A finished run leaves no distillation checkpoint behind (nothing is
+    left to resume), so a second run with another k starts afresh and its
+    outputs replace the first's whole: plan and weights agree."""
     out = tmp_path / "run"
     assert main(["prune", *TINY, "--data-dir", str(data_dir), "--out", str(out)]) == 0
-    rc = main(["prune", *TINY, "--k", "60", "--data-dir", str(data_dir), "--out", str(out)])
-    assert rc == 2  # refused: the old checkpoint belongs to another run
-    assert json.loads((out / "report.json").read_text())["k"] == 40  # the first run's outputs, whole
+    assert not (out / "distill").exists() and not list(out.glob("*.ckpt"))
+    assert main(["prune", *TINY, "--k", "60", "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    assert json.loads((out / "report.json").read_text())["k"] == 60
+    load_pruned(out / "pruned")  # a consistent pair
 
 
 def test_dataset_and_model_sizes_must_fit(tmp_path, capsys):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from ..datapaths import cache_dir
 from ..fetch import REMOTES, fetch
 
 
@@ -23,10 +25,12 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.list or not args.names:
+        place = Path(args.data_dir) if args.data_dir else cache_dir()
+        print(f"downloads go to {place} (--data-dir to choose); what can be fetched:")
         for name, r in REMOTES.items():
-            print(f"{name:<10} {r.size / 1e6:7.1f} MB  {r.url}")
-        if not args.names:
-            print("usage: ocnna-fast fetch NAME [NAME ...]  (downloads into the user cache, or --data-dir)")
+            print(f"  {name:<10} {r.size / 1e6:7.1f} MB  -> {place / r.relpath}  from {r.url}")
+        if not args.names and not args.list:
+            print("usage: ocnna-fast fetch NAME [NAME ...]")
         return 0
     for name in args.names:
         path = fetch(name, args.data_dir, base_url=args.base_url, progress=not args.no_progress)

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from .._native import build_info
-from ..datapaths import data_places
+from ..datapaths import cache_dir, data_places
 
 
 def register(sub) -> None:
@@ -15,5 +15,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(json.dumps({**build_info(), "data_places": [str(p) for p in data_places()]}, indent=2))
+    # every place searched, in order (first match wins), and whether it exists here
+    places = [{"path": str(p), "exists": p.is_dir()} for p in data_places(existing_only=False)]
+    print(json.dumps({**build_info(), "data_places": places, "cache": str(cache_dir())}, indent=2))
     return 0

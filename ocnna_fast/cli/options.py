@@ -26,6 +26,8 @@ __all__ = [
     "add_run_options",
     "add_scope_option",
     "add_job_options",
+    "add_budget_options",
+    "target",
 ]
 
 DATASET_CHOICES = ["cifar10-jpeg", "cifar10", "cifar100", "imagenet-sample", "imagenet"]
@@ -212,4 +214,48 @@ def add_job_options(sp: argparse.ArgumentParser, *, finetune_epochs: int) -> Non
         default=10,
         help="timed passes per latency figure (base vs pruned, PyTorch eager; prune also ONNX Runtime "
         "with the deploy extra; batch 1 and 64); 0: no latency",
+    )
+
+
+def target(text: str):
+    """An argparse type: a budget ``KIND=RATIO`` (``macs=0.5``, ``params=0.3``)."""
+    from ..allocation import parse_target
+
+    try:
+        t = parse_target(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if t.kind == "latency":
+        raise argparse.ArgumentTypeError("latency targets are not available yet: use macs=R or params=R")
+    return str(t)
+
+
+def add_budget_options(sp: argparse.ArgumentParser) -> None:
+    """How a ``--target`` budget is spread over the groups."""
+    sp.add_argument(
+        "--allocation",
+        default="sensitivity",
+        choices=["sensitivity", "global"],
+        help="per-group widths for --target: sensitivity (default; each group's loss curve measured after "
+        "BatchNorm re-estimation) or global (criterion values normalised per group, ranked across groups)",
+    )
+    sp.add_argument("--round-to", type=COUNT, default=1, help="keep every pruned width a multiple of N (default 1)")
+    sp.add_argument(
+        "--max-prune",
+        type=_float_type(0, 1, low_open=True, high_open=True, what="a share"),
+        default=0.9,
+        help="the largest share of one group that --target may remove (default 0.9)",
+    )
+    sp.add_argument(
+        "--refine-steps",
+        type=NONNEG,
+        default=0,
+        help="after the sensitivity allocation, this many moves of a local search on the loss of all "
+        "groups masked together (default 0: off)",
+    )
+    sp.add_argument(
+        "--sensitivity-images",
+        type=COUNT,
+        default=256,
+        help="calibration and scoring images each sensitivity candidate is measured on (default 256)",
     )

@@ -5,10 +5,12 @@ into --out only when the job succeeds."""
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 import torch
 
+from ..criteria import CRITERIA, FamilyCriterion
 from ..distributed import is_main
 from ..outdir import out_dir, publish, staged
 from ..pipeline import JobData, JobResult, JobSettings, PruneJob
@@ -23,9 +25,19 @@ def register(sub) -> None:
     options.add_data_options(pr)
     options.add_run_options(pr)
     options.add_scope_option(pr)
-    pr.add_argument(
-        "--k", type=options.PERCENTILE, default=40.0, help="percentile of filters removed per group (default 40)"
+    rule = pr.add_mutually_exclusive_group()
+    rule.add_argument(
+        "--k", type=options.PERCENTILE, default=None, help="percentile of filters removed per group (default 40)"
     )
+    rule.add_argument(
+        "--target",
+        type=options.target,
+        default=None,
+        metavar="KIND=RATIO",
+        help="prune to a budget instead: macs=R or params=R (R the pruned/base ratio), per-group widths "
+        "chosen by --allocation",
+    )
+    options.add_budget_options(pr)
     pr.add_argument(
         "--n-components",
         type=options.n_components,
@@ -35,9 +47,11 @@ def register(sub) -> None:
     pr.add_argument(
         "--criterion",
         default="ocnna",
-        choices=list(FAMILY),
-        help="which streamed statistic ranks the filters: ocnna (the paper's std/mean, default), "
-        "mean-energy or ocnna-rms (see docs/scoring.md and BENCHMARKS.md)",
+        choices=list(CRITERIA),
+        metavar="NAME",
+        help="what ranks the filters within a group: ocnna (the paper's std/mean of the streamed "
+        "statistics, default), mean-energy, ocnna-rms, or a peer criterion of the bench "
+        f"({', '.join(c for c in CRITERIA if c not in FAMILY)}); see docs/scoring.md and BENCHMARKS.md",
     )
     options.add_job_options(pr, finetune_epochs=2)
     pr.add_argument("--out", default="runs/prune", help="output folder")
@@ -45,6 +59,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.k is None and args.target is None:
+        args.k = 40.0
     size = loading.check_data_fits(args)
     model, weights = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, size)
     torch.manual_seed(args.seed)
@@ -61,7 +77,13 @@ def _job(args: argparse.Namespace, model, size: int, out: Path) -> PruneJob:
         train=loading.images(args, "train", args.train_images, True, args.seed + 2) if args.finetune_epochs else None,
     )
     settings = JobSettings(
-        k=args.k,
+        k=args.k if args.k is not None else 40.0,
+        target=args.target,
+        allocation=args.allocation,
+        round_to=args.round_to,
+        max_prune=args.max_prune,
+        sensitivity_images=args.sensitivity_images,
+        refine_steps=args.refine_steps,
         criterion=args.criterion,
         n_components=args.n_components,
         epochs=args.finetune_epochs,
@@ -78,10 +100,16 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
     job = _job(args, model, size, out)
     base = job.evaluate_base()
     print(f"base accuracy {base.accuracy:.2f}% on {len(job.data.eval)} {args.dataset} test images")
-    job.score().save(stage / "scores.safetensors")
+    outputs = ["pruned", "report.json", "report.md"]
+    if isinstance(CRITERIA[args.criterion], FamilyCriterion):  # OCNNA's pass: its scores are kept
+        job.score().save(stage / "scores.safetensors")
+        outputs.insert(0, "scores.safetensors")
+    else:
+        job.rank()
     pruned, _ = job.surgery()
+    how = f"k={args.k}" if job.budget is None else _budget_line(job)
     print(
-        f"pruned at k={args.k}: {sum(p.numel() for p in pruned.parameters())}/{base.params} parameters, "
+        f"pruned at {how}: {sum(p.numel() for p in pruned.parameters())}/{base.params} parameters, "
         f"accuracy right after surgery {job.accuracy['surgery']:.2f}%"
     )
     recal = job.recalibrate()
@@ -117,16 +145,31 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
 
         report["latency"] = ex.compare_latency(model, result.pruned, size, args.latency_repeats, stage / ".latency")
         print_latency(report["latency"])
-    write_report(stage, report, f"OCNNA: {args.arch}, k={args.k}")
-    publish(stage, out, ["scores.safetensors", "pruned", "report.json", "report.md"])
+    title = f"k={args.k}" if args.target is None else f"{args.target}, {args.allocation} allocation"
+    write_report(stage, report, f"OCNNA: {args.arch}, {title}")
+    publish(stage, out, outputs)
+    # the job finished: its distillation checkpoint has nothing left to resume
+    shutil.rmtree(out / "distill", ignore_errors=True)
     before = report["pruned_accuracy_before_finetune"]
     print(
         f"accuracy {base.accuracy:.2f}% -> {before:.2f}% (pruned) -> {result.final_accuracy:.2f}% "
-        f"(after {args.finetune_epochs} epochs of distillation); RPR {result.rpr:.4f}, "
+        f"(after {_epochs(args.finetune_epochs)} of distillation); RPR {result.rpr:.4f}, "
         f"MACs ratio {result.macs_ratio:.4f}"
     )
     print(f"wrote {out / 'report.json'}, {out / 'report.md'} and {out / 'pruned'}")
     return 0
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
+def _budget_line(job: PruneJob) -> str:
+    b = job.budget
+    return (
+        f"{b.target} ({b.allocation} allocation, reached {b.target.kind}={b.reached:.4f} in "
+        f"{job.seconds.get('allocate', 0):.0f} s)"
+    )
 
 
 def _report(args: argparse.Namespace, weights: str, job: PruneJob, result: JobResult) -> dict:
