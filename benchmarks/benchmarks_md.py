@@ -166,7 +166,9 @@ def budget(paths) -> str:
         "Each row prunes the pretrained model to the same MACs: uniform k (bisected to the target, "
         "stage widths pruned too or not), or `--target` with an allocation. Full scope for the "
         "allocations; accuracy after BatchNorm re-estimation on 1,000 training images, no fine-tuning; "
-        "one seed. `search` rows add that many local-search moves on the combined masked loss.\n"
+        "one seed. `search` rows add that many local-search moves on the combined masked loss. "
+        "Seconds: the allocation's wall time, measured while other jobs shared the 2 cores (read them as "
+        "an upper bound).\n"
     ]
     for path in paths:
         doc = json.loads(path.read_text())

@@ -204,8 +204,10 @@ def run_suite(
     finally:
         if bar is not None:
             bar.close()
-    write_text_atomic(out / "results.md", results_table(rows, arch, config))
-    _plots(rows, out, arch)
+    doc = suite.document(config, rows)
+    write_text_atomic(out / "results.md", results_table(rows, arch, config, doc["base"]))
+    if not _plots(rows, out, arch):
+        log("plots skipped: matplotlib is not installed (pip install 'ocnna-fast[bench]')")
     return rows
 
 
@@ -321,13 +323,22 @@ def _fmt(v: Optional[float], digits: int = 2) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def results_table(rows: List[Dict[str, Any]], arch: str, config: Dict[str, Any]) -> str:
-    """Markdown: one row per (criterion, k), means over seeds."""
-    lines = [
-        f"# Pruning criteria on {arch}, identical structure",
-        "",
-        f"Settings: {json.dumps(config, sort_keys=True)}",
-        "",
+def results_table(
+    rows: List[Dict[str, Any]], arch: str, config: Dict[str, Any], base: Optional[Dict[str, Any]] = None
+) -> str:
+    """Markdown: the base model, the settings, one row per (criterion, k), means over seeds."""
+    lines = [f"# Pruning criteria on {arch}, identical structure", ""]
+    if base:
+        lat = base.get("latency_ms_b1")
+        lines += [
+            f"Base model: {base['accuracy']:.2f}% top-1 on {config['eval_images']} test images, "
+            f"{base['params']:,} parameters, {base['macs']:,} MACs per image"
+            + (f", {lat['median']:.2f} ms at batch 1 ({base.get('threads', '?')} threads)" if lat else "")
+            + ".",
+            "",
+        ]
+    lines += ["Settings:", ""] + [f"- {k.replace('_', ' ')}: {v}" for k, v in sorted(config.items())] + [""]
+    lines += [
         "| k | criterion | seeds | RPR | MACs ratio | acc. after surgery | acc. after BN | "
         "acc. after fine-tuning | scoring s | latency b1 ms | latency b64 ms |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -350,7 +361,7 @@ def _with_range(line: Dict[str, Any], field: str) -> str:
     return text
 
 
-def _plots(rows: List[Dict[str, Any]], out: Path, arch: str) -> None:
+def _plots(rows: List[Dict[str, Any]], out: Path, arch: str) -> bool:
     """accuracy vs RPR per criterion, and accuracy vs k; skipped (with a
     message in results.md's folder) where matplotlib is not installed."""
     try:
@@ -360,7 +371,7 @@ def _plots(rows: List[Dict[str, Any]], out: Path, arch: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         write_text_atomic(out / "plots-skipped.txt", "matplotlib is not installed: pip install 'ocnna-fast[bench]'\n")
-        return
+        return False
     summary = summarise(rows)
     field = (
         "acc_finetuned"
@@ -377,10 +388,13 @@ def _plots(rows: List[Dict[str, Any]], out: Path, arch: str) -> None:
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=c)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"top-1 accuracy, % ({field})")
+        stage = {"acc_finetuned": "after fine-tuning", "acc_bn": "after BatchNorm re-estimation"}
+        ax.set_ylabel(f"top-1 accuracy, % ({stage.get(field, 'right after surgery')})")
         ax.set_title(arch)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
+    (out / "plots-skipped.txt").unlink(missing_ok=True)
+    return True

@@ -80,7 +80,12 @@ def test_prune_end_to_end(tmp_path, data_dir, capsys):
     assert 0 < report["rpr"] < 1 and 0 < report["macs_ratio"] < 1
     assert report["pruned_params"] < report["base_params"]
     assert report["accuracy_drop"] == pytest.approx(report["base_accuracy"] - report["pruned_accuracy"])
-    assert "| rpr |" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert (
+        f"| parameters | {report['base_params']:,} | {report['pruned_params']:,} | {100 * report['rpr']:.1f}% |" in md
+    )
+    assert "To run it again" in md and "ocnna-fast prune --arch resnet20" in md
+    assert report["settings"]["command"].startswith("ocnna-fast prune --arch resnet20")
     model = load_pruned(out / "pruned")
     assert sum(p.numel() for p in model.parameters()) == report["pruned_params"]
     # evaluate reads the pruned directory back
@@ -362,3 +367,43 @@ def test_dataset_and_model_sizes_must_fit(tmp_path, capsys):
     assert "ImageNet data sets are for ImageNet models" in _fails(argv, capsys)
     argv = ["prune", "--arch", "mobilenet_v1_075_imagenet", "--out", str(tmp_path)]
     assert "use --dataset imagenet-sample" in _fails(argv, capsys)
+
+
+def test_report_md_reads_as_sentences_and_flags_noisy_latency():
+    from ocnna_fast.cli.output import prune_markdown
+
+    fig = lambda med, q25, q75: {"median": med, "q25": q25, "q75": q75, "repeats": 5}  # noqa: E731
+    report = {
+        "dataset": "cifar10-jpeg",
+        "eval_images": 100,
+        "base_weights": "w.th",
+        "base_accuracy": 83.2,
+        "pruned_accuracy_after_surgery": 10.0,
+        "bn_images": 50,
+        "recalibration": "batchnorm",
+        "pruned_accuracy_before_finetune": 60.0,
+        "pruned_accuracy": 80.0,
+        "finetune_epochs": 1,
+        "accuracy_drop": 3.2,
+        "base_params": 1000,
+        "pruned_params": 400,
+        "rpr": 0.4,
+        "base_macs": 2000,
+        "pruned_macs": 1000,
+        "macs_ratio": 0.5,
+        "scoring_seconds": 1.0,
+        "finetune_seconds": 2.0,
+        "settings": {"training_images": 10, "seed": 0, "command": "ocnna-fast prune --k 40"},
+        "latency": {
+            "base": {"threads": 2, "eager_b1": fig(10, 9, 11), "eager_b64": fig(100, 50, 150)},
+            "pruned": {"threads": 2, "eager_b1": fig(5, 4.9, 5.1), "eager_b64": fig(60, 59, 61)},
+            "speedup": {"eager_b1": 2.0, "eager_b64": 100 / 60},
+        },
+    }
+    md = prune_markdown(report, "Pruned")
+    assert "| after 1 epoch of distillation | 80.00% |" in md
+    assert "| BatchNorm re-estimated on 50 training images | 60.00% |" in md
+    assert "| parameters | 1,000 | 400 | 40.0% |" in md and "| MACs per image | 2,000 | 1,000 | 50.0% |" in md
+    assert "```bash\nocnna-fast prune --k 40\n```" in md
+    assert "| eager, batch 1 | 5 | 10.00 (9.00-11.00) | 5.00 (4.90-5.10) | 2.00x | ok |" in md
+    assert "| eager, batch 64 | 5 |" in md and "**spread too wide**" in md.split("eager, batch 64")[1].split("\n")[0]

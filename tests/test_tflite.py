@@ -150,3 +150,25 @@ def test_efficientnet_lite0_loads_its_published_weights():
     assert strided and all(isinstance(m, Conv2dSame) for m in strided)
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
+
+
+def test_a_zoo_mobilenet_is_converted_on_first_use(tmp_path, monkeypatch, capsys):
+    """--arch mobilenet_v1_025_imagenet without --weights: the Coral file in a
+    data place is converted once into the user cache, then loaded from there."""
+    pytest.importorskip("tflite")
+    from ocnna_fast.cli import loading
+    from ocnna_fast.datapaths import find_data
+
+    try:
+        source = find_data("mobilenet-imagenet-tflite-coral/mobilenet_v1_0.25_128_quant.tflite")
+    except FileNotFoundError as exc:
+        pytest.skip(f"optional data absent: {exc}")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    model, weights = loading.load_model("mobilenet_v1_025_imagenet", None, None, "imagenet-sample")
+    assert weights == str(tmp_path / "ocnna-fast" / "converted" / "mobilenet_v1_025_imagenet.safetensors")
+    assert "converting" in capsys.readouterr().out
+    again, _ = loading.load_model("mobilenet_v1_025_imagenet", None, None, "imagenet-sample")
+    assert "converting" not in capsys.readouterr().out
+    want = convert_tflite(source, build("mobilenet_v1_025_imagenet", num_classes=1000))
+    for k, v in again.state_dict().items():
+        assert torch.equal(v, want[k]), k

@@ -88,11 +88,17 @@ def _check(args: argparse.Namespace) -> Optional[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    args = build_parser().parse_args(argv)
+    args.argv = argv  # reports say how to run them again
     problem = _check(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         if args.command in DISTRIBUTED:
             return _maybe_distributed(args)

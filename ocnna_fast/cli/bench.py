@@ -39,6 +39,7 @@ def register(sub) -> None:
     )
     options.add_job_options(be, finetune_epochs=0)
     be.add_argument("--out", default="runs/bench", help="output folder (a suite there resumes)")
+    options.add_threads_option(be)
     be.set_defaults(func=run)
 
 
@@ -49,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     out = out_dir(args.out)
     with writer_lock(out):
         rows = suite(args, model, size, out)
-    print(f"{len(rows)} cells; wrote {out / 'results.json'}, {out / 'results.md'} and plots (weights {weights})")
+    plots = "" if (out / "plots-skipped.txt").exists() else " and plots"
+    print(f"{len(rows)} cells; wrote {out / 'results.json'}, {out / 'results.md'}{plots} (weights {weights})")
     return 0
 
 

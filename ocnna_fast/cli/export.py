@@ -44,6 +44,7 @@ def register(sub) -> None:
         help="the user model the folder was pruned from (required for such a folder: a file never "
         "chooses the code that runs)",
     )
+    options.add_threads_option(ex)
     ex.set_defaults(func=run)
 
 

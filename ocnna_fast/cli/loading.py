@@ -70,6 +70,8 @@ def load_model(
         from ..models import lite0_weights_path
 
         path = Path(lite0_weights_path())
+    elif arch in TFLITE_FILES:
+        path = _converted(arch, data_dir)
     elif arch in PRETRAINED:
         raise ValueError(
             f"the shipped {arch} weights are for CIFAR-10; for --dataset {dataset} "
@@ -82,6 +84,44 @@ def load_model(
         raise ValueError(f"no weights ship for --arch {arch}; pass --weights FILE{hint}")
     load_weights(model, path)
     return model.eval(), str(path)
+
+
+# the Coral TFLite file each TensorFlow MobileNet of the zoo is converted from
+TFLITE_FILES = {
+    "mobilenet_v1_025_imagenet": "mobilenet_v1_0.25_128_quant.tflite",
+    "mobilenet_v1_050_imagenet": "mobilenet_v1_0.5_160_quant.tflite",
+    "mobilenet_v1_075_imagenet": "mobilenet_v1_0.75_192_quant.tflite",
+    "mobilenet_v2_100_imagenet": "mobilenet_v2_1.0_224_quant.tflite",
+    "mobilenet_v2_100_imagenet_tf2": "tf2_mobilenet_v2_1.0_224_ptq.tflite",
+}
+
+
+def _converted(arch: str, data_dir: Optional[str]) -> Path:
+    """The float weights of a zoo TensorFlow MobileNet: converted from its
+    Coral TFLite file in a data place on first use, into the user cache."""
+    from ..datapaths import cache_dir, find_data
+
+    out = cache_dir() / "converted" / f"{arch}.safetensors"
+    if out.is_file():
+        return out
+    try:
+        source = find_data(f"mobilenet-imagenet-tflite-coral/{TFLITE_FILES[arch]}", data_dir)
+    except FileNotFoundError as exc:
+        raise ValueError(
+            f"no weights for --arch {arch}: {exc}; or pass --weights FILE from `ocnna-fast convert-tflite`"
+        ) from None
+    from safetensors.torch import save_file
+
+    from ..atomic import atomic_path
+    from ..models import build
+    from ..tflite_convert import convert_tflite
+
+    print(f"converting {source} into {out} (once; later runs load it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = convert_tflite(source, build(arch, num_classes=1000))
+    with atomic_path(out) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata={"arch": arch, "source": source.name})
+    return out
 
 
 def _load_user_model(spec: str, weights: Optional[str], dataset: str, input_size: Optional[int], classes: int):

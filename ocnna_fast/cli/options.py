@@ -27,6 +27,7 @@ __all__ = [
     "add_scope_option",
     "add_job_options",
     "add_budget_options",
+    "add_threads_option",
     "target",
 ]
 
@@ -258,4 +259,14 @@ def add_budget_options(sp: argparse.ArgumentParser) -> None:
         type=COUNT,
         default=256,
         help="calibration and scoring images each sensitivity candidate is measured on (default 256)",
+    )
+
+
+def add_threads_option(sp: argparse.ArgumentParser) -> None:
+    """``--threads``: the CPU threads of the run (PyTorch and ONNX Runtime), latency figures included."""
+    sp.add_argument(
+        "--threads",
+        type=_int_type(1, 1024, what="a number of threads"),
+        default=None,
+        help="CPU threads for PyTorch and ONNX Runtime, latency figures included (default: torch's choice)",
     )

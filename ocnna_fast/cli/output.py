@@ -6,13 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from ..atomic import write_text_atomic
 from ..distributed import is_main
 from ..outdir import locked
 
-__all__ = ["writer_lock", "write_report", "print_latency"]
+__all__ = ["writer_lock", "write_report", "print_latency", "prune_markdown"]
 
 
 def writer_lock(out: Path):
@@ -21,9 +21,13 @@ def writer_lock(out: Path):
     return locked(out) if is_main() else contextlib.nullcontext(out)
 
 
-def write_report(out: Path, report: Dict[str, Any], title: str) -> None:
-    """``report.json`` (every key) and ``report.md`` (the scalar ones, and the latency table)."""
+def write_report(out: Path, report: Dict[str, Any], title: str, markdown: Optional[str] = None) -> None:
+    """``report.json`` (every key) and ``report.md``: ``markdown``, or a
+    table of the scalar keys and the latency table."""
     write_text_atomic(out / "report.json", json.dumps(report, indent=2))
+    if markdown is not None:
+        write_text_atomic(out / "report.md", markdown)
+        return
     rows = "\n".join(
         f"| {k} | {v if not isinstance(v, float) else round(v, 4)} |"
         for k, v in report.items()
@@ -38,12 +42,64 @@ def write_report(out: Path, report: Dict[str, Any], title: str) -> None:
 
 
 def print_latency(section: Dict[str, Any]) -> None:
+    from ..export import SPREAD_LIMIT, spread
+
     threads = section["pruned"]["threads"]
     print(f"latency on this CPU ({threads} threads; median ms, base -> pruned, speed-up):")
     for key, ratio in section.get("speedup", {}).items():
+        b, p = section["base"][key], section["pruned"][key]
+        wide = max(spread(b), spread(p)) > SPREAD_LIMIT
         print(
-            f"  {key:<18} {section['base'][key]['median']:9.2f} -> {section['pruned'][key]['median']:9.2f}"
-            f"   x{ratio:.2f}"
+            f"  {key:<18} {b['median']:9.2f} -> {p['median']:9.2f}   x{ratio:.2f}"
+            + ("   (spread too wide to trust: the machine is busy)" if wide else "")
         )
     if "onnxruntime" in section:
         print(f"  ONNX Runtime {section['onnxruntime']}")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def prune_markdown(report: Dict[str, Any], title: str) -> str:
+    """``report.md`` of a prune job, for a person: accuracy at each stage,
+    what was kept, the budget, the latency, and how to run it again."""
+    r = report
+    stages = [
+        ("base model", r["base_accuracy"]),
+        ("right after surgery", r["pruned_accuracy_after_surgery"]),
+    ]
+    if r.get("bn_images"):
+        how = "BatchNorm re-estimated" if r.get("recalibration") == "batchnorm" else "biases compensated"
+        stages.append((f"{how} on {r['bn_images']} training images", r["pruned_accuracy_before_finetune"]))
+    if r.get("finetune_epochs"):
+        n = r["finetune_epochs"]
+        stages.append((f"after {n} epoch{'s' if n != 1 else ''} of distillation", r["pruned_accuracy"]))
+    lines = [
+        f"# {title}",
+        "",
+        f"Data: {r['dataset']}, {r['eval_images']} test images. Weights: {r['base_weights']}.",
+        "",
+    ]
+    lines += ["## Accuracy (top-1)", "", "| stage | accuracy |", "| --- | --- |"]
+    lines += [f"| {name} | {acc:.2f}% |" for name, acc in stages]
+    lines += ["", f"Accuracy lost: {r['accuracy_drop']:.2f} points.", "", "## Size", ""]
+    lines += ["| | base | pruned | kept |", "| --- | --- | --- | --- |"]
+    lines.append(f"| parameters | {r['base_params']:,} | {r['pruned_params']:,} | {_pct(r['rpr'])} |")
+    lines.append(f"| MACs per image | {r['base_macs']:,} | {r['pruned_macs']:,} | {_pct(r['macs_ratio'])} |")
+    if r.get("target"):
+        lines += ["", f"Budget {r['target']} ({r['allocation']} allocation): reached {r['reached']:.4f}."]
+    lines += ["", "## How it ran", ""]
+    settings = r.get("settings", {})
+    for key, value in settings.items():
+        if key != "command":
+            lines.append(f"- {'ocnna-fast' if key == 'ocnna_fast' else key.replace('_', ' ')}: {value}")
+    lines.append(f"- scoring {r['scoring_seconds']:.1f} s, distillation {r['finetune_seconds']:.1f} s")
+    if settings.get("command"):
+        lines += ["", "To run it again:", "", "```bash", settings["command"], "```"]
+    md = "\n".join(lines) + "\n"
+    if isinstance(r.get("latency"), dict):
+        from ..export import latency_markdown
+
+        md += "\n" + latency_markdown(r["latency"])
+    return md

@@ -5,6 +5,7 @@ into --out only when the job succeeds."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from ..outdir import out_dir, publish, staged
 from ..pipeline import JobData, JobResult, JobSettings, PruneJob
 from ..pruning import FAMILY, save_pruned
 from . import loading, options
-from .output import print_latency, write_report, writer_lock
+from .output import print_latency, prune_markdown, write_report, writer_lock
 
 
 def register(sub) -> None:
@@ -55,6 +56,7 @@ def register(sub) -> None:
     )
     options.add_job_options(pr, finetune_epochs=2)
     pr.add_argument("--out", default="runs/prune", help="output folder")
+    options.add_threads_option(pr)
     pr.set_defaults(func=run)
 
 
@@ -146,7 +148,8 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
         report["latency"] = ex.compare_latency(model, result.pruned, size, args.latency_repeats, stage / ".latency")
         print_latency(report["latency"])
     title = f"k={args.k}" if args.target is None else f"{args.target}, {args.allocation} allocation"
-    write_report(stage, report, f"OCNNA: {args.arch}, {title}")
+    title = f"Pruned {args.arch}: {args.criterion}, {title}"
+    write_report(stage, report, title, prune_markdown(report, title))
     publish(stage, out, outputs)
     # the job finished: its distillation checkpoint has nothing left to resume
     shutil.rmtree(out / "distill", ignore_errors=True)
@@ -185,4 +188,24 @@ def _report(args: argparse.Namespace, weights: str, job: PruneJob, result: JobRe
         "score_images": len(job.data.score),
         "eval_images": len(job.data.eval),
         **result.report(),
+        "settings": _settings(args, job),
+    }
+
+
+def _settings(args: argparse.Namespace, job: PruneJob) -> dict:
+    """What it takes to run the job again."""
+    import torch
+
+    from .._version import __version__
+
+    train = job.data.train
+    return {
+        "training_images": len(train) if train is not None else 0,
+        "learning_rate": args.lr,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "torch": torch.__version__,
+        "ocnna_fast": __version__,
+        "threads": torch.get_num_threads(),
+        "command": "ocnna-fast " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []) or []),
     }
