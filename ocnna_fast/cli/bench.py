@@ -57,15 +57,14 @@ def run(args: argparse.Namespace) -> int:
 
 def suite(args: argparse.Namespace, model, size: int, out: Path):
     """The suite of ``args`` on ``model`` into ``out``."""
+    data = loading.job_data(args)
     return run_suite(
         model,
         arch=args.arch,
-        score_set=loading.images(args, "train", args.score_images, False, args.seed + 1),
-        bn_set=loading.images(args, "train", args.bn_images, False, args.seed + 3) if args.bn_images else None,
-        train_set=(
-            loading.images(args, "train", args.train_images, True, args.seed + 2) if args.finetune_epochs else None
-        ),
-        eval_set=loading.images(args, "test", args.eval_images, False, args.seed),
+        score_set=data.score,
+        bn_set=data.bn,
+        train_set=data.train,
+        eval_set=data.eval,
         criteria=args.criteria,
         ks=args.k,
         seeds=args.seeds,

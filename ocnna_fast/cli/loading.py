@@ -22,6 +22,7 @@ __all__ = [
     "check_data_fits",
     "images",
     "ignored_layers",
+    "job_data",
 ]
 
 
@@ -253,3 +254,19 @@ def ignored_layers(model: nn.Module, scope: str) -> List[nn.Module]:
     the stage widths (only each block's inner conv is pruned)."""
     hook = getattr(model, "ocnna_ignored_layers", None)
     return list(hook(scope)) if callable(hook) else []
+
+
+def job_data(args: argparse.Namespace):
+    """The image sets of a prune job (``prune``, and every cell of ``bench``),
+    each drawn with its own seed so they never change with the others'
+    counts: test images to evaluate, training images to score, to
+    re-estimate BatchNorm on (``--bn-images``, none at 0) and to distill on
+    (none without ``--finetune-epochs``)."""
+    from ..pipeline import JobData
+
+    return JobData(
+        eval=images(args, "test", args.eval_images, False, args.seed),
+        score=images(args, "train", args.score_images, False, args.seed + 1),
+        bn=images(args, "train", args.bn_images, False, args.seed + 3) if args.bn_images else None,
+        train=images(args, "train", args.train_images, True, args.seed + 2) if args.finetune_epochs else None,
+    )

@@ -14,7 +14,7 @@ import torch
 from ..criteria import CRITERIA, FamilyCriterion
 from ..distributed import is_main
 from ..outdir import out_dir, publish, staged
-from ..pipeline import JobData, JobResult, JobSettings, PruneJob
+from ..pipeline import JobResult, JobSettings, PruneJob
 from ..pruning import FAMILY, save_pruned
 from . import loading, options
 from .output import print_latency, prune_markdown, write_report, writer_lock
@@ -72,12 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _job(args: argparse.Namespace, model, size: int, out: Path) -> PruneJob:
-    data = JobData(
-        eval=loading.images(args, "test", args.eval_images, False, args.seed),
-        score=loading.images(args, "train", args.score_images, False, args.seed + 1),
-        bn=loading.images(args, "train", args.bn_images, False, args.seed + 3) if args.bn_images else None,
-        train=loading.images(args, "train", args.train_images, True, args.seed + 2) if args.finetune_epochs else None,
-    )
+    data = loading.job_data(args)
     settings = JobSettings(
         k=args.k if args.k is not None else 40.0,
         target=args.target,
