@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -29,6 +28,7 @@ from .criteria import CRITERIA, SEEDED
 from .distill import state_sha256
 from .latency import eager_latency, latency_ms
 from .pipeline import JobData, JobSettings, PruneJob, measure_baseline
+from .suitefile import finite_or_none, fmt, load_rows, mean
 from .validate import as_count, percentile
 
 __all__ = ["run_suite", "check_cells", "latency_ms", "RESULT_KEYS"]
@@ -52,48 +52,8 @@ def _cell_key(row: Dict[str, Any]) -> tuple:
     return (row["criterion"], float(row["k"]), int(row["seed"]))
 
 
-# the command-line option behind each setting a suite records
-_OPTION_OF = {
-    "arch": "--arch/--model",
-    "weights_sha256": "--weights/--model (the base model's weights)",
-    "seed": "--seed (the images drawn)",
-    "input_size": "--input-size",
-    "latency_repeats": "--latency-repeats",
-    "score_images": "--score-images",
-    "bn_images": "--bn-images",
-    "train_images": "--train-images",
-    "eval_images": "--eval-images",
-    "finetune_epochs": "--finetune-epochs",
-    "batch_size": "--batch-size",
-    "dataset": "--dataset",
-    "scope": "--scope",
-    "lr": "--lr",
-}
-
-
 def _load_rows(path: Path, config: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """Finished cells of an earlier run into the same folder, if its settings
-    match (else a ValueError: results of two budgets never mix)."""
-    if not path.exists():
-        return []
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); move it away to start afresh") from exc
-    theirs = doc.get("config") if isinstance(doc, dict) else None
-    if theirs != config:
-        theirs = theirs if isinstance(theirs, dict) else {}
-        differ = sorted(_OPTION_OF.get(k, k) for k in set(config) | set(theirs) if config.get(k) != theirs.get(k))
-        raise ValueError(
-            f"{path} holds results of other settings (differ in: {', '.join(differ)}); "
-            "rerun with the same options to resume, or use another --out"
-        )
-    rows = doc.get("rows")
-    if not isinstance(rows, list) or not all(_row_ok(r) for r in rows):
-        raise ValueError(f"{path}: malformed rows (missing fields or values of the wrong type); move it away")
-    if len({_cell_key(r) for r in rows}) != len(rows):
-        raise ValueError(f"{path}: the same cell is listed twice; move it away to start afresh")
-    return rows
+    return load_rows(path, config, _row_ok, _cell_key)
 
 
 def _row_ok(r: Any) -> bool:
@@ -108,10 +68,7 @@ def _row_ok(r: Any) -> bool:
         return False
     if isinstance(r["seed"], bool) or not isinstance(r["seed"], int) or r["seed"] < 0:
         return False
-    return all(
-        r[f] is None or (not isinstance(r[f], bool) and isinstance(r[f], number) and math.isfinite(r[f]))
-        for f in RESULT_KEYS[3:]
-    )
+    return finite_or_none(r, RESULT_KEYS[3:])
 
 
 def check_cells(criteria: Sequence[str], ks: Sequence[float], seeds: Sequence[int]) -> None:
@@ -296,11 +253,6 @@ class _Suite:
         return {"config": config, "base": base, "rows": rows}
 
 
-def _mean(values: List[Optional[float]]) -> Optional[float]:
-    v = [x for x in values if x is not None]
-    return sum(v) / len(v) if v else None
-
-
 def summarise(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """One line per (criterion, k): means over seeds (and the seed count)."""
     groups: Dict[tuple, List[Dict[str, Any]]] = {}
@@ -310,17 +262,13 @@ def summarise(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     for (c, k), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         line = {"criterion": c, "k": k, "seeds": len(rs)}
         for f in RESULT_KEYS[3:]:  # what a cell measures (criterion, k and seed name it)
-            line[f] = _mean([r[f] for r in rs])
+            line[f] = mean([r[f] for r in rs])
         for f in ("acc_bn", "acc_finetuned"):
             values = [r[f] for r in rs if r[f] is not None]
             line[f"{f}_min"] = min(values, default=None)
             line[f"{f}_max"] = max(values, default=None)
         out.append(line)
     return out
-
-
-def _fmt(v: Optional[float], digits: int = 2) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def results_table(
@@ -346,18 +294,18 @@ def results_table(
     for s in summarise(rows):
         bn, ft = (_with_range(s, f) for f in ("acc_bn", "acc_finetuned"))
         lines.append(
-            f"| {s['k']:g} | {s['criterion']} | {s['seeds']} | {_fmt(s['rpr'], 4)} | "
-            f"{_fmt(s['macs_ratio'], 4)} | {_fmt(s['acc_surgery'])} | {bn} | {ft} | "
-            f"{_fmt(s['score_seconds'], 1)} | {_fmt(s['latency_ms_b1'])} | {_fmt(s['latency_ms_b64'], 1)} |"
+            f"| {s['k']:g} | {s['criterion']} | {s['seeds']} | {fmt(s['rpr'], 4)} | "
+            f"{fmt(s['macs_ratio'], 4)} | {fmt(s['acc_surgery'])} | {bn} | {ft} | "
+            f"{fmt(s['score_seconds'], 1)} | {fmt(s['latency_ms_b1'])} | {fmt(s['latency_ms_b64'], 1)} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def _with_range(line: Dict[str, Any], field: str) -> str:
     """The mean over seeds, and with several seeds their range."""
-    text = _fmt(line[field])
+    text = fmt(line[field])
     if line["seeds"] > 1 and line[field] is not None:
-        text += f" ({_fmt(line[field + '_min'])}-{_fmt(line[field + '_max'])})"
+        text += f" ({fmt(line[field + '_min'])}-{fmt(line[field + '_max'])})"
     return text
 
 

@@ -114,8 +114,8 @@ def prune_to_budget(
     cost = CostModel(work, example, dg, [g for g, _ in found])
     curves = evaluator = None
     if allocation == "sensitivity":
-        if not calibration or not evaluation:
-            raise ValueError("the sensitivity allocation needs calibration and evaluation images")
+        if not evaluation:
+            raise ValueError("the sensitivity allocation needs evaluation images (and calibration images, or none)")
         outputs = [(info, group_outputs(g, dg, names)) for g, info in found]
         evaluator = MaskedEvaluator(model, outputs, calibration, evaluation)
         curves = measure_sensitivity(evaluator, progress=progress)

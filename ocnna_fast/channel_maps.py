@@ -27,6 +27,7 @@ class ChannelMaps:
             elif isinstance(m, nn.Linear):
                 self.inputs[n], self.outputs[n] = list(range(m.in_features)), list(range(m.out_features))
         self._in_widths = {n: len(v) for n, v in self.inputs.items()}
+        self._out_widths = {n: len(v) for n, v in self.outputs.items()}
 
     def record(self, group, DG, names) -> None:
         for dep, idxs in group:
@@ -53,3 +54,7 @@ class ChannelMaps:
             for n, kept in self.inputs.items()
             if len(kept) < self._in_widths[n]
         }
+
+    def kept_outputs(self) -> Dict[str, List[int]]:
+        """Per layer whose outputs were removed, the original index of each output it kept."""
+        return {n: kept for n, kept in self.outputs.items() if len(kept) < self._out_widths[n]}

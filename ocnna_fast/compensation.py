@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .batchnorm import recalibrate_batchnorm
+from .foldedbn import correct_folded
 from .module_state import restore_training_flags, training_flags
 from .placement import input_of
 
@@ -113,14 +114,28 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 
 def recalibrate(
-    pruned: nn.Module, base: nn.Module, plan: Mapping, batches: Iterable, progress: bool = False
+    pruned: nn.Module,
+    base: nn.Module,
+    plan: Mapping,
+    batches: Iterable,
+    progress: bool = False,
+    folded: str = "variance",
 ) -> Dict[str, Any]:
     """What follows surgery before evaluation: BatchNorm re-estimation when the
-    pruned model has BatchNorm, else bias compensation (folded BatchNorm).
-    ``batches``: the calibration batches (read once).  Returns
-    ``{"method": "batchnorm" | "bias-compensation", "images": n, ...}``."""
+    pruned model has BatchNorm.  A folded-BatchNorm model gets bias
+    compensation of the removed channels' means and then, with
+    ``folded="variance"`` (default), every conv's output mean and spread
+    re-estimated as its BatchNorm would be (``foldedbn.correct_folded``;
+    ``"mean"``: compensation alone).  ``batches``: the calibration batches
+    (read once with BatchNorm; a folded model reads them twice, so an
+    iterator is held in memory).  Returns ``{"method": "batchnorm" |
+    "folded-batchnorm" | "bias-compensation", "images": n, ...}``."""
     if has_batchnorm(pruned):
         return {"method": "batchnorm", "images": recalibrate_batchnorm(pruned, batches, progress=progress)}
+    if folded not in ("variance", "mean"):
+        raise ValueError(f"folded must be 'variance' or 'mean', got {folded!r}")
+    if iter(batches) is batches:  # a one-pass iterator: keep its batches for the second pass
+        batches = list(batches)
     counted = []
 
     def counting():
@@ -129,4 +144,7 @@ def recalibrate(
             yield b
 
     info = compensate(pruned, base, plan, counting())
-    return {"method": "bias-compensation", "images": sum(counted), **info}
+    if folded == "mean":
+        return {"method": "bias-compensation", "images": sum(counted), **info}
+    corrected = correct_folded(pruned, base, plan, batches, progress=progress)
+    return {"method": "folded-batchnorm", **info, **corrected}

@@ -224,6 +224,13 @@ class PruneJob:
         self.accuracy["surgery"] = evaluate(self.pruned, self.data.eval)
         return self.pruned, self.plan
 
+    def adopt(self, pruned: nn.Module, plan: Dict[str, Any]) -> None:
+        """A pruned copy built elsewhere (another pruner's widths rebuilt by
+        ``pruning.prune(..., keep=...)``) takes surgery's place: the later
+        steps recalibrate, distill and measure it as they would their own."""
+        self.pruned, self.plan = pruned, plan
+        self.accuracy["surgery"] = evaluate(pruned, self.data.eval)
+
     def allocate(self) -> BudgetResult:
         """Per-group widths meeting ``settings.target`` (checked by a real
         count, within 2%), the copy pruned to them: what ``surgery`` keeps."""
@@ -260,7 +267,7 @@ class PruneJob:
         if self.data.bn is None or len(self.data.bn) == 0:
             return None
         pruned, plan = self._surgered()
-        batches = (x for x, _ in self.data.bn.batches(self.settings.batch_size))
+        batches = _Inputs(self.data.bn, self.settings.batch_size, 0)  # re-iterable: folded models read it twice
         self.recalibration = recalibrate(pruned, self.model, plan, batches, progress=self.progress)
         self.accuracy["recalibrated"] = evaluate(pruned, self.data.eval)
         return self.recalibration

@@ -235,6 +235,7 @@ def prune(
     maps = _apply(pruned, DG, names, decisions)
     plan = _make_plan(model, pruned, decisions, k, example_inputs)
     plan["channel_maps"] = maps.as_dict()
+    plan["kept_outputs"] = maps.kept_outputs()  # per layer that lost outputs (folded-BatchNorm correction)
     _verify(pruned, example_inputs, model)
     return pruned, plan
 

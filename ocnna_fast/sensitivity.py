@@ -23,6 +23,7 @@ from torch import nn
 
 from .allocation import GroupInfo
 from .batchnorm import recalibrate_batchnorm
+from .foldedbn import output_moments, unfold
 
 __all__ = ["group_outputs", "SensitivityCurves", "MaskedEvaluator", "measure_sensitivity", "refine"]
 
@@ -107,10 +108,22 @@ class MaskedEvaluator:
         calibration: Sequence[torch.Tensor],
         evaluation: Sequence[torch.Tensor],
     ) -> None:
-        self.work = copy.deepcopy(model).eval()
+        self.work = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)  # ~15% faster convs on CPU
         self.groups = {info.root: (info, outputs, _lowest_first(info)) for info, outputs in groups}
+        if calibration is None:  # one pass: each candidate's statistics from the evaluated images themselves
+            evaluation = [torch.cat(list(evaluation))]
+        else:
+            calibration = [x.contiguous(memory_format=torch.channels_last) for x in calibration]
+        evaluation = [x.contiguous(memory_format=torch.channels_last) for x in evaluation]
         self.calibration, self.evaluation = calibration, evaluation
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.work.modules()):
+            # folded BatchNorm: put it back (the base model's output moments), so a
+            # candidate is re-estimated as on an unfolded network; masks by name
+            # then land after the norm, as removal would leave zeros there
+            convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+            unfold(self.work, output_moments(model, calibration if calibration is not None else evaluation, convs))
         self.has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.work.modules())
+        self.work.to(memory_format=torch.channels_last)
         with torch.no_grad():
             self.reference = [F.log_softmax(model.eval()(x), 1) for x in evaluation]
         self.masks = _Masks(self.work)
@@ -127,13 +140,19 @@ class MaskedEvaluator:
             for name, chans in outputs:
                 masks.setdefault(name, []).extend(chans[p] for p in positions)
         self.masks.set(masks)
+        norms = [m for m in self.work.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         try:
-            if self.has_bn:
+            if norms and self.calibration is not None:
                 recalibrate_batchnorm(self.work, self.calibration)
+            elif norms:  # normalised by the statistics of the very batch evaluated: BatchNorm in training mode
+                for m in norms:
+                    m.train()
             self.evaluations += 1
             return max(0.0, _kl(self.work, self.evaluation, self.reference) - self.offset)
         finally:
             self.masks.clear()
+            for m in norms:
+                m.eval()
 
 
 def measure_sensitivity(

@@ -1,5 +1,7 @@
 """``ocnna-fast bench``: pruning criteria side by side at identical structure
-(``bench.run_suite``, one ``pipeline.PruneJob`` per cell); resumable."""
+(``bench.run_suite``), or with ``--target`` pruning methods side by side at
+equal cost (``budget_bench.run_budget_suite``); one ``pipeline.PruneJob``
+per cell, resumable."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from ..bench import check_cells, run_suite
+from ..budget_bench import DEFAULT_METHODS, check_methods, parse_targets, run_budget_suite
 from ..criteria import CRITERIA
 from ..outdir import out_dir
 from . import loading, options
@@ -19,17 +22,33 @@ def register(sub) -> None:
     options.add_data_options(be)
     options.add_run_options(be)
     options.add_scope_option(be)
-    be.add_argument(
-        "--k", type=options.PERCENTILE, nargs="+", default=[20.0, 40.0, 60.0], help="percentiles (default 20 40 60)"
-    )
+    be.add_argument("--k", type=options.PERCENTILE, nargs="+", default=None, help="percentiles (default 20 40 60)")
     be.add_argument(
         "--criteria",
         nargs="+",
-        default=list(CRITERIA),
+        default=None,
         choices=list(CRITERIA),
         metavar="NAME",
         help=f"criteria to compare (default all: {' '.join(CRITERIA)})",
     )
+    be.add_argument(
+        "--target",
+        nargs="+",
+        default=None,
+        metavar="KIND=RATIO",
+        help="compare pruning methods at these budgets instead (macs=R or params=R; a bare R takes the kind "
+        "before it: --target macs=0.5 0.3)",
+    )
+    be.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        metavar="KIND[:CRITERION]",
+        help="with --target: how widths are chosen, and the criterion within a group: uniform:C (one k, "
+        "bisected to the budget), uniform-inner:C (CIFAR ResNets' stage widths kept), global:C, sensitivity:C, "
+        f"tp-global (Torch-Pruning's global pruning); default {' '.join(DEFAULT_METHODS)}",
+    )
+    options.add_budget_options(be, allocation=False)
     be.add_argument(
         "--seeds",
         type=options.SEED,
@@ -44,7 +63,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_cells(args.criteria, args.k, args.seeds)  # before anything loads: repeated cells are refused
+    _check_axes(args)  # before anything loads: unknown or repeated cells are refused
     size = loading.check_data_fits(args)
     model, weights = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, size)
     out = out_dir(args.out)
@@ -55,9 +74,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_axes(args: argparse.Namespace) -> None:
+    if args.target is None:
+        if args.methods is not None:
+            raise ValueError("--methods compares at a budget: give --target too (e.g. --target macs=0.5)")
+        args.k = args.k if args.k is not None else [20.0, 40.0, 60.0]
+        args.criteria = args.criteria if args.criteria is not None else list(CRITERIA)
+        check_cells(args.criteria, args.k, args.seeds)
+        return
+    if args.k is not None or args.criteria is not None:
+        raise ValueError("--target compares --methods at equal cost; --k and --criteria belong to the suite without it")
+    args.target = parse_targets(args.target)
+    args.methods = args.methods if args.methods is not None else list(DEFAULT_METHODS)
+    check_methods(args.methods, args.seeds)
+
+
 def suite(args: argparse.Namespace, model, size: int, out: Path):
     """The suite of ``args`` on ``model`` into ``out``."""
     data = loading.job_data(args)
+    if args.target is not None:
+        return _budget_suite(args, model, size, out, data)
     return run_suite(
         model,
         arch=args.arch,
@@ -79,4 +115,46 @@ def suite(args: argparse.Namespace, model, size: int, out: Path):
         scope=args.scope,
         input_size=size,
         data_seed=args.seed,
+    )
+
+
+def _budget_suite(args: argparse.Namespace, model, size: int, out: Path, data):
+    from ..pipeline import JobSettings
+
+    inner = [m for m in args.methods if m.startswith("uniform-inner")]
+    try:
+        if inner:
+            loading.ignored_layers(model, "inner")
+    except (TypeError, ValueError):
+        raise ValueError(f"{inner[0]}: the inner scope exists for the CIFAR ResNets only") from None
+    settings = JobSettings(
+        epochs=args.finetune_epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        input_size=size,
+        round_to=args.round_to,
+        max_prune=args.max_prune,
+        sensitivity_images=args.sensitivity_images,
+    )
+    config = {
+        "arch": args.arch,
+        "dataset": args.dataset,
+        "seed": args.seed,
+        "score_images": len(data.score),
+        "bn_images": len(data.bn) if data.bn is not None else 0,
+        "train_images": len(data.train) if data.train is not None else 0,
+        "eval_images": len(data.eval),
+    }
+    return run_budget_suite(
+        model,
+        data,
+        settings,
+        methods=args.methods,
+        targets=args.target,
+        seeds=args.seeds,
+        out=out,
+        ignored_for=lambda scope: loading.ignored_layers(model, scope),
+        config=config,
+        latency_repeats=args.latency_repeats,
+        progress=not args.no_progress,
     )

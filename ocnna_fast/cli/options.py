@@ -231,15 +231,11 @@ def target(text: str):
     return str(t)
 
 
-def add_budget_options(sp: argparse.ArgumentParser) -> None:
-    """How a ``--target`` budget is spread over the groups."""
-    sp.add_argument(
-        "--allocation",
-        default="sensitivity",
-        choices=["sensitivity", "global"],
-        help="per-group widths for --target: sensitivity (default; each group's loss curve measured after "
-        "BatchNorm re-estimation) or global (criterion values normalised per group, ranked across groups)",
-    )
+def add_budget_options(sp: argparse.ArgumentParser, *, allocation: bool = True) -> None:
+    """How a ``--target`` budget is spread over the groups (``allocation``:
+    with the ``--allocation`` choice; a suite names it per method)."""
+    if allocation:
+        _add_allocation(sp)
     sp.add_argument("--round-to", type=COUNT, default=1, help="keep every pruned width a multiple of N (default 1)")
     sp.add_argument(
         "--max-prune",
@@ -247,18 +243,29 @@ def add_budget_options(sp: argparse.ArgumentParser) -> None:
         default=0.9,
         help="the largest share of one group that --target may remove (default 0.9)",
     )
-    sp.add_argument(
-        "--refine-steps",
-        type=NONNEG,
-        default=0,
-        help="after the sensitivity allocation, this many moves of a local search on the loss of all "
-        "groups masked together (default 0: off)",
-    )
+    if allocation:
+        sp.add_argument(
+            "--refine-steps",
+            type=NONNEG,
+            default=0,
+            help="after the sensitivity allocation, this many moves of a local search on the loss of all "
+            "groups masked together (default 0: off)",
+        )
     sp.add_argument(
         "--sensitivity-images",
         type=COUNT,
         default=256,
         help="calibration and scoring images each sensitivity candidate is measured on (default 256)",
+    )
+
+
+def _add_allocation(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--allocation",
+        default="sensitivity",
+        choices=["sensitivity", "global"],
+        help="per-group widths for --target: sensitivity (default; each group's loss curve measured after "
+        "BatchNorm re-estimation) or global (criterion values normalised per group, ranked across groups)",
     )
 
 

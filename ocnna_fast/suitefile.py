@@ -1,0 +1,79 @@
+"""The results file of a benchmark suite (``results.json``): the settings
+its rows depend on and the rows so far.  A suite resumes from it only when
+every setting matches (results of two budgets never mix), and only from
+rows that are whole and of the right types."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence
+
+__all__ = ["OPTION_OF", "load_rows", "finite_or_none", "mean", "fmt"]
+
+# the command-line option behind each setting a suite records
+OPTION_OF = {
+    "arch": "--arch/--model",
+    "weights_sha256": "--weights/--model (the base model's weights)",
+    "seed": "--seed (the images drawn)",
+    "input_size": "--input-size",
+    "latency_repeats": "--latency-repeats",
+    "score_images": "--score-images",
+    "bn_images": "--bn-images",
+    "train_images": "--train-images",
+    "eval_images": "--eval-images",
+    "finetune_epochs": "--finetune-epochs",
+    "batch_size": "--batch-size",
+    "dataset": "--dataset",
+    "scope": "--scope",
+    "lr": "--lr",
+    "round_to": "--round-to",
+    "max_prune": "--max-prune",
+    "sensitivity_images": "--sensitivity-images",
+}
+
+
+def load_rows(
+    path: Path, config: Dict[str, Any], row_ok: Callable[[Any], bool], key: Callable[[Dict[str, Any]], Hashable]
+) -> List[Dict[str, Any]]:
+    """The finished rows of an earlier run into the same folder, if its
+    settings equal ``config`` (else a ValueError naming the options that
+    differ); every row must pass ``row_ok`` and no ``key`` may repeat."""
+    if not path.exists():
+        return []
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); move it away to start afresh") from exc
+    theirs = doc.get("config") if isinstance(doc, dict) else None
+    if theirs != config:
+        theirs = theirs if isinstance(theirs, dict) else {}
+        differ = sorted(OPTION_OF.get(k, k) for k in set(config) | set(theirs) if config.get(k) != theirs.get(k))
+        raise ValueError(
+            f"{path} holds results of other settings (differ in: {', '.join(differ)}); "
+            "rerun with the same options to resume, or use another --out"
+        )
+    rows = doc.get("rows")
+    if not isinstance(rows, list) or not all(row_ok(r) for r in rows):
+        raise ValueError(f"{path}: malformed rows (missing fields or values of the wrong type); move it away")
+    if len({key(r) for r in rows}) != len(rows):
+        raise ValueError(f"{path}: the same cell is listed twice; move it away to start afresh")
+    return rows
+
+
+def finite_or_none(row: Dict[str, Any], fields: Sequence[str]) -> bool:
+    """Each field a finite number, or ``None`` for a step that did not run."""
+    return all(
+        row[f] is None or (not isinstance(row[f], bool) and isinstance(row[f], (int, float)) and math.isfinite(row[f]))
+        for f in fields
+    )
+
+
+def mean(values: List[Optional[float]]) -> Optional[float]:
+    v = [x for x in values if x is not None]
+    return sum(v) / len(v) if v else None
+
+
+def fmt(v: Optional[float], digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
