@@ -189,10 +189,39 @@ def budget(paths) -> str:
     return "\n".join(parts)
 
 
+def _is_budget_suite(folder: Path) -> bool:
+    rows = json.loads((folder / "results.json").read_text()).get("rows") or []
+    return bool(rows) and "method" in rows[0]
+
+
+def budget_suites(folders) -> str:
+    """The equal-cost suites (``ocnna-fast bench --target``): their own tables, commands and plots."""
+    from ocnna_fast.budget_tables import budget_table
+
+    parts = [
+        "## Pruning methods at equal cost\n\n"
+        "`ocnna-fast bench --target`: every method prunes to the same MACs budget (within 2%, the `reached` "
+        "column); `uniform:C` is the paper's rule with k bisected to the budget, `tp-global` Torch-Pruning's "
+        "own global pruning through its API; rows sorted by accuracy, best first.\n"
+    ]
+    for f in folders:
+        doc = json.loads((f / "results.json").read_text())
+        command = (f / "command.txt").read_text().strip() if (f / "command.txt").exists() else "(not recorded)"
+        text = budget_table(doc["rows"], doc["config"], doc["base"]).split("\n", 2)[2]
+        parts.append(f"### {doc['config']['arch']}\n\n```bash\n{command}\n```\n\n{text}")
+        if (f / "accuracy_vs_cost.png").exists():
+            parts.append(f"![accuracy against MACs, {doc['config']['arch']}]({f.as_posix()}/accuracy_vs_cost.png)\n")
+    return "\n".join(parts)
+
+
 def main() -> None:
     args = [Path(a) for a in sys.argv[1:]]
-    folders = [f for f in args if (f / "results.json").exists()]
+    suites = [f for f in args if (f / "results.json").exists()]
+    folders = [f for f in suites if not _is_budget_suite(f)]
     parts = [Path(__file__).with_name("benchmarks_intro.md").read_text(), summary(folders)]
+    budgets = [f for f in suites if _is_budget_suite(f)]
+    if budgets:
+        parts.append(budget_suites(budgets))
     parts += [ablations(f) for f in args if f.name == "ablations.json"]
     probes = sorted(f for f in args if f.name.startswith("budget-probe-") and f.suffix == ".json")
     if probes:

@@ -94,7 +94,8 @@ def prune_markdown(report: Dict[str, Any], title: str) -> str:
     for key, value in settings.items():
         if key != "command":
             lines.append(f"- {'ocnna-fast' if key == 'ocnna_fast' else key.replace('_', ' ')}: {value}")
-    lines.append(f"- scoring {r['scoring_seconds']:.1f} s, distillation {r['finetune_seconds']:.1f} s")
+    allocation = f", allocation {r['allocation_seconds']:.1f} s" if "allocation_seconds" in r else ""
+    lines.append(f"- scoring {r['scoring_seconds']:.1f} s{allocation}, distillation {r['finetune_seconds']:.1f} s")
     if settings.get("command"):
         lines += ["", "To run it again:", "", "```bash", settings["command"], "```"]
     md = "\n".join(lines) + "\n"
