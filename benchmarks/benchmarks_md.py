@@ -116,7 +116,7 @@ def summary(folders) -> str:
     return (
         "## Summary: OCNNA and its variants against the best peer\n\n"
         "Generated from the tables below (accuracy in %, 10,000 JPEG test images; MobileNet: the 500 odd "
-        'images of the ImageNet sample, and its "after BN" is bias compensation; peers: '
+        'images of the ImageNet sample, and its "after BN" is folded BatchNorm re-estimation; peers: '
         + ", ".join(PEERS)
         + "; fine-tuned rows average the seeds each criterion ran).\n\n"
         + "\n".join(lines)

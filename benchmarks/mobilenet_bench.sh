@@ -3,7 +3,9 @@
 # converted from the Coral TFLite file (kept outside the repository: ../shared/data or --data-dir).
 # Scores and calibrates on the even half of the 1000-image ImageNet sample, evaluates on the odd half.
 # The model's BatchNorm is folded into its convs: after surgery the removed channels' mean
-# contributions go into the next layers' biases (the "acc. after BN" column). About 30 min on 2 cores.
+# contributions go into the next layers' biases, then every conv's output mean and spread are
+# re-estimated through BatchNorm put back and folded again (the "acc. after BN" column).
+# About 30 min on 2 cores.
 set -euo pipefail
 OUT=${1:-benchmarks/results/mnv1-075}
 mkdir -p "$OUT"
