@@ -24,7 +24,7 @@ from torch import nn
 
 from .batchnorm import recalibrate_batchnorm
 from .foldedbn import correct_folded
-from .module_state import restore_training_flags, training_flags
+from .module_state import hooked_eval_pass
 from .placement import input_of
 
 __all__ = ["input_means", "compensate_biases", "compensate", "recalibrate", "has_batchnorm"]
@@ -51,20 +51,7 @@ def input_means(model: nn.Module, batches: Iterable, layers: Sequence[str]) -> D
 
         return pre
 
-    handles = [modules[n].register_forward_pre_hook(hook(n)) for n in layers]
-    flags = training_flags(model)
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                model(input_of(batch))
-    finally:
-        for h in handles:
-            h.remove()
-        restore_training_flags(flags)
-    missing = [n for n in layers if n not in counts]
-    if missing:
-        raise ValueError(f"layers {missing[:3]} never ran on the calibration batches")
+    hooked_eval_pass(model, batches, [(modules[n], hook(n), True) for n in layers], layers, counts.__contains__)
     return {n: sums[n] / counts[n] for n in layers}
 
 

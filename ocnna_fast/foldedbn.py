@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 from .batchnorm import recalibrate_batchnorm
-from .module_state import restore_training_flags, training_flags
-from .placement import input_of
+from .module_state import hooked_eval_pass
 
 __all__ = ["ConvNorm", "output_moments", "unfold", "fold", "correct_folded"]
 
@@ -80,20 +79,7 @@ def output_moments(
 
         return post
 
-    handles = [modules[n].register_forward_hook(hook(n)) for n in layers]
-    flags = training_flags(model)
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                model(input_of(batch))
-    finally:
-        for h in handles:
-            h.remove()
-        restore_training_flags(flags)
-    missing = [n for n in layers if n not in sums]
-    if missing:
-        raise ValueError(f"layers {missing[:3]} never ran on the calibration batches")
+    hooked_eval_pass(model, batches, [(modules[n], hook(n), False) for n in layers], layers, sums.__contains__)
     out = {}
     for n, (s1, s2, count) in sums.items():
         mean = s1 / count
