@@ -32,6 +32,7 @@ from .graph import torch_pruning
 
 __all__ = [
     "Target",
+    "Unreachable",
     "parse_target",
     "macs_and_params",
     "GroupInfo",
@@ -81,6 +82,14 @@ def parse_target(spec) -> Target:
             raise ValueError(f"a target is KIND=RATIO with a number in (0, 1), e.g. macs=0.5; got {spec!r}")
         return Target(kind.strip(), value)
     raise ValueError(f"a target is KIND=RATIO (macs, params or latency), e.g. macs=0.5; got {spec!r}")
+
+
+class Unreachable(ValueError):
+    """A budget the allowed widths cannot meet; ``smallest`` is the lowest ratio they reach."""
+
+    def __init__(self, message: str, smallest: float) -> None:
+        super().__init__(message)
+        self.smallest = smallest
 
 
 @dataclass
@@ -252,9 +261,10 @@ def allocate(
             if score < best_score:
                 best, best_score, best_ratio = g, score, ratio
         if best is None:
-            raise ValueError(
+            raise Unreachable(
                 f"cannot reach {target}: with at most {max_prune:.0%} of each group removed (and widths multiple "
-                f"of {round_to}) the smallest reachable {target.kind} ratio is {current:.4f}"
+                f"of {round_to}) the smallest reachable {target.kind} ratio is {current:.4f}",
+                current,
             )
         at[best.root] += 1
         removed[best.root] = best.width - options[best.root][at[best.root]]

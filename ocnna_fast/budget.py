@@ -11,7 +11,6 @@ three rounds).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -24,20 +23,38 @@ from .allocation import (
     CostModel,
     GroupInfo,
     Target,
+    Unreachable,
     allocate,
     allowed_widths,
     global_penalty,
     macs_and_params,
     parse_target,
 )
-from .graph import channel_groups, dependency_graph, feeds_output
+from .graph import channel_groups, conv_groups, feeds_output
 from .pruning import group_values
 from .sensitivity import MaskedEvaluator, group_outputs, measure_sensitivity, refine
 
-__all__ = ["ALLOCATIONS", "BudgetResult", "prune", "prune_to_budget", "input_batches", "score_values"]
+__all__ = [
+    "ALLOCATIONS",
+    "BudgetResult",
+    "prune",
+    "prune_to_budget",
+    "count_ratio",
+    "tolerance",
+    "input_batches",
+    "score_values",
+]
 
 ALLOCATIONS = ("sensitivity", "global")
 TOLERANCE = 0.02  # the reached ratio is within 2% of the target's
+# a latency ratio is a measurement, not a count: repeats of one model spread
+# by a few percent on a shared CPU, so its budget is met within 5%
+LATENCY_TOLERANCE = 0.05
+
+
+def tolerance(kind: str) -> float:
+    """How far the reached ratio may be from a ``kind`` target's (above or below)."""
+    return LATENCY_TOLERANCE if kind == "latency" else TOLERANCE
 
 
 @dataclass
@@ -58,15 +75,9 @@ class BudgetResult:
 def _groups(model: nn.Module, example: torch.Tensor, ignored: Sequence[nn.Module], values: Mapping[str, Any]):
     """The groups ``prune`` ranks (those the values name, not feeding the
     model's outputs), on a copy of ``model``: (copy, graph, [(group, info)])."""
-    work = copy.deepcopy(model).eval()
-    names = {m: n for n, m in work.named_modules()}
-    by_name = dict(work.named_modules())
-    original = {m: n for n, m in model.named_modules()}
-    dg = dependency_graph(work, example)
+    work, dg, names, groups = conv_groups(model, example, ignored)
     found = []
-    skip = [by_name[m] if isinstance(m, str) else by_name[original[m]] for m in ignored]
-    for g in dg.get_all_groups(ignored_layers=skip, root_module_types=[nn.Conv2d]):
-        root = names[g[0][0].target.module]
+    for root, g in groups:
         if root in values and not feeds_output(g):
             width = len(g[0][1])
             v = values[root]
@@ -91,6 +102,7 @@ def prune_to_budget(
     evaluation: Optional[Sequence[torch.Tensor]] = None,
     measure: Optional[Callable[[nn.Module], float]] = None,
     refine_steps: int = 0,
+    cap_search: bool = False,
     seed: int = 0,
     progress: bool = False,
 ) -> BudgetResult:
@@ -98,20 +110,21 @@ def prune_to_budget(
     ``{"params": 0.3}``, a ``Target``) with per-group widths from
     ``allocation``; within a group the highest ``values`` stay.
     ``sensitivity`` needs ``calibration`` and ``evaluation`` input batches;
-    with ``refine_steps`` it then searches around the allocation on the loss
-    of all groups masked together (seeded by ``seed``).
+    with ``cap_search`` it first picks, among allocations capped at several
+    shares of a group (``CAPS`` and ``max_prune``), the one whose groups,
+    masked together, lose least; with ``refine_steps`` it then searches
+    around the allocation on that loss (seeded by ``seed``).
     ``measure(pruned) -> ratio`` checks the budget (default: Torch-Pruning's
-    count of MACs or parameters)."""
+    count of MACs or parameters); a latency target needs one
+    (``latency_budget.LatencyRatio``) and is approached through MACs, the
+    internal MACs target moved by the secant of the measured ratios."""
     target = parse_target(target)
-    if allocation not in ALLOCATIONS:
-        raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
-    if target.kind == "latency" and measure is None:
-        raise ValueError("a latency target needs measure= (the latency ratio of a pruned model)")
+    _check(allocation, target, measure)
     work, dg, names, found = _groups(model, example, list(ignored_layers), values)
     if not found:
         raise ValueError("no prunable group: nothing to allocate")
-    infos = [info for _, info in found]
-    cost = CostModel(work, example, dg, [g for g, _ in found])
+    infos, cost = [info for _, info in found], CostModel(work, example, dg, [g for g, _ in found])
+    kind = "macs" if target.kind == "latency" else target.kind  # latency is approached through MACs
     curves = evaluator = None
     if allocation == "sensitivity":
         if not evaluation:
@@ -120,15 +133,22 @@ def prune_to_budget(
         evaluator = MaskedEvaluator(model, outputs, calibration, evaluation)
         curves = measure_sensitivity(evaluator, progress=progress)
         penalty = curves.penalty
+        if cap_search:
+            max_prune, curves.caps = _choose_cap(
+                evaluator, infos, cost, Target(kind, target.ratio), penalty, round_to, max_prune
+            )
     else:
         penalty = global_penalty(infos)
-    measure = measure or _counter(model, example, target.kind)
-    kind = "macs" if target.kind == "latency" else target.kind  # latency is approached through MACs
-    ceiling = target.ratio * (1 + TOLERANCE)  # a budget is met at or below it, within 2%
+    measure = measure or count_ratio(model, example, target.kind)
+    ceiling = target.ratio * (1 + tolerance(target.kind))  # a budget is met at or below it
 
     def build(keep: Dict[str, int]):
         pruned, plan = pruning.prune(model, None, None, example, ignored_layers, importance=dict(values), keep=keep)
-        return pruned, plan, keep, measure(pruned)
+        reached = measure(pruned)
+        figures = getattr(measure, "measurements", None)
+        if figures:  # a measured budget: this candidate's own figures go with it
+            plan["measured"] = dict(figures[-1])
+        return pruned, plan, keep, reached
 
     def greedy(aim: float) -> Dict[str, int]:
         per_cost = allocation != "global"  # a global ranking compares values alone
@@ -144,31 +164,91 @@ def prune_to_budget(
         search = {"steps": refine_steps, "loss_before": better[1], "loss_after": better[2]}
         if trial[3] <= ceiling:  # the search kept the cost model's price; the count confirms it
             pruned, plan, keep, reached = trial
-    plan["budget"] = {"target": str(target), "reached": reached, "allocation": allocation, "round_to": round_to}
+    _record(plan, target, reached, allocation, round_to, measure)
     widths = {i.root: (i.width, keep[i.root]) for i in infos}
     sensitivity = {**curves.as_dict(), "search": search, "evaluations": evaluator.evaluations} if curves else None
     return BudgetResult(pruned, plan, keep, target, reached, allocation, rounds, sensitivity, widths)
 
 
+# the shares of a group a capped candidate of ``cap_search`` may remove at most
+CAPS = (0.5, 0.625, 0.75)
+
+
+def _choose_cap(evaluator, infos, cost, target: Target, penalty, round_to: int, max_prune: float):
+    """The cap on a group's removed share whose allocation loses least with
+    all its groups masked together, and every cap's loss.  The curves add
+    single-group losses; many groups cut deep interact, which a lower cap
+    spreads out (EagleEye's test, on a few candidates)."""
+    losses: Dict[float, float] = {}
+    for cap in sorted({c for c in CAPS if c < max_prune} | {max_prune}):
+        try:
+            keep = allocate(infos, cost, target, penalty, round_to=round_to, max_prune=cap)
+        except Unreachable:
+            continue  # too low a cap for this budget
+        losses[cap] = evaluator.loss({i.root: i.width - keep[i.root] for i in infos})
+    return (min(losses, key=losses.get) if losses else max_prune), losses
+
+
 def _fit(greedy, build, target: Target, ceiling: float, round_to: int, max_prune: float):
-    """Allocations at a rescaled internal target until the real count lands
-    within 2% of the target (at most 8 rounds): the best build and the rounds."""
-    aim, best, closest = target.ratio, None, None
+    """Allocations at a rescaled internal target until the real count (or
+    measurement) lands within tolerance of the target (at most 8 rounds):
+    the best build and the rounds."""
+    aim, best, closest, tried = target.ratio, None, None, []
     for rounds in range(1, 9):
-        built = build(greedy(aim))
+        try:
+            keep = greedy(aim)
+        except Unreachable as exc:
+            floor = exc.smallest * 1.0001
+            if not tried:
+                raise
+            if tried[-1][0] <= floor * 1.001:
+                break  # the least the widths allow was built and measured already
+            aim = floor  # the next aim asks for more than the widths allow: try the least they do
+            keep = greedy(aim)
+        built = build(keep)
         reached = built[3]
         closest = reached if closest is None else min(closest, reached)
         if reached <= ceiling and (best is None or reached > best[3]):
             best = built
-        if best is not None and best[3] >= target.ratio * (1 - TOLERANCE):
+        if best is not None and best[3] >= target.ratio * (1 - tolerance(target.kind)):
             break
-        aim *= target.ratio / reached  # the check counts what the cost model leaves constant
+        tried.append((aim, reached))
+        aim = _next_aim(tried, target)
     if best is None:
         raise ValueError(
             f"cannot meet {target}: the closest reached is {target.kind}={closest:.4f} "
             f"(widths multiple of {round_to}, at most {max_prune:.0%} of a group removed)"
         )
     return best, rounds
+
+
+def _record(plan: Dict[str, Any], target: Target, reached: float, allocation: str, round_to: int, measure) -> None:
+    """``plan["budget"]``: what was asked and reached, and for a measured budget how and what it measured."""
+    plan["budget"] = {"target": str(target), "reached": reached, "allocation": allocation, "round_to": round_to}
+    if "measured" in plan:
+        plan["budget"]["measured"] = {**getattr(measure, "describe", dict)(), **plan.pop("measured")}
+
+
+def _check(allocation: str, target: Target, measure) -> None:
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
+    if target.kind == "latency" and measure is None:
+        raise ValueError("a latency target needs measure= (the latency ratio of a pruned model)")
+
+
+def _next_aim(tried: List[Tuple[float, float]], target: Target) -> float:
+    """The next internal MACs target.  A count differs from the cost model
+    by a near-constant factor (what it leaves out), so the aim is rescaled
+    by it.  A latency is not proportional to MACs (every run has fixed
+    costs), so after two measurements the aim follows the secant through
+    the last two, when it rises as it should."""
+    (aim, reached) = tried[-1]
+    nxt = aim * target.ratio / reached
+    if target.kind == "latency" and len(tried) >= 2:
+        (a0, r0) = tried[-2]
+        if a0 != aim and (reached - r0) / (aim - a0) > 0:
+            nxt = aim + (target.ratio - reached) * (aim - a0) / (reached - r0)
+    return min(max(nxt, 0.01), 0.999)
 
 
 def _refined(evaluator, infos, cost: CostModel, kind: str, keep, round_to, max_prune, steps, seed, progress):
@@ -184,7 +264,7 @@ def _refined(evaluator, infos, cost: CostModel, kind: str, keep, round_to, max_p
     return refine(evaluator, keep, options, lambda k: price(k) <= budget, steps, seed=seed, progress=progress)
 
 
-def _counter(model: nn.Module, example: torch.Tensor, kind: str) -> Callable[[nn.Module], float]:
+def count_ratio(model: nn.Module, example: torch.Tensor, kind: str) -> Callable[[nn.Module], float]:
     """The pruned model's MACs or parameters over the base model's, by Torch-Pruning's counter."""
     size = int(example.shape[-1])
     base = macs_and_params(model, size)
@@ -207,14 +287,12 @@ def score_values(
     model: nn.Module, scores: Mapping[str, Any], example: torch.Tensor, criterion: str = "ocnna"
 ) -> Dict[str, np.ndarray]:
     """Per group root, the values ``prune`` ranks a group by from scores (SPEC 4's coupled-group rule)."""
-    work = copy.deepcopy(model).eval()
-    names = {m: n for n, m in work.named_modules()}
-    dg = dependency_graph(work, example)
+    _, dg, names, groups = conv_groups(model, example)
     out = {}
-    for g in dg.get_all_groups(root_module_types=[nn.Conv2d]):
+    for root, g in groups:
         v = group_values(g, dg, names, scores, None, criterion)
         if v is not None:
-            out[names[g[0][0].target.module]] = v
+            out[root] = v
     return out
 
 

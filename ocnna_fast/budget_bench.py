@@ -9,7 +9,7 @@ ranks the channels within a group:
 - ``uniform-inner:CRIT``: the same with the CIFAR ResNets' stage widths
   kept (only each block's inner conv pruned);
 - ``global:CRIT`` and ``sensitivity:CRIT``: ``budget.prune_to_budget``'s
-  allocations;
+  allocations; ``sensitivity-caps:CRIT`` the latter with ``cap_search``;
 - ``tp-global``: Torch-Pruning's own global pruning through its API
   (``MetaPruner`` with ``GroupMagnitudeImportance(p=2)`` and
   ``global_pruning=True``), its pruning ratio bisected to the budget; the
@@ -34,13 +34,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .allocation import Target, macs_and_params, parse_target
+from .allocation import Target, parse_target
 from .atomic import write_text_atomic
-from .budget import TOLERANCE
+from .budget import TOLERANCE, count_ratio
 from .budget_tables import MEASURED, budget_plot, budget_table
 from .criteria import CRITERIA, SEEDED
 from .distill import state_sha256
-from .graph import dependency_graph, torch_pruning
+from .graph import conv_groups, torch_pruning
 from .latency import eager_latency
 from .pipeline import JobData, JobSettings, PruneJob, measure_baseline
 from .pruning import prune
@@ -56,7 +56,7 @@ __all__ = [
     "tp_global_keep",
 ]
 
-METHOD_KINDS = ("uniform", "uniform-inner", "global", "sensitivity", "tp-global")
+METHOD_KINDS = ("uniform", "uniform-inner", "global", "sensitivity", "sensitivity-caps", "tp-global")
 DEFAULT_METHODS = (
     "uniform:ocnna",
     "uniform:ocnna-rms",
@@ -131,12 +131,6 @@ def _row_ok(r: Any) -> bool:
     return seed_ok and finite_or_none(r, MEASURED)
 
 
-def _ratio(model: nn.Module, size: int, kind: str) -> Callable[[nn.Module], float]:
-    index = 0 if kind == "macs" else 1
-    base = macs_and_params(model, size)[index]
-    return lambda pruned: macs_and_params(pruned, size)[index] / base
-
-
 def _bisect(build: Callable[[float], Any], ratio: Callable[[Any], float], target: Target, lo: float, hi: float):
     """The largest share pruned (a percentile or a ratio, in ``[lo, hi]``)
     whose model stays within 2% above the target, and that model: the
@@ -165,7 +159,7 @@ def tp_global_keep(
     magnitude, ``global_pruning=True``) chooses at the pruning ratio that
     meets ``target``, and the ratio."""
     tp = torch_pruning()
-    ratio = _ratio(model, int(example.shape[-1]), target.kind)
+    ratio = count_ratio(model, example, target.kind)
     name_of = {m: n for n, m in model.named_modules()}
     skip_names = {name_of[m] for m in ignored}
 
@@ -194,13 +188,7 @@ def tp_global_keep(
 
 
 def _group_roots(model: nn.Module, example: torch.Tensor, ignored: Sequence[nn.Module]) -> List[str]:
-    work = copy.deepcopy(model).eval()
-    names = {m: n for n, m in work.named_modules()}
-    by_name = dict(work.named_modules())
-    original = {m: n for n, m in model.named_modules()}
-    skip = [by_name[original[m]] for m in ignored]
-    dg = dependency_graph(work, example)
-    return [names[g[0][0].target.module] for g in dg.get_all_groups(ignored_layers=skip, root_module_types=[nn.Conv2d])]
+    return [root for root, _ in conv_groups(model, example, ignored)[3]]
 
 
 class _Cells:
@@ -247,8 +235,9 @@ class _Cells:
         if key in self.structures:
             return self.structures[key]
         start, k, widths = time.perf_counter(), None, None
-        if kind in ("global", "sensitivity"):
-            job.settings = dataclasses.replace(job.settings, target=target, allocation=kind)
+        if kind in ("global", "sensitivity", "sensitivity-caps"):
+            allocation, caps = kind.replace("-caps", ""), kind.endswith("-caps")
+            job.settings = dataclasses.replace(job.settings, target=target, allocation=allocation, cap_search=caps)
             job.rank(self._values(job, criterion, seed))
             budget = job.allocate()
             pruned, plan, reached = budget.pruned, budget.plan, budget.reached
@@ -262,7 +251,7 @@ class _Cells:
 
     def _fixed_rule(self, job: PruneJob, kind: str, criterion: Optional[str], seed: int, ignored, t: Target):
         """uniform k, or Torch-Pruning's global widths, at the budget: (k or ratio, model, plan, reached)."""
-        ratio = _ratio(self.model, self.settings.input_size, t.kind)
+        ratio = count_ratio(self.model, job.example, t.kind)
         if kind == "tp-global":
             keep, share = tp_global_keep(self.model, job.example, ignored, t)
             roots = _group_roots(self.model, job.example, ignored)

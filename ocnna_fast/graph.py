@@ -4,7 +4,8 @@ modules), and what a group of coupled channels holds."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator, List, Tuple
+import copy
+from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -12,7 +13,14 @@ from torch import nn
 
 from .module_state import restore_training_flags, training_flags
 
-__all__ = ["dependency_graph", "feeds_output", "channel_groups", "out_channel_convs", "torch_pruning"]
+__all__ = [
+    "dependency_graph",
+    "conv_groups",
+    "feeds_output",
+    "channel_groups",
+    "out_channel_convs",
+    "torch_pruning",
+]
 
 
 def torch_pruning():
@@ -44,6 +52,23 @@ def dependency_graph(model: nn.Module, example_inputs: torch.Tensor):
         ) from exc
     _refuse_untraced(model, example_inputs, DG)
     return DG
+
+
+def conv_groups(
+    model: nn.Module, example_inputs: torch.Tensor, ignored: Sequence[Union[nn.Module, str]] = ()
+) -> Tuple[nn.Module, Any, Dict[nn.Module, str], List[Tuple[str, Any]]]:
+    """On an eval-mode copy of ``model`` (the graph's surgery must not touch
+    the original): ``(copy, graph, names of the copy's modules, [(root conv
+    name, group)])`` for every group rooted at a conv, the ``ignored``
+    modules (of ``model``, or names) left out."""
+    work = copy.deepcopy(model).eval()
+    names = {m: n for n, m in work.named_modules()}
+    by_name = dict(work.named_modules())
+    original = {m: n for n, m in model.named_modules()}
+    skip = [by_name[m] if isinstance(m, str) else by_name[original[m]] for m in ignored]
+    dg = dependency_graph(work, example_inputs)
+    groups = dg.get_all_groups(ignored_layers=skip, root_module_types=[nn.Conv2d])
+    return work, dg, names, [(names[g[0][0].target.module], g) for g in groups]
 
 
 def _refuse_untraced(model: nn.Module, example_inputs: torch.Tensor, DG: Any) -> None:

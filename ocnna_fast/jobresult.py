@@ -95,6 +95,7 @@ class JobResult:
             "allocation_seconds": self.seconds.get("allocate", 0.0),
             "widths": {root: list(w) for root, w in b.widths.items()},
             "sensitivity": b.sensitivity,
+            **({"target_measured": b.plan["budget"]["measured"]} if "measured" in b.plan.get("budget", {}) else {}),
         }
 
 

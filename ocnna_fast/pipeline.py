@@ -33,6 +33,7 @@ from .criteria import CRITERIA, Context, FamilyCriterion, criterion_values
 from .distill import distill
 from .evaluation import evaluate
 from .jobresult import Baseline, JobResult, measure_baseline
+from .latency_budget import RUNTIMES, LatencyRatio
 from .pruning import prune
 from .scores import Scores
 from .scoring import score
@@ -68,7 +69,9 @@ class JobSettings:
     ``allocation`` (``sensitivity``: measured loss curves after BatchNorm
     re-estimation on ``sensitivity_images`` calibration images; ``global``:
     normalised values ranked across groups), multiples of ``round_to``, at
-    most ``max_prune`` of a group removed."""
+    most ``max_prune`` of a group removed.  A ``"latency=0.6"`` target is
+    measured in ``latency_runtime`` (``onnxruntime`` or ``eager``) at
+    ``latency_batch`` images per call on this CPU."""
 
     k: float = 40.0
     criterion: str = "ocnna"
@@ -85,6 +88,9 @@ class JobSettings:
     max_prune: float = 0.9
     sensitivity_images: int = 256
     refine_steps: int = 0
+    cap_search: bool = False
+    latency_runtime: str = "onnxruntime"
+    latency_batch: int = 1
 
 
 class _Inputs:
@@ -124,6 +130,11 @@ class PruneJob:
             percentile(settings.k)
         else:
             parse_target(settings.target)
+        if settings.latency_runtime not in RUNTIMES or settings.latency_batch < 1:
+            raise ValueError(
+                f"latency_runtime must be one of {', '.join(RUNTIMES)} and latency_batch >= 1; got "
+                f"{settings.latency_runtime!r}, {settings.latency_batch!r}"
+            )
         self.model, self.data, self.settings = model.eval(), data, settings
         hook = getattr(model, "ocnna_ignored_layers", None)
         default = list(hook()) if callable(hook) else []
@@ -233,7 +244,8 @@ class PruneJob:
 
     def allocate(self) -> BudgetResult:
         """Per-group widths meeting ``settings.target`` (checked by a real
-        count, within 2%), the copy pruned to them: what ``surgery`` keeps."""
+        count within 2%, or a latency measured side by side within 5%), the
+        copy pruned to them: what ``surgery`` keeps."""
         s = self.settings
         values = self.values if self.values is not None else self.rank()
         calibration = evaluation = None
@@ -243,6 +255,9 @@ class PruneJob:
             calibration = input_batches(self.data.bn, s.batch_size, s.sensitivity_images)
             evaluation = input_batches(self.data.score, s.batch_size, s.sensitivity_images)
         t = time.perf_counter()
+        measure = None
+        if parse_target(s.target).kind == "latency":
+            measure = LatencyRatio(self.model, s.input_size, runtime=s.latency_runtime, batch=s.latency_batch)
         self.budget = prune_to_budget(
             self.model,
             values,
@@ -255,7 +270,9 @@ class PruneJob:
             calibration=calibration,
             evaluation=evaluation,
             refine_steps=s.refine_steps,
+            cap_search=s.cap_search,
             seed=s.seed,
+            measure=measure,
             progress=self.progress,
         )
         self.seconds["allocate"] = time.perf_counter() - t

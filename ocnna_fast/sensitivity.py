@@ -52,6 +52,7 @@ class SensitivityCurves:
         self.losses = {root: [0.0, *v] for root, v in losses.items()}
         self.seconds = seconds
         self.offset = 0.0  # the loss of the unmasked model after the same re-estimation
+        self.caps: Optional[Dict[float, float]] = None  # budget.cap_search: the loss of each capped allocation
 
     def penalty(self, g: GroupInfo, kept: int) -> float:
         share = 1.0 - kept / g.width
@@ -62,7 +63,10 @@ class SensitivityCurves:
         return float(ys[-1] + max(slope, 0.0) * (share - xs[-1]))
 
     def as_dict(self) -> Dict[str, Any]:
-        return {"fractions": self.fractions, "losses": self.losses, "offset": self.offset, "seconds": self.seconds}
+        out = {"fractions": self.fractions, "losses": self.losses, "offset": self.offset, "seconds": self.seconds}
+        if self.caps is not None:
+            out["caps"] = {str(c): loss for c, loss in self.caps.items()}
+        return out
 
 
 class _Masks:
@@ -105,10 +109,10 @@ class MaskedEvaluator:
         self,
         model: nn.Module,
         groups: Sequence[Tuple[GroupInfo, List[Tuple[str, List[int]]]]],
-        calibration: Sequence[torch.Tensor],
+        calibration: Optional[Sequence[torch.Tensor]],
         evaluation: Sequence[torch.Tensor],
     ) -> None:
-        self.work = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)  # ~15% faster convs on CPU
+        self.work = copy.deepcopy(model).eval()
         self.groups = {info.root: (info, outputs, _lowest_first(info)) for info, outputs in groups}
         if calibration is None:  # one pass: each candidate's statistics from the evaluated images themselves
             evaluation = [torch.cat(list(evaluation))]
@@ -116,14 +120,15 @@ class MaskedEvaluator:
             calibration = [x.contiguous(memory_format=torch.channels_last) for x in calibration]
         evaluation = [x.contiguous(memory_format=torch.channels_last) for x in evaluation]
         self.calibration, self.evaluation = calibration, evaluation
-        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.work.modules()):
+        if not _norms(self.work):
             # folded BatchNorm: put it back (the base model's output moments), so a
             # candidate is re-estimated as on an unfolded network; masks by name
             # then land after the norm, as removal would leave zeros there
             convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
             unfold(self.work, output_moments(model, calibration if calibration is not None else evaluation, convs))
-        self.has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.work.modules())
-        self.work.to(memory_format=torch.channels_last)
+        self.norms = _norms(self.work)
+        self.has_bn = bool(self.norms)
+        self.work.to(memory_format=torch.channels_last)  # ~15% faster convs on CPU
         with torch.no_grad():
             self.reference = [F.log_softmax(model.eval()(x), 1) for x in evaluation]
         self.masks = _Masks(self.work)
@@ -140,19 +145,22 @@ class MaskedEvaluator:
             for name, chans in outputs:
                 masks.setdefault(name, []).extend(chans[p] for p in positions)
         self.masks.set(masks)
-        norms = [m for m in self.work.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         try:
-            if norms and self.calibration is not None:
+            if self.norms and self.calibration is not None:
                 recalibrate_batchnorm(self.work, self.calibration)
-            elif norms:  # normalised by the statistics of the very batch evaluated: BatchNorm in training mode
-                for m in norms:
+            elif self.norms:  # normalised by the statistics of the very batch evaluated: BatchNorm in training mode
+                for m in self.norms:
                     m.train()
             self.evaluations += 1
             return max(0.0, _kl(self.work, self.evaluation, self.reference) - self.offset)
         finally:
             self.masks.clear()
-            for m in norms:
+            for m in self.norms:
                 m.eval()
+
+
+def _norms(model: nn.Module) -> List[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 def measure_sensitivity(

@@ -188,8 +188,18 @@ def test_sensitivity_curves_grow_with_the_share_masked(data_dir):
     x = normalize(images, CIFAR_MEAN, CIFAR_STD)
     values = {k: v for k, v in _random_values(model, x[:1]).items()}
     result = prune_to_budget(
-        model, values, x[:1], "macs=0.6", allocation="sensitivity", calibration=[x[:32]], evaluation=[x[32:]]
+        model,
+        values,
+        x[:1],
+        "macs=0.6",
+        allocation="sensitivity",
+        calibration=[x[:32]],
+        evaluation=[x[32:]],
+        cap_search=True,
     )
+    caps = {float(c): loss for c, loss in result.sensitivity["caps"].items()}
+    chosen = min(caps, key=caps.get)  # the kept widths respect the cap that lost least
+    assert all(after >= before * (1 - chosen) - 1 for before, after in result.widths.values()), (chosen, caps)
     curves = result.sensitivity["losses"]
     assert set(curves) == set(values)
     growing = [c[0] == 0.0 and c[1] <= c[2] <= c[3] for c in curves.values()]
@@ -247,6 +257,37 @@ def test_k_and_target_are_exclusive_on_the_command_line(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["prune", "--k", "40", "--target", "macs=0.5"])
     assert "not allowed with argument" in capsys.readouterr().err
-    for bad in ("macs=2", "flops=0.5", "latency=0.5"):
+    for bad in ("macs=2", "flops=0.5", "latency=1.5"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["prune", "--target", bad])
+
+
+def test_cap_search_keeps_the_capped_allocation_that_loses_least():
+    """Penalties that would empty group a (cheapest per cost) against a
+    combined loss that punishes deep cuts: the search must pick the cap that
+    spreads the cut, report every cap's loss, and skip caps too low for
+    the budget."""
+    from ocnna_fast.budget import CAPS, _choose_cap
+
+    class Flat:
+        def ratio(self, removed, kind):
+            return (100.0 - sum(removed.values())) / 100.0
+
+    class Combined:  # the loss of groups masked together: the deepest share, squared
+        def __init__(self):
+            self.calls = []
+
+        def loss(self, removed):
+            self.calls.append(dict(removed))
+            return max(n / 50 for n in removed.values()) ** 2
+
+    a, b = GroupInfo("a", 50, np.linspace(0, 1, 50)), GroupInfo("b", 50, np.linspace(0, 1, 50))
+    penalty = lambda g, kept: (g.width - kept) * (1 if g.root == "a" else 3)  # noqa: E731
+    ev = Combined()
+    cap, losses = _choose_cap(ev, [a, b], Flat(), Target("macs", 0.6), penalty, 1, 0.9)
+    assert sorted(losses) == sorted({*CAPS, 0.9})
+    assert cap == 0.5 and losses[0.5] == pytest.approx(0.25) and losses[0.9] == pytest.approx(0.64)
+    assert ev.calls[0] == {"a": 25, "b": 15}  # capped at half: a gives 25, b the rest
+    # at 0.3 a cap of 0.5 cannot reach the budget (at most 50 of 100 removed): it is skipped
+    cap, losses = _choose_cap(Combined(), [a, b], Flat(), Target("macs", 0.3), penalty, 1, 0.9)
+    assert 0.5 not in losses and cap == min(losses, key=losses.get) == 0.75

@@ -119,7 +119,7 @@ def _data(n=48):
     return JobData(eval=s, score=s, bn=s)
 
 
-METHODS = ["uniform:l1", "uniform-inner:l1", "tp-global", "global:l1", "sensitivity:l1"]
+METHODS = ["uniform:l1", "uniform-inner:l1", "tp-global", "global:l1", "sensitivity:l1", "sensitivity-caps:l1"]
 
 
 def _suite(model, out, methods=METHODS, **kw):
@@ -195,6 +195,8 @@ def test_a_suite_of_other_settings_is_not_resumed(tmp_path):
         (["--target", "macs=0.5", "--k", "40"], "--k and --criteria"),
         (["--target", "macs=0.5", "--methods", "tp-global", "tp-global"], "more than once"),
         (["--target", "macs=0.5", "--methods", "uniform"], "criterion"),
+        (["--target", "macs=0.5", "--scope", "inner"], "each method names its scope"),
+        (["--target", "latency=0.5"], "MACs or parameter budgets"),
     ],
 )
 def test_bench_refuses_mixed_or_bad_axes_before_loading(argv, message, tmp_path, capsys):

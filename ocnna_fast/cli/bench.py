@@ -46,6 +46,7 @@ def register(sub) -> None:
         metavar="KIND[:CRITERION]",
         help="with --target: how widths are chosen, and the criterion within a group: uniform:C (one k, "
         "bisected to the budget), uniform-inner:C (CIFAR ResNets' stage widths kept), global:C, sensitivity:C, "
+        "sensitivity-caps:C (with prune's --cap-search), "
         f"tp-global (Torch-Pruning's global pruning); default {' '.join(DEFAULT_METHODS)}",
     )
     options.add_budget_options(be, allocation=False)
@@ -59,7 +60,7 @@ def register(sub) -> None:
     options.add_job_options(be, finetune_epochs=0)
     be.add_argument("--out", default="runs/bench", help="output folder (a suite there resumes)")
     options.add_threads_option(be)
-    be.set_defaults(func=run)
+    be.set_defaults(func=run, scope=None)  # None: not given (a --target suite's methods name their scopes)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,9 +82,15 @@ def _check_axes(args: argparse.Namespace) -> None:
         args.k = args.k if args.k is not None else [20.0, 40.0, 60.0]
         args.criteria = args.criteria if args.criteria is not None else list(CRITERIA)
         check_cells(args.criteria, args.k, args.seeds)
+        args.scope = args.scope or "full"
         return
     if args.k is not None or args.criteria is not None:
         raise ValueError("--target compares --methods at equal cost; --k and --criteria belong to the suite without it")
+    if args.scope is not None:
+        raise ValueError(
+            "with --target each method names its scope (uniform:C prunes stage widths, uniform-inner:C keeps "
+            "them); --scope belongs to the suite without --target"
+        )
     args.target = parse_targets(args.target)
     args.methods = args.methods if args.methods is not None else list(DEFAULT_METHODS)
     check_methods(args.methods, args.seeds)

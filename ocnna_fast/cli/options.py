@@ -219,16 +219,29 @@ def add_job_options(sp: argparse.ArgumentParser, *, finetune_epochs: int) -> Non
 
 
 def target(text: str):
-    """An argparse type: a budget ``KIND=RATIO`` (``macs=0.5``, ``params=0.3``)."""
+    """An argparse type: a budget ``KIND=RATIO`` (``macs=0.5``, ``params=0.3``, ``latency=0.6``)."""
     from ..allocation import parse_target
 
     try:
         t = parse_target(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    if t.kind == "latency":
-        raise argparse.ArgumentTypeError("latency targets are not available yet: use macs=R or params=R")
     return str(t)
+
+
+def add_latency_target_options(sp: argparse.ArgumentParser) -> None:
+    """Where a ``--target latency=R`` is measured."""
+    from ..latency_budget import RUNTIMES
+
+    sp.add_argument(
+        "--latency-runtime",
+        default="onnxruntime",
+        choices=list(RUNTIMES),
+        help="the runtime a latency target is measured in (default onnxruntime: needs the deploy extra)",
+    )
+    sp.add_argument(
+        "--latency-batch", type=COUNT, default=1, help="images per call when measuring a latency target (default 1)"
+    )
 
 
 def add_budget_options(sp: argparse.ArgumentParser, *, allocation: bool = True) -> None:
@@ -250,6 +263,12 @@ def add_budget_options(sp: argparse.ArgumentParser, *, allocation: bool = True) 
             default=0,
             help="after the sensitivity allocation, this many moves of a local search on the loss of all "
             "groups masked together (default 0: off)",
+        )
+        sp.add_argument(
+            "--cap-search",
+            action="store_true",
+            help="sensitivity allocation: also allocate with a group's removed share capped at 50, 62.5 and 75%% "
+            "and keep the allocation whose groups, masked together, lose least",
         )
     sp.add_argument(
         "--sensitivity-images",

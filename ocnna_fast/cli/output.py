@@ -61,6 +61,15 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _measured_budget(m: Dict[str, Any]) -> str:
+    """The latency figures a latency target was met with."""
+    return (
+        f"Measured while fitting it ({m['runtime']}, batch {m['batch']}, {m['threads']} threads, median of "
+        f"{m['repeats']} alternating calls): base {m['base_ms']:.2f} ms, pruned {m['pruned_ms']:.2f} ms "
+        f"({m['candidates']} candidates measured). The latency table below is measured again, separately."
+    )
+
+
 def prune_markdown(report: Dict[str, Any], title: str) -> str:
     """``report.md`` of a prune job, for a person: accuracy at each stage,
     what was kept, the budget, the latency, and how to run it again."""
@@ -89,6 +98,8 @@ def prune_markdown(report: Dict[str, Any], title: str) -> str:
     lines.append(f"| MACs per image | {r['base_macs']:,} | {r['pruned_macs']:,} | {_pct(r['macs_ratio'])} |")
     if r.get("target"):
         lines += ["", f"Budget {r['target']} ({r['allocation']} allocation): reached {r['reached']:.4f}."]
+        if r.get("target_measured"):
+            lines.append(_measured_budget(r["target_measured"]))
     lines += ["", "## How it ran", ""]
     settings = r.get("settings", {})
     for key, value in settings.items():

@@ -35,10 +35,11 @@ def register(sub) -> None:
         type=options.target,
         default=None,
         metavar="KIND=RATIO",
-        help="prune to a budget instead: macs=R or params=R (R the pruned/base ratio), per-group widths "
-        "chosen by --allocation",
+        help="prune to a budget instead: macs=R, params=R or latency=R (R the pruned/base ratio; latency "
+        "measured in --latency-runtime at --latency-batch on this CPU), per-group widths chosen by --allocation",
     )
     options.add_budget_options(pr)
+    options.add_latency_target_options(pr)
     pr.add_argument(
         "--n-components",
         type=options.n_components,
@@ -81,6 +82,9 @@ def _job(args: argparse.Namespace, model, size: int, out: Path) -> PruneJob:
         max_prune=args.max_prune,
         sensitivity_images=args.sensitivity_images,
         refine_steps=args.refine_steps,
+        cap_search=args.cap_search,
+        latency_runtime=args.latency_runtime,
+        latency_batch=args.latency_batch,
         criterion=args.criterion,
         n_components=args.n_components,
         epochs=args.finetune_epochs,
@@ -164,8 +168,10 @@ def _epochs(n: int) -> str:
 
 def _budget_line(job: PruneJob) -> str:
     b = job.budget
+    m = b.plan.get("budget", {}).get("measured")
+    ms = f"; {m['runtime']} batch {m['batch']}: {m['base_ms']:.2f} -> {m['pruned_ms']:.2f} ms" if m else ""
     return (
-        f"{b.target} ({b.allocation} allocation, reached {b.target.kind}={b.reached:.4f} in "
+        f"{b.target} ({b.allocation} allocation, reached {b.target.kind}={b.reached:.4f}{ms} in "
         f"{job.seconds.get('allocate', 0):.0f} s)"
     )
 

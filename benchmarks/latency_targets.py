@@ -1,0 +1,81 @@
+"""Latency targets and `--round-to`, measured: ResNet-56 pruned with
+`ocnna-fast prune --target latency=R` in ONNX Runtime at batch 1 and 64,
+and at `--target macs=0.5` (the main job's budget), each with and without
+`--round-to 8`; no distillation (latency does not depend on it).
+
+    python benchmarks/latency_targets.py [--out benchmarks/results/latency-targets] [--ratio 0.6]
+
+Each run is one `ocnna-fast prune` into OUT/NAME (a finished run is kept,
+so a stopped script resumes).  The table it prints gives, per run, the
+ratio the fit measured (pruned over base, timed side by side) and the
+ratio measured again afterwards by the report's separate latency pass
+(`--latency-repeats 50`), the MACs ratio and the accuracy after
+BatchNorm re-estimation.  Needs the deploy extra; run it on a quiet
+machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+COMMON = [
+    "--arch", "resnet56", "--criterion", "ocnna-rms", "--score-images", "500", "--eval-images", "2000",
+    "--finetune-epochs", "0", "--latency-repeats", "50", "--no-progress",
+]  # fmt: skip
+
+
+def runs(ratio: float):
+    """(name, extra arguments) of every run."""
+    for batch in (1, 64):
+        for round_to in (1, 8):
+            yield f"latency{ratio:g}-b{batch}-r{round_to}", [
+                "--target", f"latency={ratio:g}", "--latency-batch", str(batch), "--round-to", str(round_to),
+            ]  # fmt: skip
+    for round_to in (1, 8):
+        yield f"macs0.5-r{round_to}", ["--target", "macs=0.5", "--round-to", str(round_to)]
+
+
+def row(name: str, report: dict) -> str:
+    lat = report.get("latency", {})
+    again = {k: 1.0 / v for k, v in lat.get("speedup", {}).items()}  # pruned over base
+    m = report.get("target_measured")
+    fit = f"{m['ratio']:.3f} (b{m['batch']}: {m['base_ms']:.2f} -> {m['pruned_ms']:.2f} ms)" if m else "-"
+    cells = " | ".join(f"{again.get(k, float('nan')):.3f}" for k in ("onnxruntime_b1", "onnxruntime_b64"))
+    widths = report.get("widths", {}).values()
+    odd = sum(1 for before, after in widths if after != before and after % 8)
+    return (
+        f"| {name} | {report['target']} | {fit} | {cells} | {report['macs_ratio']:.4f} | {odd} | "
+        f"{report['pruned_accuracy_before_finetune']:.2f} |"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="benchmarks/results/latency-targets")
+    ap.add_argument("--ratio", type=float, default=0.6)
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "| run | target | ratio measured by the fit | ORT b1 ratio, measured again | ORT b64 ratio, measured again "
+        "| MACs ratio | pruned widths not a multiple of 8 | accuracy after BN |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, extra in runs(args.ratio):
+        folder = out / name
+        if not (folder / "report.json").exists():
+            cmd = ["ocnna-fast", "prune", *COMMON, *extra, "--out", str(folder)]
+            print(" ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True, stdout=sys.stderr)
+        lines.append(row(name, json.loads((folder / "report.json").read_text())))
+    table = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

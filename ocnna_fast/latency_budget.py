@@ -1,0 +1,111 @@
+"""A latency budget, measured in the runtime the model is deployed with.
+
+``LatencyRatio(base, ...)`` is what ``budget.prune_to_budget(measure=...)``
+calls on each candidate of a ``latency=R`` target: the candidate's latency
+over the base model's, in ONNX Runtime (the file exported the way
+``ocnna-fast export`` writes it) or PyTorch eager, at one batch size, on
+this CPU.  Whole-model measurements rather than a per-layer table: a
+table adds layer latencies measured alone, which misses what a runtime
+fuses and how it picks kernels for odd widths (the effect that made a
+pruned ResNet-56 slower than its base in ONNX Runtime).
+
+The two models are timed in alternation, call after call, and the ratio is
+of their medians: load that comes and goes on the machine slows both the
+same way, so the ratio holds where either time alone would drift.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["RUNTIMES", "LatencyRatio"]
+
+RUNTIMES = ("onnxruntime", "eager")
+
+
+class LatencyRatio:
+    """Callable: a pruned model -> its latency over ``base``'s, in
+    ``runtime`` at ``batch``, from ``repeats`` alternating timed calls of
+    each after ``warmup`` untimed ones.  ``measurements`` keeps every
+    candidate's figures (milliseconds and the ratio), in order.  ``timer``
+    replaces ``time.perf_counter`` (tests)."""
+
+    def __init__(
+        self,
+        base: nn.Module,
+        input_size: int,
+        *,
+        runtime: str = "onnxruntime",
+        batch: int = 1,
+        repeats: int = 20,
+        warmup: int = 3,
+        timer: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"a latency runtime is one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        if batch < 1 or repeats < 1 or warmup < 0:
+            raise ValueError(f"need batch >= 1, repeats >= 1, warmup >= 0; got {batch}, {repeats}, {warmup}")
+        if runtime == "onnxruntime":
+            from .export import require_deploy
+
+            require_deploy()  # fail before any allocation work, not at the first candidate
+        self.runtime, self.batch, self.input_size = runtime, batch, input_size
+        self.repeats, self.warmup, self.timer = repeats, warmup, timer
+        self.threads = torch.get_num_threads()
+        self.measurements: List[Dict[str, float]] = []
+        self._dir = tempfile.TemporaryDirectory(prefix="ocnna-latency-")
+        self._base = self._runner(base, "base")
+
+    def _runner(self, model: nn.Module, name: str) -> Callable[[], Any]:
+        """One forward pass of ``model`` on a fixed random batch, in the runtime."""
+        shape = (self.batch, 3, self.input_size, self.input_size)
+        if self.runtime == "eager":
+            model = model.eval()
+            x = torch.randn(*shape)
+
+            def call() -> Any:
+                with torch.no_grad():
+                    return model(x)
+
+            return call
+        from .export import export_model, load_runner
+
+        path = Path(self._dir.name) / f"{name}.onnx"
+        export_model(model, path, "onnx", self.input_size)
+        run = load_runner(path, "onnx", self.threads)
+        arr = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        return lambda: run(arr)
+
+    def __call__(self, pruned: nn.Module) -> float:
+        candidate = self._runner(pruned, "candidate")
+        times: Dict[str, List[float]] = {"base": [], "pruned": []}
+        for i in range(self.warmup + self.repeats):
+            for key, call in (("base", self._base), ("pruned", candidate)):
+                t = self.timer()
+                call()
+                if i >= self.warmup:
+                    times[key].append(1000.0 * (self.timer() - t))
+        base_ms, pruned_ms = statistics.median(times["base"]), statistics.median(times["pruned"])
+        if base_ms <= 0:
+            raise RuntimeError("the base model's measured latency is zero: the timer cannot resolve it")
+        ratio = pruned_ms / base_ms
+        self.measurements.append({"base_ms": base_ms, "pruned_ms": pruned_ms, "ratio": ratio})
+        return ratio
+
+    def describe(self) -> Dict[str, Any]:
+        """How it measures, for a report: runtime, batch, threads, repeats, candidates measured so far."""
+        return {
+            "runtime": self.runtime,
+            "batch": self.batch,
+            "threads": self.threads,
+            "repeats": self.repeats,
+            "candidates": len(self.measurements),
+        }
