@@ -31,6 +31,7 @@ from .allocation import (
     parse_target,
 )
 from .graph import channel_groups, conv_groups, feeds_output
+from .latency_budget import LatencyRatio
 from .pruning import group_values
 from .sensitivity import MaskedEvaluator, group_outputs, measure_sensitivity, refine
 
@@ -309,14 +310,18 @@ def prune(
     max_prune: float = 0.9,
     calibration: Optional[Sequence[torch.Tensor]] = None,
     evaluation: Optional[Sequence[torch.Tensor]] = None,
+    cap_search: bool = False,
+    measure: Optional[Callable[[nn.Module], float]] = None,
     **kwargs: Any,
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     """``ocnna_fast.prune``: a physically smaller copy of ``model``, by the
     paper's percentile rule (``k``; see ``pruning.prune`` for every option)
-    or to a budget (``target={"macs": 0.5}`` or ``"params=0.3"``): per-group
-    widths from ``allocation`` (``global``, or ``sensitivity`` with
-    ``calibration`` and ``evaluation`` input batches), within 2% of the target
-    (``plan["budget"]`` says what was reached)."""
+    or to a budget (``target={"macs": 0.5}``, ``"params=0.3"``,
+    ``"latency=0.6"``): per-group widths from ``allocation`` (``global``, or
+    ``sensitivity`` with ``calibration`` and ``evaluation`` input batches,
+    optionally ``cap_search``), within 2% of the target (5% for latency,
+    measured by ``measure``, default ``LatencyRatio(model, side)``: ONNX
+    Runtime, batch 1); ``plan["budget"]`` says what was reached."""
     if example_inputs is None:
         raise TypeError("prune() needs example_inputs, a batch the model accepts")
     if target is None:
@@ -333,6 +338,8 @@ def prune(
     values = importance if importance is not None else score_values(model, scores, example_inputs, **kwargs)
     hook = getattr(model, "ocnna_ignored_layers", None)
     ignored = list(ignored_layers) if ignored_layers is not None else (list(hook()) if callable(hook) else [])
+    if measure is None and parse_target(target).kind == "latency":
+        measure = LatencyRatio(model, int(example_inputs.shape[-1]))
     result = prune_to_budget(
         model,
         values,
@@ -344,5 +351,7 @@ def prune(
         max_prune=max_prune,
         calibration=calibration,
         evaluation=evaluation,
+        cap_search=cap_search,
+        measure=measure,
     )
     return result.pruned, result.plan

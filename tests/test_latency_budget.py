@@ -131,3 +131,28 @@ def test_cli_prunes_to_a_measured_latency(tmp_path, data_dir, capsys):
     assert report["macs_ratio"] < 1.0
     md = (out / "report.md").read_text()
     assert "Budget latency=0.8" in md and f"pruned {measured['pruned_ms']:.2f} ms" in md
+
+
+def test_python_prune_takes_a_latency_target(monkeypatch):
+    """``ocnna_fast.prune(target="latency=R")``: with a given measure, and by
+    default measured in ONNX Runtime at batch 1 (what the kept model was
+    measured at goes into the plan)."""
+    import ocnna_fast
+    from ocnna_fast import budget
+
+    pytest.importorskip("onnxruntime")
+
+    class Quick(LatencyRatio):  # the default measure, with fewer repeats: the test checks the route
+        def __init__(self, *args, **kw):
+            super().__init__(*args, repeats=5, warmup=1, **kw)
+
+    monkeypatch.setattr(budget, "LatencyRatio", Quick)
+    model, x, values = _setup()
+    _, plan = ocnna_fast.prune(
+        model, None, target="latency=0.7", example_inputs=x, importance=values, measure=Fixed(model)
+    )
+    assert plan["budget"]["measured"]["runtime"] == "fake" and plan["budget"]["reached"] <= 0.7 * 1.05
+    _, plan = ocnna_fast.prune(model, None, target="latency=0.9", example_inputs=x, importance=values)
+    measured = plan["budget"]["measured"]
+    assert measured["runtime"] == "onnxruntime" and measured["batch"] == 1
+    assert plan["budget"]["reached"] == measured["ratio"] <= 0.9 * (1 + LATENCY_TOLERANCE)
