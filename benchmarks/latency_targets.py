@@ -4,6 +4,7 @@ and at `--target macs=0.5` (the main job's budget), each with and without
 `--round-to 8`; no distillation (latency does not depend on it).
 
     python benchmarks/latency_targets.py [--out benchmarks/results/latency-targets] [--ratio 0.6]
+    python benchmarks/latency_targets.py --self-check   # the measurement's own noise
 
 Each run is one `ocnna-fast prune` into OUT/NAME (a finished run is kept,
 so a stopped script resumes).  The table it prints gives, per run, the
@@ -53,11 +54,32 @@ def row(name: str, report: dict) -> str:
     )
 
 
+def self_check(times: int = 5) -> None:
+    """The base ResNet-56 measured against a copy of itself by the fit's
+    own measurement (``LatencyRatio``), ``times`` times per batch size:
+    every ratio should be 1, and how far they stray is the noise a
+    latency target is met through."""
+    import copy
+
+    from ocnna_fast.latency_budget import LatencyRatio
+    from ocnna_fast.models import build
+
+    model = build("resnet56").eval()
+    for batch in (1, 64):
+        meter = LatencyRatio(model, 32, batch=batch)
+        ratios = [meter(copy.deepcopy(model)) for _ in range(times)]
+        print(f"ONNX Runtime, batch {batch}: ratios {' '.join(f'{r:.3f}' for r in ratios)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="benchmarks/results/latency-targets")
     ap.add_argument("--ratio", type=float, default=0.6)
+    ap.add_argument("--self-check", action="store_true", help="only measure the base against itself")
     args = ap.parse_args()
+    if args.self_check:
+        self_check()
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines = [

@@ -192,10 +192,10 @@ def _choose_cap(evaluator, infos, cost, target: Target, penalty, round_to: int, 
 
 def _fit(greedy, build, target: Target, ceiling: float, round_to: int, max_prune: float):
     """Allocations at a rescaled internal target until the real count (or
-    measurement) lands within tolerance of the target (at most 8 rounds):
-    the best build and the rounds."""
+    measurement) lands within tolerance of the target (at most 8 rounds, 12
+    for a measured latency): the best build and the rounds."""
     aim, best, closest, tried = target.ratio, None, None, []
-    for rounds in range(1, 9):
+    for rounds in range(1, 13 if target.kind == "latency" else 9):
         try:
             keep = greedy(aim)
         except Unreachable as exc:
@@ -240,12 +240,19 @@ def _check(allocation: str, target: Target, measure) -> None:
 def _next_aim(tried: List[Tuple[float, float]], target: Target) -> float:
     """The next internal MACs target.  A count differs from the cost model
     by a near-constant factor (what it leaves out), so the aim is rescaled
-    by it.  A latency is not proportional to MACs (every run has fixed
-    costs), so after two measurements the aim follows the secant through
-    the last two, when it rises as it should."""
+    by it.  A latency is neither proportional to MACs (a runtime has fixed
+    costs per layer and per call) nor smooth in it (odd widths fit its
+    kernels worse, and each figure is a noisy measurement): after two
+    measurements the aim follows the secant through the last two, and once
+    aims on both sides of the target are known, it bisects between the
+    closest two."""
     (aim, reached) = tried[-1]
     nxt = aim * target.ratio / reached
     if target.kind == "latency" and len(tried) >= 2:
+        below = [a for a, r in tried if r <= target.ratio]
+        above = [a for a, r in tried if r > target.ratio]
+        if below and above and max(below) < min(above):
+            return (max(below) + min(above)) / 2
         (a0, r0) = tried[-2]
         if a0 != aim and (reached - r0) / (aim - a0) > 0:
             nxt = aim + (target.ratio - reached) * (aim - a0) / (reached - r0)

@@ -9,9 +9,15 @@ table adds layer latencies measured alone, which misses what a runtime
 fuses and how it picks kernels for odd widths (the effect that made a
 pruned ResNet-56 slower than its base in ONNX Runtime).
 
-The two models are timed in alternation, call after call, and the ratio is
-of their medians: load that comes and goes on the machine slows both the
-same way, so the ratio holds where either time alone would drift.
+The two models are timed in alternating blocks of calls, each block after
+its own warm-up calls, and the ratio is of their medians: load that comes
+and goes on the machine slows both alike, so the ratio holds where either
+time alone would drift.  Each ONNX Runtime block opens its own session
+(the runtime's defaults, as deployed) and closes it before the other
+model's block: an idle session's threads keep spinning for a while after
+a call, and with two sessions open each was timed sharing the cores with
+the other's spinning threads (the same ResNet-56 timed against itself at
+batch 1 then measured up to twice as fast as itself).
 """
 
 from __future__ import annotations
@@ -29,12 +35,13 @@ from torch import nn
 __all__ = ["RUNTIMES", "LatencyRatio"]
 
 RUNTIMES = ("onnxruntime", "eager")
+BLOCKS = 10  # alternations of the two models per measurement: drift is sampled evenly by both
 
 
 class LatencyRatio:
     """Callable: a pruned model -> its latency over ``base``'s, in
-    ``runtime`` at ``batch``, from ``repeats`` alternating timed calls of
-    each after ``warmup`` untimed ones.  ``measurements`` keeps every
+    ``runtime`` at ``batch``, from ``repeats`` timed calls of each, in
+    ``BLOCKS`` alternating blocks, each after ``warmup`` untimed calls.  ``measurements`` keeps every
     candidate's figures (milliseconds and the ratio), in order.  ``timer``
     replaces ``time.perf_counter`` (tests)."""
 
@@ -46,7 +53,7 @@ class LatencyRatio:
         runtime: str = "onnxruntime",
         batch: int = 1,
         repeats: int = 20,
-        warmup: int = 3,
+        warmup: int = 1,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         if runtime not in RUNTIMES:
@@ -64,8 +71,10 @@ class LatencyRatio:
         self._dir = tempfile.TemporaryDirectory(prefix="ocnna-latency-")
         self._base = self._runner(base, "base")
 
-    def _runner(self, model: nn.Module, name: str) -> Callable[[], Any]:
-        """One forward pass of ``model`` on a fixed random batch, in the runtime."""
+    def _runner(self, model: nn.Module, name: str) -> Callable[[], Callable[[], Any]]:
+        """A factory of one-call functions of ``model`` on a fixed random
+        batch, in the runtime; each ONNX Runtime call of the factory opens a
+        session of its own (see ``__call__``)."""
         shape = (self.batch, 3, self.input_size, self.input_size)
         if self.runtime == "eager":
             model = model.eval()
@@ -75,24 +84,35 @@ class LatencyRatio:
                 with torch.no_grad():
                     return model(x)
 
-            return call
+            return lambda: call
         from .export import export_model, load_runner
 
         path = Path(self._dir.name) / f"{name}.onnx"
         export_model(model, path, "onnx", self.input_size)
-        run = load_runner(path, "onnx", self.threads)
         arr = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-        return lambda: run(arr)
+
+        def session() -> Callable[[], Any]:
+            run = load_runner(path, "onnx", self.threads)
+            return lambda: run(arr)
+
+        return session
 
     def __call__(self, pruned: nn.Module) -> float:
         candidate = self._runner(pruned, "candidate")
         times: Dict[str, List[float]] = {"base": [], "pruned": []}
-        for i in range(self.warmup + self.repeats):
-            for key, call in (("base", self._base), ("pruned", candidate)):
-                t = self.timer()
-                call()
-                if i >= self.warmup:
-                    times[key].append(1000.0 * (self.timer() - t))
+        per_block = -(-self.repeats // BLOCKS)
+        for block in range(BLOCKS):
+            n = min(per_block, self.repeats - block * per_block)
+            if n <= 0:
+                break
+            for key, factory in (("base", self._base), ("pruned", candidate)):
+                call = factory()  # one session at a time: no other session's threads spin meanwhile
+                for i in range(self.warmup + n):
+                    t = self.timer()
+                    call()
+                    if i >= self.warmup:
+                        times[key].append(1000.0 * (self.timer() - t))
+                del call
         base_ms, pruned_ms = statistics.median(times["base"]), statistics.median(times["pruned"])
         if base_ms <= 0:
             raise RuntimeError("the base model's measured latency is zero: the timer cannot resolve it")

@@ -32,6 +32,7 @@ from .compensation import recalibrate
 from .criteria import CRITERIA, Context, FamilyCriterion, criterion_values
 from .distill import distill
 from .evaluation import evaluate
+from .export import require_deploy
 from .jobresult import Baseline, JobResult, measure_baseline
 from .latency_budget import RUNTIMES, LatencyRatio
 from .pruning import prune
@@ -135,6 +136,9 @@ class PruneJob:
                 f"latency_runtime must be one of {', '.join(RUNTIMES)} and latency_batch >= 1; got "
                 f"{settings.latency_runtime!r}, {settings.latency_batch!r}"
             )
+        if settings.target is not None and parse_target(settings.target).kind == "latency":
+            if settings.latency_runtime == "onnxruntime":
+                require_deploy()  # before scoring and allocation, not after them
         self.model, self.data, self.settings = model.eval(), data, settings
         hook = getattr(model, "ocnna_ignored_layers", None)
         default = list(hook()) if callable(hook) else []

@@ -44,14 +44,18 @@ class Costly(nn.Module):
         return x.mean((2, 3))
 
 
-def test_the_ratio_is_of_medians_timed_side_by_side():
+def test_the_ratio_is_of_medians_timed_side_by_side(monkeypatch):
+    from ocnna_fast import latency_budget
+
+    monkeypatch.setattr(latency_budget, "BLOCKS", 4)
     clock, log = Clock(), []
-    # the first two calls of each are warm-up (slow); one timed call of each is disturbed
-    base = Costly(clock, "base", [50, 50, 4, 4, 90, 4, 4], log)
+    # 5 repeats in blocks of 2, 2, 1, each after 2 warm-up calls (slow); one timed call of each is disturbed
+    base = Costly(clock, "base", [50, 50, 4, 4] + [50, 50, 4, 90] + [50, 50, 4], log)
     meter = LatencyRatio(base, 8, runtime="eager", batch=2, repeats=5, warmup=2, timer=clock)
-    pruned = Costly(clock, "pruned", [30, 30, 1, 70, 1, 1, 1], log)
+    pruned = Costly(clock, "pruned", [30, 30, 1, 1] + [30, 30, 70, 1] + [30, 30, 1], log)
     assert meter(pruned) == pytest.approx(0.25)
-    assert log == ["base", "pruned"] * 7  # warm-up and timed calls alternate
+    # the two alternate in blocks, each block with its own warm-up
+    assert log == ["base"] * 4 + ["pruned"] * 4 + ["base"] * 4 + ["pruned"] * 4 + ["base"] * 3 + ["pruned"] * 3
     (m,) = meter.measurements
     assert (m["base_ms"], m["pruned_ms"], m["ratio"]) == pytest.approx((4.0, 1.0, 0.25))
     assert meter.describe()["candidates"] == 1 and meter.describe()["runtime"] == "eager"
