@@ -1,7 +1,8 @@
 """Latency targets and `--round-to`, measured: ResNet-56 pruned with
-`ocnna-fast prune --target latency=R` in ONNX Runtime at batch 1 and 64,
-and at `--target macs=0.5` (the main job's budget), each with and without
-`--round-to 8`; no distillation (latency does not depend on it).
+`ocnna-fast prune --target latency=R --allocation global` in ONNX Runtime
+at batch 1 and 64, and at `--target macs=0.5` with the main job's
+sensitivity allocation, each with and without `--round-to 8`; no
+distillation (latency does not depend on it).
 
     python benchmarks/latency_targets.py [--out benchmarks/results/latency-targets] [--ratio 0.6]
     python benchmarks/latency_targets.py --self-check   # the measurement's own noise
@@ -35,6 +36,7 @@ def runs(ratio: float):
         for round_to in (1, 8):
             yield f"latency{ratio:g}-b{batch}-r{round_to}", [
                 "--target", f"latency={ratio:g}", "--latency-batch", str(batch), "--round-to", str(round_to),
+                "--allocation", "global",
             ]  # fmt: skip
     for round_to in (1, 8):
         yield f"macs0.5-r{round_to}", ["--target", "macs=0.5", "--round-to", str(round_to)]
