@@ -40,10 +40,11 @@ BLOCKS = 10  # alternations of the two models per measurement: drift is sampled 
 
 class LatencyRatio:
     """Callable: a pruned model -> its latency over ``base``'s, in
-    ``runtime`` at ``batch``, from ``repeats`` timed calls of each, in
-    ``BLOCKS`` alternating blocks, each after ``warmup`` untimed calls.  ``measurements`` keeps every
-    candidate's figures (milliseconds and the ratio), in order.  ``timer``
-    replaces ``time.perf_counter`` (tests)."""
+    ``runtime`` at ``batch``, from ``repeats`` timed calls of each in
+    ``BLOCKS`` alternating blocks, each block after ``warmup`` untimed
+    calls.  ``measurements`` keeps every candidate's figures (milliseconds
+    and the ratio), in order.  ``timer`` replaces ``time.perf_counter``
+    (tests)."""
 
     def __init__(
         self,

@@ -127,7 +127,6 @@ class MaskedEvaluator:
             convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
             unfold(self.work, output_moments(model, calibration if calibration is not None else evaluation, convs))
         self.norms = _norms(self.work)
-        self.has_bn = bool(self.norms)
         self.work.to(memory_format=torch.channels_last)  # ~15% faster convs on CPU
         with torch.no_grad():
             self.reference = [F.log_softmax(model.eval()(x), 1) for x in evaluation]
@@ -135,6 +134,11 @@ class MaskedEvaluator:
         self.evaluations = 0
         self.offset = 0.0
         self.offset = self.loss({})
+
+    @property
+    def has_bn(self) -> bool:
+        """Whether candidates are re-estimated (BatchNorm present, or put back on a folded model)."""
+        return bool(self.norms)
 
     def loss(self, removed: Dict[str, int]) -> float:
         """The loss with ``removed[root]`` of each group's lowest-valued channels masked."""

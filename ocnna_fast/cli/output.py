@@ -64,8 +64,8 @@ def _pct(x: float) -> str:
 def _measured_budget(m: Dict[str, Any]) -> str:
     """The latency figures a latency target was met with."""
     return (
-        f"Measured while fitting it ({m['runtime']}, batch {m['batch']}, {m['threads']} threads, median of "
-        f"{m['repeats']} alternating calls): base {m['base_ms']:.2f} ms, pruned {m['pruned_ms']:.2f} ms "
+        f"Measured while fitting it ({m['runtime']}, batch {m['batch']}, {m['threads']} threads, medians of "
+        f"{m['repeats']} calls each, in alternating blocks): base {m['base_ms']:.2f} ms, pruned {m['pruned_ms']:.2f} ms "
         f"({m['candidates']} candidates measured). The latency table below is measured again, separately."
     )
 
