@@ -28,7 +28,7 @@ from .criteria import CRITERIA, SEEDED
 from .distill import state_sha256
 from .latency import eager_latency, latency_ms
 from .pipeline import JobData, JobSettings, PruneJob, measure_baseline
-from .suitefile import finite_or_none, fmt, load_rows, mean
+from .suitefile import finite_or_none, fmt, load_rows, mean, sealed
 from .validate import as_count, percentile
 
 __all__ = ["run_suite", "check_cells", "latency_ms", "RESULT_KEYS"]
@@ -250,7 +250,7 @@ class _Suite:
         if self.base_latency is not None:
             base.update(latency_ms_b1=self.base_latency[1], latency_ms_b64=self.base_latency[64])
         base["threads"] = torch.get_num_threads()
-        return {"config": config, "base": base, "rows": rows}
+        return {"config": config, "base": base, "rows": sealed(rows)}
 
 
 def summarise(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

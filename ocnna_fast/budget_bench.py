@@ -44,7 +44,7 @@ from .graph import conv_groups, torch_pruning
 from .latency import eager_latency
 from .pipeline import JobData, JobSettings, PruneJob, measure_baseline
 from .pruning import prune
-from .suitefile import finite_or_none, load_rows
+from .suitefile import finite_or_none, load_rows, sealed
 
 __all__ = [
     "METHOD_KINDS",
@@ -278,7 +278,7 @@ class _Cells:
         base.update(macs=self.baseline.macs, threads=torch.get_num_threads())
         if self.base_latency is not None:
             base.update(latency_ms_b1=self.base_latency[1]["median"], latency_ms_b64=self.base_latency[64]["median"])
-        return {"config": config, "base": base, "rows": rows}
+        return {"config": config, "base": base, "rows": sealed(rows)}
 
 
 def run_budget_suite(

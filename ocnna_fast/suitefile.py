@@ -1,16 +1,23 @@
 """The results file of a benchmark suite (``results.json``): the settings
 its rows depend on and the rows so far.  A suite resumes from it only when
 every setting matches (results of two budgets never mix), and only from
-rows that are whole and of the right types."""
+rows that are whole, of the right types and unaltered: each row is written
+with the SHA-256 of its fields (``row_sha256``), so a damaged or edited
+value (a k of 40 that reads 50, an accuracy changed by hand) is refused
+rather than resumed as a measurement.  Deleting a row is fine: its cell
+runs again."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence
 
-__all__ = ["OPTION_OF", "load_rows", "finite_or_none", "mean", "fmt"]
+__all__ = ["OPTION_OF", "load_rows", "sealed", "finite_or_none", "mean", "fmt"]
+
+DIGEST = "row_sha256"
 
 # the command-line option behind each setting a suite records
 OPTION_OF = {
@@ -54,12 +61,40 @@ def load_rows(
             f"{path} holds results of other settings (differ in: {', '.join(differ)}); "
             "rerun with the same options to resume, or use another --out"
         )
-    rows = doc.get("rows")
-    if not isinstance(rows, list) or not all(row_ok(r) for r in rows):
+    rows = _unsealed(path, doc.get("rows"))
+    if not all(row_ok(r) for r in rows):
         raise ValueError(f"{path}: malformed rows (missing fields or values of the wrong type); move it away")
     if len({key(r) for r in rows}) != len(rows):
         raise ValueError(f"{path}: the same cell is listed twice; move it away to start afresh")
     return rows
+
+
+def _digest(row: Dict[str, Any]) -> str:
+    fields = {k: v for k, v in row.items() if k != DIGEST}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def sealed(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The rows as written to the file: each with the digest of its fields."""
+    return [dict(r, **{DIGEST: _digest(r)}) for r in rows]
+
+
+def _unsealed(path: Path, rows: Any) -> List[Dict[str, Any]]:
+    """The rows without their digests, each checked against its fields.
+    Files written before rows were sealed (no row has a digest) load as they
+    are; a file where only some rows have one was damaged."""
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{path}: malformed rows (not a list of objects); move it away")
+    with_digest = [DIGEST in r for r in rows]
+    if not any(with_digest):
+        return rows
+    bad = [i for i, r in enumerate(rows) if not with_digest[i] or r[DIGEST] != _digest(r)]
+    if bad:
+        raise ValueError(
+            f"{path}: row(s) {', '.join(map(str, bad))} do not match their {DIGEST} (damaged or edited); "
+            "delete those rows to run their cells again, or move the file away"
+        )
+    return [{k: v for k, v in r.items() if k != DIGEST} for r in rows]
 
 
 def finite_or_none(row: Dict[str, Any], fields: Sequence[str]) -> bool:

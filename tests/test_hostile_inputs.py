@@ -359,10 +359,27 @@ def test_bench_resume_refuses_other_weights_seed_or_size(tmp_path):
         run_suite(model, criteria=["l1"], log=lambda *_: None, **sets, **dict(kw, latency_repeats=2))
     rows = run_suite(model, criteria=["l1", "random"], log=lambda *_: None, **sets, **kw)  # same settings resume
     assert [r["criterion"] for r in rows] == ["l1", "random"]
-    doc = json.loads((tmp_path / "results.json").read_text())
-    doc["rows"][0]["rpr"] = "0.5"
-    (tmp_path / "results.json").write_text(json.dumps(doc))
+    path = tmp_path / "results.json"
+    sealed = json.loads(path.read_text())
+    edited = json.loads(path.read_text())
+    edited["rows"][1]["k"] = 50.0  # a plausible value: only the row's digest tells it was changed
+    path.write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match=r"row\(s\) 1 do not match their row_sha256"):
+        run_suite(model, criteria=["l1", "random"], log=lambda *_: None, **sets, **kw)
+    del edited["rows"][1]  # a deleted row is run again, the other resumed as it was
+    path.write_text(json.dumps(edited))
+    again = run_suite(model, criteria=["l1", "random"], log=lambda *_: None, **sets, **kw)
+    assert again[0] == rows[0] and again[1]["criterion"] == "random"
+    assert json.loads(path.read_text())["rows"][0] == sealed["rows"][0]
+    legacy = {**sealed, "rows": [{k: v for k, v in r.items() if k != "row_sha256"} for r in sealed["rows"]]}
+    legacy["rows"][0]["rpr"] = "0.5"  # files written before rows were sealed are still checked field by field
+    path.write_text(json.dumps(legacy))
     with pytest.raises(ValueError, match="wrong type"):
+        run_suite(model, criteria=["l1"], log=lambda *_: None, **sets, **kw)
+    legacy["rows"][0]["rpr"] = sealed["rows"][0]["rpr"]
+    legacy["rows"][1]["row_sha256"] = sealed["rows"][1]["row_sha256"]  # some rows sealed, some not: damaged
+    path.write_text(json.dumps(legacy))
+    with pytest.raises(ValueError, match=r"row\(s\) 0 do not match"):
         run_suite(model, criteria=["l1"], log=lambda *_: None, **sets, **kw)
 
 
