@@ -32,10 +32,25 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["RUNTIMES", "LatencyRatio"]
+__all__ = ["RUNTIMES", "LatencyRatio", "check_settings"]
 
 RUNTIMES = ("onnxruntime", "eager")
 BLOCKS = 10  # alternations of the two models per measurement: drift is sampled evenly by both
+
+
+def check_settings(runtime: str, batch: int, *, repeats: int = 1, warmup: int = 0, deploy: bool = True) -> None:
+    """Refuses a latency measurement that cannot run: an unknown runtime, a
+    batch or repeats below 1, and (``deploy``) ONNX Runtime when the deploy
+    extra is missing, so a job fails before its scoring and allocation work,
+    not at the first candidate."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"a latency runtime is one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1 or repeats < 1 or warmup < 0:
+        raise ValueError(f"need a latency batch >= 1, repeats >= 1, warmup >= 0; got {batch!r}, {repeats}, {warmup}")
+    if deploy and runtime == "onnxruntime":
+        from .export import require_deploy
+
+        require_deploy()
 
 
 class LatencyRatio:
@@ -57,14 +72,7 @@ class LatencyRatio:
         warmup: int = 1,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
-        if runtime not in RUNTIMES:
-            raise ValueError(f"a latency runtime is one of {', '.join(RUNTIMES)}, got {runtime!r}")
-        if batch < 1 or repeats < 1 or warmup < 0:
-            raise ValueError(f"need batch >= 1, repeats >= 1, warmup >= 0; got {batch}, {repeats}, {warmup}")
-        if runtime == "onnxruntime":
-            from .export import require_deploy
-
-            require_deploy()  # fail before any allocation work, not at the first candidate
+        check_settings(runtime, batch, repeats=repeats, warmup=warmup)
         self.runtime, self.batch, self.input_size = runtime, batch, input_size
         self.repeats, self.warmup, self.timer = repeats, warmup, timer
         self.threads = torch.get_num_threads()

@@ -32,9 +32,9 @@ from .compensation import recalibrate
 from .criteria import CRITERIA, Context, FamilyCriterion, criterion_values
 from .distill import distill
 from .evaluation import evaluate
-from .export import require_deploy
 from .jobresult import Baseline, JobResult, measure_baseline
-from .latency_budget import RUNTIMES, LatencyRatio
+from .latency_budget import LatencyRatio
+from .latency_budget import check_settings as check_latency_settings
 from .pruning import prune
 from .scores import Scores
 from .scoring import score
@@ -131,14 +131,8 @@ class PruneJob:
             percentile(settings.k)
         else:
             parse_target(settings.target)
-        if settings.latency_runtime not in RUNTIMES or settings.latency_batch < 1:
-            raise ValueError(
-                f"latency_runtime must be one of {', '.join(RUNTIMES)} and latency_batch >= 1; got "
-                f"{settings.latency_runtime!r}, {settings.latency_batch!r}"
-            )
-        if settings.target is not None and parse_target(settings.target).kind == "latency":
-            if settings.latency_runtime == "onnxruntime":
-                require_deploy()  # before scoring and allocation, not after them
+        latency = settings.target is not None and parse_target(settings.target).kind == "latency"
+        check_latency_settings(settings.latency_runtime, settings.latency_batch, deploy=latency)
         self.model, self.data, self.settings = model.eval(), data, settings
         hook = getattr(model, "ocnna_ignored_layers", None)
         default = list(hook()) if callable(hook) else []

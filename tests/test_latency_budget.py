@@ -61,10 +61,17 @@ def test_the_ratio_is_of_medians_timed_side_by_side(monkeypatch):
     assert meter.describe()["candidates"] == 1 and meter.describe()["runtime"] == "eager"
 
 
-@pytest.mark.parametrize("bad", [dict(runtime="tensorrt"), dict(batch=0), dict(repeats=0)])
+@pytest.mark.parametrize("bad", [dict(runtime="tensorrt"), dict(batch=0), dict(batch=True), dict(repeats=0)])
 def test_bad_latency_settings_are_refused(bad):
-    with pytest.raises(ValueError):
+    """By the measure itself and by a job before any work (even without a latency target)."""
+    from ocnna_fast.pipeline import JobData, JobSettings, PruneJob
+
+    with pytest.raises(ValueError, match="latency runtime is one of|latency batch >= 1"):
         LatencyRatio(nn.Identity(), 8, **bad)
+    if "repeats" not in bad:
+        settings = JobSettings(latency_runtime=bad.get("runtime", "eager"), latency_batch=bad.get("batch", 1))
+        with pytest.raises(ValueError, match="latency runtime is one of|latency batch >= 1"):
+            PruneJob(nn.Identity(), JobData(eval=None), settings)
 
 
 class Fixed:
