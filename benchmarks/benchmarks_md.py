@@ -208,7 +208,7 @@ def budget_suites(folders) -> str:
         doc = json.loads((f / "results.json").read_text())
         command = (f / "command.txt").read_text().strip() if (f / "command.txt").exists() else "(not recorded)"
         text = budget_table(doc["rows"], doc["config"], doc["base"]).split("\n", 2)[2]
-        parts.append(f"### {doc['config']['arch']}\n\n```bash\n{command}\n```\n\n{text}")
+        parts.append(f"### {doc['config']['arch']} (`{f.name}`)\n\n```bash\n{command}\n```\n\n{text}")
         if (f / "accuracy_vs_cost.png").exists():
             parts.append(f"![accuracy against MACs, {doc['config']['arch']}]({f.as_posix()}/accuracy_vs_cost.png)\n")
     return "\n".join(parts)

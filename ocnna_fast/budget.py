@@ -103,7 +103,7 @@ def prune_to_budget(
     evaluation: Optional[Sequence[torch.Tensor]] = None,
     measure: Optional[Callable[[nn.Module], float]] = None,
     refine_steps: int = 0,
-    cap_search: bool = False,
+    cap_search: bool = True,
     seed: int = 0,
     progress: bool = False,
 ) -> BudgetResult:
@@ -317,7 +317,7 @@ def prune(
     max_prune: float = 0.9,
     calibration: Optional[Sequence[torch.Tensor]] = None,
     evaluation: Optional[Sequence[torch.Tensor]] = None,
-    cap_search: bool = False,
+    cap_search: bool = True,
     measure: Optional[Callable[[nn.Module], float]] = None,
     **kwargs: Any,
 ) -> Tuple[nn.Module, Dict[str, Any]]:

@@ -38,6 +38,7 @@ from .allocation import Target, parse_target
 from .atomic import write_text_atomic
 from .budget import TOLERANCE, count_ratio
 from .budget_tables import MEASURED, budget_plot, budget_table
+from .compensation import has_batchnorm
 from .criteria import CRITERIA, SEEDED
 from .distill import state_sha256
 from .graph import conv_groups, torch_pruning
@@ -66,6 +67,7 @@ DEFAULT_METHODS = (
     "tp-global",
     "global:ocnna-rms",
     "sensitivity:ocnna-rms",
+    "sensitivity-caps:ocnna-rms",  # prune's default allocation
     "sensitivity:l1",
 )
 
@@ -311,6 +313,8 @@ def run_budget_suite(
     config = dict(config, weights_sha256=state_sha256(model), latency_repeats=latency_repeats)
     config.update({f: getattr(settings, f) for f in ("epochs", "lr", "batch_size", "input_size", "round_to")})
     config.update(max_prune=settings.max_prune, sensitivity_images=settings.sensitivity_images)
+    if not has_batchnorm(model):  # the rows of a folded-BatchNorm model depend on its correction
+        config["folded_correction"] = settings.folded
     rows = load_rows(out / "results.json", config, _row_ok, _key)
     done = {_key(r) for r in rows}
     cells = [

@@ -26,8 +26,12 @@ from .batchnorm import recalibrate_batchnorm
 from .foldedbn import correct_folded
 from .module_state import hooked_eval_pass
 from .placement import input_of
+from .reconstruction import reconstruct
 
-__all__ = ["input_means", "compensate_biases", "compensate", "recalibrate", "has_batchnorm"]
+__all__ = ["FOLDED", "input_means", "compensate_biases", "compensate", "recalibrate", "has_batchnorm"]
+
+# what a folded-BatchNorm model gets after surgery, from least to most work
+FOLDED = ("mean", "variance", "regression")
 
 
 def _dense(m: nn.Module) -> bool:
@@ -113,14 +117,17 @@ def recalibrate(
     compensation of the removed channels' means and then, with
     ``folded="variance"`` (default), every conv's output mean and spread
     re-estimated as its BatchNorm would be (``foldedbn.correct_folded``;
-    ``"mean"``: compensation alone).  ``batches``: the calibration batches
-    (read once with BatchNorm; a folded model reads them twice, so an
-    iterator is held in memory).  Returns ``{"method": "batchnorm" |
-    "folded-batchnorm" | "bias-compensation", "images": n, ...}``."""
+    ``"mean"``: compensation alone; ``"regression"``: then every layer
+    downstream of a cut refitted by least squares to the base model's
+    outputs, ``reconstruction.reconstruct``).  ``batches``: the calibration
+    batches (read once with BatchNorm; a folded model reads them several
+    times, so an iterator is held in memory).  Returns ``{"method":
+    "batchnorm" | "folded-batchnorm" | "bias-compensation" |
+    "folded-regression", "images": n, ...}``."""
+    if folded not in FOLDED:
+        raise ValueError(f"folded must be one of {', '.join(FOLDED)}; got {folded!r}")
     if has_batchnorm(pruned):
         return {"method": "batchnorm", "images": recalibrate_batchnorm(pruned, batches, progress=progress)}
-    if folded not in ("variance", "mean"):
-        raise ValueError(f"folded must be 'variance' or 'mean', got {folded!r}")
     if iter(batches) is batches:  # a one-pass iterator: keep its batches for the second pass
         batches = list(batches)
     counted = []
@@ -134,4 +141,7 @@ def recalibrate(
     if folded == "mean":
         return {"method": "bias-compensation", "images": sum(counted), **info}
     corrected = correct_folded(pruned, base, plan, batches, progress=progress)
-    return {"method": "folded-batchnorm", **info, **corrected}
+    if folded == "variance":
+        return {"method": "folded-batchnorm", **info, **corrected}
+    refitted = reconstruct(pruned, base, plan, batches, progress=progress)
+    return {"method": "folded-regression", **info, **corrected, **refitted}

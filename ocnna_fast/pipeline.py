@@ -28,7 +28,7 @@ from torch import nn
 
 from .allocation import macs_and_params, parse_target
 from .budget import BudgetResult, input_batches, prune_to_budget
-from .compensation import recalibrate
+from .compensation import FOLDED, recalibrate
 from .criteria import CRITERIA, Context, FamilyCriterion, criterion_values
 from .distill import distill
 from .evaluation import evaluate
@@ -72,7 +72,9 @@ class JobSettings:
     normalised values ranked across groups), multiples of ``round_to``, at
     most ``max_prune`` of a group removed.  A ``"latency=0.6"`` target is
     measured in ``latency_runtime`` (``onnxruntime`` or ``eager``) at
-    ``latency_batch`` images per call on this CPU."""
+    ``latency_batch`` images per call on this CPU.  ``folded``: what a model
+    whose BatchNorm is folded into its convs gets after surgery
+    (``compensation.FOLDED``: ``mean``, ``variance`` or ``regression``)."""
 
     k: float = 40.0
     criterion: str = "ocnna"
@@ -89,9 +91,10 @@ class JobSettings:
     max_prune: float = 0.9
     sensitivity_images: int = 256
     refine_steps: int = 0
-    cap_search: bool = False
+    cap_search: bool = True
     latency_runtime: str = "onnxruntime"
     latency_batch: int = 1
+    folded: str = "variance"
 
 
 class _Inputs:
@@ -133,6 +136,8 @@ class PruneJob:
             parse_target(settings.target)
         latency = settings.target is not None and parse_target(settings.target).kind == "latency"
         check_latency_settings(settings.latency_runtime, settings.latency_batch, deploy=latency)
+        if settings.folded not in FOLDED:
+            raise ValueError(f"folded must be one of {', '.join(FOLDED)}; got {settings.folded!r}")
         self.model, self.data, self.settings = model.eval(), data, settings
         hook = getattr(model, "ocnna_ignored_layers", None)
         default = list(hook()) if callable(hook) else []
@@ -283,7 +288,9 @@ class PruneJob:
             return None
         pruned, plan = self._surgered()
         batches = _Inputs(self.data.bn, self.settings.batch_size, 0)  # re-iterable: folded models read it twice
-        self.recalibration = recalibrate(pruned, self.model, plan, batches, progress=self.progress)
+        self.recalibration = recalibrate(
+            pruned, self.model, plan, batches, progress=self.progress, folded=self.settings.folded
+        )
         self.accuracy["recalibrated"] = evaluate(pruned, self.data.eval)
         return self.recalibration
 

@@ -38,6 +38,7 @@ OPTION_OF = {
     "round_to": "--round-to",
     "max_prune": "--max-prune",
     "sensitivity_images": "--sensitivity-images",
+    "folded_correction": "--folded-correction",
 }
 
 

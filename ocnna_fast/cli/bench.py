@@ -45,8 +45,8 @@ def register(sub) -> None:
         default=None,
         metavar="KIND[:CRITERION]",
         help="with --target: how widths are chosen, and the criterion within a group: uniform:C (one k, "
-        "bisected to the budget), uniform-inner:C (CIFAR ResNets' stage widths kept), global:C, sensitivity:C, "
-        "sensitivity-caps:C (with prune's --cap-search), "
+        "bisected to the budget), uniform-inner:C (CIFAR ResNets' stage widths kept), global:C, sensitivity:C "
+        "(prune's --no-cap-search), sensitivity-caps:C (prune's default, with its cap search), "
         f"tp-global (Torch-Pruning's global pruning); default {' '.join(DEFAULT_METHODS)}",
     )
     options.add_budget_options(be, allocation=False)
@@ -83,6 +83,8 @@ def _check_axes(args: argparse.Namespace) -> None:
         args.criteria = args.criteria if args.criteria is not None else list(CRITERIA)
         check_cells(args.criteria, args.k, args.seeds)
         args.scope = args.scope or "full"
+        if args.folded_correction != "variance":
+            raise ValueError("--folded-correction is an option of the --target suite (and of prune)")
         return
     if args.k is not None or args.criteria is not None:
         raise ValueError("--target compares --methods at equal cost; --k and --criteria belong to the suite without it")
@@ -142,6 +144,7 @@ def _budget_suite(args: argparse.Namespace, model, size: int, out: Path, data):
         round_to=args.round_to,
         max_prune=args.max_prune,
         sensitivity_images=args.sensitivity_images,
+        folded=args.folded_correction,
     )
     config = {
         "arch": args.arch,

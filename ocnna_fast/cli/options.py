@@ -197,8 +197,19 @@ def add_job_options(sp: argparse.ArgumentParser, *, finetune_epochs: int) -> Non
         default=1000,
         help="re-estimate BatchNorm statistics of the pruned model on this many training images "
         "before evaluating and distilling it (default 1000; 0: off); for a model whose "
-        "BatchNorm is folded into its convs, compensate the removed channels' mean "
-        "contributions in the next layers' biases instead",
+        "BatchNorm is folded into its convs, correct the kept channels' statistics "
+        "on them instead (--folded-correction)",
+    )
+    from ..compensation import FOLDED
+
+    sp.add_argument(
+        "--folded-correction",
+        choices=FOLDED,
+        default="variance",
+        help="for a model whose BatchNorm is folded into its convs: after the mean compensation, "
+        "re-estimate each kept channel's mean and spread (variance, default), or then also refit "
+        "every layer after the first cut by least squares to the base model's outputs (regression: "
+        "one pass of the calibration images per layer)",
     )
     sp.add_argument(
         "--finetune-epochs",
@@ -266,9 +277,11 @@ def add_budget_options(sp: argparse.ArgumentParser, *, allocation: bool = True) 
         )
         sp.add_argument(
             "--cap-search",
-            action="store_true",
+            action=argparse.BooleanOptionalAction,
+            default=True,
             help="sensitivity allocation: also allocate with a group's removed share capped at 50, 62.5 and 75%% "
-            "and keep the allocation whose groups, masked together, lose least",
+            "and keep the allocation whose groups, masked together, lose least (default; --no-cap-search: the "
+            "uncapped allocation only)",
         )
     sp.add_argument(
         "--sensitivity-images",

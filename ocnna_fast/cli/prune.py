@@ -85,6 +85,7 @@ def _job(args: argparse.Namespace, model, size: int, out: Path) -> PruneJob:
         cap_search=args.cap_search,
         latency_runtime=args.latency_runtime,
         latency_batch=args.latency_batch,
+        folded=args.folded_correction,
         criterion=args.criterion,
         n_components=args.n_components,
         epochs=args.finetune_epochs,
@@ -122,8 +123,8 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
     elif recal:
         print(
             f"{args.arch} has its BatchNorm folded into its convs, so there are no statistics to re-estimate; "
-            f"instead the removed channels' mean contributions went into {recal['compensated']} layers' biases "
-            f"(measured on {recal['images']} training images): accuracy {job.accuracy['recalibrated']:.2f}%"
+            f"instead {_folded_line(recal)} (measured on {recal['images']} training images): "
+            f"accuracy {job.accuracy['recalibrated']:.2f}%"
         )
     job.distill()
     result = job.result()
@@ -210,3 +211,15 @@ def _settings(args: argparse.Namespace, job: PruneJob) -> dict:
         "threads": torch.get_num_threads(),
         "command": "ocnna-fast " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []) or []),
     }
+
+
+def _folded_line(recal) -> str:
+    """What the folded-BatchNorm correction did, in words."""
+    line = f"the removed channels' mean contributions went into {recal['compensated']} layers' biases"
+    if "corrected" in recal:
+        line += f", {recal['corrected']} convs got the base model's output mean and spread per channel"
+    if "reconstructed" in recal:
+        line += (
+            f", {recal['reconstructed']} layers were refitted by least squares ({recal['rescaled']} depthwise rescaled)"
+        )
+    return line
