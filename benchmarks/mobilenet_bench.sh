@@ -4,7 +4,8 @@
 # Scores and calibrates on the even half of the 1000-image ImageNet sample, evaluates on the odd half.
 # The model's BatchNorm is folded into its convs: after surgery the removed channels' mean
 # contributions go into the next layers' biases, then every conv's output mean and spread are
-# re-estimated through BatchNorm put back and folded again (the "acc. after BN" column).
+# re-estimated through BatchNorm put back and folded again (the "acc. after BN" column;
+# --folded-correction variance: the suite was recorded before the least-squares refit was the default).
 # About 30 min on 2 cores.
 set -euo pipefail
 OUT=${1:-benchmarks/results/mnv1-075}
@@ -13,6 +14,7 @@ TFLITE=$(python -P -c "from ocnna_fast.datapaths import find_data; print(find_da
 WEIGHTS="$OUT/mobilenet_v1_075_imagenet.safetensors"
 [ -f "$WEIGHTS" ] || ocnna-fast convert-tflite "$TFLITE" --out "$WEIGHTS"
 ARGS="--arch mobilenet_v1_075_imagenet --weights $WEIGHTS --dataset imagenet-sample --criteria ocnna l1 ocnna-rms
-      --k 10 20 40 60 --seeds 0 --score-images 500 --bn-images 500 --batch-size 50 --latency-repeats 5"
+      --k 10 20 40 60 --seeds 0 --score-images 500 --bn-images 500 --batch-size 50 --latency-repeats 5
+      --folded-correction variance"
 echo "ocnna-fast bench $(echo $ARGS) --out $OUT" > "$OUT/command.txt"
 ocnna-fast bench $ARGS --out "$OUT" --no-progress

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .atomic import write_text_atomic
+from .compensation import has_batchnorm
 from .criteria import CRITERIA, SEEDED
 from .distill import state_sha256
 from .latency import eager_latency, latency_ms
@@ -117,12 +118,14 @@ def run_suite(
     dataset: str = "cifar10-jpeg",
     scope: Optional[str] = None,
     data_seed: int = 0,
+    folded: str = "regression",
 ) -> List[Dict[str, Any]]:
     """Runs (or continues) the suite and writes ``results.json`` and
     ``results.md`` into ``out``; returns the rows.  Each cell is one
     ``pipeline.PruneJob`` (rank, surgery, recalibrate, distill); the base
     model is measured once.  Deterministic criteria run at the first seed
-    only unless fine-tuning makes the seed matter."""
+    only unless fine-tuning makes the seed matter.  ``folded``: the
+    correction of a folded-BatchNorm model (``compensation.FOLDED``)."""
     check_cells(criteria, ks, seeds)
     if finetune_epochs > 0 and train_set is None:
         raise ValueError("fine-tuning needs a training set")
@@ -131,11 +134,13 @@ def run_suite(
     config = _config(arch, dataset, scope, score_set, bn_set, train_set, eval_set, finetune_epochs, lr)
     config.update(batch_size=batch_size, weights_sha256=state_sha256(model), seed=data_seed)
     config.update(input_size=input_size, latency_repeats=latency_repeats)
+    if not has_batchnorm(model):  # the rows of a folded-BatchNorm model depend on its correction
+        config["folded_correction"] = folded
     rows = _load_rows(out / "results.json", config)
     suite = _Suite(
         model,
         JobData(eval=eval_set, score=score_set, bn=bn_set, train=train_set if finetune_epochs else None),
-        JobSettings(epochs=finetune_epochs, lr=lr, batch_size=batch_size, input_size=input_size),
+        JobSettings(epochs=finetune_epochs, lr=lr, batch_size=batch_size, input_size=input_size, folded=folded),
         ignored_layers,
         latency_repeats,
     )

@@ -110,16 +110,16 @@ def recalibrate(
     plan: Mapping,
     batches: Iterable,
     progress: bool = False,
-    folded: str = "variance",
+    folded: str = "regression",
 ) -> Dict[str, Any]:
     """What follows surgery before evaluation: BatchNorm re-estimation when the
     pruned model has BatchNorm.  A folded-BatchNorm model gets bias
     compensation of the removed channels' means and then, with
-    ``folded="variance"`` (default), every conv's output mean and spread
-    re-estimated as its BatchNorm would be (``foldedbn.correct_folded``;
-    ``"mean"``: compensation alone; ``"regression"``: then every layer
-    downstream of a cut refitted by least squares to the base model's
-    outputs, ``reconstruction.reconstruct``).  ``batches``: the calibration
+    ``folded="variance"``, every conv's output mean and spread re-estimated
+    as its BatchNorm would be (``foldedbn.correct_folded``); with
+    ``"regression"`` (default) after that every layer downstream of a cut
+    refitted by least squares to the base model's outputs
+    (``reconstruction.reconstruct``); ``"mean"``: compensation alone.  ``batches``: the calibration
     batches (read once with BatchNorm; a folded model reads them several
     times, so an iterator is held in memory).  Returns ``{"method":
     "batchnorm" | "folded-batchnorm" | "bias-compensation" |

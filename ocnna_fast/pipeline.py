@@ -74,7 +74,8 @@ class JobSettings:
     measured in ``latency_runtime`` (``onnxruntime`` or ``eager``) at
     ``latency_batch`` images per call on this CPU.  ``folded``: what a model
     whose BatchNorm is folded into its convs gets after surgery
-    (``compensation.FOLDED``: ``mean``, ``variance`` or ``regression``)."""
+    (``compensation.FOLDED``: ``mean``, ``variance`` or, by default,
+    ``regression``)."""
 
     k: float = 40.0
     criterion: str = "ocnna"
@@ -94,7 +95,7 @@ class JobSettings:
     cap_search: bool = True
     latency_runtime: str = "onnxruntime"
     latency_batch: int = 1
-    folded: str = "variance"
+    folded: str = "regression"
 
 
 class _Inputs:

@@ -149,7 +149,8 @@ def reconstruct(
 ) -> Dict[str, Any]:
     """Refits, in place, every layer of ``pruned`` downstream of the first
     cut (see the module's text) to the outputs of ``base`` on ``batches``
-    (re-iterable: read once per layer, each pass stopping at the layer).
+    (held in memory once read: each layer passes over them again, each
+    pass stopping at the layer).
     ``plan``: what ``prune`` returned (``kept_outputs`` by layer name).
     Returns ``{"reconstructed": dense layers, "rescaled": depthwise convs,
     "images": n}``."""

@@ -95,7 +95,7 @@ def test_on_a_folded_copy_it_is_batchnorm_re_estimation_of_the_unfolded_network(
         before = net_p(x)
     recalibrate_batchnorm(net_p, batches)
     compensate(net_p, net, net_plan, batches)  # the classifier has no BatchNorm: both compensate its bias
-    info = recalibrate(folded_p, folded, plan, iter(batches))
+    info = recalibrate(folded_p, folded, plan, iter(batches), folded="variance")
     assert info["method"] == "folded-batchnorm" and info["corrected"] == 4 and info["images"] == 64
     with torch.no_grad():
         theirs, ours = net_p(x), folded_p(x)

@@ -83,8 +83,6 @@ def _check_axes(args: argparse.Namespace) -> None:
         args.criteria = args.criteria if args.criteria is not None else list(CRITERIA)
         check_cells(args.criteria, args.k, args.seeds)
         args.scope = args.scope or "full"
-        if args.folded_correction != "variance":
-            raise ValueError("--folded-correction is an option of the --target suite (and of prune)")
         return
     if args.k is not None or args.criteria is not None:
         raise ValueError("--target compares --methods at equal cost; --k and --criteria belong to the suite without it")
@@ -124,6 +122,7 @@ def suite(args: argparse.Namespace, model, size: int, out: Path):
         scope=args.scope,
         input_size=size,
         data_seed=args.seed,
+        folded=args.folded_correction,
     )
 
 

@@ -205,11 +205,11 @@ def add_job_options(sp: argparse.ArgumentParser, *, finetune_epochs: int) -> Non
     sp.add_argument(
         "--folded-correction",
         choices=FOLDED,
-        default="variance",
+        default="regression",
         help="for a model whose BatchNorm is folded into its convs: after the mean compensation, "
-        "re-estimate each kept channel's mean and spread (variance, default), or then also refit "
-        "every layer after the first cut by least squares to the base model's outputs (regression: "
-        "one pass of the calibration images per layer)",
+        "re-estimate each kept channel's mean and spread (variance), and then refit every layer after "
+        "the first cut by least squares to the base model's outputs (regression, default: one pass of "
+        "the calibration images per layer)",
     )
     sp.add_argument(
         "--finetune-epochs",

@@ -79,7 +79,11 @@ def prune_markdown(report: Dict[str, Any], title: str) -> str:
         ("right after surgery", r["pruned_accuracy_after_surgery"]),
     ]
     if r.get("bn_images"):
-        how = "BatchNorm re-estimated" if r.get("recalibration") == "batchnorm" else "biases compensated"
+        how = {
+            "batchnorm": "BatchNorm re-estimated",
+            "folded-batchnorm": "folded BatchNorm's statistics restored",
+            "folded-regression": "folded BatchNorm's statistics restored and layers refitted",
+        }.get(r.get("recalibration"), "biases compensated")
         stages.append((f"{how} on {r['bn_images']} training images", r["pruned_accuracy_before_finetune"]))
     if r.get("finetune_epochs"):
         n = r["finetune_epochs"]
