@@ -75,11 +75,12 @@ def _input_at(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Ten
     return got[0]
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) or (N, C) -> (positions, C) in float64."""
-    if t.dim() == 4:
-        t = t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
-    return t.double()
+def _rows(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """One row per position, one column per channel, in float64: a conv's
+    (N, C, H, W), or a linear layer's (..., C)."""
+    if not channels_last:
+        t = t.permute(0, 2, 3, 1)
+    return t.reshape(-1, t.shape[-1]).double()
 
 
 def _execution_order(model: nn.Module, x: torch.Tensor) -> List[str]:
@@ -102,8 +103,9 @@ def _kept(plan: Mapping[str, Any], name: str, n: int) -> torch.Tensor:
 def _fit_dense(old: nn.Module, new: nn.Module, pairs, kept: torch.Tensor, ridge: float) -> None:
     gram = cross = None
     for x_old, x_new in pairs:
-        y = _rows(old(x_old))[:, kept]
-        xs = _rows(x_new)
+        linear = isinstance(old, nn.Linear)
+        y = _rows(old(x_old), linear)[:, kept]
+        xs = _rows(x_new, linear)
         xs = torch.cat([xs, torch.ones(xs.shape[0], 1, dtype=xs.dtype)], 1)
         g, c = xs.T @ xs, y.T @ xs
         gram, cross = (g, c) if gram is None else (gram + g, cross + c)
@@ -118,7 +120,7 @@ def _fit_dense(old: nn.Module, new: nn.Module, pairs, kept: torch.Tensor, ridge:
 def _fit_depthwise(old: nn.Module, new: nn.Module, pairs, kept: torch.Tensor) -> None:
     s = None
     for x_old, x_new in pairs:
-        y_old, y_new = _rows(old(x_old))[:, kept], _rows(new(x_new))
+        y_old, y_new = _rows(old(x_old), False)[:, kept], _rows(new(x_new), False)
         t = torch.stack([y_new.sum(0), y_old.sum(0), (y_new * y_new).sum(0), (y_new * y_old).sum(0)])
         s = (t, y_new.shape[0]) if s is None else (s[0] + t, s[1] + y_new.shape[0])
     m_new, m_old, e_nn, e_no = s[0] / s[1]  # means over positions: y, y_base, y^2, y * y_base

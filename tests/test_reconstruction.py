@@ -123,3 +123,37 @@ def test_the_command_line_takes_it_where_it_applies(capsys):
     with pytest.raises(SystemExit):
         cli.main(["prune", "--folded-correction", "least-squares"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+class Tokens(nn.Module):
+    """A 1x1 conv whose positions a linear layer reads as tokens (N, HW, C)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(3, width, 1)
+        self.fc = nn.Linear(width, 5)
+
+    def forward(self, x):
+        return self.fc(self.c(x).flatten(2).transpose(1, 2)).mean(1)
+
+
+def test_a_removed_channel_that_kept_ones_combine_is_recovered_exactly():
+    """Channel 3 of the conv is 2 x channel 0 - channel 1 (+ a constant): with
+    no ridge the refit linear layer gives the unpruned outputs back, tokens
+    (N, L, C) included."""
+    torch.manual_seed(0)
+    base = Tokens(4).eval()
+    with torch.no_grad():
+        base.c.weight[3] = 2 * base.c.weight[0] - base.c.weight[1]
+        base.c.bias[3] = 2 * base.c.bias[0] - base.c.bias[1] + 0.5
+    pruned = Tokens(3).eval()
+    with torch.no_grad():
+        pruned.c.weight.copy_(base.c.weight[:3])
+        pruned.c.bias.copy_(base.c.bias[:3])
+    x = [torch.randn(8, 3, 4, 4), torch.randn(8, 3, 4, 4)]
+    with torch.no_grad():
+        assert (pruned(x[0]) - base(x[0])).abs().max() > 0.05
+    info = reconstruct(pruned, base, {"kept_outputs": {"c": [0, 1, 2]}}, x, ridge=0.0)
+    assert info["reconstructed"] == 1
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x[1]), base(x[1]), rtol=1e-4, atol=1e-4)
