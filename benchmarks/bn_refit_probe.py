@@ -29,28 +29,7 @@ from ocnna_fast.budget import count_ratio
 from ocnna_fast.cli import build_parser, loading
 from ocnna_fast.evaluation import evaluate
 from ocnna_fast.pipeline import JobSettings, PruneJob
-
-
-class _Stop(Exception):
-    pass
-
-
-def _input_at(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    got = []
-
-    def pre(_m, a):
-        got.append(a[0].detach())
-        raise _Stop
-
-    handle = module.register_forward_pre_hook(pre)
-    try:
-        with torch.no_grad():
-            model(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return got[0]
+from ocnna_fast.reconstruction import input_at
 
 
 def refit(model, pruned, plan, calibration, per_image: int, ridge: float = 1e-3) -> int:
@@ -70,10 +49,10 @@ def refit(model, pruned, plan, calibration, per_image: int, ridge: float = 1e-3)
         gram = cross = None
         for x in calibration:
             with torch.no_grad():
-                target = old_bn(old_conv(_input_at(model, old_conv, x)))[:, kept]
+                target = old_bn(old_conv(input_at(model, old_conv, x)))[:, kept]
                 scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
                 z = (target - bn.bias.view(1, -1, 1, 1)) / scale.view(1, -1, 1, 1) + bn.running_mean.view(1, -1, 1, 1)
-                cols = F.unfold(_input_at(pruned, conv, x), conv.kernel_size, padding=conv.padding, stride=conv.stride)
+                cols = F.unfold(input_at(pruned, conv, x), conv.kernel_size, padding=conv.padding, stride=conv.stride)
             idx = torch.randperm(cols.shape[-1], generator=g)[:per_image]
             rows = cols[:, :, idx].permute(0, 2, 1).reshape(-1, cols.shape[1]).double()
             rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], 1)

@@ -30,7 +30,7 @@ from torch import nn
 from .module_state import restore_training_flags, training_flags
 from .placement import input_of
 
-__all__ = ["reconstruct", "RIDGE"]
+__all__ = ["reconstruct", "input_at", "RIDGE"]
 
 # The ridge, relative to the mean input energy: small enough to leave a
 # well-determined fit alone, large enough to keep a nearly constant input
@@ -55,8 +55,9 @@ def _kind(m: nn.Module) -> Optional[str]:
     return None
 
 
-def _input_at(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``module``'s input when ``model`` runs on ``x`` (the pass stops there)."""
+def input_at(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module``'s input when ``model`` runs on ``x`` (the pass stops there;
+    the caller chooses grad mode)."""
     got: List[torch.Tensor] = []
 
     def pre(_m, args):
@@ -183,7 +184,7 @@ def reconstruct(
                 steps = tqdm(todo, desc="reconstruct", unit="layer")
             for name, kind in steps:
                 old, new = old_modules[name], new_modules[name]
-                pairs = ((_input_at(base, old, x), _input_at(pruned, new, x)) for x in inputs)
+                pairs = ((input_at(base, old, x), input_at(pruned, new, x)) for x in inputs)
                 kept = _kept(plan, name, old.weight.shape[0])
                 if kind == "dense":
                     _fit_dense(old, new, pairs, kept, ridge)
