@@ -29,7 +29,7 @@ from ocnna_fast.budget import count_ratio
 from ocnna_fast.cli import build_parser, loading
 from ocnna_fast.evaluation import evaluate
 from ocnna_fast.pipeline import JobSettings, PruneJob
-from ocnna_fast.reconstruction import input_at
+from ocnna_fast.reconstruction import input_at, ridge_solve
 
 
 def refit(model, pruned, plan, calibration, per_image: int, ridge: float = 1e-3) -> int:
@@ -59,9 +59,7 @@ def refit(model, pruned, plan, calibration, per_image: int, ridge: float = 1e-3)
             zt = z.flatten(2)[:, :, idx].permute(0, 2, 1).reshape(-1, z.shape[1]).double()
             gram = rows.T @ rows if gram is None else gram + rows.T @ rows
             cross = zt.T @ rows if cross is None else cross + zt.T @ rows
-        penalty = torch.ones(gram.shape[0], dtype=gram.dtype)
-        penalty[-1] = 0.0
-        w = torch.linalg.solve(gram + ridge * gram.diagonal()[:-1].mean() * torch.diag(penalty), cross.T).T
+        w = ridge_solve(gram, cross, ridge)
         with torch.no_grad():
             conv.weight.copy_(w[:, :-1].reshape(conv.weight.shape).float())
             bn.running_mean.sub_(w[:, -1].float())

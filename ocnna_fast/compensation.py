@@ -28,10 +28,15 @@ from .module_state import hooked_eval_pass
 from .placement import input_of
 from .reconstruction import reconstruct
 
-__all__ = ["FOLDED", "input_means", "compensate_biases", "compensate", "recalibrate", "has_batchnorm"]
+__all__ = ["FOLDED", "check_folded", "input_means", "compensate_biases", "compensate", "recalibrate", "has_batchnorm"]
 
 # what a folded-BatchNorm model gets after surgery, from least to most work
 FOLDED = ("mean", "variance", "regression")
+
+
+def check_folded(folded: str) -> None:
+    if folded not in FOLDED:
+        raise ValueError(f"folded must be one of {', '.join(FOLDED)}; got {folded!r}")
 
 
 def _dense(m: nn.Module) -> bool:
@@ -124,8 +129,7 @@ def recalibrate(
     times, so an iterator is held in memory).  Returns ``{"method":
     "batchnorm" | "folded-batchnorm" | "bias-compensation" |
     "folded-regression", "images": n, ...}``."""
-    if folded not in FOLDED:
-        raise ValueError(f"folded must be one of {', '.join(FOLDED)}; got {folded!r}")
+    check_folded(folded)
     if has_batchnorm(pruned):
         return {"method": "batchnorm", "images": recalibrate_batchnorm(pruned, batches, progress=progress)}
     if iter(batches) is batches:  # a one-pass iterator: keep its batches for the second pass

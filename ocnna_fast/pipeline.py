@@ -28,7 +28,7 @@ from torch import nn
 
 from .allocation import macs_and_params, parse_target
 from .budget import BudgetResult, input_batches, prune_to_budget
-from .compensation import FOLDED, recalibrate
+from .compensation import check_folded, recalibrate
 from .criteria import CRITERIA, Context, FamilyCriterion, criterion_values
 from .distill import distill
 from .evaluation import evaluate
@@ -137,8 +137,7 @@ class PruneJob:
             parse_target(settings.target)
         latency = settings.target is not None and parse_target(settings.target).kind == "latency"
         check_latency_settings(settings.latency_runtime, settings.latency_batch, deploy=latency)
-        if settings.folded not in FOLDED:
-            raise ValueError(f"folded must be one of {', '.join(FOLDED)}; got {settings.folded!r}")
+        check_folded(settings.folded)
         self.model, self.data, self.settings = model.eval(), data, settings
         hook = getattr(model, "ocnna_ignored_layers", None)
         default = list(hook()) if callable(hook) else []

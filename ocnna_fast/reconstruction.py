@@ -30,7 +30,7 @@ from torch import nn
 from .module_state import restore_training_flags, training_flags
 from .placement import input_of
 
-__all__ = ["reconstruct", "input_at", "RIDGE"]
+__all__ = ["reconstruct", "input_at", "ridge_solve", "RIDGE"]
 
 # The ridge, relative to the mean input energy: small enough to leave a
 # well-determined fit alone, large enough to keep a nearly constant input
@@ -85,7 +85,7 @@ def _rows(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 
 def _execution_order(model: nn.Module, x: torch.Tensor) -> List[str]:
-    names = {m: n for n, m in model.named_modules() if _kind(m) is not None or isinstance(m, nn.Conv2d)}
+    names = {m: n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     order: List[str] = []
     handles = [m.register_forward_pre_hook(lambda m, _a: order.append(names[m])) for m in names]
     try:
@@ -101,20 +101,27 @@ def _kept(plan: Mapping[str, Any], name: str, n: int) -> torch.Tensor:
     return torch.as_tensor(list(kept), dtype=torch.int64) if kept is not None else torch.arange(n)
 
 
+def ridge_solve(gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> torch.Tensor:
+    """The weights ``w`` (outputs x inputs, the last input the constant 1)
+    minimising the squared error plus ``ridge`` x the mean input energy x
+    ``|w|^2`` over all but the bias column, from the Gram matrix of the
+    inputs and the outputs' cross-products with them."""
+    penalty = torch.ones(gram.shape[0], dtype=gram.dtype)
+    penalty[-1] = 0.0  # the bias is not shrunk
+    scale = ridge * float(gram.diagonal()[:-1].mean().clamp_min(1e-12))
+    return torch.linalg.solve(gram + scale * torch.diag(penalty), cross.T).T
+
+
 def _fit_dense(old: nn.Module, new: nn.Module, pairs, kept: torch.Tensor, ridge: float) -> None:
     gram = cross = None
+    linear = isinstance(old, nn.Linear)
     for x_old, x_new in pairs:
-        linear = isinstance(old, nn.Linear)
         y = _rows(old(x_old), linear)[:, kept]
         xs = _rows(x_new, linear)
         xs = torch.cat([xs, torch.ones(xs.shape[0], 1, dtype=xs.dtype)], 1)
         g, c = xs.T @ xs, y.T @ xs
         gram, cross = (g, c) if gram is None else (gram + g, cross + c)
-    n_in = gram.shape[0] - 1
-    penalty = torch.ones(n_in + 1, dtype=gram.dtype)
-    penalty[-1] = 0.0  # the bias is not shrunk
-    scale = ridge * float(gram.diagonal()[:-1].mean().clamp_min(1e-12))
-    w = torch.linalg.solve(gram + scale * torch.diag(penalty), cross.T).T
+    w = ridge_solve(gram, cross, ridge)
     _assign(new, w[:, :-1], w[:, -1])
 
 
@@ -159,8 +166,6 @@ def reconstruct(
     "images": n}``."""
     if not ridge >= 0:
         raise ValueError(f"ridge must be >= 0, got {ridge!r}")
-    if iter(batches) is batches:
-        batches = list(batches)
     inputs = [input_of(b) for b in batches]
     if not inputs:
         raise ValueError("reconstruction needs calibration batches")
