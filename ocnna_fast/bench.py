@@ -24,12 +24,10 @@ import torch
 from torch import nn
 
 from .atomic import write_text_atomic
-from .compensation import has_batchnorm
 from .criteria import CRITERIA, SEEDED
-from .distill import state_sha256
 from .latency import eager_latency, latency_ms
 from .pipeline import JobData, JobSettings, PruneJob, measure_baseline
-from .suitefile import finite_or_none, fmt, load_rows, mean, sealed
+from .suitefile import finite_or_none, fmt, load_rows, mean, model_config, sealed
 from .validate import as_count, percentile
 
 __all__ = ["run_suite", "check_cells", "latency_ms", "RESULT_KEYS"]
@@ -132,10 +130,8 @@ def run_suite(
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     config = _config(arch, dataset, scope, score_set, bn_set, train_set, eval_set, finetune_epochs, lr)
-    config.update(batch_size=batch_size, weights_sha256=state_sha256(model), seed=data_seed)
-    config.update(input_size=input_size, latency_repeats=latency_repeats)
-    if not has_batchnorm(model):  # the rows of a folded-BatchNorm model depend on its correction
-        config["folded_correction"] = folded
+    config.update(batch_size=batch_size, seed=data_seed, input_size=input_size, latency_repeats=latency_repeats)
+    config.update(model_config(model, folded))
     rows = _load_rows(out / "results.json", config)
     suite = _Suite(
         model,

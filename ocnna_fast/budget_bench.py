@@ -38,14 +38,12 @@ from .allocation import Target, parse_target
 from .atomic import write_text_atomic
 from .budget import TOLERANCE, count_ratio
 from .budget_tables import MEASURED, budget_plot, budget_table
-from .compensation import has_batchnorm
 from .criteria import CRITERIA, SEEDED
-from .distill import state_sha256
 from .graph import conv_groups, torch_pruning
 from .latency import eager_latency
 from .pipeline import JobData, JobSettings, PruneJob, measure_baseline
 from .pruning import prune
-from .suitefile import finite_or_none, load_rows, sealed
+from .suitefile import finite_or_none, load_rows, model_config, sealed
 
 __all__ = [
     "METHOD_KINDS",
@@ -310,11 +308,9 @@ def run_budget_suite(
     if settings.epochs > 0 and data.train is None:
         raise ValueError("distillation needs a training set")
     out.mkdir(parents=True, exist_ok=True)
-    config = dict(config, weights_sha256=state_sha256(model), latency_repeats=latency_repeats)
+    config = dict(config, latency_repeats=latency_repeats, **model_config(model, settings.folded))
     config.update({f: getattr(settings, f) for f in ("epochs", "lr", "batch_size", "input_size", "round_to")})
     config.update(max_prune=settings.max_prune, sensitivity_images=settings.sensitivity_images)
-    if not has_batchnorm(model):  # the rows of a folded-BatchNorm model depend on its correction
-        config["folded_correction"] = settings.folded
     rows = load_rows(out / "results.json", config, _row_ok, _key)
     done = {_key(r) for r in rows}
     cells = [

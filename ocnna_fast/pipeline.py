@@ -90,7 +90,7 @@ class JobSettings:
     allocation: str = "sensitivity"
     round_to: int = 1
     max_prune: float = 0.9
-    sensitivity_images: int = 256
+    sensitivity_images: int = 512
     refine_steps: int = 0
     cap_search: bool = True
     latency_runtime: str = "onnxruntime"

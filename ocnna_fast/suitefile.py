@@ -15,7 +15,12 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence
 
-__all__ = ["OPTION_OF", "load_rows", "sealed", "finite_or_none", "mean", "fmt"]
+from torch import nn
+
+from .compensation import has_batchnorm
+from .distill import state_sha256
+
+__all__ = ["OPTION_OF", "model_config", "load_rows", "sealed", "finite_or_none", "mean", "fmt"]
 
 DIGEST = "row_sha256"
 
@@ -40,6 +45,16 @@ OPTION_OF = {
     "sensitivity_images": "--sensitivity-images",
     "folded_correction": "--folded-correction",
 }
+
+
+def model_config(model: nn.Module, folded: str) -> Dict[str, Any]:
+    """The settings a suite's rows depend on through its base model: the
+    weights' SHA-256 and, for a model whose BatchNorm is folded into its
+    convs, the correction its pruned copies get (``folded``)."""
+    config: Dict[str, Any] = {"weights_sha256": state_sha256(model)}
+    if not has_batchnorm(model):
+        config["folded_correction"] = folded
+    return config
 
 
 def load_rows(

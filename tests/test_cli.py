@@ -407,3 +407,27 @@ def test_report_md_reads_as_sentences_and_flags_noisy_latency():
     assert "```bash\nocnna-fast prune --k 40\n```" in md
     assert "| eager, batch 1 | 5 | 10.00 (9.00-11.00) | 5.00 (4.90-5.10) | 2.00x | ok |" in md
     assert "| eager, batch 64 | 5 |" in md and "**spread too wide**" in md.split("eager, batch 64")[1].split("\n")[0]
+
+
+@pytest.mark.parametrize("command", ["prune", "bench"])
+def test_cli_defaults_are_the_python_defaults(command):
+    """A budget job from the command line and one from ``JobSettings()``
+    choose widths alike: the options they share default to the same values."""
+    from ocnna_fast.cli import build_parser
+    from ocnna_fast.pipeline import JobSettings
+
+    args = build_parser().parse_args([command, "--arch", "resnet20", "--target", "macs=0.5"])
+    python = JobSettings()
+    shared = {
+        "allocation": "allocation",
+        "round_to": "round_to",
+        "max_prune": "max_prune",
+        "sensitivity_images": "sensitivity_images",
+        "refine_steps": "refine_steps",
+        "cap_search": "cap_search",
+        "folded_correction": "folded",
+    }
+    present = [option for option in shared if hasattr(args, option)]  # bench has no allocation options
+    assert len(present) >= 4
+    for option in present:
+        assert getattr(args, option) == getattr(python, shared[option]), option

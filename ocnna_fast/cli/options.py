@@ -286,8 +286,9 @@ def add_budget_options(sp: argparse.ArgumentParser, *, allocation: bool = True) 
     sp.add_argument(
         "--sensitivity-images",
         type=COUNT,
-        default=256,
-        help="calibration and scoring images each sensitivity candidate is measured on (default 256)",
+        default=512,
+        help="calibration and scoring images each sensitivity candidate is measured on (default 512; fewer "
+        "measure the losses too noisily to allocate well, see docs/budget.md)",
     )
 
 

@@ -1,0 +1,97 @@
+"""How many images should a sensitivity candidate be measured on?
+
+The sensitivity allocation (cap search on) at MACs 0.5 with `ocnna-rms`,
+measured on N calibration and N scoring images, for several draws of the
+training images (data seed d: scoring images drawn with seed 1 + 10 d,
+calibration images with 3 + 10 d); next to it, uniform pruning of the inner
+scope at the same MACs with the same draws.  Accuracy after BatchNorm
+re-estimation on 1,000 of the calibration images, on 2,000 JPEG test images.
+A finished row is kept in the output file, so a stopped run resumes.
+
+    python benchmarks/sensitivity_images.py resnet20 --images 256 512 1024 --data-seeds 0 1 2
+    python benchmarks/sensitivity_images.py resnet56 --images 256 512 --data-seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from budget_probe import images, uniform_k_for  # noqa: E402
+
+from ocnna_fast.data import pretrained_weights  # noqa: E402
+from ocnna_fast.models import build, load_weights  # noqa: E402
+from ocnna_fast.pipeline import JobData, JobSettings, PruneJob  # noqa: E402
+
+
+def measured(model, data, settings: JobSettings, scope: str) -> dict:
+    t = time.perf_counter()
+    job = PruneJob(model, data, settings, ignored_layers=list(model.ocnna_ignored_layers(scope)), progress=False)
+    job.evaluate_base()
+    job.surgery()
+    job.recalibrate()
+    res = job.result()
+    row = {"macs": res.macs_ratio, "after_bn": res.accuracy["recalibrated"], "seconds": time.perf_counter() - t}
+    if job.budget is not None and job.budget.sensitivity:
+        row["caps"] = job.budget.sensitivity.get("caps")
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("arch")
+    p.add_argument("--images", type=int, nargs="+", default=[256, 512, 1024])
+    p.add_argument("--data-seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--macs", type=float, default=0.5)
+    p.add_argument("--out", default=None, help="JSON file (default benchmarks/results/sensitivity-images-ARCH.json)")
+    a = p.parse_args()
+    out = Path(a.out or Path(__file__).parent / "results" / f"sensitivity-images-{a.arch}.json")
+    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    done = {(r["method"], r["data_seed"], r.get("images")) for r in rows}
+    model = load_weights(build(a.arch), pretrained_weights(a.arch, None)).eval()
+    test = images("test", 2000, 0)
+    k = None
+    for d in a.data_seeds:
+        n_max = max(1000, *a.images)
+        data = JobData(eval=test, score=images("train", n_max, 1 + 10 * d), bn=images("train", n_max, 3 + 10 * d))
+        todo = [("uniform-inner", None)] + [("sensitivity-caps", n) for n in a.images]
+        for method, n in todo:
+            if (method, d, n) in done:
+                continue
+            if method == "uniform-inner":
+                if k is None:
+                    inner = list(model.ocnna_ignored_layers("inner"))
+                    k, _ = uniform_k_for(model, data, "ocnna-rms", "inner", a.macs, inner)
+                row = measured(model, data, JobSettings(criterion="ocnna-rms", k=k), "inner")
+                row["k"] = k
+            else:
+                settings = JobSettings(criterion="ocnna-rms", target=f"macs={a.macs}", sensitivity_images=n)
+                row = measured(model, data, settings, "full")
+            rows.append({"method": method, "data_seed": d, "images": n, **row})
+            print(json.dumps(rows[-1]), flush=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            doc = {"arch": a.arch, "command": "python benchmarks/sensitivity_images.py " + " ".join(sys.argv[1:])}
+            out.write_text(json.dumps({**doc, "rows": rows}, indent=1))
+    _table(rows)
+
+
+def _table(rows) -> None:
+    """Mean and range of the accuracy after BN per method and image count."""
+    by = {}
+    for r in rows:
+        by.setdefault((r["method"], r.get("images") or 0), []).append(r["after_bn"])
+    print("| method | images | data seeds | after BN, mean (range) |\n| --- | --- | --- | --- |")
+    for (method, n), accs in sorted(by.items()):
+        mean = sum(accs) / len(accs)
+        print(f"| {method} | {n or '-'} | {len(accs)} | {mean:.2f} ({min(accs):.2f}-{max(accs):.2f}) |")
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()
