@@ -4,7 +4,7 @@
 
 Each folder is one `ocnna-fast bench` run; its results.json holds the settings
 and the cells.  The command that produced each folder is read from its
-`command.txt` (written by the runner script `benchmarks/run_benchmarks.sh`).
+`command.txt` (written by `ocnna-fast bench`).
 """
 
 from __future__ import annotations

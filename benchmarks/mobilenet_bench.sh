@@ -16,5 +16,4 @@ WEIGHTS="$OUT/mobilenet_v1_075_imagenet.safetensors"
 ARGS="--arch mobilenet_v1_075_imagenet --weights $WEIGHTS --dataset imagenet-sample --criteria ocnna l1 ocnna-rms
       --k 10 20 40 60 --seeds 0 --score-images 500 --bn-images 500 --batch-size 50 --latency-repeats 5
       --folded-correction variance"
-echo "ocnna-fast bench $(echo $ARGS) --out $OUT" > "$OUT/command.txt"
 ocnna-fast bench $ARGS --out "$OUT" --no-progress

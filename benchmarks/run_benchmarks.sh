@@ -8,8 +8,6 @@ ALL="ocnna ocnna-0.95 ocnna-relu mean-energy ocnna-rms l1 l2 fpgm taylor bn-scal
 FT="ocnna ocnna-rms mean-energy l1 fpgm hrank random"
 run() {  # folder, then the bench arguments
   local out=$1; shift
-  mkdir -p "$out"
-  echo "ocnna-fast bench $* --out $out" > "$out/command.txt"
   echo "[$(date -u +%H:%M:%S)] $out"
   ocnna-fast bench "$@" --out "$out" --no-progress
 }

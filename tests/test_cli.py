@@ -431,3 +431,20 @@ def test_cli_defaults_are_the_python_defaults(command):
     assert len(present) >= 4
     for option in present:
         assert getattr(args, option) == getattr(python, shared[option]), option
+
+
+def test_bench_records_the_command_that_ran_it(tmp_path, monkeypatch):
+    """``command.txt``, which BENCHMARKS.md quotes above a suite's tables,
+    is the command as run, quoted so a shell runs it again."""
+    import shlex
+
+    from torch import nn
+
+    from ocnna_fast import cli
+
+    monkeypatch.setattr(cli.bench, "suite", lambda *a, **kw: [])
+    monkeypatch.setattr(cli.loading, "load_model", lambda *a, **kw: (nn.Conv2d(3, 4, 3), "w"))
+    out = tmp_path / "a suite"
+    argv = ["bench", "--criteria", "l1", "--k", "40", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert shlex.split((out / "command.txt").read_text()) == ["ocnna-fast", *argv]

@@ -8,12 +8,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..atomic import write_text_atomic
 from ..bench import check_cells, run_suite
 from ..budget_bench import DEFAULT_METHODS, check_methods, parse_targets, run_budget_suite
 from ..criteria import CRITERIA
+from ..distributed import is_main
 from ..outdir import out_dir
 from . import loading, options
-from .output import writer_lock
+from .output import command_line, writer_lock
 
 
 def register(sub) -> None:
@@ -69,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     model, weights = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, size)
     out = out_dir(args.out)
     with writer_lock(out):
+        # how to rerun (or resume) the suite; BENCHMARKS.md quotes it above the tables
+        if is_main():
+            write_text_atomic(out / "command.txt", command_line(args) + "\n")
         rows = suite(args, model, size, out)
     plots = "" if (out / "plots-skipped.txt").exists() else " and plots"
     print(f"{len(rows)} cells; wrote {out / 'results.json'}, {out / 'results.md'}{plots} (weights {weights})")

@@ -3,8 +3,10 @@ lock, report.json/report.md, and latency lines."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
+import shlex
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -12,13 +14,18 @@ from ..atomic import write_text_atomic
 from ..distributed import is_main
 from ..outdir import locked
 
-__all__ = ["writer_lock", "write_report", "print_latency", "prune_markdown"]
+__all__ = ["writer_lock", "command_line", "write_report", "print_latency", "prune_markdown"]
 
 
 def writer_lock(out: Path):
     """The --out lock, held by the process that writes: under torchrun every
     rank runs the command and rank 0 alone writes."""
     return locked(out) if is_main() else contextlib.nullcontext(out)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as it was run (``args.argv``, set by ``cli.main``), quoted for a shell."""
+    return "ocnna-fast " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []) or [])
 
 
 def write_report(out: Path, report: Dict[str, Any], title: str, markdown: Optional[str] = None) -> None:

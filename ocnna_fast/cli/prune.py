@@ -5,7 +5,6 @@ into --out only when the job succeeds."""
 from __future__ import annotations
 
 import argparse
-import shlex
 import shutil
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from ..outdir import out_dir, publish, staged
 from ..pipeline import JobResult, JobSettings, PruneJob
 from ..pruning import FAMILY, save_pruned
 from . import loading, options
-from .output import print_latency, prune_markdown, write_report, writer_lock
+from .output import command_line, print_latency, prune_markdown, write_report, writer_lock
 
 
 def register(sub) -> None:
@@ -209,7 +208,7 @@ def _settings(args: argparse.Namespace, job: PruneJob) -> dict:
         "torch": torch.__version__,
         "ocnna_fast": __version__,
         "threads": torch.get_num_threads(),
-        "command": "ocnna-fast " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []) or []),
+        "command": command_line(args),
     }
 
 
