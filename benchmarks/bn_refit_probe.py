@@ -84,16 +84,11 @@ def main() -> None:
     if a.uniform_k is not None:
         settings = JobSettings(k=a.uniform_k, criterion="ocnna-rms", input_size=size)
         job = PruneJob(model, data, settings, ignored_layers=loading.ignored_layers(model, "inner"), progress=False)
-        job.rank()
-        pruned, plan = job.surgery()
     else:
-        job = PruneJob(
-            model, data, JobSettings(target="macs=0.5", criterion="ocnna-rms", input_size=size), progress=False
-        )
-        job.rank()
-        budget = job.allocate()
-        job.adopt(budget.pruned, budget.plan)
-        pruned, plan = budget.pruned, budget.plan
+        settings = JobSettings(target="macs=0.5", criterion="ocnna-rms", input_size=size)
+        job = PruneJob(model, data, settings, progress=False)
+    job.rank()
+    pruned, plan = job.surgery()  # with a target, surgery is the allocation's pruned copy
     job.recalibrate()
     macs = count_ratio(model, job.example, "macs")(pruned)
     print(f"MACs {macs:.4f}; after BN {job.accuracy['recalibrated']:.2f}% ({time.perf_counter() - start:.0f} s)")
