@@ -11,7 +11,7 @@ from typing import Callable, Dict
 import torch
 from torch import nn
 
-__all__ = ["time_calls", "latency_ms", "eager_latency"]
+__all__ = ["time_calls", "eager_call", "latency_ms", "eager_latency"]
 
 
 def time_calls(call: Callable[[], object], repeats: int, warmup: int = 2) -> Dict[str, float]:
@@ -36,17 +36,22 @@ def time_calls(call: Callable[[], object], repeats: int, warmup: int = 2) -> Dic
     }
 
 
-def latency_ms(model: nn.Module, batch: int, size: int, repeats: int, warmup: int = 2) -> Dict[str, float]:
-    """:func:`time_calls` of a PyTorch model's eager forward pass on a random
-    ``(batch, 3, size, size)`` input on the CPU, without autograd."""
+def eager_call(model: nn.Module, batch: int, size: int) -> Callable[[], object]:
+    """One eager forward pass of ``model`` (eval mode, no autograd) on a fixed
+    random ``(batch, 3, size, size)`` CPU input, as a function of nothing."""
     model = model.eval()
     x = torch.randn(batch, 3, size, size)
 
-    def call():
+    def call() -> object:
         with torch.no_grad():
-            model(x)
+            return model(x)
 
-    return time_calls(call, repeats, warmup)
+    return call
+
+
+def latency_ms(model: nn.Module, batch: int, size: int, repeats: int, warmup: int = 2) -> Dict[str, float]:
+    """:func:`time_calls` of :func:`eager_call`."""
+    return time_calls(eager_call(model, batch, size), repeats, warmup)
 
 
 def eager_latency(model: nn.Module, input_size: int, repeats: int) -> Dict[int, Dict[str, float]]:

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .latency import eager_call
+
 __all__ = ["RUNTIMES", "LatencyRatio", "check_settings"]
 
 RUNTIMES = ("onnxruntime", "eager")
@@ -86,13 +88,7 @@ class LatencyRatio:
         session of its own (see ``__call__``)."""
         shape = (self.batch, 3, self.input_size, self.input_size)
         if self.runtime == "eager":
-            model = model.eval()
-            x = torch.randn(*shape)
-
-            def call() -> Any:
-                with torch.no_grad():
-                    return model(x)
-
+            call = eager_call(model, self.batch, self.input_size)
             return lambda: call
         from .export import export_model, load_runner
 
