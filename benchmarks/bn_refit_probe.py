@@ -85,7 +85,8 @@ def main() -> None:
         settings = JobSettings(k=a.uniform_k, criterion="ocnna-rms", input_size=size)
         job = PruneJob(model, data, settings, ignored_layers=loading.ignored_layers(model, "inner"), progress=False)
     else:
-        settings = JobSettings(target="macs=0.5", criterion="ocnna-rms", input_size=size)
+        # the cap search alone (the default when the figures in docs were measured)
+        settings = JobSettings(target="macs=0.5", criterion="ocnna-rms", input_size=size, refine_steps=0)
         job = PruneJob(model, data, settings, progress=False)
     job.rank()
     pruned, plan = job.surgery()  # with a target, surgery is the allocation's pruned copy

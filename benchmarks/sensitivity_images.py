@@ -49,10 +49,18 @@ def main() -> None:
     p.add_argument("--images", type=int, nargs="+", default=[256, 512, 1024])
     p.add_argument("--data-seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--macs", type=float, default=0.5)
+    p.add_argument(
+        "--refine-steps", type=int, nargs="+", default=[0], help="also the allocation refined by this many moves"
+    )
     p.add_argument("--out", default=None, help="JSON file (default benchmarks/results/sensitivity-images-ARCH.json)")
     a = p.parse_args()
     out = Path(a.out or Path(__file__).parent / "results" / f"sensitivity-images-{a.arch}.json")
-    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    old = json.loads(out.read_text()) if out.exists() else {}
+    rows = old.get("rows", [])
+    # every command that added rows, in order (resumed or extended runs)
+    commands = old.get("commands", [old["command"]] if "command" in old else [])
+    command = "python benchmarks/sensitivity_images.py " + " ".join(sys.argv[1:])
+    commands += [command] if command not in commands else []
     done = {(r["method"], r["data_seed"], r.get("images")) for r in rows}
     model = load_weights(build(a.arch), pretrained_weights(a.arch, None)).eval()
     test = images("test", 2000, 0)
@@ -60,7 +68,9 @@ def main() -> None:
     for d in a.data_seeds:
         n_max = max(1000, *a.images)
         data = JobData(eval=test, score=images("train", n_max, 1 + 10 * d), bn=images("train", n_max, 3 + 10 * d))
-        todo = [("uniform-inner", None)] + [("sensitivity-caps", n) for n in a.images]
+        todo = [("uniform-inner", None)] + [
+            ("sensitivity-caps" + (f"+refine{s}" if s else ""), n) for n in a.images for s in a.refine_steps
+        ]
         for method, n in todo:
             if (method, d, n) in done:
                 continue
@@ -71,13 +81,15 @@ def main() -> None:
                 row = measured(model, data, JobSettings(criterion="ocnna-rms", k=k), "inner")
                 row["k"] = k
             else:
-                settings = JobSettings(criterion="ocnna-rms", target=f"macs={a.macs}", sensitivity_images=n)
+                steps = int(method.partition("+refine")[2] or 0)
+                settings = JobSettings(
+                    criterion="ocnna-rms", target=f"macs={a.macs}", sensitivity_images=n, refine_steps=steps
+                )
                 row = measured(model, data, settings, "full")
             rows.append({"method": method, "data_seed": d, "images": n, **row})
             print(json.dumps(rows[-1]), flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)
-            doc = {"arch": a.arch, "command": "python benchmarks/sensitivity_images.py " + " ".join(sys.argv[1:])}
-            out.write_text(json.dumps({**doc, "rows": rows}, indent=1))
+            out.write_text(json.dumps({"arch": a.arch, "commands": commands, "rows": rows}, indent=1))
     _table(rows)
 
 

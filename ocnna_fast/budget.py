@@ -37,6 +37,7 @@ from .sensitivity import MaskedEvaluator, group_outputs, measure_sensitivity, re
 
 __all__ = [
     "ALLOCATIONS",
+    "REFINE_STEPS",
     "BudgetResult",
     "prune",
     "prune_to_budget",
@@ -47,6 +48,12 @@ __all__ = [
 ]
 
 ALLOCATIONS = ("sensitivity", "global")
+# moves of the local search after the sensitivity allocation by default: on
+# ResNet-20 and ResNet-56 at MACs 0.5 (three draws each) 100 moves lifted the
+# accuracy after BatchNorm by 2.1 and 1.1 points on average and narrowed the
+# spread over draws on ResNet-56 (docs/budget.md, "Searching around the
+# allocation"); a candidate costs one masked evaluation
+REFINE_STEPS = 100
 TOLERANCE = 0.02  # the reached ratio is within 2% of the target's
 # a latency ratio is a measurement, not a count: repeats of one model spread
 # by a few percent on a shared CPU, so its budget is met within 5%
@@ -102,7 +109,7 @@ def prune_to_budget(
     calibration: Optional[Sequence[torch.Tensor]] = None,
     evaluation: Optional[Sequence[torch.Tensor]] = None,
     measure: Optional[Callable[[nn.Module], float]] = None,
-    refine_steps: int = 0,
+    refine_steps: int = REFINE_STEPS,
     cap_search: bool = True,
     seed: int = 0,
     progress: bool = False,
@@ -113,8 +120,8 @@ def prune_to_budget(
     ``sensitivity`` needs ``calibration`` and ``evaluation`` input batches;
     with ``cap_search`` it first picks, among allocations capped at several
     shares of a group (``CAPS`` and ``max_prune``), the one whose groups,
-    masked together, lose least; with ``refine_steps`` it then searches
-    around the allocation on that loss (seeded by ``seed``).
+    masked together, lose least; it then searches ``refine_steps`` moves
+    around the allocation on that loss (seeded by ``seed``; 0: no search).
     ``measure(pruned) -> ratio`` checks the budget (default: Torch-Pruning's
     count of MACs or parameters); a latency target needs one
     (``latency_budget.LatencyRatio``) and is approached through MACs, the
@@ -318,6 +325,7 @@ def prune(
     calibration: Optional[Sequence[torch.Tensor]] = None,
     evaluation: Optional[Sequence[torch.Tensor]] = None,
     cap_search: bool = True,
+    refine_steps: int = REFINE_STEPS,
     measure: Optional[Callable[[nn.Module], float]] = None,
     **kwargs: Any,
 ) -> Tuple[nn.Module, Dict[str, Any]]:
@@ -326,7 +334,7 @@ def prune(
     or to a budget (``target={"macs": 0.5}``, ``"params=0.3"``,
     ``"latency=0.6"``): per-group widths from ``allocation`` (``global``, or
     ``sensitivity`` with ``calibration`` and ``evaluation`` input batches,
-    optionally ``cap_search``), within 2% of the target (5% for latency,
+    optionally ``cap_search`` and ``refine_steps``), within 2% of the target (5% for latency,
     measured by ``measure``, default ``LatencyRatio(model, side)``: ONNX
     Runtime, batch 1); ``plan["budget"]`` says what was reached."""
     if example_inputs is None:
@@ -359,6 +367,7 @@ def prune(
         calibration=calibration,
         evaluation=evaluation,
         cap_search=cap_search,
+        refine_steps=refine_steps,
         measure=measure,
     )
     return result.pruned, result.plan

@@ -9,7 +9,9 @@ ranks the channels within a group:
 - ``uniform-inner:CRIT``: the same with the CIFAR ResNets' stage widths
   kept (only each block's inner conv pruned);
 - ``global:CRIT`` and ``sensitivity:CRIT``: ``budget.prune_to_budget``'s
-  allocations; ``sensitivity-caps:CRIT`` the latter with ``cap_search``;
+  allocations; ``sensitivity-caps:CRIT`` the latter with ``cap_search``,
+  ``sensitivity-refine:CRIT`` with the cap search and the local search
+  after it (``REFINE_STEPS`` moves: ``prune``'s default);
 - ``tp-global``: Torch-Pruning's own global pruning through its API
   (``MetaPruner`` with ``GroupMagnitudeImportance(p=2)`` and
   ``global_pruning=True``), its pruning ratio bisected to the budget; the
@@ -36,7 +38,7 @@ from torch import nn
 
 from .allocation import Target, parse_target
 from .atomic import write_text_atomic
-from .budget import TOLERANCE, count_ratio
+from .budget import REFINE_STEPS, TOLERANCE, count_ratio
 from .budget_tables import MEASURED, budget_plot, budget_table
 from .criteria import CRITERIA, SEEDED
 from .graph import conv_groups, torch_pruning
@@ -55,7 +57,22 @@ __all__ = [
     "tp_global_keep",
 ]
 
-METHOD_KINDS = ("uniform", "uniform-inner", "global", "sensitivity", "sensitivity-caps", "tp-global")
+METHOD_KINDS = (
+    "uniform",
+    "uniform-inner",
+    "global",
+    "sensitivity",
+    "sensitivity-caps",
+    "sensitivity-refine",
+    "tp-global",
+)
+# the cap search and the local search of each allocation kind (recorded rows keep their meaning)
+SEARCHES = {
+    "global": (False, 0),
+    "sensitivity": (False, 0),
+    "sensitivity-caps": (True, 0),
+    "sensitivity-refine": (True, REFINE_STEPS),
+}
 DEFAULT_METHODS = (
     "uniform:ocnna",
     "uniform:ocnna-rms",
@@ -65,7 +82,8 @@ DEFAULT_METHODS = (
     "tp-global",
     "global:ocnna-rms",
     "sensitivity:ocnna-rms",
-    "sensitivity-caps:ocnna-rms",  # prune's default allocation
+    "sensitivity-caps:ocnna-rms",
+    "sensitivity-refine:ocnna-rms",  # prune's default allocation
     "sensitivity:l1",
 )
 
@@ -235,9 +253,12 @@ class _Cells:
         if key in self.structures:
             return self.structures[key]
         start, k, widths = time.perf_counter(), None, None
-        if kind in ("global", "sensitivity", "sensitivity-caps"):
-            allocation, caps = kind.replace("-caps", ""), kind.endswith("-caps")
-            job.settings = dataclasses.replace(job.settings, target=target, allocation=allocation, cap_search=caps)
+        if kind in SEARCHES:
+            caps, steps = SEARCHES[kind]
+            allocation = kind.partition("-")[0]
+            job.settings = dataclasses.replace(
+                job.settings, target=target, allocation=allocation, cap_search=caps, refine_steps=steps
+            )
             job.rank(self._values(job, criterion, seed))
             budget = job.allocate()
             pruned, plan, reached = budget.pruned, budget.plan, budget.reached

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .allocation import macs_and_params, parse_target
-from .budget import BudgetResult, input_batches, prune_to_budget
+from .budget import REFINE_STEPS, BudgetResult, input_batches, prune_to_budget
 from .compensation import check_folded, recalibrate
 from .criteria import CRITERIA, Context, FamilyCriterion, criterion_values
 from .distill import distill
@@ -68,8 +68,9 @@ class JobSettings:
     input side in pixels.  With ``target`` (``"macs=0.5"``, ``"params=0.3"``)
     the job prunes to that budget instead of ``k``: per-group widths chosen by
     ``allocation`` (``sensitivity``: measured loss curves after BatchNorm
-    re-estimation on ``sensitivity_images`` calibration images; ``global``:
-    normalised values ranked across groups), multiples of ``round_to``, at
+    re-estimation on ``sensitivity_images`` calibration images, then
+    ``refine_steps`` moves of a search on all groups masked together;
+    ``global``: normalised values ranked across groups), multiples of ``round_to``, at
     most ``max_prune`` of a group removed.  A ``"latency=0.6"`` target is
     measured in ``latency_runtime`` (``onnxruntime`` or ``eager``) at
     ``latency_batch`` images per call on this CPU.  ``folded``: what a model
@@ -91,7 +92,7 @@ class JobSettings:
     round_to: int = 1
     max_prune: float = 0.9
     sensitivity_images: int = 512
-    refine_steps: int = 0
+    refine_steps: int = REFINE_STEPS
     cap_search: bool = True
     latency_runtime: str = "onnxruntime"
     latency_batch: int = 1

@@ -291,3 +291,37 @@ def test_cap_search_keeps_the_capped_allocation_that_loses_least():
     # at 0.3 a cap of 0.5 cannot reach the budget (at most 50 of 100 removed): it is skipped
     cap, losses = _choose_cap(Combined(), [a, b], Flat(), Target("macs", 0.3), penalty, 1, 0.9)
     assert 0.5 not in losses and cap == min(losses, key=losses.get) == 0.75
+
+
+class _QuadraticLoss:
+    """A stand-in for ``MaskedEvaluator``: the loss of removing ``n`` of a
+    group's channels is ``weight * (n / width) ** 2`` summed over groups, so
+    the best split of a fixed removal is known (more from the cheap groups)."""
+
+    def __init__(self, widths, weights):
+        self.groups = {r: (GroupInfo(r, w, np.zeros(w)), [], []) for r, w in widths.items()}
+        self.weights, self.calls = weights, []
+
+    def loss(self, removed):
+        self.calls.append(dict(removed))
+        return sum(self.weights[r] * (n / self.groups[r][0].width) ** 2 for r, n in removed.items())
+
+
+def test_refine_lowers_the_loss_without_raising_the_price():
+    from ocnna_fast.sensitivity import refine
+
+    widths = {"a": 16, "b": 16, "c": 16}
+    ev = _QuadraticLoss(widths, {"a": 10.0, "b": 1.0, "c": 1.0})
+    options = {r: list(range(w, 0, -1)) for r, w in widths.items()}  # widest first, as allowed_widths gives them
+    start = {"a": 4, "b": 12, "c": 12}  # 24 channels removed, most from the expensive group
+    budget = sum(start.values())
+
+    def fits(keep):
+        return sum(keep.values()) <= budget
+
+    best, before, after = refine(ev, start, options, fits, steps=60, seed=0)
+    assert before == pytest.approx(ev.loss({r: widths[r] - k for r, k in start.items()}))
+    assert after == pytest.approx(ev.loss({r: widths[r] - k for r, k in best.items()}))
+    assert after < 0.5 * before and fits(best) and best["a"] > start["a"]
+    assert all(fits({r: widths[r] - n for r, n in removed.items()}) for removed in ev.calls)  # never over budget
+    assert refine(ev, start, options, fits, steps=0)[0] == start  # no steps: the allocation as given

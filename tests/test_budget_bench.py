@@ -169,6 +169,33 @@ def test_every_method_meets_the_budget_and_a_stopped_suite_resumes_to_the_same_r
     assert "| macs=0.5 | tp-global |" in (tmp_path / "b" / "results.md").read_text()
 
 
+def test_each_sensitivity_method_asks_for_its_searches(tmp_path, monkeypatch):
+    """sensitivity: neither search; -caps: the cap search; -refine: both
+    (prune's default).  Recorded rows keep their meaning."""
+    from ocnna_fast import budget_bench
+    from ocnna_fast.budget import REFINE_STEPS
+    from ocnna_fast.pipeline import PruneJob
+
+    asked, real = [], PruneJob.allocate
+
+    def spy(self):
+        asked.append((self.settings.allocation, self.settings.cap_search, self.settings.refine_steps))
+        return real(self)
+
+    monkeypatch.setattr(PruneJob, "allocate", spy)
+    monkeypatch.setitem(budget_bench.SEARCHES, "sensitivity-refine", (True, 3))  # a short search: the wiring only
+    methods = ["global:l1", "sensitivity:l1", "sensitivity-caps:l1", "sensitivity-refine:l1"]
+    rows = _suite(_resnet20(), tmp_path, methods=methods)
+    assert [r["method"] for r in rows] == methods
+    assert asked == [
+        ("global", False, 0),
+        ("sensitivity", False, 0),
+        ("sensitivity", True, 0),
+        ("sensitivity", True, 3),
+    ]
+    assert JobSettings().refine_steps == REFINE_STEPS > 0  # the job's default is the refined allocation
+
+
 def test_a_suite_of_other_settings_is_not_resumed(tmp_path):
     model = _resnet20()
     _suite(model, tmp_path, methods=["uniform:l1"])

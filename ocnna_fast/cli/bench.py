@@ -48,7 +48,8 @@ def register(sub) -> None:
         metavar="KIND[:CRITERION]",
         help="with --target: how widths are chosen, and the criterion within a group: uniform:C (one k, "
         "bisected to the budget), uniform-inner:C (CIFAR ResNets' stage widths kept), global:C, sensitivity:C "
-        "(prune's --no-cap-search), sensitivity-caps:C (prune's default, with its cap search), "
+        "(prune's --no-cap-search --refine-steps 0), sensitivity-caps:C (its cap search, --refine-steps 0), "
+        "sensitivity-refine:C (prune's default: the cap search, then its local search), "
         f"tp-global (Torch-Pruning's global pruning); default {' '.join(DEFAULT_METHODS)}",
     )
     options.add_budget_options(be, allocation=False)

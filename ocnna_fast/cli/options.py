@@ -268,12 +268,14 @@ def add_budget_options(sp: argparse.ArgumentParser, *, allocation: bool = True) 
         help="the largest share of one group that --target may remove (default 0.9)",
     )
     if allocation:
+        from ..budget import REFINE_STEPS
+
         sp.add_argument(
             "--refine-steps",
             type=NONNEG,
-            default=0,
+            default=REFINE_STEPS,
             help="after the sensitivity allocation, this many moves of a local search on the loss of all "
-            "groups masked together (default 0: off)",
+            f"groups masked together (default {REFINE_STEPS}; 0: off)",
         )
         sp.add_argument(
             "--cap-search",
