@@ -68,10 +68,10 @@ def main() -> None:
     for d in a.data_seeds:
         n_max = max(1000, *a.images)
         data = JobData(eval=test, score=images("train", n_max, 1 + 10 * d), bn=images("train", n_max, 3 + 10 * d))
-        todo = [("uniform-inner", None)] + [
-            ("sensitivity-caps" + (f"+refine{s}" if s else ""), n) for n in a.images for s in a.refine_steps
+        todo = [("uniform-inner", None, 0)] + [
+            ("sensitivity-caps" + (f"+refine{s}" if s else ""), n, s) for n in a.images for s in a.refine_steps
         ]
-        for method, n in todo:
+        for method, n, steps in todo:
             if (method, d, n) in done:
                 continue
             if method == "uniform-inner":
@@ -81,7 +81,6 @@ def main() -> None:
                 row = measured(model, data, JobSettings(criterion="ocnna-rms", k=k), "inner")
                 row["k"] = k
             else:
-                steps = int(method.partition("+refine")[2] or 0)
                 settings = JobSettings(
                     criterion="ocnna-rms", target=f"macs={a.macs}", sensitivity_images=n, refine_steps=steps
                 )
