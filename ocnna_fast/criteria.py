@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .elimination import collect, consumers, eliminate
 from .graph import dependency_graph, out_channel_convs
 from .pruning import group_scores
 from .scores import Scores
@@ -129,6 +130,24 @@ def _tp_importance(name: str, **kw):
     return make
 
 
+def _reconstruction(ctx: Context) -> Dict[str, np.ndarray]:
+    """Greedy least-squares elimination (``elimination``); a group no dense
+    layer reads channel by channel is ranked by its L1 norm instead."""
+    model = copy.deepcopy(ctx.model).eval()
+    groups, wanted = {}, {}
+    for root, group, dg in _groups(model, ctx):
+        groups[root] = group
+        layers = consumers(group, dg, len(group[0][1]))
+        if layers:
+            wanted[root] = layers
+    stats = collect(model, ctx.batches, wanted)
+    out = {root: eliminate(s, len(groups[root][0][1])) for root, s in stats.items() if s}
+    magnitude = _tp_importance("GroupMagnitudeImportance", p=1)()
+    for root in groups.keys() - out.keys():
+        out[root] = magnitude(groups[root]).detach().double().cpu().numpy()
+    return out
+
+
 # name -> how its values are made.  "ocnna" is the paper's reading (SPEC
 # defaults); "mean-energy" is the mean of the same per-image energies.
 CRITERIA: Dict[str, Callable[[Context], Dict[str, np.ndarray]]] = {
@@ -144,6 +163,9 @@ CRITERIA: Dict[str, Callable[[Context], Dict[str, np.ndarray]]] = {
     "bn-scale": _tp(_tp_importance("BNScaleImportance")),
     "lamp": _tp(_tp_importance("LAMPImportance")),
     "random": _random,
+    # channels ranked by what their readers lose under a least-squares refit
+    # (ThiNet-style greedy elimination, ``elimination``)
+    "reconstruction": _reconstruction,
     # HRank (Lin et al., CVPR 2020): the average rank of each post-activation
     # map, streamed by the native core in the same single pass
     "hrank": FamilyCriterion("mean-energy", tap="post_activation", statistic="rank"),  # .mean = average rank
