@@ -57,13 +57,13 @@ class ConsumerStats:
     (the group's channels only) and its outputs."""
 
     block: int  # columns per channel
+    columns: Optional[torch.Tensor] = field(default=None, repr=False)  # the group's columns of the layer's input
     n: int = 0
     sx: Optional[torch.Tensor] = None
     sy: Optional[torch.Tensor] = None
     sxx: Optional[torch.Tensor] = None
     sxy: Optional[torch.Tensor] = None
     syy: Optional[torch.Tensor] = None  # per output, summed squares
-    _cols: Optional[torch.Tensor] = field(default=None, repr=False)
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
         x, y = x.double(), y.double()
@@ -105,8 +105,13 @@ def consumers(group, dg, width: int) -> List[Tuple[nn.Module, List[int]]]:
     return out
 
 
+def _block(layer: nn.Module) -> int:
+    """Input columns per channel: the kernel's positions for a conv (im2col), 1 for a linear layer."""
+    return layer.kernel_size[0] * layer.kernel_size[1] if isinstance(layer, nn.Conv2d) else 1
+
+
 def _columns(layer: nn.Module, channels: Sequence[int]) -> torch.Tensor:
-    block = layer.kernel_size[0] * layer.kernel_size[1] if isinstance(layer, nn.Conv2d) else 1
+    block = _block(layer)
     c = torch.as_tensor(channels, dtype=torch.long)
     return (c[:, None] * block + torch.arange(block)[None, :]).reshape(-1)
 
@@ -137,13 +142,12 @@ def collect(
         for layer, channels in layers:
             if isinstance(layer, nn.Conv2d) and (layer.padding_mode != "zeros" or isinstance(layer.padding, str)):
                 continue  # unfold cannot reproduce these inputs
-            s = ConsumerStats(block=layer.kernel_size[0] * layer.kernel_size[1] if isinstance(layer, nn.Conv2d) else 1)
-            s._cols = _columns(layer, channels)
+            s = ConsumerStats(block=_block(layer), columns=_columns(layer, channels))
             stats[root].append(s)
 
             def hook(mod, inputs, output, s=s):
                 x, y = _rows(mod, inputs[0].detach(), output.detach(), gen)
-                s.add(x[:, s._cols], y)
+                s.add(x[:, s.columns], y)
 
             hooks.append(layer.register_forward_hook(hook))
     try:

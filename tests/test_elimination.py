@@ -121,3 +121,22 @@ def test_values_increase_along_the_removal_order():
     x = rng.normal(size=(200, 4))
     got = eliminate([_stats(x, x @ rng.normal(size=(4, 2)), 1)], 4)
     assert np.all(np.diff(np.sort(got)) > 0)
+
+
+class _Flat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(torch.relu(self.a(x))), 1))
+
+
+def test_a_group_read_only_through_a_flatten_falls_back_to_l1():
+    torch.manual_seed(0)
+    net = _Flat().eval()
+    batches = [torch.randn(8, 3, 6, 6) for _ in range(2)]
+    ctx = Context(model=net, batches=batches, labels=[], example_inputs=batches[0][:1], ignored_layers=[net.fc])
+    np.testing.assert_allclose(criterion_values("reconstruction", ctx)["a"], criterion_values("l1", ctx)["a"])
