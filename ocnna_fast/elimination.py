@@ -21,9 +21,10 @@ closed form, greedily:
   ``J`` costs ``tr(B_J^T H_JJ^-1 B_J)``), and downdate ``H`` and ``B``.
 
 A channel's value is the consumers' residual once it is removed, relative
-to their output variance and averaged over the consumers: values increase along the removal order, so
-higher means kept longer (the convention of every criterion), and they are
-comparable across groups (a share of variance lost).  The statistics are
+to their output variance and averaged over the consumers: values increase
+along the removal order, so higher means kept longer (the convention of
+every criterion), and they are comparable across groups (a share of
+variance lost).  The statistics are
 those of the unpruned network: what earlier cuts change is left to the
 refit and to BatchNorm re-estimation.
 """
@@ -85,7 +86,10 @@ class ConsumerStats:
         mx, my = self.sx / self.n, self.sy / self.n
         cxx = self.sxx / self.n - torch.outer(mx, mx)
         cxy = self.sxy / self.n - torch.outer(mx, my)
+        energy = float((self.syy / self.n).sum())
         vy = float((self.syy / self.n - my * my).sum())
+        if vy <= 1e-12 * energy:  # constant outputs; what is left is rounding
+            vy, cxy = 0.0, torch.zeros_like(cxy)
         return cxx, cxy, vy
 
 
@@ -165,7 +169,8 @@ class _Consumer:
     channels still alive, downdated as channels are removed."""
 
     def __init__(self, stats: ConsumerStats, ridge: float) -> None:
-        cxx, cxy, self.var = stats.covariances()
+        cxx, cxy, var = stats.covariances()
+        self.var = var if var > 0 else 1.0  # outputs constant on the images: cxy is 0, so is every cost
         # in units of each column's deviation: the costs do not depend on a
         # column's scale, and the ridge then shrinks every column alike
         # (one loud channel does not set it for all)
@@ -183,15 +188,15 @@ class _Consumer:
         n = self.h.shape[0] // k
         if k == 1:
             return (self.b * self.b).sum(1) / self.h.diagonal() / self.var
-        idx = torch.arange(n * k).view(n, k)
+        idx = torch.arange(n * k, device=self.h.device).view(n, k)
         hjj = self.h[idx[:, :, None], idx[:, None, :]]  # n x k x k
         bj = self.b[idx]  # n x k x o
         return (bj * torch.linalg.solve(hjj, bj)).sum((1, 2)) / self.var
 
     def remove(self, j: int) -> None:
         k = self.block
-        cols = torch.arange(j * k, (j + 1) * k)
-        keep = torch.ones(self.h.shape[0], dtype=torch.bool)
+        cols = torch.arange(j * k, (j + 1) * k, device=self.h.device)
+        keep = torch.ones(self.h.shape[0], dtype=torch.bool, device=self.h.device)
         keep[cols] = False
         hj = self.h[:, cols]
         inv_jj = torch.linalg.inv(self.h[cols][:, cols])
@@ -200,9 +205,10 @@ class _Consumer:
 
 
 def eliminate(stats: Sequence[ConsumerStats], width: int, ridge: float = RIDGE) -> np.ndarray:
-    """Per group position, the consumers' residual (relative to their output
-    variance, averaged over consumers) once that channel and every channel removed before it
-    are gone: the greedy removal order, as values (higher = kept longer)."""
+    """Per group position, the consumers' residual (relative to their
+    output variance, averaged over consumers) once that channel and every
+    channel removed before it are gone: the greedy removal order, as values
+    (higher = kept longer)."""
     if not stats:
         raise ValueError("no consumer statistics to rank the channels by")
     parts = [_Consumer(s, ridge) for s in stats]

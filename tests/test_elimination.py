@@ -140,3 +140,11 @@ def test_a_group_read_only_through_a_flatten_falls_back_to_l1():
     batches = [torch.randn(8, 3, 6, 6) for _ in range(2)]
     ctx = Context(model=net, batches=batches, labels=[], example_inputs=batches[0][:1], ignored_layers=[net.fc])
     np.testing.assert_allclose(criterion_values("reconstruction", ctx)["a"], criterion_values("l1", ctx)["a"])
+
+
+def test_constant_outputs_rank_without_nans():
+    # a reader whose outputs never vary on the images loses nothing: all values 0, none NaN
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(50, 3))
+    got = eliminate([_stats(x, np.ones((50, 2)), 1)], 3)
+    assert np.all(got == 0)
