@@ -199,7 +199,7 @@ class _Consumer:
         keep = torch.ones(self.h.shape[0], dtype=torch.bool, device=self.h.device)
         keep[cols] = False
         hj = self.h[:, cols]
-        inv_jj = torch.linalg.inv(self.h[cols][:, cols])
+        inv_jj = torch.linalg.inv(hj[cols])
         self.b = (self.b - hj @ (inv_jj @ self.b[cols]))[keep]
         self.h = (self.h - hj @ inv_jj @ hj.T)[keep][:, keep]
 
