@@ -117,13 +117,16 @@ def run_suite(
     scope: Optional[str] = None,
     data_seed: int = 0,
     folded: str = "regression",
+    refit: bool = False,
 ) -> List[Dict[str, Any]]:
     """Runs (or continues) the suite and writes ``results.json`` and
     ``results.md`` into ``out``; returns the rows.  Each cell is one
     ``pipeline.PruneJob`` (rank, surgery, recalibrate, distill); the base
     model is measured once.  Deterministic criteria run at the first seed
     only unless fine-tuning makes the seed matter.  ``folded``: the
-    correction of a folded-BatchNorm model (``compensation.FOLDED``)."""
+    correction of a folded-BatchNorm model (``compensation.FOLDED``);
+    ``refit``: a BatchNorm model's layers refitted after re-estimation
+    (``JobSettings.refit``)."""
     check_cells(criteria, ks, seeds)
     if finetune_epochs > 0 and train_set is None:
         raise ValueError("fine-tuning needs a training set")
@@ -131,12 +134,14 @@ def run_suite(
     model = model.eval()
     config = _config(arch, dataset, scope, score_set, bn_set, train_set, eval_set, finetune_epochs, lr)
     config.update(batch_size=batch_size, seed=data_seed, input_size=input_size, latency_repeats=latency_repeats)
-    config.update(model_config(model, folded))
+    config.update(model_config(model, folded, refit))
     rows = _load_rows(out / "results.json", config)
     suite = _Suite(
         model,
         JobData(eval=eval_set, score=score_set, bn=bn_set, train=train_set if finetune_epochs else None),
-        JobSettings(epochs=finetune_epochs, lr=lr, batch_size=batch_size, input_size=input_size, folded=folded),
+        JobSettings(
+            epochs=finetune_epochs, lr=lr, batch_size=batch_size, input_size=input_size, folded=folded, refit=refit
+        ),
         ignored_layers,
         latency_repeats,
     )

@@ -329,7 +329,7 @@ def run_budget_suite(
     if settings.epochs > 0 and data.train is None:
         raise ValueError("distillation needs a training set")
     out.mkdir(parents=True, exist_ok=True)
-    config = dict(config, latency_repeats=latency_repeats, **model_config(model, settings.folded))
+    config = dict(config, latency_repeats=latency_repeats, **model_config(model, settings.folded, settings.refit))
     config.update({f: getattr(settings, f) for f in ("epochs", "lr", "batch_size", "input_size", "round_to")})
     config.update(max_prune=settings.max_prune, sensitivity_images=settings.sensitivity_images)
     rows = load_rows(out / "results.json", config, _row_ok, _key)

@@ -116,9 +116,12 @@ def recalibrate(
     batches: Iterable,
     progress: bool = False,
     folded: str = "regression",
+    refit: bool = False,
 ) -> Dict[str, Any]:
     """What follows surgery before evaluation: BatchNorm re-estimation when the
-    pruned model has BatchNorm.  A folded-BatchNorm model gets bias
+    pruned model has BatchNorm, and with ``refit`` every layer downstream of a
+    cut refitted after it by least squares to the base model's outputs
+    (``reconstruction.reconstruct``).  A folded-BatchNorm model gets bias
     compensation of the removed channels' means and then, with
     ``folded="variance"``, every conv's output mean and spread re-estimated
     as its BatchNorm would be (``foldedbn.correct_folded``); with
@@ -127,11 +130,17 @@ def recalibrate(
     (``reconstruction.reconstruct``); ``"mean"``: compensation alone.  ``batches``: the calibration
     batches (read once with BatchNorm; a folded model reads them several
     times, so an iterator is held in memory).  Returns ``{"method":
-    "batchnorm" | "folded-batchnorm" | "bias-compensation" |
-    "folded-regression", "images": n, ...}``."""
+    "batchnorm" | "batchnorm-regression" | "folded-batchnorm" |
+    "bias-compensation" | "folded-regression", "images": n, ...}``."""
     check_folded(folded)
     if has_batchnorm(pruned):
-        return {"method": "batchnorm", "images": recalibrate_batchnorm(pruned, batches, progress=progress)}
+        if refit and iter(batches) is batches:
+            batches = list(batches)
+        images = recalibrate_batchnorm(pruned, batches, progress=progress)
+        if not refit:
+            return {"method": "batchnorm", "images": images}
+        refitted = reconstruct(pruned, base, plan, batches, progress=progress)
+        return {"method": "batchnorm-regression", **refitted, "images": images}
     if iter(batches) is batches:  # a one-pass iterator: keep its batches for the second pass
         batches = list(batches)
     counted = []

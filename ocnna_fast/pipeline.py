@@ -28,7 +28,7 @@ from torch import nn
 
 from .allocation import macs_and_params, parse_target
 from .budget import REFINE_STEPS, BudgetResult, input_batches, prune_to_budget
-from .compensation import check_folded, recalibrate
+from .compensation import check_folded, has_batchnorm, recalibrate
 from .criteria import CRITERIA, Context, FamilyCriterion, criterion_values
 from .distill import distill
 from .evaluation import evaluate
@@ -76,7 +76,9 @@ class JobSettings:
     ``latency_batch`` images per call on this CPU.  ``folded``: what a model
     whose BatchNorm is folded into its convs gets after surgery
     (``compensation.FOLDED``: ``mean``, ``variance`` or, by default,
-    ``regression``)."""
+    ``regression``).  ``refit``: a model with BatchNorm gets every layer after
+    the first cut refitted by least squares to the base model's outputs
+    after its statistics are re-estimated (``reconstruction``)."""
 
     k: float = 40.0
     criterion: str = "ocnna"
@@ -97,6 +99,21 @@ class JobSettings:
     latency_runtime: str = "onnxruntime"
     latency_batch: int = 1
     folded: str = "regression"
+    refit: bool = False
+
+
+def _check_refit(settings: JobSettings, model: nn.Module, data: JobData) -> None:
+    """A refit asked for must happen: it needs calibration images, and a
+    folded-BatchNorm model is refitted through ``folded="regression"``."""
+    if not settings.refit:
+        return
+    if data.bn is None or len(data.bn) == 0:
+        raise ValueError("refit needs calibration images (JobData.bn; on the command line --bn-images > 0)")
+    if not has_batchnorm(model) and settings.folded != "regression":
+        raise ValueError(
+            f"refit with folded={settings.folded!r}: a model whose BatchNorm is folded into its convs is "
+            "refitted by folded='regression' (--folded-correction regression)"
+        )
 
 
 class _Inputs:
@@ -139,6 +156,7 @@ class PruneJob:
         latency = settings.target is not None and parse_target(settings.target).kind == "latency"
         check_latency_settings(settings.latency_runtime, settings.latency_batch, deploy=latency)
         check_folded(settings.folded)
+        _check_refit(settings, model, data)
         self.model, self.data, self.settings = model.eval(), data, settings
         hook = getattr(model, "ocnna_ignored_layers", None)
         default = list(hook()) if callable(hook) else []
@@ -290,7 +308,13 @@ class PruneJob:
         pruned, plan = self._surgered()
         batches = _Inputs(self.data.bn, self.settings.batch_size, 0)  # re-iterable: folded models read it twice
         self.recalibration = recalibrate(
-            pruned, self.model, plan, batches, progress=self.progress, folded=self.settings.folded
+            pruned,
+            self.model,
+            plan,
+            batches,
+            progress=self.progress,
+            folded=self.settings.folded,
+            refit=self.settings.refit,
         )
         self.accuracy["recalibrated"] = evaluate(pruned, self.data.eval)
         return self.recalibration

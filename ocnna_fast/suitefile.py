@@ -47,13 +47,17 @@ OPTION_OF = {
 }
 
 
-def model_config(model: nn.Module, folded: str) -> Dict[str, Any]:
+def model_config(model: nn.Module, folded: str, refit: bool = False) -> Dict[str, Any]:
     """The settings a suite's rows depend on through its base model: the
     weights' SHA-256 and, for a model whose BatchNorm is folded into its
-    convs, the correction its pruned copies get (``folded``)."""
+    convs, the correction its pruned copies get (``folded``); for one with
+    BatchNorm, ``refit`` when asked (absent otherwise, as in suites written
+    before it existed)."""
     config: Dict[str, Any] = {"weights_sha256": state_sha256(model)}
     if not has_batchnorm(model):
         config["folded_correction"] = folded
+    elif refit:
+        config["refit"] = True
     return config
 
 

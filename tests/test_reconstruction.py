@@ -157,3 +157,150 @@ def test_a_removed_channel_that_kept_ones_combine_is_recovered_exactly():
     assert info["reconstructed"] == 1
     with torch.no_grad():
         torch.testing.assert_close(pruned(x[1]), base(x[1]), rtol=1e-4, atol=1e-4)
+
+
+class BNNet(nn.Module):
+    """conv 3x3 -> BN -> conv 3x3 (no padding, no bias) -> BN -> ReLU -> mean -> linear."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, 6, 3, bias=False)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn2(self.conv2(self.bn1(self.conv1(x))))).mean((2, 3)))
+
+
+def _bn_pair():
+    """A base whose BN1 channel 3 is exactly 2 x channel 0 - channel 1 (no
+    constant), and its copy with channel 3 removed; BN statistics set as
+    from training (random, fixed)."""
+    torch.manual_seed(0)
+    base = BNNet().eval()
+    with torch.no_grad():
+        for bn in (base.bn1, base.bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.3, 0.3)
+        # BN1's output c = a_c (z_c - m_c) + b_c with a_c = w_c / s_c: make o3 = 2 o0 - o1
+        s = (base.bn1.running_var + base.bn1.eps).sqrt()
+        a = base.bn1.weight / s
+        base.conv1.weight[3] = 2 * a[0] / a[3] * base.conv1.weight[0] - a[1] / a[3] * base.conv1.weight[1]
+        base.bn1.running_mean[3] = 0.0
+        c = 2 * (base.bn1.bias[0] - a[0] * base.bn1.running_mean[0]) - (
+            base.bn1.bias[1] - a[1] * base.bn1.running_mean[1]
+        )
+        base.bn1.bias[3] = c
+    pruned = BNNet(3).eval()
+    state = {k: v[:3] if k.startswith(("conv1", "bn1")) and v.dim() > 0 else v for k, v in base.state_dict().items()}
+    state["conv2.weight"] = base.conv2.weight[:, :3].clone()
+    pruned.load_state_dict(state)
+    return base, pruned, {"kept_outputs": {"conv1": [0, 1, 2], "bn1": [0, 1, 2]}}
+
+
+def test_a_batchnorm_network_is_recovered_exactly_in_its_re_estimated_frame():
+    """BN1 re-estimated on the pruned network moves channels 0-2 (an affine
+    change each); the removed channel 3 is a combination of 0 and 1; conv2
+    has no padding and no bias.  With no ridge the refit gives the unpruned
+    outputs back on new images, the intercept lands in BN2's running mean
+    and the architecture keeps its parameters (16x16 images: 196 positions
+    per image, so the im2col rows are a sample)."""
+    from ocnna_fast.batchnorm import recalibrate_batchnorm
+
+    base, pruned, plan = _bn_pair()
+    x = [torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    keys = set(pruned.state_dict())
+    recalibrate_batchnorm(pruned, x)
+    before_mean = pruned.bn2.running_mean.clone()
+    test = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        assert (pruned(test) - base(test)).abs().max() > 0.05
+    info = reconstruct(pruned, base, plan, x, ridge=0.0)
+    assert info == {"reconstructed": 2, "rescaled": 0, "images": 32}  # conv2 and fc
+    assert set(pruned.state_dict()) == keys and pruned.conv2.bias is None
+    assert not torch.equal(pruned.bn2.running_mean, before_mean)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(test), base(test), rtol=1e-4, atol=1e-4)
+
+
+def test_a_kxk_conv_is_the_ridge_regression_of_its_im2col_rows_in_the_batchnorm_frame():
+    """conv2 against an independent closed form on 10x10 images (64
+    positions after the 3x3 kernel: every position taken): all im2col rows,
+    the target the base BN2 output mapped through the pruned BN2, ridge rows
+    appended, solved by lstsq; the intercept moves BN2's running mean."""
+    from ocnna_fast.batchnorm import recalibrate_batchnorm
+
+    base, pruned, plan = _bn_pair()
+    with torch.no_grad():
+        base.conv1.weight[3].normal_()  # channel 3 no longer recoverable: a real least-squares fit
+    x = [torch.randn(8, 3, 10, 10, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    recalibrate_batchnorm(pruned, x)
+    before = copy.deepcopy(pruned)
+    reconstruct(pruned, base, plan, x)
+    xs = torch.cat(x)
+    cols = torch.nn.functional.unfold(_inputs(before, "conv2", xs), 3).transpose(1, 2).reshape(-1, 27).double()
+    with torch.no_grad():
+        y0 = base.bn2(base.conv2(_inputs(base, "conv2", xs))).permute(0, 2, 3, 1).reshape(-1, 6).double()
+    bn = before.bn2
+    z = (y0 - bn.bias.double()) / bn.weight.double() * (
+        bn.running_var.double() + bn.eps
+    ).sqrt() + bn.running_mean.double()
+    a = torch.cat([cols, torch.ones(len(cols), 1, dtype=torch.float64)], 1)
+    lam = RIDGE * (cols * cols).sum(0).mean()
+    ridge_rows = torch.cat([torch.eye(27), torch.zeros(27, 1)], 1).double() * lam.sqrt()
+    w = torch.linalg.lstsq(torch.cat([a, ridge_rows]), torch.cat([z, torch.zeros(27, 6)])).solution.T
+    torch.testing.assert_close(pruned.conv2.weight.double().flatten(1), w[:, :-1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        pruned.bn2.running_mean.double(), bn.running_mean.double() - w[:, -1], rtol=1e-4, atol=1e-5
+    )
+
+
+def test_the_job_refits_a_batchnorm_model_only_when_asked():
+    from ocnna_fast.pipeline import JobData, JobSettings, PruneJob
+    from ocnna_fast.tensorimages import TensorImages
+
+    pixels = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = TensorImages(pixels, torch.zeros(64, dtype=torch.int64), (0.5,) * 3, (0.25,) * 3)
+    data = JobData(eval=images, score=images, bn=images)
+    got = {}
+    for refit in (False, True):
+        torch.manual_seed(1)
+        base = BNNet(8).eval()
+        settings = JobSettings(criterion="l1", k=40, input_size=16, batch_size=32, refit=refit)
+        job = PruneJob(base, data, settings, ignored_layers=[base.fc], progress=False)
+        job.rank()
+        pruned, _ = job.surgery()
+        got[refit] = job.recalibrate(), pruned
+    assert got[False][0]["method"] == "batchnorm"
+    info = got[True][0]
+    assert info["method"] == "batchnorm-regression" and info["reconstructed"] == 2 and info["images"] == 64
+    x = images.batch(torch.arange(64))[0]
+    with torch.no_grad():  # on the calibration images the refit's outputs are closer to the base's
+        want = base(x)
+        assert (got[True][1](x) - want).pow(2).mean() < (got[False][1](x) - want).pow(2).mean()
+
+
+def test_the_command_line_passes_refit():
+    from ocnna_fast.cli import build_parser
+
+    args = build_parser().parse_args(["prune", "--arch", "resnet20", "--refit"])
+    assert args.refit is True
+    assert build_parser().parse_args(["prune", "--arch", "resnet20"]).refit is False
+
+
+def test_a_refit_that_could_not_happen_is_refused():
+    from ocnna_fast.pipeline import JobData, JobSettings, PruneJob
+    from ocnna_fast.tensorimages import TensorImages
+
+    pixels = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = TensorImages(pixels, torch.zeros(8, dtype=torch.int64), (0.5,) * 3, (0.25,) * 3)
+    with pytest.raises(ValueError, match="calibration images"):
+        PruneJob(BNNet(), JobData(eval=images, score=images, bn=None), JobSettings(refit=True), progress=False)
+    data = JobData(eval=images, score=images, bn=images)
+    with pytest.raises(ValueError, match="folded='regression'"):
+        PruneJob(Net(folded=True), data, JobSettings(refit=True, folded="variance"), progress=False)
+    PruneJob(Net(folded=True), data, JobSettings(refit=True), progress=False)  # regression: the refit it asks for

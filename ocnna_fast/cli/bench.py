@@ -129,6 +129,7 @@ def suite(args: argparse.Namespace, model, size: int, out: Path):
         input_size=size,
         data_seed=args.seed,
         folded=args.folded_correction,
+        refit=args.refit,
     )
 
 
@@ -150,6 +151,7 @@ def _budget_suite(args: argparse.Namespace, model, size: int, out: Path, data):
         max_prune=args.max_prune,
         sensitivity_images=args.sensitivity_images,
         folded=args.folded_correction,
+        refit=args.refit,
     )
     config = {
         "arch": args.arch,

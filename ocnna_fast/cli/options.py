@@ -212,6 +212,12 @@ def add_job_options(sp: argparse.ArgumentParser, *, finetune_epochs: int) -> Non
         "the calibration images per layer)",
     )
     sp.add_argument(
+        "--refit",
+        action="store_true",
+        help="for a model with BatchNorm: after re-estimating its statistics, refit every layer after the "
+        "first cut by least squares to the base model's outputs on the same images (one pass of them per layer)",
+    )
+    sp.add_argument(
         "--finetune-epochs",
         type=NONNEG,
         default=finetune_epochs,

@@ -88,6 +88,7 @@ def prune_markdown(report: Dict[str, Any], title: str) -> str:
     if r.get("bn_images"):
         how = {
             "batchnorm": "BatchNorm re-estimated",
+            "batchnorm-regression": "BatchNorm re-estimated and layers refitted",
             "folded-batchnorm": "folded BatchNorm's statistics restored",
             "folded-regression": "folded BatchNorm's statistics restored and layers refitted",
         }.get(r.get("recalibration"), "biases compensated")

@@ -85,6 +85,7 @@ def _job(args: argparse.Namespace, model, size: int, out: Path) -> PruneJob:
         latency_runtime=args.latency_runtime,
         latency_batch=args.latency_batch,
         folded=args.folded_correction,
+        refit=args.refit,
         criterion=args.criterion,
         n_components=args.n_components,
         epochs=args.finetune_epochs,
@@ -114,9 +115,10 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
         f"accuracy right after surgery {job.accuracy['surgery']:.2f}%"
     )
     recal = job.recalibrate()
-    if recal and recal["method"] == "batchnorm":
+    if recal and recal["method"].startswith("batchnorm"):
+        refitted = f" and {recal['reconstructed']} layers refitted by least squares" if "reconstructed" in recal else ""
         print(
-            f"BatchNorm statistics re-estimated on {recal['images']} training images: "
+            f"BatchNorm statistics re-estimated{refitted} on {recal['images']} training images: "
             f"accuracy {job.accuracy['recalibrated']:.2f}%"
         )
     elif recal:
