@@ -304,3 +304,27 @@ def test_a_refit_that_could_not_happen_is_refused():
     with pytest.raises(ValueError, match="folded='regression'"):
         PruneJob(Net(folded=True), data, JobSettings(refit=True, folded="variance"), progress=False)
     PruneJob(Net(folded=True), data, JobSettings(refit=True), progress=False)  # regression: the refit it asks for
+
+
+def test_a_layer_without_bias_or_batchnorm_is_fitted_without_an_intercept_and_gets_no_bias():
+    """A folded model whose linear layer has no bias: the refit must not add
+    one (the saved state would no longer load into the architecture); it
+    fits without an intercept, which here still recovers the outputs (the
+    removed channel is 2 x channel 0 - channel 1 exactly, constant included)."""
+    torch.manual_seed(0)
+    base = Tokens(4).eval()
+    base.fc = nn.Linear(4, 5, bias=False)
+    with torch.no_grad():
+        base.c.weight[3] = 2 * base.c.weight[0] - base.c.weight[1]
+        base.c.bias[3] = 2 * base.c.bias[0] - base.c.bias[1]
+    pruned = Tokens(3).eval()
+    pruned.fc = nn.Linear(3, 5, bias=False)
+    with torch.no_grad():
+        pruned.c.weight.copy_(base.c.weight[:3])
+        pruned.c.bias.copy_(base.c.bias[:3])
+    keys = set(pruned.state_dict())
+    x = [torch.randn(8, 3, 4, 4), torch.randn(8, 3, 4, 4)]
+    assert reconstruct(pruned, base, {"kept_outputs": {"c": [0, 1, 2]}}, x, ridge=0.0)["reconstructed"] == 1
+    assert pruned.fc.bias is None and set(pruned.state_dict()) == keys
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x[1]), base(x[1]), rtol=1e-4, atol=1e-4)
