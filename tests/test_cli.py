@@ -448,3 +448,25 @@ def test_bench_records_the_command_that_ran_it(tmp_path, monkeypatch):
     argv = ["bench", "--criteria", "l1", "--k", "40", "--out", str(out)]
     assert cli.main(argv) == 0
     assert shlex.split((out / "command.txt").read_text()) == ["ocnna-fast", *argv]
+
+
+def test_prune_with_refit_saves_a_model_that_loads_and_scores_the_same(tmp_path, data_dir, capsys):
+    """--refit on a BatchNorm model: the report names it, the saved folder
+    loads into the architecture (no bias added) and evaluates to the
+    accuracy the job reported; without it and without distillation the job
+    points to it."""
+    common = ["prune", "--arch", "resnet20", "--k", "40", "--criterion", "l1", "--score-images", "32"]
+    common += ["--eval-images", "40", "--bn-images", "48", "--batch-size", "16", "--finetune-epochs", "0"]
+    common += ["--latency-repeats", "0", "--data-dir", str(data_dir), "--no-progress"]
+    assert main(common + ["--out", str(tmp_path / "plain")]) == 0
+    assert "--refit" in capsys.readouterr().out
+    out = tmp_path / "refit"
+    assert main(common + ["--refit", "--out", str(out)]) == 0
+    assert "layers refitted by least squares" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["recalibration"] == "batchnorm-regression"
+    assert "BatchNorm re-estimated and layers refitted" in (out / "report.md").read_text()
+    args = ["evaluate", "--pruned", str(out / "pruned"), "--eval-images", "40", "--data-dir", str(data_dir)]
+    assert main(args + ["--no-progress"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert got["accuracy"] == pytest.approx(report["pruned_accuracy_before_finetune"])

@@ -121,6 +121,8 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
             f"BatchNorm statistics re-estimated{refitted} on {recal['images']} training images: "
             f"accuracy {job.accuracy['recalibrated']:.2f}%"
         )
+        if not refitted and not args.finetune_epochs:
+            print("no distillation follows: --refit (a least-squares refit of the layers after the cut) adds points")
     elif recal:
         print(
             f"{args.arch} has its BatchNorm folded into its convs, so there are no statistics to re-estimate; "
