@@ -11,8 +11,9 @@ three rounds).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -113,6 +114,7 @@ def prune_to_budget(
     cap_search: bool = True,
     seed: int = 0,
     progress: bool = False,
+    memo: Optional[Union[str, os.PathLike]] = None,
 ) -> BudgetResult:
     """A copy of ``model`` pruned to ``target`` (``"macs=0.5"``,
     ``{"params": 0.3}``, a ``Target``) with per-group widths from
@@ -123,9 +125,9 @@ def prune_to_budget(
     masked together, lose least; it then searches ``refine_steps`` moves
     around the allocation on that loss (seeded by ``seed``; 0: no search).
     ``measure(pruned) -> ratio`` checks the budget (default: Torch-Pruning's
-    count of MACs or parameters); a latency target needs one
-    (``latency_budget.LatencyRatio``) and is approached through MACs, the
-    internal MACs target moved by the secant of the measured ratios."""
+    count of MACs or parameters); a latency target needs one (``LatencyRatio``),
+    approached through MACs moved by the secant of the measured ratios.
+    ``memo``: a file keeping the measured losses, so a stopped run resumes."""
     target = parse_target(target)
     _check(allocation, target, measure)
     work, dg, names, found = _groups(model, example, list(ignored_layers), values)
@@ -138,7 +140,7 @@ def prune_to_budget(
         if not evaluation:
             raise ValueError("the sensitivity allocation needs evaluation images (and calibration images, or none)")
         outputs = [(info, group_outputs(g, dg, names)) for g, info in found]
-        evaluator = MaskedEvaluator(model, outputs, calibration, evaluation)
+        evaluator = MaskedEvaluator(model, outputs, calibration, evaluation, memo=memo)
         curves = measure_sensitivity(evaluator, progress=progress)
         penalty = curves.penalty
         if cap_search:
@@ -163,8 +165,7 @@ def prune_to_budget(
         t = Target(kind, min(aim, 0.999))
         return allocate(infos, cost, t, penalty, round_to=round_to, max_prune=max_prune, per_cost=per_cost)
 
-    best, rounds = _fit(greedy, build, target, ceiling, round_to, max_prune)
-    pruned, plan, keep, reached = best
+    (pruned, plan, keep, reached), rounds = _fit(greedy, build, target, ceiling, round_to, max_prune)
     search = None
     if evaluator is not None and refine_steps > 0:
         better = _refined(evaluator, infos, cost, kind, keep, round_to, max_prune, refine_steps, seed, progress)
@@ -174,8 +175,16 @@ def prune_to_budget(
             pruned, plan, keep, reached = trial
     _record(plan, target, reached, allocation, round_to, measure)
     widths = {i.root: (i.width, keep[i.root]) for i in infos}
-    sensitivity = {**curves.as_dict(), "search": search, "evaluations": evaluator.evaluations} if curves else None
+    sensitivity = _measurement(curves, search, evaluator)
     return BudgetResult(pruned, plan, keep, target, reached, allocation, rounds, sensitivity, widths)
+
+
+def _measurement(curves, search, evaluator) -> Optional[Dict[str, Any]]:
+    """What the result keeps of the sensitivity measurement: the curves and
+    caps, the search, the candidates measured and those a memo served."""
+    if curves is None:
+        return None
+    return {**curves.as_dict(), "search": search, "evaluations": evaluator.evaluations, "reused": evaluator.reused}
 
 
 # the shares of a group a capped candidate of ``cap_search`` may remove at most

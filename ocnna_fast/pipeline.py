@@ -102,6 +102,10 @@ class JobSettings:
     refit: bool = False
 
 
+# the sensitivity allocation's measured losses, in checkpoint_dir: a stopped job resumes its search
+ALLOCATION_MEMO = "allocation-losses.json"
+
+
 def _check_refit(settings: JobSettings, model: nn.Module, data: JobData) -> None:
     """A refit asked for must happen: it needs calibration images, and a
     folded-BatchNorm model is refitted through ``folded="regression"``."""
@@ -296,6 +300,7 @@ class PruneJob:
             seed=s.seed,
             measure=measure,
             progress=self.progress,
+            memo=self.checkpoint_dir / ALLOCATION_MEMO if self.checkpoint_dir is not None else None,
         )
         self.seconds["allocate"] = time.perf_counter() - t
         return self.budget

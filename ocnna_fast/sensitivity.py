@@ -13,8 +13,12 @@ divergence from the base model's predictions (no labels needed).
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .allocation import GroupInfo
+from .atomic import write_text_atomic
 from .batchnorm import recalibrate_batchnorm
 from .foldedbn import output_moments, unfold
 
@@ -103,7 +108,14 @@ class MaskedEvaluator:
     predictions on ``evaluation`` from the base model's, less what the
     re-estimation alone moves them (re-estimating on other images shifts the
     predictions by itself, as from lossless to JPEG images; that offset is
-    every candidate's)."""
+    every candidate's).
+
+    ``memo``: a JSON file that keeps every measured loss, written after each
+    candidate, so a search that was stopped replays what it had measured and
+    goes on where it stopped (the search is seeded: it asks for the same
+    candidates in the same order).  The file names what the losses depend
+    on (the weights, the channel order in every group, the images); a file
+    from another model, ranking or image set is not used, and is replaced."""
 
     def __init__(
         self,
@@ -111,9 +123,15 @@ class MaskedEvaluator:
         groups: Sequence[Tuple[GroupInfo, List[Tuple[str, List[int]]]]],
         calibration: Optional[Sequence[torch.Tensor]],
         evaluation: Sequence[torch.Tensor],
+        memo: Optional[Union[str, os.PathLike]] = None,
     ) -> None:
         self.work = copy.deepcopy(model).eval()
         self.groups = {info.root: (info, outputs, _lowest_first(info)) for info, outputs in groups}
+        self.memo_path = Path(memo) if memo is not None else None
+        if self.memo_path is not None:
+            self.memo_path.parent.mkdir(parents=True, exist_ok=True)
+        self.memo = _read_memo(self.memo_path, _fingerprint(model, self.groups, calibration, evaluation))
+        self.reused = 0
         if calibration is None:  # one pass: each candidate's statistics from the evaluated images themselves
             evaluation = [torch.cat(list(evaluation))]
         else:
@@ -142,6 +160,18 @@ class MaskedEvaluator:
 
     def loss(self, removed: Dict[str, int]) -> float:
         """The loss with ``removed[root]`` of each group's lowest-valued channels masked."""
+        key = json.dumps(sorted((root, int(n)) for root, n in removed.items() if n > 0))
+        if key in self.memo["losses"]:
+            self.reused += 1
+            return max(0.0, self.memo["losses"][key] - self.offset)
+        kl = self._measure(removed)
+        self.memo["losses"][key] = kl
+        if self.memo_path is not None:
+            write_text_atomic(self.memo_path, json.dumps(self.memo))
+        return max(0.0, kl - self.offset)
+
+    def _measure(self, removed: Dict[str, int]) -> float:
+        """The KL divergence from the base model's predictions, ``removed`` masked."""
         masks: Dict[str, List[int]] = {}
         for root, n in removed.items():
             info, outputs, order = self.groups[root]
@@ -156,11 +186,44 @@ class MaskedEvaluator:
                 for m in self.norms:
                     m.train()
             self.evaluations += 1
-            return max(0.0, _kl(self.work, self.evaluation, self.reference) - self.offset)
+            return _kl(self.work, self.evaluation, self.reference)
         finally:
             self.masks.clear()
             for m in self.norms:
                 m.eval()
+
+
+def _fingerprint(model: nn.Module, groups, calibration, evaluation) -> str:
+    """sha256 over what a candidate's loss depends on: the model's state,
+    each group's channel order and its outputs, the calibration and
+    evaluation images (``None``: the one-pass evaluator)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps([(r, o, order) for r, (_, o, order) in sorted(groups.items())], default=int).encode())
+    for part in (calibration, evaluation):
+        h.update(b"none" if part is None else b"batches")
+        for x in part or ():
+            h.update(str(tuple(x.shape)).encode())
+            h.update(x.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _read_memo(path: Optional[Path], fingerprint: str) -> Dict[str, Any]:
+    """The losses a memo file kept for this fingerprint (none for another,
+    or for a file that cannot be read: it is measured again)."""
+    memo: Dict[str, Any] = {"fingerprint": fingerprint, "losses": {}}
+    if path is None or not path.is_file():
+        return memo
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return memo
+    losses = doc.get("losses") if isinstance(doc, dict) and doc.get("fingerprint") == fingerprint else None
+    if isinstance(losses, dict) and all(isinstance(v, float) for v in losses.values()):
+        memo["losses"] = dict(losses)
+    return memo
 
 
 def _norms(model: nn.Module) -> List[nn.Module]:

@@ -325,3 +325,56 @@ def test_refine_lowers_the_loss_without_raising_the_price():
     assert after < 0.5 * before and fits(best) and best["a"] > start["a"]
     assert all(fits({r: widths[r] - n for r, n in removed.items()}) for removed in ev.calls)  # never over budget
     assert refine(ev, start, options, fits, steps=0)[0] == start  # no steps: the allocation as given
+
+
+def test_a_stopped_sensitivity_search_resumes_from_its_memo(tmp_path):
+    """The measured losses go to the memo file as they come: a rerun
+    measures nothing again and chooses the same widths; a run stopped
+    halfway (the file cut to its first half) measures only the rest and
+    ends with the same widths; other evaluation images are another memo."""
+    torch.manual_seed(0)
+    model = build("resnet20").eval()
+    x = torch.randn(32, 3, 32, 32)
+    values = _random_values(model, x[:1])
+    memo = tmp_path / "ckpt" / "losses.json"
+
+    def run(evaluation):
+        kw = dict(allocation="sensitivity", calibration=[x[:16]], evaluation=evaluation, refine_steps=6, memo=memo)
+        return prune_to_budget(model, values, x[:1], "macs=0.5", **kw)
+
+    first = run([x[16:]])
+    n = len(json.loads(memo.read_text())["losses"])
+    assert first.sensitivity["evaluations"] == n and first.sensitivity["reused"] > 0  # the search revisits
+    again = run([x[16:]])
+    assert again.sensitivity["evaluations"] == 0 and again.widths == first.widths
+    doc = json.loads(memo.read_text())
+    doc["losses"] = dict(list(doc["losses"].items())[: n // 2])
+    memo.write_text(json.dumps(doc))
+    resumed = run([x[16:]])
+    assert resumed.sensitivity["evaluations"] == n - n // 2 and resumed.widths == first.widths
+    other = run([x[:16]])
+    assert other.sensitivity["evaluations"] > n // 2
+    assert json.loads(memo.read_text())["fingerprint"] != doc["fingerprint"]
+
+
+def test_a_job_with_a_checkpoint_folder_keeps_its_allocation_memo(tmp_path):
+    from ocnna_fast.pipeline import ALLOCATION_MEMO, JobData, JobSettings, PruneJob
+    from ocnna_fast.tensorimages import TensorImages
+
+    pixels = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = TensorImages(pixels, torch.zeros(32, dtype=torch.int64), (0.5,) * 3, (0.25,) * 3)
+    settings = JobSettings(criterion="l1", target="macs=0.5", refine_steps=2, sensitivity_images=16, batch_size=16)
+    runs, model = [], build("resnet20").eval()
+    for _ in range(2):
+        job = PruneJob(
+            model,
+            JobData(eval=images, score=images, bn=images),
+            settings,
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
+        job.rank()
+        runs.append(job.allocate())
+    assert (tmp_path / ALLOCATION_MEMO).is_file()
+    assert runs[0].sensitivity["evaluations"] > 0 and runs[1].sensitivity["evaluations"] == 0
+    assert runs[1].widths == runs[0].widths
