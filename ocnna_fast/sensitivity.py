@@ -13,7 +13,6 @@ divergence from the base model's predictions (no labels needed).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import time
@@ -29,6 +28,7 @@ from .allocation import GroupInfo
 from .atomic import write_text_atomic
 from .batchnorm import recalibrate_batchnorm
 from .foldedbn import output_moments, unfold
+from .validate import tensors_sha256
 
 __all__ = ["group_outputs", "SensitivityCurves", "MaskedEvaluator", "measure_sensitivity", "refine"]
 
@@ -197,17 +197,14 @@ def _fingerprint(model: nn.Module, groups, calibration, evaluation) -> str:
     """sha256 over what a candidate's loss depends on: the model's state,
     each group's channel order and its outputs, the calibration and
     evaluation images (``None``: the one-pass evaluator)."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    h.update(json.dumps([(r, o, order) for r, (_, o, order) in sorted(groups.items())], default=int).encode())
-    for part in (calibration, evaluation):
-        h.update(b"none" if part is None else b"batches")
-        for x in part or ():
-            h.update(str(tuple(x.shape)).encode())
-            h.update(x.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    images = {
+        f"{part}.{i}": x
+        for part, xs in (("calibration", calibration), ("evaluation", evaluation))
+        for i, x in enumerate(xs or ())
+    }
+    orders = json.dumps([(r, o, order) for r, (_, o, order) in sorted(groups.items())], default=int)
+    meta = [("state", tensors_sha256(model.state_dict())), ("groups", orders), ("one_pass", str(calibration is None))]
+    return tensors_sha256(images, meta)
 
 
 def _read_memo(path: Optional[Path], fingerprint: str) -> Dict[str, Any]:
