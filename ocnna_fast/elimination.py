@@ -36,8 +36,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .reconstruction import im2col_rows
 
 __all__ = ["ConsumerStats", "consumers", "collect", "eliminate", "POSITIONS", "RIDGE"]
 
@@ -126,12 +127,7 @@ def _rows(layer: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generat
         if x.dim() != 2:  # a linear layer over a sequence: every position is a row
             x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
         return x, y
-    cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
-    outs = y.flatten(2)
-    if cols.shape[-1] > POSITIONS:
-        pick = torch.randperm(cols.shape[-1], generator=gen)[:POSITIONS]
-        cols, outs = cols[:, :, pick], outs[:, :, pick]
-    return cols.permute(0, 2, 1).reshape(-1, cols.shape[1]), outs.permute(0, 2, 1).reshape(-1, outs.shape[1])
+    return im2col_rows(layer, x, y, POSITIONS, gen)
 
 
 def collect(

@@ -36,7 +36,7 @@ from torch import nn
 from .module_state import restore_training_flags, training_flags
 from .placement import input_of
 
-__all__ = ["reconstruct", "input_at", "ridge_solve", "RIDGE", "POSITIONS"]
+__all__ = ["reconstruct", "input_at", "ridge_solve", "im2col_rows", "RIDGE", "POSITIONS"]
 
 # The ridge, relative to the mean input energy: small enough to leave a
 # well-determined fit alone, large enough to keep a nearly constant input
@@ -168,6 +168,22 @@ class _Frame:
         return y if self.norm is None else (y - self.m0) * self.ratio + self.m
 
 
+def im2col_rows(
+    conv: nn.Module, x: torch.Tensor, y: torch.Tensor, positions: int, gen: torch.Generator
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A conv's input ``x`` as im2col rows (one per output position, one
+    column per input channel and kernel position) and its output ``y`` as
+    rows at the same positions: ``positions`` drawn from ``gen`` per batch
+    when the map has more."""
+    pad = 0 if conv.padding == "valid" else conv.padding
+    cols = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=pad, stride=conv.stride)
+    outs = y.flatten(2)
+    if cols.shape[-1] > positions:
+        pick = torch.randperm(cols.shape[-1], generator=gen)[:positions].to(cols.device)
+        cols, outs = cols[:, :, pick], outs[:, :, pick]
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1]), outs.transpose(1, 2).reshape(-1, outs.shape[1])
+
+
 def _pairs_rows(old: nn.Module, new: nn.Module, pairs, kept: torch.Tensor, gen: torch.Generator):
     """Per batch, the pruned layer's input rows and the unpruned layer's
     output rows of the kept channels, at every position (1x1 convs, linear
@@ -178,16 +194,8 @@ def _pairs_rows(old: nn.Module, new: nn.Module, pairs, kept: torch.Tensor, gen: 
             linear = isinstance(new, nn.Linear)
             yield _rows(x_new, linear), _rows(y, linear)[:, kept]
             continue
-        pad = 0 if new.padding == "valid" else new.padding
-        cols = F.unfold(x_new, new.kernel_size, dilation=new.dilation, padding=pad, stride=new.stride)
-        y = y.flatten(2)[:, kept]
-        if cols.shape[-1] > POSITIONS:
-            pick = torch.randperm(cols.shape[-1], generator=gen)[:POSITIONS].to(cols.device)
-            cols, y = cols[:, :, pick], y[:, :, pick]
-        yield (
-            cols.transpose(1, 2).reshape(-1, cols.shape[1]).double(),
-            y.transpose(1, 2).reshape(-1, len(kept)).double(),
-        )
+        xs, ys = im2col_rows(new, x_new, y[:, kept], POSITIONS, gen)
+        yield xs.double(), ys.double()
 
 
 def _fit_dense(old, new, pairs, kept, ridge: float, frame: _Frame, gen: torch.Generator) -> None:
