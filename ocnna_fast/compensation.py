@@ -133,16 +133,15 @@ def recalibrate(
     "batchnorm" | "batchnorm-regression" | "folded-batchnorm" |
     "bias-compensation" | "folded-regression", "images": n, ...}``."""
     check_folded(folded)
-    if has_batchnorm(pruned):
-        if refit and iter(batches) is batches:
-            batches = list(batches)
+    bn = has_batchnorm(pruned)
+    if (refit or not bn) and iter(batches) is batches:  # read twice: keep a one-pass iterator's batches
+        batches = list(batches)
+    if bn:
         images = recalibrate_batchnorm(pruned, batches, progress=progress)
         if not refit:
             return {"method": "batchnorm", "images": images}
         refitted = reconstruct(pruned, base, plan, batches, progress=progress)
         return {"method": "batchnorm-regression", **refitted, "images": images}
-    if iter(batches) is batches:  # a one-pass iterator: keep its batches for the second pass
-        batches = list(batches)
     counted = []
 
     def counting():
