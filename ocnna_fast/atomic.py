@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Mapping, Union
 
-__all__ = ["atomic_path", "write_text_atomic"]
+__all__ = ["atomic_path", "write_text_atomic", "replace_all"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -40,3 +40,35 @@ def write_text_atomic(path: PathLike, text: str) -> None:
     """``Path(path).write_text(text)``, atomically."""
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
+
+
+def replace_all(staged: Mapping[Path, Path]) -> None:
+    """Moves each staged file onto its target (``{target: staged}``), all or
+    none: a target that cannot be replaced (a folder in its place, a failing
+    rename) puts back every target already moved, as it was, and raises.
+    The staged files are the caller's to remove after a failure."""
+    for target in staged:
+        if Path(target).is_dir():
+            raise IsADirectoryError(f"cannot write {target}: it is a directory (nothing was replaced)")
+    moved = []  # (target, its previous file or None)
+    try:
+        for target, src in staged.items():
+            target = Path(target)
+            previous = None
+            if target.exists() or target.is_symlink():
+                previous = target.with_name(f".{target.name}.previous-{os.getpid()}")
+                os.replace(target, previous)
+            moved.append((target, previous))
+            os.replace(src, target)
+    except BaseException:
+        for target, previous in reversed(moved):
+            with contextlib.suppress(OSError):
+                if previous is not None:
+                    os.replace(previous, target)
+                elif target.exists():
+                    os.remove(target)
+        raise
+    for _, previous in moved:
+        if previous is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(previous)

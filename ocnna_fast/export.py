@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import atomic_path
+from .atomic import atomic_path, replace_all
 from .latency import time_calls
 
 __all__ = [
@@ -150,19 +150,22 @@ def export_verified(
     images: torch.Tensor,
     input_size: int,
     batch: Optional[int] = None,
+    companions: Optional[Callable[[Dict[str, Dict[str, Any]]], Dict[Path, str]]] = None,
 ) -> Dict[str, Dict[str, Any]]:
     """Exports each ``name: (model, path)``, verifies every file in its
-    runtime, and only when all pass puts them at their paths: on any failure
-    (a mismatch, a runtime that cannot load the file, an interruption) no
-    path changes and the temporary files are removed.  Returns per name what
+    runtime, and only when all pass puts them at their paths, with the text
+    files ``companions(report)`` returns (``{path: text}``, e.g. a report):
+    all or none.  On any failure (a mismatch, a runtime that cannot load the
+    file, a path that cannot be replaced, an interruption) no path changes
+    and the temporary files are removed.  Returns per name what
     ``export_model`` returns plus ``verification``."""
-    staged: Dict[str, Path] = {}
+    staged: Dict[Path, Path] = {}
     report: Dict[str, Dict[str, Any]] = {}
     try:
         for name, (model, path) in models.items():
             path = Path(path)
             tmp = path.with_name(f".{path.stem}.unverified-{os.getpid()}{path.suffix}")
-            staged[name] = tmp
+            staged[path] = tmp
             info = export_model(model, tmp, fmt, input_size, batch)
             try:
                 check = verify(model, tmp, fmt, images, batch=batch)
@@ -173,8 +176,11 @@ def export_verified(
             except Exception as exc:
                 raise ValueError(f"{fmt} runtime cannot run the export of {path}: {type(exc).__name__}: {exc}") from exc
             report[name] = {**info, "path": str(path), "verification": check.as_dict()}
-        for name, (_, path) in models.items():
-            os.replace(staged[name], path)
+        for path, text in (companions(report) if companions else {}).items():
+            path = Path(path)
+            staged[path] = path.with_name(f".{path.name}.staged-{os.getpid()}")
+            staged[path].write_text(text)
+        replace_all(staged)
     finally:
         for tmp in staged.values():
             with contextlib.suppress(FileNotFoundError):

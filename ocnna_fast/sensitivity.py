@@ -16,7 +16,6 @@ import copy
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -25,10 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .allocation import GroupInfo
-from .atomic import write_text_atomic
 from .batchnorm import recalibrate_batchnorm
 from .foldedbn import output_moments, unfold
-from .validate import tensors_sha256
+from .lossmemo import LossMemo, fingerprint
 
 __all__ = ["group_outputs", "SensitivityCurves", "MaskedEvaluator", "measure_sensitivity", "refine"]
 
@@ -127,10 +125,9 @@ class MaskedEvaluator:
     ) -> None:
         self.work = copy.deepcopy(model).eval()
         self.groups = {info.root: (info, outputs, _lowest_first(info)) for info, outputs in groups}
-        self.memo_path = Path(memo) if memo is not None else None
-        if self.memo_path is not None:
-            self.memo_path.parent.mkdir(parents=True, exist_ok=True)
-        self.memo = _read_memo(self.memo_path, _fingerprint(model, self.groups, calibration, evaluation))
+        orders = json.dumps([(r, o, order) for r, (_, o, order) in sorted(self.groups.items())], default=int)
+        widths = {root: info.width for root, (info, _, _) in self.groups.items()}
+        self.memo = LossMemo(memo, fingerprint(model, orders, calibration, evaluation), widths)
         self.reused = 0
         if calibration is None:  # one pass: each candidate's statistics from the evaluated images themselves
             evaluation = [torch.cat(list(evaluation))]
@@ -161,13 +158,12 @@ class MaskedEvaluator:
     def loss(self, removed: Dict[str, int]) -> float:
         """The loss with ``removed[root]`` of each group's lowest-valued channels masked."""
         key = json.dumps(sorted((root, int(n)) for root, n in removed.items() if n > 0))
-        if key in self.memo["losses"]:
+        kl = self.memo.get(key)
+        if kl is not None:
             self.reused += 1
-            return max(0.0, self.memo["losses"][key] - self.offset)
-        kl = self._measure(removed)
-        self.memo["losses"][key] = kl
-        if self.memo_path is not None:
-            write_text_atomic(self.memo_path, json.dumps(self.memo))
+        else:
+            kl = self._measure(removed)
+            self.memo.put(key, kl)
         return max(0.0, kl - self.offset)
 
     def _measure(self, removed: Dict[str, int]) -> float:
@@ -191,36 +187,6 @@ class MaskedEvaluator:
             self.masks.clear()
             for m in self.norms:
                 m.eval()
-
-
-def _fingerprint(model: nn.Module, groups, calibration, evaluation) -> str:
-    """sha256 over what a candidate's loss depends on: the model's state,
-    each group's channel order and its outputs, the calibration and
-    evaluation images (``None``: the one-pass evaluator)."""
-    images = {
-        f"{part}.{i}": x
-        for part, xs in (("calibration", calibration), ("evaluation", evaluation))
-        for i, x in enumerate(xs or ())
-    }
-    orders = json.dumps([(r, o, order) for r, (_, o, order) in sorted(groups.items())], default=int)
-    meta = [("state", tensors_sha256(model.state_dict())), ("groups", orders), ("one_pass", str(calibration is None))]
-    return tensors_sha256(images, meta)
-
-
-def _read_memo(path: Optional[Path], fingerprint: str) -> Dict[str, Any]:
-    """The losses a memo file kept for this fingerprint (none for another,
-    or for a file that cannot be read: it is measured again)."""
-    memo: Dict[str, Any] = {"fingerprint": fingerprint, "losses": {}}
-    if path is None or not path.is_file():
-        return memo
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return memo
-    losses = doc.get("losses") if isinstance(doc, dict) and doc.get("fingerprint") == fingerprint else None
-    if isinstance(losses, dict) and all(isinstance(v, float) for v in losses.values()):
-        memo["losses"] = dict(losses)
-    return memo
 
 
 def _norms(model: nn.Module) -> List[nn.Module]:

@@ -69,8 +69,8 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     _check_axes(args)  # before anything loads: unknown or repeated cells are refused
     size = loading.check_data_fits(args)
+    out = out_dir(args.out, "bench", inputs=[w for w in (args.weights,) if w])  # refused before anything loads
     model, weights = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, size)
-    out = out_dir(args.out)
     with writer_lock(out):
         # how to rerun (or resume) the suite; BENCHMARKS.md quotes it above the tables
         if is_main():

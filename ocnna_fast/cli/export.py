@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import write_text_atomic
+from ..outdir import OUTPUTS, check_not_pruned_model, producer
 from . import loading, options
 from .output import print_latency
 
@@ -52,6 +52,47 @@ def _base_file(out: Path) -> Path:
     return out.with_name(f"{out.stem}.base{out.suffix}")
 
 
+# the endings each --format's file takes (a runtime and a reader choose by them)
+SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".torchscript")}
+
+
+def check_out(out: Path, fmt: str) -> None:
+    """What export may write: a file named for its format, outside any pruned
+    model folder, under no other command's output name, and over nothing but
+    files an earlier export wrote (its companion report says so)."""
+    if out.suffix not in SUFFIXES[fmt]:
+        raise ValueError(f"--out {out}: a {fmt} file is named {' or '.join('NAME' + s for s in SUFFIXES[fmt])}")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; name the file to write (e.g. {out / 'model.onnx'})")
+    check_not_pruned_model(out.parent, "--out")
+    owner = producer(out.parent)
+    report = out.with_name(f"{out.name}.json")
+    for path in (out, _base_file(out), report):
+        if owner is not None and path.name in OUTPUTS.get(owner, ()):
+            raise ValueError(f"--out {out} would replace {path}, written by `ocnna-fast {owner}`: choose another --out")
+    previous = _previous_export(report)
+    for path in (out, _base_file(out), report):
+        if (path.exists() or path.is_symlink()) and str(path.resolve()) not in previous:
+            raise ValueError(
+                f"--out {out} would replace {path}, which `ocnna-fast export` did not write (no export report "
+                f"{report.name} names it): remove it or choose another --out"
+            )
+
+
+def _previous_export(report: Path) -> set:
+    """The files an earlier export at the same --out wrote, as its report lists them."""
+    try:
+        doc = json.loads(report.read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(doc, dict) or doc.get("command") != "export":
+        return set()
+    files = [doc.get(name, {}).get("path") for name in ("pruned", "base") if isinstance(doc.get(name), dict)]
+    return {str(Path(f).resolve()) for f in files if isinstance(f, str)} | {str(report.resolve())}
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import export as ex
     from ..models import input_size
@@ -59,10 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "onnx" or args.benchmark:
         ex.require_deploy()
     out = Path(args.out)
-    if not out.parent.is_dir():
-        raise ValueError(f"--out {out}: the folder {out.parent} does not exist; create it first")
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; name the file to write (e.g. {out / 'model.onnx'})")
+    check_out(out, args.format)
     pruned, spec = loading.load_pruned_folder(args)
     arch = spec.get("arch", "?")
     args.arch = arch
@@ -77,14 +115,24 @@ def run(args: argparse.Namespace) -> int:
     x = loading.images(args, "test", args.verify_images, False, args.seed).batches(256)
     images = torch.cat([b for b, _ in x])
     report = {
-        "pruned": args.pruned,
+        "command": "export",
+        "pruned_folder": args.pruned,
         "arch": arch,
         "dataset": loading.describe(args.dataset),
         "format": args.format,
         "torch": torch.__version__,
     }
-    # every file is verified before any replaces what is at --out (and its .base twin)
-    report.update(ex.export_verified(models, args.format, images, size, args.batch))
+    if args.benchmark:
+        report["latency"] = ex.compare_latency(
+            models["base"][0], pruned, size, args.latency_repeats, out.parent / f".{out.stem}-latency"
+        )
+    report_path = out.with_name(f"{out.name}.json")
+
+    def companions(files):
+        return {report_path: json.dumps({**report, **files}, indent=2)}
+
+    # every file is verified, then all of them (and the report) replace what is at --out, or none does
+    report.update(ex.export_verified(models, args.format, images, size, args.batch, companions))
     for name, (_, path) in models.items():
         info = report[name]
         check = ex.Verification(**info["verification"])
@@ -95,11 +143,6 @@ def run(args: argparse.Namespace) -> int:
             f"{check.max_abs_diff:.2e} (tolerance {check.tolerance:.1e}), top-1 agreement {check.top1_agreement:.2%}"
         )
     if args.benchmark:
-        report["latency"] = ex.compare_latency(
-            models["base"][0], pruned, size, args.latency_repeats, out.parent / f".{out.stem}-latency"
-        )
         print_latency(report["latency"])
-    report_path = out.with_name(f"{out.name}.json")
-    write_text_atomic(report_path, json.dumps(report, indent=2))
     print(f"wrote {report_path}")
     return 0

@@ -5,7 +5,6 @@ into --out only when the job succeeds."""
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import torch
@@ -64,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
     if args.k is None and args.target is None:
         args.k = 40.0
     size = loading.check_data_fits(args)
+    out = out_dir(args.out, "prune", inputs=[w for w in (args.weights,) if w])  # refused before anything loads
     model, weights = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, size)
     torch.manual_seed(args.seed)
-    out = out_dir(args.out)
     with writer_lock(out), staged(out) as stage:
         return _prune_into(args, model, weights, size, out, stage)
 
@@ -153,9 +152,9 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
     title = f"k={args.k}" if args.target is None else f"{args.target}, {args.allocation} allocation"
     title = f"Pruned {args.arch}: {args.criterion}, {title}"
     write_report(stage, report, title, prune_markdown(report, title))
-    publish(stage, out, outputs)
-    # the job finished: its distillation checkpoint has nothing left to resume
-    shutil.rmtree(out / "distill", ignore_errors=True)
+    # the job finished: an earlier run's outputs and this run's checkpoints (the
+    # distillation's, the allocation's losses) have nothing left to say
+    publish(stage, out, outputs, command="prune")
     before = report["pruned_accuracy_before_finetune"]
     print(
         f"accuracy {base.accuracy:.2f}% -> {before:.2f}% (pruned) -> {result.final_accuracy:.2f}% "

@@ -35,6 +35,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    out = out_dir(args.out, "score", inputs=[w for w in (args.weights,) if w])  # refused before the work, not after
     model, weights = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, args.input_size)
     if args.dataset != options.LOSSLESS_20:
         loading.check_data_fits(args)
@@ -43,7 +44,6 @@ def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     scores = score(model, batches, n_components=args.n_components, device=args.device, progress=not args.no_progress)
     seconds = time.perf_counter() - t
-    out = out_dir(args.out)
     with writer_lock(out):
         scores.save(out / "scores.safetensors")
         _write_summary(args, out, scores, weights, len(data), seconds)
