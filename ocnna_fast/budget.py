@@ -31,6 +31,7 @@ from .allocation import (
     macs_and_params,
     parse_target,
 )
+from .budget_fit import LATENCY_TOLERANCE, TOLERANCE, fit_to_budget, tolerance
 from .graph import channel_groups, conv_groups, feeds_output
 from .latency_budget import LatencyRatio
 from .pruning import group_values
@@ -44,6 +45,8 @@ __all__ = [
     "prune_to_budget",
     "count_ratio",
     "tolerance",
+    "TOLERANCE",
+    "LATENCY_TOLERANCE",
     "input_batches",
     "score_values",
 ]
@@ -55,15 +58,6 @@ ALLOCATIONS = ("sensitivity", "global")
 # spread over draws on ResNet-56 (docs/budget.md, "Searching around the
 # allocation"); a candidate costs one masked evaluation
 REFINE_STEPS = 100
-TOLERANCE = 0.02  # the reached ratio is within 2% of the target's
-# a latency ratio is a measurement, not a count: repeats of one model spread
-# by a few percent on a shared CPU, so its budget is met within 5%
-LATENCY_TOLERANCE = 0.05
-
-
-def tolerance(kind: str) -> float:
-    """How far the reached ratio may be from a ``kind`` target's (above or below)."""
-    return LATENCY_TOLERANCE if kind == "latency" else TOLERANCE
 
 
 @dataclass
@@ -136,7 +130,18 @@ def prune_to_budget(
     infos, cost = [info for _, info in found], CostModel(work, example, dg, [g for g, _ in found])
     kind = "macs" if target.kind == "latency" else target.kind  # latency is approached through MACs
     curves = evaluator = None
+    asked_max_prune = max_prune
     if allocation == "sensitivity":
+        # a target the widths cannot reach is refused before minutes of measuring
+        allocate(
+            infos,
+            cost,
+            Target(kind, min(target.ratio, 0.999)),
+            global_penalty(infos),
+            round_to=round_to,
+            max_prune=max_prune,
+            per_cost=False,
+        )
         if not evaluation:
             raise ValueError("the sensitivity allocation needs evaluation images (and calibration images, or none)")
         outputs = [(info, group_outputs(g, dg, names)) for g, info in found]
@@ -150,7 +155,8 @@ def prune_to_budget(
     else:
         penalty = global_penalty(infos)
     measure = measure or count_ratio(model, example, target.kind)
-    ceiling = target.ratio * (1 + tolerance(target.kind))  # a budget is met at or below it
+    ceiling = target.ratio * (1 + tolerance(target.kind))  # a budget is met within tolerance of the target
+    floor = target.ratio * (1 - tolerance(target.kind))
 
     def build(keep: Dict[str, int]):
         pruned, plan = pruning.prune(model, None, None, example, ignored_layers, importance=dict(values), keep=keep)
@@ -165,13 +171,19 @@ def prune_to_budget(
         t = Target(kind, min(aim, 0.999))
         return allocate(infos, cost, t, penalty, round_to=round_to, max_prune=max_prune, per_cost=per_cost)
 
-    (pruned, plan, keep, reached), rounds = _fit(greedy, build, target, ceiling, round_to, max_prune)
+    try:
+        (pruned, plan, keep, reached), rounds = fit_to_budget(greedy, build, target, ceiling, round_to, max_prune)
+    except ValueError:
+        if max_prune >= asked_max_prune:
+            raise
+        max_prune = asked_max_prune  # the cap chosen on the losses is one the counts cannot meet: drop it
+        (pruned, plan, keep, reached), rounds = fit_to_budget(greedy, build, target, ceiling, round_to, max_prune)
     search = None
     if evaluator is not None and refine_steps > 0:
         better = _refined(evaluator, infos, cost, kind, keep, round_to, max_prune, refine_steps, seed, progress)
         trial = build(better[0])
         search = {"steps": refine_steps, "loss_before": better[1], "loss_after": better[2]}
-        if trial[3] <= ceiling:  # the search kept the cost model's price; the count confirms it
+        if floor <= trial[3] <= ceiling:  # the search kept the cost model's price; the count confirms it
             pruned, plan, keep, reached = trial
     _record(plan, target, reached, allocation, round_to, measure)
     widths = {i.root: (i.width, keep[i.root]) for i in infos}
@@ -206,39 +218,6 @@ def _choose_cap(evaluator, infos, cost, target: Target, penalty, round_to: int, 
     return (min(losses, key=losses.get) if losses else max_prune), losses
 
 
-def _fit(greedy, build, target: Target, ceiling: float, round_to: int, max_prune: float):
-    """Allocations at a rescaled internal target until the real count (or
-    measurement) lands within tolerance of the target (at most 8 rounds, 12
-    for a measured latency): the best build and the rounds."""
-    aim, best, closest, tried = target.ratio, None, None, []
-    for rounds in range(1, 13 if target.kind == "latency" else 9):
-        try:
-            keep = greedy(aim)
-        except Unreachable as exc:
-            floor = exc.smallest * 1.0001
-            if not tried:
-                raise
-            if tried[-1][0] <= floor * 1.001:
-                break  # the least the widths allow was built and measured already
-            aim = floor  # the next aim asks for more than the widths allow: try the least they do
-            keep = greedy(aim)
-        built = build(keep)
-        reached = built[3]
-        closest = reached if closest is None else min(closest, reached)
-        if reached <= ceiling and (best is None or reached > best[3]):
-            best = built
-        if best is not None and best[3] >= target.ratio * (1 - tolerance(target.kind)):
-            break
-        tried.append((aim, reached))
-        aim = _next_aim(tried, target)
-    if best is None:
-        raise ValueError(
-            f"cannot meet {target}: the closest reached is {target.kind}={closest:.4f} "
-            f"(widths multiple of {round_to}, at most {max_prune:.0%} of a group removed)"
-        )
-    return best, rounds
-
-
 def _record(plan: Dict[str, Any], target: Target, reached: float, allocation: str, round_to: int, measure) -> None:
     """``plan["budget"]``: what was asked and reached, and for a measured budget how and what it measured."""
     plan["budget"] = {"target": str(target), "reached": reached, "allocation": allocation, "round_to": round_to}
@@ -251,28 +230,6 @@ def _check(allocation: str, target: Target, measure) -> None:
         raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
     if target.kind == "latency" and measure is None:
         raise ValueError("a latency target needs measure= (the latency ratio of a pruned model)")
-
-
-def _next_aim(tried: List[Tuple[float, float]], target: Target) -> float:
-    """The next internal MACs target.  A count differs from the cost model
-    by a near-constant factor (what it leaves out), so the aim is rescaled
-    by it.  A latency is neither proportional to MACs (a runtime has fixed
-    costs per layer and per call) nor smooth in it (odd widths fit its
-    kernels worse, and each figure is a noisy measurement): after two
-    measurements the aim follows the secant through the last two, and once
-    aims on both sides of the target are known, it bisects between the
-    closest two."""
-    (aim, reached) = tried[-1]
-    nxt = aim * target.ratio / reached
-    if target.kind == "latency" and len(tried) >= 2:
-        below = [a for a, r in tried if r <= target.ratio]
-        above = [a for a, r in tried if r > target.ratio]
-        if below and above and max(below) < min(above):
-            return (max(below) + min(above)) / 2
-        (a0, r0) = tried[-2]
-        if a0 != aim and (reached - r0) / (aim - a0) > 0:
-            nxt = aim + (target.ratio - reached) * (aim - a0) / (reached - r0)
-    return min(max(nxt, 0.01), 0.999)
 
 
 def _refined(evaluator, infos, cost: CostModel, kind: str, keep, round_to, max_prune, steps, seed, progress):

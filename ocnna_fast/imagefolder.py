@@ -117,7 +117,7 @@ class FolderImages:
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {root} not found (expected {root}/<class>/<image files>)")
         try:
-            self.folder = ImageFolder(os.fspath(root))
+            self.folder = _image_folder(ImageFolder, root)
         except FileNotFoundError as exc:  # no class folders, or no images in them
             raise FileNotFoundError(f"{root}: {exc}") from exc
         if workers < 0:
@@ -190,6 +190,67 @@ class FolderImages:
             # from a worker process the message carries the worker's traceback: keep its last line
             last = str(exc).strip().splitlines()[-1]
             raise UnreadableImage(last.split(f"{UnreadableImage.__name__}: ", 1)[-1]) from None
+
+
+def _image_folder(image_folder, root: Path):
+    """torchvision's ``ImageFolder`` over ``root``, its files found by ``class_samples``."""
+
+    class Once(image_folder):
+        @staticmethod
+        def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+            return class_samples(directory, class_to_idx, extensions, is_valid_file, allow_empty)
+
+    return Once(os.fspath(root))
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def class_samples(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+    """``(path, label)`` of every image under each class folder, in
+    torchvision's order, links followed as users expect (a class folder that
+    is a link to a real folder is common) but no folder visited twice, none
+    that holds the split or another class's images (a link back up the tree),
+    and no image read twice: an image is read under one class only."""
+    from torchvision.datasets.folder import has_file_allowed_extension
+
+    def valid(name: str) -> bool:
+        return is_valid_file(name) if is_valid_file is not None else has_file_allowed_extension(name, extensions)
+
+    top = os.path.realpath(directory)
+    real = {c: os.path.realpath(os.path.join(directory, c)) for c in class_to_idx}
+    visited, files, samples = set(), set(), []
+    for cls in sorted(class_to_idx, key=class_to_idx.get):
+        others = [r for c, r in real.items() if c != cls]
+        if real[cls] in visited or any(_inside(real[cls], o) or _inside(o, real[cls]) for o in others):
+            twin = next(c for c, r in real.items() if c != cls and (_inside(r, real[cls]) or _inside(real[cls], r)))
+            raise ValueError(f"{directory}: class folders {twin!r} and {cls!r} share images (links to one folder)")
+        visited.add(real[cls])
+        found = []
+        for path, dirs, names in os.walk(os.path.join(directory, cls), followlinks=True):
+            kept = []
+            for d in dirs:
+                r = os.path.realpath(os.path.join(path, d))
+                if r in visited or _inside(top, r) or any(_inside(r, o) or _inside(o, r) for o in others):
+                    continue  # seen already, or back up the tree into the split or another class
+                visited.add(r)
+                kept.append(d)
+            dirs[:] = kept
+            found.append((path, names))
+        count = len(samples)
+        for path, names in sorted(found):
+            for name in sorted(names):
+                file = os.path.join(path, name)
+                r = os.path.realpath(file)
+                if r in files or any(_inside(r, o) for o in others):
+                    continue  # read already, or another class's image
+                if valid(file) and os.path.isfile(r):
+                    files.add(r)
+                    samples.append((file, class_to_idx[cls]))
+        if len(samples) == count and not allow_empty:
+            raise FileNotFoundError(f"found no valid image file in the class folder {cls!r} of {directory}")
+    return samples
 
 
 def folder_classes(root: PathLike) -> List[str]:

@@ -277,7 +277,10 @@ class PruneJob:
         calibration = evaluation = None
         if s.allocation == "sensitivity":
             if self.data.bn is None or self.data.score is None:
-                raise ValueError("the sensitivity allocation needs calibration and scoring images: JobData(bn, score)")
+                raise ValueError(
+                    "the sensitivity allocation needs calibration and scoring images: JobData(bn=..., score=...) "
+                    "(--bn-images and --score-images on the command line)"
+                )
             calibration = input_batches(self.data.bn, s.batch_size, s.sensitivity_images)
             evaluation = input_batches(self.data.score, s.batch_size, s.sensitivity_images)
         t = time.perf_counter()

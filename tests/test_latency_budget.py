@@ -118,7 +118,7 @@ def test_a_latency_target_is_met_through_macs_within_five_percent():
 
 def test_an_unreachable_latency_names_the_closest():
     model, x, values = _setup()
-    with pytest.raises(ValueError, match=r"cannot meet latency=0.3: the closest reached is latency=0\.36"):
+    with pytest.raises(ValueError, match=r"cannot meet latency=0.3 within 5%: the closest reached latency=0\.36"):
         prune_to_budget(model, values, x, "latency=0.3", allocation="global", measure=Fixed(model), max_prune=0.9)
 
 

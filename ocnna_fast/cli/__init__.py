@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # what an interrupted command kept, and how to go on
 INTERRUPTED = {
-    "prune": "nothing in {out} changed; the same command resumes the distillation from its last finished epoch",
+    "prune": "nothing in {out} changed; the same command resumes: the width search replays the losses it "
+    "measured, the distillation starts from its last finished epoch",
     "bench": "the cells finished so far are kept in {out}/results.json; the same command resumes from there",
     "finetune": "the same command resumes the fine-tuning from its last finished epoch",
     "fetch": "what was downloaded is kept as NAME.part; the same fetch resumes it",
@@ -75,6 +76,9 @@ def _maybe_distributed(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> Optional[str]:
     """What the parser cannot see: a --model spec's form, --dataset imagenet without its folder."""
+    if hasattr(args, "default_arch"):
+        args.given_arch = args.arch  # None: not given (a pruned folder's own arch then holds)
+        args.arch = args.arch or args.default_arch
     if getattr(args, "model", None):
         if ":" not in args.model:
             return f"--model must be 'package.module:factory', got {args.model!r}"

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     _check_axes(args)  # before anything loads: unknown or repeated cells are refused
     size = loading.check_data_fits(args)
     out = out_dir(args.out, "bench", inputs=[w for w in (args.weights,) if w])  # refused before anything loads
-    model, weights = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, size)
+    model, weights = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, size, seed=args.seed)
     with writer_lock(out):
         # how to rerun (or resume) the suite; BENCHMARKS.md quotes it above the tables
         if is_main():
@@ -82,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_axes(args: argparse.Namespace) -> None:
+    methods = args.methods if args.methods is not None else list(DEFAULT_METHODS)
+    kinds = [t.split("=")[0] for t in args.target or []]
+    options.refuse_unused_budget_options(args, kinds, [m for m in methods if m.startswith("sensitivity")])
     if args.target is None:
         if args.methods is not None:
             raise ValueError("--methods compares at a budget: give --target too (e.g. --target macs=0.5)")

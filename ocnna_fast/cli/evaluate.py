@@ -24,6 +24,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.pruned:
         model, spec = loading.load_pruned_folder(args)
+        _refuse_contradictions(args, spec)
         what = args.pruned
         args.arch = spec.get("arch", args.arch)
         args.input_size = spec.get("input_size", args.input_size)
@@ -36,8 +37,21 @@ def run(args: argparse.Namespace) -> int:
                 f"{loading.num_classes(args.dataset, args.data_dir)}; pass the data set it was pruned on"
             )
     else:
-        model, what = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, args.input_size)
+        model, what = loading.load_model(
+            args.arch, args.weights, args.data_dir, args.dataset, args.input_size, seed=args.seed
+        )
     data = loading.images(args, "test", args.eval_images, False, args.seed)
     acc = evaluate(model, data, batch_size=args.batch_size, progress=not args.no_progress)
     print(json.dumps({"model": what, "dataset": loading.describe(args.dataset), "images": len(data), "accuracy": acc}))
     return 0
+
+
+def _refuse_contradictions(args: argparse.Namespace, spec: dict) -> None:
+    """A pruned folder records its model: an option that says otherwise is refused, not ignored."""
+    arch, size = spec.get("arch", "?"), spec.get("input_size")
+    if args.weights:
+        raise ValueError(f"--weights {args.weights}: {args.pruned} carries its own weights; drop --weights")
+    if getattr(args, "given_arch", None) and args.given_arch != arch:
+        raise ValueError(f"--arch {args.given_arch}: {args.pruned} was pruned from {arch}; drop --arch or fix it")
+    if args.input_size is not None and size is not None and args.input_size != size:
+        raise ValueError(f"--input-size {args.input_size}: {args.pruned} takes {size}px inputs; drop --input-size")

@@ -31,7 +31,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     size = loading.check_data_fits(args)
     out = out_dir(args.out, "finetune", inputs=[w for w in (args.weights,) if w])  # refused before anything loads
-    model, weights = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, size)
+    model, weights = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, size, seed=args.seed)
     with writer_lock(out):
         return _finetune_into(args, model, weights, out)
 

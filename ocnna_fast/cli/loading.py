@@ -52,13 +52,16 @@ def load_model(
     data_dir: Optional[str],
     dataset: str = "cifar10-jpeg",
     input_size: Optional[int] = None,
+    seed: int = 0,
 ) -> Tuple[nn.Module, str]:
-    """``(model in eval mode, where its weights came from)``."""
+    """``(model in eval mode, where its weights came from)``; a ``--model``
+    factory without weights is built under ``seed`` (its parameters are the
+    weights, so two runs must draw the same)."""
     from ..data import PRETRAINED, pretrained_weights
     from ..models import ARCHS, build, is_factory, load_weights
 
     if is_factory(arch):
-        return _load_user_model(arch, weights, dataset, input_size, num_classes(dataset, data_dir))
+        return _load_user_model(arch, weights, dataset, input_size, num_classes(dataset, data_dir), seed)
     if arch not in ARCHS:
         raise ValueError(f"unknown --arch {arch!r}; choose from {', '.join(ARCHS)}")
     classes = num_classes(dataset, data_dir)
@@ -125,22 +128,27 @@ def _converted(arch: str, data_dir: Optional[str]) -> Path:
     return out
 
 
-def _load_user_model(spec: str, weights: Optional[str], dataset: str, input_size: Optional[int], classes: int):
+def _load_user_model(
+    spec: str, weights: Optional[str], dataset: str, input_size: Optional[int], classes: int, seed: int = 0
+):
     """``--model module:factory`` with ``--weights`` (or the factory's own
     parameters), checked to predict the data set's number of classes."""
     from ..models import build, load_weights
 
-    model = build(spec)
-    if weights:
-        load_weights(model, weights)
-    else:
-        print(f"--model {spec} without --weights: using the parameters the factory returned")
     size = input_size or _default_size(dataset)
-    try:
-        with torch.no_grad():
-            out = model.eval()(torch.zeros(1, 3, size, size))
-    except Exception as exc:
-        raise ValueError(f"--model {spec} fails on a {size}x{size} input (set --input-size?): {exc}") from exc
+    # seeded here (lazy modules draw at the first call too), the caller's random stream untouched
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build(spec)
+        if weights:
+            load_weights(model, weights)
+        else:
+            print(f"--model {spec} without --weights: using the parameters the factory returned")
+        try:
+            with torch.no_grad():
+                out = model.eval()(torch.zeros(1, 3, size, size))
+        except Exception as exc:
+            raise ValueError(f"--model {spec} fails on a {size}x{size} input (set --input-size?): {exc}") from exc
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 __all__ = [
     "COUNT",
@@ -27,6 +27,8 @@ __all__ = [
     "add_scope_option",
     "add_job_options",
     "add_budget_options",
+    "fill_budget_defaults",
+    "refuse_unused_budget_options",
     "add_threads_option",
     "target",
 ]
@@ -126,10 +128,15 @@ def _dataset_name(text: str) -> str:
     return {"cifar10-jpeg-test": "cifar10-jpeg"}.get(text, text)  # the name before 0.1 had --dataset everywhere
 
 
+DEFAULT_ARCH = "resnet56"
+
+
 def add_model_options(sp: argparse.ArgumentParser, *, arch: bool = True) -> None:
     """The model: a zoo ``--arch`` with ``--weights``, or the user's ``--model``."""
     if arch:
-        sp.add_argument("--arch", default="resnet56", help="architecture (default resnet56)")
+        # unset by the parser, so a command can tell --arch given from the default (cli.main fills it in)
+        sp.add_argument("--arch", default=None, help=f"architecture (default {DEFAULT_ARCH})")
+        sp.set_defaults(default_arch=DEFAULT_ARCH)
         sp.add_argument(
             "--weights", help="weights file (.th, .pt or .safetensors); default: the shipped one for --arch"
         )
@@ -252,13 +259,68 @@ def add_latency_target_options(sp: argparse.ArgumentParser) -> None:
 
     sp.add_argument(
         "--latency-runtime",
-        default="onnxruntime",
+        default=None,
         choices=list(RUNTIMES),
         help="the runtime a latency target is measured in (default onnxruntime: needs the deploy extra)",
     )
     sp.add_argument(
-        "--latency-batch", type=COUNT, default=1, help="images per call when measuring a latency target (default 1)"
+        "--latency-batch", type=COUNT, default=None, help="images per call when measuring a latency target (default 1)"
     )
+
+
+# The budget options' defaults, filled in after parsing: left unset by the
+# parser, an option the user gave can be told from one they did not, so that
+# one with no effect on the run is refused instead of ignored in silence.
+BUDGET_DEFAULTS = {
+    "allocation": "sensitivity",
+    "round_to": 1,
+    "max_prune": 0.9,
+    "refine_steps": None,  # budget.REFINE_STEPS, read when filled in
+    "cap_search": True,
+    "sensitivity_images": 512,
+    "latency_runtime": "onnxruntime",
+    "latency_batch": 1,
+}
+# the options that shape only a sensitivity allocation, and only a latency target
+SENSITIVITY_ONLY = ("refine_steps", "cap_search", "sensitivity_images")
+LATENCY_ONLY = ("latency_runtime", "latency_batch")
+
+
+def flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def fill_budget_defaults(args: argparse.Namespace) -> List[str]:
+    """Fills in the budget options not given; returns the names of those given."""
+    from ..budget import REFINE_STEPS
+
+    given = []
+    for dest, default in BUDGET_DEFAULTS.items():
+        if not hasattr(args, dest):
+            continue
+        if getattr(args, dest) is None:
+            setattr(args, dest, REFINE_STEPS if dest == "refine_steps" else default)
+        else:
+            given.append(dest)
+    return given
+
+
+def refuse_unused_budget_options(args: argparse.Namespace, target_kinds: Sequence[str], allocations: Sequence[str]):
+    """One line naming the budget options given that this run would not use:
+    any without a ``--target``, the sensitivity allocation's with none, the
+    latency measurement's without a latency target.  Fills in the defaults."""
+    given = fill_budget_defaults(args)
+    if not target_kinds:
+        unused, why = given, "only a --target budget uses {}; the --k rule removes the same share of every group"
+    else:
+        unused = [d for d in given if d in LATENCY_ONLY and "latency" not in target_kinds]
+        why = "only a latency target uses {}; this --target is counted, not measured"
+        if not unused and "sensitivity" not in allocations:
+            unused = [d for d in given if d in SENSITIVITY_ONLY]
+            why = "only the sensitivity allocation uses {}; this run does not allocate by sensitivity"
+    if unused:
+        them = "it" if len(unused) == 1 else "them"
+        raise ValueError(f"{', '.join(flag(d) for d in unused)}: {why.format(them)}: drop {them}")
 
 
 def add_budget_options(sp: argparse.ArgumentParser, *, allocation: bool = True) -> None:
@@ -266,11 +328,11 @@ def add_budget_options(sp: argparse.ArgumentParser, *, allocation: bool = True) 
     with the ``--allocation`` choice; a suite names it per method)."""
     if allocation:
         _add_allocation(sp)
-    sp.add_argument("--round-to", type=COUNT, default=1, help="keep every pruned width a multiple of N (default 1)")
+    sp.add_argument("--round-to", type=COUNT, default=None, help="keep every pruned width a multiple of N (default 1)")
     sp.add_argument(
         "--max-prune",
         type=_float_type(0, 1, low_open=True, high_open=True, what="a share"),
-        default=0.9,
+        default=None,
         help="the largest share of one group that --target may remove (default 0.9)",
     )
     if allocation:
@@ -279,14 +341,14 @@ def add_budget_options(sp: argparse.ArgumentParser, *, allocation: bool = True) 
         sp.add_argument(
             "--refine-steps",
             type=NONNEG,
-            default=REFINE_STEPS,
+            default=None,
             help="after the sensitivity allocation, this many moves of a local search on the loss of all "
             f"groups masked together (default {REFINE_STEPS}; 0: off)",
         )
         sp.add_argument(
             "--cap-search",
             action=argparse.BooleanOptionalAction,
-            default=True,
+            default=None,
             help="sensitivity allocation: also allocate with a group's removed share capped at 50, 62.5 and 75%% "
             "and keep the allocation whose groups, masked together, lose least (default; --no-cap-search: the "
             "uncapped allocation only)",
@@ -294,7 +356,7 @@ def add_budget_options(sp: argparse.ArgumentParser, *, allocation: bool = True) 
     sp.add_argument(
         "--sensitivity-images",
         type=COUNT,
-        default=512,
+        default=None,
         help="calibration and scoring images each sensitivity candidate is measured on (default 512; fewer "
         "measure the losses too noisily to allocate well, see docs/budget.md)",
     )
@@ -303,7 +365,7 @@ def add_budget_options(sp: argparse.ArgumentParser, *, allocation: bool = True) 
 def _add_allocation(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--allocation",
-        default="sensitivity",
+        default=None,
         choices=["sensitivity", "global"],
         help="per-group widths for --target: sensitivity (default; each group's loss curve measured after "
         "BatchNorm re-estimation) or global (criterion values normalised per group, ranked across groups)",

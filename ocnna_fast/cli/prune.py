@@ -60,11 +60,18 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    kinds = [args.target.split("=")[0]] if args.target is not None else []
+    options.refuse_unused_budget_options(args, kinds, [args.allocation or options.BUDGET_DEFAULTS["allocation"]])
+    if args.target is not None and args.allocation == "sensitivity" and not args.bn_images:
+        raise ValueError(
+            "the sensitivity allocation re-estimates BatchNorm for each candidate on --bn-images training images: "
+            "give --bn-images N (N > 0), or --allocation global"
+        )
     if args.k is None and args.target is None:
         args.k = 40.0
     size = loading.check_data_fits(args)
     out = out_dir(args.out, "prune", inputs=[w for w in (args.weights,) if w])  # refused before anything loads
-    model, weights = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, size)
+    model, weights = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, size, seed=args.seed)
     torch.manual_seed(args.seed)
     with writer_lock(out), staged(out) as stage:
         return _prune_into(args, model, weights, size, out, stage)

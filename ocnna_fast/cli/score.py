@@ -36,7 +36,9 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = out_dir(args.out, "score", inputs=[w for w in (args.weights,) if w])  # refused before the work, not after
-    model, weights = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, args.input_size)
+    model, weights = loading.load_model(
+        args.arch, args.weights, args.data_dir, args.dataset, args.input_size, seed=args.seed
+    )
     if args.dataset != options.LOSSLESS_20:
         loading.check_data_fits(args)
     data = loading.images(args, "test", args.images, False, args.seed)
