@@ -25,6 +25,7 @@ from torch import nn
 
 from .atomic import atomic_path, replace_all
 from .latency import time_calls
+from .plans import floating_dtype
 
 __all__ = [
     "FORMATS",
@@ -86,7 +87,7 @@ def export_model(
     if batch is not None and batch < 1:
         raise ValueError(f"batch must be >= 1 or None (dynamic), got {batch}")
     model = model.eval().cpu()
-    example = torch.randn(batch or 2, 3, input_size, input_size)
+    example = torch.randn(batch or 2, 3, input_size, input_size, dtype=floating_dtype(model))  # its own precision
     path = Path(path)
     info: Dict[str, Any] = {"format": fmt, "path": str(path), "batch": batch, "input_size": input_size}
     if not path.parent.is_dir():
@@ -202,14 +203,16 @@ def load_runner(path: PathLike, fmt: str, threads: Optional[int] = None) -> Call
         opts.inter_op_num_threads = 1
         session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
-        return lambda x: session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        wants = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
+        return lambda x: session.run(None, {name: np.ascontiguousarray(x, dtype=wants)})[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still what many deploy
         module = torch.jit.load(str(path), map_location="cpu").eval()
+    dtype = floating_dtype(module)
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+            return module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dtype)).float().numpy()
 
     return run
 
@@ -249,6 +252,9 @@ def verify(
     if len(x) == 0:
         raise ValueError("verification needs at least one image")
     model = model.eval().cpu()
+    dtype = floating_dtype(model)
+    if dtype in (torch.float16, torch.bfloat16):  # half precision rounds at about 1e-3 of each value
+        atol, rtol = max(atol, 1e-2), max(rtol, 1e-2)
     step = batch or 64
     got, want = [], []
     with torch.no_grad():
@@ -258,7 +264,7 @@ def verify(
             if batch is not None and n < batch:  # a fixed-batch file takes exactly `batch` images
                 part = torch.cat([part, part[:1].expand(batch - n, *part.shape[1:])])
             got.append(run(part.numpy())[:n])
-            want.append(model(part).numpy()[:n])
+            want.append(model(part.to(dtype)).float().numpy()[:n])
     got_a, want_a = np.concatenate(got), np.concatenate(want)
     if got_a.shape != want_a.shape:
         raise ExportMismatch(f"{path}: output shape {got_a.shape} differs from the model's {want_a.shape}")

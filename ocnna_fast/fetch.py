@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -137,6 +138,15 @@ def download(
             if exc.code != 416 or not have:  # 416: nothing left to send, the .part is whole
                 raise _Refused(f"{url}: the server answered HTTP {exc.code} {exc.reason}") from exc
             response = None
+            if size is not None and have < size:  # yet the .part is short: this server will not resume it
+                print(
+                    f"{url} refuses to resume {part} at byte {have} (HTTP 416): removed it, downloading from the start",
+                    file=sys.stderr,
+                )
+                part.unlink()
+                have = 0
+                whole = urllib.request.Request(url, headers={"User-Agent": "ocnna-fast"})
+                response = urllib.request.urlopen(whole, timeout=timeout)
         with response if response is not None else _Empty() as r:
             if response is not None and have and r.status != 206:
                 have = 0  # the server ignored the range: take the whole file again

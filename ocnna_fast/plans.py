@@ -10,6 +10,7 @@ import collections
 import copy
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
@@ -36,6 +37,9 @@ PathLike = Union[str, os.PathLike]
 
 
 PLAN_FORMAT = "ocnna-fast-plan"
+# the most values one example image of a plan may hold: loading a plan builds
+# one and traces the model on it, so this bounds what a file can make it allocate
+MAX_INPUT_VALUES = 1 << 24
 
 
 PLAN_VERSION = 1
@@ -82,6 +86,11 @@ def _check_plan(plan: Any) -> Dict[str, Any]:
             raise ValueError(f"malformed pruning plan: group entry {str(g)[:200]}")
     if not (isinstance(shape, list) and shape and all(_is_int(d, 1) and d <= 1 << 16 for d in shape)):
         raise ValueError(f"malformed pruning plan: 'input_shape' must be a list of positive sizes, got {shape!r}")
+    if math.prod(shape) > MAX_INPUT_VALUES:
+        raise ValueError(
+            f"pruning plan's 'input_shape' {shape} asks for {math.prod(shape):,} values per image; a plan may ask "
+            f"for at most {MAX_INPUT_VALUES:,} (3x2364x2364), so it is refused before anything is allocated"
+        )
     if not isinstance(after, dict) or not all(
         isinstance(n, str) and isinstance(t, dict) and all(isinstance(f, str) and _is_int(v, 1) for f, v in t.items())
         for n, t in after.items()
@@ -93,6 +102,11 @@ def _check_plan(plan: Any) -> Dict[str, Any]:
     return plan
 
 
+def floating_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's floating-point weights (float32 for a model without any)."""
+    return next((t.dtype for t in model.state_dict().values() if t.is_floating_point()), torch.float32)
+
+
 def apply_plan(base_model: nn.Module, plan: Dict[str, Any]) -> nn.Module:
     """Rebuilds the pruned architecture from an unpruned model and a plan
     (the kept weights come along; load trained ones with ``load_state_dict``).
@@ -101,7 +115,7 @@ def apply_plan(base_model: nn.Module, plan: Dict[str, Any]) -> nn.Module:
     tp = torch_pruning()
     model = copy.deepcopy(base_model).eval()
     by_name = dict(model.named_modules())
-    example = torch.zeros(1, *plan["input_shape"])
+    example = torch.zeros(1, *plan["input_shape"], dtype=floating_dtype(model))  # traced in the model's precision
     DG = dependency_graph(model, example)
     for g in plan["groups"]:
         root = by_name.get(g["root"])
@@ -262,6 +276,9 @@ def load_pruned(directory: PathLike, base_model: Optional[nn.Module] = None) -> 
     # modules (torchvision's MNASNet) refuse a state without them.  The
     # weights were saved from this same code, so its own versions apply.
     state = collections.OrderedDict(state)
+    saved = {v.dtype for v in state.values() if v.is_floating_point()}
+    if len(saved) == 1 and saved != {floating_dtype(model)}:
+        model.to(saved.pop())  # the weights keep the precision they were saved in (a half model stays half)
     state._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
     try:
         model.load_state_dict(state, strict=True)

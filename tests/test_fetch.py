@@ -27,6 +27,7 @@ class _Server:
         self.endless = False  # stream zeros for ever, whatever the file (a broken mirror)
         self.cut_after = None
         self.cuts_left = 0
+        self.refuse_ranges = False  # answer 416 to every range request (a mirror that cannot resume)
         self.requests = []
         outer = self
 
@@ -54,7 +55,7 @@ class _Server:
                 rng = self.headers.get("Range")
                 if rng:
                     start = int(rng.split("=")[1].split("-")[0])
-                    if start >= len(body):
+                    if start >= len(body) or outer.refuse_ranges:
                         self.send_error(416)
                         return
                     self.send_response(206)
@@ -138,6 +139,20 @@ def test_an_interrupted_download_resumes(tmp_path, shipped_resnet20):
         path = fetch("resnet20", tmp_path, base_url=srv.url, progress=False)
         assert srv.requests[-1] == ("resnet20-12fca82f.th", "bytes=300000-")
     assert path.read_bytes() == shipped_resnet20 and not part.exists()
+
+
+def test_a_mirror_that_refuses_every_resume_starts_over_once(tmp_path, shipped_resnet20, capsys):
+    """The hostile pass: a server that cut the file in half and then answered
+    416 to every range made each rerun promise a resume that never came."""
+    with _Server({"resnet20-12fca82f.th": shipped_resnet20}) as srv:
+        srv.cut_after, srv.cuts_left = 300_000, 1
+        with pytest.raises(OSError, match="run the same fetch again"):
+            fetch("resnet20", tmp_path, base_url=srv.url, progress=False)
+        srv.refuse_ranges = True
+        path = fetch("resnet20", tmp_path, base_url=srv.url, progress=False)
+        assert srv.requests[-2:] == [("resnet20-12fca82f.th", "bytes=300000-"), ("resnet20-12fca82f.th", None)]
+    assert path.read_bytes() == shipped_resnet20
+    assert "refuses to resume" in capsys.readouterr().err
 
 
 def test_a_complete_part_is_finished_without_refetching(tmp_path, shipped_resnet20):
