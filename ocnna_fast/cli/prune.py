@@ -218,6 +218,8 @@ def _settings(args: argparse.Namespace, job: PruneJob) -> dict:
         "torch": torch.__version__,
         "ocnna_fast": __version__,
         "threads": torch.get_num_threads(),
+        # distillation's figures move with these two (kernels sum in other orders): see README
+        "cpu_capability": _cpu_capability(),
         "command": command_line(args),
     }
 
@@ -232,3 +234,11 @@ def _folded_line(recal) -> str:
             f", {recal['reconstructed']} layers were refitted by least squares ({recal['rescaled']} depthwise rescaled)"
         )
     return line
+
+
+def _cpu_capability() -> str:
+    """The instruction set torch's CPU kernels run with (e.g. AVX512, AVX2)."""
+    import torch
+
+    get = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    return get() if callable(get) else "unknown"
