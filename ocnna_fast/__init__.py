@@ -1,6 +1,6 @@
 """ocnna-fast: exact, streaming OCNNA filter scoring for PyTorch CNNs.
 
-The scoring contract is docs/scoring.md (SPEC): per image and filter, the
+The scoring contract is docs/scoring.md: per image and filter, the
 Frobenius norm of the PCA-transformed output map; per filter, the coefficient
 of variation of those norms over the images.
 """

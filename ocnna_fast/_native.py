@@ -54,7 +54,7 @@ DTYPE_CODES: Dict[torch.dtype, int] = {
 }
 MODE_ALL, MODE_COUNT, MODE_RATIO, MODE_RANK = _C.MODE_ALL, _C.MODE_COUNT, _C.MODE_RATIO, _C.MODE_RANK
 
-# Per-map statistics the accumulators can stream: the PCA energy (SPEC 2) or
+# Per-map statistics the accumulators can stream: the PCA energy (docs/scoring.md §2) or
 # HRank's numerical rank of the map (ocnna_math.h, map_rank).
 STATISTICS = ("energy", "rank")
 
@@ -62,7 +62,7 @@ NComponents = Optional[float]  # None, an int >= 1, or a float in (0, 1)
 
 
 def parse_n_components(n_components: Any) -> Tuple[int, int, float]:
-    """Validates ``n_components`` (SPEC section 2.3) and returns ``(mode, q, tau)``."""
+    """Validates ``n_components`` (docs/scoring.md §2, step 3) and returns ``(mode, q, tau)``."""
     if n_components is None:
         return MODE_ALL, 0, 0.0
     if isinstance(n_components, bool):

@@ -43,6 +43,7 @@ __all__ = [
     "BudgetResult",
     "prune",
     "prune_to_budget",
+    "budget_groups",
     "count_ratio",
     "tolerance",
     "TOLERANCE",
@@ -75,7 +76,7 @@ class BudgetResult:
     widths: Dict[str, Tuple[int, int]] = field(default_factory=dict)  # root -> (before, after)
 
 
-def _groups(model: nn.Module, example: torch.Tensor, ignored: Sequence[nn.Module], values: Mapping[str, Any]):
+def budget_groups(model: nn.Module, example: torch.Tensor, ignored: Sequence[nn.Module], values: Mapping[str, Any]):
     """The groups ``prune`` ranks (those the values name, not feeding the
     model's outputs), on a copy of ``model``: (copy, graph, [(group, info)])."""
     work, dg, names, groups = conv_groups(model, example, ignored)
@@ -124,7 +125,7 @@ def prune_to_budget(
     ``memo``: a file keeping the measured losses, so a stopped run resumes."""
     target = parse_target(target)
     _check(allocation, target, measure)
-    work, dg, names, found = _groups(model, example, list(ignored_layers), values)
+    work, dg, names, found = budget_groups(model, example, list(ignored_layers), values)
     if not found:
         raise ValueError("no prunable group: nothing to allocate")
     infos, cost = [info for _, info in found], CostModel(work, example, dg, [g for g, _ in found])
@@ -267,7 +268,7 @@ def input_batches(data: Any, batch_size: int, limit: int) -> List[torch.Tensor]:
 def score_values(
     model: nn.Module, scores: Mapping[str, Any], example: torch.Tensor, criterion: str = "ocnna"
 ) -> Dict[str, np.ndarray]:
-    """Per group root, the values ``prune`` ranks a group by from scores (SPEC 4's coupled-group rule)."""
+    """Per group root, the values ``prune`` ranks a group by from scores (docs/scoring.md §4's coupled-group rule)."""
     _, dg, names, groups = conv_groups(model, example)
     out = {}
     for root, g in groups:

@@ -60,7 +60,7 @@ def _groups(model: nn.Module, ctx: Context):
 @dataclass(frozen=True)
 class FamilyCriterion:
     """An OCNNA-family criterion (``pruning.FAMILY``): one scoring pass, then
-    per group SPEC 4's coupled-group rule, as ``prune`` ranks scores.  The
+    per group docs/scoring.md §4's coupled-group rule, as ``prune`` ranks scores.  The
     two halves are separate steps, so a caller can keep the scores."""
 
     criterion: str
@@ -148,8 +148,8 @@ def _reconstruction(ctx: Context) -> Dict[str, np.ndarray]:
     return out
 
 
-# name -> how its values are made.  "ocnna" is the paper's reading (SPEC
-# defaults); "mean-energy" is the mean of the same per-image energies.
+# name -> how its values are made.  "ocnna" is the paper's reading (the
+# contract's defaults, docs/scoring.md); "mean-energy" is the mean of the same per-image energies.
 CRITERIA: Dict[str, Callable[[Context], Dict[str, np.ndarray]]] = {
     "ocnna": FamilyCriterion("ocnna"),
     "ocnna-0.95": FamilyCriterion("ocnna", 0.95),

@@ -123,7 +123,7 @@ def channel_groups(group) -> int:
 def out_channel_convs(group: Any, dg: Any = None) -> Iterator[Tuple[nn.Conv2d, List[int]]]:
     """``(conv, channel indices)`` of each conv of a Torch-Pruning group whose
     output channels the group removes over its whole width: the members whose
-    scores rank the group (SPEC 4).  Without ``dg`` (a group built outside a
+    scores rank the group (docs/scoring.md §4).  Without ``dg`` (a group built outside a
     DependencyGraph) every conv over the whole width counts."""
     width = len(group[0][1])
     for dep, idxs in group:

@@ -1,4 +1,4 @@
-"""Which layers OCNNA scores (SPEC section 1)."""
+"""Which layers OCNNA scores (docs/scoring.md §1)."""
 
 from __future__ import annotations
 

@@ -25,6 +25,9 @@ __all__ = [
     "PLAN_FORMAT",
     "PLAN_VERSION",
     "PLAN_DIGEST",
+    "plan_digest",
+    "floating_dtype",
+    "MAX_INPUT_VALUES",
     "layer_table",
     "apply_plan",
     "save_pruned",
@@ -160,12 +163,12 @@ def save_pruned(
     doc["weights_sha256"] = digest
     if extra:
         doc["model"] = extra
-    doc[PLAN_DIGEST] = _plan_digest(doc)
+    doc[PLAN_DIGEST] = plan_digest(doc)
     write_text_atomic(d / "plan.json", json.dumps(doc, indent=1))
     return d
 
 
-def _plan_digest(doc: Dict[str, Any]) -> str:
+def plan_digest(doc: Dict[str, Any]) -> str:
     """sha256 of a plan document without its own digest, in a canonical JSON
     form (sorted keys; Python's float repr round-trips exactly)."""
     body = {k: v for k, v in doc.items() if k != PLAN_DIGEST}
@@ -192,7 +195,7 @@ def read_plan(directory: PathLike) -> Dict[str, Any]:
     want = doc.get(PLAN_DIGEST)
     if not isinstance(want, str):
         raise ValueError(f"{path} carries no {PLAN_DIGEST} (written by an older ocnna-fast, or edited): prune again")
-    if _plan_digest(doc) != want:
+    if plan_digest(doc) != want:
         raise ValueError(
             f"{path} was edited or damaged: its contents do not match the digest it was saved with; prune again"
         )

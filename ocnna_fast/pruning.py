@@ -1,4 +1,4 @@
-"""OCNNA selection and structural surgery (SPEC section 4).
+"""OCNNA selection and structural surgery (docs/scoring.md §4).
 
 Dependency tracking is Torch-Pruning's ``DependencyGraph`` (``graph``): it
 finds the groups of channels that must go together (residual additions,
@@ -68,7 +68,7 @@ def count_params(model: nn.Module) -> int:
 
 
 def select_channels(group_score: np.ndarray, k: float, name: Optional[str] = None) -> np.ndarray:
-    """Indices (ascending) to keep under SPEC 4's percentile rule: as many
+    """Indices (ascending) to keep under docs/scoring.md §4's percentile rule: as many
     channels as lie at or above the k-th percentile (NumPy ``percentile``,
     linear interpolation) of distinct scores, ``kept_count(width, k)``, taken
     in order of score, ties broken by the lower channel index; never none.
@@ -132,7 +132,7 @@ def layer_values(ls: LayerScores, criterion: str = "ocnna") -> np.ndarray:
 
 
 def group_scores(members: Sequence[Tuple[LayerScores, Sequence[int]]], criterion: str = "ocnna") -> np.ndarray:
-    """SPEC 4: a group with one scored layer ranks by that layer's values; a
+    """docs/scoring.md §4: a group with one scored layer ranks by that layer's values; a
     group spanning several layers (our reading) by the mean over them of each
     layer's values divided by that layer's mean value.  ``criterion`` picks
     the values (``FAMILY``; default OCNNA's score)."""
@@ -204,7 +204,7 @@ def prune(
         criterion: which of the scores' statistics rank the filters
             (``FAMILY``): ``"ocnna"`` (the paper's std/mean, default),
             ``"mean-energy"`` or ``"ocnna-rms"`` (see docs/scoring.md).
-        rule: ``"percentile"`` (SPEC 4, default) or ``"count"``, which
+        rule: ``"percentile"`` (docs/scoring.md §4, default) or ``"count"``, which
             since ties are broken by channel index select the same channels
             (``"count"`` stays accepted for code written before).
         keep: per group root, how many channels stay (the highest-ranked),

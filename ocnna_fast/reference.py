@@ -1,4 +1,4 @@
-"""The slow oracle: SPEC section 5, transcribed literally with scikit-learn.
+"""The slow oracle: docs/scoring.md §5, transcribed literally with scikit-learn.
 
 For every image and channel, ``PCA(n_components).fit_transform(map)`` and the
 Frobenius norm of the result; then ``numpy.std / numpy.mean`` over images.
@@ -33,7 +33,7 @@ def map_energy(x, n_components: Union[None, int, float] = None) -> float:
     """F for one ``H x W`` map: ``||PCA(n_components).fit_transform(x)||_F``.
 
     Rows are samples and columns features, as scikit-learn sees a 2-D array.
-    A map with zero variance gives 0 (SPEC section 2); an int ``n_components``
+    A map with zero variance gives 0 (docs/scoring.md §2); an int ``n_components``
     is capped at ``min(H, W)``, as the contract says.
     """
     from sklearn.decomposition import PCA
@@ -68,7 +68,7 @@ def _per_map(acts, fn) -> np.ndarray:
 
 
 def scores_from_energies(f: np.ndarray) -> Dict[str, np.ndarray]:
-    """SPEC section 3: per channel ``std / mean`` over images (ddof 0); dead channels score 0."""
+    """docs/scoring.md §3: per channel ``std / mean`` over images (ddof 0); dead channels score 0."""
     f = np.asarray(f, dtype=np.float64)
     mean = np.mean(f, axis=0)
     std = np.std(f, axis=0)

@@ -294,7 +294,7 @@ def score(
             in the same order.  Removed after a successful run.  Under
             ``torch.distributed`` each rank uses ``<checkpoint>.rank<N>``.
         checkpoint_every: batches between checkpoints.
-        tap: which map of a conv is scored: ``"conv_output"`` (SPEC 1, the
+        tap: which map of a conv is scored: ``"conv_output"`` (docs/scoring.md §1, the
             default) or ``"post_activation"``: ``relu(bn(conv(x)))`` where the
             conv feeds (through at most one BatchNorm) a ReLU/ReLU6 alone,
             found by tracing with ``torch.fx``; other convs (e.g. a residual

@@ -28,7 +28,7 @@ from .batchnorm import recalibrate_batchnorm
 from .foldedbn import output_moments, unfold
 from .lossmemo import LossMemo, fingerprint
 
-__all__ = ["group_outputs", "SensitivityCurves", "MaskedEvaluator", "measure_sensitivity", "refine"]
+__all__ = ["group_outputs", "SensitivityCurves", "MaskedEvaluator", "measure_sensitivity", "refine", "mean_kl"]
 
 FRACTIONS = (0.25, 0.5, 0.75)
 
@@ -182,7 +182,7 @@ class MaskedEvaluator:
                 for m in self.norms:
                     m.train()
             self.evaluations += 1
-            return _kl(self.work, self.evaluation, self.reference)
+            return mean_kl(self.work, self.evaluation, self.reference)
         finally:
             self.masks.clear()
             for m in self.norms:
@@ -289,7 +289,7 @@ def _expand(positions: Sequence[int], info: GroupInfo) -> List[int]:
     return [p + b * per for b in range(info.blocks) for p in positions]
 
 
-def _kl(model: nn.Module, evaluation: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
+def mean_kl(model: nn.Module, evaluation: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
     total, n = 0.0, 0
     with torch.no_grad():
         for x, ref in zip(evaluation, reference):

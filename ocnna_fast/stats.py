@@ -61,10 +61,10 @@ class FilterStats:
     Args:
         num_channels: number of filters (output channels) of the layer.
         n_components: PCA components kept per map: ``None`` (all, the default),
-            an int ``q >= 1``, or a float ratio in (0, 1) (SPEC section 2.3).
+            an int ``q >= 1``, or a float ratio in (0, 1) (docs/scoring.md §2, step 3).
         name: layer name used in error messages.
         statistic: what is streamed per map: ``"energy"`` (OCNNA's PCA
-            energy, SPEC 2) or ``"rank"``: HRank's numerical rank of the map
+            energy, docs/scoring.md §2) or ``"rank"``: HRank's numerical rank of the map
             (singular values above ``max(H, W) * eps_float32`` times the
             largest, as ``torch.linalg.matrix_rank`` of a float32 map; CPU
             batches only).  ``result().mean`` is then the average rank.

@@ -1,4 +1,4 @@
-"""Where a conv's maps are read: its own output (SPEC 1, the default) or the
+"""Where a conv's maps are read: its own output (docs/scoring.md §1, the default) or the
 activation after it (``tap="post_activation"``).
 
 The post-activation map of a conv is ``act(bn(conv(x)))`` when the conv's

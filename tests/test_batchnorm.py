@@ -74,7 +74,6 @@ def test_errors_leave_the_old_statistics():
 
 
 def test_brings_a_pruned_resnet_back_from_near_chance(data_dir):
-    pytest.importorskip("torch_pruning")
     from ocnna_fast import prune, score
     from ocnna_fast.data import cifar10_jpeg
     from ocnna_fast.distill import TensorImages, evaluate

@@ -7,8 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
-pytest.importorskip("torch_pruning")
 from torch import nn
 
 from ocnna_fast import count_params, prune, score

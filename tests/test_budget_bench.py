@@ -9,23 +9,22 @@ import json
 
 import pytest
 import torch
+import torch_pruning as tp
 from torch import nn
 
-tp = pytest.importorskip("torch_pruning")
-
-from ocnna_fast.allocation import Target, macs_and_params  # noqa: E402
-from ocnna_fast.budget_bench import (  # noqa: E402
+from ocnna_fast.allocation import Target, macs_and_params
+from ocnna_fast.budget_bench import (
     _group_roots,
     parse_method,
     parse_targets,
     run_budget_suite,
     tp_global_keep,
 )
-from ocnna_fast.cli import main  # noqa: E402
-from ocnna_fast.models import build  # noqa: E402
-from ocnna_fast.pipeline import JobData, JobSettings  # noqa: E402
-from ocnna_fast.pruning import prune  # noqa: E402
-from ocnna_fast.tensorimages import TensorImages  # noqa: E402
+from ocnna_fast.cli import main
+from ocnna_fast.models import build
+from ocnna_fast.pipeline import JobData, JobSettings
+from ocnna_fast.pruning import prune
+from ocnna_fast.tensorimages import TensorImages
 
 
 def _resnet20(seed=0):

@@ -9,12 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-pytest.importorskip("torch_pruning")
-
-from ocnna_fast import count_params, load_pruned, prune, save_pruned, score  # noqa: E402
-from ocnna_fast.models import build, load_weights  # noqa: E402
-from ocnna_fast.models.cifar_resnet import ChannelMapShortcut  # noqa: E402
-from ocnna_fast.pruning import dependency_graph  # noqa: E402
+from ocnna_fast import count_params, load_pruned, prune, save_pruned, score
+from ocnna_fast.models import build, load_weights
+from ocnna_fast.models.cifar_resnet import ChannelMapShortcut
+from ocnna_fast.pruning import dependency_graph
 
 EXAMPLE = torch.zeros(1, 3, 32, 32)
 

@@ -6,8 +6,6 @@ import json
 
 import pytest
 
-pytest.importorskip("torch_pruning")
-
 from ocnna_fast.cli import main
 from ocnna_fast.pruning import load_pruned
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-pytest.importorskip("torch_pruning")
 from torch import nn
 
 from ocnna_fast.distill import TensorImages, distill, evaluate, state_sha256

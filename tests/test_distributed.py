@@ -116,11 +116,11 @@ def test_shards_interleave_to_the_whole_batch(tmp_path, kind):
     if kind == "tensor":
         data = _data()
     else:
-        from test_user_data import MEAN, STD, _write_folder
+        from helpers import MEAN, STD, write_folder
 
         from ocnna_fast.imagefolder import folder_split
 
-        _write_folder(tmp_path, per_class=(4, 1))
+        write_folder(tmp_path, per_class=(4, 1))
         data = folder_split(tmp_path, "train", 16, MEAN, STD, augment=True)
 
     def epoch(shard):
@@ -164,10 +164,10 @@ def test_prune_under_torchrun_matches_one_process_and_only_rank_0_writes(tmp_pat
     import subprocess
     import sys as _sys
 
+    from helpers import write_folder
     from safetensors.torch import load_file
-    from test_user_data import _write_folder
 
-    _write_folder(tmp_path / "imnet", per_class=(6, 3))  # 18 training images: global batches 4+4+4+4+2
+    write_folder(tmp_path / "imnet", per_class=(6, 3))  # 18 training images: global batches 4+4+4+4+2
     (tmp_path / "ddp_user_nets.py").write_text(PLAIN_FACTORY)
     env = {
         **os.environ,

@@ -11,10 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("torch_pruning")
-
-from ocnna_fast.criteria import Context, criterion_values  # noqa: E402
-from ocnna_fast.elimination import ConsumerStats, _columns, collect, eliminate  # noqa: E402
+from ocnna_fast.criteria import Context, criterion_values
+from ocnna_fast.elimination import ConsumerStats, _columns, collect, eliminate
 
 
 def _residual(x: np.ndarray, y: np.ndarray, cols: list) -> float:

@@ -1,4 +1,4 @@
-"""Per-map energies of the native cores against the scikit-learn oracle (SPEC 2, 5)."""
+"""Per-map energies of the native cores against the scikit-learn oracle (docs/scoring.md §2, 5)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import DEVICES
+from helpers import SPARSE_KINDS, make_maps
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,43 +21,6 @@ TOL = {np.float64: 1e-9, np.float32: 1e-4}
 def native_energies(a: torch.Tensor, n_components) -> np.ndarray:
     """F[n, c] from the core that matches the tensor's device."""
     return _native.map_energies(a, n_components)
-
-
-def make_maps(rng, kind: str, n: int, c: int, h: int, w: int) -> np.ndarray:
-    a = rng.standard_normal((n, c, h, w))
-    if kind == "relu":
-        a = np.maximum(a + 0.3, 0)
-    elif kind == "constant":
-        a = np.broadcast_to(rng.standard_normal((n, c, 1, 1)) * 5, a.shape).copy()
-    elif kind == "zero":
-        a = np.zeros_like(a)
-    elif kind == "low_rank":  # rank-2 maps: most PCA components are exactly zero
-        u = rng.standard_normal((n, c, h, 2))
-        v = rng.standard_normal((n, c, 2, w))
-        a = u @ v
-    elif kind == "offset":  # a large common offset on top of small variation
-        a = 1000.0 + 0.01 * a
-    elif kind == "constant_columns":  # every column constant, columns differ: Xc == 0
-        a = np.broadcast_to(rng.standard_normal((n, c, 1, w)), a.shape).copy()
-    elif kind == "sparse":  # post-ReLU-like: isolated non-zeros in a few columns
-        live = np.zeros(w, dtype=bool)
-        live[rng.choice(w, size=min(w, 3), replace=False)] = True
-        keep = (rng.random(a.shape) < 0.12) & live
-        a = np.where(keep, np.abs(a) * 0.05, 0.0)
-    elif kind == "zero_rows_cols":  # rectified noise with whole rows and columns zeroed
-        a = np.maximum(a, 0)
-        a[:, :, rng.random(h) < 0.3, :] = 0.0
-        a[:, :, :, rng.random(w) < 0.3] = 0.0
-    elif kind == "rank_block":  # a rank-1 or rank-2 block inside an otherwise zero map
-        a = np.zeros_like(a)
-        bh, bw = max(1, h // 3), max(1, w // 3)
-        r = int(rng.integers(1, 3))
-        block = rng.standard_normal((n, c, bh, r)) @ rng.standard_normal((n, c, r, bw))
-        a[:, :, h - bh :, :bw] = np.maximum(block, 0)
-    return a
-
-
-SPARSE_KINDS = ["sparse", "zero_rows_cols", "rank_block"]
 
 
 n_components_st = st.one_of(
@@ -155,7 +119,7 @@ def test_filter_stats_matches_oracle_scores():
 
 @pytest.mark.parametrize("tau, kept", [(0.4, 8.0), (0.5, 12.0), (0.75, 14.0), (0.8, 14.0), (0.875, 16.0)])
 def test_ratio_rule_is_strictly_greater(tau, kept):
-    """SPEC 2.3 on a map whose explained ratios are exact binary fractions.
+    """docs/scoring.md §2, step 3 on a map whose explained ratios are exact binary fractions.
 
     Orthogonal zero-mean columns with squared norms 8, 4, 2, 2: ratios 1/2, 1/4,
     1/8, 1/8, cumulative 0.5, 0.75, 0.875, 1.  At tau equal to a cumulative

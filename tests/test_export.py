@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("torch_pruning")
-
 from ocnna_fast import export as ex
 from ocnna_fast.cli import main
 from ocnna_fast.data import cifar10_jpeg, normalize

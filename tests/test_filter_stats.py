@@ -117,7 +117,7 @@ def test_non_finite_batch_is_rejected_whole_across_many_channels(device, n_compo
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("n_components", MODES)
 def test_positive_channel_scaling_and_shift_leave_scores_unchanged(device, n_components):
-    """SPEC 1: an eval-mode BatchNorm (per-channel positive scale + shift) changes nothing."""
+    """docs/scoring.md §1: an eval-mode BatchNorm (per-channel positive scale + shift) changes nothing."""
     x = acts(seed=2).to(device)
     scale = torch.tensor([0.001, 1.0, 3.0, 250.0, 7.5], dtype=torch.float64, device=device).view(1, 5, 1, 1)
     shift = torch.tensor([5.0, -2.0, 0.0, 1e3, 0.1], dtype=torch.float64, device=device).view(1, 5, 1, 1)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch_pruning as tp
 from torch import nn
 
-tp = pytest.importorskip("torch_pruning")
 torchvision = pytest.importorskip("torchvision")
 
-from test_pruning import fake_scores  # noqa: E402
+from helpers import fake_scores  # noqa: E402
 
 from ocnna_fast.integrations.torch_pruning import OCNNAImportance  # noqa: E402
 from ocnna_fast.pruning import prune  # noqa: E402

@@ -12,12 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("torch_pruning")
-
-from ocnna_fast.allocation import macs_and_params  # noqa: E402
-from ocnna_fast.budget import LATENCY_TOLERANCE, _groups, prune_to_budget  # noqa: E402
-from ocnna_fast.latency_budget import LatencyRatio  # noqa: E402
-from ocnna_fast.models import build  # noqa: E402
+from ocnna_fast.allocation import macs_and_params
+from ocnna_fast.budget import LATENCY_TOLERANCE, budget_groups, prune_to_budget
+from ocnna_fast.latency_budget import LatencyRatio
+from ocnna_fast.models import build
 
 
 class Clock:
@@ -97,7 +95,7 @@ def _setup():
     torch.manual_seed(0)
     model = build("resnet20").eval()
     x = torch.randn(1, 3, 32, 32)
-    _, _, _, found = _groups(model, x, [], {n: None for n, _ in model.named_modules()})
+    _, _, _, found = budget_groups(model, x, [], {n: None for n, _ in model.named_modules()})
     rng = np.random.default_rng(0)
     return model, x, {info.root: rng.random(info.width) for _, info in found}
 

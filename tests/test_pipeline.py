@@ -9,8 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("torch_pruning")
-
 from ocnna_fast import prune, recalibrate_batchnorm, score
 from ocnna_fast.distill import TensorImages, distill
 from ocnna_fast.evaluation import evaluate

@@ -75,11 +75,11 @@ def test_an_export_keeps_the_models_dtype(tmp_path, dtype, fmt):
 
 def _redigested(folder, edit):
     """Edits plan.json and recomputes its digest, as a determined tamperer would."""
-    from ocnna_fast.plans import _plan_digest
+    from ocnna_fast.plans import plan_digest
 
     doc = json.loads((folder / "plan.json").read_text())
     edit(doc)
-    doc[PLAN_DIGEST] = _plan_digest(doc)
+    doc[PLAN_DIGEST] = plan_digest(doc)
     (folder / "plan.json").write_text(json.dumps(doc))
 
 
@@ -94,9 +94,9 @@ def test_a_plan_cannot_ask_for_a_huge_example(tmp_path, shape):
 
 def test_the_plan_digest_is_pinned():
     """The digest's canonical form is a file format: pinned to a value, not recomputed by the test."""
-    from ocnna_fast.plans import _plan_digest
+    from ocnna_fast.plans import plan_digest
 
     doc = {"format": "ocnna-fast-plan", "k": 40.0, "groups": [{"root": "a", "channels": 8, "removed": [1, 5]}]}
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
-    assert _plan_digest(doc) == hashlib.sha256(text.encode()).hexdigest()
-    assert _plan_digest(doc) == "18215fa0493c985c0750f7efadfc505352b4ac5b72a2ada22e0716f6239f6242"
+    assert plan_digest(doc) == hashlib.sha256(text.encode()).hexdigest()
+    assert plan_digest(doc) == "18215fa0493c985c0750f7efadfc505352b4ac5b72a2ada22e0716f6239f6242"

@@ -7,30 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
-
-pytest.importorskip("torch_pruning")
+from helpers import fake_scores
 from torch import nn
 
-from ocnna_fast import prunable_convs
 from ocnna_fast.models import ARCHS, build, input_size
 from ocnna_fast.pruning import apply_plan, count_params, load_pruned, prune, save_pruned, select_channels
 from ocnna_fast.scores import LayerScores
-
-
-def fake_scores(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, conv in prunable_convs(model).items():
-        c = conv.out_channels
-        s = torch.rand(c, generator=g, dtype=torch.float64) + 0.05
-        out[name] = LayerScores(
-            score=s,
-            mean=torch.ones(c, dtype=torch.float64),
-            std=s.clone(),
-            count=1,
-            dead=torch.zeros(c, dtype=torch.bool),
-        )
-    return out
 
 
 def layer_widths(model):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import SPARSE_KINDS, make_maps  # noqa: E402
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_energy_vs_oracle import SPARSE_KINDS, make_maps  # noqa: E402
 
 from ocnna_fast import FilterStats, Scores, reference, score
 

@@ -11,15 +11,12 @@ import copy
 import numpy as np
 import pytest
 import torch
+from helpers import FoldableNet, folded_pair, random_values
 from torch import nn
 
-pytest.importorskip("torch_pruning")
-
-from test_foldedbn import Net, _pair, _values  # noqa: E402
-
-from ocnna_fast.compensation import recalibrate  # noqa: E402
-from ocnna_fast.pruning import prune  # noqa: E402
-from ocnna_fast.reconstruction import RIDGE, reconstruct  # noqa: E402
+from ocnna_fast.compensation import recalibrate
+from ocnna_fast.pruning import prune
+from ocnna_fast.reconstruction import RIDGE, reconstruct
 
 
 def _inputs(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
@@ -32,9 +29,9 @@ def _inputs(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def _pruned(k=50):
-    _, folded, batches = _pair()
+    _, folded, batches = folded_pair()
     example = torch.zeros(1, 3, 16, 16)
-    pruned, plan = prune(folded, None, k, example, [], importance=_values(folded, example))
+    pruned, plan = prune(folded, None, k, example, [], importance=random_values(folded, example))
     return folded, pruned, plan, batches
 
 
@@ -83,7 +80,7 @@ def test_a_depthwise_conv_gets_each_channels_line_of_best_fit():
 
 
 def test_nothing_cut_nothing_moved_and_the_fit_brings_outputs_closer():
-    _, base, batches = _pair()
+    _, base, batches = folded_pair()
     same = copy.deepcopy(base)
     assert reconstruct(same, base, {}, batches)["reconstructed"] == 0
     for p, q in zip(same.parameters(), base.parameters()):
@@ -104,7 +101,7 @@ def test_the_job_runs_it_when_asked_and_refuses_unknown_corrections():
     from ocnna_fast.pipeline import JobData, JobSettings, PruneJob
     from ocnna_fast.tensorimages import TensorImages
 
-    _, folded, batches = _pair()
+    _, folded, batches = folded_pair()
     pixels = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     images = TensorImages(pixels, torch.zeros(64, dtype=torch.int64), (0.5,) * 3, (0.25,) * 3)
     data = JobData(eval=images, score=images, bn=images)
@@ -114,7 +111,7 @@ def test_the_job_runs_it_when_asked_and_refuses_unknown_corrections():
     job.surgery()
     assert job.recalibrate()["method"] == "folded-regression"
     with pytest.raises(ValueError, match="regression"):
-        PruneJob(Net(folded=True), data, JobSettings(folded="least-squares"), progress=False)
+        PruneJob(FoldableNet(folded=True), data, JobSettings(folded="least-squares"), progress=False)
 
 
 def test_the_command_line_takes_it_where_it_applies(capsys):
@@ -302,8 +299,10 @@ def test_a_refit_that_could_not_happen_is_refused():
         PruneJob(BNNet(), JobData(eval=images, score=images, bn=None), JobSettings(refit=True), progress=False)
     data = JobData(eval=images, score=images, bn=images)
     with pytest.raises(ValueError, match="folded='regression'"):
-        PruneJob(Net(folded=True), data, JobSettings(refit=True, folded="variance"), progress=False)
-    PruneJob(Net(folded=True), data, JobSettings(refit=True), progress=False)  # regression: the refit it asks for
+        PruneJob(FoldableNet(folded=True), data, JobSettings(refit=True, folded="variance"), progress=False)
+    PruneJob(
+        FoldableNet(folded=True), data, JobSettings(refit=True), progress=False
+    )  # regression: the refit it asks for
 
 
 def test_a_layer_without_bias_or_batchnorm_is_fitted_without_an_intercept_and_gets_no_bias():

@@ -9,6 +9,8 @@ import threading
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from ocnna_fast import FilterStats, Scores, score
@@ -203,9 +205,6 @@ def test_checkpoint_refuses_tampered_values(tmp_path):
 
 # ---- fuzz: mutate valid files; either a ValueError or the original values ----------
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pos=st.integers(0, 10**9), flip=st.integers(1, 255), truncate=st.booleans())
@@ -376,7 +375,6 @@ def test_score_restores_every_submodules_flag():
 
 
 def test_prune_leaves_the_callers_model_in_its_mode():
-    pytest.importorskip("torch_pruning")
     from ocnna_fast import prune
 
     model = Tiny().train()
@@ -430,7 +428,6 @@ def test_a_failed_write_removes_its_temporary_file(tmp_path):
 
 
 def test_swapped_weights_of_the_same_shapes_are_refused(tmp_path):
-    pytest.importorskip("torch_pruning")
     from ocnna_fast import load_pruned, prune, save_pruned
 
     torch.manual_seed(0)
@@ -450,7 +447,6 @@ def test_swapped_weights_of_the_same_shapes_are_refused(tmp_path):
 
 
 def test_plan_of_another_architecture_names_the_layers():
-    pytest.importorskip("torch_pruning")
     from ocnna_fast import apply_plan, prune
 
     model = Tiny().eval()
@@ -469,7 +465,7 @@ def test_plan_of_another_architecture_names_the_layers():
 
 
 def test_coupled_group_rule_normalises_each_layer_by_its_mean():
-    """SPEC 4: scores of coupled layers are divided by their layer's mean
+    """docs/scoring.md §4: scores of coupled layers are divided by their layer's mean
     before averaging.  Layer A scores ~100x layer B: without the division,
     A alone would decide the ranking."""
 
@@ -546,7 +542,6 @@ def test_stop_after_epoch_stops_there_and_bad_settings_are_refused(tmp_path):
 
 
 def test_malformed_plan_groups_are_refused():
-    pytest.importorskip("torch_pruning")
     from ocnna_fast import apply_plan, prune
 
     model = Tiny().eval()

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 tv = pytest.importorskip("torchvision")
-pytest.importorskip("torch_pruning")
 
 from ocnna_fast import load_pruned, prune, save_pruned, score  # noqa: E402
 from ocnna_fast.models import TORCHVISION_PRUNABLE  # noqa: E402

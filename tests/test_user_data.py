@@ -8,44 +8,20 @@ import re
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 import torch
+from helpers import CLASSES, MEAN, STD, write_folder
 from torch import nn
 
 from ocnna_fast import cli
 from ocnna_fast.distill import distill, state_sha256
 from ocnna_fast.imagefolder import FolderImages, folder_classes, folder_split
 
-CLASSES = ["n01440764", "n01443537", "n01484850"]  # three ImageNet wnids, sorted
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def _write_folder(root, per_class=(4, 4), shape=(32, 32), seed=0):
-    """root/train and root/val with ``per_class`` JPEG-free (PNG, lossless)
-    images per class; returns {split: [(uint8 HWC array, label)]} in file order."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    written = {}
-    for split, n in zip(("train", "val"), per_class):
-        items = []
-        for label, wnid in enumerate(CLASSES):
-            d = root / split / wnid
-            d.mkdir(parents=True)
-            for i in range(n):
-                h, w = shape if i % 2 == 0 else (shape[0] + 8, shape[1])  # mixed sizes and aspect ratios
-                a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-                Image.fromarray(a).save(d / f"{wnid}_{i}.png")
-                items.append((a, label))
-        written[split] = items
-    return written
-
 
 def test_eval_transform_is_resize_then_centre_crop(tmp_path):
     # at size 28 the short side is resized to 28 * 256/224 = 32: a 32x32 image
     # is untouched by the resize, so the crop must be exactly pixels [2:30]
-    written = _write_folder(tmp_path, per_class=(1, 1))
+    written = write_folder(tmp_path, per_class=(1, 1))
     data = folder_split(tmp_path, "test", 28, MEAN, STD)
     x, y = next(data.batches(8))
     assert x.shape == (3, 3, 28, 28)
@@ -57,7 +33,7 @@ def test_eval_transform_is_resize_then_centre_crop(tmp_path):
 
 
 def test_labels_follow_sorted_class_folders_and_subsets_are_balanced(tmp_path):
-    _write_folder(tmp_path, per_class=(4, 2))
+    write_folder(tmp_path, per_class=(4, 2))
     full = folder_split(tmp_path, "train", 28, MEAN, STD)
     assert full.classes == CLASSES and len(full) == 12
     assert full.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
@@ -67,7 +43,7 @@ def test_labels_follow_sorted_class_folders_and_subsets_are_balanced(tmp_path):
 
 
 def test_mismatched_or_missing_folders_are_refused(tmp_path):
-    _write_folder(tmp_path, per_class=(1, 1))
+    write_folder(tmp_path, per_class=(1, 1))
     (tmp_path / "val" / "n99999999").mkdir()
     with pytest.raises(ValueError, match="different class folders"):
         folder_classes(tmp_path)
@@ -78,7 +54,7 @@ def test_mismatched_or_missing_folders_are_refused(tmp_path):
 def test_augmented_batches_depend_on_the_generator_only(tmp_path):
     """Exact resume needs the same batches for the same generator state,
     whatever the number of worker processes."""
-    _write_folder(tmp_path, per_class=(4, 1))
+    write_folder(tmp_path, per_class=(4, 1))
 
     def epoch(workers, seed):
         data = folder_split(tmp_path, "train", 24, MEAN, STD, augment=True, workers=workers)
@@ -108,7 +84,7 @@ def _tiny(classes=3):
 
 
 def test_distillation_from_a_folder_resumes_exactly(tmp_path):
-    _write_folder(tmp_path / "data", per_class=(4, 1))
+    write_folder(tmp_path / "data", per_class=(4, 1))
     data = folder_split(tmp_path / "data", "train", 24, MEAN, STD, augment=True, workers=0)
     torch.manual_seed(0)
     teacher, start = _tiny(), _tiny()
@@ -168,7 +144,7 @@ def test_cli_prunes_a_user_model_on_a_user_folder(tmp_path, user_module, capsys)
     from ocnna_fast.models import build
     from ocnna_fast.pruning import load_pruned
 
-    _write_folder(tmp_path / "imnet", per_class=(6, 3))
+    write_folder(tmp_path / "imnet", per_class=(6, 3))
     torch.manual_seed(1)
     model = build(f"{user_module}:tiny")
     save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
@@ -260,7 +236,7 @@ def test_cli_prunes_a_user_model_on_a_user_folder(tmp_path, user_module, capsys)
     ],
 )
 def test_cli_refuses_bad_user_models(tmp_path, user_module, capsys, spec, message):
-    _write_folder(tmp_path / "imnet", per_class=(1, 1))
+    write_folder(tmp_path / "imnet", per_class=(1, 1))
     rc = cli.main(
         [
             "evaluate",
@@ -299,7 +275,7 @@ def test_folder_dataset_needs_a_data_dir(tmp_path, capsys):
 
 
 def test_folder_images_subset_keeps_its_transform(tmp_path):
-    _write_folder(tmp_path, per_class=(2, 1))
+    write_folder(tmp_path, per_class=(2, 1))
     full = FolderImages(tmp_path / "train", 28, MEAN, STD)
     sub = full.subset([5, 0])
     assert sub.labels.tolist() == [2, 0] and len(full) == 6

@@ -1,4 +1,4 @@
-// The OCNNA scoring math (SPEC.md sections 2 and 3), written once for the CPU
+// The OCNNA scoring math (docs/scoring.md §2 and §3), written once for the CPU
 // and the CUDA cores.  Everything here is a plain function of raw buffers so
 // that it compiles as host code (g++) and as device code (nvcc) unchanged.
 //
@@ -37,7 +37,7 @@ namespace ocnna {
 // Element types the cores read.  The numbers are part of the binding ABI.
 enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
-// How many principal components are kept (SPEC 2.3).
+// How many principal components are kept (docs/scoring.md §2, step 3).
 //   kAll:   n_components=None, keep everything -> F = ||Xc||_F, no eigen-solve
 //   kCount: n_components=int q
 //   kRatio: n_components=float tau, smallest q with explained ratio > tau
@@ -169,7 +169,7 @@ OCNNA_HD void batch_summary(const double* f, int64_t n, int64_t stride, double& 
 
 // Mean of a column of `rows` values `stride` apart, summed in double after a
 // shift by the first value, so that a constant column gets its value back
-// exactly (and centres to exact zeros: SPEC 2 requires F == 0, not 1e-17, for
+// exactly (and centres to exact zeros: docs/scoring.md §2 requires F == 0, not 1e-17, for
 // zero-variance maps).
 template <typename S>
 OCNNA_HD double column_mean(const S* col, int rows, int64_t stride) {
@@ -455,7 +455,7 @@ OCNNA_HD void sort_descending(double* x, int n) {
 }
 
 // Energy kept by the first q components, given eigenvalues sorted descending
-// (negative rounding noise clipped to zero), summed in double.  SPEC 2.3: for
+// (negative rounding noise clipped to zero), summed in double.  docs/scoring.md §2, step 3: for
 // kRatio the smallest q whose cumulative explained ratio is strictly greater
 // than tau.
 template <typename S>

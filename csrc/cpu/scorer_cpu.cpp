@@ -213,8 +213,8 @@ template <typename T>
 void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
   if (p.mode == kRank) return ranks_typed<T>(x, out);
   if (!needs_eigen(p, int(x.h), int(x.w))) return energies_all<T>(x, out);
-  // Compute type: float for inputs of at most float precision (SPEC allows
-  // 1e-4 there, and float doubles the SIMD width), double for float64 (1e-9).
+  // Compute type: float for inputs of at most float precision (docs/scoring.md §5
+  // allows 1e-4 there, and float doubles the SIMD width), double for float64 (1e-9).
   using S = typename ExactFloat<T>::type;
   const int h = int(x.h), w = int(x.w), d = h < w ? h : w, rows = h < w ? w : h;
   const int64_t hw = x.h * x.w;

@@ -10,7 +10,7 @@
 namespace ocnna {
 namespace cuda {
 
-// out[i * C + c] = F for image i, channel c (SPEC 2); kSolveFailed (< 0) where
+// out[i * C + c] = F for image i, channel c (docs/scoring.md §2); kSolveFailed (< 0) where
 // an eigen-solve failed (a bug of ours); NaN where the map holds a
 // non-finite value.  `stream` is a cudaStream_t of device `device` (-1: the
 // current device), which is made current for the call and restored after.

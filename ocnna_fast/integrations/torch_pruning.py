@@ -6,7 +6,7 @@
     pruner.step()
 
 For a group with one producing conv the importance is that conv's OCNNA score;
-for coupled groups (residual adds, concatenations) it is SPEC section 4's rule,
+for coupled groups (residual adds, concatenations) it is docs/scoring.md §4's rule,
 the mean over the group's scored convs of score / layer mean - the same numbers
 ``ocnna_fast.prune`` ranks by.  Groups with no scored conv return ``None``, which
 Torch-Pruning skips.
