@@ -133,39 +133,18 @@ def prune_to_budget(
     curves = evaluator = None
     asked_max_prune = max_prune
     if allocation == "sensitivity":
-        # a target the widths cannot reach is refused before minutes of measuring
-        allocate(
-            infos,
-            cost,
-            Target(kind, min(target.ratio, 0.999)),
-            global_penalty(infos),
-            round_to=round_to,
-            max_prune=max_prune,
-            per_cost=False,
+        images = (calibration, evaluation, memo)
+        search_options = dict(cap_search=cap_search, round_to=round_to, max_prune=max_prune, progress=progress)
+        penalty, curves, evaluator, max_prune = _sensitivity(
+            model, found, dg, names, cost, target, images, search_options
         )
-        if not evaluation:
-            raise ValueError("the sensitivity allocation needs evaluation images (and calibration images, or none)")
-        outputs = [(info, group_outputs(g, dg, names)) for g, info in found]
-        evaluator = MaskedEvaluator(model, outputs, calibration, evaluation, memo=memo)
-        curves = measure_sensitivity(evaluator, progress=progress)
-        penalty = curves.penalty
-        if cap_search:
-            max_prune, curves.caps = _choose_cap(
-                evaluator, infos, cost, Target(kind, target.ratio), penalty, round_to, max_prune
-            )
     else:
         penalty = global_penalty(infos)
     measure = measure or count_ratio(model, example, target.kind)
     ceiling = target.ratio * (1 + tolerance(target.kind))  # a budget is met within tolerance of the target
-    floor = target.ratio * (1 - tolerance(target.kind))
+    floor = 0.0 if target.kind == "latency" else target.ratio * (1 - tolerance(target.kind))  # timings are noisy
 
-    def build(keep: Dict[str, int]):
-        pruned, plan = pruning.prune(model, None, None, example, ignored_layers, importance=dict(values), keep=keep)
-        reached = measure(pruned)
-        figures = getattr(measure, "measurements", None)
-        if figures:  # a measured budget: this candidate's own figures go with it
-            plan["measured"] = dict(figures[-1])
-        return pruned, plan, keep, reached
+    build = _builder(model, example, ignored_layers, values, measure)
 
     def greedy(aim: float) -> Dict[str, int]:
         per_cost = allocation != "global"  # a global ranking compares values alone
@@ -182,14 +161,55 @@ def prune_to_budget(
     search = None
     if evaluator is not None and refine_steps > 0:
         better = _refined(evaluator, infos, cost, kind, keep, round_to, max_prune, refine_steps, seed, progress)
-        trial = build(better[0])
         search = {"steps": refine_steps, "loss_before": better[1], "loss_after": better[2]}
+        trial = build(better[0])
         if floor <= trial[3] <= ceiling:  # the search kept the cost model's price; the count confirms it
             pruned, plan, keep, reached = trial
     _record(plan, target, reached, allocation, round_to, measure)
     widths = {i.root: (i.width, keep[i.root]) for i in infos}
     sensitivity = _measurement(curves, search, evaluator)
     return BudgetResult(pruned, plan, keep, target, reached, allocation, rounds, sensitivity, widths)
+
+
+def _builder(model, example, ignored_layers, values, measure):
+    """``build(keep) -> (pruned, plan, keep, reached)``: the copy pruned to
+    ``keep`` and its ratio by ``measure`` (with a measured budget's figures
+    in the plan)."""
+
+    def build(keep: Dict[str, int]):
+        pruned, plan = pruning.prune(model, None, None, example, ignored_layers, importance=dict(values), keep=keep)
+        reached = measure(pruned)
+        figures = getattr(measure, "measurements", None)
+        if figures:  # a measured budget: this candidate's own figures go with it
+            plan["measured"] = dict(figures[-1])
+        return pruned, plan, keep, reached
+
+    return build
+
+
+def _sensitivity(model, found, dg, names, cost, target: Target, images, search_options):
+    """The sensitivity allocation's penalty from loss curves measured on
+    ``images`` (calibration, evaluation, memo file), the curves, the
+    evaluator, and the cap on a group's removed share that the cap search
+    chose (``max_prune`` without it)."""
+    calibration, evaluation, memo = images
+    cap_search, round_to, max_prune, progress = (
+        search_options[k] for k in ("cap_search", "round_to", "max_prune", "progress")
+    )
+    infos = [info for _, info in found]
+    kind = "macs" if target.kind == "latency" else target.kind  # latency is approached through MACs
+    # a target the widths cannot reach is refused before minutes of measuring
+    reach = Target(kind, min(target.ratio, 0.999))
+    allocate(infos, cost, reach, global_penalty(infos), round_to=round_to, max_prune=max_prune, per_cost=False)
+    if not evaluation:
+        raise ValueError("the sensitivity allocation needs evaluation images (and calibration images, or none)")
+    outputs = [(info, group_outputs(g, dg, names)) for g, info in found]
+    evaluator = MaskedEvaluator(model, outputs, calibration, evaluation, memo=memo)
+    curves = measure_sensitivity(evaluator, progress=progress)
+    if cap_search:
+        capped = Target(kind, target.ratio)
+        max_prune, curves.caps = _choose_cap(evaluator, infos, cost, capped, curves.penalty, round_to, max_prune)
+    return curves.penalty, curves, evaluator, max_prune
 
 
 def _measurement(curves, search, evaluator) -> Optional[Dict[str, Any]]:

@@ -132,21 +132,7 @@ def download(
         request.add_header("Range", f"bytes={have}-")
     bar = None
     try:
-        try:
-            response = urllib.request.urlopen(request, timeout=timeout)
-        except urllib.error.HTTPError as exc:
-            if exc.code != 416 or not have:  # 416: nothing left to send, the .part is whole
-                raise _Refused(f"{url}: the server answered HTTP {exc.code} {exc.reason}") from exc
-            response = None
-            if size is not None and have < size:  # yet the .part is short: this server will not resume it
-                print(
-                    f"{url} refuses to resume {part} at byte {have} (HTTP 416): removed it, downloading from the start",
-                    file=sys.stderr,
-                )
-                part.unlink()
-                have = 0
-                whole = urllib.request.Request(url, headers={"User-Agent": "ocnna-fast"})
-                response = urllib.request.urlopen(whole, timeout=timeout)
+        response, have = _open(request, url, part, have, size, timeout)
         with response if response is not None else _Empty() as r:
             if response is not None and have and r.status != 206:
                 have = 0  # the server ignored the range: take the whole file again
@@ -182,6 +168,27 @@ def download(
         )
     os.replace(part, dest)
     return dest
+
+
+def _open(request, url: str, part: Path, have: int, size: Optional[int], timeout: float):
+    """The response to ``request`` (``None``: HTTP 416 on a whole ``.part``)
+    and the bytes of ``part`` it continues.  A server that answers 416 to the
+    resume of a short ``.part`` will never resume it: the part is removed,
+    saying so, and the file requested again from the start."""
+    try:
+        return urllib.request.urlopen(request, timeout=timeout), have
+    except urllib.error.HTTPError as exc:
+        if exc.code != 416 or not have:  # 416: nothing left to send, the .part is whole
+            raise _Refused(f"{url}: the server answered HTTP {exc.code} {exc.reason}") from exc
+    if size is None or have >= size:
+        return None, have
+    print(
+        f"{url} refuses to resume {part} at byte {have} (HTTP 416): removed it, downloading from the start",
+        file=sys.stderr,
+    )
+    part.unlink()
+    whole = urllib.request.Request(url, headers={"User-Agent": "ocnna-fast"})
+    return urllib.request.urlopen(whole, timeout=timeout), 0
 
 
 def _transfer(response: Any, part: Path, have: int, size: Optional[int], bar: Any, url: str) -> None:
