@@ -50,6 +50,22 @@ def test_bench_refuses_budget_options_without_target_or_sensitivity(capsys, tmp_
     assert "--sensitivity-images" in err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "--target", "macs=0.5", "--methods", "uniform:l1", "sensitivity:l1", "--sensitivity-images", "32"],
+        ["bench", "--target", "macs=0.5", "--sensitivity-images", "32", "--round-to", "8"],  # default methods
+        ["bench", "--target", "macs=0.5", "--methods", "uniform:l1", "--round-to", "8", "--max-prune", "0.5"],
+    ],
+)
+def test_bench_accepts_budget_options_its_methods_use(argv):
+    from ocnna_fast.cli import bench, build_parser
+
+    args = build_parser().parse_args(argv)
+    bench._check_axes(args)  # raises if an option were refused
+    assert args.round_to in (1, 8) and args.sensitivity_images in (32, 512)
+
+
 def test_the_sensitivity_error_names_the_option(capsys, tmp_path):
     argv = ["prune", "--arch", "resnet20", "--target", "macs=0.5", "--bn-images", "0", "--out", str(tmp_path)]
     err = _one_line_error(capsys, argv)

@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
 def _check_axes(args: argparse.Namespace) -> None:
     methods = args.methods if args.methods is not None else list(DEFAULT_METHODS)
     kinds = [t.split("=")[0] for t in args.target or []]
-    options.refuse_unused_budget_options(args, kinds, [m for m in methods if m.startswith("sensitivity")])
+    sensitivity = ["sensitivity"] if any(m.startswith("sensitivity") for m in methods) else []
+    options.refuse_unused_budget_options(args, kinds, sensitivity)
     if args.target is None:
         if args.methods is not None:
             raise ValueError("--methods compares at a budget: give --target too (e.g. --target macs=0.5)")
