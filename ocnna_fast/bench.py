@@ -28,6 +28,7 @@ from .criteria import CRITERIA, SEEDED
 from .latency import eager_latency, latency_ms
 from .pipeline import JobData, JobSettings, PruneJob, measure_baseline
 from .suitefile import finite_or_none, fmt, load_rows, mean, model_config, sealed
+from .tensorimages import image_side
 from .validate import as_count, percentile
 
 __all__ = ["run_suite", "check_cells", "latency_ms", "RESULT_KEYS"]
@@ -108,7 +109,7 @@ def run_suite(
     finetune_epochs: int = 0,
     lr: float = 0.01,
     batch_size: int = 128,
-    input_size: int = 32,
+    input_size: Optional[int] = None,
     latency_repeats: int = 10,
     ignored_layers: Optional[Iterable[nn.Module]] = None,
     progress: bool = True,
@@ -132,6 +133,7 @@ def run_suite(
         raise ValueError("fine-tuning needs a training set")
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
+    input_size = input_size or image_side(eval_set)  # the images' own side, never a silent default
     config = _config(arch, dataset, scope, score_set, bn_set, train_set, eval_set, finetune_epochs, lr)
     config.update(batch_size=batch_size, seed=data_seed, input_size=input_size, latency_repeats=latency_repeats)
     config.update(model_config(model, folded, refit))

@@ -36,6 +36,7 @@ from .graph import channel_groups, conv_groups, feeds_output
 from .latency_budget import LatencyRatio
 from .pruning import group_values
 from .sensitivity import MaskedEvaluator, group_outputs, measure_sensitivity, refine
+from .validate import input_batches_of
 
 __all__ = [
     "ALLOCATIONS",
@@ -314,16 +315,19 @@ def prune(
     cap_search: bool = True,
     refine_steps: int = REFINE_STEPS,
     measure: Optional[Callable[[nn.Module], float]] = None,
+    progress: bool = False,
     **kwargs: Any,
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     """``ocnna_fast.prune``: a physically smaller copy of ``model``, by the
     paper's percentile rule (``k``; see ``pruning.prune`` for every option)
     or to a budget (``target={"macs": 0.5}``, ``"params=0.3"``,
     ``"latency=0.6"``): per-group widths from ``allocation`` (``global``, or
-    ``sensitivity`` with ``calibration`` and ``evaluation`` input batches,
-    optionally ``cap_search`` and ``refine_steps``), within 2% of the target (5% for latency,
-    measured by ``measure``, default ``LatencyRatio(model, side)``: ONNX
-    Runtime, batch 1); ``plan["budget"]`` says what was reached."""
+    ``sensitivity`` with ``calibration`` and ``evaluation`` input batches: a
+    tensor, a list of tensors or a ``DataLoader`` of ``(inputs, labels)``;
+    optionally ``cap_search``, ``refine_steps`` and ``progress`` bars), within
+    2% of the target or refused (latency: at most 5% over, measured by
+    ``measure``, default ``LatencyRatio(model, side)``: ONNX Runtime, batch
+    1); ``plan["budget"]`` says what was reached."""
     if example_inputs is None:
         raise TypeError("prune() needs example_inputs, a batch the model accepts")
     if target is None:
@@ -351,10 +355,11 @@ def prune(
         allocation=allocation,
         round_to=round_to,
         max_prune=max_prune,
-        calibration=calibration,
-        evaluation=evaluation,
+        calibration=input_batches_of(calibration, "calibration"),
+        evaluation=input_batches_of(evaluation, "evaluation"),
         cap_search=cap_search,
         refine_steps=refine_steps,
         measure=measure,
+        progress=progress,
     )
     return result.pruned, result.plan

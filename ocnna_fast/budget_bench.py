@@ -46,6 +46,7 @@ from .latency import eager_latency
 from .pipeline import JobData, JobSettings, PruneJob, measure_baseline
 from .pruning import prune
 from .suitefile import finite_or_none, load_rows, model_config, sealed
+from .tensorimages import image_side
 
 __all__ = [
     "METHOD_KINDS",
@@ -326,6 +327,7 @@ def run_budget_suite(
     matter."""
     check_methods(methods, seeds)
     targets = parse_targets(targets)
+    settings = dataclasses.replace(settings, input_size=settings.input_size or image_side(data.eval))
     if settings.epochs > 0 and data.train is None:
         raise ValueError("distillation needs a training set")
     out.mkdir(parents=True, exist_ok=True)

@@ -76,7 +76,7 @@ def export_model(
     model: nn.Module,
     path: PathLike,
     fmt: str = "onnx",
-    input_size: int = 32,
+    input_size: Optional[int] = None,
     batch: Optional[int] = None,
     opset: int = DEFAULT_OPSET,
 ) -> Dict[str, Any]:
@@ -84,6 +84,7 @@ def export_model(
     returns what was written: format, batch (``None``: dynamic), ONNX opset,
     bytes.  ``batch=None`` exports a dynamic batch dimension."""
     _check_format(fmt)
+    _check_side(input_size)
     if batch is not None and batch < 1:
         raise ValueError(f"batch must be >= 1 or None (dynamic), got {batch}")
     model = model.eval().cpu()
@@ -143,6 +144,12 @@ def _write(
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(model, example, check_trace=False)
         traced.save(str(tmp))
+
+
+def _check_side(input_size: Optional[int]) -> None:
+    """No silent default: a 32px CIFAR trace of a 224px model measures the wrong network."""
+    if input_size is None:
+        raise TypeError("give input_size, the side in pixels the model takes (e.g. 32 for CIFAR, 224 for ImageNet)")
 
 
 def export_verified(
@@ -283,7 +290,7 @@ def verify(
 def runtime_latency(
     model: nn.Module,
     onnx_path: Optional[PathLike],
-    input_size: int = 32,
+    input_size: Optional[int] = None,
     batches=(1, 64),
     repeats: int = 20,
     warmup: int = 3,
@@ -292,6 +299,7 @@ def runtime_latency(
     :func:`ocnna_fast.latency.time_calls`) in PyTorch eager and, given an ONNX
     file with a dynamic batch, in ONNX Runtime, at each batch size; threads
     stated."""
+    _check_side(input_size)
     from .latency import latency_ms
 
     threads = torch.get_num_threads()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
@@ -38,6 +38,7 @@ from .latency_budget import check_settings as check_latency_settings
 from .pruning import prune
 from .scores import Scores
 from .scoring import score
+from .tensorimages import image_side
 from .validate import percentile
 
 __all__ = ["JobData", "JobSettings", "JobResult", "Baseline", "PruneJob", "measure_baseline", "macs_and_params"]
@@ -87,7 +88,7 @@ class JobSettings:
     lr: float = 0.01
     batch_size: int = 128
     seed: int = 0
-    input_size: int = 32
+    input_size: Optional[int] = None  # None: the evaluation images' side (a different one is refused)
     # a budget instead of k: "macs=0.5", "params=0.3"; per-group widths from `allocation`
     target: Any = None
     allocation: str = "sensitivity"
@@ -161,13 +162,16 @@ class PruneJob:
         check_latency_settings(settings.latency_runtime, settings.latency_batch, deploy=latency)
         check_folded(settings.folded)
         _check_refit(settings, model, data)
-        self.model, self.data, self.settings = model.eval(), data, settings
+        side = image_side(data.eval)  # MACs, latency and the surgery's trace are at the images' size
+        if settings.input_size not in (None, side):
+            raise ValueError(f"input_size {settings.input_size} differs from the {side}px evaluation images")
+        self.model, self.data, self.settings = model.eval(), data, replace(settings, input_size=side)
         hook = getattr(model, "ocnna_ignored_layers", None)
         default = list(hook()) if callable(hook) else []
         self.ignored = list(ignored_layers) if ignored_layers is not None else default
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.baseline, self.progress, self.log = baseline, progress, log
-        self.example = torch.zeros(1, 3, settings.input_size, settings.input_size)
+        self.example = torch.zeros(1, 3, self.settings.input_size, self.settings.input_size)
         self.scores: Optional[Scores] = None
         self.values: Optional[Dict[str, np.ndarray]] = None
         self.pruned: Optional[nn.Module] = None

@@ -324,6 +324,8 @@ def score(
     with run:
         _feed(run, data, max_images, use_overlap, checkpoint_every, progress)
         results = run.finish(use_dist, layers_given=layers is not None)
+    if results and min(ls.count for ls in results.values()) < 2:  # one image: every filter's CV would be 0
+        raise ValueError("score() needs at least 2 images: a filter's score is the spread of its energies over them")
     run.remove_checkpoint()
     return Scores(results, n_components=ncomp, tap=tap, statistic=statistic)
 

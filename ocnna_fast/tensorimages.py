@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from . import validate
 
-__all__ = ["TensorImages"]
+__all__ = ["TensorImages", "image_side"]
 
 
 class TensorImages:
@@ -77,3 +77,10 @@ class TensorImages:
         order = torch.randperm(len(self), generator=gen) if shuffle else torch.arange(len(self))
         for s in range(0, len(self), batch_size):
             yield self.batch(order[s : s + batch_size], gen, shard)
+
+
+def image_side(data) -> int:
+    """The side in pixels of a data set's images (its first batch's last dimension)."""
+    for x, _ in data.batches(1):
+        return int(x.shape[-1])
+    raise ValueError("the data set holds no images")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
-from typing import Any, Iterable, Mapping, Sequence, Tuple
+from typing import Any, Iterable, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ __all__ = [
     "exact_keys",
     "finite_number",
     "positive_int",
+    "input_batches_of",
 ]
 
 
@@ -125,6 +126,22 @@ def check_digest(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], w
     body = [(k, v) for k, v in meta.items() if k != "sha256"]
     if tensors_sha256(tensors, body) != meta.get("sha256"):
         raise ValueError(f"{what} is damaged: its contents do not match the digest it was saved with")
+
+
+def input_batches_of(data: Any, what: str) -> List[torch.Tensor]:
+    """The input batches of ``data``: a tensor (one batch), or an iterable of
+    tensors or of ``(inputs, labels, ...)`` tuples, as a ``DataLoader`` gives."""
+    if data is None:
+        return None
+    items = [data] if isinstance(data, torch.Tensor) else data
+    try:
+        batches = [b[0] if isinstance(b, (tuple, list)) and b else b for b in items]
+    except TypeError:
+        raise TypeError(f"{what} must be a tensor or an iterable of batches, got {type(data).__name__}") from None
+    bad = next((type(b).__name__ for b in batches if not isinstance(b, torch.Tensor) or b.dim() < 2), None)
+    if bad is not None:
+        raise TypeError(f"{what} must hold input batches (tensors, or (inputs, labels) pairs), got a {bad}")
+    return batches
 
 
 def positive_int(value: Any, what: str) -> int:

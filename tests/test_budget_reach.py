@@ -73,3 +73,31 @@ def test_an_unreachable_target_is_refused_before_any_measurement(monkeypatch):
     monkeypatch.setattr(budget_module, "MaskedEvaluator", Never)
     with pytest.raises(Unreachable, match="smallest reachable"):
         prune_to_budget(model, values, x[:1], "macs=0.01", calibration=[x[:16]], evaluation=[x[16:]])
+
+
+def test_python_prune_takes_data_loaders_and_progress():
+    """The hostile pass: a DataLoader as calibration/evaluation data failed with
+    AttributeError ('list' object has no attribute 'detach'); progress= was refused."""
+    import ocnna_fast
+
+    model, x, values = _setup(0)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:16], torch.zeros(16)), batch_size=8)
+    evaluation = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[16:], torch.zeros(16)), batch_size=8)
+    kw = dict(importance=values, target="macs=0.59", allocation="sensitivity", refine_steps=2)
+    from_loaders = ocnna_fast.prune(model, None, None, x[:1], calibration=loader, evaluation=evaluation, **kw)
+    from_tensors = ocnna_fast.prune(
+        model, None, None, x[:1], calibration=[x[:8], x[8:16]], evaluation=[x[16:24], x[24:]], progress=True, **kw
+    )
+    assert from_loaders[1]["layers_after"] == from_tensors[1]["layers_after"]
+    with pytest.raises(TypeError, match="input batches"):
+        ocnna_fast.prune(model, None, None, x[:1], calibration=["not images"], evaluation=[x[16:]], **kw)
+
+
+def test_scoring_one_image_is_refused():
+    """Python's score() on one image returned all-zero scores (the command line refused it)."""
+    from ocnna_fast import score
+
+    model, x, _ = _setup(0)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        score(model, [x[:1]], progress=False)
+    assert len(score(model, [x[:2]], progress=False)) > 0

@@ -44,7 +44,7 @@ def test_export_reproduces_the_pruned_model(fmt, batch, pruned_r20, tmp_path):
         _deploy_or_skip()
     pruned, images, _ = pruned_r20
     path = tmp_path / f"m.{fmt}"
-    info = ex.export_model(pruned, path, fmt, batch=batch)
+    info = ex.export_model(pruned, path, fmt, 32, batch=batch)
     assert path.stat().st_size == info["bytes"] and info["batch"] == batch
     if fmt == "onnx":
         assert info["opset"] == ex.DEFAULT_OPSET
@@ -82,7 +82,7 @@ def test_a_corrupted_export_is_caught(fmt, pruned_r20, tmp_path):
         _deploy_or_skip()
     pruned, images, _ = pruned_r20
     path = tmp_path / f"m.{fmt}"
-    ex.export_model(pruned, path, fmt)
+    ex.export_model(pruned, path, fmt, 32)
     (_corrupt_onnx if fmt == "onnx" else _corrupt_torchscript)(path)
     with pytest.raises(ex.ExportMismatch, match="does not reproduce the model"):
         ex.verify(pruned, path, fmt, images)
@@ -138,7 +138,7 @@ def test_missing_extra_is_named(monkeypatch, pruned_r20, tmp_path):
 
     monkeypatch.setattr(builtins, "__import__", no_ort)
     with pytest.raises(ImportError, match=r"ocnna-fast\[deploy\]"):
-        ex.export_model(pruned_r20[0], tmp_path / "m.onnx", "onnx")
+        ex.export_model(pruned_r20[0], tmp_path / "m.onnx", "onnx", 32)
     assert not (tmp_path / "m.onnx").exists()
     with pytest.raises(ValueError, match="format must be one of"):
-        ex.export_model(pruned_r20[0], tmp_path / "m.x", "tflite")
+        ex.export_model(pruned_r20[0], tmp_path / "m.x", "tflite", 32)

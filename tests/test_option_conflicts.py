@@ -123,3 +123,21 @@ def test_a_factory_without_weights_is_seeded(tmp_path, monkeypatch):
     c, _ = load_model("seeded_nets:net", None, None, seed=1)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a[0].weight, c[0].weight)
+
+
+def test_the_input_size_comes_from_the_images_never_a_silent_default():
+    """The hostile pass: a 64-pixel model's report said 37.2M MACs instead of 148.7M
+    (JobSettings.input_size defaulted to 32); export_model defaulted to 32 too."""
+    from ocnna_fast import export as ex
+    from ocnna_fast.pipeline import JobData, JobSettings, PruneJob
+    from ocnna_fast.tensorimages import TensorImages
+
+    pixels = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = TensorImages(pixels, torch.zeros(8, dtype=torch.int64), (0.5,) * 3, (0.25,) * 3)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    job = PruneJob(model, JobData(eval=images, score=images), JobSettings(criterion="l1"), progress=False)
+    assert job.settings.input_size == 64 and tuple(job.example.shape) == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="input_size 32 differs from the 64px"):
+        PruneJob(model, JobData(eval=images, score=images), JobSettings(criterion="l1", input_size=32))
+    with pytest.raises(TypeError, match="give input_size"):
+        ex.export_model(model, "unused.onnx", "onnx")
