@@ -11,6 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
+from .atomic import write_text_atomic
+
 __all__ = ["INCOMPLETE", "OUTPUTS", "OutputLocked", "out_dir", "producer", "locked", "staged", "publish"]
 
 INCOMPLETE = "INCOMPLETE"
@@ -93,7 +95,7 @@ def out_dir(
     mark = out / OWNER
     if not mark.is_file():
         with contextlib.suppress(OSError):  # a read-only folder fails later, naming the file it could not write
-            mark.write_text(command + "\n")
+            write_text_atomic(mark, command + "\n")  # under torchrun every rank marks: none reads a half-written mark
     return out
 
 

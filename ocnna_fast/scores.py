@@ -167,3 +167,10 @@ class Scores(Mapping[str, LayerScores]):
             )
             layers[name] = LayerScores(score=score, mean=mean, std=std, count=count, dead=dead)
         return cls(layers, n_components=n_components, tap=meta["tap"], statistic=meta["statistic"])
+
+
+def check_image_count(results: Dict[str, "LayerScores"]) -> None:
+    """At least 2 images behind every layer's scores: over one image every
+    filter's spread, and so its score, is 0 (the command line refuses it too)."""
+    if results and min(ls.count for ls in results.values()) < 2:
+        raise ValueError("score() needs at least 2 images: a filter's score is the spread of its energies over them")

@@ -32,7 +32,7 @@ from .module_state import restore_training_flags, training_flags
 from .overlap import Overlap, SideStream
 from .placement import input_of as _input_of
 from .placement import placement as _placement
-from .scores import Scores
+from .scores import Scores, check_image_count
 from .stats import FilterStats
 from .taps import scored_maps
 from .validate import positive_int
@@ -324,8 +324,7 @@ def score(
     with run:
         _feed(run, data, max_images, use_overlap, checkpoint_every, progress)
         results = run.finish(use_dist, layers_given=layers is not None)
-    if results and min(ls.count for ls in results.values()) < 2:  # one image: every filter's CV would be 0
-        raise ValueError("score() needs at least 2 images: a filter's score is the spread of its energies over them")
+    check_image_count(results)
     run.remove_checkpoint()
     return Scores(results, n_components=ncomp, tap=tap, statistic=statistic)
 
