@@ -31,7 +31,7 @@ from .allocation import (
     macs_and_params,
     parse_target,
 )
-from .budget_fit import LATENCY_TOLERANCE, TOLERANCE, fit_to_budget, tolerance
+from .budget_fit import LATENCY_TOLERANCE, TOLERANCE, fit_to_budget, meets, tolerance
 from .graph import channel_groups, conv_groups, feeds_output
 from .latency_budget import LatencyRatio
 from .pruning import group_values
@@ -134,17 +134,14 @@ def prune_to_budget(
     curves = evaluator = None
     asked_max_prune = max_prune
     if allocation == "sensitivity":
-        images = (calibration, evaluation, memo)
-        search_options = dict(cap_search=cap_search, round_to=round_to, max_prune=max_prune, progress=progress)
+        counted = Target(kind, target.ratio)
         penalty, curves, evaluator, max_prune = _sensitivity(
-            model, found, dg, names, cost, target, images, search_options
-        )
+            model, found, dg, names, cost, counted, (calibration, evaluation, memo),
+            cap_search=cap_search, round_to=round_to, max_prune=max_prune, progress=progress,
+        )  # fmt: skip
     else:
         penalty = global_penalty(infos)
     measure = measure or count_ratio(model, example, target.kind)
-    ceiling = target.ratio * (1 + tolerance(target.kind))  # a budget is met within tolerance of the target
-    floor = 0.0 if target.kind == "latency" else target.ratio * (1 - tolerance(target.kind))  # timings are noisy
-
     build = _builder(model, example, ignored_layers, values, measure)
 
     def greedy(aim: float) -> Dict[str, int]:
@@ -153,18 +150,18 @@ def prune_to_budget(
         return allocate(infos, cost, t, penalty, round_to=round_to, max_prune=max_prune, per_cost=per_cost)
 
     try:
-        (pruned, plan, keep, reached), rounds = fit_to_budget(greedy, build, target, ceiling, round_to, max_prune)
+        (pruned, plan, keep, reached), rounds = fit_to_budget(greedy, build, target, round_to, max_prune)
     except ValueError:
         if max_prune >= asked_max_prune:
             raise
         max_prune = asked_max_prune  # the cap chosen on the losses is one the counts cannot meet: drop it
-        (pruned, plan, keep, reached), rounds = fit_to_budget(greedy, build, target, ceiling, round_to, max_prune)
+        (pruned, plan, keep, reached), rounds = fit_to_budget(greedy, build, target, round_to, max_prune)
     search = None
     if evaluator is not None and refine_steps > 0:
         better = _refined(evaluator, infos, cost, kind, keep, round_to, max_prune, refine_steps, seed, progress)
         search = {"steps": refine_steps, "loss_before": better[1], "loss_after": better[2]}
         trial = build(better[0])
-        if floor <= trial[3] <= ceiling:  # the search kept the cost model's price; the count confirms it
+        if meets(target, trial[3]):  # the search kept the cost model's price; the count confirms it
             pruned, plan, keep, reached = trial
     _record(plan, target, reached, allocation, round_to, measure)
     widths = {i.root: (i.width, keep[i.root]) for i in infos}
@@ -188,19 +185,16 @@ def _builder(model, example, ignored_layers, values, measure):
     return build
 
 
-def _sensitivity(model, found, dg, names, cost, target: Target, images, search_options):
+def _sensitivity(model, found, dg, names, cost, target: Target, images, *, cap_search, round_to, max_prune, progress):
     """The sensitivity allocation's penalty from loss curves measured on
     ``images`` (calibration, evaluation, memo file), the curves, the
     evaluator, and the cap on a group's removed share that the cap search
-    chose (``max_prune`` without it)."""
+    chose (``max_prune`` without it).  ``target`` is counted (MACs or
+    parameters: a latency target is approached through MACs)."""
     calibration, evaluation, memo = images
-    cap_search, round_to, max_prune, progress = (
-        search_options[k] for k in ("cap_search", "round_to", "max_prune", "progress")
-    )
     infos = [info for _, info in found]
-    kind = "macs" if target.kind == "latency" else target.kind  # latency is approached through MACs
     # a target the widths cannot reach is refused before minutes of measuring
-    reach = Target(kind, min(target.ratio, 0.999))
+    reach = Target(target.kind, min(target.ratio, 0.999))
     allocate(infos, cost, reach, global_penalty(infos), round_to=round_to, max_prune=max_prune, per_cost=False)
     if not evaluation:
         raise ValueError("the sensitivity allocation needs evaluation images (and calibration images, or none)")
@@ -208,8 +202,7 @@ def _sensitivity(model, found, dg, names, cost, target: Target, images, search_o
     evaluator = MaskedEvaluator(model, outputs, calibration, evaluation, memo=memo)
     curves = measure_sensitivity(evaluator, progress=progress)
     if cap_search:
-        capped = Target(kind, target.ratio)
-        max_prune, curves.caps = _choose_cap(evaluator, infos, cost, capped, curves.penalty, round_to, max_prune)
+        max_prune, curves.caps = _choose_cap(evaluator, infos, cost, target, curves.penalty, round_to, max_prune)
     return curves.penalty, curves, evaluator, max_prune
 
 

@@ -9,7 +9,7 @@ from typing import List, Optional, Tuple
 
 from .allocation import Target, Unreachable
 
-__all__ = ["fit_to_budget", "tolerance", "TOLERANCE", "LATENCY_TOLERANCE", "BISECTIONS"]
+__all__ = ["fit_to_budget", "meets", "tolerance", "TOLERANCE", "LATENCY_TOLERANCE", "BISECTIONS"]
 
 TOLERANCE = 0.02  # the reached ratio is within 2% of the target's
 # a latency ratio is a measurement, not a count: repeats of one model spread
@@ -22,7 +22,16 @@ def tolerance(kind: str) -> float:
     return LATENCY_TOLERANCE if kind == "latency" else TOLERANCE
 
 
-def fit_to_budget(greedy, build, target: Target, ceiling: float, round_to: int, max_prune: float):
+def meets(target: Target, reached: float) -> bool:
+    """Whether a reached ratio meets the target: a count within tolerance of
+    it; a measured latency at most its tolerance over it (timings are too
+    noisy to promise a band below)."""
+    ceiling = target.ratio * (1 + tolerance(target.kind))
+    floor = 0.0 if target.kind == "latency" else target.ratio * (1 - tolerance(target.kind))
+    return floor <= reached <= ceiling
+
+
+def fit_to_budget(greedy, build, target: Target, round_to: int, max_prune: float):
     """Allocations at a rescaled internal target until the real count (or
     measurement) lands within tolerance of the target (8 rounds, 12 for a
     measured latency, then up to 8 of bisection between the closest aims
@@ -30,7 +39,9 @@ def fit_to_budget(greedy, build, target: Target, ceiling: float, round_to: int, 
     and the rounds.  A target no allocation met is a ``ValueError`` naming
     the closest ratios reached on either side (a measured latency: the
     closest at or below the ceiling is taken, timings being noisy)."""
-    floor = target.ratio * (1 - tolerance(target.kind))
+    # the band the rounds aim for; meets() also takes a faster latency at the end
+    band = target.ratio * tolerance(target.kind)
+    floor, ceiling = target.ratio - band, target.ratio + band
     aim, best, tried = target.ratio, None, []
     limit = 12 if target.kind == "latency" else 8
     for rounds in range(1, limit + BISECTIONS + 1):
@@ -56,9 +67,7 @@ def fit_to_budget(greedy, build, target: Target, ceiling: float, round_to: int, 
             return best, rounds
         tried.append((aim, reached))
         aim = _next_aim(tried, target)
-    if best is not None and target.kind == "latency":
-        # a measured latency is noisy: a model measured faster than asked meets
-        # the budget (the report says by how much); a count has no such excuse
+    if best is not None and meets(target, best[3]):  # a latency measured faster than asked
         return best, rounds
     below = max((r for _, r in tried if r < floor), default=None)
     above = min((r for _, r in tried if r > ceiling), default=None)

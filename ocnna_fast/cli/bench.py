@@ -84,8 +84,7 @@ def run(args: argparse.Namespace) -> int:
 def _check_axes(args: argparse.Namespace) -> None:
     methods = args.methods if args.methods is not None else list(DEFAULT_METHODS)
     kinds = [t.split("=")[0] for t in args.target or []]
-    sensitivity = ["sensitivity"] if any(m.startswith("sensitivity") for m in methods) else []
-    options.refuse_unused_budget_options(args, kinds, sensitivity)
+    options.refuse_unused_budget_options(args, kinds, any(m.startswith("sensitivity") for m in methods))
     if args.target is None:
         if args.methods is not None:
             raise ValueError("--methods compares at a budget: give --target too (e.g. --target macs=0.5)")

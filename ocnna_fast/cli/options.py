@@ -305,17 +305,18 @@ def fill_budget_defaults(args: argparse.Namespace) -> List[str]:
     return given
 
 
-def refuse_unused_budget_options(args: argparse.Namespace, target_kinds: Sequence[str], allocations: Sequence[str]):
+def refuse_unused_budget_options(args: argparse.Namespace, target_kinds: Sequence[str], sensitivity: bool):
     """One line naming the budget options given that this run would not use:
-    any without a ``--target``, the sensitivity allocation's with none, the
-    latency measurement's without a latency target.  Fills in the defaults."""
+    any without a ``--target``, the sensitivity allocation's when the run does
+    not allocate by ``sensitivity``, the latency measurement's without a
+    latency target.  Fills in the defaults."""
     given = fill_budget_defaults(args)
     if not target_kinds:
         unused, why = given, "only a --target budget uses {}; the --k rule removes the same share of every group"
     else:
         unused = [d for d in given if d in LATENCY_ONLY and "latency" not in target_kinds]
         why = "only a latency target uses {}; this --target is counted, not measured"
-        if not unused and "sensitivity" not in allocations:
+        if not unused and not sensitivity:
             unused = [d for d in given if d in SENSITIVITY_ONLY]
             why = "only the sensitivity allocation uses {}; this run does not allocate by sensitivity"
     if unused:

@@ -61,7 +61,8 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     kinds = [args.target.split("=")[0]] if args.target is not None else []
-    options.refuse_unused_budget_options(args, kinds, [args.allocation or options.BUDGET_DEFAULTS["allocation"]])
+    sensitivity = (args.allocation or options.BUDGET_DEFAULTS["allocation"]) == "sensitivity"
+    options.refuse_unused_budget_options(args, kinds, sensitivity)
     if args.target is not None and args.allocation == "sensitivity" and not args.bn_images:
         raise ValueError(
             "the sensitivity allocation re-estimates BatchNorm for each candidate on --bn-images training images: "
@@ -238,7 +239,5 @@ def _folded_line(recal) -> str:
 
 def _cpu_capability() -> str:
     """The instruction set torch's CPU kernels run with (e.g. AVX512, AVX2)."""
-    import torch
-
     get = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
     return get() if callable(get) else "unknown"
