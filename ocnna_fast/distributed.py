@@ -12,7 +12,7 @@ from typing import Tuple
 
 import torch
 
-__all__ = ["rank_and_world", "is_main", "barrier", "init_from_env", "all_reduce_sum"]
+__all__ = ["rank_and_world", "is_main", "barrier", "init_from_env", "all_reduce_sum", "shut_down"]
 
 
 def _active() -> bool:
@@ -54,3 +54,16 @@ def init_from_env(device: str = "cpu") -> Tuple[int, int]:
         backend = "nccl" if str(device).startswith("cuda") else "gloo"
         torch.distributed.init_process_group(backend)
     return rank_and_world()
+
+
+def shut_down(finished: bool = True) -> None:
+    """Ends the default process group.  After a run every process finished,
+    all meet at a barrier first: gloo tears its connections down per process,
+    and one that closes while a peer still holds an open exchange can abort
+    that peer (SIGABRT, "terminate called without an active exception").  After
+    a failure there is no barrier: the failed peer would never arrive."""
+    if not _active():
+        return
+    if finished:
+        barrier()
+    torch.distributed.destroy_process_group()

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ocnna_fast.distill import TensorImages, distill
+from ocnna_fast.distributed import shut_down
 
 WORLD = 2
 GLOBAL_BATCH = 8
@@ -62,12 +63,14 @@ def _train(bn: bool, checkpoint_dir=None, stop=None, epochs=2):
 def _worker(rank: int, port: int, bn: bool, out: str, checkpoint_dir, stop) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD)
+    finished = False
     try:
         torch.set_num_threads(1)
         student, history = _train(bn, checkpoint_dir, stop)
         torch.save({"state": student.state_dict(), "history": history}, f"{out}.rank{rank}")
+        finished = True
     finally:
-        torch.distributed.destroy_process_group()
+        shut_down(finished)
 
 
 def _free_port() -> int:

@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from ocnna_fast import Scores, score
+from ocnna_fast.distributed import shut_down
 
 
 class Net(nn.Module):
@@ -40,12 +41,14 @@ def make_batches(n=8, size=5):
 
 def _rank_main(rank, world, init_file, out_dir, n_components):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    finished = False
     try:
         mine = make_batches()[rank::world]  # each rank scores half of the batches
         s = score(make_model(), mine, n_components=n_components, progress=False)
         s.save(os.path.join(out_dir, f"rank{rank}.safetensors"))
+        finished = True
     finally:
-        dist.destroy_process_group()
+        shut_down(finished)
 
 
 @pytest.mark.parametrize("n_components", [None, 0.9])

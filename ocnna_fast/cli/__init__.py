@@ -56,22 +56,26 @@ def _maybe_distributed(args: argparse.Namespace) -> int:
     """Runs prune/finetune; launched by torchrun with several processes, their
     distillation trains with DistributedDataParallel (gloo on CPU), every rank
     scores and prunes identically, and rank 0 alone prints and writes."""
-    import torch
-
-    from ..distributed import init_from_env
+    from ..distributed import init_from_env, shut_down
 
     rank, world = init_from_env()
     if world == 1:
         return args.func(args)
     args.no_progress = args.no_progress or rank != 0
+    finished = False
     try:
         if rank != 0:
             with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-                return args.func(args)
-        print(f"torchrun: {world} processes; distillation in DistributedDataParallel, global batch {args.batch_size}")
-        return args.func(args)
+                code = args.func(args)
+        else:
+            print(
+                f"torchrun: {world} processes; distillation in DistributedDataParallel, global batch {args.batch_size}"
+            )
+            code = args.func(args)
+        finished = True
+        return code
     finally:
-        torch.distributed.destroy_process_group()
+        shut_down(finished)
 
 
 def _check(args: argparse.Namespace) -> Optional[str]:
