@@ -9,8 +9,11 @@ and compare the two outputs (they must be equal, line for line).
 
 Covers score, prune with ``--k``, prune with ``--target``, and a small bench of
 each kind (criterion x k, method x target) on the shipped CIFAR-10 images, one
-thread.  Files are hashed byte for byte; a suite's rows are hashed without
-what a clock measures (latency, seconds).
+thread.  plan.json is hashed byte for byte, a safetensors file by its content
+(tensors and metadata: the library writes metadata keys in no fixed order);
+a suite's rows are hashed without what a clock measures (latency, seconds),
+read as today's results schema.
+``--hash-only`` hashes folders an earlier run left.
 """
 
 from __future__ import annotations
@@ -42,9 +45,17 @@ RUNS = {
         "1",
     ],
     "bench-k": ["bench", *BENCH, "--k", "40", "--criteria", "ocnna", "l1"],
-    "bench-target": ["bench", *BENCH, "--target", "macs=0.5", "--methods", "uniform:l1", "sensitivity:l1"],
+    "bench-target": [
+        "bench",
+        *BENCH,
+        "--target",
+        "macs=0.5",
+        "--methods",
+        "uniform:l1",
+        "sensitivity:l1,no-cap-search,refine-steps=0",
+    ],
 }
-CLOCKED = ("latency", "seconds", "time", "elapsed")
+CLOCKED = ("latency", "seconds", "time", "elapsed", "row_sha256")  # a row's digest covers its seconds
 
 
 def _digest(data: bytes) -> str:
@@ -59,21 +70,37 @@ def _unclocked(value):
     return value
 
 
-def main(root: str) -> None:
+def _content(path: Path) -> bytes:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+        meta = json.dumps(f.metadata() or {}, sort_keys=True).encode()
+        return meta + b"".join(k.encode() + f.get_tensor(k).tobytes() for k in sorted(f.keys()))
+
+
+def main(root: str, run: bool = True) -> None:
     base = Path(root)
-    shutil.rmtree(base, ignore_errors=True)
+    if run:
+        shutil.rmtree(base, ignore_errors=True)
     for name, args in RUNS.items():
         out = base / name
         args = [*args, "--out", str(out)]
-        subprocess.run([sys.executable, "-m", "ocnna_fast.cli", *args], check=True, stdout=subprocess.DEVNULL)
+        if run:
+            subprocess.run([sys.executable, "-m", "ocnna_fast.cli", *args], check=True, stdout=subprocess.DEVNULL)
         for path in sorted(out.rglob("*")):
             rel = path.relative_to(base)
-            if path.suffix == ".safetensors" or path.name == "plan.json":
+            if path.suffix == ".safetensors":
+                print(rel, _digest(_content(path)))
+            elif path.name == "plan.json":
                 print(rel, _digest(path.read_bytes()))
             elif path.name == "results.json":
-                rows = json.loads(path.read_text())["rows"]
+                from ocnna_fast.bench.equal_cost import upgrade_row
+                from ocnna_fast.bench.results_file import read_document
+
+                rows = read_document(path, upgrade_row)["rows"]  # schema 1 rows under today's method names
                 print(rel, "rows", len(rows), _digest(json.dumps(_unclocked(rows), sort_keys=True).encode()))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "/tmp/ocnna-fingerprint")
+    folders = [a for a in sys.argv[1:] if a != "--hash-only"]
+    main(folders[0] if folders else "/tmp/ocnna-fingerprint", run="--hash-only" not in sys.argv)

@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import RESNET50, torch_energies  # noqa: E402
 
 import ocnna_fast  # noqa: E402
-from ocnna_fast import FilterStats, scoring  # noqa: E402
+from ocnna_fast import FilterStats  # noqa: E402
+from ocnna_fast.scoring import scorer as scoring  # noqa: E402
 
 
 def cuda_time(fn, repeat=5, warmup=1):

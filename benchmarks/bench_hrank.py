@@ -18,11 +18,12 @@ import warnings
 
 import torch
 
-from ocnna_fast import data, score
-from ocnna_fast.layers import prunable_convs
+from ocnna_fast import score
+from ocnna_fast.data import local as data
 from ocnna_fast.models import build, load_weights
 from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
-from ocnna_fast.taps import post_activation_taps
+from ocnna_fast.scoring.layers import prunable_convs
+from ocnna_fast.scoring.taps import post_activation_taps
 
 
 def reference_hrank(model, batches, taps):

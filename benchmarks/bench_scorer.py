@@ -25,8 +25,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import RESNET50, RESNET56, best_of, torch_energies  # noqa: E402
 
 import ocnna_fast  # noqa: E402
-from ocnna_fast import FilterStats, reference  # noqa: E402
+from ocnna_fast import FilterStats  # noqa: E402
 from ocnna_fast.models import cifar_resnet  # noqa: E402
+from ocnna_fast.scoring import reference  # noqa: E402
 
 
 def native_time(maps: torch.Tensor, n_components, repeat: int) -> float:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ocnna_fast.bench import summarise  # noqa: E402
+from ocnna_fast.bench.equal_structure import summarise  # noqa: E402
 
 ANCHORS = """## Published figures, for orientation (not comparable)
 
@@ -196,7 +196,9 @@ def _is_budget_suite(folder: Path) -> bool:
 
 def budget_suites(folders) -> str:
     """The equal-cost suites (``ocnna-fast bench --target``): their own tables, commands and plots."""
-    from ocnna_fast.budget_tables import budget_table
+    from ocnna_fast.bench.cost_tables import budget_table
+    from ocnna_fast.bench.equal_cost import upgrade_row
+    from ocnna_fast.bench.results_file import read_document
 
     parts = [
         "## Pruning methods at equal cost\n\n"
@@ -205,7 +207,7 @@ def budget_suites(folders) -> str:
         "own global pruning through its API; rows sorted by accuracy, best first.\n"
     ]
     for f in folders:
-        doc = json.loads((f / "results.json").read_text())
+        doc = read_document(f / "results.json", upgrade_row)
         command = (f / "command.txt").read_text().strip() if (f / "command.txt").exists() else "(not recorded)"
         text = budget_table(doc["rows"], doc["config"], doc["base"]).split("\n", 2)[2]
         parts.append(f"### {doc['config']['arch']} (`{f.name}`)\n\n```bash\n{command}\n```\n\n{text}")

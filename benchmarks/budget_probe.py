@@ -14,12 +14,12 @@ import time
 
 import torch
 
-from ocnna_fast.allocation import macs_and_params
-from ocnna_fast.data import load_split, pretrained_weights
+from ocnna_fast.budget.allocation import macs_and_params
+from ocnna_fast.data.local import load_split, pretrained_weights
+from ocnna_fast.data.tensorimages import TensorImages
+from ocnna_fast.job.pipeline import JobData, JobSettings, PruneJob
 from ocnna_fast.models import build, load_weights
 from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
-from ocnna_fast.pipeline import JobData, JobSettings, PruneJob
-from ocnna_fast.tensorimages import TensorImages
 
 
 def images(split, n, seed):

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from ocnna_fast import prune, score
-from ocnna_fast.data import load_split, normalize, pretrained_weights
-from ocnna_fast.export import compare_latency, require_deploy
+from ocnna_fast.data.local import load_split, normalize, pretrained_weights
+from ocnna_fast.deploy.export import compare_latency, require_deploy
 from ocnna_fast.models import build, input_spec, load_weights
-from ocnna_fast.pruning import count_params
+from ocnna_fast.surgery.prune import count_params
 
 
 def main() -> None:

@@ -15,14 +15,14 @@ import json
 import sys
 import time
 
-from ocnna_fast.batchnorm import recalibrate_batchnorm
-from ocnna_fast.budget import input_batches, prune_to_budget
-from ocnna_fast.data import load_split, pretrained_weights
-from ocnna_fast.evaluation import evaluate
+from ocnna_fast.budget.search import input_batches, prune_to_budget
+from ocnna_fast.data.evaluation import evaluate
+from ocnna_fast.data.local import load_split, pretrained_weights
+from ocnna_fast.data.tensorimages import TensorImages
+from ocnna_fast.job.pipeline import JobData, JobSettings, PruneJob
 from ocnna_fast.models import build, load_weights
 from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
-from ocnna_fast.pipeline import JobData, JobSettings, PruneJob
-from ocnna_fast.tensorimages import TensorImages
+from ocnna_fast.recovery.batchnorm import recalibrate_batchnorm
 
 
 def images(split, n, seed):

@@ -17,9 +17,9 @@ import json
 import time
 
 from ocnna_fast.cli import build_parser, loading
-from ocnna_fast.compensation import recalibrate
-from ocnna_fast.evaluation import evaluate
-from ocnna_fast.pipeline import JobSettings, PruneJob
+from ocnna_fast.data.evaluation import evaluate
+from ocnna_fast.job.pipeline import JobSettings, PruneJob
+from ocnna_fast.recovery.compensation import recalibrate
 
 
 def main() -> None:

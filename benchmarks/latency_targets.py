@@ -51,10 +51,10 @@ def interleaved(folder: Path, repeats: int = 100) -> dict:
     cached = folder / "interleaved.json"
     if cached.exists():
         return json.loads(cached.read_text())
-    from ocnna_fast.data import pretrained_weights
-    from ocnna_fast.latency_budget import LatencyRatio
+    from ocnna_fast.budget.latency import LatencyRatio
+    from ocnna_fast.data.local import pretrained_weights
     from ocnna_fast.models import build, load_weights
-    from ocnna_fast.plans import load_pruned
+    from ocnna_fast.surgery.plans import load_pruned
 
     base = load_weights(build("resnet56"), pretrained_weights("resnet56", None)).eval()
     pruned = load_pruned(folder / "pruned").eval()
@@ -88,7 +88,7 @@ def self_check(times: int = 5) -> None:
     latency target is met through."""
     import copy
 
-    from ocnna_fast.latency_budget import LatencyRatio
+    from ocnna_fast.budget.latency import LatencyRatio
     from ocnna_fast.models import build
 
     model = build("resnet56").eval()

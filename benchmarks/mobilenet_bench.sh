@@ -10,7 +10,7 @@
 set -euo pipefail
 OUT=${1:-benchmarks/results/mnv1-075}
 mkdir -p "$OUT"
-TFLITE=$(python -P -c "from ocnna_fast.datapaths import find_data; print(find_data('mobilenet-imagenet-tflite-coral/mobilenet_v1_0.75_192_quant.tflite'))")
+TFLITE=$(python -P -c "from ocnna_fast.data.places import find_data; print(find_data('mobilenet-imagenet-tflite-coral/mobilenet_v1_0.75_192_quant.tflite'))")
 WEIGHTS="$OUT/mobilenet_v1_075_imagenet.safetensors"
 [ -f "$WEIGHTS" ] || ocnna-fast convert-tflite "$TFLITE" --out "$WEIGHTS"
 ARGS="--arch mobilenet_v1_075_imagenet --weights $WEIGHTS --dataset imagenet-sample --criteria ocnna l1 ocnna-rms

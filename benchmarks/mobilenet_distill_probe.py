@@ -16,12 +16,12 @@ import copy
 
 import torch
 
-from ocnna_fast.compensation import recalibrate
-from ocnna_fast.criteria import Context, criterion_values
-from ocnna_fast.data import load_split
-from ocnna_fast.distill import TensorImages, distill, evaluate
+from ocnna_fast.data.local import load_split
 from ocnna_fast.models import build, input_spec, load_weights
-from ocnna_fast.pruning import prune
+from ocnna_fast.recovery.compensation import recalibrate
+from ocnna_fast.recovery.distill import TensorImages, distill, evaluate
+from ocnna_fast.selection.criteria import Context, criterion_values
+from ocnna_fast.surgery.prune import prune
 
 ARCH = "mobilenet_v1_075_imagenet"
 

@@ -31,12 +31,12 @@ import numpy as np
 import torch
 
 from ocnna_fast import evaluate, prune, recalibrate_batchnorm
-from ocnna_fast.criteria import Context, criterion_values
-from ocnna_fast.data import cifar10_jpeg, pretrained_weights
-from ocnna_fast.distill import TensorImages
+from ocnna_fast.data.local import cifar10_jpeg, pretrained_weights
 from ocnna_fast.models import build, load_weights
 from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
-from ocnna_fast.pruning import kept_count
+from ocnna_fast.recovery.distill import TensorImages
+from ocnna_fast.selection.criteria import Context, criterion_values
+from ocnna_fast.selection.rules import kept_count
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

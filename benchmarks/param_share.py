@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ocnna_fast import count_params, prune, score
-from ocnna_fast.data import cifar10_jpeg, normalize, pretrained_weights
+from ocnna_fast.data.local import cifar10_jpeg, normalize, pretrained_weights
 from ocnna_fast.models import build, load_weights
 from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 

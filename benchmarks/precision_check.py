@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ocnna_fast import _native, reference
+from ocnna_fast import _native
+from ocnna_fast.scoring import reference
 
 SHAPES = [(7, 7), (14, 14), (28, 28), (56, 56), (112, 112), (20, 50), (130, 140)]
 

@@ -1,4 +1,4 @@
-"""score() of this checkout against score() as ``ocnna_fast/scoring.py`` was at
+"""score() of this checkout against score() as ``ocnna_fast/scoring/scorer.py`` was at
 another commit (the rest of the package shared), timed in interleaved pairs in
 one process, so a refactor of the scoring loop is checked for speed on a
 noisy machine.
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import ocnna_fast
-from ocnna_fast.data import load_split, normalize
+from ocnna_fast.data.local import load_split, normalize
 from ocnna_fast.models import build, load_weights
 from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 
@@ -29,11 +29,16 @@ REPO = Path(__file__).resolve().parents[1]
 def scoring_at(rev: str):
     """The scoring module as it was at ``rev``, importing the current package's other modules."""
     source = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{rev}:ocnna_fast/scoring.py"], capture_output=True, text=True, check=True
-    ).stdout
+        ["git", "-C", str(REPO), "show", f"{rev}:ocnna_fast/scoring/scorer.py"], capture_output=True, text=True
+    )
+    if source.returncode:
+        raise SystemExit(
+            f"{rev} has no ocnna_fast/scoring/scorer.py (the scorer sat at ocnna_fast/scoring.py before it)"
+        )
+    source = source.stdout
     path = Path(tempfile.mkdtemp()) / "scoring_at_rev.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("ocnna_fast._scoring_at_rev", path)
+    spec = importlib.util.spec_from_file_location("ocnna_fast.scoring._scorer_at_rev", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -48,7 +53,7 @@ def main() -> None:
     nc = None if args.n_components == "none" else float(args.n_components)
     old = scoring_at(args.rev)
     model = build("resnet56")
-    load_weights(model, ocnna_fast.data.pretrained_weights("resnet56"))
+    load_weights(model, ocnna_fast.data.local.pretrained_weights("resnet56"))
     x, _ = load_split("cifar10-jpeg", "test", limit=512)
     batches = list(normalize(x, CIFAR_MEAN, CIFAR_STD).split(128))
     runs = {"new": ocnna_fast.score, "old": old.score}

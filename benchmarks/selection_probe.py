@@ -18,12 +18,13 @@ import time
 
 import torch
 
-from ocnna_fast import count_params, data, evaluate, prune, recalibrate_batchnorm, score
-from ocnna_fast.distill import TensorImages
-from ocnna_fast.layers import prunable_convs
+from ocnna_fast import count_params, evaluate, prune, recalibrate_batchnorm, score
+from ocnna_fast.data import local as data
 from ocnna_fast.models import build, load_weights
 from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
-from ocnna_fast.scores import LayerScores
+from ocnna_fast.recovery.distill import TensorImages
+from ocnna_fast.scoring.layers import prunable_convs
+from ocnna_fast.scoring.scores import LayerScores
 
 
 def as_scores(values):

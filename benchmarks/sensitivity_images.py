@@ -25,9 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from budget_probe import images, uniform_k_for  # noqa: E402
 
-from ocnna_fast.data import pretrained_weights  # noqa: E402
+from ocnna_fast.data.local import pretrained_weights  # noqa: E402
+from ocnna_fast.job.pipeline import JobData, JobSettings, PruneJob  # noqa: E402
 from ocnna_fast.models import build, load_weights  # noqa: E402
-from ocnna_fast.pipeline import JobData, JobSettings, PruneJob  # noqa: E402
 
 
 def measured(model, data, settings: JobSettings, scope: str) -> dict:

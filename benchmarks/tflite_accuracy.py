@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from ocnna_fast.data import foolbox_samples, imagenet_sample, normalize
-from ocnna_fast.datapaths import find_data
+from ocnna_fast.data.local import foolbox_samples, imagenet_sample, normalize
+from ocnna_fast.data.places import find_data
 from ocnna_fast.models import build, input_size
-from ocnna_fast.tflite_convert import convert_tflite, detect_arch
+from ocnna_fast.models.tflite_convert import convert_tflite, detect_arch
 
 FOLDER = "mobilenet-imagenet-tflite-coral"
 # TFLite interpreter (ai-edge-litert 2.3.0) on the same 1000 images, quantized: top-1 / top-5

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 from ._native import build_info
 from ._version import __version__
-from .batchnorm import recalibrate_batchnorm
-from .budget import prune
-from .distill import TensorImages as distill_data
-from .distill import distill, evaluate, finetune
+from .budget.search import prune
 from .errors import InternalError
-from .layers import prunable_convs
 from .models import build as _zoo_build
-from .pruning import apply_plan, count_params, load_pruned, save_pruned, set_model_builder
-from .scores import LayerScores, Scores
-from .scoring import score
-from .stats import FilterStats
+from .recovery.batchnorm import recalibrate_batchnorm
+from .recovery.distill import TensorImages as distill_data
+from .recovery.distill import distill, evaluate, finetune
+from .scoring.layers import prunable_convs
+from .scoring.scorer import score
+from .scoring.scores import LayerScores, Scores
+from .scoring.stats import FilterStats
+from .surgery.plans import apply_plan, load_pruned, save_pruned, set_model_builder
+from .surgery.prune import count_params
 
 # load_pruned rebuilds the architecture a plan names from the model zoo
 set_model_builder(lambda arch, num_classes: _zoo_build(arch, num_classes=num_classes))

@@ -35,7 +35,7 @@ def imagenet_sample_tar() -> Path:
     """The 1000-image ImageNet sample, which is kept outside the repository:
     found over the package's data places, else the test is skipped (even
     under OCNNA_REQUIRE_DATA, which asks only for the repository's data)."""
-    from ocnna_fast.datapaths import find_data
+    from ocnna_fast.data.places import find_data
 
     try:
         return find_data("imagenet-sample-1000-eli/imagenet_sample_1000.tar", data_root())

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ocnna_fast import prunable_convs
-from ocnna_fast.batchnorm import recalibrate_batchnorm
-from ocnna_fast.budget import budget_groups
-from ocnna_fast.scores import LayerScores
+from ocnna_fast.budget.search import budget_groups
+from ocnna_fast.recovery.batchnorm import recalibrate_batchnorm
+from ocnna_fast.scoring.scores import LayerScores
 
 # ---- scores (test_pruning, test_integration_torch_pruning) ----------------------------
 

@@ -75,10 +75,10 @@ def test_errors_leave_the_old_statistics():
 
 def test_brings_a_pruned_resnet_back_from_near_chance(data_dir):
     from ocnna_fast import prune, score
-    from ocnna_fast.data import cifar10_jpeg
-    from ocnna_fast.distill import TensorImages, evaluate
+    from ocnna_fast.data.local import cifar10_jpeg
     from ocnna_fast.models import build, load_weights
     from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
+    from ocnna_fast.recovery.distill import TensorImages, evaluate
 
     model = build("resnet20")
     load_weights(model, data_dir / "resnet-cifar10-akamaster" / "resnet20-12fca82f.th")

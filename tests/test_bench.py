@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from ocnna_fast import count_params, prune, score
-from ocnna_fast.bench import RESULT_KEYS, run_suite
-from ocnna_fast.criteria import CRITERIA, Context, criterion_values
-from ocnna_fast.distill import TensorImages
+from ocnna_fast.bench.equal_structure import RESULT_KEYS, run_suite
 from ocnna_fast.models import build
-from ocnna_fast.pruning import kept_count, select_channels, select_top
+from ocnna_fast.recovery.distill import TensorImages
+from ocnna_fast.selection.criteria import CRITERIA, Context, criterion_values
+from ocnna_fast.selection.rules import kept_count, select_channels, select_top
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -85,7 +85,7 @@ def test_importance_values_decide_the_channels():
 
 
 def _sets(data_dir, n):
-    from ocnna_fast import data
+    from ocnna_fast.data import local as data
     from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 
     x, y = data.cifar10_jpeg("train", data_dir, limit=n, seed=1)
@@ -137,7 +137,7 @@ def test_family_criteria_rank_as_prune_does(criterion):
 
 def test_rms_is_sqrt_of_mean_square_energy():
     from ocnna_fast import FilterStats
-    from ocnna_fast.pruning import layer_values
+    from ocnna_fast.selection.rules import layer_values
 
     x = torch.relu(torch.randn(9, 4, 6, 7, dtype=torch.float64))
     ls = FilterStats(4).update(x).result()

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import ocnna_fast
-from ocnna_fast.allocation import (
+from ocnna_fast.budget.allocation import (
     CostModel,
     GroupInfo,
     Target,
@@ -22,11 +22,11 @@ from ocnna_fast.allocation import (
     macs_and_params,
     parse_target,
 )
-from ocnna_fast.budget import budget_groups, prune_to_budget
-from ocnna_fast.lossmemo import losses_digest
+from ocnna_fast.budget.lossmemo import losses_digest
+from ocnna_fast.budget.search import budget_groups, prune_to_budget
+from ocnna_fast.budget.sensitivity import _Masks, group_outputs, mean_kl
 from ocnna_fast.models import build
-from ocnna_fast.pruning import prune
-from ocnna_fast.sensitivity import _Masks, group_outputs, mean_kl
+from ocnna_fast.surgery.prune import prune
 
 
 class DW(nn.Module):
@@ -172,7 +172,9 @@ def test_round_to_keeps_widths_multiple_of_n():
     model = build("resnet20").eval()
     x = torch.randn(16, 3, 32, 32)
     scores = ocnna_fast.score(model, [x], progress=False)
-    _, plan = ocnna_fast.prune(model, scores, target="params=0.6", example_inputs=x[:1], round_to=8)
+    _, plan = ocnna_fast.prune(
+        model, scores, target="params=0.6", example_inputs=x[:1], round_to=8, allocation="global"
+    )
     for g in plan["groups"]:
         kept = g["channels"] - len(g["removed"])
         assert kept % 8 == 0 or kept == g["channels"], g["root"]
@@ -190,7 +192,7 @@ def test_an_unreachable_target_names_the_closest(tmp_path):
 def test_sensitivity_curves_grow_with_the_share_masked(data_dir):
     """On the pretrained ResNet-20 and real images: masking more of a group
     costs more (for nearly every group), and the base model costs nothing."""
-    from ocnna_fast.data import cifar10_jpeg, normalize
+    from ocnna_fast.data.local import cifar10_jpeg, normalize
     from ocnna_fast.models import load_weights
     from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 
@@ -287,7 +289,7 @@ def test_cap_search_keeps_the_capped_allocation_that_loses_least():
     combined loss that punishes deep cuts: the search must pick the cap that
     spreads the cut, report every cap's loss, and skip caps too low for
     the budget."""
-    from ocnna_fast.budget import CAPS, _choose_cap
+    from ocnna_fast.budget.search import CAPS, _choose_cap
 
     class Flat:
         def ratio(self, removed, kind):
@@ -328,7 +330,7 @@ class _QuadraticLoss:
 
 
 def test_refine_lowers_the_loss_without_raising_the_price():
-    from ocnna_fast.sensitivity import refine
+    from ocnna_fast.budget.sensitivity import refine
 
     widths = {"a": 16, "b": 16, "c": 16}
     ev = _QuadraticLoss(widths, {"a": 10.0, "b": 1.0, "c": 1.0})
@@ -379,8 +381,8 @@ def test_a_stopped_sensitivity_search_resumes_from_its_memo(tmp_path):
 
 
 def test_a_job_with_a_checkpoint_folder_keeps_its_allocation_memo(tmp_path):
-    from ocnna_fast.pipeline import ALLOCATION_MEMO, JobData, JobSettings, PruneJob
-    from ocnna_fast.tensorimages import TensorImages
+    from ocnna_fast.data.tensorimages import TensorImages
+    from ocnna_fast.job.pipeline import ALLOCATION_MEMO, JobData, JobSettings, PruneJob
 
     pixels = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     images = TensorImages(pixels, torch.zeros(32, dtype=torch.int64), (0.5,) * 3, (0.25,) * 3)

@@ -12,19 +12,13 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ocnna_fast.allocation import Target, macs_and_params
-from ocnna_fast.budget_bench import (
-    _group_roots,
-    parse_method,
-    parse_targets,
-    run_budget_suite,
-    tp_global_keep,
-)
+from ocnna_fast.bench.equal_cost import _group_roots, parse_method, parse_targets, run_budget_suite, tp_global_keep
+from ocnna_fast.budget.allocation import Target, macs_and_params
 from ocnna_fast.cli import main
+from ocnna_fast.data.tensorimages import TensorImages
+from ocnna_fast.job.pipeline import JobData, JobSettings
 from ocnna_fast.models import build
-from ocnna_fast.pipeline import JobData, JobSettings
-from ocnna_fast.pruning import prune
-from ocnna_fast.tensorimages import TensorImages
+from ocnna_fast.surgery.prune import prune
 
 
 def _resnet20(seed=0):
@@ -103,7 +97,16 @@ def test_bad_targets_are_refused(items, message):
 
 
 @pytest.mark.parametrize(
-    "name, message", [("uniform", "criterion"), ("tp-global:l1", "without a criterion"), ("greedy:l1", "unknown")]
+    "name, message",
+    [
+        ("uniform", "criterion"),
+        ("tp-global:l1", "without a criterion"),
+        ("greedy:l1", "unknown"),
+        ("sensitivity-caps:l1", r"now written sensitivity:l1,refine-steps=0"),
+        ("sensitivity:l1,refine-steps=x", "not an integer"),
+        ("global:l1,no-cap-search", "only the sensitivity allocation"),
+        ("sensitivity:l1,fast", "unknown flag"),
+    ],
 )
 def test_bad_methods_are_refused(name, message):
     with pytest.raises(ValueError, match=message):
@@ -118,10 +121,11 @@ def _data(n=48):
     return JobData(eval=s, score=s, bn=s)
 
 
-METHODS = ["uniform:l1", "uniform-inner:l1", "tp-global", "global:l1", "sensitivity:l1", "sensitivity-caps:l1"]
+UNCAPPED = "sensitivity:l1,no-cap-search,refine-steps=0"
+METHODS = ["uniform:l1", "uniform-inner:l1", "tp-global", "global:l1", UNCAPPED, "sensitivity:l1,refine-steps=0"]
 
 
-def _suite(model, out, methods=METHODS, **kw):
+def _suite(model, out, methods=METHODS, log=lambda *_: None, **kw):
     return run_budget_suite(
         model,
         _data(),
@@ -133,7 +137,7 @@ def _suite(model, out, methods=METHODS, **kw):
         ignored_for=lambda scope: list(model.ocnna_ignored_layers(scope)),
         config={"arch": "resnet20"},
         progress=False,
-        log=lambda *_: None,
+        log=log,
         **kw,
     )
 
@@ -147,7 +151,7 @@ def test_every_method_meets_the_budget_and_a_stopped_suite_resumes_to_the_same_r
         assert abs(r["macs_ratio"] - r["reached"]) < 1e-9  # the job's own count agrees
         assert r["acc_bn"] is not None and r["acc_finetuned"] is None
     # stop after two cells: the rerun runs only the rest and ends with the same rows
-    from ocnna_fast import budget_bench
+    from ocnna_fast.bench import equal_cost as budget_bench
 
     real, calls = budget_bench._Cells.cell, []
 
@@ -169,11 +173,8 @@ def test_every_method_meets_the_budget_and_a_stopped_suite_resumes_to_the_same_r
 
 
 def test_each_sensitivity_method_asks_for_its_searches(tmp_path, monkeypatch):
-    """sensitivity: neither search; -caps: the cap search; -refine: both
-    (prune's default).  Recorded rows keep their meaning."""
-    from ocnna_fast import budget_bench
-    from ocnna_fast.budget import REFINE_STEPS
-    from ocnna_fast.pipeline import PruneJob
+    """A method's flags reach the job as prune's flags would."""
+    from ocnna_fast.job.pipeline import PruneJob
 
     asked, real = [], PruneJob.allocate
 
@@ -182,17 +183,40 @@ def test_each_sensitivity_method_asks_for_its_searches(tmp_path, monkeypatch):
         return real(self)
 
     monkeypatch.setattr(PruneJob, "allocate", spy)
-    monkeypatch.setitem(budget_bench.SEARCHES, "sensitivity-refine", (True, 3))  # a short search: the wiring only
-    methods = ["global:l1", "sensitivity:l1", "sensitivity-caps:l1", "sensitivity-refine:l1"]
+    methods = ["global:l1", UNCAPPED, "sensitivity:l1,refine-steps=0", "sensitivity:l1,refine-steps=3"]
     rows = _suite(_resnet20(), tmp_path, methods=methods)
     assert [r["method"] for r in rows] == methods
-    assert asked == [
-        ("global", False, 0),
-        ("sensitivity", False, 0),
-        ("sensitivity", True, 0),
-        ("sensitivity", True, 3),
-    ]
-    assert JobSettings().refine_steps == REFINE_STEPS > 0  # the job's default is the refined allocation
+    assert [a[0] for a in asked] == ["global", "sensitivity", "sensitivity", "sensitivity"]
+    assert asked[1:] == [("sensitivity", False, 0), ("sensitivity", True, 0), ("sensitivity", True, 3)]
+
+
+def test_results_of_the_first_schema_resume_under_todays_method_names(tmp_path):
+    """A results.json written before method strings took prune's flags: its
+    sensitivity rows are read under the names that mean what they meant, so
+    a rerun with today's names resumes instead of running them again."""
+    from ocnna_fast.bench.results_file import SCHEMA, _digest
+
+    methods = [UNCAPPED, "sensitivity:l1,refine-steps=0"]
+    rows = _suite(_resnet20(), tmp_path, methods=methods)
+    path = tmp_path / "results.json"
+    doc = json.loads(path.read_text())
+    old_names = ["sensitivity:l1", "sensitivity-caps:l1"]
+    for row, name in zip(doc["rows"], old_names):
+        row.pop("row_sha256")
+        row["method"] = name
+        row["row_sha256"] = _digest(row)
+    del doc["schema"]
+    path.write_text(json.dumps(doc))
+    logged = []
+    again = _suite(_resnet20(), tmp_path, methods=methods, log=logged.append)
+    assert [r["method"] for r in again] == methods
+    assert [r["acc_bn"] for r in again] == [r["acc_bn"] for r in rows]
+    assert logged and "0 cells to run" in logged[0]
+    assert json.loads(path.read_text())["schema"] == SCHEMA
+    doc["schema"] = SCHEMA + 1
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="results schema"):
+        _suite(_resnet20(), tmp_path, methods=methods)
 
 
 def test_a_suite_of_other_settings_is_not_resumed(tmp_path):

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-import ocnna_fast.budget as budget_module
-from ocnna_fast.allocation import Unreachable
-from ocnna_fast.budget import prune_to_budget, tolerance
-from ocnna_fast.graph import conv_groups
+import ocnna_fast.budget.search as budget_module
+from ocnna_fast.budget.allocation import Unreachable
+from ocnna_fast.budget.search import prune_to_budget, tolerance
+from ocnna_fast.selection.groups import conv_groups
 
 
 class Odd(nn.Module):

@@ -12,7 +12,7 @@ from torch import nn
 from ocnna_fast import count_params, load_pruned, prune, save_pruned, score
 from ocnna_fast.models import build, load_weights
 from ocnna_fast.models.cifar_resnet import ChannelMapShortcut
-from ocnna_fast.pruning import dependency_graph
+from ocnna_fast.selection.groups import dependency_graph
 
 EXAMPLE = torch.zeros(1, 3, 32, 32)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ocnna_fast.cli import main
-from ocnna_fast.pruning import load_pruned
+from ocnna_fast.surgery.plans import load_pruned
 
 FIELDS = [
     "arch",
@@ -149,7 +149,7 @@ def test_bad_arguments(argv, message, tmp_path, data_dir, capsys):
 
 
 def test_missing_data_is_explained(tmp_path, capsys, monkeypatch):
-    from ocnna_fast import datapaths
+    from ocnna_fast.data import places as datapaths
 
     monkeypatch.setattr(datapaths, "checkout_data_dir", lambda: None)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -223,7 +223,7 @@ def test_lossless_cifar10_through_the_cli(tmp_path, data_dir, monkeypatch, capsy
     import numpy as np
     import torchvision.datasets.cifar as tv_cifar
 
-    from ocnna_fast.data import foolbox_samples
+    from ocnna_fast.data.local import foolbox_samples
 
     x, y = foolbox_samples("cifar10", data_dir)  # 20 real lossless test images in torchvision's layout
     folder = tmp_path / "mine" / "cifar-10-batches-py"
@@ -326,7 +326,7 @@ def test_weights_of_another_architecture_are_one_line(tmp_path, data_dir, capsys
 def test_interrupted_prune_leaves_the_old_outputs_whole(tmp_path, data_dir, capsys, monkeypatch):
     """Ctrl-C during distillation: the folder still holds the previous run's
     scores, model and report, all of one run; nothing half-written is left."""
-    from ocnna_fast.pipeline import PruneJob
+    from ocnna_fast.job.pipeline import PruneJob
 
     out = tmp_path / "run"
     assert main(["prune", *TINY, "--data-dir", str(data_dir), "--out", str(out)]) == 0
@@ -413,7 +413,7 @@ def test_cli_defaults_are_the_python_defaults(command):
     choose widths alike: the options they share default to the same values."""
     from ocnna_fast.cli import build_parser
     from ocnna_fast.cli.options import fill_budget_defaults
-    from ocnna_fast.pipeline import JobSettings
+    from ocnna_fast.job.pipeline import JobSettings
 
     args = build_parser().parse_args([command, "--arch", "resnet20", "--target", "macs=0.5"])
     assert fill_budget_defaults(args) == []  # none given: every default filled in after parsing

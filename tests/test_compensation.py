@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ocnna_fast.compensation import compensate, input_means
-from ocnna_fast.pruning import prune
+from ocnna_fast.recovery.compensation import compensate, input_means
+from ocnna_fast.surgery.prune import prune
 
 
 class Concat(nn.Module):

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ocnna_fast import datapaths
-from ocnna_fast.data import (
+from ocnna_fast.data import places as datapaths
+from ocnna_fast.data.fetch import REMOTES, sha256_of
+from ocnna_fast.data.local import (
     balanced_subset,
     cifar10_jpeg,
     data_places,
@@ -19,7 +20,6 @@ from ocnna_fast.data import (
     pretrained_weights,
     torchvision_cifar,
 )
-from ocnna_fast.fetch import REMOTES, sha256_of
 
 
 @pytest.fixture
@@ -115,7 +115,7 @@ def test_an_installed_package_finds_the_checkout_it_runs_in(isolated, monkeypatc
     still finds the clone's data/; outside any clone it does not."""
     monkeypatch.undo()  # the real checkout_data_dir, with a fake install location
     monkeypatch.delenv("OCNNA_DATA_DIR", raising=False)
-    monkeypatch.setattr(datapaths, "__file__", str(isolated / "site-packages" / "ocnna_fast" / "datapaths.py"))
+    monkeypatch.setattr(datapaths, "__file__", str(isolated / "site-packages" / "ocnna_fast" / "data" / "places.py"))
     clone = isolated / "clone"
     (clone / "data").mkdir(parents=True)
     (clone / "src").mkdir()

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from ocnna_fast.distill import TensorImages, distill, evaluate, state_sha256
 from ocnna_fast.models import build, load_weights
 from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
-from ocnna_fast.pruning import prune
+from ocnna_fast.recovery.distill import TensorImages, distill, evaluate, state_sha256
+from ocnna_fast.surgery.prune import prune
 
 
 def synthetic(n=96, seed=0):
@@ -79,7 +79,7 @@ def test_bad_arguments():
 
 
 def test_distillation_repairs_a_damaged_pretrained_model(data_dir):
-    from ocnna_fast.data import cifar10_jpeg
+    from ocnna_fast.data.local import cifar10_jpeg
 
     teacher = build("resnet20")
     load_weights(teacher, data_dir / "resnet-cifar10-akamaster" / "resnet20-12fca82f.th")

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from ocnna_fast.distill import TensorImages, distill
-from ocnna_fast.distributed import shut_down
+from ocnna_fast._util.distributed import shut_down
+from ocnna_fast.recovery.distill import TensorImages, distill
 
 WORLD = 2
 GLOBAL_BATCH = 8
@@ -121,7 +121,7 @@ def test_shards_interleave_to_the_whole_batch(tmp_path, kind):
     else:
         from helpers import MEAN, STD, write_folder
 
-        from ocnna_fast.imagefolder import folder_split
+        from ocnna_fast.data.imagefolder import folder_split
 
         write_folder(tmp_path, per_class=(4, 1))
         data = folder_split(tmp_path, "train", 16, MEAN, STD, augment=True)
@@ -136,7 +136,7 @@ def test_shards_interleave_to_the_whole_batch(tmp_path, kind):
 
 
 def test_uneven_last_batches_are_refused_under_several_processes(monkeypatch):
-    d = sys.modules["ocnna_fast.distill"]  # the package attribute of that name is the function
+    d = sys.modules["ocnna_fast.recovery.distill"]  # the package attribute of that name is the function
 
     monkeypatch.setattr(d, "rank_and_world", lambda: (0, 3))
     with pytest.raises(ValueError, match="multiple of the 3 processes"):

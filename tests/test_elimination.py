@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from ocnna_fast.criteria import Context, criterion_values
-from ocnna_fast.elimination import ConsumerStats, _columns, collect, eliminate
+from ocnna_fast.selection.criteria import Context, criterion_values
+from ocnna_fast.selection.elimination import ConsumerStats, _columns, collect, eliminate
 
 
 def _residual(x: np.ndarray, y: np.ndarray, cols: list) -> float:

@@ -10,8 +10,9 @@ from helpers import SPARSE_KINDS, make_maps
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ocnna_fast import _native, reference
-from ocnna_fast.stats import FilterStats
+from ocnna_fast import _native
+from ocnna_fast.scoring import reference
+from ocnna_fast.scoring.stats import FilterStats
 
 pytest.importorskip("sklearn")
 
@@ -221,7 +222,8 @@ def test_real_post_relu_maps_match_oracle(arch, data_dir):
     """relu(bn(conv(x))) of the pretrained CIFAR ResNets on shipped images: every
     layer is accepted in float32 and float64, all truncated modes; a sample of
     layers and channels matches the oracle."""
-    from ocnna_fast import data, models
+    from ocnna_fast import models
+    from ocnna_fast.data import local as data
     from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 
     weights = sorted((data_dir / "resnet-cifar10-akamaster").glob(f"{arch}-*.th"))

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from ocnna_fast import export as ex
 from ocnna_fast.cli import main
-from ocnna_fast.data import cifar10_jpeg, normalize
+from ocnna_fast.data.local import cifar10_jpeg, normalize
+from ocnna_fast.deploy import export as ex
 from ocnna_fast.models import build, load_weights
 from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
-from ocnna_fast.pruning import prune, save_pruned
+from ocnna_fast.surgery.plans import save_pruned
+from ocnna_fast.surgery.prune import prune
 
 
 def _deploy_or_skip():

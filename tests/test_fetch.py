@@ -12,9 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from ocnna_fast import fetch as fetch_mod
 from ocnna_fast.cli import main
-from ocnna_fast.fetch import REMOTES, Remote, download, fetch
+from ocnna_fast.data import fetch as fetch_mod
+from ocnna_fast.data.fetch import REMOTES, Remote, download, fetch
 
 
 class _Server:
@@ -104,8 +104,8 @@ def test_fetch_downloads_checks_and_places(tmp_path, shipped_resnet20):
 
 def test_fetched_weights_are_what_the_readers_find(tmp_path, monkeypatch, shipped_resnet20):
     """Into the user cache by default, and found there with no checkout data."""
-    from ocnna_fast import datapaths
-    from ocnna_fast.data import pretrained_weights
+    from ocnna_fast.data import places as datapaths
+    from ocnna_fast.data.local import pretrained_weights
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("OCNNA_DATA_DIR", raising=False)

@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from helpers import folded_pair, random_values
 from torch import nn
 
-from ocnna_fast.batchnorm import recalibrate_batchnorm
-from ocnna_fast.budget import budget_groups
-from ocnna_fast.compensation import compensate, recalibrate
-from ocnna_fast.foldedbn import correct_folded, output_moments
-from ocnna_fast.pruning import prune
-from ocnna_fast.sensitivity import MaskedEvaluator, group_outputs, mean_kl
+from ocnna_fast.budget.search import budget_groups
+from ocnna_fast.budget.sensitivity import MaskedEvaluator, group_outputs, mean_kl
+from ocnna_fast.recovery.batchnorm import recalibrate_batchnorm
+from ocnna_fast.recovery.compensation import compensate, recalibrate
+from ocnna_fast.recovery.foldedbn import correct_folded, output_moments
+from ocnna_fast.surgery.prune import prune
 
 
 def test_on_a_folded_copy_it_is_batchnorm_re_estimation_of_the_unfolded_network():

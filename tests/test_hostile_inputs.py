@@ -22,14 +22,15 @@ from hypothesis import strategies as st
 from torch import nn
 
 from ocnna_fast import cli, prune, recalibrate_batchnorm, save_pruned, score
-from ocnna_fast.bench import check_cells, run_suite
-from ocnna_fast.distill import TensorImages, TrainingDiverged, distill, evaluate
+from ocnna_fast.bench.equal_structure import check_cells, run_suite
+from ocnna_fast.cli.outdir import OutputLocked, locked
 from ocnna_fast.models import build, load_weights
-from ocnna_fast.outdir import OutputLocked, locked
-from ocnna_fast.pruning import kept_count, load_pruned, read_plan, select_channels
-from ocnna_fast.scores import LayerScores
+from ocnna_fast.recovery.distill import TensorImages, TrainingDiverged, distill, evaluate
+from ocnna_fast.scoring.scores import LayerScores
+from ocnna_fast.selection.rules import kept_count, select_channels
+from ocnna_fast.surgery.plans import load_pruned, read_plan
 
-DISTILL = sys.modules["ocnna_fast.distill"]
+DISTILL = sys.modules["ocnna_fast.recovery.distill"]
 
 
 class Net(nn.Module):
@@ -56,7 +57,7 @@ def _data(n=12, seed=0, augment=False):
 
 def _rewrite_plan(folder, edit):
     """Edits plan.json and recomputes its digest, as a determined tamperer would."""
-    from ocnna_fast.plans import PLAN_DIGEST, plan_digest
+    from ocnna_fast.surgery.plans import PLAN_DIGEST, plan_digest
 
     doc = json.loads((folder / "plan.json").read_text())
     edit(doc)
@@ -235,7 +236,7 @@ def test_counts_of_zero_or_below_are_refused(argv, capsys):
 
 
 def test_library_functions_refuse_counts_and_rates_out_of_range(tmp_path):
-    from ocnna_fast.data import balanced_subset
+    from ocnna_fast.data.local import balanced_subset
 
     labels = np.arange(20) % 5
     for bad in (0, -5, 2.5, True):
@@ -398,7 +399,7 @@ def test_an_interrupted_bench_says_what_it_kept(tmp_path, capsys, monkeypatch):
 
 
 def test_a_failed_verification_changes_nothing_at_out(tmp_path, monkeypatch):
-    from ocnna_fast import export as ex
+    from ocnna_fast.deploy import export as ex
 
     model = Net().eval()
     images = torch.randn(4, 3, 8, 8)
@@ -426,7 +427,7 @@ def test_export_to_a_missing_folder_fails_at_once(tmp_path, capsys):
 
 
 def test_a_model_that_cannot_be_traced_is_named(tmp_path):
-    from ocnna_fast import export as ex
+    from ocnna_fast.deploy import export as ex
 
     try:
         ex.require_deploy()
@@ -481,7 +482,7 @@ def test_a_restore_error_never_hides_the_first_one(monkeypatch):
     assert any("restoring the model afterwards failed too" in n for n in info.value.__notes__)
 
     monkeypatch.setattr(model.bn, "train", real_train)
-    run_cls = sys.modules["ocnna_fast.scoring"]._ScoringRun
+    run_cls = sys.modules["ocnna_fast.scoring.scorer"]._ScoringRun
     real_restore = run_cls._restore
 
     def restore_then_fail(self):
@@ -544,7 +545,7 @@ def test_a_factory_that_needs_arguments_is_one_line(tmp_path, monkeypatch, capsy
 def test_an_unreadable_image_is_named_in_one_line(tmp_path, workers):
     from PIL import Image
 
-    from ocnna_fast.imagefolder import FolderImages, UnreadableImage
+    from ocnna_fast.data.imagefolder import FolderImages, UnreadableImage
 
     for c in ("a", "b"):
         (tmp_path / c).mkdir()
@@ -584,7 +585,7 @@ def test_convert_tflite_refuses_outputs_it_cannot_write_well(tmp_path, out, mess
 
 def test_a_truncated_real_tflite_file_is_one_line(tmp_path, capsys):
     pytest.importorskip("tflite")
-    from ocnna_fast.datapaths import find_data
+    from ocnna_fast.data.places import find_data
 
     try:
         real = find_data("mobilenet-imagenet-tflite-coral/mobilenet_v1_0.25_128_quant.tflite")
@@ -709,7 +710,7 @@ _MEASURED = ("criterion", "k", "seed", "rpr", "macs_ratio", "acc_surgery", "acc_
 def test_fuzz_bench_interrupted_at_any_cell_resumes_to_the_same_rows(tmp_path_factory, bench_reference, stop_at):
     model, want, _ = bench_reference
     out = tmp_path_factory.mktemp("benchstop")
-    from ocnna_fast.pipeline import PruneJob
+    from ocnna_fast.job.pipeline import PruneJob
 
     real = PruneJob.surgery
     calls = {"n": 0}
@@ -751,7 +752,7 @@ def test_fuzz_results_json(tmp_path_factory, bench_reference, pos, flip, truncat
 def test_fuzz_image_files(tmp_path_factory, pos, flip, truncate):
     from PIL import Image
 
-    from ocnna_fast.imagefolder import FolderImages, UnreadableImage
+    from ocnna_fast.data.imagefolder import FolderImages, UnreadableImage
 
     root = tmp_path_factory.mktemp("fuzzimg")
     for c in ("a", "b"):
@@ -772,8 +773,8 @@ def test_fuzz_image_files(tmp_path_factory, pos, flip, truncate):
 @given(pos=st.integers(0, 10**9), flip=st.integers(1, 255), truncate=st.booleans())
 def test_fuzz_tflite_file(tmp_path_factory, pos, flip, truncate):
     pytest.importorskip("tflite")
-    from ocnna_fast.datapaths import find_data
-    from ocnna_fast.tflite_convert import read_convs
+    from ocnna_fast.data.places import find_data
+    from ocnna_fast.models.tflite_convert import read_convs
 
     try:
         real = find_data("mobilenet-imagenet-tflite-coral/mobilenet_v1_0.25_128_quant.tflite")

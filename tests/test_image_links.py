@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from ocnna_fast.imagefolder import FolderImages
+from ocnna_fast.data.imagefolder import FolderImages
 
 MEAN, STD = (0.5,) * 3, (0.25,) * 3
 

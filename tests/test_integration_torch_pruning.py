@@ -12,7 +12,7 @@ torchvision = pytest.importorskip("torchvision")
 from helpers import fake_scores  # noqa: E402
 
 from ocnna_fast.integrations.torch_pruning import OCNNAImportance  # noqa: E402
-from ocnna_fast.pruning import prune  # noqa: E402
+from ocnna_fast.surgery.prune import prune  # noqa: E402
 
 
 def widths(model):

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from ocnna_fast.allocation import macs_and_params
-from ocnna_fast.budget import LATENCY_TOLERANCE, budget_groups, prune_to_budget
-from ocnna_fast.latency_budget import LatencyRatio
+from ocnna_fast.budget.allocation import macs_and_params
+from ocnna_fast.budget.latency import LatencyRatio
+from ocnna_fast.budget.search import LATENCY_TOLERANCE, budget_groups, prune_to_budget
 from ocnna_fast.models import build
 
 
@@ -43,7 +43,7 @@ class Costly(nn.Module):
 
 
 def test_the_ratio_is_of_medians_timed_side_by_side(monkeypatch):
-    from ocnna_fast import latency_budget
+    from ocnna_fast.budget import latency as latency_budget
 
     monkeypatch.setattr(latency_budget, "BLOCKS", 4)
     clock, log = Clock(), []
@@ -61,15 +61,14 @@ def test_the_ratio_is_of_medians_timed_side_by_side(monkeypatch):
 
 @pytest.mark.parametrize("bad", [dict(runtime="tensorrt"), dict(batch=0), dict(batch=True), dict(repeats=0)])
 def test_bad_latency_settings_are_refused(bad):
-    """By the measure itself and by a job before any work (even without a latency target)."""
-    from ocnna_fast.pipeline import JobData, JobSettings, PruneJob
+    """By the measure itself and by the job's settings, before any work (even without a latency target)."""
+    from ocnna_fast.job.pipeline import JobSettings
 
     with pytest.raises(ValueError, match="latency runtime is one of|latency batch >= 1"):
         LatencyRatio(nn.Identity(), 8, **bad)
     if "repeats" not in bad:
-        settings = JobSettings(latency_runtime=bad.get("runtime", "eager"), latency_batch=bad.get("batch", 1))
-        with pytest.raises(ValueError, match="latency runtime is one of|latency batch >= 1"):
-            PruneJob(nn.Identity(), JobData(eval=None), settings)
+        with pytest.raises(ValueError, match="latency runtime is one of|latency_batch must be a positive int"):
+            JobSettings(latency_runtime=bad.get("runtime", "eager"), latency_batch=bad.get("batch", 1))
 
 
 class Fixed:
@@ -147,7 +146,7 @@ def test_python_prune_takes_a_latency_target(monkeypatch):
     default measured in ONNX Runtime at batch 1 (what the kept model was
     measured at goes into the plan)."""
     import ocnna_fast
-    from ocnna_fast import budget
+    from ocnna_fast.budget import search as budget
 
     pytest.importorskip("onnxruntime")
 
@@ -158,10 +157,18 @@ def test_python_prune_takes_a_latency_target(monkeypatch):
     monkeypatch.setattr(budget, "LatencyRatio", Quick)
     model, x, values = _setup()
     _, plan = ocnna_fast.prune(
-        model, None, target="latency=0.7", example_inputs=x, importance=values, measure=Fixed(model)
+        model,
+        None,
+        target="latency=0.7",
+        example_inputs=x,
+        importance=values,
+        measure=Fixed(model),
+        allocation="global",
     )
     assert plan["budget"]["measured"]["runtime"] == "fake" and plan["budget"]["reached"] <= 0.7 * 1.05
-    _, plan = ocnna_fast.prune(model, None, target="latency=0.9", example_inputs=x, importance=values)
+    _, plan = ocnna_fast.prune(
+        model, None, target="latency=0.9", example_inputs=x, importance=values, allocation="global"
+    )
     measured = plan["budget"]["measured"]
     assert measured["runtime"] == "onnxruntime" and measured["batch"] == 1
     assert plan["budget"]["reached"] == measured["ratio"] <= 0.9 * (1 + LATENCY_TOLERANCE)

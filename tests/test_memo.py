@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from ocnna_fast.budget import prune_to_budget
-from ocnna_fast.graph import conv_groups
-from ocnna_fast.lossmemo import LossMemo, losses_digest
+from ocnna_fast.budget.lossmemo import LossMemo, losses_digest
+from ocnna_fast.budget.search import prune_to_budget
+from ocnna_fast.selection.groups import conv_groups
 
 
 class Small(nn.Module):

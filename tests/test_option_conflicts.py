@@ -128,9 +128,9 @@ def test_a_factory_without_weights_is_seeded(tmp_path, monkeypatch):
 def test_the_input_size_comes_from_the_images_never_a_silent_default():
     """The hostile pass: a 64-pixel model's report said 37.2M MACs instead of 148.7M
     (JobSettings.input_size defaulted to 32); export_model defaulted to 32 too."""
-    from ocnna_fast import export as ex
-    from ocnna_fast.pipeline import JobData, JobSettings, PruneJob
-    from ocnna_fast.tensorimages import TensorImages
+    from ocnna_fast.data.tensorimages import TensorImages
+    from ocnna_fast.deploy import export as ex
+    from ocnna_fast.job.pipeline import JobData, JobSettings, PruneJob
 
     pixels = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     images = TensorImages(pixels, torch.zeros(8, dtype=torch.int64), (0.5,) * 3, (0.25,) * 3)

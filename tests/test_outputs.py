@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ocnna_fast import export as ex
-from ocnna_fast.atomic import replace_all
+from ocnna_fast._util.atomic import replace_all
 from ocnna_fast.cli import main
-from ocnna_fast.outdir import OWNER, out_dir, producer, publish
+from ocnna_fast.cli.outdir import OWNER, out_dir, producer, publish
+from ocnna_fast.deploy import export as ex
 
 
 def _digests(folder: Path) -> dict:

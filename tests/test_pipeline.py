@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from ocnna_fast import prune, recalibrate_batchnorm, score
-from ocnna_fast.distill import TensorImages, distill
-from ocnna_fast.evaluation import evaluate
-from ocnna_fast.pipeline import JobData, JobSettings, PruneJob
+from ocnna_fast.data.evaluation import evaluate
+from ocnna_fast.job.pipeline import JobData, JobSettings, PruneJob
+from ocnna_fast.recovery.distill import TensorImages, distill
 
 
 class Net(nn.Module):
@@ -73,14 +73,14 @@ def test_the_job_builds_what_its_functions_build(tmp_path):
 
 def test_a_stopped_job_resumes_its_distillation(tmp_path, monkeypatch):
     full = PruneJob(_model(), DATA, SETTINGS, progress=False).run()
-    distill_mod = sys.modules["ocnna_fast.distill"]
+    distill_mod = sys.modules["ocnna_fast.recovery.distill"]
     real = distill_mod.distill
 
     def stop_after_one(*a, **kw):
         real(*a, **{**kw, "stop_after_epoch": 1})
         raise KeyboardInterrupt
 
-    pipeline = sys.modules["ocnna_fast.pipeline"]
+    pipeline = sys.modules["ocnna_fast.job.pipeline"]
     monkeypatch.setattr(pipeline, "distill", stop_after_one)
     with pytest.raises(KeyboardInterrupt):
         PruneJob(_model(), DATA, SETTINGS, checkpoint_dir=tmp_path, progress=False).run()

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from ocnna_fast import export as ex
-from ocnna_fast.plans import PLAN_DIGEST
-from ocnna_fast.pruning import load_pruned, prune, save_pruned
+from ocnna_fast.deploy import export as ex
+from ocnna_fast.surgery.plans import PLAN_DIGEST, load_pruned, save_pruned
+from ocnna_fast.surgery.prune import prune
 
 
 class Net(nn.Module):
@@ -75,7 +75,7 @@ def test_an_export_keeps_the_models_dtype(tmp_path, dtype, fmt):
 
 def _redigested(folder, edit):
     """Edits plan.json and recomputes its digest, as a determined tamperer would."""
-    from ocnna_fast.plans import plan_digest
+    from ocnna_fast.surgery.plans import plan_digest
 
     doc = json.loads((folder / "plan.json").read_text())
     edit(doc)
@@ -94,7 +94,7 @@ def test_a_plan_cannot_ask_for_a_huge_example(tmp_path, shape):
 
 def test_the_plan_digest_is_pinned():
     """The digest's canonical form is a file format: pinned to a value, not recomputed by the test."""
-    from ocnna_fast.plans import plan_digest
+    from ocnna_fast.surgery.plans import plan_digest
 
     doc = {"format": "ocnna-fast-plan", "k": 40.0, "groups": [{"root": "a", "channels": 8, "removed": [1, 5]}]}
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"))

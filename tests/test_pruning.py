@@ -11,8 +11,10 @@ from helpers import fake_scores
 from torch import nn
 
 from ocnna_fast.models import ARCHS, build, input_size
-from ocnna_fast.pruning import apply_plan, count_params, load_pruned, prune, save_pruned, select_channels
-from ocnna_fast.scores import LayerScores
+from ocnna_fast.scoring.scores import LayerScores
+from ocnna_fast.selection.rules import select_channels
+from ocnna_fast.surgery.plans import apply_plan, load_pruned, save_pruned
+from ocnna_fast.surgery.prune import count_params, prune
 
 
 def layer_widths(model):

@@ -9,7 +9,8 @@ from helpers import SPARSE_KINDS, make_maps  # noqa: E402
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ocnna_fast import FilterStats, Scores, reference, score
+from ocnna_fast import FilterStats, Scores, score
+from ocnna_fast.scoring import reference
 
 
 def native_ranks(a: torch.Tensor) -> np.ndarray:
@@ -41,7 +42,8 @@ def test_ranks_equal_matrix_rank(h, w, kind, dtype, channels_last, seed):
 def test_real_post_relu_ranks_and_scores(data_dir):
     """Average ranks of the pretrained ResNet-20's post-activation maps, from
     score(statistic='rank', tap='post_activation'), equal the per-map oracle."""
-    from ocnna_fast import data, models
+    from ocnna_fast import models
+    from ocnna_fast.data import local as data
     from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 
     model = models.load_weights(

@@ -14,9 +14,9 @@ import torch
 from helpers import FoldableNet, folded_pair, random_values
 from torch import nn
 
-from ocnna_fast.compensation import recalibrate
-from ocnna_fast.pruning import prune
-from ocnna_fast.reconstruction import RIDGE, reconstruct
+from ocnna_fast.recovery.compensation import recalibrate
+from ocnna_fast.recovery.refit import RIDGE, reconstruct
+from ocnna_fast.surgery.prune import prune
 
 
 def _inputs(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
@@ -98,8 +98,8 @@ def test_nothing_cut_nothing_moved_and_the_fit_brings_outputs_closer():
 
 
 def test_the_job_runs_it_when_asked_and_refuses_unknown_corrections():
-    from ocnna_fast.pipeline import JobData, JobSettings, PruneJob
-    from ocnna_fast.tensorimages import TensorImages
+    from ocnna_fast.data.tensorimages import TensorImages
+    from ocnna_fast.job.pipeline import JobData, JobSettings, PruneJob
 
     _, folded, batches = folded_pair()
     pixels = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -206,7 +206,7 @@ def test_a_batchnorm_network_is_recovered_exactly_in_its_re_estimated_frame():
     outputs back on new images, the intercept lands in BN2's running mean
     and the architecture keeps its parameters (16x16 images: 196 positions
     per image, so the im2col rows are a sample)."""
-    from ocnna_fast.batchnorm import recalibrate_batchnorm
+    from ocnna_fast.recovery.batchnorm import recalibrate_batchnorm
 
     base, pruned, plan = _bn_pair()
     x = [torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(4)]
@@ -229,7 +229,7 @@ def test_a_kxk_conv_is_the_ridge_regression_of_its_im2col_rows_in_the_batchnorm_
     positions after the 3x3 kernel: every position taken): all im2col rows,
     the target the base BN2 output mapped through the pruned BN2, ridge rows
     appended, solved by lstsq; the intercept moves BN2's running mean."""
-    from ocnna_fast.batchnorm import recalibrate_batchnorm
+    from ocnna_fast.recovery.batchnorm import recalibrate_batchnorm
 
     base, pruned, plan = _bn_pair()
     with torch.no_grad():
@@ -257,8 +257,8 @@ def test_a_kxk_conv_is_the_ridge_regression_of_its_im2col_rows_in_the_batchnorm_
 
 
 def test_the_job_refits_a_batchnorm_model_only_when_asked():
-    from ocnna_fast.pipeline import JobData, JobSettings, PruneJob
-    from ocnna_fast.tensorimages import TensorImages
+    from ocnna_fast.data.tensorimages import TensorImages
+    from ocnna_fast.job.pipeline import JobData, JobSettings, PruneJob
 
     pixels = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     images = TensorImages(pixels, torch.zeros(64, dtype=torch.int64), (0.5,) * 3, (0.25,) * 3)
@@ -290,8 +290,8 @@ def test_the_command_line_passes_refit():
 
 
 def test_a_refit_that_could_not_happen_is_refused():
-    from ocnna_fast.pipeline import JobData, JobSettings, PruneJob
-    from ocnna_fast.tensorimages import TensorImages
+    from ocnna_fast.data.tensorimages import TensorImages
+    from ocnna_fast.job.pipeline import JobData, JobSettings, PruneJob
 
     pixels = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     images = TensorImages(pixels, torch.zeros(8, dtype=torch.int64), (0.5,) * 3, (0.25,) * 3)

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from ocnna_fast import FilterStats, Scores, score
-from ocnna_fast.distill import TensorImages, distill, distillation_loss
-from ocnna_fast.pruning import group_scores, select_channels
-from ocnna_fast.scores import LayerScores
+from ocnna_fast.recovery.distill import TensorImages, distill, distillation_loss
+from ocnna_fast.scoring.scores import LayerScores
+from ocnna_fast.selection.rules import group_scores, select_channels
 
 
 def acts(n=6, c=5, seed=0):
@@ -88,7 +88,7 @@ def _rewrite(path, tensors, meta):
     """Tampering that also recomputes the digest: only value checks can catch it."""
     from safetensors.torch import save_file
 
-    from ocnna_fast import validate
+    from ocnna_fast._util import validate
 
     meta = {k: v for k, v in meta.items() if k != "sha256"}
     meta["sha256"] = validate.tensors_sha256(tensors, list(meta.items()))
@@ -415,7 +415,7 @@ def test_saving_onto_a_folder_fails_cleanly(tmp_path):
 
 
 def test_a_failed_write_removes_its_temporary_file(tmp_path):
-    from ocnna_fast.atomic import atomic_path
+    from ocnna_fast._util.atomic import atomic_path
 
     with pytest.raises(RuntimeError):
         with atomic_path(tmp_path / "f.bin") as tmp:

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from ocnna_fast import Scores, score
-from ocnna_fast.distributed import shut_down
+from ocnna_fast._util.distributed import shut_down
 
 
 class Net(nn.Module):

@@ -9,11 +9,12 @@ from conftest import DEVICES
 from torch import nn
 
 import ocnna_fast
-from ocnna_fast import Scores, reference, score
-from ocnna_fast.data import foolbox_samples, normalize
+from ocnna_fast import Scores, score
+from ocnna_fast.data.local import foolbox_samples, normalize
 from ocnna_fast.models import cifar_resnet, load_akamaster_checkpoint
 from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
-from ocnna_fast.overlap import SideStream
+from ocnna_fast.scoring import reference
+from ocnna_fast.scoring.overlap import SideStream
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +252,7 @@ def test_side_stream_scores_a_real_model_like_the_cpu(forward_priority, monkeypa
     forward pass runs on a stream of its own (scoring._FORWARD_PRIORITY)."""
     import torchvision
 
-    from ocnna_fast import scoring
+    from ocnna_fast.scoring import scorer as scoring
 
     monkeypatch.setattr(scoring, "_FORWARD_PRIORITY", forward_priority)
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from ocnna_fast import Scores, reference, score
-from ocnna_fast.taps import post_activation_taps
+from ocnna_fast import Scores, score
+from ocnna_fast.scoring import reference
+from ocnna_fast.scoring.taps import post_activation_taps
 
 
 class Net(nn.Module):

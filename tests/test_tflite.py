@@ -14,7 +14,7 @@ from ocnna_fast.models.mobilenet_tf import Conv2dSame
 
 pytest.importorskip("tflite")
 
-from ocnna_fast.tflite_convert import _dequantise, convert_tflite, detect_arch  # noqa: E402
+from ocnna_fast.models.tflite_convert import _dequantise, convert_tflite, detect_arch  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def test_dequantisation_per_tensor_and_per_channel():
 
 
 def _coral(name):
-    from ocnna_fast.datapaths import find_data
+    from ocnna_fast.data.places import find_data
 
     try:
         return find_data(f"mobilenet-imagenet-tflite-coral/{name}")
@@ -90,7 +90,7 @@ def _coral(name):
 def test_converted_mobilenets_predict_as_tflite(data_dir, name, arch, correct):
     """PROVENANCE: the TFLite interpreter gets 17 (v1 0.75) and 18 (v2) of
     the 20 foolbox ImageNet images; the float conversion must too."""
-    from ocnna_fast.data import foolbox_samples, normalize
+    from ocnna_fast.data.local import foolbox_samples, normalize
 
     path = _coral(name)
     assert detect_arch(path) == arch
@@ -114,7 +114,7 @@ def test_pruning_a_pointwise_conv_takes_its_depthwise_channels_along():
     from torch import nn
 
     from ocnna_fast.models.mobilenet_tf import MobileNetV1TF, mobilenet_v1_widths
-    from ocnna_fast.pruning import dependency_graph
+    from ocnna_fast.selection.groups import dependency_graph
 
     torch.manual_seed(0)
     m = MobileNetV1TF(mobilenet_v1_widths(0.25)).eval()
@@ -157,7 +157,7 @@ def test_a_zoo_mobilenet_is_converted_on_first_use(tmp_path, monkeypatch, capsys
     data place is converted once into the user cache, then loaded from there."""
     pytest.importorskip("tflite")
     from ocnna_fast.cli import loading
-    from ocnna_fast.datapaths import find_data
+    from ocnna_fast.data.places import find_data
 
     try:
         source = find_data("mobilenet-imagenet-tflite-coral/mobilenet_v1_0.25_128_quant.tflite")

@@ -14,8 +14,8 @@ from helpers import CLASSES, MEAN, STD, write_folder
 from torch import nn
 
 from ocnna_fast import cli
-from ocnna_fast.distill import distill, state_sha256
-from ocnna_fast.imagefolder import FolderImages, folder_classes, folder_split
+from ocnna_fast.data.imagefolder import FolderImages, folder_classes, folder_split
+from ocnna_fast.recovery.distill import distill, state_sha256
 
 
 def test_eval_transform_is_resize_then_centre_crop(tmp_path):
@@ -142,7 +142,7 @@ def test_cli_prunes_a_user_model_on_a_user_folder(tmp_path, user_module, capsys)
     from safetensors.torch import save_file
 
     from ocnna_fast.models import build
-    from ocnna_fast.pruning import load_pruned
+    from ocnna_fast.surgery.plans import load_pruned
 
     write_folder(tmp_path / "imnet", per_class=(6, 3))
     torch.manual_seed(1)

@@ -56,7 +56,7 @@ def _maybe_distributed(args: argparse.Namespace) -> int:
     """Runs prune/finetune; launched by torchrun with several processes, their
     distillation trains with DistributedDataParallel (gloo on CPU), every rank
     scores and prunes identically, and rank 0 alone prints and writes."""
-    from ..distributed import init_from_env, shut_down
+    from .._util.distributed import init_from_env, shut_down
 
     rank, world = init_from_env()
     if world == 1:

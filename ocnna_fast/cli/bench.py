@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..atomic import write_text_atomic
-from ..bench import check_cells, run_suite
-from ..budget_bench import DEFAULT_METHODS, check_methods, parse_targets, run_budget_suite
-from ..criteria import CRITERIA
-from ..distributed import is_main
-from ..outdir import out_dir
+from .._util.atomic import write_text_atomic
+from .._util.distributed import is_main
+from ..bench.equal_cost import DEFAULT_METHODS, check_methods, parse_targets, run_budget_suite
+from ..bench.equal_structure import check_cells, run_suite
+from ..selection.criteria import CRITERIA
 from . import loading, options
+from .outdir import out_dir
 from .output import command_line, writer_lock
 
 
@@ -45,12 +45,12 @@ def register(sub) -> None:
         "--methods",
         nargs="+",
         default=None,
-        metavar="KIND[:CRITERION]",
+        metavar="KIND[:CRITERION][,FLAG]",
         help="with --target: how widths are chosen, and the criterion within a group: uniform:C (one k, "
-        "bisected to the budget), uniform-inner:C (CIFAR ResNets' stage widths kept), global:C, sensitivity:C "
-        "(prune's --no-cap-search --refine-steps 0), sensitivity-caps:C (its cap search, --refine-steps 0), "
-        "sensitivity-refine:C (prune's default: the cap search, then its local search), "
-        f"tp-global (Torch-Pruning's global pruning); default {' '.join(DEFAULT_METHODS)}",
+        "bisected to the budget), uniform-inner:C (CIFAR ResNets' stage widths kept), global:C and "
+        "sensitivity:C (exactly prune --allocation global/sensitivity --criterion C), each optionally "
+        "followed by prune's flags (sensitivity:C,no-cap-search,refine-steps=0; also round-to=N, max-prune=R, "
+        f"sensitivity-images=N), tp-global (Torch-Pruning's global pruning); default {' '.join(DEFAULT_METHODS)}",
     )
     options.add_budget_options(be, allocation=False)
     be.add_argument(
@@ -137,7 +137,8 @@ def suite(args: argparse.Namespace, model, size: int, out: Path):
 
 
 def _budget_suite(args: argparse.Namespace, model, size: int, out: Path, data):
-    from ..pipeline import JobSettings
+    from ..budget.spec import PruneSpec
+    from ..job.pipeline import JobSettings
 
     inner = [m for m in args.methods if m.startswith("uniform-inner")]
     try:
@@ -145,16 +146,9 @@ def _budget_suite(args: argparse.Namespace, model, size: int, out: Path, data):
             loading.ignored_layers(model, "inner")
     except (TypeError, ValueError):
         raise ValueError(f"{inner[0]}: the inner scope exists for the CIFAR ResNets only") from None
+    shared = PruneSpec.from_flags({**vars(args), "k": None, "target": None, "folded": args.folded_correction})
     settings = JobSettings(
-        epochs=args.finetune_epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        input_size=size,
-        round_to=args.round_to,
-        max_prune=args.max_prune,
-        sensitivity_images=args.sensitivity_images,
-        folded=args.folded_correction,
-        refit=args.refit,
+        **shared.prune_fields(), epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size, input_size=size
     )
     config = {
         "arch": args.arch,

@@ -17,10 +17,10 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
-    from ..atomic import atomic_path
-    from ..fetch import sha256_of
+    from .._util.atomic import atomic_path
+    from ..data.fetch import sha256_of
     from ..models import build
-    from ..tflite_convert import convert_tflite, detect_arch
+    from ..models.tflite_convert import convert_tflite, detect_arch
 
     out = Path(args.out)
     if out.suffix != ".safetensors":

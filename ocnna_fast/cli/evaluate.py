@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from ..evaluation import evaluate
+from ..data.evaluation import evaluate
 from . import loading, options
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ..outdir import OUTPUTS, check_not_pruned_model, producer
 from . import loading, options
+from .outdir import OUTPUTS, check_not_pruned_model, producer
 from .output import print_latency
 
 
@@ -94,7 +94,7 @@ def _previous_export(report: Path) -> set:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import export as ex
+    from ..deploy import export as ex
     from ..models import input_size
 
     if args.format == "onnx" or args.benchmark:

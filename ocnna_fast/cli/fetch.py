@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..datapaths import cache_dir
-from ..fetch import REMOTES, fetch
+from ..data.fetch import REMOTES, fetch
+from ..data.places import cache_dir
 
 
 def register(sub) -> None:

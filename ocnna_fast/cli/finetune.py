@@ -6,12 +6,12 @@ import argparse
 import time
 from pathlib import Path
 
-from ..atomic import atomic_path
-from ..distill import finetune
-from ..distributed import is_main
-from ..evaluation import evaluate
-from ..outdir import out_dir
+from .._util.atomic import atomic_path
+from .._util.distributed import is_main
+from ..data.evaluation import evaluate
+from ..recovery.distill import finetune
 from . import loading, options
+from .outdir import out_dir
 from .output import write_report, writer_lock
 
 

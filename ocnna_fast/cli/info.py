@@ -6,7 +6,7 @@ import argparse
 import json
 
 from .._native import build_info
-from ..datapaths import cache_dir, data_places
+from ..data.places import cache_dir, data_places
 
 
 def register(sub) -> None:

@@ -30,10 +30,10 @@ def num_classes(dataset: str, data_dir: Optional[str] = None) -> int:
     """Classes of a data set; for an image folder, its class folders (so a
     folder with a subset of ImageNet's classes is refused by a 1000-class
     model instead of being scored against shifted labels)."""
-    from ..data import DATASETS, FOLDER_DATASETS
+    from ..data.local import DATASETS, FOLDER_DATASETS
 
     if dataset in FOLDER_DATASETS and data_dir:
-        from ..imagefolder import folder_classes
+        from ..data.imagefolder import folder_classes
 
         return len(folder_classes(data_dir))
     return DATASETS[dataset][0] if dataset in DATASETS else 10
@@ -41,7 +41,7 @@ def num_classes(dataset: str, data_dir: Optional[str] = None) -> int:
 
 def describe(dataset: str) -> str:
     """A data set's name as reports print it."""
-    from ..data import DATASETS
+    from ..data.local import DATASETS
 
     return DATASETS[dataset][1] if dataset in DATASETS else dataset
 
@@ -57,7 +57,7 @@ def load_model(
     """``(model in eval mode, where its weights came from)``; a ``--model``
     factory without weights is built under ``seed`` (its parameters are the
     weights, so two runs must draw the same)."""
-    from ..data import PRETRAINED, pretrained_weights
+    from ..data.local import PRETRAINED, pretrained_weights
     from ..models import ARCHS, build, is_factory, load_weights
 
     if is_factory(arch):
@@ -103,7 +103,7 @@ TFLITE_FILES = {
 def _converted(arch: str, data_dir: Optional[str]) -> Path:
     """The float weights of a zoo TensorFlow MobileNet: converted from its
     Coral TFLite file in a data place on first use, into the user cache."""
-    from ..datapaths import cache_dir, find_data
+    from ..data.places import cache_dir, find_data
 
     out = cache_dir() / "converted" / f"{arch}.safetensors"
     if out.is_file():
@@ -116,9 +116,9 @@ def _converted(arch: str, data_dir: Optional[str]) -> Path:
         ) from None
     from safetensors.torch import save_file
 
-    from ..atomic import atomic_path
+    from .._util.atomic import atomic_path
     from ..models import build
-    from ..tflite_convert import convert_tflite
+    from ..models.tflite_convert import convert_tflite
 
     print(f"converting {source} into {out} (once; later runs load it)")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +167,7 @@ def load_pruned_folder(args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, A
     explicitly and equal to what the plan recorded: a file never chooses the
     code that runs."""
     from ..models import build, is_factory
-    from ..pruning import load_pruned, read_plan
+    from ..surgery.plans import load_pruned, read_plan
 
     spec = read_plan(args.pruned).get("model") or {}
     arch = spec.get("arch", "?")
@@ -190,7 +190,7 @@ def input_spec(args: argparse.Namespace):
     zoo's for a zoo ``--arch``; for ``--model``, ``--input-size`` (default 32
     on CIFAR, 224 on ImageNet) and the data set's usual statistics.
     ``--input-size`` overrides a zoo model's size too."""
-    from ..data import IMAGENET_MEAN, IMAGENET_STD
+    from ..data.local import IMAGENET_MEAN, IMAGENET_STD
     from ..models import ARCHS, is_factory
     from ..models import input_spec as zoo_spec
     from ..models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
@@ -226,15 +226,15 @@ def images(args: argparse.Namespace, split: str, n: Optional[int], augment: bool
     image folder (seeded, class-balanced when ``n`` is set), sized and
     normalised for the model; ``cifar10-lossless-20``: the 20 shipped
     lossless test images."""
-    from ..data import FOLDER_DATASETS, foolbox_samples, load_split
-    from ..tensorimages import TensorImages
+    from ..data.local import FOLDER_DATASETS, foolbox_samples, load_split
+    from ..data.tensorimages import TensorImages
 
     size, mean, std, crop = input_spec(args)
     if args.dataset == LOSSLESS_20:
         x, y = foolbox_samples("cifar10", args.data_dir)
         return TensorImages(x[:n], y[:n], mean, std)
     if args.dataset in FOLDER_DATASETS:
-        from ..imagefolder import folder_split
+        from ..data.imagefolder import folder_split
 
         if not args.data_dir:
             raise ValueError(
@@ -270,7 +270,7 @@ def job_data(args: argparse.Namespace):
     counts: test images to evaluate, training images to score, to
     re-estimate BatchNorm on (``--bn-images``, none at 0) and to distill on
     (none without ``--finetune-epochs``)."""
-    from ..pipeline import JobData
+    from ..job.pipeline import JobData
 
     return JobData(
         eval=images(args, "test", args.eval_images, False, args.seed),

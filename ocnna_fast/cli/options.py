@@ -5,9 +5,12 @@ the data and a run."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 from typing import Callable, List, Optional, Sequence
+
+from ..budget.spec import ALLOCATIONS, BUDGET_FIELDS, PruneSpec
 
 __all__ = [
     "COUNT",
@@ -116,7 +119,7 @@ def n_components(text: str):
 
 def device(text: str) -> str:
     """An argparse type: a device that exists here (cpu, or a usable GPU)."""
-    from ..placement import usable_device
+    from .._util.placement import usable_device
 
     try:
         return str(usable_device(text))
@@ -207,7 +210,7 @@ def add_job_options(sp: argparse.ArgumentParser, *, finetune_epochs: int) -> Non
         "BatchNorm is folded into its convs, correct the kept channels' statistics "
         "on them instead (--folded-correction)",
     )
-    from ..compensation import FOLDED
+    from ..recovery.compensation import FOLDED
 
     sp.add_argument(
         "--folded-correction",
@@ -244,7 +247,7 @@ def add_job_options(sp: argparse.ArgumentParser, *, finetune_epochs: int) -> Non
 
 def target(text: str):
     """An argparse type: a budget ``KIND=RATIO`` (``macs=0.5``, ``params=0.3``, ``latency=0.6``)."""
-    from ..allocation import parse_target
+    from ..budget.allocation import parse_target
 
     try:
         t = parse_target(text)
@@ -255,7 +258,7 @@ def target(text: str):
 
 def add_latency_target_options(sp: argparse.ArgumentParser) -> None:
     """Where a ``--target latency=R`` is measured."""
-    from ..latency_budget import RUNTIMES
+    from ..budget.latency import RUNTIMES
 
     sp.add_argument(
         "--latency-runtime",
@@ -264,23 +267,18 @@ def add_latency_target_options(sp: argparse.ArgumentParser) -> None:
         help="the runtime a latency target is measured in (default onnxruntime: needs the deploy extra)",
     )
     sp.add_argument(
-        "--latency-batch", type=COUNT, default=None, help="images per call when measuring a latency target (default 1)"
+        "--latency-batch",
+        type=COUNT,
+        default=None,
+        help=f"images per call when measuring a latency target (default {_SPEC_DEFAULTS['latency_batch']})",
     )
 
 
-# The budget options' defaults, filled in after parsing: left unset by the
+_SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PruneSpec)}
+# The budget options' defaults (PruneSpec's), filled in after parsing: left unset by the
 # parser, an option the user gave can be told from one they did not, so that
 # one with no effect on the run is refused instead of ignored in silence.
-BUDGET_DEFAULTS = {
-    "allocation": "sensitivity",
-    "round_to": 1,
-    "max_prune": 0.9,
-    "refine_steps": None,  # budget.REFINE_STEPS, read when filled in
-    "cap_search": True,
-    "sensitivity_images": 512,
-    "latency_runtime": "onnxruntime",
-    "latency_batch": 1,
-}
+BUDGET_DEFAULTS = {name: _SPEC_DEFAULTS[name] for name in BUDGET_FIELDS}
 # the options that shape only a sensitivity allocation, and only a latency target
 SENSITIVITY_ONLY = ("refine_steps", "cap_search", "sensitivity_images")
 LATENCY_ONLY = ("latency_runtime", "latency_batch")
@@ -292,14 +290,12 @@ def flag(dest: str) -> str:
 
 def fill_budget_defaults(args: argparse.Namespace) -> List[str]:
     """Fills in the budget options not given; returns the names of those given."""
-    from ..budget import REFINE_STEPS
-
     given = []
     for dest, default in BUDGET_DEFAULTS.items():
         if not hasattr(args, dest):
             continue
         if getattr(args, dest) is None:
-            setattr(args, dest, REFINE_STEPS if dest == "refine_steps" else default)
+            setattr(args, dest, default)
         else:
             given.append(dest)
     return given
@@ -329,22 +325,25 @@ def add_budget_options(sp: argparse.ArgumentParser, *, allocation: bool = True) 
     with the ``--allocation`` choice; a suite names it per method)."""
     if allocation:
         _add_allocation(sp)
-    sp.add_argument("--round-to", type=COUNT, default=None, help="keep every pruned width a multiple of N (default 1)")
+    sp.add_argument(
+        "--round-to",
+        type=COUNT,
+        default=None,
+        help=f"keep every pruned width a multiple of N (default {_SPEC_DEFAULTS['round_to']})",
+    )
     sp.add_argument(
         "--max-prune",
         type=_float_type(0, 1, low_open=True, high_open=True, what="a share"),
         default=None,
-        help="the largest share of one group that --target may remove (default 0.9)",
+        help=f"the largest share of one group that --target may remove (default {_SPEC_DEFAULTS['max_prune']})",
     )
     if allocation:
-        from ..budget import REFINE_STEPS
-
         sp.add_argument(
             "--refine-steps",
             type=NONNEG,
             default=None,
             help="after the sensitivity allocation, this many moves of a local search on the loss of all "
-            f"groups masked together (default {REFINE_STEPS}; 0: off)",
+            f"groups masked together (default {_SPEC_DEFAULTS['refine_steps']}; 0: off)",
         )
         sp.add_argument(
             "--cap-search",
@@ -358,7 +357,7 @@ def add_budget_options(sp: argparse.ArgumentParser, *, allocation: bool = True) 
         "--sensitivity-images",
         type=COUNT,
         default=None,
-        help="calibration and scoring images each sensitivity candidate is measured on (default 512; fewer "
+        help=f"calibration and scoring images each sensitivity candidate is measured on (default {_SPEC_DEFAULTS['sensitivity_images']}; fewer "
         "measure the losses too noisily to allocate well, see docs/budget.md)",
     )
 
@@ -367,7 +366,7 @@ def _add_allocation(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--allocation",
         default=None,
-        choices=["sensitivity", "global"],
+        choices=list(ALLOCATIONS),
         help="per-group widths for --target: sensitivity (default; each group's loss curve measured after "
         "BatchNorm re-estimation) or global (criterion values normalised per group, ranked across groups)",
     )

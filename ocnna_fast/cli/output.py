@@ -10,9 +10,9 @@ import shlex
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from ..atomic import write_text_atomic
-from ..distributed import is_main
-from ..outdir import locked
+from .._util.atomic import write_text_atomic
+from .._util.distributed import is_main
+from .outdir import locked
 
 __all__ = ["writer_lock", "command_line", "write_report", "print_latency", "prune_markdown"]
 
@@ -42,14 +42,14 @@ def write_report(out: Path, report: Dict[str, Any], title: str, markdown: Option
     )
     md = f"# {title}\n\n| metric | value |\n| --- | --- |\n{rows}\n"
     if isinstance(report.get("latency"), dict):
-        from ..export import latency_markdown
+        from ..deploy.export import latency_markdown
 
         md += "\n" + latency_markdown(report["latency"])
     write_text_atomic(out / "report.md", md)
 
 
 def print_latency(section: Dict[str, Any]) -> None:
-    from ..export import SPREAD_LIMIT, spread
+    from ..deploy.export import SPREAD_LIMIT, spread
 
     threads = section["pruned"]["threads"]
     print(f"latency on this CPU ({threads} threads; median ms, base -> pruned, speed-up):")
@@ -123,7 +123,7 @@ def prune_markdown(report: Dict[str, Any], title: str) -> str:
         lines += ["", "To run it again:", "", "```bash", settings["command"], "```"]
     md = "\n".join(lines) + "\n"
     if isinstance(r.get("latency"), dict):
-        from ..export import latency_markdown
+        from ..deploy.export import latency_markdown
 
         md += "\n" + latency_markdown(r["latency"])
     return md

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import torch
 
-from ..criteria import CRITERIA, FamilyCriterion
-from ..distributed import is_main
-from ..outdir import out_dir, publish, staged
-from ..pipeline import JobResult, JobSettings, PruneJob
-from ..pruning import FAMILY, save_pruned
+from .._util.distributed import is_main
+from ..budget.spec import PruneSpec
+from ..job.pipeline import JobResult, JobSettings, PruneJob
+from ..selection.criteria import CRITERIA, FamilyCriterion
+from ..selection.rules import FAMILY
+from ..surgery.plans import save_pruned
 from . import loading, options
+from .outdir import out_dir, publish, staged
 from .output import command_line, print_latency, prune_markdown, write_report, writer_lock
 
 
@@ -68,8 +70,6 @@ def run(args: argparse.Namespace) -> int:
             "the sensitivity allocation re-estimates BatchNorm for each candidate on --bn-images training images: "
             "give --bn-images N (N > 0), or --allocation global"
         )
-    if args.k is None and args.target is None:
-        args.k = 40.0
     size = loading.check_data_fits(args)
     out = out_dir(args.out, "prune", inputs=[w for w in (args.weights,) if w])  # refused before anything loads
     model, weights = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, size, seed=args.seed)
@@ -78,22 +78,15 @@ def run(args: argparse.Namespace) -> int:
         return _prune_into(args, model, weights, size, out, stage)
 
 
+def spec_of(args: argparse.Namespace) -> PruneSpec:
+    """The specification the prune flags say (``--folded-correction`` is ``folded``)."""
+    return PruneSpec.from_flags({**vars(args), "folded": args.folded_correction})
+
+
 def _job(args: argparse.Namespace, model, size: int, out: Path) -> PruneJob:
     data = loading.job_data(args)
     settings = JobSettings(
-        k=args.k if args.k is not None else 40.0,
-        target=args.target,
-        allocation=args.allocation,
-        round_to=args.round_to,
-        max_prune=args.max_prune,
-        sensitivity_images=args.sensitivity_images,
-        refine_steps=args.refine_steps,
-        cap_search=args.cap_search,
-        latency_runtime=args.latency_runtime,
-        latency_batch=args.latency_batch,
-        folded=args.folded_correction,
-        refit=args.refit,
-        criterion=args.criterion,
+        **spec_of(args).prune_fields(),
         n_components=args.n_components,
         epochs=args.finetune_epochs,
         lr=args.lr,
@@ -105,23 +98,7 @@ def _job(args: argparse.Namespace, model, size: int, out: Path) -> PruneJob:
     return PruneJob(model, data, settings, ignored_layers=ignored, checkpoint_dir=out, progress=not args.no_progress)
 
 
-def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: Path, stage: Path) -> int:
-    job = _job(args, model, size, out)
-    base = job.evaluate_base()
-    print(f"base accuracy {base.accuracy:.2f}% on {len(job.data.eval)} {args.dataset} test images")
-    outputs = ["pruned", "report.json", "report.md"]
-    if isinstance(CRITERIA[args.criterion], FamilyCriterion):  # OCNNA's pass: its scores are kept
-        job.score().save(stage / "scores.safetensors")
-        outputs.insert(0, "scores.safetensors")
-    else:
-        job.rank()
-    pruned, _ = job.surgery()
-    how = f"k={args.k}" if job.budget is None else _budget_line(job)
-    print(
-        f"pruned at {how}: {sum(p.numel() for p in pruned.parameters())}/{base.params} parameters, "
-        f"accuracy right after surgery {job.accuracy['surgery']:.2f}%"
-    )
-    recal = job.recalibrate()
+def _print_recalibration(args: argparse.Namespace, job, recal) -> None:
     if recal and recal["method"].startswith("batchnorm"):
         refitted = f" and {recal['reconstructed']} layers refitted by least squares" if "reconstructed" in recal else ""
         print(
@@ -136,6 +113,25 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
             f"instead {_folded_line(recal)} (measured on {recal['images']} training images): "
             f"accuracy {job.accuracy['recalibrated']:.2f}%"
         )
+
+
+def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: Path, stage: Path) -> int:
+    job = _job(args, model, size, out)
+    base = job.evaluate_base()
+    print(f"base accuracy {base.accuracy:.2f}% on {len(job.data.eval)} {args.dataset} test images")
+    outputs = ["pruned", "report.json", "report.md"]
+    if isinstance(CRITERIA[args.criterion], FamilyCriterion):  # OCNNA's pass: its scores are kept
+        job.score().save(stage / "scores.safetensors")
+        outputs.insert(0, "scores.safetensors")
+    else:
+        job.rank()
+    pruned, _ = job.surgery()
+    how = f"k={job.settings.k}" if job.budget is None else _budget_line(job)
+    print(
+        f"pruned at {how}: {sum(p.numel() for p in pruned.parameters())}/{base.params} parameters, "
+        f"accuracy right after surgery {job.accuracy['surgery']:.2f}%"
+    )
+    _print_recalibration(args, job, job.recalibrate())
     job.distill()
     result = job.result()
     save_pruned(
@@ -153,11 +149,11 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
         return 0
     report = _report(args, weights, job, result)
     if args.latency_repeats > 0:
-        from .. import export as ex
+        from ..deploy import export as ex
 
         report["latency"] = ex.compare_latency(model, result.pruned, size, args.latency_repeats, stage / ".latency")
         print_latency(report["latency"])
-    title = f"k={args.k}" if args.target is None else f"{args.target}, {args.allocation} allocation"
+    title = f"k={job.settings.k}" if args.target is None else f"{args.target}, {args.allocation} allocation"
     title = f"Pruned {args.arch}: {args.criterion}, {title}"
     write_report(stage, report, title, prune_markdown(report, title))
     # the job finished: an earlier run's outputs and this run's checkpoints (the
@@ -193,7 +189,7 @@ def _report(args: argparse.Namespace, weights: str, job: PruneJob, result: JobRe
         "arch": args.arch,
         "dataset": loading.describe(args.dataset),
         "base_weights": weights,
-        "k": args.k,
+        "k": job.settings.k,
         "scope": args.scope,
         "n_components": args.n_components,
         "criterion": args.criterion,

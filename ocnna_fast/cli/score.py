@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
+from .._util.atomic import write_text_atomic
 from .._version import __version__
-from ..atomic import write_text_atomic
-from ..outdir import out_dir
-from ..scoring import score
+from ..scoring.scorer import score
 from . import loading, options
+from .outdir import out_dir
 from .output import writer_lock
 
 

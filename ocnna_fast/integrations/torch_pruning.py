@@ -24,8 +24,9 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
-from ..pruning import FAMILY, group_scores, out_channel_convs
-from ..scores import LayerScores
+from ..scoring.scores import LayerScores
+from ..selection.groups import out_channel_convs
+from ..selection.rules import FAMILY, group_scores
 
 try:
     from torch_pruning.pruner.importance import Importance as _Base
@@ -47,7 +48,7 @@ class OCNNAImportance(_Base):  # type: ignore[misc,valid-type]
             kernels, which pruning never changes (recorded here before pruning).
         criterion: which statistic ranks the filters: ``"ocnna"`` (the
             paper's score, default), ``"mean-energy"`` or ``"ocnna-rms"``
-            (``ocnna_fast.pruning.FAMILY``).
+            (``ocnna_fast.surgery.prune.FAMILY``).
     """
 
     @staticmethod
@@ -55,7 +56,7 @@ class OCNNAImportance(_Base):  # type: ignore[misc,valid-type]
         """Raises ``ValueError`` naming the operation when Torch-Pruning
         cannot build the model's dependency graph (call it before creating
         Torch-Pruning's pruner, which would fail with a bare error)."""
-        from ..pruning import dependency_graph
+        from ..selection.groups import dependency_graph
 
         dependency_graph(model, example_inputs)
 

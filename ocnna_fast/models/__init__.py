@@ -16,7 +16,7 @@ from typing import Callable, Dict, Tuple, Union
 
 from torch import nn
 
-from ..validate import floating_like
+from .._util.validate import floating_like
 from .cifar_others import densenet40_cifar, mobilenet_v1_cifar, vgg16_bn_cifar
 from .cifar_resnet import CifarResNet, cifar_resnet, load_akamaster_checkpoint
 from .efficientnet_lite import EfficientNetLite0, lite0_weights_path
@@ -122,7 +122,7 @@ def input_spec(arch: str):
     224px models, and the TensorFlow models' own scaling (their classes say it).
     A crop fraction of ``None`` means: resize the short side to 256/224 of the
     size, take the central square."""
-    from ..data import IMAGENET_MEAN, IMAGENET_STD
+    from ..data.local import IMAGENET_MEAN, IMAGENET_STD
     from .cifar_resnet import CIFAR_MEAN, CIFAR_STD
 
     size = input_size(arch)

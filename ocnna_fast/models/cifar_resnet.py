@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..validate import floating_like, torch_load_safely
+from .._util.validate import floating_like, torch_load_safely
 
 __all__ = [
     "CifarResNet",

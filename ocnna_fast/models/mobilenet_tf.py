@@ -1,5 +1,5 @@
 """MobileNet v1 as TensorFlow built it, for ImageNet weights converted from
-TFLite files (``ocnna_fast.tflite_convert``).
+TFLite files (``ocnna_fast.models.tflite_convert``).
 
 Two details make a float PyTorch copy reproduce the TensorFlow graph:
 - TensorFlow's SAME padding: for a stride-2 conv the extra row and column go

@@ -1,0 +1,350 @@
+"""The equal-cost suite (``ocnna-fast bench --target``): pruning methods side
+by side at the same MACs (or parameter) budget.
+
+A *method* is how the per-group widths are chosen, with the criterion that
+ranks the channels within a group:
+
+- ``uniform:CRIT``: the paper's rule, one percentile k in every group (stage
+  widths included), k bisected until the model meets the budget;
+- ``uniform-inner:CRIT``: the same with the CIFAR ResNets' stage widths
+  kept (only each block's inner conv pruned);
+- ``global:CRIT`` and ``sensitivity:CRIT``: ``prune --allocation global``
+  and ``prune --allocation sensitivity`` with ``--criterion CRIT``, and
+  with any flags that follow (``sensitivity:CRIT,no-cap-search,refine-steps=0``):
+  a method string means what the same ``prune`` flags mean (``PruneSpec``);
+- ``tp-global``: Torch-Pruning's own global pruning through its API
+  (``MetaPruner`` with ``GroupMagnitudeImportance(p=2)`` and
+  ``global_pruning=True``), its pruning ratio bisected to the budget; the
+  widths and channels it chose are rebuilt by our surgery (same structure,
+  checked by count) so the rest of the job treats it like any other.
+
+Each cell (method, target, seed) is one ``pipeline.PruneJob``: accuracy
+after surgery, after BatchNorm re-estimation and after the distillation
+budget, what the budget reached, eager latency.  Rows are appended to
+``results.json`` as cells finish, so a stopped suite resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .._util.atomic import write_text_atomic
+from ..budget.allocation import Target, parse_target
+from ..budget.search import TOLERANCE, count_ratio
+from ..budget.spec import ALLOCATIONS, LEGACY_METHODS, METHOD_KINDS, PruneSpec, parse_method
+from ..data.tensorimages import image_side
+from ..deploy.latency import eager_latency
+from ..job.pipeline import JobData, JobSettings, PruneJob, measure_baseline
+from ..selection.criteria import SEEDED
+from ..selection.groups import conv_groups, torch_pruning
+from ..surgery.prune import prune
+from .cost_tables import MEASURED, budget_plot, budget_table
+from .results_file import document, finite_or_none, load_rows, model_config, run_cells
+
+__all__ = [
+    "METHOD_KINDS",
+    "DEFAULT_METHODS",
+    "upgrade_row",
+    "check_methods",
+    "parse_method",
+    "parse_targets",
+    "run_budget_suite",
+    "tp_global_keep",
+]
+
+DEFAULT_METHODS = (
+    "uniform:ocnna",
+    "uniform:ocnna-rms",
+    "uniform:l1",
+    "uniform-inner:ocnna-rms",
+    "uniform-inner:l1",
+    "tp-global",
+    "global:ocnna-rms",
+    "sensitivity:ocnna-rms,no-cap-search,refine-steps=0",
+    "sensitivity:ocnna-rms,refine-steps=0",
+    "sensitivity:ocnna-rms",  # prune's default allocation
+    "sensitivity:l1,no-cap-search,refine-steps=0",
+)
+
+
+def upgrade_row(row: Dict[str, Any]) -> Dict[str, Any]:
+    """A schema-1 row with its method named as today: ``sensitivity:C`` then
+    meant no cap search and no local search, ``sensitivity-caps:C`` the cap
+    search alone, ``sensitivity-refine:C`` both (today's ``sensitivity:C``)."""
+    kind, _, criterion = str(row.get("method", "")).partition(":")
+    if kind not in LEGACY_METHODS or "," in criterion:
+        return row
+    return dict(row, method=f"sensitivity:{criterion}{LEGACY_METHODS[kind]}")
+
+
+def parse_targets(items: Sequence[str]) -> List[str]:
+    """``["macs=0.5", "0.3", "params=0.4"]``: a bare ratio takes the kind before it."""
+    out, kind = [], None
+    for item in items:
+        text = str(item)
+        if "=" not in text:
+            if kind is None:
+                raise ValueError(f"target {text!r} needs a kind first, e.g. macs={text}")
+            text = f"{kind}={text}"
+        t = parse_target(text)
+        if t.kind == "latency":
+            raise ValueError("the equal-cost suite compares at MACs or parameter budgets (macs=R, params=R)")
+        kind = t.kind
+        out.append(str(t))
+    twice = sorted({t for t in out if out.count(t) > 1})
+    if twice:
+        raise ValueError(f"--target lists {', '.join(twice)} more than once")
+    return out
+
+
+def check_methods(methods: Sequence[str], seeds: Sequence[int]) -> None:
+    for m in methods:
+        parse_method(m)
+    if not methods or not seeds:
+        raise ValueError("need at least one method and one seed")
+    for option, values in (("--methods", list(methods)), ("--seeds", list(seeds))):
+        twice = sorted({str(v) for v in values if values.count(v) > 1})
+        if twice:
+            raise ValueError(f"{option} lists {', '.join(twice)} more than once; give each value once")
+
+
+def _key(row: Dict[str, Any]) -> tuple:
+    return (row["method"], row["target"], int(row["seed"]))
+
+
+def _row_ok(r: Any) -> bool:
+    if not (isinstance(r, dict) and {"method", "target", "seed", *MEASURED} <= set(r)):
+        return False
+    try:
+        parse_method(r["method"])
+        parse_target(r["target"])
+    except (ValueError, TypeError):
+        return False
+    seed_ok = isinstance(r["seed"], int) and not isinstance(r["seed"], bool) and r["seed"] >= 0
+    return seed_ok and finite_or_none(r, MEASURED)
+
+
+def _bisect(build: Callable[[float], Any], ratio: Callable[[Any], float], target: Target, lo: float, hi: float):
+    """The largest share pruned (a percentile or a ratio, in ``[lo, hi]``)
+    whose model stays within 2% above the target, and that model: the
+    budget is met as closely as the rule's steps allow."""
+    ceiling = target.ratio * (1 + TOLERANCE)
+    best = None
+    for _ in range(16):
+        mid = (lo + hi) / 2
+        built = build(mid)
+        reached = ratio(built)
+        if reached <= ceiling:
+            best, hi = (mid, built, reached), mid
+            if reached >= target.ratio * (1 - TOLERANCE):
+                break
+        else:
+            lo = mid
+    if best is None:
+        raise ValueError(f"cannot meet {target} with this rule (the most it prunes still costs more)")
+    return best
+
+
+def tp_global_keep(
+    model: nn.Module, example: torch.Tensor, ignored: Sequence[nn.Module], target: Target, max_ratio: float = 0.9
+) -> Tuple[Dict[str, int], float]:
+    """The per-group widths Torch-Pruning's global pruning (group L2
+    magnitude, ``global_pruning=True``) chooses at the pruning ratio that
+    meets ``target``, and the ratio."""
+    tp = torch_pruning()
+    ratio = count_ratio(model, example, target.kind)
+    name_of = {m: n for n, m in model.named_modules()}
+    skip_names = {name_of[m] for m in ignored}
+
+    def build(share: float) -> nn.Module:
+        work = copy.deepcopy(model).eval()
+        by_name = dict(work.named_modules())
+        skip = [by_name[n] for n in skip_names] + [m for m in work.modules() if isinstance(m, nn.Linear)]
+        hook = getattr(work, "ocnna_pruners", None)
+        pruner = tp.pruner.MetaPruner(
+            work,
+            example,
+            importance=tp.importance.GroupMagnitudeImportance(p=2),
+            global_pruning=True,
+            pruning_ratio=share,
+            max_pruning_ratio=max_ratio,
+            ignored_layers=skip,
+            root_module_types=[nn.Conv2d],
+            customized_pruners=hook() if callable(hook) else None,
+        )
+        pruner.step()
+        return work
+
+    share, pruned, _ = _bisect(build, ratio, target, 0.0, max_ratio)
+    keep = {n: m.out_channels for n, m in pruned.named_modules() if isinstance(m, nn.Conv2d)}
+    return keep, share
+
+
+def _group_roots(model: nn.Module, example: torch.Tensor, ignored: Sequence[nn.Module]) -> List[str]:
+    return [root for root, _ in conv_groups(model, example, ignored)[3]]
+
+
+class _Cells:
+    """The base model measured once, criterion values cached, one job per cell."""
+
+    def __init__(self, model, data: JobData, settings: JobSettings, ignored_for, repeats: int) -> None:
+        self.model, self.data, self.settings, self.ignored_for, self.repeats = (
+            model, data, settings, ignored_for, repeats)  # fmt: skip
+        self.baseline = measure_baseline(model, data.eval, settings.input_size)
+        self.base_latency = eager_latency(model, settings.input_size, repeats) if repeats else None
+        self.values: Dict[tuple, Any] = {}
+        self.structures: Dict[tuple, Dict[str, Any]] = {}
+
+    def _values(self, job: PruneJob, criterion: str, seed: int):
+        key = (criterion, seed if criterion in SEEDED else 0, len(job.ignored))  # the scope changes the groups
+        if key not in self.values:
+            self.values[key] = job.rank()
+        return self.values[key]
+
+    def cell(self, method: str, target: str, seed: int) -> Dict[str, Any]:
+        kind, spec = PruneSpec.from_method(method, target, base=self.settings)
+        settings = dataclasses.replace(self.settings, **spec.prune_fields(), seed=seed)
+        ignored = self.ignored_for("inner" if kind == "uniform-inner" else "full")
+        job = PruneJob(self.model, self.data, settings, ignored_layers=ignored, baseline=self.baseline, progress=False)
+        built = self._built(job, kind, method, seed)
+        job.adopt(copy.deepcopy(built["pruned"]), copy.deepcopy(built["plan"]))  # each seed distills its own copy
+        job.recalibrate()
+        job.distill()
+        result = job.result()
+        row: Dict[str, Any] = {"method": method, "target": target, "seed": seed, "k": built["k"]}
+        row.update(reached=built["reached"], rpr=result.rpr, macs_ratio=result.macs_ratio)
+        row.update(acc_surgery=result.accuracy["surgery"], acc_bn=result.accuracy.get("recalibrated"))
+        row.update(acc_finetuned=result.accuracy.get("distilled"), allocation_seconds=built["seconds"])
+        row.update(self._latency(result.pruned))
+        if built["widths"] is not None:
+            row["widths"] = built["widths"]
+        return row
+
+    def _built(self, job: PruneJob, kind: str, method: str, seed: int) -> Dict[str, Any]:
+        """The structure a method chooses at a target (built once: the seeds
+        of a deterministic method share it and differ in distillation)."""
+        s = job.settings
+        key = (method, s.target, seed if s.criterion in SEEDED else 0)
+        if key in self.structures:
+            return self.structures[key]
+        start, k, widths = time.perf_counter(), None, None
+        if kind in ALLOCATIONS:
+            job.rank(self._values(job, s.criterion, seed))
+            budget = job.allocate()
+            pruned, plan, reached = budget.pruned, budget.plan, budget.reached
+            widths = {r: list(w) for r, w in budget.widths.items()}
+        else:
+            k, pruned, plan, reached = self._fixed_rule(
+                job, kind, s.criterion, seed, job.ignored, parse_target(s.target)
+            )
+        built = dict(pruned=pruned, plan=plan, k=k, reached=reached, widths=widths)
+        built["seconds"] = time.perf_counter() - start
+        self.structures = {key: built}  # one kept: cells run target-major, a method's seeds in a row
+        return built
+
+    def _fixed_rule(self, job: PruneJob, kind: str, criterion: Optional[str], seed: int, ignored, t: Target):
+        """uniform k, or Torch-Pruning's global widths, at the budget: (k or ratio, model, plan, reached)."""
+        ratio = count_ratio(self.model, job.example, t.kind)
+        if kind == "tp-global":
+            keep, share = tp_global_keep(self.model, job.example, ignored, t)
+            roots = _group_roots(self.model, job.example, ignored)
+            keep = {r: keep[r] for r in roots}
+            importance = torch_pruning().importance.GroupMagnitudeImportance(p=2)
+            pruned, plan = prune(self.model, None, None, job.example, ignored, importance=importance, keep=keep)
+            return share, pruned, plan, ratio(pruned)
+        values = self._values(job, criterion, seed)
+
+        def build(k: float):
+            return prune(self.model, None, k, job.example, ignored, importance=values)
+
+        k, (pruned, plan), reached = _bisect(build, lambda b: ratio(b[0]), t, 0.0, 99.0)
+        return k, pruned, plan, reached
+
+    def _latency(self, pruned: nn.Module) -> Dict[str, Optional[float]]:
+        if self.base_latency is None:
+            return dict.fromkeys(("latency_ms_b1", "latency_ms_b64"))
+        lat = eager_latency(pruned, self.settings.input_size, self.repeats)
+        return {"latency_ms_b1": lat[1]["median"], "latency_ms_b64": lat[64]["median"]}
+
+    def document(self, config: Dict[str, Any], rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+        base: Dict[str, Any] = {"accuracy": self.baseline.accuracy, "params": self.baseline.params}
+        base.update(macs=self.baseline.macs, threads=torch.get_num_threads())
+        if self.base_latency is not None:
+            base.update(latency_ms_b1=self.base_latency[1]["median"], latency_ms_b64=self.base_latency[64]["median"])
+        return document(config, base, rows)
+
+
+def _suite_config(config: Dict[str, Any], model: nn.Module, settings: JobSettings, latency_repeats: int):
+    """What the rows depend on: the caller's data and options, the model and the job settings."""
+    config = dict(config, latency_repeats=latency_repeats, **model_config(model, settings.folded, settings.refit))
+    config.update({f: getattr(settings, f) for f in ("epochs", "lr", "batch_size", "input_size", "round_to")})
+    config.update(max_prune=settings.max_prune, sensitivity_images=settings.sensitivity_images)
+    return config
+
+
+def _pending(rows, methods, targets, seeds, distilled: bool) -> List[Tuple[str, Any, int]]:
+    """The cells still to run; a deterministic method runs at the first seed
+    only (unless distillation makes the seed matter)."""
+    done = {_key(r) for r in rows}
+    return [
+        (m, t, int(s))
+        for t in targets
+        for m in methods
+        for s in (seeds if (distilled or parse_method(m)[1] in SEEDED) else seeds[:1])
+        if (m, t, int(s)) not in done
+    ]
+
+
+def run_budget_suite(
+    model: nn.Module,
+    data: JobData,
+    settings: JobSettings,
+    *,
+    methods: Sequence[str],
+    targets: Sequence[str],
+    seeds: Sequence[int],
+    out: Path,
+    ignored_for: Callable[[str], List[nn.Module]],
+    config: Dict[str, Any],
+    latency_repeats: int = 0,
+    progress: bool = True,
+    log=print,
+) -> List[Dict[str, Any]]:
+    """Runs (or continues) the equal-cost suite into ``out`` (``results.json``,
+    ``results.md``, ``accuracy_vs_cost.png``); returns the rows.
+    ``ignored_for(scope)``: the layers a scope (``full``/``inner``) keeps
+    whole; ``config``: what the caller's data and options were (checked on
+    resume, with the settings and weights added here).  Deterministic
+    methods run at the first seed only unless distillation makes the seed
+    matter."""
+    check_methods(methods, seeds)
+    targets = parse_targets(targets)
+    settings = dataclasses.replace(settings, input_size=settings.input_size or image_side(data.eval))
+    if settings.epochs > 0 and data.train is None:
+        raise ValueError("distillation needs a training set")
+    out.mkdir(parents=True, exist_ok=True)
+    config = _suite_config(config, model, settings, latency_repeats)
+    rows = load_rows(out / "results.json", config, _row_ok, _key, upgrade_row)
+    cells = _pending(rows, methods, targets, seeds, settings.epochs > 0)
+    suite = _Cells(model.eval(), data, settings, ignored_for, latency_repeats)
+    log(f"base: {suite.baseline.accuracy:.2f}% on {len(data.eval)} images; {len(cells)} cells to run")
+
+    def save(row: Dict[str, Any]) -> None:
+        rows.append(row)
+        write_text_atomic(out / "results.json", json.dumps(suite.document(config, rows), indent=1))
+
+    run_cells(cells, suite.cell, save, ("method", "target"), progress)
+    doc = suite.document(config, rows)
+    write_text_atomic(out / "results.json", json.dumps(doc, indent=1))
+    write_text_atomic(out / "results.md", budget_table(rows, config, doc["base"]))
+    if not budget_plot(rows, out, config.get("arch", "")):
+        log("plot skipped: matplotlib is not installed (pip install 'ocnna-fast[bench]')")
+    return rows

@@ -1,0 +1,212 @@
+"""What structure a prune reaches and how: the paper's percentile rule
+(``k``) or a budget (``target``) with the settings of its allocation, the
+criterion that ranks the channels, and the recovery of the cut model.
+
+One frozen object, its defaults defined here once and validated once, built
+the same way from Python keywords (``PruneSpec(...)``), from command-line
+flags (``from_flags``) and from a bench method string (``from_method``): the
+same words give the same specification wherever they are written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .._util.validate import percentile, positive_int
+from ..recovery.compensation import FOLDED
+from ..selection.criteria import CRITERIA
+from .allocation import parse_target
+from .latency import RUNTIMES
+
+__all__ = [
+    "PruneSpec",
+    "parse_method",
+    "ALLOCATIONS",
+    "REFINE_STEPS",
+    "DEFAULT_K",
+    "METHOD_KINDS",
+    "LEGACY_METHODS",
+    "BUDGET_FIELDS",
+]
+
+ALLOCATIONS = ("sensitivity", "global")
+# moves of the local search after the sensitivity allocation by default: on
+# ResNet-20 and ResNet-56 at MACs 0.5 (three draws each) 100 moves lifted the
+# accuracy after BatchNorm by 2.1 and 1.1 points on average and narrowed the
+# spread over draws on ResNet-56 (docs/budget.md, "Searching around the
+# allocation"); a candidate costs one masked evaluation
+REFINE_STEPS = 100
+DEFAULT_K = 40.0  # the paper's percentile on ResNet-50/ImageNet
+# the pruning methods a suite compares at one cost: the two allocations, and
+# fixed rules met at the budget (uniform k, Torch-Pruning's global ranking)
+METHOD_KINDS = ("uniform", "uniform-inner", "global", "sensitivity", "tp-global")
+# method kinds before method strings took prune's flags, and the flags that say what each meant
+LEGACY_METHODS = {
+    "sensitivity": ",no-cap-search,refine-steps=0",
+    "sensitivity-caps": ",refine-steps=0",
+    "sensitivity-refine": "",
+}
+# the settings only a budget (a target) uses
+BUDGET_FIELDS = (
+    "allocation",
+    "round_to",
+    "max_prune",
+    "refine_steps",
+    "cap_search",
+    "sensitivity_images",
+    "latency_runtime",
+    "latency_batch",
+)
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """How to prune.  ``k`` (the percentile rule, default 40 when there is
+    no target) or ``target`` (``"macs=0.5"``, ``"params=0.3"``,
+    ``"latency=0.6"``, a ``Target`` or ``{"macs": 0.5}``; stored as its
+    text), not both.  A target's widths come from ``allocation``
+    (``sensitivity``: each group's measured loss, after BatchNorm
+    re-estimation on ``sensitivity_images`` images, then with ``cap_search``
+    the cap on a group's share that loses least and ``refine_steps`` moves of
+    a search; ``global``: values normalised per group, ranked across groups),
+    multiples of ``round_to``, at most ``max_prune`` of a group removed; a
+    latency target is measured in ``latency_runtime`` at ``latency_batch``
+    images per call.  ``criterion`` ranks the channels (``CRITERIA``).
+    ``folded``: the correction a folded-BatchNorm model gets after surgery
+    (``mean``, ``variance``, ``regression``); ``refit``: a BatchNorm model's
+    layers refitted by least squares after re-estimation."""
+
+    k: Optional[float] = None
+    target: Any = None
+    criterion: str = "ocnna"
+    allocation: str = "sensitivity"
+    round_to: int = 1
+    max_prune: float = 0.9
+    refine_steps: int = REFINE_STEPS
+    cap_search: bool = True
+    sensitivity_images: int = 512
+    latency_runtime: str = "onnxruntime"
+    latency_batch: int = 1
+    folded: str = "regression"
+    refit: bool = False
+
+    def __post_init__(self) -> None:
+        if self.target is not None:
+            if self.k is not None:
+                raise ValueError(
+                    "k and target are exclusive: k removes a percentile of every group, target meets a budget"
+                )
+            object.__setattr__(self, "target", str(parse_target(self.target)))
+        else:
+            object.__setattr__(self, "k", percentile(DEFAULT_K if self.k is None else self.k))
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"unknown criterion {self.criterion!r}; choose from {', '.join(CRITERIA)}")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
+        object.__setattr__(self, "round_to", positive_int(self.round_to, "round_to"))
+        object.__setattr__(self, "sensitivity_images", positive_int(self.sensitivity_images, "sensitivity_images"))
+        object.__setattr__(self, "latency_batch", positive_int(self.latency_batch, "latency_batch"))
+        if isinstance(self.refine_steps, bool) or not isinstance(self.refine_steps, int) or self.refine_steps < 0:
+            raise ValueError(f"refine_steps must be an integer >= 0, got {self.refine_steps!r}")
+        share = self.max_prune
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+            raise ValueError(f"max_prune must be a share in (0, 1), got {share!r}")
+        for name in ("cap_search", "refit"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.latency_runtime not in RUNTIMES:
+            raise ValueError(f"a latency runtime is one of {', '.join(RUNTIMES)}, got {self.latency_runtime!r}")
+        if self.folded not in FOLDED:
+            raise ValueError(f"folded must be one of {', '.join(FOLDED)}; got {self.folded!r}")
+
+    @property
+    def target_kind(self) -> Optional[str]:
+        return None if self.target is None else parse_target(self.target).kind
+
+    @property
+    def uses_sensitivity(self) -> bool:
+        """Whether the widths come from measured losses (a target allocated by sensitivity)."""
+        return self.target is not None and self.allocation == "sensitivity"
+
+    def prune_fields(self) -> Dict[str, Any]:
+        """The specification's own fields (a subclass adds others)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(PruneSpec)}
+
+    @classmethod
+    def from_flags(cls, flags: Mapping[str, Any]) -> "PruneSpec":
+        """From command-line options (``argparse`` destinations): those not
+        given (``None``) take the defaults above; ``k`` is dropped with a
+        ``target``, whose exclusion the parser already enforces."""
+        given = {f.name: flags[f.name] for f in dataclasses.fields(cls) if flags.get(f.name) is not None}
+        if given.get("target") is not None:
+            given.pop("k", None)
+        return cls(**given)
+
+    @classmethod
+    def from_method(cls, method: str, target: Any, base: Optional["PruneSpec"] = None) -> Tuple[str, "PruneSpec"]:
+        """``(kind, specification)`` of a suite's method string at ``target``
+        (``parse_method``).  An allocation kind means exactly ``prune
+        --allocation KIND --criterion CRITERION`` with the method's flags;
+        ``base`` holds the suite's shared options."""
+        kind, criterion, flags = parse_method(method)
+        fields = (base or cls(target=target)).prune_fields()
+        fields.update(k=None, target=target, criterion=criterion or "l2", **flags)
+        if kind in ALLOCATIONS:
+            fields["allocation"] = kind
+        return kind, cls(**fields)
+
+
+def parse_method(method: str) -> Tuple[str, Optional[str], Dict[str, Any]]:
+    """A suite's method string as ``(kind, criterion, settings)``:
+    ``KIND:CRITERION`` then any ``,flag`` or ``,flag=value`` of ``prune``
+    (``sensitivity:l1,refine-steps=0,no-cap-search``); ``tp-global`` takes
+    no criterion."""
+    head, *flags = str(method).split(",")
+    kind, _, criterion = head.partition(":")
+    if kind in LEGACY_METHODS and kind != "sensitivity":
+        raise ValueError(f"method {method!r} is now written sensitivity:{criterion}{LEGACY_METHODS[kind]}")
+    if kind not in METHOD_KINDS:
+        raise ValueError(f"unknown method {method!r}: KIND:CRITERION with KIND one of {', '.join(METHOD_KINDS)}")
+    if kind == "tp-global" and criterion:
+        raise ValueError("tp-global ranks by Torch-Pruning's group L2 magnitude; give it without a criterion")
+    if kind != "tp-global" and criterion not in CRITERIA:
+        raise ValueError(f"method {method!r}: the criterion must be one of {', '.join(CRITERIA)}")
+    settings: Dict[str, Any] = {}
+    for flag in flags:
+        settings.update(_method_flag(method, kind, flag))
+    return kind, criterion or None, settings
+
+
+def _method_flag(method: str, kind: str, flag: str) -> Dict[str, Any]:
+    """One ``,flag[=value]`` of a method string, as the field it sets."""
+    name, eq, value = flag.partition("=")
+    if name == "no-cap-search" and not eq:
+        field, parsed = "cap_search", False
+    elif name in ("refine-steps", "round-to", "sensitivity-images") and eq:
+        field, parsed = name.replace("-", "_"), _int(value, method)
+    elif name == "max-prune" and eq:
+        field, parsed = "max_prune", _float(value, method)
+    else:
+        raise ValueError(
+            f"method {method!r}: unknown flag {flag!r} (no-cap-search, refine-steps=N, round-to=N, "
+            "max-prune=R, sensitivity-images=N)"
+        )
+    if field in ("cap_search", "refine_steps", "sensitivity_images") and kind != "sensitivity":
+        raise ValueError(f"method {method!r}: {name} shapes only the sensitivity allocation")
+    return {field: parsed}
+
+
+def _int(text: str, method: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"method {method!r}: {text!r} is not an integer") from None
+
+
+def _float(text: str, method: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"method {method!r}: {text!r} is not a number") from None

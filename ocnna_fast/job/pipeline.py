@@ -1,0 +1,352 @@
+"""The prune job as named steps: score, rank, surgery, recalibrate, distill,
+evaluate, measure.  ``ocnna-fast prune`` runs one job, ``ocnna-fast bench``
+one per cell, and Python users the same object::
+
+    job = PruneJob(model, JobData(eval=test, score=calib, bn=calib, train=train),
+                   JobSettings(k=40, criterion="ocnna", epochs=1), checkpoint_dir="ckpt")
+    result = job.run()          # or call the steps one by one
+    result.pruned, result.plan, result.accuracy, result.report()
+
+Each step records what it measured on the job (``accuracy``, ``seconds``,
+...) and the result carries all of it.  The long steps resume: with
+``checkpoint_dir``, scoring checkpoints every batch and distillation every
+epoch, and a rerun of the same job continues where an interrupted one
+stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..budget.allocation import macs_and_params
+from ..budget.latency import LatencyRatio
+from ..budget.latency import check_settings as check_latency_settings
+from ..budget.search import BudgetResult, input_batches, prune_to_budget
+from ..budget.spec import PruneSpec
+from ..data.evaluation import evaluate
+from ..data.tensorimages import image_side
+from ..recovery.compensation import has_batchnorm, recalibrate
+from ..recovery.distill import distill
+from ..scoring.scorer import score
+from ..scoring.scores import Scores
+from ..selection.criteria import CRITERIA, Context, FamilyCriterion, criterion_values
+from ..surgery.prune import prune
+from .result import Baseline, JobResult, measure_baseline
+
+__all__ = ["JobData", "JobSettings", "JobResult", "Baseline", "PruneJob", "measure_baseline", "macs_and_params"]
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class JobData:
+    """The image sets a job reads (``TensorImages`` or ``FolderImages``):
+    evaluation, scoring (criteria that look at activations or gradients),
+    calibration (BatchNorm re-estimation or bias compensation; ``None``
+    skips the step) and distillation (``None``: no distillation)."""
+
+    eval: Any
+    score: Any = None
+    bn: Any = None
+    train: Any = None
+
+
+@dataclass(frozen=True)
+class JobSettings(PruneSpec):
+    """A ``PruneSpec`` (the rule or budget, criterion and recovery; its
+    defaults and checks) and what the job adds: ``n_components`` for
+    OCNNA-family criteria (``None``: the criterion's own), the distillation
+    (``epochs``, ``lr``), the ``batch_size``, the ``seed`` (distillation
+    order and augmentation, the ``random`` criterion) and the input side in
+    pixels (``None``: the evaluation images'; another is refused)."""
+
+    n_components: Any = None
+    epochs: int = 0
+    lr: float = 0.01
+    batch_size: int = 128
+    seed: int = 0
+    input_size: Optional[int] = None
+
+
+# the sensitivity allocation's measured losses, in checkpoint_dir: a stopped job resumes its search
+ALLOCATION_MEMO = "allocation-losses.json"
+
+
+def _check_refit(settings: JobSettings, model: nn.Module, data: JobData) -> None:
+    """A refit asked for must happen: it needs calibration images, and a
+    folded-BatchNorm model is refitted through ``folded="regression"``."""
+    if not settings.refit:
+        return
+    if data.bn is None or len(data.bn) == 0:
+        raise ValueError("refit needs calibration images (JobData.bn; on the command line --bn-images > 0)")
+    if not has_batchnorm(model) and settings.folded != "regression":
+        raise ValueError(
+            f"refit with folded={settings.folded!r}: a model whose BatchNorm is folded into its convs is "
+            "refitted by folded='regression' (--folded-correction regression)"
+        )
+
+
+class _Inputs:
+    """The inputs (or labels) of a data set's batches, re-iterable: each pass
+    reads the set again, so a scoring pass over an image folder holds one
+    batch at a time."""
+
+    def __init__(self, data: Any, batch_size: int, part: int) -> None:
+        self.data, self.batch_size, self.part = data, batch_size, part
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (b[self.part] for b in self.data.batches(self.batch_size))
+
+
+class PruneJob:
+    """One prune job over ``model`` (never modified).  ``ignored_layers``:
+    modules whose output channels stay (default: what the model's
+    ``ocnna_ignored_layers()`` names).  ``checkpoint_dir``: where scoring and
+    distillation checkpoint, so a rerun resumes.  ``baseline``: the base
+    model's measurements when the caller has them (a suite measures once)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: JobData,
+        settings: JobSettings = JobSettings(),
+        *,
+        ignored_layers: Optional[Iterable[nn.Module]] = None,
+        checkpoint_dir: Optional[PathLike] = None,
+        baseline: Optional[Baseline] = None,
+        progress: bool = True,
+    ) -> None:
+        check_latency_settings(
+            settings.latency_runtime, settings.latency_batch, deploy=settings.target_kind == "latency"
+        )
+        _check_refit(settings, model, data)
+        side = image_side(data.eval)  # MACs, latency and the surgery's trace are at the images' size
+        if settings.input_size not in (None, side):
+            raise ValueError(f"input_size {settings.input_size} differs from the {side}px evaluation images")
+        self.model, self.data, self.settings = model.eval(), data, replace(settings, input_size=side)
+        hook = getattr(model, "ocnna_ignored_layers", None)
+        default = list(hook()) if callable(hook) else []
+        self.ignored = list(ignored_layers) if ignored_layers is not None else default
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.baseline, self.progress = baseline, progress
+        self.example = torch.zeros(1, 3, self.settings.input_size, self.settings.input_size)
+        self.scores: Optional[Scores] = None
+        self.values: Optional[Dict[str, np.ndarray]] = None
+        self.pruned: Optional[nn.Module] = None
+        self.plan: Optional[Dict[str, Any]] = None
+        self.accuracy: Dict[str, float] = {}
+        self.recalibration: Optional[Dict[str, Any]] = None
+        self.history: List[Dict[str, float]] = []
+        self.seconds: Dict[str, float] = {}
+        self.budget: Optional[BudgetResult] = None
+
+    # ------------------------------------------------------------ steps --
+    def evaluate_base(self) -> Baseline:
+        if self.baseline is None:
+            self.baseline = measure_baseline(self.model, self.data.eval, self.settings.input_size)
+        self.accuracy["base"] = self.baseline.accuracy
+        return self.baseline
+
+    def _family(self) -> Optional[FamilyCriterion]:
+        crit = CRITERIA[self.settings.criterion]
+        if not isinstance(crit, FamilyCriterion):
+            return None
+        if self.settings.n_components is not None:
+            crit = FamilyCriterion(crit.criterion, self.settings.n_components, crit.tap, crit.statistic)
+        return crit
+
+    def context(self) -> Context:
+        """What a criterion may look at: the model, the scoring batches and labels, the seed."""
+        if self.data.score is None:
+            raise ValueError("this criterion needs scoring images: JobData(score=...)")
+        bs = self.settings.batch_size
+        return Context(
+            self.model,
+            _Inputs(self.data.score, bs, 0),
+            _Inputs(self.data.score, bs, 1),
+            self.example,
+            self.ignored,
+            seed=self.settings.seed,
+        )
+
+    def score(self) -> Scores:
+        """OCNNA-family criteria: one streamed pass over the scoring images
+        (checkpointed with ``checkpoint_dir``); the scores rank the filters."""
+        crit = self._family()
+        if crit is None:
+            raise ValueError(f"criterion {self.settings.criterion!r} is not scored by OCNNA's pass; call rank()")
+        ckpt = self.checkpoint_dir / "scores.ckpt" if self.checkpoint_dir is not None else None
+        t = time.perf_counter()
+        self.scores = score(
+            self.model,
+            _Inputs(self.data.score, self.settings.batch_size, 0),
+            n_components=crit.n_components,
+            tap=crit.tap,
+            statistic=crit.statistic,
+            progress=self.progress,
+            checkpoint=str(ckpt) if ckpt is not None else None,
+        )
+        self.seconds["score"] = time.perf_counter() - t
+        return self.scores
+
+    def rank(self, values: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+        """Per-group values of the criterion (higher = keep), or ``values``
+        already computed for it (a suite ranks once per criterion and seed)."""
+        if values is None:
+            t = time.perf_counter()
+            family = self._family()
+            if family is not None and self.scores is not None:  # scored already: the same pass ranks
+                values = family.values(self.context(), self.scores)
+            else:
+                values = criterion_values(self.settings.criterion, self.context())
+            self.seconds["rank"] = time.perf_counter() - t
+        self.values = values
+        return values
+
+    def surgery(self) -> Tuple[nn.Module, Dict[str, Any]]:
+        """The physically smaller model, from the scores (``score()``) or
+        the values (``rank()``), and the accuracy right after it."""
+        s = self.settings
+        if s.target is not None:
+            budget = self.allocate()
+            self.pruned, self.plan = budget.pruned, budget.plan
+        elif self.scores is not None and self.values is None:
+            crit = FAMILY_OF.get(s.criterion, "ocnna")
+            self.pruned, self.plan = prune(
+                self.model, self.scores, s.k, self.example, criterion=crit, ignored_layers=self.ignored
+            )
+        else:
+            values = self.values if self.values is not None else self.rank()
+            self.pruned, self.plan = prune(
+                self.model, None, s.k, self.example, ignored_layers=self.ignored, importance=values, rule="count"
+            )
+        self.accuracy["surgery"] = evaluate(self.pruned, self.data.eval)
+        return self.pruned, self.plan
+
+    def adopt(self, pruned: nn.Module, plan: Dict[str, Any]) -> None:
+        """A pruned copy built elsewhere (another pruner's widths rebuilt by
+        ``pruning.prune(..., keep=...)``) takes surgery's place: the later
+        steps recalibrate, distill and measure it as they would their own."""
+        self.pruned, self.plan = pruned, plan
+        self.accuracy["surgery"] = evaluate(pruned, self.data.eval)
+
+    def allocate(self) -> BudgetResult:
+        """Per-group widths meeting ``settings.target`` (checked by a real
+        count within 2%, or a latency measured side by side within 5%), the
+        copy pruned to them: what ``surgery`` keeps."""
+        s = self.settings
+        values = self.values if self.values is not None else self.rank()
+        calibration = evaluation = None
+        if s.allocation == "sensitivity":
+            if self.data.bn is None or self.data.score is None:
+                raise ValueError(
+                    "the sensitivity allocation needs calibration and scoring images: JobData(bn=..., score=...) "
+                    "(--bn-images and --score-images on the command line)"
+                )
+            calibration = input_batches(self.data.bn, s.batch_size, s.sensitivity_images)
+            evaluation = input_batches(self.data.score, s.batch_size, s.sensitivity_images)
+        t = time.perf_counter()
+        measure = None
+        if s.target_kind == "latency":
+            measure = LatencyRatio(self.model, s.input_size, runtime=s.latency_runtime, batch=s.latency_batch)
+        memo = self.checkpoint_dir / ALLOCATION_MEMO if self.checkpoint_dir is not None else None
+        self.budget = prune_to_budget(
+            self.model, values, self.example, PruneSpec(**s.prune_fields()), ignored_layers=self.ignored,
+            calibration=calibration, evaluation=evaluation, seed=s.seed, measure=measure, progress=self.progress,
+            memo=memo,
+        )  # fmt: skip
+        self.seconds["allocate"] = time.perf_counter() - t
+        return self.budget
+
+    def recalibrate(self) -> Optional[Dict[str, Any]]:
+        """BatchNorm re-estimation (bias compensation on folded-BatchNorm
+        models) on the calibration images, and the accuracy after it."""
+        if self.data.bn is None or len(self.data.bn) == 0:
+            return None
+        pruned, plan = self._surgered()
+        batches = _Inputs(self.data.bn, self.settings.batch_size, 0)  # re-iterable: folded models read it twice
+        self.recalibration = recalibrate(
+            pruned,
+            self.model,
+            plan,
+            batches,
+            progress=self.progress,
+            folded=self.settings.folded,
+            refit=self.settings.refit,
+        )
+        self.accuracy["recalibrated"] = evaluate(pruned, self.data.eval)
+        return self.recalibration
+
+    def distill(self) -> List[Dict[str, float]]:
+        """Knowledge distillation from the base model (checkpointed every
+        epoch with ``checkpoint_dir``), and the accuracy after it."""
+        s = self.settings
+        if s.epochs <= 0:
+            return []
+        if self.data.train is None:
+            raise ValueError("distillation needs training images: JobData(train=...)")
+        pruned, _ = self._surgered()
+        t = time.perf_counter()
+        self.history = distill(
+            pruned,
+            self.model,
+            self.data.train,
+            epochs=s.epochs,
+            lr=s.lr,
+            batch_size=s.batch_size,
+            seed=s.seed,
+            checkpoint_dir=self.checkpoint_dir / "distill" if self.checkpoint_dir is not None else None,
+            progress=self.progress,
+        )
+        self.seconds["distill"] = time.perf_counter() - t
+        self.accuracy["distilled"] = evaluate(pruned, self.data.eval)
+        return self.history
+
+    def result(self) -> JobResult:
+        """The measurements so far (the model's size is counted here)."""
+        pruned, plan = self._surgered()
+        baseline = self.evaluate_base() if self.baseline is None else self.baseline
+        macs, params = macs_and_params(pruned, self.settings.input_size)
+        accuracy = {"base": baseline.accuracy, **{k: v for k, v in self.accuracy.items() if k != "base"}}
+        return JobResult(
+            pruned,
+            plan,
+            baseline,
+            accuracy,
+            params,
+            macs,
+            self.scores,
+            self.recalibration,
+            self.history,
+            dict(self.seconds),
+            epochs=self.settings.epochs,
+            budget=self.budget,
+        )
+
+    def run(self) -> JobResult:
+        """Every step in order: base, score (OCNNA family) or rank, surgery,
+        recalibrate, distill."""
+        self.evaluate_base()
+        if self.values is None and self.scores is None and self._family() is not None:
+            self.score()
+        self.surgery()
+        self.recalibrate()
+        self.distill()
+        return self.result()
+
+    def _surgered(self) -> Tuple[nn.Module, Dict[str, Any]]:
+        if self.pruned is None or self.plan is None:
+            raise ValueError("run surgery() first")
+        return self.pruned, self.plan
+
+
+# the statistic of ``pruning.FAMILY`` each OCNNA-family criterion ranks by
+FAMILY_OF = {name: c.criterion for name, c in CRITERIA.items() if isinstance(c, FamilyCriterion)}
