@@ -38,7 +38,33 @@ double* writable(Arr& a, int64_t size, const char* what) {
 
 }  // namespace
 
-PYBIND11_MODULE(_C, m) {
+#ifndef OCNNA_MODULE
+#define OCNNA_MODULE _C
+#endif
+#ifndef OCNNA_ISA
+#define OCNNA_ISA "unspecified"
+#endif
+
+// Whether this CPU (and its OS) runs an instruction-set extension, by GCC's
+// name for it; false off x86 and for names not listed.
+// __builtin_cpu_supports takes a literal, hence one comparison per name.
+static bool cpu_supports(const std::string& feature) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+#define OCNNA_ASK(name) \
+  if (feature == name) return __builtin_cpu_supports(name);
+  OCNNA_ASK("avx") OCNNA_ASK("avx2") OCNNA_ASK("fma") OCNNA_ASK("bmi") OCNNA_ASK("bmi2") OCNNA_ASK("f16c")
+  OCNNA_ASK("avx512f") OCNNA_ASK("avx512bw") OCNNA_ASK("avx512cd") OCNNA_ASK("avx512dq") OCNNA_ASK("avx512vl")
+#undef OCNNA_ASK
+#endif
+  (void)feature;
+  return false;
+}
+
+PYBIND11_MODULE(OCNNA_MODULE, m) {
+  m.attr("ISA") = py::str(OCNNA_ISA);  // the instruction set this module was compiled for
+  m.def("cpu_supports", &cpu_supports, py::arg("feature"),
+        "Whether this CPU and OS run an instruction-set extension (GCC's name: avx2, fma, avx512f, ...).");
   m.attr("INTERNAL_FLAG") = py::int_(ocnna::kInternalFlag);  // accumulate: a failed solve, not bad input
   // the codes of ocnna_math.h's enums, so Python never copies them by hand
   m.attr("DTYPE_FLOAT32") = py::int_(int(ocnna::kFloat32));

@@ -1,10 +1,11 @@
-"""Type stubs of the CPU core (csrc/bindings_cpu.cpp)."""
+"""Type stubs of the CPU core (csrc/bindings_cpu.cpp): _C, and _C_avx2 and _C_avx512 where built."""
 
 from typing import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
+ISA: str  # the instruction set this module was compiled for: x86-64, avx2, avx512 (or native, or the machine's)
 INTERNAL_FLAG: int  # accumulate returns INTERNAL_FLAG + channel when an eigen-solve failed
 # codes of ocnna_math.h's enum DType and enum Mode
 DTYPE_FLOAT32: int
@@ -15,6 +16,9 @@ MODE_ALL: int
 MODE_COUNT: int
 MODE_RATIO: int
 MODE_RANK: int
+
+def cpu_supports(feature: str) -> bool:
+    """Whether this CPU and OS run an instruction-set extension (GCC's name: avx2, fma, avx512f, ...)."""
 
 def energies(
     ptr: int,

@@ -2,8 +2,9 @@
 
 The compiled modules never see a torch type: this file turns a tensor into
 ``(address, dtype code, shape, element strides)`` and, for CUDA, the current
-stream handle.  ``_C`` (CPU) is always built; ``_C_cuda`` is optional at build
-time and at import time.
+stream handle.  ``_C`` (CPU, baseline instruction set) is always built, with
+``_C_avx2`` and ``_C_avx512`` beside it on x86-64 (the best this CPU runs is
+used); ``_C_cuda`` is optional at build time and at import time.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 try:
-    from . import _C  # the CPU core must always be there
+    from . import _C as _baseline  # the CPU core must always be there
 except ImportError as exc:  # pragma: no cover - depends on how Python was started
     import os as _os
 
@@ -25,6 +26,48 @@ except ImportError as exc:  # pragma: no cover - depends on how Python was start
         "If that is the source checkout, import it from another folder so the installed "
         "package is used, or install in place with `pip install -e .`."
     ) from exc
+
+# The CPU core is built for several instruction sets (CMakeLists.txt): the
+# best one this CPU runs is used, or the one OCNNA_CPU_ISA names.  What each
+# needs: GCC's names of the x86-64-v3 and x86-64-v4 extensions the compiler
+# may use at those levels.
+ISA_FEATURES = {
+    "avx512": ("avx2", "fma", "bmi", "bmi2", "f16c", "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"),
+    "avx2": ("avx2", "fma", "bmi", "bmi2", "f16c"),
+}
+
+
+def cpu_modules() -> Dict[str, Any]:
+    """The CPU core modules this build has that this CPU runs, by instruction set, best first."""
+    import importlib
+
+    found: Dict[str, Any] = {}
+    for isa, features in ISA_FEATURES.items():
+        try:
+            module = importlib.import_module(f"{__package__}._C_{isa}")
+        except ImportError:
+            continue
+        if all(_baseline.cpu_supports(f) for f in features):
+            found[isa] = module
+    found[_baseline.ISA] = _baseline
+    return found
+
+
+def _choose_cpu_core() -> Any:
+    import os
+
+    modules = cpu_modules()
+    asked = os.environ.get("OCNNA_CPU_ISA", "").strip()
+    if not asked:
+        return next(iter(modules.values()))
+    if asked not in modules:
+        raise ImportError(
+            f"OCNNA_CPU_ISA={asked!r}: this build and CPU run {', '.join(modules)}; unset it to take the best"
+        )
+    return modules[asked]
+
+
+_C = _choose_cpu_core()
 
 try:  # the CUDA core is optional: absent build, or no usable runtime here
     from . import _C_cuda  # type: ignore[attr-defined]
@@ -132,7 +175,9 @@ def build_info() -> Dict[str, Any]:
     """What was compiled and what can run here.
 
     Keys: ``version``, ``cuda_compiled`` (the CUDA core was built and imports),
-    ``cuda_available`` (it sees a usable GPU now), ``cpu_threads``, and
+    ``cuda_available`` (it sees a usable GPU now), ``cpu_threads``,
+    ``cpu_isa`` (the instruction set of the CPU core in use; ``OCNNA_CPU_ISA``
+    picks another), ``cpu_isas`` (those built that this CPU runs), and
     ``cuda_import_error`` when the CUDA module is missing.
     """
     from ._version import __version__
@@ -142,6 +187,8 @@ def build_info() -> Dict[str, Any]:
         "cuda_compiled": _C_cuda is not None,
         "cuda_available": False,
         "cpu_threads": _C.num_threads(),
+        "cpu_isa": _C.ISA,
+        "cpu_isas": list(cpu_modules()),
     }
     if _C_cuda is not None:
         info["cuda_available"] = _C_cuda.device_count() > 0

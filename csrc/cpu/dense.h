@@ -1,7 +1,7 @@
 // CPU-only dense kernels of the truncated path, written for SIMD: the same
 // arithmetic as their portable counterparts in common/ocnna_math.h
 // (centre_columns, gram_ata), laid out so every inner loop runs along
-// contiguous memory in whole 64-byte vectors.
+// contiguous memory in whole vector registers (kVectorBytes).
 #pragma once
 
 #include <algorithm>
@@ -14,10 +14,22 @@
 namespace ocnna {
 namespace cpu {
 
-// Elements of S in one 64-byte vector, and n rounded up to a whole number of them.
+// Bytes of the widest vector register this build targets.  The kernels keep
+// one register of lanes per vector: a wider generic vector is split by the
+// compiler and, with tiles of sixteen accumulators, spilled through the stack
+// (64-byte vectors under AVX2 ran slower than the SSE2 build).
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+#elif defined(__AVX__)
+constexpr int kVectorBytes = 32;
+#else
+constexpr int kVectorBytes = 16;
+#endif
+
+// Elements of S in one vector register, and n rounded up to a whole number of them.
 template <typename S>
 constexpr int vec_len() {
-  return int(64 / sizeof(S));
+  return int(kVectorBytes / sizeof(S));
 }
 template <typename S>
 inline int round_to_vec(int n) {
@@ -162,7 +174,7 @@ void gram_lanes(const S* a, int rows, int d, int lda, S* g) {
 template <typename S>
 void gram_blocked(const S* a, int rows, int d, int lda, S* g, int ld) {
   constexpr int VL = vec_len<S>();
-  typedef S V __attribute__((vector_size(64)));
+  typedef S V __attribute__((vector_size(kVectorBytes)));
   const V zero = V{} * S(0);
   auto load = [](const S* p) {
     V v;

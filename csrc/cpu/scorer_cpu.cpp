@@ -43,26 +43,27 @@ void gather(const MapBatch& x, int64_t i, int64_t c0, int64_t nc, double* dst) {
   }
 }
 
-// Eight doubles in one vector register (GCC/Clang vector extension; the
-// compiler lowers it to AVX-512, AVX2 or SSE2 pairs).  Plain loops over a
-// block of columns were vectorised along the wrong axis by GCC 12.
-typedef double V8 __attribute__((vector_size(64)));
-typedef float V8f __attribute__((vector_size(32)));
+// One vector register of doubles (GCC/Clang vector extension; kVectorBytes,
+// dense.h: a wider one is split and spilled).  Plain loops over a block of
+// columns were vectorised along the wrong axis by GCC 12.
+constexpr int kVD = kVectorBytes / int(sizeof(double));
+typedef double VD __attribute__((vector_size(kVectorBytes)));
+typedef float VDf __attribute__((vector_size(kVectorBytes / 2)));
 
-inline V8 load8(const double* p) {
-  V8 v;
+inline VD load_vd(const double* p) {
+  VD v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-inline V8 load8(const float* p) {
-  V8f v;
+inline VD load_vd(const float* p) {
+  VDf v;
   std::memcpy(&v, p, sizeof v);
-  return __builtin_convertvector(v, V8);
+  return __builtin_convertvector(v, VD);
 }
 template <typename T>
-inline V8 load8(const T* p) {
-  V8 v;
-  for (int k = 0; k < 8; ++k) v[k] = to_double(p[k]);
+inline VD load_vd(const T* p) {
+  VD v;
+  for (int k = 0; k < kVD; ++k) v[k] = to_double(p[k]);
   return v;
 }
 
@@ -123,24 +124,24 @@ void energies_all(const MapBatch& x, double* out) {
       double total = 0.0, poison = 0.0;
       // Blocks of kB columns with the three accumulators in registers: the
       // loop is bound by loads and conversions, not by accumulator traffic.
-      constexpr int kB = 8;
+      constexpr int kB = kVD;
       int64_t xb = 0;
       if (x.sw == 1) {
         for (; xb + kB <= w; xb += kB) {
-          const V8 x0 = load8(p + xb);
+          const VD x0 = load_vd(p + xb);
           // two accumulator sets (odd/even rows) halve the add-latency chain
-          V8 s1 = {0, 0, 0, 0, 0, 0, 0, 0}, s2 = s1, t1 = s1, t2 = s1;
+          VD s1 = VD{}, s2 = s1, t1 = s1, t2 = s1;
           int64_t y = 1;
           for (; y + 1 < h; y += 2) {
-            const V8 d = load8(p + y * x.sh + xb) - x0;
-            const V8 e = load8(p + (y + 1) * x.sh + xb) - x0;
+            const VD d = load_vd(p + y * x.sh + xb) - x0;
+            const VD e = load_vd(p + (y + 1) * x.sh + xb) - x0;
             s1 += d;
             s2 += d * d;
             t1 += e;
             t2 += e * e;
           }
           if (y < h) {
-            const V8 d = load8(p + y * x.sh + xb) - x0;
+            const VD d = load_vd(p + y * x.sh + xb) - x0;
             s1 += d;
             s2 += d * d;
           }
@@ -219,7 +220,7 @@ void energies_typed(const MapBatch& x, const EnergyParams& p, double* out) {
   const int h = int(x.h), w = int(x.w), d = h < w ? h : w, rows = h < w ? w : h;
   const int64_t hw = x.h * x.w;
   // Maps go through the Householder and QL stages kLanes at a time, one per
-  // lane of a 64-byte vector (dense.h, ql_lanes.h), and two such groups share
+  // lane of a vector register (dense.h, ql_lanes.h), and two such groups share
   // the QL stage, so tiles hold a multiple of 2 * kLanes channels;
   // channels_last tiles are wider so each cache line is read once.
   constexpr int kLanes = vec_len<S>();
