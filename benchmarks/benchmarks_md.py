@@ -1,20 +1,21 @@
-"""Writes BENCHMARKS.md from the suite's results folders (nothing is typed by hand).
+"""Writes BENCHMARKS.md from the results the manifest (benchmarks/suites.json)
+lists, in its order (nothing is typed by hand).
 
-    python benchmarks/benchmarks_md.py benchmarks/results/*
+    python benchmarks/benchmarks_md.py
 
-Each folder is one `ocnna-fast bench` run; its results.json holds the settings
-and the cells.  The command that produced each folder is read from its
-`command.txt` (written by `ocnna-fast bench`).
+Each suite folder is one `ocnna-fast bench` run; its results.json holds the
+settings and the cells, its `command.txt` (written by `ocnna-fast bench`) the
+command, which `python benchmarks/suites.py run NAME` reruns.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+import os
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ocnna_fast.bench.equal_structure import summarise  # noqa: E402
+from ocnna_fast.bench.equal_structure import summarise
+from ocnna_fast.bench.results_file import read_document
 
 ANCHORS = """## Published figures, for orientation (not comparable)
 
@@ -33,7 +34,7 @@ methods land with a full budget, not as rows of our tables.
 
 
 def table(folder: Path) -> str:
-    doc = json.loads((folder / "results.json").read_text())
+    doc = read_document(folder / "results.json")
     cfg, base = doc["config"], doc["base"]
     rows = summarise(doc["rows"])
     ft = any(r["acc_finetuned"] is not None for r in rows)
@@ -75,7 +76,7 @@ def table(folder: Path) -> str:
         f"### {cfg['arch']}: base {base['accuracy']:.2f}% on {cfg['eval_images']} JPEG test images, "
         f"{'fine-tuned ' + str(cfg['finetune_epochs']) + ' epoch(s) on ' + str(cfg['train_images']) + ' images' if ft else 'BN re-estimation only'}\n\n"
         f"```bash\n{command}\n```\n\n"
-        f"Base latency {base['latency_ms_b1']['median']:.2f} ms (batch 1) / {base['latency_ms_b64']['median']:.1f} ms "
+        f"Base latency {base['latency_ms_b1']:.2f} ms (batch 1) / {base['latency_ms_b64']:.1f} ms "
         f"(batch 64), {base['threads']} threads, median of repeats; the machine is shared, so latencies move by "
         f"tens of percent between runs. Bold: the best accuracy at that k. Random: mean over seeds (range).\n\n"
         + "\n".join(lines)
@@ -97,7 +98,7 @@ def summary(folders) -> str:
     for f in folders:
         if not (f / "results.json").exists():
             continue
-        doc = json.loads((f / "results.json").read_text())
+        doc = read_document(f / "results.json")
         rows = summarise(doc["rows"])
         ft = any(r["acc_finetuned"] is not None for r in rows)
         field = "acc_finetuned" if ft else "acc_bn"
@@ -158,37 +159,6 @@ def ablations(path: Path) -> str:
     )
 
 
-def budget(paths) -> str:
-    """The equal-MACs probes (``benchmarks/budget_probe.py``): uniform k bisected
-    to the target beside the budget allocations, after BN re-estimation."""
-    parts = [
-        "## Pruning to a budget: equal MACs, after BN re-estimation (first measurements)\n\n"
-        "Each row prunes the pretrained model to the same MACs: uniform k (bisected to the target, "
-        "stage widths pruned too or not), or `--target` with an allocation. Full scope for the "
-        "allocations; accuracy after BatchNorm re-estimation on 1,000 training images, no fine-tuning; "
-        "one seed. `search` rows add that many local-search moves on the combined masked loss. "
-        "Seconds: the allocation's wall time, measured while other jobs shared the 2 cores (read them as "
-        "an upper bound).\n"
-    ]
-    for path in paths:
-        doc = json.loads(path.read_text())
-        lines = [
-            f"### {doc['arch']}, MACs {doc['target_macs']:g}: base {doc['base_accuracy']:.2f}% on "
-            f"{doc['eval_images']} JPEG test images\n",
-            f"```bash\n{doc.get('command', 'python benchmarks/budget_probe.py ' + doc['arch'])}\n```\n",
-            "| method | criterion | MACs ratio | after surgery | after BN | seconds |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        for r in doc["rows"]:
-            secs = f"{r['seconds']:.0f}" if r.get("seconds") else "-"
-            lines.append(
-                f"| {r['method']} | {r['criterion']} | {r['macs']:.4f} | {r['acc_surgery']:.2f} | "
-                f"{r['acc_bn']:.2f} | {secs} |"
-            )
-        parts.append("\n".join(lines) + "\n")
-    return "\n".join(parts)
-
-
 def _is_budget_suite(folder: Path) -> bool:
     rows = json.loads((folder / "results.json").read_text()).get("rows") or []
     return bool(rows) and "method" in rows[0]
@@ -198,7 +168,6 @@ def budget_suites(folders) -> str:
     """The equal-cost suites (``ocnna-fast bench --target``): their own tables, commands and plots."""
     from ocnna_fast.bench.cost_tables import budget_table
     from ocnna_fast.bench.equal_cost import upgrade_row
-    from ocnna_fast.bench.results_file import read_document
 
     parts = [
         "## Pruning methods at equal cost\n\n"
@@ -217,17 +186,18 @@ def budget_suites(folders) -> str:
 
 
 def main() -> None:
-    args = [Path(a) for a in sys.argv[1:]]
+    """BENCHMARKS.md from the manifest's suites and result files, in its order."""
+    os.chdir(Path(__file__).resolve().parents[1])  # the page links results by their path in the repository
+    results = Path("benchmarks/results")
+    entries = json.loads((results.parent / "suites.json").read_text())["entries"]
+    args = [results / e["name"] for e in entries]
     suites = [f for f in args if (f / "results.json").exists()]
     folders = [f for f in suites if not _is_budget_suite(f)]
-    parts = [Path(__file__).with_name("benchmarks_intro.md").read_text(), summary(folders)]
+    parts = [(results.parent / "benchmarks_intro.md").read_text(), summary(folders)]
     budgets = [f for f in suites if _is_budget_suite(f)]
     if budgets:
         parts.append(budget_suites(budgets))
     parts += [ablations(f) for f in args if f.name == "ablations.json"]
-    probes = sorted(f for f in args if f.name.startswith("budget-probe-") and f.suffix == ".json")
-    if probes:
-        parts.append(budget(probes))
     parts.append("## The suites\n")
     for f in folders:
         parts.append(table(f))

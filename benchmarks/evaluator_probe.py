@@ -34,7 +34,12 @@ def main() -> None:
     arch, mode, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     model = load_weights(build(arch), pretrained_weights(arch, None)).eval()
     test, score, bn = images("test", 2000, 0), images("train", 500, 1), images("train", 1000, 3)
-    job = PruneJob(model, JobData(eval=test, score=score, bn=bn), JobSettings(criterion="ocnna-rms"), progress=False)
+    job = PruneJob(
+        model,
+        JobData(evaluation=test, scoring=score, calibration=bn),
+        JobSettings(criterion="ocnna-rms"),
+        progress=False,
+    )
     job.score()
     values = job.rank()
     calibration, evaluation = input_batches(bn, 128, n), input_batches(score, 128, n)

@@ -1,6 +1,6 @@
 """Time and accuracy of each correction of a folded-BatchNorm model after
 surgery, on one pruned copy: the moment correction (``variance``) against
-the least-squares refit after it (``regression``).
+the least-squares refit after it (``refit``).
 
     python benchmarks/folded_correction.py --arch mobilenet_v1_075_imagenet --target macs=0.8 --bn-images 500
 
@@ -42,14 +42,14 @@ def main() -> None:
     job = PruneJob(model, data, settings, progress=False)
     job.rank()
     budget = job.allocate()
-    calibration = [x for x, _ in data.bn.batches(a.batch_size)]
-    for folded in ("variance", "regression"):
+    calibration = [x for x, _ in data.calibration.batches(a.batch_size)]
+    for folded in ("variance", "refit"):
         pruned = copy.deepcopy(budget.pruned)
         start = time.perf_counter()
         info = recalibrate(pruned, model, budget.plan, calibration, folded=folded)
         seconds = time.perf_counter() - start
         row = {"arch": a.arch, "target": a.target, "folded": folded, "seconds": round(seconds, 1)}
-        row.update(accuracy=evaluate(pruned, data.eval), **{k: v for k, v in info.items() if k != "method"})
+        row.update(accuracy=evaluate(pruned, data.evaluation), **{k: v for k, v in info.items() if k != "method"})
         print(json.dumps(row), flush=True)
 
 

@@ -5,8 +5,9 @@ learning rate, from the same pruned start; top-1 on the odd half.
 
     python benchmarks/mobilenet_distill_probe.py W.safetensors [--k 20] [--lrs 1e-2 1e-3 1e-4]
 
-W: the converted weights (bash benchmarks/mobilenet_bench.sh leaves them in
-benchmarks/results/mnv1-075/).  About 2 minutes per learning rate on 2 cores.
+W: the weights converted from the Coral TFLite file (`ocnna-fast convert-tflite
+mobilenet_v1_0.75_192_quant.tflite --out W.safetensors`).  About 2 minutes per
+learning rate on 2 cores.
 """
 
 from __future__ import annotations

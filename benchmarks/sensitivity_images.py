@@ -22,12 +22,32 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from budget_probe import images, uniform_k_for  # noqa: E402
+from ocnna_fast.budget.allocation import Target, macs_and_params
+from ocnna_fast.budget.fit import bisect_to_budget
+from ocnna_fast.data.local import load_split, pretrained_weights
+from ocnna_fast.data.tensorimages import TensorImages
+from ocnna_fast.job.pipeline import JobData, JobSettings, PruneJob
+from ocnna_fast.models import build, load_weights
+from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
+from ocnna_fast.surgery.prune import prune
 
-from ocnna_fast.data.local import pretrained_weights  # noqa: E402
-from ocnna_fast.job.pipeline import JobData, JobSettings, PruneJob  # noqa: E402
-from ocnna_fast.models import build, load_weights  # noqa: E402
+
+def images(split: str, n: int, seed: int) -> TensorImages:
+    x, y = load_split("cifar10-jpeg", split, limit=n, seed=seed)
+    return TensorImages(x, y, CIFAR_MEAN, CIFAR_STD)
+
+
+def uniform_k_for(model, data, macs: float, ignored) -> float:
+    """The uniform k of ``ocnna-rms`` that meets ``macs``, by the routine the bench uses."""
+    job = PruneJob(model, data, JobSettings(criterion="ocnna-rms"), ignored_layers=ignored, progress=False)
+    values = job.rank()
+    base = macs_and_params(model, 32)[0]
+
+    def pruned(k: float):
+        return prune(model, None, k, job.example, ignored_layers=ignored, importance=values, rule="count")[0]
+
+    k, _, _ = bisect_to_budget(pruned, lambda m: macs_and_params(m, 32)[0] / base, Target("macs", macs), 0.0, 99.0)
+    return k
 
 
 def measured(model, data, settings: JobSettings, scope: str) -> dict:
@@ -67,7 +87,9 @@ def main() -> None:
     k = None
     for d in a.data_seeds:
         n_max = max(1000, *a.images)
-        data = JobData(eval=test, score=images("train", n_max, 1 + 10 * d), bn=images("train", n_max, 3 + 10 * d))
+        data = JobData(
+            evaluation=test, scoring=images("train", n_max, 1 + 10 * d), calibration=images("train", n_max, 3 + 10 * d)
+        )
         todo = [("uniform-inner", None, 0)] + [
             ("sensitivity-caps" + (f"+refine{s}" if s else ""), n, s) for n in a.images for s in a.refine_steps
         ]
@@ -77,7 +99,7 @@ def main() -> None:
             if method == "uniform-inner":
                 if k is None:
                     inner = list(model.ocnna_ignored_layers("inner"))
-                    k, _ = uniform_k_for(model, data, "ocnna-rms", "inner", a.macs, inner)
+                    k = uniform_k_for(model, data, a.macs, inner)
                 row = measured(model, data, JobSettings(criterion="ocnna-rms", k=k), "inner")
                 row["k"] = k
             else:

@@ -11,6 +11,7 @@ from torch import nn
 
 from ocnna_fast import count_params, prune, score
 from ocnna_fast.bench.equal_structure import RESULT_KEYS, run_suite
+from ocnna_fast.job.pipeline import JobData, JobSettings
 from ocnna_fast.models import build
 from ocnna_fast.recovery.distill import TensorImages
 from ocnna_fast.selection.criteria import CRITERIA, Context, criterion_values
@@ -96,11 +97,11 @@ def test_suite_resumes_and_writes_the_schema(tmp_path, data_dir):
     from ocnna_fast.models import load_weights
 
     model = load_weights(build("resnet20"), data_dir / "resnet-cifar10-akamaster" / "resnet20-12fca82f.th").eval()
-    sets = dict(score_set=_sets(data_dir, 40), bn_set=_sets(data_dir, 40), train_set=None, eval_set=_sets(data_dir, 40))
-    kw = dict(arch="resnet20", ks=[40], seeds=[0, 1], out=tmp_path, progress=False, latency_repeats=1, **sets)
-    rows = run_suite(model, criteria=["ocnna"], log=lambda *_: None, **kw)
+    data = JobData(evaluation=_sets(data_dir, 40), scoring=_sets(data_dir, 40), calibration=_sets(data_dir, 40))
+    kw = dict(ks=[40], seeds=[0, 1], out=tmp_path, progress=False, latency_repeats=1, config={"arch": "resnet20"})
+    rows = run_suite(model, data, JobSettings(), criteria=["ocnna"], log=lambda *_: None, **kw)
     assert len(rows) == 1  # deterministic: first seed only without fine-tuning
-    rows = run_suite(model, criteria=["ocnna", "random"], log=lambda *_: None, **kw)
+    rows = run_suite(model, data, JobSettings(), criteria=["ocnna", "random"], log=lambda *_: None, **kw)
     doc = json.loads((tmp_path / "results.json").read_text())
     assert [(r["criterion"], r["seed"]) for r in doc["rows"]] == [("ocnna", 0), ("random", 0), ("random", 1)]
     for r in doc["rows"]:
@@ -109,7 +110,8 @@ def test_suite_resumes_and_writes_the_schema(tmp_path, data_dir):
     assert "| 40 | random | 2 |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "accuracy_vs_rpr.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="other settings"):
-        run_suite(model, criteria=["ocnna"], log=lambda *_: None, **dict(kw, bn_set=None))
+        uncalibrated = JobData(evaluation=data.evaluation, scoring=data.scoring)
+        run_suite(model, uncalibrated, JobSettings(), criteria=["ocnna"], log=lambda *_: None, **kw)
 
 
 @pytest.mark.parametrize("criterion", ["ocnna", "mean-energy", "ocnna-rms"])

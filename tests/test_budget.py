@@ -391,7 +391,7 @@ def test_a_job_with_a_checkpoint_folder_keeps_its_allocation_memo(tmp_path):
     for _ in range(2):
         job = PruneJob(
             model,
-            JobData(eval=images, score=images, bn=images),
+            JobData(evaluation=images, scoring=images, calibration=images),
             settings,
             checkpoint_dir=tmp_path,
             progress=False,

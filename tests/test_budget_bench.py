@@ -118,7 +118,7 @@ def _data(n=48):
     x = torch.rand(n, 3, 32, 32, generator=g)
     y = torch.randint(0, 10, (n,), generator=g)
     s = TensorImages(x, y, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    return JobData(eval=s, score=s, bn=s)
+    return JobData(evaluation=s, scoring=s, calibration=s)
 
 
 UNCAPPED = "sensitivity:l1,no-cap-search,refine-steps=0"

@@ -464,7 +464,7 @@ def test_prune_with_refit_saves_a_model_that_loads_and_scores_the_same(tmp_path,
     assert main(common + ["--refit", "--out", str(out)]) == 0
     assert "layers refitted by least squares" in capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
-    assert report["recalibration"] == "batchnorm-regression"
+    assert report["recalibration"] == "batchnorm+refit"
     assert "BatchNorm re-estimated and layers refitted" in (out / "report.md").read_text()
     args = ["evaluate", "--pruned", str(out / "pruned"), "--eval-images", "40", "--data-dir", str(data_dir)]
     assert main(args + ["--no-progress"]) == 0

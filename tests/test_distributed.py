@@ -234,7 +234,7 @@ def test_prune_under_torchrun_matches_one_process_and_only_rank_0_writes(tmp_pat
     (one, rep1, _), (two, rep2, stdout2) = runs["one"], runs["two"]
     assert "2 processes" in stdout2 and stdout2.count("wrote ") == 1  # rank 1 printed nothing
     assert rep1["pruned_params"] == rep2["pruned_params"]
-    assert rep1["recalibration"] == "folded-regression"  # no BatchNorm: moments restored, layers refitted
+    assert rep1["recalibration"] == "folded-refit"  # no BatchNorm: moments restored, layers refitted
     for k, v in one.items():
         torch.testing.assert_close(two[k], v, rtol=1e-5, atol=1e-6)
     assert len(rep1["distill_history"]) == 1

@@ -34,7 +34,7 @@ def test_on_a_folded_copy_it_is_batchnorm_re_estimation_of_the_unfolded_network(
     recalibrate_batchnorm(net_p, batches)
     compensate(net_p, net, net_plan, batches)  # the classifier has no BatchNorm: both compensate its bias
     info = recalibrate(folded_p, folded, plan, iter(batches), folded="variance")
-    assert info["method"] == "folded-batchnorm" and info["corrected"] == 4 and info["images"] == 64
+    assert info["method"] == "folded-variance" and info["corrected"] == 4 and info["images"] == 64
     with torch.no_grad():
         theirs, ours = net_p(x), folded_p(x)
     assert (theirs - before).abs().max() > 0.05  # the re-estimation changes the network, and both agree
@@ -65,7 +65,7 @@ def test_mean_only_compensation_stays_selectable_and_bad_choices_are_refused():
     _, folded, batches = folded_pair()
     example = torch.zeros(1, 3, 16, 16)
     pruned, plan = prune(folded, None, 40, example, [], importance=random_values(folded, example))
-    assert recalibrate(copy.deepcopy(pruned), folded, plan, batches, folded="mean")["method"] == "bias-compensation"
+    assert recalibrate(copy.deepcopy(pruned), folded, plan, batches, folded="mean")["method"] == "folded-mean"
     with pytest.raises(ValueError, match="variance"):
         recalibrate(pruned, folded, plan, batches, folded="both")
 

@@ -24,6 +24,7 @@ from torch import nn
 from ocnna_fast import cli, prune, recalibrate_batchnorm, save_pruned, score
 from ocnna_fast.bench.equal_structure import check_cells, run_suite
 from ocnna_fast.cli.outdir import OutputLocked, locked
+from ocnna_fast.job.pipeline import JobData, JobSettings
 from ocnna_fast.models import build, load_weights
 from ocnna_fast.recovery.distill import TensorImages, TrainingDiverged, distill, evaluate
 from ocnna_fast.scoring.scores import LayerScores
@@ -348,14 +349,15 @@ def test_bench_cli_refuses_repeats_before_loading_anything(capsys):
 def test_bench_resume_refuses_other_weights_seed_or_size(tmp_path):
     torch.manual_seed(0)
     model = Net().eval()
-    sets = dict(score_set=_data(8), bn_set=_data(8, 1), train_set=None, eval_set=_data(8, 2))
-    kw = dict(arch="net", ks=[40], seeds=[0], out=tmp_path, progress=False, latency_repeats=1, input_size=8)
+    data = JobData(evaluation=_data(8, 2), scoring=_data(8), calibration=_data(8, 1))
+    sets = dict(data=data, settings=JobSettings(input_size=8))
+    kw = dict(ks=[40], seeds=[0], out=tmp_path, progress=False, latency_repeats=1, config={"arch": "net"})
     run_suite(model, criteria=["l1"], log=lambda *_: None, **sets, **kw)
     other = Net().eval()
     with pytest.raises(ValueError, match=r"--weights/--model"):
         run_suite(other, criteria=["l1"], log=lambda *_: None, **sets, **kw)
     with pytest.raises(ValueError, match=r"--seed \(the images drawn\)"):
-        run_suite(model, criteria=["l1"], log=lambda *_: None, data_seed=5, **sets, **kw)
+        run_suite(model, criteria=["l1"], log=lambda *_: None, **sets, **dict(kw, config={"arch": "net", "seed": 5}))
     with pytest.raises(ValueError, match=r"--latency-repeats"):
         run_suite(model, criteria=["l1"], log=lambda *_: None, **sets, **dict(kw, latency_repeats=2))
     rows = run_suite(model, criteria=["l1", "random"], log=lambda *_: None, **sets, **kw)  # same settings resume
@@ -690,17 +692,14 @@ def bench_reference(tmp_path_factory):
 
 
 _BENCH = dict(
-    arch="net",
+    data=JobData(evaluation=_data(8, 2), scoring=_data(8), calibration=_data(8, 1)),
+    settings=JobSettings(input_size=8),
+    config={"arch": "net"},
     criteria=["l1", "random"],
     ks=[20, 40],
     seeds=[0, 1],
     progress=False,
     latency_repeats=1,
-    input_size=8,
-    score_set=_data(8),
-    bn_set=_data(8, 1),
-    train_set=None,
-    eval_set=_data(8, 2),
 )
 _MEASURED = ("criterion", "k", "seed", "rpr", "macs_ratio", "acc_surgery", "acc_bn")
 

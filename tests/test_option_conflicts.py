@@ -135,9 +135,9 @@ def test_the_input_size_comes_from_the_images_never_a_silent_default():
     pixels = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     images = TensorImages(pixels, torch.zeros(8, dtype=torch.int64), (0.5,) * 3, (0.25,) * 3)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-    job = PruneJob(model, JobData(eval=images, score=images), JobSettings(criterion="l1"), progress=False)
+    job = PruneJob(model, JobData(evaluation=images, scoring=images), JobSettings(criterion="l1"), progress=False)
     assert job.settings.input_size == 64 and tuple(job.example.shape) == (1, 3, 64, 64)
     with pytest.raises(ValueError, match="input_size 32 differs from the 64px"):
-        PruneJob(model, JobData(eval=images, score=images), JobSettings(criterion="l1", input_size=32))
+        PruneJob(model, JobData(evaluation=images, scoring=images), JobSettings(criterion="l1", input_size=32))
     with pytest.raises(TypeError, match="give input_size"):
         ex.export_model(model, "unused.onnx", "onnx")

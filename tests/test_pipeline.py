@@ -45,7 +45,7 @@ def _model():
     return m.eval()
 
 
-DATA = JobData(eval=_set(24, 0), score=_set(16, 1), bn=_set(16, 2), train=_set(16, 3, augment=True))
+DATA = JobData(evaluation=_set(24, 0), scoring=_set(16, 1), calibration=_set(16, 2), training=_set(16, 3, augment=True))
 SETTINGS = JobSettings(k=40, criterion="ocnna", epochs=2, lr=0.05, batch_size=8, seed=3, input_size=8)
 
 
@@ -54,15 +54,15 @@ def test_the_job_builds_what_its_functions_build(tmp_path):
     result = PruneJob(model, DATA, SETTINGS, progress=False).run()
     # the same steps by hand
     x = torch.zeros(1, 3, 8, 8)
-    scores = score(model, (b for b, _ in DATA.score.batches(8)), progress=False)
+    scores = score(model, (b for b, _ in DATA.scoring.batches(8)), progress=False)
     pruned, plan = prune(model, scores, 40, x)
     assert plan["groups"] == result.plan["groups"]
-    recalibrate_batchnorm(pruned, (b for b, _ in DATA.bn.batches(8)))
-    distill(pruned, model, DATA.train, epochs=2, lr=0.05, batch_size=8, seed=3, progress=False)
+    recalibrate_batchnorm(pruned, (b for b, _ in DATA.calibration.batches(8)))
+    distill(pruned, model, DATA.training, epochs=2, lr=0.05, batch_size=8, seed=3, progress=False)
     for k, v in pruned.state_dict().items():
         assert torch.equal(v, result.pruned.state_dict()[k]), k
-    assert result.accuracy["distilled"] == evaluate(pruned, DATA.eval)
-    assert result.accuracy["base"] == evaluate(model, DATA.eval)
+    assert result.accuracy["distilled"] == evaluate(pruned, DATA.evaluation)
+    assert result.accuracy["base"] == evaluate(model, DATA.evaluation)
     assert list(result.accuracy) == ["base", "surgery", "recalibrated", "distilled"]
     assert result.params < result.baseline.params and 0 < result.rpr < 1
     report = result.report()
@@ -118,7 +118,7 @@ def test_steps_out_of_order_and_bad_settings_are_refused():
     with pytest.raises(ValueError, match="not scored by OCNNA"):
         PruneJob(model, DATA, JobSettings(criterion="l1"), progress=False).score()
     with pytest.raises(ValueError, match="training images"):
-        job2 = PruneJob(model, JobData(eval=DATA.eval, score=DATA.score), SETTINGS, progress=False)
+        job2 = PruneJob(model, JobData(evaluation=DATA.evaluation, scoring=DATA.scoring), SETTINGS, progress=False)
         job2.score()
         job2.surgery()
         job2.distill()

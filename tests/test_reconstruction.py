@@ -89,8 +89,8 @@ def test_nothing_cut_nothing_moved_and_the_fit_brings_outputs_closer():
     corrected = copy.deepcopy(pruned)
     recalibrate(corrected, base, plan, batches, folded="variance")  # the moment correction alone
     refitted = copy.deepcopy(pruned)
-    info = recalibrate(refitted, base, plan, batches, folded="regression")
-    assert info["method"] == "folded-regression" and info["reconstructed"] == 3 and info["corrected"] == 4
+    info = recalibrate(refitted, base, plan, batches, folded="refit")
+    assert info["method"] == "folded-refit" and info["reconstructed"] == 3 and info["corrected"] == 4
     x = batches[0]  # on the calibration images the classifier's fit is least squares: closer logits
     with torch.no_grad():
         want = base(x)
@@ -104,14 +104,16 @@ def test_the_job_runs_it_when_asked_and_refuses_unknown_corrections():
     _, folded, batches = folded_pair()
     pixels = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     images = TensorImages(pixels, torch.zeros(64, dtype=torch.int64), (0.5,) * 3, (0.25,) * 3)
-    data = JobData(eval=images, score=images, bn=images)
-    settings = JobSettings(criterion="l1", k=40, input_size=16, batch_size=32, folded="regression")
+    data = JobData(evaluation=images, scoring=images, calibration=images)
+    settings = JobSettings(criterion="l1", k=40, input_size=16, batch_size=32, folded="refit")
     job = PruneJob(folded, data, settings, ignored_layers=[], progress=False)
     job.rank()
     job.surgery()
-    assert job.recalibrate()["method"] == "folded-regression"
-    with pytest.raises(ValueError, match="regression"):
-        PruneJob(FoldableNet(folded=True), data, JobSettings(folded="least-squares"), progress=False)
+    assert job.recalibrate()["method"] == "folded-refit"
+    with pytest.raises(ValueError, match="folded must be one of mean, variance, refit"):
+        JobSettings(folded="least-squares")
+    with pytest.raises(ValueError, match="is now folded='refit'"):
+        JobSettings(folded="regression")
 
 
 def test_the_command_line_takes_it_where_it_applies(capsys):
@@ -262,7 +264,7 @@ def test_the_job_refits_a_batchnorm_model_only_when_asked():
 
     pixels = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     images = TensorImages(pixels, torch.zeros(64, dtype=torch.int64), (0.5,) * 3, (0.25,) * 3)
-    data = JobData(eval=images, score=images, bn=images)
+    data = JobData(evaluation=images, scoring=images, calibration=images)
     got = {}
     for refit in (False, True):
         torch.manual_seed(1)
@@ -274,7 +276,7 @@ def test_the_job_refits_a_batchnorm_model_only_when_asked():
         got[refit] = job.recalibrate(), pruned
     assert got[False][0]["method"] == "batchnorm"
     info = got[True][0]
-    assert info["method"] == "batchnorm-regression" and info["reconstructed"] == 2 and info["images"] == 64
+    assert info["method"] == "batchnorm+refit" and info["reconstructed"] == 2 and info["images"] == 64
     x = images.batch(torch.arange(64))[0]
     with torch.no_grad():  # on the calibration images the refit's outputs are closer to the base's
         want = base(x)
@@ -296,13 +298,18 @@ def test_a_refit_that_could_not_happen_is_refused():
     pixels = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     images = TensorImages(pixels, torch.zeros(8, dtype=torch.int64), (0.5,) * 3, (0.25,) * 3)
     with pytest.raises(ValueError, match="calibration images"):
-        PruneJob(BNNet(), JobData(eval=images, score=images, bn=None), JobSettings(refit=True), progress=False)
-    data = JobData(eval=images, score=images, bn=images)
-    with pytest.raises(ValueError, match="folded='regression'"):
+        PruneJob(
+            BNNet(),
+            JobData(evaluation=images, scoring=images, calibration=None),
+            JobSettings(refit=True),
+            progress=False,
+        )
+    data = JobData(evaluation=images, scoring=images, calibration=images)
+    with pytest.raises(ValueError, match="folded='refit'"):
         PruneJob(FoldableNet(folded=True), data, JobSettings(refit=True, folded="variance"), progress=False)
     PruneJob(
         FoldableNet(folded=True), data, JobSettings(refit=True), progress=False
-    )  # regression: the refit it asks for
+    )  # folded="refit", the default: the refit it asks for
 
 
 def test_a_layer_without_bias_or_batchnorm_is_fitted_without_an_intercept_and_gets_no_bias():

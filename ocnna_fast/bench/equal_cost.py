@@ -28,26 +28,26 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .._util.atomic import write_text_atomic
 from ..budget.allocation import Target, parse_target
-from ..budget.search import TOLERANCE, count_ratio
+from ..budget.fit import bisect_to_budget
+from ..budget.search import count_ratio
 from ..budget.spec import ALLOCATIONS, LEGACY_METHODS, METHOD_KINDS, PruneSpec, parse_method
 from ..data.tensorimages import image_side
-from ..deploy.latency import eager_latency
-from ..job.pipeline import JobData, JobSettings, PruneJob, measure_baseline
+from ..job.pipeline import JobData, JobSettings, PruneJob
 from ..selection.criteria import SEEDED
 from ..selection.groups import conv_groups, torch_pruning
 from ..surgery.prune import prune
 from .cost_tables import MEASURED, budget_plot, budget_table
-from .results_file import document, finite_or_none, load_rows, model_config, run_cells
+from .engine import Suite
+from .results_file import finite_or_none, load_rows, model_config
 
 __all__ = [
     "METHOD_KINDS",
@@ -132,27 +132,6 @@ def _row_ok(r: Any) -> bool:
     return seed_ok and finite_or_none(r, MEASURED)
 
 
-def _bisect(build: Callable[[float], Any], ratio: Callable[[Any], float], target: Target, lo: float, hi: float):
-    """The largest share pruned (a percentile or a ratio, in ``[lo, hi]``)
-    whose model stays within 2% above the target, and that model: the
-    budget is met as closely as the rule's steps allow."""
-    ceiling = target.ratio * (1 + TOLERANCE)
-    best = None
-    for _ in range(16):
-        mid = (lo + hi) / 2
-        built = build(mid)
-        reached = ratio(built)
-        if reached <= ceiling:
-            best, hi = (mid, built, reached), mid
-            if reached >= target.ratio * (1 - TOLERANCE):
-                break
-        else:
-            lo = mid
-    if best is None:
-        raise ValueError(f"cannot meet {target} with this rule (the most it prunes still costs more)")
-    return best
-
-
 def tp_global_keep(
     model: nn.Module, example: torch.Tensor, ignored: Sequence[nn.Module], target: Target, max_ratio: float = 0.9
 ) -> Tuple[Dict[str, int], float]:
@@ -183,7 +162,7 @@ def tp_global_keep(
         pruner.step()
         return work
 
-    share, pruned, _ = _bisect(build, ratio, target, 0.0, max_ratio)
+    share, pruned, _ = bisect_to_budget(build, ratio, target, 0.0, max_ratio)
     keep = {n: m.out_channels for n, m in pruned.named_modules() if isinstance(m, nn.Conv2d)}
     return keep, share
 
@@ -192,28 +171,19 @@ def _group_roots(model: nn.Module, example: torch.Tensor, ignored: Sequence[nn.M
     return [root for root, _ in conv_groups(model, example, ignored)[3]]
 
 
-class _Cells:
-    """The base model measured once, criterion values cached, one job per cell."""
+class _Cells(Suite):
+    """Methods side by side: every cell prunes to the same cost."""
 
     def __init__(self, model, data: JobData, settings: JobSettings, ignored_for, repeats: int) -> None:
-        self.model, self.data, self.settings, self.ignored_for, self.repeats = (
-            model, data, settings, ignored_for, repeats)  # fmt: skip
-        self.baseline = measure_baseline(model, data.eval, settings.input_size)
-        self.base_latency = eager_latency(model, settings.input_size, repeats) if repeats else None
-        self.values: Dict[tuple, Any] = {}
+        super().__init__(model, data, settings, repeats)
+        self.ignored_for = ignored_for
         self.structures: Dict[tuple, Dict[str, Any]] = {}
-
-    def _values(self, job: PruneJob, criterion: str, seed: int):
-        key = (criterion, seed if criterion in SEEDED else 0, len(job.ignored))  # the scope changes the groups
-        if key not in self.values:
-            self.values[key] = job.rank()
-        return self.values[key]
 
     def cell(self, method: str, target: str, seed: int) -> Dict[str, Any]:
         kind, spec = PruneSpec.from_method(method, target, base=self.settings)
         settings = dataclasses.replace(self.settings, **spec.prune_fields(), seed=seed)
         ignored = self.ignored_for("inner" if kind == "uniform-inner" else "full")
-        job = PruneJob(self.model, self.data, settings, ignored_layers=ignored, baseline=self.baseline, progress=False)
+        job = self.job(settings, ignored)
         built = self._built(job, kind, method, seed)
         job.adopt(copy.deepcopy(built["pruned"]), copy.deepcopy(built["plan"]))  # each seed distills its own copy
         job.recalibrate()
@@ -223,7 +193,7 @@ class _Cells:
         row.update(reached=built["reached"], rpr=result.rpr, macs_ratio=result.macs_ratio)
         row.update(acc_surgery=result.accuracy["surgery"], acc_bn=result.accuracy.get("recalibrated"))
         row.update(acc_finetuned=result.accuracy.get("distilled"), allocation_seconds=built["seconds"])
-        row.update(self._latency(result.pruned))
+        row.update(self.latency(result.pruned))
         if built["widths"] is not None:
             row["widths"] = built["widths"]
         return row
@@ -237,22 +207,21 @@ class _Cells:
             return self.structures[key]
         start, k, widths = time.perf_counter(), None, None
         if kind in ALLOCATIONS:
-            job.rank(self._values(job, s.criterion, seed))
+            job.rank(self.values_of(job)[0])
             budget = job.allocate()
             pruned, plan, reached = budget.pruned, budget.plan, budget.reached
             widths = {r: list(w) for r, w in budget.widths.items()}
         else:
-            k, pruned, plan, reached = self._fixed_rule(
-                job, kind, s.criterion, seed, job.ignored, parse_target(s.target)
-            )
+            k, pruned, plan, reached = self._fixed_rule(job, kind, parse_target(s.target))
         built = dict(pruned=pruned, plan=plan, k=k, reached=reached, widths=widths)
         built["seconds"] = time.perf_counter() - start
         self.structures = {key: built}  # one kept: cells run target-major, a method's seeds in a row
         return built
 
-    def _fixed_rule(self, job: PruneJob, kind: str, criterion: Optional[str], seed: int, ignored, t: Target):
+    def _fixed_rule(self, job: PruneJob, kind: str, t: Target):
         """uniform k, or Torch-Pruning's global widths, at the budget: (k or ratio, model, plan, reached)."""
         ratio = count_ratio(self.model, job.example, t.kind)
+        ignored = job.ignored
         if kind == "tp-global":
             keep, share = tp_global_keep(self.model, job.example, ignored, t)
             roots = _group_roots(self.model, job.example, ignored)
@@ -260,26 +229,13 @@ class _Cells:
             importance = torch_pruning().importance.GroupMagnitudeImportance(p=2)
             pruned, plan = prune(self.model, None, None, job.example, ignored, importance=importance, keep=keep)
             return share, pruned, plan, ratio(pruned)
-        values = self._values(job, criterion, seed)
+        values = self.values_of(job)[0]
 
         def build(k: float):
             return prune(self.model, None, k, job.example, ignored, importance=values)
 
-        k, (pruned, plan), reached = _bisect(build, lambda b: ratio(b[0]), t, 0.0, 99.0)
+        k, (pruned, plan), reached = bisect_to_budget(build, lambda b: ratio(b[0]), t, 0.0, 99.0)
         return k, pruned, plan, reached
-
-    def _latency(self, pruned: nn.Module) -> Dict[str, Optional[float]]:
-        if self.base_latency is None:
-            return dict.fromkeys(("latency_ms_b1", "latency_ms_b64"))
-        lat = eager_latency(pruned, self.settings.input_size, self.repeats)
-        return {"latency_ms_b1": lat[1]["median"], "latency_ms_b64": lat[64]["median"]}
-
-    def document(self, config: Dict[str, Any], rows: List[Dict[str, Any]]) -> Dict[str, Any]:
-        base: Dict[str, Any] = {"accuracy": self.baseline.accuracy, "params": self.baseline.params}
-        base.update(macs=self.baseline.macs, threads=torch.get_num_threads())
-        if self.base_latency is not None:
-            base.update(latency_ms_b1=self.base_latency[1]["median"], latency_ms_b64=self.base_latency[64]["median"])
-        return document(config, base, rows)
 
 
 def _suite_config(config: Dict[str, Any], model: nn.Module, settings: JobSettings, latency_repeats: int):
@@ -327,23 +283,16 @@ def run_budget_suite(
     matter."""
     check_methods(methods, seeds)
     targets = parse_targets(targets)
-    settings = dataclasses.replace(settings, input_size=settings.input_size or image_side(data.eval))
-    if settings.epochs > 0 and data.train is None:
+    settings = dataclasses.replace(settings, input_size=settings.input_size or image_side(data.evaluation))
+    if settings.epochs > 0 and data.training is None:
         raise ValueError("distillation needs a training set")
     out.mkdir(parents=True, exist_ok=True)
     config = _suite_config(config, model, settings, latency_repeats)
     rows = load_rows(out / "results.json", config, _row_ok, _key, upgrade_row)
     cells = _pending(rows, methods, targets, seeds, settings.epochs > 0)
-    suite = _Cells(model.eval(), data, settings, ignored_for, latency_repeats)
-    log(f"base: {suite.baseline.accuracy:.2f}% on {len(data.eval)} images; {len(cells)} cells to run")
-
-    def save(row: Dict[str, Any]) -> None:
-        rows.append(row)
-        write_text_atomic(out / "results.json", json.dumps(suite.document(config, rows), indent=1))
-
-    run_cells(cells, suite.cell, save, ("method", "target"), progress)
-    doc = suite.document(config, rows)
-    write_text_atomic(out / "results.json", json.dumps(doc, indent=1))
+    suite = _Cells(model, data, settings, ignored_for, latency_repeats)
+    log(f"base: {suite.baseline.accuracy:.2f}% on {len(data.evaluation)} images; {len(cells)} cells to run")
+    doc = suite.run(cells, suite.cell, ("method", "target"), out, config, rows, progress)
     write_text_atomic(out / "results.md", budget_table(rows, config, doc["base"]))
     if not budget_plot(rows, out, config.get("arch", "")):
         log("plot skipped: matplotlib is not installed (pip install 'ocnna-fast[bench]')")

@@ -16,20 +16,19 @@ a stopped suite continues where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-import torch
 from torch import nn
 
 from .._util.atomic import write_text_atomic
 from .._util.validate import as_count, percentile
 from ..data.tensorimages import image_side
-from ..deploy.latency import eager_latency, latency_ms
-from ..job.pipeline import JobData, JobSettings, PruneJob, measure_baseline
+from ..deploy.latency import latency_ms
+from ..job.pipeline import JobData, JobSettings
 from ..selection.criteria import CRITERIA, SEEDED
-from .results_file import document, finite_or_none, fmt, load_rows, mean, model_config, run_cells
+from .engine import Suite
+from .results_file import finite_or_none, fmt, load_rows, mean, model_config
 
 __all__ = ["run_suite", "check_cells", "latency_ms", "RESULT_KEYS"]
 
@@ -50,10 +49,6 @@ RESULT_KEYS = (
 
 def _cell_key(row: Dict[str, Any]) -> tuple:
     return (row["criterion"], float(row["k"]), int(row["seed"]))
-
-
-def _load_rows(path: Path, config: Dict[str, Any]) -> List[Dict[str, Any]]:
-    return load_rows(path, config, _row_ok, _cell_key)
 
 
 def _row_ok(r: Any) -> bool:
@@ -96,80 +91,68 @@ def check_cells(criteria: Sequence[str], ks: Sequence[float], seeds: Sequence[in
 
 def run_suite(
     model: nn.Module,
+    data: JobData,
+    settings: JobSettings,
     *,
-    arch: str,
-    score_set: Any,
-    bn_set: Optional[Any],
-    train_set: Optional[Any],
-    eval_set: Any,
     criteria: Sequence[str],
     ks: Sequence[float],
     seeds: Sequence[int],
     out: Path,
-    finetune_epochs: int = 0,
-    lr: float = 0.01,
-    batch_size: int = 128,
-    input_size: Optional[int] = None,
-    latency_repeats: int = 10,
+    config: Dict[str, Any],
     ignored_layers: Optional[Iterable[nn.Module]] = None,
+    latency_repeats: int = 10,
     progress: bool = True,
     log=print,
-    dataset: str = "cifar10-jpeg",
-    scope: Optional[str] = None,
-    data_seed: int = 0,
-    folded: str = "regression",
-    refit: bool = False,
 ) -> List[Dict[str, Any]]:
     """Runs (or continues) the suite into ``out`` (``results.json``,
-    ``results.md``); returns the rows.  Each cell is one ``PruneJob``; the
-    base model is measured once; deterministic criteria run at the first seed
-    only unless fine-tuning makes the seed matter.  ``folded``, ``refit``: as
-    ``JobSettings``."""
+    ``results.md``, plots); returns the rows.  Each cell is one ``PruneJob``
+    with ``settings`` at the cell's criterion, k and seed; deterministic
+    criteria run at the first seed only unless fine-tuning makes the seed
+    matter.  ``config``: what the caller's data and model are (``arch``,
+    ``dataset``, ``scope``, ``seed``; checked on resume with the rest)."""
     check_cells(criteria, ks, seeds)
-    if finetune_epochs > 0 and train_set is None:
+    if settings.epochs > 0 and data.training is None:
         raise ValueError("fine-tuning needs a training set")
     out.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
-    input_size = input_size or image_side(eval_set)  # the images' own side, never a silent default
-    config = _config(arch, dataset, scope, score_set, bn_set, train_set, eval_set, finetune_epochs, lr)
-    config.update(batch_size=batch_size, seed=data_seed, input_size=input_size, latency_repeats=latency_repeats)
-    config.update(model_config(model, folded, refit))
-    rows = _load_rows(out / "results.json", config)
-    data = JobData(eval=eval_set, score=score_set, bn=bn_set, train=train_set if finetune_epochs else None)
-    settings = JobSettings(
-        epochs=finetune_epochs, lr=lr, batch_size=batch_size, input_size=input_size, folded=folded, refit=refit
-    )
-    suite = _Suite(model, data, settings, ignored_layers, latency_repeats)
+    # the images' own side, never a silent default
+    settings = dataclasses.replace(settings, input_size=settings.input_size or image_side(data.evaluation))
+    config = _config(config, model, data, settings, latency_repeats)
+    rows = load_rows(out / "results.json", config, _row_ok, _cell_key)
+    suite = _Suite(model, data, settings, latency_repeats, ignored_layers)
     log(suite.describe_base())
-    cells = _pending(criteria, ks, seeds, finetune_epochs, {_cell_key(r) for r in rows})
-
-    def save(row: Dict[str, Any]) -> None:
-        rows.append(row)
-        write_text_atomic(out / "results.json", json.dumps(suite.document(config, rows), indent=1))
-
-    run_cells(cells, suite.cell, save, ("criterion", "k"), progress)
-    doc = suite.document(config, rows)
+    cells = _pending(criteria, ks, seeds, settings.epochs, {_cell_key(r) for r in rows})
+    doc = suite.run(cells, suite.cell, ("criterion", "k"), out, config, rows, progress)
+    arch = config.get("arch", "")
     write_text_atomic(out / "results.md", results_table(rows, arch, config, doc["base"]))
     if not _plots(rows, out, arch):
         log("plots skipped: matplotlib is not installed (pip install 'ocnna-fast[bench]')")
     return rows
 
 
-def _config(arch, dataset, scope, score_set, bn_set, train_set, eval_set, epochs, lr) -> Dict[str, Any]:
+def _config(given: Dict[str, Any], model: nn.Module, data: JobData, settings: JobSettings, latency_repeats: int):
     """The settings a suite's rows depend on (a resume must match them all):
-    the base weights (by digest), the images drawn (their counts and seed),
-    their size and the latency repeats are added by the caller."""
-    return {
-        "arch": arch,
-        "dataset": dataset,
-        "scope": scope or "custom",
-        "score_images": len(score_set),
-        "bn_images": len(bn_set) if bn_set else 0,
-        "train_images": len(train_set) if train_set is not None and epochs else 0,
-        "eval_images": len(eval_set),
-        "finetune_epochs": epochs,
-        "lr": lr,
+    the caller's, the images drawn (their counts), the job's settings, the
+    base weights (by digest)."""
+    epochs = settings.epochs
+    config = {
+        "arch": given.get("arch", ""),
+        "dataset": given.get("dataset", "custom"),
+        "scope": given.get("scope") or "custom",
     }
+    config.update(
+        score_images=len(data.scoring),
+        bn_images=len(data.calibration) if data.calibration else 0,
+        train_images=len(data.training) if data.training is not None and epochs else 0,
+        eval_images=len(data.evaluation),
+        finetune_epochs=epochs,
+        lr=settings.lr,
+        batch_size=settings.batch_size,
+        seed=given.get("seed", 0),
+        input_size=settings.input_size,
+        latency_repeats=latency_repeats,
+    )
+    config.update(model_config(model, settings.folded, settings.refit))
+    return config
 
 
 def _pending(criteria, ks, seeds, finetune_epochs: int, done) -> List[tuple]:
@@ -183,33 +166,16 @@ def _pending(criteria, ks, seeds, finetune_epochs: int, done) -> List[tuple]:
     return cells
 
 
-class _Suite:
-    """The base model measured once, the criteria's values cached per
-    (criterion, seed), and one prune job per cell."""
+class _Suite(Suite):
+    """Criteria side by side: every cell prunes the same counts from the same groups."""
 
-    def __init__(self, model, data: JobData, settings: JobSettings, ignored_layers, latency_repeats: int) -> None:
-        self.model, self.data, self.settings, self.repeats = model, data, settings, latency_repeats
+    def __init__(self, model, data: JobData, settings: JobSettings, repeats: int, ignored_layers) -> None:
+        super().__init__(model, data, settings, repeats)
         self.ignored = list(ignored_layers) if ignored_layers is not None else None
-        self.baseline = measure_baseline(model, data.eval, settings.input_size)
-        self.base_latency = eager_latency(model, settings.input_size, latency_repeats) if latency_repeats else None
-        self.values: Dict[tuple, tuple] = {}
-
-    def describe_base(self) -> str:
-        lat, base = self.base_latency, self.baseline
-        text = f"base: {base.accuracy:.2f}% on {len(self.data.eval)} images, {base.params} parameters"
-        if lat:
-            text += f", latency {lat[1]['median']:.2f} ms (batch 1) / {lat[64]['median']:.1f} ms (batch 64)"
-        return text
 
     def cell(self, criterion: str, k: float, seed: int) -> Dict[str, Any]:
-        settings = dataclasses.replace(self.settings, criterion=criterion, k=k, seed=seed)
-        job = PruneJob(
-            self.model, self.data, settings, ignored_layers=self.ignored, baseline=self.baseline, progress=False
-        )
-        key = (criterion, seed if criterion in SEEDED else 0)
-        if key not in self.values:
-            self.values[key] = (job.rank(), job.seconds["rank"])
-        values, seconds = self.values[key]
+        job = self.job(dataclasses.replace(self.settings, criterion=criterion, k=k, seed=seed), self.ignored)
+        values, seconds = self.values_of(job)
         job.rank(values)
         job.surgery()
         job.recalibrate()
@@ -221,30 +187,8 @@ class _Suite:
         if result.recalibration is not None:  # folded-BatchNorm models get bias compensation instead (same images)
             row["recalibration"] = result.recalibration["method"]
         row["acc_finetuned"] = result.accuracy.get("distilled")
-        row.update(self._latency(result.pruned), base_accuracy=self.baseline.accuracy)
+        row.update(self.latency(result.pruned), base_accuracy=self.baseline.accuracy)
         return row
-
-    def _latency(self, pruned: nn.Module) -> Dict[str, Optional[float]]:
-        if self.base_latency is None:
-            return dict.fromkeys(("latency_ms_b1", "latency_ms_b64", "latency_ratio_b1", "latency_ratio_b64"))
-        lat = eager_latency(pruned, self.settings.input_size, self.repeats)
-        return {
-            "latency_ms_b1": lat[1]["median"],
-            "latency_ms_b64": lat[64]["median"],
-            "latency_ratio_b1": lat[1]["median"] / self.base_latency[1]["median"],
-            "latency_ratio_b64": lat[64]["median"] / self.base_latency[64]["median"],
-        }
-
-    def document(self, config: Dict[str, Any], rows: List[Dict[str, Any]]) -> Dict[str, Any]:
-        base: Dict[str, Any] = {
-            "accuracy": self.baseline.accuracy,
-            "params": self.baseline.params,
-            "macs": self.baseline.macs,
-        }
-        if self.base_latency is not None:
-            base.update(latency_ms_b1=self.base_latency[1], latency_ms_b64=self.base_latency[64])
-        base["threads"] = torch.get_num_threads()
-        return document(config, base, rows)
 
 
 def summarise(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -275,7 +219,7 @@ def results_table(
         lines += [
             f"Base model: {base['accuracy']:.2f}% top-1 on {config['eval_images']} test images, "
             f"{base['params']:,} parameters, {base['macs']:,} MACs per image"
-            + (f", {lat['median']:.2f} ms at batch 1 ({base.get('threads', '?')} threads)" if lat else "")
+            + (f", {lat:.2f} ms at batch 1 ({base.get('threads', '?')} threads)" if lat else "")
             + ".",
             "",
         ]

@@ -34,8 +34,17 @@ __all__ = [
 ]
 
 DIGEST = "row_sha256"
-# the layout of results.json; 2: a method string takes prune's flags (schema 1 rows are upgraded on read)
+# the layout of results.json; 2: a method string takes prune's flags, the
+# recovery is named as the flags name it, a base latency is its median in ms
+# (schema 1 files are upgraded on read)
 SCHEMA = 2
+# schema 1's names of the recovery after surgery, and today's
+RECOVERY_V1 = {
+    "batchnorm-regression": "batchnorm+refit",
+    "bias-compensation": "folded-mean",
+    "folded-batchnorm": "folded-variance",
+    "folded-regression": "folded-refit",
+}
 
 # the command-line option behind each setting a suite records
 OPTION_OF = {
@@ -92,9 +101,19 @@ def read_document(path: Path, upgrade: Optional[Callable[[Dict[str, Any]], Dict[
     if isinstance(schema, bool) or not isinstance(schema, int) or not 1 <= schema <= SCHEMA:
         raise ValueError(f"{path} has results schema {schema!r}; this ocnna-fast reads schemas 1 to {SCHEMA}")
     rows = _unsealed(path, doc.get("rows"))
-    if schema < SCHEMA and upgrade is not None:
-        rows = [upgrade(r) for r in rows]
-    return dict(doc, schema=SCHEMA, rows=rows)
+    config, base = doc.get("config"), doc.get("base")
+    if schema < SCHEMA:
+        rows = [_recovery_v1(upgrade(r) if upgrade is not None else r) for r in rows]
+        if isinstance(config, dict) and config.get("folded_correction") == "regression":
+            config = dict(config, folded_correction="refit")
+        if isinstance(base, dict):  # the criteria suite kept each base latency's spread: today, the median
+            base = {k: v["median"] if isinstance(v, dict) and "median" in v else v for k, v in base.items()}
+    return dict(doc, schema=SCHEMA, config=config, base=base, rows=rows)
+
+
+def _recovery_v1(row: Dict[str, Any]) -> Dict[str, Any]:
+    name = row.get("recalibration")
+    return dict(row, recalibration=RECOVERY_V1[name]) if name in RECOVERY_V1 else row
 
 
 def load_rows(

@@ -1,15 +1,17 @@
-"""Meeting a budget with a real count: the allocator prices widths by a
-cost model, which a count (or a measured latency) differs from; the routine
-here moves the allocator's internal target until the count lands within
-tolerance, or says which ratios it could reach."""
+"""Meeting a budget with a real count, for every pruner that has one: the
+allocator prices widths by a cost model, which a count (or a measured
+latency) differs from, so ``fit_to_budget`` moves the allocator's internal
+target until the count lands within tolerance, or says which ratios it could
+reach; a one-knob rule (uniform k, a global ratio) is bisected on its knob
+(``bisect_to_budget``).  ``prune``, ``bench`` and the scripts use these."""
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from .allocation import Target, Unreachable
 
-__all__ = ["fit_to_budget", "meets", "tolerance", "TOLERANCE", "LATENCY_TOLERANCE", "BISECTIONS"]
+__all__ = ["fit_to_budget", "bisect_to_budget", "meets", "tolerance", "TOLERANCE", "LATENCY_TOLERANCE", "BISECTIONS"]
 
 TOLERANCE = 0.02  # the reached ratio is within 2% of the target's
 # a latency ratio is a measurement, not a count: repeats of one model spread
@@ -77,6 +79,31 @@ def fit_to_budget(greedy, build, target: Target, round_to: int, max_prune: float
         f"(widths multiple of {round_to}, at most {max_prune:.0%} of a group removed); ask for one of those, or "
         "change --round-to, --max-prune or --allocation"
     )
+
+
+def bisect_to_budget(
+    build: Callable[[float], Any], ratio: Callable[[Any], float], target: Target, lo: float, hi: float
+):
+    """A one-knob rule met at a budget (a uniform percentile k, a global
+    pruning ratio, in ``[lo, hi]``, more pruning higher): ``(knob, built,
+    reached)`` for the largest knob whose model stays within tolerance above
+    the target, as close as the rule's steps allow (16 bisections; stops
+    early inside the band).  ``ValueError`` when even ``hi`` costs more."""
+    ceiling = target.ratio * (1 + TOLERANCE)
+    best = None
+    for _ in range(16):
+        mid = (lo + hi) / 2
+        built = build(mid)
+        reached = ratio(built)
+        if reached <= ceiling:
+            best, hi = (mid, built, reached), mid
+            if reached >= target.ratio * (1 - TOLERANCE):
+                break
+        else:
+            lo = mid
+    if best is None:
+        raise ValueError(f"cannot meet {target} with this rule (the most it prunes still costs more)")
+    return best
 
 
 # rounds of bisection on the aim after the secant's rounds missed the target

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .._util.validate import percentile, positive_int
-from ..recovery.compensation import FOLDED
+from ..recovery.compensation import check_folded
 from ..selection.criteria import CRITERIA
 from .allocation import parse_target
 from .latency import RUNTIMES
@@ -75,7 +75,7 @@ class PruneSpec:
     latency target is measured in ``latency_runtime`` at ``latency_batch``
     images per call.  ``criterion`` ranks the channels (``CRITERIA``).
     ``folded``: the correction a folded-BatchNorm model gets after surgery
-    (``mean``, ``variance``, ``regression``); ``refit``: a BatchNorm model's
+    (``mean``, ``variance``, ``refit``); ``refit``: a BatchNorm model's
     layers refitted by least squares after re-estimation."""
 
     k: Optional[float] = None
@@ -89,7 +89,7 @@ class PruneSpec:
     sensitivity_images: int = 512
     latency_runtime: str = "onnxruntime"
     latency_batch: int = 1
-    folded: str = "regression"
+    folded: str = "refit"
     refit: bool = False
 
     def __post_init__(self) -> None:
@@ -118,8 +118,7 @@ class PruneSpec:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.latency_runtime not in RUNTIMES:
             raise ValueError(f"a latency runtime is one of {', '.join(RUNTIMES)}, got {self.latency_runtime!r}")
-        if self.folded not in FOLDED:
-            raise ValueError(f"folded must be one of {', '.join(FOLDED)}; got {self.folded!r}")
+        check_folded(self.folded)
 
     @property
     def target_kind(self) -> Optional[str]:

@@ -110,54 +110,50 @@ def suite(args: argparse.Namespace, model, size: int, out: Path):
     data = loading.job_data(args)
     if args.target is not None:
         return _budget_suite(args, model, size, out, data)
+    settings = _shared_settings(args, size)
     return run_suite(
         model,
-        arch=args.arch,
-        score_set=data.score,
-        bn_set=data.bn,
-        train_set=data.train,
-        eval_set=data.eval,
+        data,
+        settings,
         criteria=args.criteria,
         ks=args.k,
         seeds=args.seeds,
         out=out,
-        finetune_epochs=args.finetune_epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
+        config={"arch": args.arch, "dataset": args.dataset, "scope": args.scope, "seed": args.seed},
+        ignored_layers=loading.ignored_layers(model, args.scope),
         latency_repeats=args.latency_repeats,
         progress=not args.no_progress,
-        dataset=args.dataset,
-        ignored_layers=loading.ignored_layers(model, args.scope),
-        scope=args.scope,
-        input_size=size,
-        data_seed=args.seed,
-        folded=args.folded_correction,
-        refit=args.refit,
+    )
+
+
+def _shared_settings(args: argparse.Namespace, size: int):
+    """The job settings every cell starts from: the flags' PruneSpec (a cell sets its own
+    criterion and k, or method and target) and the distillation's."""
+    from ..budget.spec import PruneSpec
+    from ..job.pipeline import JobSettings
+
+    shared = PruneSpec.from_flags({**vars(args), "k": None, "target": None, "folded": args.folded_correction})
+    return JobSettings(
+        **shared.prune_fields(), epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size, input_size=size
     )
 
 
 def _budget_suite(args: argparse.Namespace, model, size: int, out: Path, data):
-    from ..budget.spec import PruneSpec
-    from ..job.pipeline import JobSettings
-
     inner = [m for m in args.methods if m.startswith("uniform-inner")]
     try:
         if inner:
             loading.ignored_layers(model, "inner")
     except (TypeError, ValueError):
         raise ValueError(f"{inner[0]}: the inner scope exists for the CIFAR ResNets only") from None
-    shared = PruneSpec.from_flags({**vars(args), "k": None, "target": None, "folded": args.folded_correction})
-    settings = JobSettings(
-        **shared.prune_fields(), epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size, input_size=size
-    )
+    settings = _shared_settings(args, size)
     config = {
         "arch": args.arch,
         "dataset": args.dataset,
         "seed": args.seed,
-        "score_images": len(data.score),
-        "bn_images": len(data.bn) if data.bn is not None else 0,
-        "train_images": len(data.train) if data.train is not None else 0,
-        "eval_images": len(data.eval),
+        "score_images": len(data.scoring),
+        "bn_images": len(data.calibration) if data.calibration is not None else 0,
+        "train_images": len(data.training) if data.training is not None else 0,
+        "eval_images": len(data.evaluation),
     }
     return run_budget_suite(
         model,

@@ -273,8 +273,8 @@ def job_data(args: argparse.Namespace):
     from ..job.pipeline import JobData
 
     return JobData(
-        eval=images(args, "test", args.eval_images, False, args.seed),
-        score=images(args, "train", args.score_images, False, args.seed + 1),
-        bn=images(args, "train", args.bn_images, False, args.seed + 3) if args.bn_images else None,
-        train=images(args, "train", args.train_images, True, args.seed + 2) if args.finetune_epochs else None,
+        evaluation=images(args, "test", args.eval_images, False, args.seed),
+        scoring=images(args, "train", args.score_images, False, args.seed + 1),
+        calibration=images(args, "train", args.bn_images, False, args.seed + 3) if args.bn_images else None,
+        training=images(args, "train", args.train_images, True, args.seed + 2) if args.finetune_epochs else None,
     )

@@ -131,6 +131,12 @@ def _dataset_name(text: str) -> str:
     return {"cifar10-jpeg-test": "cifar10-jpeg"}.get(text, text)  # the name before 0.1 had --dataset everywhere
 
 
+def _folded(text: str) -> str:
+    if text == "regression":
+        raise argparse.ArgumentTypeError("'regression' is now 'refit' (--folded-correction refit)")
+    return text
+
+
 DEFAULT_ARCH = "resnet56"
 
 
@@ -214,11 +220,12 @@ def add_job_options(sp: argparse.ArgumentParser, *, finetune_epochs: int) -> Non
 
     sp.add_argument(
         "--folded-correction",
+        type=_folded,
         choices=FOLDED,
-        default="regression",
-        help="for a model whose BatchNorm is folded into its convs: after the mean compensation, "
+        default="refit",
+        help="for a model whose BatchNorm is folded into its convs: after the mean compensation (mean), "
         "re-estimate each kept channel's mean and spread (variance), and then refit every layer after "
-        "the first cut by least squares to the base model's outputs (regression, default: one pass of "
+        "the first cut by least squares to the base model's outputs (refit, default: one pass of "
         "the calibration images per layer)",
     )
     sp.add_argument(

@@ -88,10 +88,11 @@ def prune_markdown(report: Dict[str, Any], title: str) -> str:
     if r.get("bn_images"):
         how = {
             "batchnorm": "BatchNorm re-estimated",
-            "batchnorm-regression": "BatchNorm re-estimated and layers refitted",
-            "folded-batchnorm": "folded BatchNorm's statistics restored",
-            "folded-regression": "folded BatchNorm's statistics restored and layers refitted",
-        }.get(r.get("recalibration"), "biases compensated")
+            "batchnorm+refit": "BatchNorm re-estimated and layers refitted",
+            "folded-mean": "biases compensated",
+            "folded-variance": "folded BatchNorm's statistics restored",
+            "folded-refit": "folded BatchNorm's statistics restored and layers refitted",
+        }.get(r.get("recalibration"), "recovered")
         stages.append((f"{how} on {r['bn_images']} training images", r["pruned_accuracy_before_finetune"]))
     if r.get("finetune_epochs"):
         n = r["finetune_epochs"]

@@ -118,7 +118,7 @@ def _print_recalibration(args: argparse.Namespace, job, recal) -> None:
 def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: Path, stage: Path) -> int:
     job = _job(args, model, size, out)
     base = job.evaluate_base()
-    print(f"base accuracy {base.accuracy:.2f}% on {len(job.data.eval)} {args.dataset} test images")
+    print(f"base accuracy {base.accuracy:.2f}% on {len(job.data.evaluation)} {args.dataset} test images")
     outputs = ["pruned", "report.json", "report.md"]
     if isinstance(CRITERIA[args.criterion], FamilyCriterion):  # OCNNA's pass: its scores are kept
         job.score().save(stage / "scores.safetensors")
@@ -193,8 +193,8 @@ def _report(args: argparse.Namespace, weights: str, job: PruneJob, result: JobRe
         "scope": args.scope,
         "n_components": args.n_components,
         "criterion": args.criterion,
-        "score_images": len(job.data.score),
-        "eval_images": len(job.data.eval),
+        "score_images": len(job.data.scoring),
+        "eval_images": len(job.data.evaluation),
         **result.report(),
         "settings": _settings(args, job),
     }
@@ -206,7 +206,7 @@ def _settings(args: argparse.Namespace, job: PruneJob) -> dict:
 
     from .._version import __version__
 
-    train = job.data.train
+    train = job.data.training
     return {
         "training_images": len(train) if train is not None else 0,
         "learning_rate": args.lr,

@@ -2,7 +2,7 @@
 evaluate, measure.  ``ocnna-fast prune`` runs one job, ``ocnna-fast bench``
 one per cell, and Python users the same object::
 
-    job = PruneJob(model, JobData(eval=test, score=calib, bn=calib, train=train),
+    job = PruneJob(model, JobData(evaluation=test, scoring=calib, calibration=calib, training=train),
                    JobSettings(k=40, criterion="ocnna", epochs=1), checkpoint_dir="ckpt")
     result = job.run()          # or call the steps one by one
     result.pruned, result.plan, result.accuracy, result.report()
@@ -48,15 +48,18 @@ PathLike = Union[str, os.PathLike]
 
 @dataclass
 class JobData:
-    """The image sets a job reads (``TensorImages`` or ``FolderImages``):
-    evaluation, scoring (criteria that look at activations or gradients),
-    calibration (BatchNorm re-estimation or bias compensation; ``None``
-    skips the step) and distillation (``None``: no distillation)."""
+    """The image sets a job reads (``TensorImages`` or ``FolderImages``), by
+    what they are used for: ``evaluation`` (top-1 accuracy at every stage),
+    ``scoring`` (criteria that look at activations or gradients, and the
+    loss of each sensitivity candidate), ``calibration`` (BatchNorm
+    re-estimation or the folded correction after surgery, and inside each
+    sensitivity candidate; ``None`` skips the step) and ``training``
+    (distillation; ``None``: none)."""
 
-    eval: Any
-    score: Any = None
-    bn: Any = None
-    train: Any = None
+    evaluation: Any
+    scoring: Any = None
+    calibration: Any = None
+    training: Any = None
 
 
 @dataclass(frozen=True)
@@ -82,15 +85,15 @@ ALLOCATION_MEMO = "allocation-losses.json"
 
 def _check_refit(settings: JobSettings, model: nn.Module, data: JobData) -> None:
     """A refit asked for must happen: it needs calibration images, and a
-    folded-BatchNorm model is refitted through ``folded="regression"``."""
+    folded-BatchNorm model is refitted through ``folded="refit"``."""
     if not settings.refit:
         return
-    if data.bn is None or len(data.bn) == 0:
-        raise ValueError("refit needs calibration images (JobData.bn; on the command line --bn-images > 0)")
-    if not has_batchnorm(model) and settings.folded != "regression":
+    if data.calibration is None or len(data.calibration) == 0:
+        raise ValueError("refit needs calibration images (JobData.calibration; on the command line --bn-images > 0)")
+    if not has_batchnorm(model) and settings.folded != "refit":
         raise ValueError(
             f"refit with folded={settings.folded!r}: a model whose BatchNorm is folded into its convs is "
-            "refitted by folded='regression' (--folded-correction regression)"
+            "refitted by folded='refit' (--folded-correction refit)"
         )
 
 
@@ -128,7 +131,7 @@ class PruneJob:
             settings.latency_runtime, settings.latency_batch, deploy=settings.target_kind == "latency"
         )
         _check_refit(settings, model, data)
-        side = image_side(data.eval)  # MACs, latency and the surgery's trace are at the images' size
+        side = image_side(data.evaluation)  # MACs, latency and the surgery's trace are at the images' size
         if settings.input_size not in (None, side):
             raise ValueError(f"input_size {settings.input_size} differs from the {side}px evaluation images")
         self.model, self.data, self.settings = model.eval(), data, replace(settings, input_size=side)
@@ -151,7 +154,7 @@ class PruneJob:
     # ------------------------------------------------------------ steps --
     def evaluate_base(self) -> Baseline:
         if self.baseline is None:
-            self.baseline = measure_baseline(self.model, self.data.eval, self.settings.input_size)
+            self.baseline = measure_baseline(self.model, self.data.evaluation, self.settings.input_size)
         self.accuracy["base"] = self.baseline.accuracy
         return self.baseline
 
@@ -165,13 +168,13 @@ class PruneJob:
 
     def context(self) -> Context:
         """What a criterion may look at: the model, the scoring batches and labels, the seed."""
-        if self.data.score is None:
-            raise ValueError("this criterion needs scoring images: JobData(score=...)")
+        if self.data.scoring is None:
+            raise ValueError("this criterion needs scoring images: JobData(scoring=...)")
         bs = self.settings.batch_size
         return Context(
             self.model,
-            _Inputs(self.data.score, bs, 0),
-            _Inputs(self.data.score, bs, 1),
+            _Inputs(self.data.scoring, bs, 0),
+            _Inputs(self.data.scoring, bs, 1),
             self.example,
             self.ignored,
             seed=self.settings.seed,
@@ -187,7 +190,7 @@ class PruneJob:
         t = time.perf_counter()
         self.scores = score(
             self.model,
-            _Inputs(self.data.score, self.settings.batch_size, 0),
+            _Inputs(self.data.scoring, self.settings.batch_size, 0),
             n_components=crit.n_components,
             tap=crit.tap,
             statistic=crit.statistic,
@@ -228,7 +231,7 @@ class PruneJob:
             self.pruned, self.plan = prune(
                 self.model, None, s.k, self.example, ignored_layers=self.ignored, importance=values, rule="count"
             )
-        self.accuracy["surgery"] = evaluate(self.pruned, self.data.eval)
+        self.accuracy["surgery"] = evaluate(self.pruned, self.data.evaluation)
         return self.pruned, self.plan
 
     def adopt(self, pruned: nn.Module, plan: Dict[str, Any]) -> None:
@@ -236,7 +239,7 @@ class PruneJob:
         ``pruning.prune(..., keep=...)``) takes surgery's place: the later
         steps recalibrate, distill and measure it as they would their own."""
         self.pruned, self.plan = pruned, plan
-        self.accuracy["surgery"] = evaluate(pruned, self.data.eval)
+        self.accuracy["surgery"] = evaluate(pruned, self.data.evaluation)
 
     def allocate(self) -> BudgetResult:
         """Per-group widths meeting ``settings.target`` (checked by a real
@@ -246,13 +249,13 @@ class PruneJob:
         values = self.values if self.values is not None else self.rank()
         calibration = evaluation = None
         if s.allocation == "sensitivity":
-            if self.data.bn is None or self.data.score is None:
+            if self.data.calibration is None or self.data.scoring is None:
                 raise ValueError(
-                    "the sensitivity allocation needs calibration and scoring images: JobData(bn=..., score=...) "
+                    "the sensitivity allocation needs calibration and scoring images: JobData(calibration=..., scoring=...) "
                     "(--bn-images and --score-images on the command line)"
                 )
-            calibration = input_batches(self.data.bn, s.batch_size, s.sensitivity_images)
-            evaluation = input_batches(self.data.score, s.batch_size, s.sensitivity_images)
+            calibration = input_batches(self.data.calibration, s.batch_size, s.sensitivity_images)
+            evaluation = input_batches(self.data.scoring, s.batch_size, s.sensitivity_images)
         t = time.perf_counter()
         measure = None
         if s.target_kind == "latency":
@@ -269,10 +272,12 @@ class PruneJob:
     def recalibrate(self) -> Optional[Dict[str, Any]]:
         """BatchNorm re-estimation (bias compensation on folded-BatchNorm
         models) on the calibration images, and the accuracy after it."""
-        if self.data.bn is None or len(self.data.bn) == 0:
+        if self.data.calibration is None or len(self.data.calibration) == 0:
             return None
         pruned, plan = self._surgered()
-        batches = _Inputs(self.data.bn, self.settings.batch_size, 0)  # re-iterable: folded models read it twice
+        batches = _Inputs(
+            self.data.calibration, self.settings.batch_size, 0
+        )  # re-iterable: folded models read it twice
         self.recalibration = recalibrate(
             pruned,
             self.model,
@@ -282,7 +287,7 @@ class PruneJob:
             folded=self.settings.folded,
             refit=self.settings.refit,
         )
-        self.accuracy["recalibrated"] = evaluate(pruned, self.data.eval)
+        self.accuracy["recalibrated"] = evaluate(pruned, self.data.evaluation)
         return self.recalibration
 
     def distill(self) -> List[Dict[str, float]]:
@@ -291,14 +296,14 @@ class PruneJob:
         s = self.settings
         if s.epochs <= 0:
             return []
-        if self.data.train is None:
-            raise ValueError("distillation needs training images: JobData(train=...)")
+        if self.data.training is None:
+            raise ValueError("distillation needs training images: JobData(training=...)")
         pruned, _ = self._surgered()
         t = time.perf_counter()
         self.history = distill(
             pruned,
             self.model,
-            self.data.train,
+            self.data.training,
             epochs=s.epochs,
             lr=s.lr,
             batch_size=s.batch_size,
@@ -307,7 +312,7 @@ class PruneJob:
             progress=self.progress,
         )
         self.seconds["distill"] = time.perf_counter() - t
-        self.accuracy["distilled"] = evaluate(pruned, self.data.eval)
+        self.accuracy["distilled"] = evaluate(pruned, self.data.evaluation)
         return self.history
 
     def result(self) -> JobResult:

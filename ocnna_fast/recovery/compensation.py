@@ -28,13 +28,29 @@ from .batchnorm import recalibrate_batchnorm
 from .foldedbn import correct_folded
 from .refit import reconstruct
 
-__all__ = ["FOLDED", "check_folded", "input_means", "compensate_biases", "compensate", "recalibrate", "has_batchnorm"]
+__all__ = [
+    "FOLDED",
+    "RECOVERIES",
+    "check_folded",
+    "input_means",
+    "compensate_biases",
+    "compensate",
+    "recalibrate",
+    "has_batchnorm",
+]
 
 # what a folded-BatchNorm model gets after surgery, from least to most work
-FOLDED = ("mean", "variance", "regression")
+# what a folded-BatchNorm model gets after surgery: the removed channels' means
+# compensated; then each kept channel's spread too; then the layers refitted
+FOLDED = ("mean", "variance", "refit")
+# the recovery a report names: "batchnorm" or "batchnorm+refit" for a model
+# with BatchNorm (--refit), "folded-" + the --folded-correction for one without
+RECOVERIES = ("batchnorm", "batchnorm+refit") + tuple(f"folded-{f}" for f in FOLDED)
 
 
 def check_folded(folded: str) -> None:
+    if folded == "regression":
+        raise ValueError("folded='regression' is now folded='refit' (--folded-correction refit)")
     if folded not in FOLDED:
         raise ValueError(f"folded must be one of {', '.join(FOLDED)}; got {folded!r}")
 
@@ -115,23 +131,22 @@ def recalibrate(
     plan: Mapping,
     batches: Iterable,
     progress: bool = False,
-    folded: str = "regression",
+    folded: str = "refit",
     refit: bool = False,
 ) -> Dict[str, Any]:
     """What follows surgery before evaluation: BatchNorm re-estimation when the
     pruned model has BatchNorm, and with ``refit`` every layer downstream of a
     cut refitted after it by least squares to the base model's outputs
-    (``reconstruction.reconstruct``).  A folded-BatchNorm model gets bias
+    (``refit.reconstruct``).  A folded-BatchNorm model gets bias
     compensation of the removed channels' means and then, with
     ``folded="variance"``, every conv's output mean and spread re-estimated
     as its BatchNorm would be (``foldedbn.correct_folded``); with
-    ``"regression"`` (default) after that every layer downstream of a cut
+    ``"refit"`` (default) after that every layer downstream of a cut
     refitted by least squares to the base model's outputs
-    (``reconstruction.reconstruct``); ``"mean"``: compensation alone.  ``batches``: the calibration
+    (``refit.reconstruct``); ``"mean"``: compensation alone.  ``batches``: the calibration
     batches (read once with BatchNorm; a folded model reads them several
-    times, so an iterator is held in memory).  Returns ``{"method":
-    "batchnorm" | "batchnorm-regression" | "folded-batchnorm" |
-    "bias-compensation" | "folded-regression", "images": n, ...}``."""
+    times, so an iterator is held in memory).  Returns ``{"method": one of
+    RECOVERIES, "images": n, ...}``."""
     check_folded(folded)
     bn = has_batchnorm(pruned)
     if (refit or not bn) and iter(batches) is batches:  # read twice: keep a one-pass iterator's batches
@@ -141,7 +156,7 @@ def recalibrate(
         if not refit:
             return {"method": "batchnorm", "images": images}
         refitted = reconstruct(pruned, base, plan, batches, progress=progress)
-        return {"method": "batchnorm-regression", **refitted, "images": images}
+        return {"method": "batchnorm+refit", **refitted, "images": images}
     counted = []
 
     def counting():
@@ -151,9 +166,9 @@ def recalibrate(
 
     info = compensate(pruned, base, plan, counting())
     if folded == "mean":
-        return {"method": "bias-compensation", "images": sum(counted), **info}
+        return {"method": "folded-mean", "images": sum(counted), **info}
     corrected = correct_folded(pruned, base, plan, batches, progress=progress)
     if folded == "variance":
-        return {"method": "folded-batchnorm", **info, **corrected}
+        return {"method": "folded-variance", **info, **corrected}
     refitted = reconstruct(pruned, base, plan, batches, progress=progress)
-    return {"method": "folded-regression", **info, **corrected, **refitted}
+    return {"method": "folded-refit", **info, **corrected, **refitted}
