@@ -14,8 +14,8 @@ import json
 import os
 from pathlib import Path
 
-from ocnna_fast.bench.equal_structure import summarise
 from ocnna_fast.bench.results_file import read_document
+from ocnna_fast.bench.tables import methods_table, summarise_criteria
 
 ANCHORS = """## Published figures, for orientation (not comparable)
 
@@ -36,7 +36,7 @@ methods land with a full budget, not as rows of our tables.
 def table(folder: Path) -> str:
     doc = read_document(folder / "results.json")
     cfg, base = doc["config"], doc["base"]
-    rows = summarise(doc["rows"])
+    rows = summarise_criteria(doc["rows"])
     ft = any(r["acc_finetuned"] is not None for r in rows)
     head = (
         "| k | criterion | seeds | RPR | MACs ratio | after surgery | after BN re-estimation |"
@@ -99,7 +99,7 @@ def summary(folders) -> str:
         if not (f / "results.json").exists():
             continue
         doc = read_document(f / "results.json")
-        rows = summarise(doc["rows"])
+        rows = summarise_criteria(doc["rows"])
         ft = any(r["acc_finetuned"] is not None for r in rows)
         field = "acc_finetuned" if ft else "acc_bn"
         for k in sorted({r["k"] for r in rows}):
@@ -166,7 +166,6 @@ def _is_budget_suite(folder: Path) -> bool:
 
 def budget_suites(folders) -> str:
     """The equal-cost suites (``ocnna-fast bench --target``): their own tables, commands and plots."""
-    from ocnna_fast.bench.cost_tables import budget_table
     from ocnna_fast.bench.equal_cost import upgrade_row
 
     parts = [
@@ -178,7 +177,7 @@ def budget_suites(folders) -> str:
     for f in folders:
         doc = read_document(f / "results.json", upgrade_row)
         command = (f / "command.txt").read_text().strip() if (f / "command.txt").exists() else "(not recorded)"
-        text = budget_table(doc["rows"], doc["config"], doc["base"]).split("\n", 2)[2]
+        text = methods_table(doc["rows"], doc["config"], doc["base"]).split("\n", 2)[2]
         parts.append(f"### {doc['config']['arch']} (`{f.name}`)\n\n```bash\n{command}\n```\n\n{text}")
         if (f / "accuracy_vs_cost.png").exists():
             parts.append(f"![accuracy against MACs, {doc['config']['arch']}]({f.as_posix()}/accuracy_vs_cost.png)\n")

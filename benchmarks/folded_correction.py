@@ -19,7 +19,7 @@ import time
 from ocnna_fast.cli import build_parser, loading
 from ocnna_fast.data.evaluation import evaluate
 from ocnna_fast.job.pipeline import JobSettings, PruneJob
-from ocnna_fast.recovery.compensation import recalibrate
+from ocnna_fast.recovery.recover import recalibrate
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ import torch
 
 from ocnna_fast.data.local import load_split
 from ocnna_fast.models import build, input_spec, load_weights
-from ocnna_fast.recovery.compensation import recalibrate
 from ocnna_fast.recovery.distill import TensorImages, distill, evaluate
+from ocnna_fast.recovery.recover import recalibrate
 from ocnna_fast.selection.criteria import Context, criterion_values
 from ocnna_fast.surgery.prune import prune
 

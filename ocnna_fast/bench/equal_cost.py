@@ -45,9 +45,9 @@ from ..job.pipeline import JobData, JobSettings, PruneJob
 from ..selection.criteria import SEEDED
 from ..selection.groups import conv_groups, torch_pruning
 from ..surgery.prune import prune
-from .cost_tables import MEASURED, budget_plot, budget_table
 from .engine import Suite
 from .results_file import finite_or_none, load_rows, model_config
+from .tables import MEASURED, methods_plot, methods_table
 
 __all__ = [
     "METHOD_KINDS",
@@ -293,7 +293,7 @@ def run_budget_suite(
     suite = _Cells(model, data, settings, ignored_for, latency_repeats)
     log(f"base: {suite.baseline.accuracy:.2f}% on {len(data.evaluation)} images; {len(cells)} cells to run")
     doc = suite.run(cells, suite.cell, ("method", "target"), out, config, rows, progress)
-    write_text_atomic(out / "results.md", budget_table(rows, config, doc["base"]))
-    if not budget_plot(rows, out, config.get("arch", "")):
+    write_text_atomic(out / "results.md", methods_table(rows, config, doc["base"]))
+    if not methods_plot(rows, out, config.get("arch", "")):
         log("plot skipped: matplotlib is not installed (pip install 'ocnna-fast[bench]')")
     return rows

@@ -28,23 +28,10 @@ from ..deploy.latency import latency_ms
 from ..job.pipeline import JobData, JobSettings
 from ..selection.criteria import CRITERIA, SEEDED
 from .engine import Suite
-from .results_file import finite_or_none, fmt, load_rows, mean, model_config
+from .results_file import finite_or_none, load_rows, model_config
+from .tables import RESULT_KEYS, criteria_plots, criteria_table
 
-__all__ = ["run_suite", "check_cells", "latency_ms", "RESULT_KEYS"]
-
-RESULT_KEYS = (
-    "criterion",
-    "k",
-    "seed",
-    "rpr",
-    "macs_ratio",
-    "acc_surgery",
-    "acc_bn",
-    "acc_finetuned",
-    "score_seconds",
-    "latency_ms_b1",
-    "latency_ms_b64",
-)
+__all__ = ["run_suite", "check_cells", "latency_ms"]
 
 
 def _cell_key(row: Dict[str, Any]) -> tuple:
@@ -123,8 +110,8 @@ def run_suite(
     cells = _pending(criteria, ks, seeds, settings.epochs, {_cell_key(r) for r in rows})
     doc = suite.run(cells, suite.cell, ("criterion", "k"), out, config, rows, progress)
     arch = config.get("arch", "")
-    write_text_atomic(out / "results.md", results_table(rows, arch, config, doc["base"]))
-    if not _plots(rows, out, arch):
+    write_text_atomic(out / "results.md", criteria_table(rows, arch, config, doc["base"]))
+    if not criteria_plots(rows, out, arch):
         log("plots skipped: matplotlib is not installed (pip install 'ocnna-fast[bench]')")
     return rows
 
@@ -189,98 +176,3 @@ class _Suite(Suite):
         row["acc_finetuned"] = result.accuracy.get("distilled")
         row.update(self.latency(result.pruned), base_accuracy=self.baseline.accuracy)
         return row
-
-
-def summarise(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """One line per (criterion, k): means over seeds (and the seed count)."""
-    groups: Dict[tuple, List[Dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r["criterion"], float(r["k"])), []).append(r)
-    out = []
-    for (c, k), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        line = {"criterion": c, "k": k, "seeds": len(rs)}
-        for f in RESULT_KEYS[3:]:  # what a cell measures (criterion, k and seed name it)
-            line[f] = mean([r[f] for r in rs])
-        for f in ("acc_bn", "acc_finetuned"):
-            values = [r[f] for r in rs if r[f] is not None]
-            line[f"{f}_min"] = min(values, default=None)
-            line[f"{f}_max"] = max(values, default=None)
-        out.append(line)
-    return out
-
-
-def results_table(
-    rows: List[Dict[str, Any]], arch: str, config: Dict[str, Any], base: Optional[Dict[str, Any]] = None
-) -> str:
-    """Markdown: the base model, the settings, one row per (criterion, k), means over seeds."""
-    lines = [f"# Pruning criteria on {arch}, identical structure", ""]
-    if base:
-        lat = base.get("latency_ms_b1")
-        lines += [
-            f"Base model: {base['accuracy']:.2f}% top-1 on {config['eval_images']} test images, "
-            f"{base['params']:,} parameters, {base['macs']:,} MACs per image"
-            + (f", {lat:.2f} ms at batch 1 ({base.get('threads', '?')} threads)" if lat else "")
-            + ".",
-            "",
-        ]
-    lines += ["Settings:", ""] + [f"- {k.replace('_', ' ')}: {v}" for k, v in sorted(config.items())] + [""]
-    lines += [
-        "| k | criterion | seeds | RPR | MACs ratio | acc. after surgery | acc. after BN | "
-        "acc. after fine-tuning | scoring s | latency b1 ms | latency b64 ms |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for s in summarise(rows):
-        bn, ft = (_with_range(s, f) for f in ("acc_bn", "acc_finetuned"))
-        lines.append(
-            f"| {s['k']:g} | {s['criterion']} | {s['seeds']} | {fmt(s['rpr'], 4)} | "
-            f"{fmt(s['macs_ratio'], 4)} | {fmt(s['acc_surgery'])} | {bn} | {ft} | "
-            f"{fmt(s['score_seconds'], 1)} | {fmt(s['latency_ms_b1'])} | {fmt(s['latency_ms_b64'], 1)} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _with_range(line: Dict[str, Any], field: str) -> str:
-    """The mean over seeds, and with several seeds their range."""
-    text = fmt(line[field])
-    if line["seeds"] > 1 and line[field] is not None:
-        text += f" ({fmt(line[field + '_min'])}-{fmt(line[field + '_max'])})"
-    return text
-
-
-def _plots(rows: List[Dict[str, Any]], out: Path, arch: str) -> bool:
-    """accuracy vs RPR per criterion, and accuracy vs k; skipped (with a
-    message in results.md's folder) where matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        write_text_atomic(out / "plots-skipped.txt", "matplotlib is not installed: pip install 'ocnna-fast[bench]'\n")
-        return False
-    summary = summarise(rows)
-    field = (
-        "acc_finetuned"
-        if any(s["acc_finetuned"] is not None for s in summary)
-        else ("acc_bn" if any(s["acc_bn"] is not None for s in summary) else "acc_surgery")
-    )
-    for x_field, name, xlabel in (
-        ("rpr", "accuracy_vs_rpr.png", "remaining parameters ratio"),
-        ("k", "accuracy_vs_k.png", "k (percentile removed per group)"),
-    ):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for c in sorted({s["criterion"] for s in summary}):
-            pts = sorted((s[x_field], s[field]) for s in summary if s["criterion"] == c and s[field] is not None)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=c)
-        ax.set_xlabel(xlabel)
-        stage = {"acc_finetuned": "after fine-tuning", "acc_bn": "after BatchNorm re-estimation"}
-        ax.set_ylabel(f"top-1 accuracy, % ({stage.get(field, 'right after surgery')})")
-        ax.set_title(arch)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
-        plt.close(fig)
-    (out / "plots-skipped.txt").unlink(missing_ok=True)
-    return True

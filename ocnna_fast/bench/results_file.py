@@ -17,8 +17,8 @@ from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tupl
 
 from torch import nn
 
-from ..recovery.compensation import has_batchnorm
 from ..recovery.distill import state_sha256
+from ..recovery.recover import has_batchnorm
 
 __all__ = [
     "OPTION_OF",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .._util.validate import percentile, positive_int
-from ..recovery.compensation import check_folded
+from ..recovery.recover import check_folded
 from ..selection.criteria import CRITERIA
 from .allocation import parse_target
 from .latency import RUNTIMES

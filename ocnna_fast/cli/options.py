@@ -216,7 +216,7 @@ def add_job_options(sp: argparse.ArgumentParser, *, finetune_epochs: int) -> Non
         "BatchNorm is folded into its convs, correct the kept channels' statistics "
         "on them instead (--folded-correction)",
     )
-    from ..recovery.compensation import FOLDED
+    from ..recovery.recover import FOLDED
 
     sp.add_argument(
         "--folded-correction",

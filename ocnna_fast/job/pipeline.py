@@ -33,8 +33,8 @@ from ..budget.search import BudgetResult, input_batches, prune_to_budget
 from ..budget.spec import PruneSpec
 from ..data.evaluation import evaluate
 from ..data.tensorimages import image_side
-from ..recovery.compensation import has_batchnorm, recalibrate
 from ..recovery.distill import distill
+from ..recovery.recover import has_batchnorm, recalibrate
 from ..scoring.scorer import score
 from ..scoring.scores import Scores
 from ..selection.criteria import CRITERIA, Context, FamilyCriterion, criterion_values

@@ -69,7 +69,7 @@ ARCHS["efficientnet_lite0_imagenet"] = (lambda n: EfficientNetLite0(n), 224)
 
 
 # torchvision classifiers that prune() handles and round-trips through
-# save_pruned / load_pruned (tests/test_torchvision_models.py checks each;
+# save_pruned / load_pruned (tests/surgery/test_torchvision_models.py checks each;
 # ShuffleNet v2 is refused: its channel shuffle fixes which channels meet)
 TORCHVISION_PRUNABLE = (
     "resnet18",

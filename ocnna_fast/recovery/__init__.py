@@ -1,5 +1,5 @@
 """Stage 4, recovery after surgery: BatchNorm re-estimation (``batchnorm``),
-its folded-BatchNorm counterpart (``foldedbn``), bias compensation and the
-dispatcher over all corrections (``compensation``), the least-squares refit
+its folded-BatchNorm counterpart (``compensation``, ``foldedbn``), what
+follows surgery for every model (``recover``), the least-squares refit
 (``refit``) and distillation or fine-tuning (``distill``).
 """

@@ -12,7 +12,7 @@ statistics are then re-estimated exactly as for any BatchNorm network
 (``batchnorm.recalibrate_batchnorm``: streamed, in execution order through
 train-mode batch statistics) and folded back into the conv.  On a folded
 copy of a BatchNorm network this is the same computation as re-estimating
-its BatchNorm (``tests/test_foldedbn.py``), and it corrects the variance of
+its BatchNorm (``tests/recovery/test_foldedbn.py``), and it corrects the variance of
 each kept channel as well as the mean that bias compensation alone fixes.
 """
 

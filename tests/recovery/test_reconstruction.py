@@ -14,7 +14,7 @@ import torch
 from helpers import FoldableNet, folded_pair, random_values
 from torch import nn
 
-from ocnna_fast.recovery.compensation import recalibrate
+from ocnna_fast.recovery.recover import recalibrate
 from ocnna_fast.recovery.refit import RIDGE, reconstruct
 from ocnna_fast.surgery.prune import prune
 

@@ -16,8 +16,9 @@ from torch import nn
 from ocnna_fast.budget.search import budget_groups
 from ocnna_fast.budget.sensitivity import MaskedEvaluator, group_outputs, mean_kl
 from ocnna_fast.recovery.batchnorm import recalibrate_batchnorm
-from ocnna_fast.recovery.compensation import compensate, recalibrate
+from ocnna_fast.recovery.compensation import compensate
 from ocnna_fast.recovery.foldedbn import correct_folded, output_moments
+from ocnna_fast.recovery.recover import recalibrate
 from ocnna_fast.surgery.prune import prune
 
 

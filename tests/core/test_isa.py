@@ -23,7 +23,7 @@ from ocnna_fast.scoring import reference
 
 MODULES = _native.cpu_modules()
 PACKAGE = Path(ocnna_fast.__file__).resolve().parent
-STUBS = Path(__file__).resolve().parents[1] / "ocnna_fast"
+STUBS = Path(__file__).resolve().parents[2] / "ocnna_fast"
 
 
 @pytest.mark.parametrize("isa", list(MODULES))

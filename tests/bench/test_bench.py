@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from ocnna_fast import count_params, prune, score
-from ocnna_fast.bench.equal_structure import RESULT_KEYS, run_suite
+from ocnna_fast.bench.equal_structure import run_suite
+from ocnna_fast.bench.tables import RESULT_KEYS
 from ocnna_fast.job.pipeline import JobData, JobSettings
 from ocnna_fast.models import build
 from ocnna_fast.recovery.distill import TensorImages

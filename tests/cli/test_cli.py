@@ -178,7 +178,7 @@ def test_missing_data_is_explained(tmp_path, capsys, monkeypatch):
             "--dataset",
             "cifar10",
             "--weights",
-            str(datapaths.Path(__file__).parents[1] / "data" / "resnet-cifar10-akamaster" / "resnet20-12fca82f.th"),
+            str(datapaths.Path(__file__).parents[2] / "data" / "resnet-cifar10-akamaster" / "resnet20-12fca82f.th"),
             "--data-dir",
             str(tmp_path / "nowhere"),
             "--out",

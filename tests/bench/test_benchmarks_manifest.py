@@ -8,7 +8,7 @@ import re
 import shlex
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 ENTRIES = json.loads((BENCH / "suites.json").read_text())["entries"]
 
 
@@ -49,7 +49,7 @@ def test_every_committed_result_reads_as_todays_schema():
     from ocnna_fast.bench.equal_cost import upgrade_row
     from ocnna_fast.bench.results_file import RECOVERY_V1, SCHEMA, read_document
     from ocnna_fast.budget.spec import parse_method
-    from ocnna_fast.recovery.compensation import FOLDED, RECOVERIES
+    from ocnna_fast.recovery.recover import FOLDED, RECOVERIES
 
     for e in ENTRIES:
         if e["kind"] != "suite":
