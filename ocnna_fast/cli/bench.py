@@ -13,13 +13,18 @@ from .._util.distributed import is_main
 from ..bench.equal_cost import DEFAULT_METHODS, check_methods, parse_targets, run_budget_suite
 from ..bench.equal_structure import check_cells, run_suite
 from ..selection.criteria import CRITERIA
-from . import loading, options
+from . import budget_options, loading, options
 from .outdir import out_dir
 from .output import command_line, writer_lock
 
 
 def register(sub) -> None:
-    be = sub.add_parser("bench", help="compare pruning criteria at identical structure (results.json/md, plots)")
+    be = sub.add_parser(
+        "bench",
+        help="compare pruning criteria at identical structure (results.json/md, plots)",
+        description="Compares pruning criteria at identical structure (--k, --criteria) or pruning methods at equal cost (--target, --methods), cell by cell; resumable from --out.",
+        epilog="example: ocnna-fast bench --arch resnet20 --target macs=0.5 --methods uniform:l1 sensitivity:ocnna-rms --out runs/bench",
+    )
     options.add_model_options(be)
     options.add_data_options(be)
     options.add_run_options(be)
@@ -52,7 +57,7 @@ def register(sub) -> None:
         "followed by prune's flags (sensitivity:C,no-cap-search,refine-steps=0; also round-to=N, max-prune=R, "
         f"sensitivity-images=N), tp-global (Torch-Pruning's global pruning); default {' '.join(DEFAULT_METHODS)}",
     )
-    options.add_budget_options(be, allocation=False)
+    budget_options.add_budget_options(be, allocation=False)
     be.add_argument(
         "--seeds",
         type=options.SEED,
@@ -84,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 def _check_axes(args: argparse.Namespace) -> None:
     methods = args.methods if args.methods is not None else list(DEFAULT_METHODS)
     kinds = [t.split("=")[0] for t in args.target or []]
-    options.refuse_unused_budget_options(args, kinds, any(m.startswith("sensitivity") for m in methods))
+    budget_options.refuse_unused_budget_options(args, kinds, any(m.startswith("sensitivity") for m in methods))
     if args.target is None:
         if args.methods is not None:
             raise ValueError("--methods compares at a budget: give --target too (e.g. --target macs=0.5)")

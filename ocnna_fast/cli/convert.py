@@ -7,7 +7,12 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    cv = sub.add_parser("convert-tflite", help="convert a (quantized) TFLite MobileNet into float PyTorch weights")
+    cv = sub.add_parser(
+        "convert-tflite",
+        help="convert a (quantized) TFLite MobileNet into float PyTorch weights",
+        description="Converts a Coral TFLite MobileNet (v1, v2; quantized) into float PyTorch weights for the zoo.",
+        epilog="example: ocnna-fast convert-tflite mobilenet_v1_0.75_192_quant.tflite --out mnv1_075.safetensors",
+    )
     cv.add_argument("file", help="a .tflite file (the Coral MobileNet v1 and v2 files)")
     cv.add_argument("--out", required=True, help="the .safetensors file to write")
     cv.add_argument("--arch", default=None, help="zoo architecture (default: detected from the file)")

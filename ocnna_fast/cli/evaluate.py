@@ -12,7 +12,12 @@ from . import loading, options
 
 
 def register(sub) -> None:
-    ev = sub.add_parser("evaluate", help="top-1 accuracy of a model or a pruned model directory")
+    ev = sub.add_parser(
+        "evaluate",
+        help="top-1 accuracy of a model or a pruned model directory",
+        description="Top-1 accuracy of a zoo or user model, or of a pruned model folder, on the test images.",
+        epilog="example: ocnna-fast evaluate --pruned runs/r56/pruned",
+    )
     options.add_model_options(ev)
     options.add_data_options(ev, [*options.DATASET_CHOICES, options.LOSSLESS_20])
     options.add_run_options(ev, batch=256)

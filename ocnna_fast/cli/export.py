@@ -15,7 +15,12 @@ from .output import print_latency
 
 
 def register(sub) -> None:
-    ex = sub.add_parser("export", help="export a pruned model to ONNX or TorchScript, verify it, measure latency")
+    ex = sub.add_parser(
+        "export",
+        help="export a pruned model to ONNX or TorchScript, verify it, measure latency",
+        description="Exports a pruned model folder to ONNX or TorchScript, checks the file in its runtime against PyTorch, and with --benchmark measures base vs pruned latency.",
+        epilog="example: ocnna-fast export --pruned runs/r56/pruned --format onnx --out runs/r56/r56.onnx --base --benchmark",
+    )
     ex.add_argument("--pruned", required=True, help="a pruned/ folder written by 'prune'")
     ex.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
     ex.add_argument("--out", required=True, help="the file to write (with --base, the original goes to NAME.base.EXT)")

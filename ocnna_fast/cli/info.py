@@ -10,7 +10,12 @@ from ..data.places import cache_dir, data_places
 
 
 def register(sub) -> None:
-    i = sub.add_parser("info", help="print build information and where data is looked for")
+    i = sub.add_parser(
+        "info",
+        help="print build information and where data is looked for",
+        description="What was built (the CPU core's instruction set, the CUDA core), whether a GPU is usable, and where data is looked for.",
+        epilog="example: ocnna-fast info",
+    )
     i.set_defaults(func=run)
 
 

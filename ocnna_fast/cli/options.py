@@ -5,12 +5,9 @@ the data and a run."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
-from typing import Callable, List, Optional, Sequence
-
-from ..budget.spec import ALLOCATIONS, BUDGET_FIELDS, PruneSpec
+from typing import Callable, Optional, Sequence
 
 __all__ = [
     "COUNT",
@@ -29,11 +26,9 @@ __all__ = [
     "add_run_options",
     "add_scope_option",
     "add_job_options",
-    "add_budget_options",
-    "fill_budget_defaults",
-    "refuse_unused_budget_options",
     "add_threads_option",
-    "target",
+    "group",
+    "SHARE",
 ]
 
 DATASET_CHOICES = ["cifar10-jpeg", "cifar10", "cifar100", "imagenet-sample", "imagenet"]
@@ -97,6 +92,7 @@ NONNEG = _int_type(0, what="a count")  # epochs, repeats, BatchNorm images: 0 tu
 SEED = _int_type(0, 2**31 - 1, what="a seed")  # seeds are offset and multiplied: keep them within 31 bits
 PERCENTILE = _float_type(0, 100, high_open=True, what="a percentile")
 LEARNING_RATE = _float_type(0, 10, low_open=True, what="a learning rate")
+SHARE = _float_type(0, 1, low_open=True, high_open=True, what="a share")
 SIZE = _int_type(1, 4096, what="an input size in pixels")
 WORKERS = _int_type(0, what="a number of worker processes")
 # a coefficient of variation over one image is 0 for every filter: scoring needs two
@@ -140,8 +136,17 @@ def _folded(text: str) -> str:
 DEFAULT_ARCH = "resnet56"
 
 
+def group(sp: argparse.ArgumentParser, title: str) -> argparse._ArgumentGroup:
+    """The ``--help`` section ``title`` of ``sp`` (made once, found again by title)."""
+    for g in sp._action_groups:
+        if g.title == title:
+            return g
+    return sp.add_argument_group(title)
+
+
 def add_model_options(sp: argparse.ArgumentParser, *, arch: bool = True) -> None:
     """The model: a zoo ``--arch`` with ``--weights``, or the user's ``--model``."""
+    sp = group(sp, "model")
     if arch:
         # unset by the parser, so a command can tell --arch given from the default (cli.main fills it in)
         sp.add_argument("--arch", default=None, help=f"architecture (default {DEFAULT_ARCH})")
@@ -169,6 +174,7 @@ def add_data_options(
     sp: argparse.ArgumentParser, datasets: Sequence[str] = DATASET_CHOICES, default: Optional[str] = "cifar10-jpeg"
 ) -> None:
     """Where images come from: ``--dataset``, ``--data-dir``, ``--workers``."""
+    sp = group(sp, "data")
     lossless = f"; {LOSSLESS_20}: the 20 shipped lossless test images" if LOSSLESS_20 in datasets else ""
     sp.add_argument(
         "--dataset",
@@ -184,6 +190,7 @@ def add_data_options(
 def add_run_options(sp: argparse.ArgumentParser, *, batch: Optional[int] = 128, progress: bool = True) -> None:
     """How a run goes: ``--batch-size`` (default ``batch``; ``None``: no
     such option), ``--seed`` (which images are drawn), ``--no-progress``."""
+    sp = group(sp, "run")
     if batch is not None:
         sp.add_argument("--batch-size", type=COUNT, default=batch, help=f"images per batch (default {batch})")
     sp.add_argument("--seed", type=SEED, default=0, help="draws the image subsets and the training order (default 0)")
@@ -193,6 +200,7 @@ def add_run_options(sp: argparse.ArgumentParser, *, batch: Optional[int] = 128, 
 
 def add_scope_option(sp: argparse.ArgumentParser) -> None:
     """``--scope``, for the commands that prune."""
+    sp = group(sp, "what to prune")
     sp.add_argument(
         "--scope",
         default="full",
@@ -206,6 +214,8 @@ def add_job_options(sp: argparse.ArgumentParser, *, finetune_epochs: int) -> Non
     """The budget of a prune job (``prune``, and every cell of ``bench``):
     images for scoring, calibration, distillation and evaluation, the
     distillation epochs and rate, the latency repeats."""
+    images, recovery, out = group(sp, "images"), group(sp, "recovery after surgery"), group(sp, "output")
+    sp = images
     sp.add_argument("--score-images", type=SCORE_IMAGES, default=1000, help="training images scored (default 1000)")
     sp.add_argument(
         "--bn-images",
@@ -218,6 +228,7 @@ def add_job_options(sp: argparse.ArgumentParser, *, finetune_epochs: int) -> Non
     )
     from ..recovery.recover import FOLDED
 
+    sp = recovery
     sp.add_argument(
         "--folded-correction",
         type=_folded,
@@ -240,147 +251,25 @@ def add_job_options(sp: argparse.ArgumentParser, *, finetune_epochs: int) -> Non
         default=finetune_epochs,
         help=f"epochs of distillation from the base model (default {finetune_epochs}; 0: none)",
     )
-    sp.add_argument("--train-images", type=COUNT, default=None, help="training images for distillation (default all)")
-    sp.add_argument("--eval-images", type=COUNT, default=None, help="test images for accuracy (default all)")
-    sp.add_argument("--lr", type=LEARNING_RATE, default=0.01, help="distillation learning rate (SGD, cosine)")
+    images.add_argument(
+        "--train-images", type=COUNT, default=None, help="training images for distillation (default all)"
+    )
+    images.add_argument("--eval-images", type=COUNT, default=None, help="test images for accuracy (default all)")
     sp.add_argument(
+        "--lr", type=LEARNING_RATE, default=0.01, help="distillation learning rate (SGD, cosine; default 0.01)"
+    )
+    out.add_argument(
         "--latency-repeats",
         type=NONNEG,
         default=10,
         help="timed passes per latency figure (base vs pruned, PyTorch eager; prune also ONNX Runtime "
-        "with the deploy extra; batch 1 and 64); 0: no latency",
-    )
-
-
-def target(text: str):
-    """An argparse type: a budget ``KIND=RATIO`` (``macs=0.5``, ``params=0.3``, ``latency=0.6``)."""
-    from ..budget.allocation import parse_target
-
-    try:
-        t = parse_target(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return str(t)
-
-
-def add_latency_target_options(sp: argparse.ArgumentParser) -> None:
-    """Where a ``--target latency=R`` is measured."""
-    from ..budget.latency import RUNTIMES
-
-    sp.add_argument(
-        "--latency-runtime",
-        default=None,
-        choices=list(RUNTIMES),
-        help="the runtime a latency target is measured in (default onnxruntime: needs the deploy extra)",
-    )
-    sp.add_argument(
-        "--latency-batch",
-        type=COUNT,
-        default=None,
-        help=f"images per call when measuring a latency target (default {_SPEC_DEFAULTS['latency_batch']})",
-    )
-
-
-_SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PruneSpec)}
-# The budget options' defaults (PruneSpec's), filled in after parsing: left unset by the
-# parser, an option the user gave can be told from one they did not, so that
-# one with no effect on the run is refused instead of ignored in silence.
-BUDGET_DEFAULTS = {name: _SPEC_DEFAULTS[name] for name in BUDGET_FIELDS}
-# the options that shape only a sensitivity allocation, and only a latency target
-SENSITIVITY_ONLY = ("refine_steps", "cap_search", "sensitivity_images")
-LATENCY_ONLY = ("latency_runtime", "latency_batch")
-
-
-def flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
-
-
-def fill_budget_defaults(args: argparse.Namespace) -> List[str]:
-    """Fills in the budget options not given; returns the names of those given."""
-    given = []
-    for dest, default in BUDGET_DEFAULTS.items():
-        if not hasattr(args, dest):
-            continue
-        if getattr(args, dest) is None:
-            setattr(args, dest, default)
-        else:
-            given.append(dest)
-    return given
-
-
-def refuse_unused_budget_options(args: argparse.Namespace, target_kinds: Sequence[str], sensitivity: bool):
-    """One line naming the budget options given that this run would not use:
-    any without a ``--target``, the sensitivity allocation's when the run does
-    not allocate by ``sensitivity``, the latency measurement's without a
-    latency target.  Fills in the defaults."""
-    given = fill_budget_defaults(args)
-    if not target_kinds:
-        unused, why = given, "only a --target budget uses {}; the --k rule removes the same share of every group"
-    else:
-        unused = [d for d in given if d in LATENCY_ONLY and "latency" not in target_kinds]
-        why = "only a latency target uses {}; this --target is counted, not measured"
-        if not unused and not sensitivity:
-            unused = [d for d in given if d in SENSITIVITY_ONLY]
-            why = "only the sensitivity allocation uses {}; this run does not allocate by sensitivity"
-    if unused:
-        them = "it" if len(unused) == 1 else "them"
-        raise ValueError(f"{', '.join(flag(d) for d in unused)}: {why.format(them)}: drop {them}")
-
-
-def add_budget_options(sp: argparse.ArgumentParser, *, allocation: bool = True) -> None:
-    """How a ``--target`` budget is spread over the groups (``allocation``:
-    with the ``--allocation`` choice; a suite names it per method)."""
-    if allocation:
-        _add_allocation(sp)
-    sp.add_argument(
-        "--round-to",
-        type=COUNT,
-        default=None,
-        help=f"keep every pruned width a multiple of N (default {_SPEC_DEFAULTS['round_to']})",
-    )
-    sp.add_argument(
-        "--max-prune",
-        type=_float_type(0, 1, low_open=True, high_open=True, what="a share"),
-        default=None,
-        help=f"the largest share of one group that --target may remove (default {_SPEC_DEFAULTS['max_prune']})",
-    )
-    if allocation:
-        sp.add_argument(
-            "--refine-steps",
-            type=NONNEG,
-            default=None,
-            help="after the sensitivity allocation, this many moves of a local search on the loss of all "
-            f"groups masked together (default {_SPEC_DEFAULTS['refine_steps']}; 0: off)",
-        )
-        sp.add_argument(
-            "--cap-search",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="sensitivity allocation: also allocate with a group's removed share capped at 50, 62.5 and 75%% "
-            "and keep the allocation whose groups, masked together, lose least (default; --no-cap-search: the "
-            "uncapped allocation only)",
-        )
-    sp.add_argument(
-        "--sensitivity-images",
-        type=COUNT,
-        default=None,
-        help=f"calibration and scoring images each sensitivity candidate is measured on (default {_SPEC_DEFAULTS['sensitivity_images']}; fewer "
-        "measure the losses too noisily to allocate well, see docs/budget.md)",
-    )
-
-
-def _add_allocation(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument(
-        "--allocation",
-        default=None,
-        choices=list(ALLOCATIONS),
-        help="per-group widths for --target: sensitivity (default; each group's loss curve measured after "
-        "BatchNorm re-estimation) or global (criterion values normalised per group, ranked across groups)",
+        "with the deploy extra; batch 1 and 64; default 10); 0: no latency",
     )
 
 
 def add_threads_option(sp: argparse.ArgumentParser) -> None:
     """``--threads``: the CPU threads of the run (PyTorch and ONNX Runtime), latency figures included."""
+    sp = group(sp, "run")
     sp.add_argument(
         "--threads",
         type=_int_type(1, 1024, what="a number of threads"),

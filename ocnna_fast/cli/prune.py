@@ -15,38 +15,36 @@ from ..job.pipeline import JobResult, JobSettings, PruneJob
 from ..selection.criteria import CRITERIA, FamilyCriterion
 from ..selection.rules import FAMILY
 from ..surgery.plans import save_pruned
-from . import loading, options
+from . import budget_options, loading, options
 from .outdir import out_dir, publish, staged
 from .output import command_line, print_latency, prune_markdown, write_report, writer_lock
 
 
 def register(sub) -> None:
-    pr = sub.add_parser("prune", help="score, prune, distill and report (the whole OCNNA job)")
+    pr = sub.add_parser(
+        "prune",
+        help="score, prune, recover, distill and report (the whole job)",
+        description="Makes a trained CNN physically smaller: ranks the filters of each coupled group, "
+        "removes a percentile of every group (--k, the paper's rule) or meets a budget (--target), "
+        "re-estimates BatchNorm, distills from the original and reports accuracy, size and latency.",
+        epilog="example: ocnna-fast prune --arch resnet56 --target macs=0.5 --criterion ocnna-rms --out runs/r56",
+    )
     options.add_model_options(pr)
     options.add_data_options(pr)
-    options.add_run_options(pr)
-    options.add_scope_option(pr)
-    rule = pr.add_mutually_exclusive_group()
+    what = options.group(pr, "what to prune")
+    rule = what.add_mutually_exclusive_group()
     rule.add_argument(
         "--k", type=options.PERCENTILE, default=None, help="percentile of filters removed per group (default 40)"
     )
     rule.add_argument(
         "--target",
-        type=options.target,
+        type=budget_options.target,
         default=None,
         metavar="KIND=RATIO",
         help="prune to a budget instead: macs=R, params=R or latency=R (R the pruned/base ratio; latency "
         "measured in --latency-runtime at --latency-batch on this CPU), per-group widths chosen by --allocation",
     )
-    options.add_budget_options(pr)
-    options.add_latency_target_options(pr)
-    pr.add_argument(
-        "--n-components",
-        type=options.n_components,
-        default=None,
-        help="PCA components per map: none (default: all), an int, or a ratio in (0, 1) of explained variance",
-    )
-    pr.add_argument(
+    what.add_argument(
         "--criterion",
         default="ocnna",
         choices=list(CRITERIA),
@@ -55,16 +53,26 @@ def register(sub) -> None:
         "statistics, default), mean-energy, ocnna-rms, or a peer criterion of the bench "
         f"({', '.join(c for c in CRITERIA if c not in FAMILY)}); see docs/scoring.md and BENCHMARKS.md",
     )
+    what.add_argument(
+        "--n-components",
+        type=options.n_components,
+        default=None,
+        help="PCA components per map: none (default: all), an int, or a ratio in (0, 1) of explained variance",
+    )
+    options.add_scope_option(pr)
+    budget_options.add_budget_options(pr)
+    budget_options.add_latency_target_options(pr)
     options.add_job_options(pr, finetune_epochs=2)
-    pr.add_argument("--out", default="runs/prune", help="output folder")
+    options.group(pr, "output").add_argument("--out", default="runs/prune", help="output folder (default runs/prune)")
+    options.add_run_options(pr)
     options.add_threads_option(pr)
     pr.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     kinds = [args.target.split("=")[0]] if args.target is not None else []
-    sensitivity = (args.allocation or options.BUDGET_DEFAULTS["allocation"]) == "sensitivity"
-    options.refuse_unused_budget_options(args, kinds, sensitivity)
+    sensitivity = (args.allocation or budget_options.BUDGET_DEFAULTS["allocation"]) == "sensitivity"
+    budget_options.refuse_unused_budget_options(args, kinds, sensitivity)
     if args.target is not None and args.allocation == "sensitivity" and not args.bn_images:
         raise ValueError(
             "the sensitivity allocation re-estimates BatchNorm for each candidate on --bn-images training images: "

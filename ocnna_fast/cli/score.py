@@ -18,7 +18,12 @@ from .output import writer_lock
 
 
 def register(sub) -> None:
-    s = sub.add_parser("score", help="score the filters of a pretrained model on shipped images")
+    s = sub.add_parser(
+        "score",
+        help="score the filters of a pretrained model on shipped images",
+        description="Scores every prunable conv of a model in one pass over the images: per filter the coefficient of variation (and mean, std) of its maps' PCA energies (docs/scoring.md); writes scores.safetensors and summary.json.",
+        epilog="example: ocnna-fast score --arch resnet56 --images 1000 --n-components 0.95 --out runs/r56-scores",
+    )
     options.add_model_options(s)
     options.add_data_options(s, [*options.DATASET_CHOICES, options.LOSSLESS_20])
     s.add_argument("--images", type=options.SCORE_IMAGES, default=1000, help="images to score on (class-balanced)")

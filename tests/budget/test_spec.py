@@ -14,7 +14,7 @@ from ocnna_fast.budget import search
 from ocnna_fast.budget.spec import REFINE_STEPS, PruneSpec
 from ocnna_fast.cli import build_parser
 from ocnna_fast.cli import prune as prune_command
-from ocnna_fast.cli.options import BUDGET_DEFAULTS
+from ocnna_fast.cli.budget_options import BUDGET_DEFAULTS
 from ocnna_fast.job.pipeline import JobSettings
 
 

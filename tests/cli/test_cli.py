@@ -412,7 +412,7 @@ def test_cli_defaults_are_the_python_defaults(command):
     """A budget job from the command line and one from ``JobSettings()``
     choose widths alike: the options they share default to the same values."""
     from ocnna_fast.cli import build_parser
-    from ocnna_fast.cli.options import fill_budget_defaults
+    from ocnna_fast.cli.budget_options import fill_budget_defaults
     from ocnna_fast.job.pipeline import JobSettings
 
     args = build_parser().parse_args([command, "--arch", "resnet20", "--target", "macs=0.5"])
