@@ -97,7 +97,7 @@ def bisect_to_budget(
         reached = ratio(built)
         if reached <= ceiling:
             best, hi = (mid, built, reached), mid
-            if reached >= target.ratio * (1 - TOLERANCE):
+            if meets(target, reached):
                 break
         else:
             lo = mid

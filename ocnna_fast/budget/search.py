@@ -132,8 +132,8 @@ def prune_to_budget(
         penalty = global_penalty(infos)
     measure = measure or count_ratio(model, example, target.kind)
     build = _builder(model, example, ignored_layers, values, measure)
-    fit = _Fit(spec, infos, cost, kind, penalty, build)
-    built, rounds = fit.meet(target, max_prune)
+    fit = _Fit(spec, target, infos, cost, kind, penalty, build)
+    built, rounds = fit.meet(max_prune)
     search = None
     if evaluator is not None and spec.refine_steps > 0:
         built, search = fit.refined(built, evaluator, seed, progress)
@@ -148,8 +148,9 @@ class _Fit:
     """The allocator at a target moved until the count meets the budget,
     and the local search after a sensitivity allocation."""
 
-    def __init__(self, spec: PruneSpec, infos, cost: CostModel, kind: str, penalty, build) -> None:
-        self.spec, self.infos, self.cost, self.kind, self.penalty, self.build = spec, infos, cost, kind, penalty, build
+    def __init__(self, spec: PruneSpec, target: Target, infos, cost: CostModel, kind: str, penalty, build) -> None:
+        self.spec, self.target, self.infos, self.cost, self.kind = spec, target, infos, cost, kind
+        self.penalty, self.build = penalty, build
         self.max_prune = spec.max_prune
 
     def greedy(self, aim: float) -> Dict[str, int]:
@@ -160,15 +161,15 @@ class _Fit:
             self.infos, self.cost, t, self.penalty, round_to=s.round_to, max_prune=self.max_prune, per_cost=per_cost
         )
 
-    def meet(self, target: Target, max_prune: float):
+    def meet(self, max_prune: float):
         self.max_prune = max_prune
         try:
-            return fit_to_budget(self.greedy, self.build, target, self.spec.round_to, max_prune)
+            return fit_to_budget(self.greedy, self.build, self.target, self.spec.round_to, max_prune)
         except ValueError:
             if max_prune >= self.spec.max_prune:
                 raise
         self.max_prune = self.spec.max_prune  # the cap chosen on the losses is one the counts cannot meet: drop it
-        return fit_to_budget(self.greedy, self.build, target, self.spec.round_to, self.max_prune)
+        return fit_to_budget(self.greedy, self.build, self.target, self.spec.round_to, self.max_prune)
 
     def refined(self, built, evaluator, seed: int, progress: bool):
         s = self.spec
@@ -186,7 +187,7 @@ class _Fit:
         )
         search = {"steps": s.refine_steps, "loss_before": better[1], "loss_after": better[2]}
         trial = self.build(better[0])
-        if meets(parse_target(s.target), trial[3]):
+        if meets(self.target, trial[3]):
             built = trial  # the search kept the cost model's price; the count confirms it
         return built, search
 

@@ -14,11 +14,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .._util.validate import percentile, positive_int
+from .._util.validate import as_count, percentile, positive_int
 from ..recovery.recover import check_folded
 from ..selection.criteria import CRITERIA
 from .allocation import parse_target
-from .latency import RUNTIMES
+from .latency import check_settings as check_latency_settings
 
 __all__ = [
     "PruneSpec",
@@ -107,17 +107,14 @@ class PruneSpec:
             raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
         object.__setattr__(self, "round_to", positive_int(self.round_to, "round_to"))
         object.__setattr__(self, "sensitivity_images", positive_int(self.sensitivity_images, "sensitivity_images"))
-        object.__setattr__(self, "latency_batch", positive_int(self.latency_batch, "latency_batch"))
-        if isinstance(self.refine_steps, bool) or not isinstance(self.refine_steps, int) or self.refine_steps < 0:
-            raise ValueError(f"refine_steps must be an integer >= 0, got {self.refine_steps!r}")
+        object.__setattr__(self, "refine_steps", as_count(self.refine_steps, "refine_steps"))
         share = self.max_prune
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
             raise ValueError(f"max_prune must be a share in (0, 1), got {share!r}")
         for name in ("cap_search", "refit"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.latency_runtime not in RUNTIMES:
-            raise ValueError(f"a latency runtime is one of {', '.join(RUNTIMES)}, got {self.latency_runtime!r}")
+        check_latency_settings(self.latency_runtime, self.latency_batch, deploy=False)
         check_folded(self.folded)
 
     @property
