@@ -184,6 +184,25 @@ def budget_suites(folders) -> str:
     return "\n".join(parts)
 
 
+def search_costs(entry, folder: Path) -> str:
+    """The width search's cost, full vs staged, over data seeds (``search_cost.py``)."""
+    import search_cost
+
+    rows = search_cost.rows_in(folder)
+    if not rows:
+        return ""
+    return "\n".join(
+        [
+            f"## What the width search costs: {entry['about']}\n",
+            f"`{entry['command']}`\n",
+            "Forward passes: forward-pass equivalents over the search's calibration images (docs/budget.md, "
+            '"What the search costs"); after BN: top-1 after BatchNorm re-estimation on 2,000 test images.\n',
+            search_cost.table(rows),
+            "",
+        ]
+    )
+
+
 def main() -> None:
     """BENCHMARKS.md from the manifest's suites and result files, in its order."""
     os.chdir(Path(__file__).resolve().parents[1])  # the page links results by their path in the repository
@@ -197,6 +216,7 @@ def main() -> None:
     if budgets:
         parts.append(budget_suites(budgets))
     parts += [ablations(f) for f in args if f.name == "ablations.json"]
+    parts += [search_costs(e, results / e["name"]) for e in entries if e["name"].startswith("search-cost")]
     parts.append("## The suites\n")
     for f in folders:
         parts.append(table(f))

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# One prepared run for a GPU machine (the device tool): build, GPU tests, GPU
-# benchmark.  Under 8 minutes on an H100.  Writes logs to $OUT when set.
+# One prepared run for a GPU machine: build, GPU tests, GPU benchmark, the
+# prune job and a distillation epoch on the GPU.  Under 8 minutes on an H100.  Writes logs to $OUT when set.
 #   bash benchmarks/gpu_check.sh            # full
 #   QUICK=1 bash benchmarks/gpu_check.sh    # extrapolate the 50k-image runs
 #   PROFILE=1 ...                           # add a kernel-time table of one scored batch
 #   SECTIONS=2,3 TESTS="test_score.py" ...  # a part of the benchmark / of the tests
+#   JOB=0 ...                               # without the job on the GPU (benchmarks/gpu_job.py)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/ocnna-gpu-check}"
@@ -23,4 +24,8 @@ echo "== GPU tests ($(( $(date +%s) - start )) s)"
     ${TESTS:-. --ignore=test_cuda_kernels_emulated.py} 2>&1 | tail -25 ) | tee "$OUT/tests.log"
 echo "== GPU benchmark ($(( $(date +%s) - start )) s)"
 python3 benchmarks/bench_gpu.py ${QUICK:+--quick} ${PROFILE:+--profile} ${SECTIONS:+--sections "$SECTIONS"} --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log"
+if [ "${JOB:-1}" = 1 ]; then
+  echo "== the job on the GPU ($(( $(date +%s) - start )) s)"
+  python3 benchmarks/gpu_job.py --out "$OUT/job" 2>&1 | tee "$OUT/gpu_job.log"
+fi
 echo "== done in $(( $(date +%s) - start )) s"

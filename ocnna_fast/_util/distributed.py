@@ -8,11 +8,11 @@ Everything works without a process group: one process is rank 0 of 1.
 from __future__ import annotations
 
 import os
-from typing import Tuple
+from typing import Any, List, Tuple
 
 import torch
 
-__all__ = ["rank_and_world", "is_main", "barrier", "init_from_env", "all_reduce_sum", "shut_down"]
+__all__ = ["rank_and_world", "is_main", "barrier", "init_from_env", "all_reduce_sum", "all_gather_objects", "shut_down"]
 
 
 def _active() -> bool:
@@ -41,6 +41,15 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if _active() and torch.distributed.get_world_size() > 1:
         torch.distributed.all_reduce(values)
     return values
+
+
+def all_gather_objects(obj: Any) -> List[Any]:
+    """Every process's ``obj``, in rank order (``[obj]`` with one process)."""
+    if not (_active() and torch.distributed.get_world_size() > 1):
+        return [obj]
+    out: List[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 
 def init_from_env(device: str = "cpu") -> Tuple[int, int]:

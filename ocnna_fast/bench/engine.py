@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from .._util.atomic import write_text_atomic
+from .._util.placement import model_device
+from .._util.precision import resolve_precision
 from ..deploy.latency import eager_latency
 from ..job.pipeline import JobData, JobSettings, PruneJob, measure_baseline
 from ..selection.criteria import SEEDED
@@ -30,7 +32,8 @@ class Suite:
 
     def __init__(self, model: nn.Module, data: JobData, settings: JobSettings, latency_repeats: int) -> None:
         self.model, self.data, self.settings, self.repeats = model.eval(), data, settings, latency_repeats
-        self.baseline = measure_baseline(model, data.evaluation, settings.input_size)
+        precision = resolve_precision(settings.precision, model_device(model))
+        self.baseline = measure_baseline(model, data.evaluation, settings.input_size, precision=precision)
         self.base_latency = eager_latency(model, settings.input_size, latency_repeats) if latency_repeats else None
         self.values: Dict[tuple, Tuple[Any, float]] = {}
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._util.placement import model_device
 from ..selection.groups import torch_pruning
 
 __all__ = [
@@ -191,7 +192,8 @@ def _bilinear_share(m: nn.Module) -> float:
 def macs_and_params(model: nn.Module, input_size: int) -> Tuple[int, int]:
     """Multiply-accumulates of one image and parameters (Torch-Pruning's counter)."""
     tp = torch_pruning()
-    macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, 3, input_size, input_size))
+    example = torch.zeros(1, 3, input_size, input_size, device=model_device(model))
+    macs, params = tp.utils.count_ops_and_params(model, example)
     return int(macs), int(params)
 
 

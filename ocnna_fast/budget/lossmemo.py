@@ -14,7 +14,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 from torch import nn
 
@@ -40,9 +40,26 @@ def fingerprint(model: nn.Module, orders: str, calibration, evaluation) -> str:
     return tensors_sha256(images, meta)
 
 
-def losses_digest(fingerprint: str, losses: Mapping[str, float]) -> str:
-    body = json.dumps([fingerprint, sorted(losses.items())], allow_nan=True)
+def losses_digest(fingerprint: str, losses: Mapping[str, float], screened: Optional[Mapping[str, float]] = None) -> str:
+    parts = [fingerprint, sorted(losses.items())] + ([sorted(screened.items())] if screened else [])
+    body = json.dumps(parts, allow_nan=True)
     return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _screen_key(share: float, key: str) -> str:
+    return f"{share!r} {key}"
+
+
+def _screened_candidate(key: str) -> str:
+    """The candidate of a screened loss's key (``"SHARE CANDIDATE"``), its share checked."""
+    share, _, candidate = key.partition(" ")
+    try:
+        value = float(share)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise ValueError(f"screened loss {key!r} does not start with a share in (0, 1)")
+    return candidate
 
 
 class LossMemo:
@@ -51,14 +68,19 @@ class LossMemo:
     written to ``path`` (``None``: kept in memory only).  ``widths`` gives
     each group's width, against which every stored candidate is checked."""
 
-    def __init__(self, path: Optional[Union[str, os.PathLike]], fingerprint: str, widths: Mapping[str, int]) -> None:
+    def __init__(
+        self, path: Optional[Union[str, os.PathLike]], fingerprint: str, widths: Mapping[str, int], write: bool = True
+    ) -> None:
         self.path = Path(path) if path is not None else None
+        self.write = write
         self.fingerprint = fingerprint
         self.widths = dict(widths)
         self.losses: Dict[str, float] = {}
+        self.screened: Dict[str, float] = {}
         self.note: Optional[str] = None  # why a file was set aside
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if write:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.is_file():
                 self._read()
 
@@ -67,36 +89,58 @@ class LossMemo:
 
     def put(self, key: str, loss: float) -> None:
         self.losses[key] = float(loss)
-        if self.path is not None:
-            doc = {"fingerprint": self.fingerprint, "losses": self.losses}
-            doc["sha256"] = losses_digest(self.fingerprint, self.losses)
+        self._write()
+
+    def get_screened(self, share: float, key: str) -> Optional[float]:
+        """A loss measured on the first ``share`` of the images (a screen)."""
+        return self.screened.get(_screen_key(share, key))
+
+    def put_screened(self, share: float, key: str, loss: float) -> None:
+        self.screened[_screen_key(share, key)] = float(loss)
+        self._write()
+
+    def merge(self, losses: Mapping[str, float]) -> None:
+        """Losses measured elsewhere (another process's share), kept as if measured here."""
+        new = {k: float(v) for k, v in losses.items() if k not in self.losses}
+        if new:
+            self.losses.update(new)
+            self._write()
+
+    def _write(self) -> None:
+        if self.path is not None and self.write:
+            doc: Dict[str, object] = {"fingerprint": self.fingerprint, "losses": self.losses}
+            if self.screened:
+                doc["screened"] = self.screened
+            doc["sha256"] = losses_digest(self.fingerprint, self.losses, self.screened)
             write_text_atomic(self.path, json.dumps(doc))
 
     def _read(self) -> None:
         try:
             doc = json.loads(self.path.read_text())
-            losses = self._checked(doc)
+            losses, screened = self._checked(doc)
         except (OSError, ValueError) as exc:
             self.note = f"{self.path}: {exc}; every loss is measured again"
             print(f"ocnna-fast: {self.note}", file=sys.stderr)
             return
-        self.losses = losses
+        self.losses, self.screened = losses, screened
 
-    def _checked(self, doc) -> Dict[str, float]:
+    def _checked(self, doc) -> Tuple[Dict[str, float], Dict[str, float]]:
         if not isinstance(doc, dict) or not isinstance(doc.get("losses"), dict):
             raise ValueError("not an allocation memo")
         if doc.get("fingerprint") != self.fingerprint:
             raise ValueError("it was measured for other weights, channel orders or images")
-        losses = doc["losses"]
-        if doc.get("sha256") != losses_digest(self.fingerprint, losses):
+        losses, screened = doc["losses"], doc.get("screened", {})
+        if not isinstance(screened, dict):
+            raise ValueError("its screened losses are not a mapping")
+        if doc.get("sha256") != losses_digest(self.fingerprint, losses, screened):
             raise ValueError("damaged or edited: its losses do not match the digest it was saved with")
-        for key, value in losses.items():
-            self._check_key(key)
+        for key, value in [*losses.items(), *screened.items()]:
+            self._check_key(key if key in losses else _screened_candidate(key))
             if isinstance(value, bool) or not isinstance(value, float) or not math.isfinite(value):
                 raise ValueError(f"loss {value!r} of {key} is not a finite float")
             if value < -_ROUNDING:
                 raise ValueError(f"loss {value!r} of {key} is negative")
-        return dict(losses)
+        return dict(losses), dict(screened)
 
     def _check_key(self, key: str) -> None:
         try:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._util.distributed import is_main
 from .._util.validate import input_batches_of
 from ..selection.groups import channel_groups, conv_groups, feeds_output
 from ..selection.rules import group_values
@@ -34,9 +35,10 @@ from .allocation import (
     macs_and_params,
     parse_target,
 )
+from .evaluator import MaskedEvaluator
 from .fit import LATENCY_TOLERANCE, TOLERANCE, fit_to_budget, meets, tolerance
 from .latency import LatencyRatio
-from .sensitivity import MaskedEvaluator, group_outputs, measure_sensitivity, refine
+from .sensitivity import SCREEN_SHARE, group_outputs, measure_sensitivity, refine
 from .spec import ALLOCATIONS, BUDGET_FIELDS, REFINE_STEPS, PruneSpec
 
 __all__ = [
@@ -127,6 +129,7 @@ def prune_to_budget(
         penalty, curves, evaluator, max_prune = _sensitivity(
             model, found, dg, names, cost, Target(kind, target.ratio), (calibration, evaluation, memo),
             cap_search=spec.cap_search, round_to=spec.round_to, max_prune=max_prune, progress=progress,
+            staged=spec.search != "full",
         )  # fmt: skip
     else:
         penalty = global_penalty(infos)
@@ -184,8 +187,10 @@ class _Fit:
             s.refine_steps,
             seed,
             progress,
+            SCREEN_SHARE if s.search == "screened" else 0.0,
         )
-        search = {"steps": s.refine_steps, "loss_before": better[1], "loss_after": better[2]}
+        search = {"steps": s.refine_steps, "loss_before": better[1], "loss_after": better[2], "how": s.search}
+        search.update(better[3])
         trial = self.build(better[0])
         if meets(self.target, trial[3]):
             built = trial  # the search kept the cost model's price; the count confirms it
@@ -208,7 +213,9 @@ def _builder(model, example, ignored_layers, values, measure):
     return build
 
 
-def _sensitivity(model, found, dg, names, cost, target: Target, images, *, cap_search, round_to, max_prune, progress):
+def _sensitivity(
+    model, found, dg, names, cost, target: Target, images, *, cap_search, round_to, max_prune, progress, staged
+):
     """The sensitivity allocation's penalty from loss curves measured on
     ``images`` (calibration, evaluation, memo file), the curves, the
     evaluator, and the cap on a group's removed share that the cap search
@@ -225,7 +232,7 @@ def _sensitivity(model, found, dg, names, cost, target: Target, images, *, cap_s
             "(and calibration images for its BatchNorm re-estimation), or allocate by 'global', which needs none"
         )
     outputs = [(info, group_outputs(g, dg, names)) for g, info in found]
-    evaluator = MaskedEvaluator(model, outputs, calibration, evaluation, memo=memo)
+    evaluator = MaskedEvaluator(model, outputs, calibration, evaluation, memo=memo, cut=staged, write_memo=is_main())
     curves = measure_sensitivity(evaluator, progress=progress)
     if cap_search:
         max_prune, curves.caps = _choose_cap(evaluator, infos, cost, target, curves.penalty, round_to, max_prune)
@@ -237,7 +244,15 @@ def _measurement(curves, search, evaluator) -> Optional[Dict[str, Any]]:
     caps, the search, the candidates measured and those a memo served."""
     if curves is None:
         return None
-    return {**curves.as_dict(), "search": search, "evaluations": evaluator.evaluations, "reused": evaluator.reused}
+    return {
+        **curves.as_dict(),
+        "search": search,
+        "evaluations": evaluator.evaluations,
+        "reused": evaluator.reused,
+        "screened": evaluator.screenings,
+        "evaluations_per_process": evaluator.evaluations_per_process,
+        "passes": evaluator.passes,
+    }
 
 
 # the shares of a group a capped candidate of ``cap_search`` may remove at most
@@ -271,7 +286,7 @@ def _check(target: Target, measure) -> None:
         raise ValueError("a latency target needs measure= (the latency ratio of a pruned model)")
 
 
-def _refined(evaluator, infos, cost: CostModel, kind: str, keep, round_to, max_prune, steps, seed, progress):
+def _refined(evaluator, infos, cost: CostModel, kind: str, keep, round_to, max_prune, steps, seed, progress, screen):
     """The allocation after a local search on the combined masked loss, at
     no more than its price by the cost model."""
     options = {i.root: allowed_widths(i.width, i.blocks, round_to, max_prune) for i in infos}
@@ -281,7 +296,12 @@ def _refined(evaluator, infos, cost: CostModel, kind: str, keep, round_to, max_p
         return cost.ratio({r: widths[r] - w for r, w in k.items()}, kind)
 
     budget = price(keep) + 1e-12
-    return refine(evaluator, keep, options, lambda k: price(k) <= budget, steps, seed=seed, progress=progress)
+    fits = lambda k: price(k) <= budget  # noqa: E731
+    record: Dict[str, int] = {}
+    keep, before, after = refine(
+        evaluator, keep, options, fits, steps, seed=seed, progress=progress, screen=screen, record=record
+    )
+    return keep, before, after, record
 
 
 def count_ratio(model: nn.Module, example: torch.Tensor, kind: str) -> Callable[[nn.Module], float]:

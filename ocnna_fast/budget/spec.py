@@ -24,6 +24,7 @@ __all__ = [
     "PruneSpec",
     "parse_method",
     "ALLOCATIONS",
+    "SEARCHES",
     "REFINE_STEPS",
     "DEFAULT_K",
     "METHOD_KINDS",
@@ -32,6 +33,15 @@ __all__ = [
 ]
 
 ALLOCATIONS = ("sensitivity", "global")
+# how the sensitivity allocation measures its candidates (docs/budget.md,
+# "What the search costs"): ``staged`` runs each from its first masked layer
+# (the losses, and so the widths, of ``full``, for fewer passes);
+# ``screened`` also screens the local search's moves on a quarter of the
+# images (fewer passes again; on ResNet-56 at MACs 0.5 over three draws,
+# 0.18 points lower after BatchNorm on average, -0.65 to +0.55 per draw:
+# not the default until more models say so); ``full`` runs every candidate
+# through the whole network, as the search was first built
+SEARCHES = ("staged", "screened", "full")
 # moves of the local search after the sensitivity allocation by default: on
 # ResNet-20 and ResNet-56 at MACs 0.5 (three draws each) 100 moves lifted the
 # accuracy after BatchNorm by 2.1 and 1.1 points on average and narrowed the
@@ -56,6 +66,7 @@ BUDGET_FIELDS = (
     "refine_steps",
     "cap_search",
     "sensitivity_images",
+    "search",
     "latency_runtime",
     "latency_batch",
 )
@@ -68,7 +79,8 @@ class PruneSpec:
     ``"latency=0.6"``, a ``Target`` or ``{"macs": 0.5}``; stored as its
     text), not both.  A target's widths come from ``allocation``
     (``sensitivity``: each group's measured loss, after BatchNorm
-    re-estimation on ``sensitivity_images`` images, then with ``cap_search``
+    re-estimation on ``sensitivity_images`` images, measured as ``search``
+    says (``SEARCHES``), then with ``cap_search``
     the cap on a group's share that loses least and ``refine_steps`` moves of
     a search; ``global``: values normalised per group, ranked across groups),
     multiples of ``round_to``, at most ``max_prune`` of a group removed; a
@@ -87,6 +99,7 @@ class PruneSpec:
     refine_steps: int = REFINE_STEPS
     cap_search: bool = True
     sensitivity_images: int = 512
+    search: str = "staged"
     latency_runtime: str = "onnxruntime"
     latency_batch: int = 1
     folded: str = "refit"
@@ -103,6 +116,8 @@ class PruneSpec:
             object.__setattr__(self, "k", percentile(DEFAULT_K if self.k is None else self.k))
         if self.criterion not in CRITERIA:
             raise ValueError(f"unknown criterion {self.criterion!r}; choose from {', '.join(CRITERIA)}")
+        if self.search not in SEARCHES:
+            raise ValueError(f"search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
         object.__setattr__(self, "round_to", positive_int(self.round_to, "round_to"))
@@ -184,12 +199,14 @@ def _method_flag(method: str, kind: str, flag: str) -> Dict[str, Any]:
         field, parsed = name.replace("-", "_"), _int(value, method)
     elif name == "max-prune" and eq:
         field, parsed = "max_prune", _float(value, method)
+    elif name == "search" and eq:
+        field, parsed = "search", value
     else:
         raise ValueError(
             f"method {method!r}: unknown flag {flag!r} (no-cap-search, refine-steps=N, round-to=N, "
-            "max-prune=R, sensitivity-images=N)"
+            "max-prune=R, sensitivity-images=N, search=S)"
         )
-    if field in ("cap_search", "refine_steps", "sensitivity_images") and kind != "sensitivity":
+    if field in ("cap_search", "refine_steps", "sensitivity_images", "search") and kind != "sensitivity":
         raise ValueError(f"method {method!r}: {name} shapes only the sensitivity allocation")
     return {field: parsed}
 

@@ -58,9 +58,14 @@ def _maybe_distributed(args: argparse.Namespace) -> int:
     scores and prunes identically, and rank 0 alone prints and writes."""
     from .._util.distributed import init_from_env, shut_down
 
-    rank, world = init_from_env()
+    device = str(getattr(args, "device", "cpu") or "cpu")
+    rank, world = init_from_env(device)  # NCCL between GPUs, gloo between CPU processes
     if world == 1:
         return args.func(args)
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(torch.device(device))  # this rank's own GPU (--device auto: LOCAL_RANK's)
     args.no_progress = args.no_progress or rank != 0
     finished = False
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .._util.atomic import write_text_atomic
 from .._util.distributed import is_main
+from .._util.placement import describe_device
 from ..bench.equal_cost import DEFAULT_METHODS, check_methods, parse_targets, run_budget_suite
 from ..bench.equal_structure import check_cells, run_suite
 from ..selection.criteria import CRITERIA
@@ -27,7 +28,7 @@ def register(sub) -> None:
     )
     options.add_model_options(be)
     options.add_data_options(be)
-    options.add_run_options(be)
+    options.add_run_options(be, precision=True)
     options.add_scope_option(be)
     be.add_argument("--k", type=options.PERCENTILE, nargs="+", default=None, help="percentiles (default 20 40 60)")
     be.add_argument(
@@ -76,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     size = loading.check_data_fits(args)
     out = out_dir(args.out, "bench", inputs=[w for w in (args.weights,) if w])  # refused before anything loads
     model, weights = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, size, seed=args.seed)
+    model.to(args.device)  # every cell's job runs where the suite does
+    print(f"device: {describe_device(args.device)}")
     with writer_lock(out):
         # how to rerun (or resume) the suite; BENCHMARKS.md quotes it above the tables
         if is_main():
@@ -135,12 +138,9 @@ def _shared_settings(args: argparse.Namespace, size: int):
     """The job settings every cell starts from: the flags' PruneSpec (a cell sets its own
     criterion and k, or method and target) and the distillation's."""
     from ..budget.spec import PruneSpec
-    from ..job.pipeline import JobSettings
 
     shared = PruneSpec.from_flags({**vars(args), "k": None, "target": None, "folded": args.folded_correction})
-    return JobSettings(
-        **shared.prune_fields(), epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size, input_size=size
-    )
+    return loading.job_settings(args, shared, size)
 
 
 def _budget_suite(args: argparse.Namespace, model, size: int, out: Path, data):

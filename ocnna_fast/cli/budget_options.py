@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 from typing import List, Sequence
 
-from ..budget.spec import ALLOCATIONS, BUDGET_FIELDS, PruneSpec
+from ..budget.spec import ALLOCATIONS, BUDGET_FIELDS, SEARCHES, PruneSpec
 from .options import COUNT, NONNEG, SHARE, group
 
 __all__ = [
@@ -58,7 +58,7 @@ _SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PruneSpec)}
 # one with no effect on the run is refused instead of ignored in silence.
 BUDGET_DEFAULTS = {name: _SPEC_DEFAULTS[name] for name in BUDGET_FIELDS}
 # the options that shape only a sensitivity allocation, and only a latency target
-SENSITIVITY_ONLY = ("refine_steps", "cap_search", "sensitivity_images")
+SENSITIVITY_ONLY = ("refine_steps", "cap_search", "sensitivity_images", "search")
 LATENCY_ONLY = ("latency_runtime", "latency_batch")
 
 
@@ -131,6 +131,15 @@ def add_budget_options(sp: argparse.ArgumentParser, *, allocation: bool = True) 
             help="sensitivity allocation: also allocate with a group's removed share capped at 50, 62.5 and 75%% "
             "and keep the allocation whose groups, masked together, lose least (default; --no-cap-search: the "
             "uncapped allocation only)",
+        )
+        sp.add_argument(
+            "--search",
+            default=None,
+            choices=list(SEARCHES),
+            help="how the sensitivity candidates are measured: staged (default; each from its first masked "
+            "layer: the widths of full for fewer passes), screened (staged, and the local search's moves "
+            "screened on a quarter of the images: cheaper, measured less accurate) or full (every candidate "
+            "a whole pass over every image)",
         )
     sp.add_argument(
         "--sensitivity-images",

@@ -7,6 +7,7 @@ import json
 
 import torch
 
+from .._util.precision import resolve_precision
 from ..data.evaluation import evaluate
 from . import loading, options
 
@@ -20,7 +21,7 @@ def register(sub) -> None:
     )
     options.add_model_options(ev)
     options.add_data_options(ev, [*options.DATASET_CHOICES, options.LOSSLESS_20])
-    options.add_run_options(ev, batch=256)
+    options.add_run_options(ev, batch=256, precision=True)
     ev.add_argument("--pruned", help="a directory written by 'prune' (its pruned/ folder)")
     ev.add_argument("--eval-images", type=options.COUNT, default=None, help="test images (default all)")
     ev.set_defaults(func=run)
@@ -46,8 +47,12 @@ def run(args: argparse.Namespace) -> int:
             args.arch, args.weights, args.data_dir, args.dataset, args.input_size, seed=args.seed
         )
     data = loading.images(args, "test", args.eval_images, False, args.seed)
-    acc = evaluate(model, data, batch_size=args.batch_size, progress=not args.no_progress)
-    print(json.dumps({"model": what, "dataset": loading.describe(args.dataset), "images": len(data), "accuracy": acc}))
+    acc = evaluate(
+        model, data, args.batch_size, device=args.device, progress=not args.no_progress, precision=args.precision
+    )
+    line = {"model": what, "dataset": loading.describe(args.dataset), "images": len(data), "accuracy": acc}
+    precision = resolve_precision(args.precision, args.device)
+    print(json.dumps({**line, "device": args.device, "precision": precision}))
     return 0
 
 

@@ -41,7 +41,12 @@ def register(sub) -> None:
     ex.add_argument("--latency-repeats", type=options.COUNT, default=20, help="timed passes per latency figure")
     ex.add_argument("--weights", help="the base model's weights (default: the shipped ones for the plan's arch)")
     options.add_data_options(ex, default=None)
-    options.add_run_options(ex, batch=None, progress=False)
+    options.add_run_options(
+        ex,
+        batch=None,
+        progress=False,
+        runs="the PyTorch eager latency of --benchmark (ONNX Runtime and the check run on the CPU)",
+    )
     ex.add_argument(
         "--model",
         default=None,
@@ -129,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.benchmark:
         report["latency"] = ex.compare_latency(
-            models["base"][0], pruned, size, args.latency_repeats, out.parent / f".{out.stem}-latency"
+            models["base"][0], pruned, size, args.latency_repeats, out.parent / f".{out.stem}-latency", args.device
         )
     report_path = out.with_name(f"{out.name}.json")
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from .._util.atomic import atomic_path
 from .._util.distributed import is_main
+from .._util.placement import describe_device
+from .._util.precision import resolve_precision
 from ..data.evaluation import evaluate
 from ..recovery.distill import finetune
 from . import loading, options
@@ -24,7 +26,7 @@ def register(sub) -> None:
     )
     options.add_model_options(ft)
     options.add_data_options(ft)
-    options.add_run_options(ft)
+    options.add_run_options(ft, precision=True)
     ft.add_argument("--epochs", type=options.NONNEG, default=2, help="epochs of fine-tuning (default 2)")
     ft.add_argument("--lr", type=options.LEARNING_RATE, default=0.01, help="learning rate (SGD, cosine)")
     ft.add_argument("--eval-images", type=options.COUNT, default=None, help="test images for accuracy (default all)")
@@ -46,7 +48,8 @@ def _finetune_into(args: argparse.Namespace, model, weights: str, out: Path) -> 
 
     evalset = loading.images(args, "test", args.eval_images, False, args.seed)
     trainset = loading.images(args, "train", args.train_images, True, args.seed + 2)
-    before = evaluate(model, evalset)
+    print(f"device: {describe_device(args.device)}")
+    before = evaluate(model, evalset, device=args.device, precision=args.precision)
     t = time.perf_counter()
     history = finetune(
         model,
@@ -55,11 +58,14 @@ def _finetune_into(args: argparse.Namespace, model, weights: str, out: Path) -> 
         lr=args.lr,
         batch_size=args.batch_size,
         seed=args.seed,
+        device=args.device,
+        precision=args.precision,
         checkpoint_dir=out / "finetune",
         progress=not args.no_progress,
     )
     seconds = time.perf_counter() - t
-    after = evaluate(model, evalset)
+    after = evaluate(model, evalset, precision=args.precision)
+    model.cpu()  # saved from the CPU: the file loads anywhere
     if not is_main():
         return 0
     with atomic_path(out / "model.safetensors") as tmp:
@@ -74,6 +80,8 @@ def _finetune_into(args: argparse.Namespace, model, weights: str, out: Path) -> 
         "eval_images": len(evalset),
         "train_images": len(trainset),
         "finetune_seconds": seconds,
+        "device": describe_device(args.device),
+        "precision": resolve_precision(args.precision, args.device),
         "history": history,
         "weights_out": str(out / "model.safetensors"),
     }

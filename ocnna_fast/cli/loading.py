@@ -264,6 +264,24 @@ def ignored_layers(model: nn.Module, scope: str) -> List[nn.Module]:
     return list(hook(scope)) if callable(hook) else []
 
 
+def job_settings(args: argparse.Namespace, spec, size: int, **more: Any):
+    """The ``JobSettings`` of ``prune`` and of every ``bench`` cell: the
+    specification ``spec`` with the distillation, batch, device and
+    precision flags (``more``: what one command adds)."""
+    from ..job.pipeline import JobSettings
+
+    return JobSettings(
+        **spec.prune_fields(),
+        epochs=args.finetune_epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        input_size=size,
+        device=args.device,
+        precision=args.precision,
+        **more,
+    )
+
+
 def job_data(args: argparse.Namespace):
     """The image sets of a prune job (``prune``, and every cell of ``bench``),
     each drawn with its own seed so they never change with the others'

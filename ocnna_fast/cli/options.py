@@ -21,6 +21,7 @@ __all__ = [
     "LOSSLESS_20",
     "n_components",
     "device",
+    "add_device_option",
     "add_model_options",
     "add_data_options",
     "add_run_options",
@@ -114,13 +115,23 @@ def n_components(text: str):
 
 
 def device(text: str) -> str:
-    """An argparse type: a device that exists here (cpu, or a usable GPU)."""
-    from .._util.placement import usable_device
+    """An argparse type: a device that exists here (``auto``: a usable GPU, else the CPU)."""
+    from .._util.placement import resolve_device
 
     try:
-        return str(usable_device(text))
+        return str(resolve_device(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_device_option(sp: argparse.ArgumentParser, what: str = "the whole job") -> None:
+    """``--device``, the same on every command: where ``what`` runs."""
+    sp.add_argument(
+        "--device",
+        type=device,
+        default="auto",
+        help=f"where {what} runs: auto (a usable GPU, else the CPU), cpu, cuda or cuda:N (default auto)",
+    )
 
 
 def _dataset_name(text: str) -> str:
@@ -187,10 +198,28 @@ def add_data_options(
     sp.add_argument("--workers", type=WORKERS, default=min(4, os.cpu_count() or 1), help=WORKERS_HELP)
 
 
-def add_run_options(sp: argparse.ArgumentParser, *, batch: Optional[int] = 128, progress: bool = True) -> None:
-    """How a run goes: ``--batch-size`` (default ``batch``; ``None``: no
-    such option), ``--seed`` (which images are drawn), ``--no-progress``."""
+def add_run_options(
+    sp: argparse.ArgumentParser,
+    *,
+    batch: Optional[int] = 128,
+    progress: bool = True,
+    runs: str = "the whole job",
+    precision: bool = False,
+) -> None:
+    """How a run goes: ``--device`` (where ``runs`` runs), ``--precision``
+    (with ``precision``: of training and evaluation), ``--batch-size``
+    (default ``batch``; ``None``: no such option), ``--seed`` (which images
+    are drawn), ``--no-progress``."""
     sp = group(sp, "run")
+    add_device_option(sp, runs)
+    if precision:
+        sp.add_argument(
+            "--precision",
+            choices=["auto", "fp32", "amp"],
+            default="auto",
+            help="training and evaluation: amp (autocast; bfloat16, or float16 with a gradient scaler) or fp32; "
+            "auto (default): amp on a GPU, fp32 on the CPU. Scoring keeps its own precision",
+        )
     if batch is not None:
         sp.add_argument("--batch-size", type=COUNT, default=batch, help=f"images per batch (default {batch})")
     sp.add_argument("--seed", type=SEED, default=0, help="draws the image subsets and the training order (default 0)")

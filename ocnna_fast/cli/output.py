@@ -8,7 +8,7 @@ import contextlib
 import json
 import shlex
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from .._util.atomic import write_text_atomic
 from .._util.distributed import is_main
@@ -77,6 +77,18 @@ def _measured_budget(m: Dict[str, Any]) -> str:
     )
 
 
+def _search_cost(sensitivity: Optional[Dict[str, Any]]) -> List[str]:
+    """What the width search ran, in forward-pass equivalents (docs/budget.md, "What the search costs")."""
+    if not sensitivity or sensitivity.get("passes") is None:
+        return []
+    screened = sensitivity.get("screened") or 0
+    return [
+        "",
+        f"Width search: {sensitivity['passes']:.1f} forward-pass equivalents over its calibration images "
+        f"({sensitivity['evaluations']} candidates measured, {screened} screened on a share of the images).",
+    ]
+
+
 def prune_markdown(report: Dict[str, Any], title: str) -> str:
     """``report.md`` of a prune job, for a person: accuracy at each stage,
     what was kept, the budget, the latency, and how to run it again."""
@@ -113,6 +125,7 @@ def prune_markdown(report: Dict[str, Any], title: str) -> str:
         lines += ["", f"Budget {r['target']} ({r['allocation']} allocation): reached {r['reached']:.4f}."]
         if r.get("target_measured"):
             lines.append(_measured_budget(r["target_measured"]))
+        lines += _search_cost(r.get("sensitivity"))
     lines += ["", "## How it ran", ""]
     settings = r.get("settings", {})
     for key, value in settings.items():

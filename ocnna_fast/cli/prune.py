@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from .._util.distributed import is_main
+from .._util.placement import describe_device
 from ..budget.spec import PruneSpec
-from ..job.pipeline import JobResult, JobSettings, PruneJob
+from ..job.pipeline import JobResult, PruneJob
 from ..selection.criteria import CRITERIA, FamilyCriterion
 from ..selection.rules import FAMILY
 from ..surgery.plans import save_pruned
@@ -64,7 +65,7 @@ def register(sub) -> None:
     budget_options.add_latency_target_options(pr)
     options.add_job_options(pr, finetune_epochs=2)
     options.group(pr, "output").add_argument("--out", default="runs/prune", help="output folder (default runs/prune)")
-    options.add_run_options(pr)
+    options.add_run_options(pr, precision=True)
     options.add_threads_option(pr)
     pr.set_defaults(func=run)
 
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     size = loading.check_data_fits(args)
     out = out_dir(args.out, "prune", inputs=[w for w in (args.weights,) if w])  # refused before anything loads
     model, weights = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, size, seed=args.seed)
+    model.to(args.device)  # loaded here for this job: it runs where the job does
     torch.manual_seed(args.seed)
     with writer_lock(out), staged(out) as stage:
         return _prune_into(args, model, weights, size, out, stage)
@@ -93,15 +95,7 @@ def spec_of(args: argparse.Namespace) -> PruneSpec:
 
 def _job(args: argparse.Namespace, model, size: int, out: Path) -> PruneJob:
     data = loading.job_data(args)
-    settings = JobSettings(
-        **spec_of(args).prune_fields(),
-        n_components=args.n_components,
-        epochs=args.finetune_epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        input_size=size,
-    )
+    settings = loading.job_settings(args, spec_of(args), size, n_components=args.n_components, seed=args.seed)
     ignored = loading.ignored_layers(model, args.scope)
     return PruneJob(model, data, settings, ignored_layers=ignored, checkpoint_dir=out, progress=not args.no_progress)
 
@@ -125,6 +119,7 @@ def _print_recalibration(args: argparse.Namespace, job, recal) -> None:
 
 def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: Path, stage: Path) -> int:
     job = _job(args, model, size, out)
+    print(f"device: {describe_device(job.device)}, precision {job.settings.precision}")
     base = job.evaluate_base()
     print(f"base accuracy {base.accuracy:.2f}% on {len(job.data.evaluation)} {args.dataset} test images")
     outputs = ["pruned", "report.json", "report.md"]
@@ -159,7 +154,9 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
     if args.latency_repeats > 0:
         from ..deploy import export as ex
 
-        report["latency"] = ex.compare_latency(model, result.pruned, size, args.latency_repeats, stage / ".latency")
+        report["latency"] = ex.compare_latency(
+            model, result.pruned, size, args.latency_repeats, stage / ".latency", job.device
+        )
         print_latency(report["latency"])
     title = f"k={job.settings.k}" if args.target is None else f"{args.target}, {args.allocation} allocation"
     title = f"Pruned {args.arch}: {args.criterion}, {title}"
@@ -185,9 +182,11 @@ def _budget_line(job: PruneJob) -> str:
     b = job.budget
     m = b.plan.get("budget", {}).get("measured")
     ms = f"; {m['runtime']} batch {m['batch']}: {m['base_ms']:.2f} -> {m['pruned_ms']:.2f} ms" if m else ""
+    passes = (b.sensitivity or {}).get("passes")
+    cost = f", {passes:.1f} forward passes" if passes is not None else ""
     return (
         f"{b.target} ({b.allocation} allocation, reached {b.target.kind}={b.reached:.4f}{ms} in "
-        f"{job.seconds.get('allocate', 0):.0f} s)"
+        f"{job.seconds.get('allocate', 0):.0f} s{cost})"
     )
 
 
@@ -220,6 +219,8 @@ def _settings(args: argparse.Namespace, job: PruneJob) -> dict:
         "learning_rate": args.lr,
         "batch_size": args.batch_size,
         "seed": args.seed,
+        "device": describe_device(job.device),
+        "precision": job.settings.precision,
         "torch": torch.__version__,
         "ocnna_fast": __version__,
         "threads": torch.get_num_threads(),

@@ -33,9 +33,8 @@ def register(sub) -> None:
         default=None,
         help="PCA components per map: none (default), an int, or a ratio in (0, 1)",
     )
-    s.add_argument("--device", type=options.device, default=None, help="cpu or cuda (default: cpu)")
     s.add_argument("--out", default="runs/score", help="output folder")
-    options.add_run_options(s)
+    options.add_run_options(s, runs="the scoring pass")
     s.set_defaults(func=run)
 
 

@@ -11,6 +11,7 @@ warning: a file that does not compute what the model computes must not ship.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 import shutil
@@ -80,14 +81,15 @@ def export_model(
     batch: Optional[int] = None,
     opset: int = DEFAULT_OPSET,
 ) -> Dict[str, Any]:
-    """Writes ``model`` (in eval mode, on the CPU) to ``path`` atomically and
-    returns what was written: format, batch (``None``: dynamic), ONNX opset,
-    bytes.  ``batch=None`` exports a dynamic batch dimension."""
+    """Writes ``model`` (a copy in eval mode, on the CPU; the model itself is
+    left as it is) to ``path`` atomically and returns what was written:
+    format, batch (``None``: dynamic), ONNX opset, bytes.  ``batch=None``
+    exports a dynamic batch dimension."""
     _check_format(fmt)
     _check_side(input_size)
     if batch is not None and batch < 1:
         raise ValueError(f"batch must be >= 1 or None (dynamic), got {batch}")
-    model = model.eval().cpu()
+    model = copy.deepcopy(model).eval().cpu()
     example = torch.randn(batch or 2, 3, input_size, input_size, dtype=floating_dtype(model))  # its own precision
     path = Path(path)
     info: Dict[str, Any] = {"format": fmt, "path": str(path), "batch": batch, "input_size": input_size}
@@ -294,16 +296,21 @@ def runtime_latency(
     batches=(1, 64),
     repeats: int = 20,
     warmup: int = 3,
+    device: Optional[torch.device] = None,
 ) -> Dict[str, Any]:
-    """Milliseconds per forward pass (median and spread, see
-    :func:`ocnna_fast.deploy.latency.time_calls`) in PyTorch eager and, given an ONNX
-    file with a dynamic batch, in ONNX Runtime, at each batch size; threads
-    stated."""
+    """Milliseconds per forward pass (median and spread, ``time_calls``) in
+    PyTorch eager on ``device`` (default the model's; a copy moves there)
+    and, given an ONNX file with a dynamic batch, in ONNX Runtime on the
+    CPU, at each batch size; threads and device stated."""
     _check_side(input_size)
+    from .._util.placement import model_device
     from .latency import latency_ms
 
+    if device is not None and torch.device(device) != model_device(model):
+        model = copy.deepcopy(model).to(device)  # the caller's model stays where it is
     threads = torch.get_num_threads()
     out: Dict[str, Any] = {"threads": threads, "repeats": repeats, "warmup": warmup}
+    out["eager_device"] = str(model_device(model))
     run = load_runner(onnx_path, "onnx", threads) if onnx_path is not None else None  # one session for every batch
     for b in batches:
         reps = repeats if b == 1 else max(3, repeats // 4)
@@ -314,9 +321,11 @@ def runtime_latency(
     return out
 
 
-def compare_latency(base: nn.Module, pruned: nn.Module, size: int, repeats: int, workdir: PathLike) -> Dict[str, Any]:
-    """Base vs pruned latency in PyTorch eager and (when the deploy extra is
-    installed) ONNX Runtime, batch 1 and 64, plus the exported file sizes."""
+def compare_latency(
+    base: nn.Module, pruned: nn.Module, size: int, repeats: int, workdir: PathLike, device=None
+) -> Dict[str, Any]:
+    """Base vs pruned latency in PyTorch eager (on ``device``) and ONNX Runtime
+    (with the deploy extra), batch 1 and 64, plus the exported file sizes."""
     try:
         require_deploy()
         onnx_ok = True
@@ -331,7 +340,7 @@ def compare_latency(base: nn.Module, pruned: nn.Module, size: int, repeats: int,
             if onnx_ok:
                 path = workdir / f"{name}.onnx"
                 export_model(model, path, "onnx", size)
-            section[name] = runtime_latency(model, path, size, repeats=repeats)
+            section[name] = runtime_latency(model, path, size, repeats=repeats, device=device)
             if path is not None:
                 section[name]["onnx_bytes"] = path.stat().st_size
             section[name]["weights_bytes"] = weights_bytes(model)

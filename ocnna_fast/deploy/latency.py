@@ -1,4 +1,4 @@
-"""CPU latency of a callable: warm-up, then the median and spread of timed
+"""Latency of a callable: warm-up, then the median and spread of timed
 repeats.  One function for every runtime (PyTorch eager, ONNX Runtime,
 TorchScript), so their figures are measured the same way."""
 
@@ -38,13 +38,19 @@ def time_calls(call: Callable[[], object], repeats: int, warmup: int = 2) -> Dic
 
 def eager_call(model: nn.Module, batch: int, size: int) -> Callable[[], object]:
     """One eager forward pass of ``model`` (eval mode, no autograd) on a fixed
-    random ``(batch, 3, size, size)`` CPU input, as a function of nothing."""
+    random ``(batch, 3, size, size)`` input on the model's device, as a
+    function of nothing; on a GPU it returns when the pass has finished."""
     model = model.eval()
-    x = torch.randn(batch, 3, size, size)
+    device = next((t.device for t in model.parameters()), torch.device("cpu"))
+    x = torch.randn(batch, 3, size, size).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
 
     def call() -> object:
         with torch.no_grad():
-            return model(x)
+            out = model(x)
+        if sync is not None:
+            sync(device)
+        return out
 
     return call
 

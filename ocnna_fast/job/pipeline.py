@@ -16,6 +16,7 @@ stopped.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass, replace
@@ -26,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._util.placement import model_device, resolve_device, to_device
+from .._util.precision import resolve_precision
 from ..budget.allocation import macs_and_params
 from ..budget.latency import LatencyRatio
 from ..budget.latency import check_settings as check_latency_settings
@@ -68,8 +71,11 @@ class JobSettings(PruneSpec):
     defaults and checks) and what the job adds: ``n_components`` for
     OCNNA-family criteria (``None``: the criterion's own), the distillation
     (``epochs``, ``lr``), the ``batch_size``, the ``seed`` (distillation
-    order and augmentation, the ``random`` criterion) and the input side in
-    pixels (``None``: the evaluation images'; another is refused)."""
+    order and augmentation, the ``random`` criterion), the input side in
+    pixels (``None``: the evaluation images'; another is refused) and the
+    ``device`` every step runs on (``"auto"``: a usable GPU, else the CPU;
+    ``None``: where the model is) and the ``precision`` of distillation and
+    evaluation (``fp32``, ``amp``; ``None``: amp on a GPU, fp32 on the CPU)."""
 
     n_components: Any = None
     epochs: int = 0
@@ -77,6 +83,8 @@ class JobSettings(PruneSpec):
     batch_size: int = 128
     seed: int = 0
     input_size: Optional[int] = None
+    device: Optional[str] = None
+    precision: Optional[str] = None
 
 
 # the sensitivity allocation's measured losses, in checkpoint_dir: a stopped job resumes its search
@@ -98,19 +106,21 @@ def _check_refit(settings: JobSettings, model: nn.Module, data: JobData) -> None
 
 
 class _Inputs:
-    """The inputs (or labels) of a data set's batches, re-iterable: each pass
-    reads the set again, so a scoring pass over an image folder holds one
-    batch at a time."""
+    """The inputs (or labels) of a data set's batches on ``device``,
+    re-iterable: each pass reads the set again, so a scoring pass over an
+    image folder holds one batch at a time."""
 
-    def __init__(self, data: Any, batch_size: int, part: int) -> None:
-        self.data, self.batch_size, self.part = data, batch_size, part
+    def __init__(self, data: Any, batch_size: int, part: int, device: torch.device) -> None:
+        self.data, self.batch_size, self.part, self.device = data, batch_size, part, device
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        return (b[self.part] for b in self.data.batches(self.batch_size))
+        return (to_device(b[self.part], self.device) for b in self.data.batches(self.batch_size))
 
 
 class PruneJob:
-    """One prune job over ``model`` (never modified).  ``ignored_layers``:
+    """One prune job over ``model`` (never modified; put in eval mode).  On
+    another ``settings.device`` than the model's, the job works on a copy
+    there, and the pruned model is there.  ``ignored_layers``:
     modules whose output channels stay (default: what the model's
     ``ocnna_ignored_layers()`` names).  ``checkpoint_dir``: where scoring and
     distillation checkpoint, so a rerun resumes.  ``baseline``: the base
@@ -134,13 +144,17 @@ class PruneJob:
         side = image_side(data.evaluation)  # MACs, latency and the surgery's trace are at the images' size
         if settings.input_size not in (None, side):
             raise ValueError(f"input_size {settings.input_size} differs from the {side}px evaluation images")
-        self.model, self.data, self.settings = model.eval(), data, replace(settings, input_size=side)
         hook = getattr(model, "ocnna_ignored_layers", None)
         default = list(hook()) if callable(hook) else []
-        self.ignored = list(ignored_layers) if ignored_layers is not None else default
+        ignored = list(ignored_layers) if ignored_layers is not None else default
+        self.device = resolve_device(settings.device) or model_device(model)
+        self.model, self.ignored = _on_device(model.eval(), ignored, self.device)
+        precision = resolve_precision(settings.precision, self.device)
+        self.data = data
+        self.settings = replace(settings, input_size=side, device=str(self.device), precision=precision)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.baseline, self.progress = baseline, progress
-        self.example = torch.zeros(1, 3, self.settings.input_size, self.settings.input_size)
+        self.example = torch.zeros(1, 3, self.settings.input_size, self.settings.input_size, device=self.device)
         self.scores: Optional[Scores] = None
         self.values: Optional[Dict[str, np.ndarray]] = None
         self.pruned: Optional[nn.Module] = None
@@ -151,10 +165,17 @@ class PruneJob:
         self.seconds: Dict[str, float] = {}
         self.budget: Optional[BudgetResult] = None
 
+    @property
+    def _where(self) -> Dict[str, Any]:
+        """Where and in what precision the job's evaluations run."""
+        return {"device": self.device, "precision": self.settings.precision}
+
     # ------------------------------------------------------------ steps --
     def evaluate_base(self) -> Baseline:
         if self.baseline is None:
-            self.baseline = measure_baseline(self.model, self.data.evaluation, self.settings.input_size)
+            self.baseline = measure_baseline(
+                self.model, self.data.evaluation, self.settings.input_size, precision=self.settings.precision
+            )
         self.accuracy["base"] = self.baseline.accuracy
         return self.baseline
 
@@ -173,8 +194,8 @@ class PruneJob:
         bs = self.settings.batch_size
         return Context(
             self.model,
-            _Inputs(self.data.scoring, bs, 0),
-            _Inputs(self.data.scoring, bs, 1),
+            _Inputs(self.data.scoring, bs, 0, self.device),
+            _Inputs(self.data.scoring, bs, 1, self.device),
             self.example,
             self.ignored,
             seed=self.settings.seed,
@@ -190,7 +211,7 @@ class PruneJob:
         t = time.perf_counter()
         self.scores = score(
             self.model,
-            _Inputs(self.data.scoring, self.settings.batch_size, 0),
+            _Inputs(self.data.scoring, self.settings.batch_size, 0, self.device),
             n_components=crit.n_components,
             tap=crit.tap,
             statistic=crit.statistic,
@@ -231,7 +252,7 @@ class PruneJob:
             self.pruned, self.plan = prune(
                 self.model, None, s.k, self.example, ignored_layers=self.ignored, importance=values, rule="count"
             )
-        self.accuracy["surgery"] = evaluate(self.pruned, self.data.evaluation)
+        self.accuracy["surgery"] = evaluate(self.pruned, self.data.evaluation, **self._where)
         return self.pruned, self.plan
 
     def adopt(self, pruned: nn.Module, plan: Dict[str, Any]) -> None:
@@ -239,7 +260,7 @@ class PruneJob:
         ``pruning.prune(..., keep=...)``) takes surgery's place: the later
         steps recalibrate, distill and measure it as they would their own."""
         self.pruned, self.plan = pruned, plan
-        self.accuracy["surgery"] = evaluate(pruned, self.data.evaluation)
+        self.accuracy["surgery"] = evaluate(pruned, self.data.evaluation, **self._where)
 
     def allocate(self) -> BudgetResult:
         """Per-group widths meeting ``settings.target`` (checked by a real
@@ -275,9 +296,8 @@ class PruneJob:
         if self.data.calibration is None or len(self.data.calibration) == 0:
             return None
         pruned, plan = self._surgered()
-        batches = _Inputs(
-            self.data.calibration, self.settings.batch_size, 0
-        )  # re-iterable: folded models read it twice
+        # re-iterable: folded models read it twice
+        batches = _Inputs(self.data.calibration, self.settings.batch_size, 0, self.device)
         self.recalibration = recalibrate(
             pruned,
             self.model,
@@ -287,7 +307,7 @@ class PruneJob:
             folded=self.settings.folded,
             refit=self.settings.refit,
         )
-        self.accuracy["recalibrated"] = evaluate(pruned, self.data.evaluation)
+        self.accuracy["recalibrated"] = evaluate(pruned, self.data.evaluation, **self._where)
         return self.recalibration
 
     def distill(self) -> List[Dict[str, float]]:
@@ -308,11 +328,13 @@ class PruneJob:
             lr=s.lr,
             batch_size=s.batch_size,
             seed=s.seed,
+            device=self.device,
+            precision=s.precision,
             checkpoint_dir=self.checkpoint_dir / "distill" if self.checkpoint_dir is not None else None,
             progress=self.progress,
         )
         self.seconds["distill"] = time.perf_counter() - t
-        self.accuracy["distilled"] = evaluate(pruned, self.data.evaluation)
+        self.accuracy["distilled"] = evaluate(pruned, self.data.evaluation, **self._where)
         return self.history
 
     def result(self) -> JobResult:
@@ -351,6 +373,17 @@ class PruneJob:
         if self.pruned is None or self.plan is None:
             raise ValueError("run surgery() first")
         return self.pruned, self.plan
+
+
+def _on_device(model: nn.Module, ignored: List[nn.Module], device: torch.device):
+    """``model`` on ``device``: itself when it is there, else a copy moved
+    there (the caller's stays put), with ``ignored`` mapped to the copy's modules."""
+    if model_device(model) == device:
+        return model, ignored
+    names = {m: n for n, m in model.named_modules()}
+    copy_ = copy.deepcopy(model).to(device)
+    modules = dict(copy_.named_modules())
+    return copy_, [modules[names[m]] for m in ignored if m in names]
 
 
 # the statistic of ``pruning.FAMILY`` each OCNNA-family criterion ranks by

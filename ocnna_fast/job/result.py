@@ -99,6 +99,8 @@ class JobResult:
         }
 
 
-def measure_baseline(model: nn.Module, eval_set: Any, input_size: int, batch_size: int = 256) -> Baseline:
+def measure_baseline(
+    model: nn.Module, eval_set: Any, input_size: int, batch_size: int = 256, precision: Optional[str] = "fp32"
+) -> Baseline:
     macs, _ = macs_and_params(model, input_size)
-    return Baseline(evaluate(model, eval_set, batch_size=batch_size), count_params(model), macs)
+    return Baseline(evaluate(model, eval_set, batch_size=batch_size, precision=precision), count_params(model), macs)

@@ -12,6 +12,7 @@ is resumed ends with the same weights as one that was never interrupted.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from pathlib import Path
@@ -24,6 +25,8 @@ from torch import nn
 from .._util import validate
 from .._util.atomic import atomic_path
 from .._util.distributed import all_reduce_sum, barrier, rank_and_world
+from .._util.placement import model_device, resolve_device, to_device
+from .._util.precision import autocast, grad_scaler, resolve_precision
 from ..data.evaluation import evaluate
 from ..data.tensorimages import TensorImages
 
@@ -99,12 +102,18 @@ def distill(
     weight_decay: float = 5e-4,
     seed: int = 0,
     checkpoint_dir: Optional[PathLike] = None,
-    device: Union[str, torch.device] = "cpu",
+    device: Optional[Union[str, torch.device]] = None,
+    precision: Optional[str] = None,
     progress: bool = True,
     eval_data: Optional[Any] = None,
     stop_after_epoch: Optional[int] = None,
 ) -> List[Dict[str, float]]:
-    """Trains ``student`` in place for ``epochs`` epochs; returns per-epoch history.
+    """Trains ``student`` in place for ``epochs`` epochs on ``device``
+    (default: where the student is; it is moved there and stays; a teacher
+    elsewhere is copied there), its forward passes in ``precision``
+    (``fp32``; ``amp``: autocast, bfloat16 or float16 with a gradient
+    scaler; default: amp on a GPU, fp32 on the CPU); returns per-epoch
+    history.
 
     ``teacher=None`` (or ``alpha=0``) is plain fine-tuning with cross-entropy.
     With ``checkpoint_dir``, ``checkpoint.pt`` is written (atomically) after
@@ -122,29 +131,32 @@ def distill(
     _check_settings(epochs, lr, temperature, alpha, batch_size, momentum, weight_decay, seed)
     rank, world = rank_and_world()
     _check_shares(len(train_data), batch_size, world)
-    student.to(device)
-    if teacher is not None:
-        teacher.to(device).eval()
+    device = resolve_device(device) or model_device(student)
+    teacher = _placed(student, teacher, device)
     run = _Run(student, teacher, train_data, epochs, lr, temperature, alpha, batch_size, seed, device, (rank, world))
+    run.precision = resolve_precision(precision, device)
+    run.scaler, _ = grad_scaler(run.precision, device)
     run.optimizer(momentum, weight_decay)
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
     start = run.resume(ckpt) if ckpt is not None else 0
     run.wrap()
     bar = _bar(progress and rank == 0, (epochs - start) * run.steps_per_epoch, teacher is not None)
     try:
-        for epoch in range(start, epochs):
-            run.train_epoch(epoch, bar, ckpt)
-            if eval_data is not None:
-                run.history[-1]["eval_accuracy"] = evaluate(student, eval_data, device=device)
-            if ckpt is not None:
-                run.save(ckpt, epoch)
-            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
-                break
+        run.epochs_from(start, bar, ckpt, eval_data, stop_after_epoch)
     finally:
         if bar is not None:
             bar.close()
     student.eval()
     return run.history
+
+
+def _placed(student: nn.Module, teacher: Optional[nn.Module], device: torch.device) -> Optional[nn.Module]:
+    """The student moved to ``device``; the teacher there too, as a copy when
+    it was elsewhere (the caller's teacher stays where it is)."""
+    student.to(device)
+    if teacher is not None and model_device(teacher) != device:
+        teacher = copy.deepcopy(teacher)
+    return teacher.to(device).eval() if teacher is not None else None
 
 
 def _check_shares(n: int, batch_size: int, world: int) -> None:
@@ -180,6 +192,7 @@ class _Run:
         self.steps_per_epoch = math.ceil(len(data) / batch_size)
         self.history: List[Dict[str, float]] = []
         self.net: nn.Module = student
+        self.precision, self.scaler = "fp32", None
 
     def optimizer(self, momentum: float, weight_decay: float) -> None:
         self.opt = torch.optim.SGD(
@@ -212,6 +225,8 @@ class _Run:
         }
         if self.world > 1:  # BatchNorm sees each process's share: a run resumes with as many processes
             config["world_size"] = self.world
+        if self.precision != "fp32":  # (fp32 runs' checkpoints predate the setting)
+            config["precision"] = self.precision
         config.update(
             student_sha256=state_sha256(self.student),
             data_sha256=self.data.fingerprint(),
@@ -240,6 +255,18 @@ class _Run:
         self.history = list(ck["history"])
         return int(ck["epoch"])
 
+    def epochs_from(self, start: int, bar, ckpt: Optional[Path], eval_data, stop_after_epoch) -> None:
+        """The epochs from ``start``, each evaluated on ``eval_data`` (if any) and checkpointed."""
+        for epoch in range(start, self.epochs):
+            self.train_epoch(epoch, bar, ckpt)
+            if eval_data is not None:
+                accuracy = evaluate(self.student, eval_data, device=self.device, precision=self.precision)
+                self.history[-1]["eval_accuracy"] = accuracy
+            if ckpt is not None:
+                self.save(ckpt, epoch)
+            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+                break
+
     def train_epoch(self, epoch: int, bar, ckpt: Optional[Path]) -> None:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         # the state to fall back to if this epoch diverges (the checkpoint on disk is the same)
@@ -248,17 +275,23 @@ class _Run:
         tot_loss = tot_correct = seen = 0
         shard = (self.rank, self.world) if self.world > 1 else None
         for step, (x, y) in enumerate(self.data.batches(self.batch_size, shuffle=True, gen=gen, shard=shard)):
-            logits, loss = self._step(x.to(self.device), y.to(self.device), step)
+            y = to_device(y, self.device)
+            logits, loss = self._step(to_device(x, self.device), y, step)
             n = int(y.shape[0])
             seen += n
-            value = float(loss.detach())
+            value = float(loss.detach())  # the one synchronisation of a step: divergence is caught where it starts
             if self.world == 1 and not math.isfinite(value):  # under DDP every rank checks at the epoch's end
                 _diverged(self.student, good, epoch, f"step {step + 1}", self.lr, ckpt)
             tot_loss += value * n
-            tot_correct += int((logits.argmax(1).cpu() == y).sum())
+            hits = (logits.argmax(1) == y).sum()
+            tot_correct = hits + tot_correct
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{tot_loss / seen:.3f}", acc=f"{100 * tot_correct / seen:.1f}")
+                if step % 20 == 0:  # the accuracy is a device count: read it now and then, not every step
+                    bar.set_postfix(
+                        epoch=epoch + 1, loss=f"{tot_loss / seen:.3f}", acc=f"{100 * int(tot_correct) / seen:.1f}"
+                    )
+        tot_correct = int(tot_correct)
         if self.world > 1:
             totals = torch.tensor([tot_loss, tot_correct, seen], dtype=torch.float64)
             tot_loss, tot_correct, seen = all_reduce_sum(totals).tolist()
@@ -267,21 +300,30 @@ class _Run:
         self.history.append({"epoch": epoch + 1, "loss": tot_loss / seen, "train_accuracy": 100.0 * tot_correct / seen})
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, step: int):
-        logits = self.net(x)
-        t_logits = None
-        if self.teacher is not None and self.alpha > 0:
-            with torch.no_grad():
-                t_logits = self.teacher(x)
-        loss = distillation_loss(logits, t_logits, y, self.temperature, self.alpha)
+        with autocast(self.precision, self.device):
+            logits = self.net(x)
+            t_logits = None
+            if self.teacher is not None and self.alpha > 0:
+                with torch.no_grad():
+                    t_logits = self.teacher(x)
+        # the loss (a softmax over logits, a temperature) in float32 whatever the convs ran in
+        t_logits = t_logits.float() if t_logits is not None else None
+        loss = distillation_loss(logits.float(), t_logits, y, self.temperature, self.alpha)
         self.opt.zero_grad(set_to_none=True)
         if self.world > 1:
             # DDP averages the processes' gradients; weighting each
             # share's mean by its size makes that the whole batch's mean
             whole = min(self.batch_size, len(self.data) - step * self.batch_size)
-            (loss * (y.shape[0] * self.world / whole)).backward()
+            total = loss * (y.shape[0] * self.world / whole)
         else:
-            loss.backward()
-        self.opt.step()
+            total = loss
+        if self.scaler is not None:  # float16: gradients scaled up so they do not underflow, then back
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            total.backward()
+            self.opt.step()
         self.sched.step()
         return logits, loss
 

@@ -22,9 +22,10 @@ from ocnna_fast.budget.allocation import (
     macs_and_params,
     parse_target,
 )
+from ocnna_fast.budget.evaluator import _Masks, mean_kl
 from ocnna_fast.budget.lossmemo import losses_digest
 from ocnna_fast.budget.search import budget_groups, prune_to_budget
-from ocnna_fast.budget.sensitivity import _Masks, group_outputs, mean_kl
+from ocnna_fast.budget.sensitivity import group_outputs
 from ocnna_fast.models import build
 from ocnna_fast.surgery.prune import prune
 
@@ -264,7 +265,11 @@ def test_cli_prunes_to_a_target(tmp_path, data_dir, capsys):
     assert report["target"] == "macs=0.5" and abs(report["macs_ratio"] - 0.5) <= 0.01
     assert report["reached"] == pytest.approx(report["macs_ratio"])
     assert all(after % 4 == 0 or after == before for before, after in report["widths"].values())
-    assert "macs=0.5 (global allocation" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "macs=0.5 (global allocation" in printed
+    # --device auto on a machine without a GPU: the CPU, printed and recorded
+    assert "device: cpu, precision fp32" in printed
+    assert report["settings"]["device"] == "cpu" and report["settings"]["precision"] == "fp32"
     assert (out / "scores.safetensors").exists() and not (out / "distill").exists()
     # a peer criterion ranks within the groups; it has no OCNNA scores to write
     peer = tmp_path / "peer"
@@ -371,7 +376,7 @@ def test_a_stopped_sensitivity_search_resumes_from_its_memo(tmp_path):
     assert again.sensitivity["evaluations"] == 0 and again.widths == first.widths
     doc = json.loads(memo.read_text())
     doc["losses"] = dict(list(doc["losses"].items())[: n // 2])  # as a run stopped halfway wrote it
-    doc["sha256"] = losses_digest(doc["fingerprint"], doc["losses"])
+    doc["sha256"] = losses_digest(doc["fingerprint"], doc["losses"], doc.get("screened"))
     memo.write_text(json.dumps(doc))
     resumed = run([x[16:]])
     assert resumed.sensitivity["evaluations"] == n - n // 2 and resumed.widths == first.widths

@@ -143,3 +143,13 @@ def test_missing_extra_is_named(monkeypatch, pruned_r20, tmp_path):
     assert not (tmp_path / "m.onnx").exists()
     with pytest.raises(ValueError, match="format must be one of"):
         ex.export_model(pruned_r20[0], tmp_path / "m.x", "tflite", 32)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_leaves_the_model_as_found(fmt, tmp_path):
+    pytest.importorskip("onnx") if fmt == "onnx" else None
+    model = build("resnet20").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ex.export_model(model, tmp_path / f"m.{fmt}", fmt, 32)
+    assert all(m.training for m in model.modules())  # exported in eval mode, from a copy
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

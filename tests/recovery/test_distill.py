@@ -87,7 +87,7 @@ def test_distillation_repairs_a_damaged_pretrained_model(data_dir):
     x, y = cifar10_jpeg("train", data_dir, limit=384, seed=3)
     train = TensorImages(x, y, CIFAR_MEAN, CIFAR_STD, augment=True)
     check = TensorImages(x, y, CIFAR_MEAN, CIFAR_STD)
-    from test_pruning import fake_scores
+    from helpers import fake_scores
 
     student, _ = prune(
         teacher,

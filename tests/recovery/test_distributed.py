@@ -239,3 +239,42 @@ def test_prune_under_torchrun_matches_one_process_and_only_rank_0_writes(tmp_pat
         torch.testing.assert_close(two[k], v, rtol=1e-5, atol=1e-6)
     assert len(rep1["distill_history"]) == 1
     assert rep1["distill_history"][0]["train_accuracy"] == pytest.approx(rep2["distill_history"][0]["train_accuracy"])
+
+
+def test_a_budget_under_torchrun_shares_out_the_curves_and_ends_like_one_process(tmp_path, data_dir):
+    """``torchrun --nproc-per-node 2 ... prune --target``: the same widths
+    and accuracy after BatchNorm as one process, each process having measured
+    about half of the groups' loss curves (the local search after them is
+    every process's, so they all end with the same widths)."""
+    import json
+    import subprocess
+    import sys as _sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["prune", "--arch", "resnet20", "--target", "macs=0.5", "--criterion", "l1", "--data-dir", str(data_dir)]
+    args += ["--score-images", "32", "--bn-images", "32", "--eval-images", "64", "--sensitivity-images", "32"]
+    args += ["--refine-steps", "4", "--batch-size", "16", "--finetune-epochs", "0", "--latency-repeats", "0"]
+    args += ["--no-progress"]
+    launchers = {
+        "one": [_sys.executable, "-m", "ocnna_fast.cli"],
+        "two": [_sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+        + ["-m", "ocnna_fast.cli"],
+    }
+    reports = {}
+    for name, launcher in launchers.items():
+        out = tmp_path / name
+        done = subprocess.run(
+            [*launcher, *args, "--out", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        reports[name] = json.loads((out / "report.json").read_text())
+    one, two = reports["one"], reports["two"]
+    assert one["widths"] == two["widths"]
+    assert one["pruned_accuracy_before_finetune"] == two["pruned_accuracy_before_finetune"]
+    curves = 3 * len(one["widths"])  # three masked shares per group
+    shares = two["sensitivity"]["evaluations_per_process"]
+    assert len(shares) == 2 and one["sensitivity"]["evaluations_per_process"] is None
+    rest = one["sensitivity"]["evaluations"] - curves  # the offset, the cap search and the local search
+    for n in shares:
+        assert abs((n - rest) - curves / 2) <= 3 * 3, (shares, curves, rest)  # about half, give or take a group
+    print("measured per process:", shares, "of", curves, "curve candidates and", rest, "others")

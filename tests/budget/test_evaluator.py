@@ -1,0 +1,157 @@
+"""The width search's candidates measured from their first masked layer
+(``budget.segments``) against whole passes: the same losses, fewer forward
+passes, and the count of forward-pass equivalents exact; the local search's
+screen drops a move only on its screened loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ocnna_fast.budget import evaluator as evaluator_module
+from ocnna_fast.budget.allocation import GroupInfo
+from ocnna_fast.budget.evaluator import MaskedEvaluator
+from ocnna_fast.budget.search import budget_groups, prune_to_budget
+from ocnna_fast.budget.sensitivity import group_outputs, measure_sensitivity, refine
+from ocnna_fast.models import build
+
+
+class Untraceable(nn.Module):
+    """Python control flow on a tensor's value: ``torch.fx`` cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn_a = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.b, self.bn_b = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.bn_a(self.a(x)))
+        if float(h.detach().mean()) > -1.0:  # always true; fx cannot know
+            h = torch.relu(self.bn_b(self.b(h)))
+        return self.fc(h.mean((2, 3)))
+
+
+def _evaluators(model, side, monkeypatch=None):
+    torch.manual_seed(1)
+    x = torch.randn(40, 3, side, side)
+    rng = np.random.default_rng(0)
+    _, dg, names, found = budget_groups(model, x[:1], [], {n: None for n, _ in model.named_modules()})
+    found = [(g, GroupInfo(i.root, i.width, rng.random(i.width), i.blocks)) for g, i in found]
+    outputs = [(info, group_outputs(g, dg, names)) for g, info in found]
+    calibration, evaluation = [x[:12], x[12:20]], [x[20:30], x[30:]]
+    full = MaskedEvaluator(model, outputs, calibration, evaluation, cut=False)
+    staged = MaskedEvaluator(model, outputs, calibration, evaluation, cut=True)
+    return full, staged, [info for info, _ in outputs]
+
+
+def _candidates(infos):
+    out = [{i.root: (i.width // 2 // i.blocks) * i.blocks} for i in infos]
+    out.append({i.root: (i.width // 4 // i.blocks) * i.blocks for i in infos})  # every group at once
+    return [c for c in out if any(c.values())]
+
+
+@pytest.mark.parametrize(
+    "arch, side, traces",
+    [("resnet20", 16, True), ("mobilenet_v1_075_imagenet", 32, True), ("untraceable", 16, False)],
+)
+def test_a_candidate_run_from_its_first_masked_layer_loses_what_a_whole_pass_loses(arch, side, traces):
+    model = (Untraceable() if arch == "untraceable" else build(arch)).eval()
+    full, staged, infos = _evaluators(model, side)
+    assert (staged.segments is not None) == traces
+    assert staged.offset == pytest.approx(full.offset, rel=1e-5, abs=1e-7)
+    candidates = _candidates(infos)
+    if traces:  # as the search measures them: the deepest last, so the kept activations only move deeper
+        candidates.sort(key=lambda c: staged.segments.entry(staged.masks_of(c)))
+    for removed in candidates:
+        assert staged.loss(removed) == pytest.approx(full.loss(removed), rel=1e-4, abs=1e-6), removed
+        assert staged.screened(removed, 0.5) == pytest.approx(full.screened(removed, 0.5), rel=1e-4, abs=1e-6)
+    # whole passes over 20 calibration images: the reference (20 evaluation images), then the offset and
+    # each candidate a calibration and an evaluation pass; each screen the first calibration batch (12
+    # images: batches normalised by their own statistics are not cut) and half the evaluation images
+    n = len(_candidates(infos)) + 1
+    assert full.passes == pytest.approx(1.0 + 2.0 * n + (12 + 10) / 20 * (n - 1))
+    if traces:  # less, though the kept activations' own re-estimation costs one more calibration pass
+        assert staged.passes < full.passes
+    else:
+        assert staged.passes == pytest.approx(full.passes)
+
+
+def test_curves_measured_in_depth_order_cost_a_fraction_of_whole_passes():
+    model = build("resnet20").eval()
+    full, staged, _ = _evaluators(model, 16)
+    a, b = measure_sensitivity(full), measure_sensitivity(staged)
+    for root in a.losses:
+        assert b.losses[root] == pytest.approx(a.losses[root], rel=1e-4, abs=1e-6)
+    assert list(b.losses) == list(a.losses)  # reported in the groups' order, whatever order they were measured in
+    full_cost, staged_cost = full.passes - 3.0, staged.passes - 3.0  # less the reference and the offset
+    assert staged_cost < 0.75 * full_cost
+    assert staged.cache is None  # released after the curves
+
+
+def test_kept_activations_over_the_memory_limit_fall_back_to_the_input(monkeypatch):
+    monkeypatch.setattr(evaluator_module, "CACHE_BYTES", 0)
+    model = build("resnet20").eval()
+    full, staged, infos = _evaluators(model, 16)
+    for removed in _candidates(infos)[:4]:
+        assert staged.loss(removed) == pytest.approx(full.loss(removed), rel=1e-4, abs=1e-6)
+    assert staged.cache is None and staged.passes == pytest.approx(full.passes)
+
+
+class _Screened:
+    """A stand-in evaluator whose screened loss disagrees with its full one
+    for group ``liar``: the screen must decide which moves are measured."""
+
+    def __init__(self, widths, liar):
+        self.groups = {r: (GroupInfo(r, w, np.zeros(w)), [], []) for r, w in widths.items()}
+        self.liar, self.full_calls, self.screen_calls = liar, [], []
+
+    def _true(self, removed):
+        return sum((n / self.groups[r][0].width) ** 2 * (10.0 if r == "a" else 1.0) for r, n in removed.items())
+
+    def loss(self, removed):
+        self.full_calls.append(dict(removed))
+        return self._true(removed)
+
+    def screened(self, removed, share):
+        self.screen_calls.append(share)
+        return self._true(removed) - (100.0 * removed[self.liar] if self.liar else 0.0)
+
+
+@pytest.mark.parametrize("liar", [None, "a"])
+def test_a_screened_move_is_measured_on_every_image_only_when_its_screen_improves(liar):
+    widths = {"a": 16, "b": 16, "c": 16}
+    options = {r: list(range(w, 0, -1)) for r, w in widths.items()}
+    start = {"a": 4, "b": 12, "c": 12}
+    budget = sum(start.values())
+    ev = _Screened(widths, liar)
+    best, before, after = refine(ev, start, options, lambda k: sum(k.values()) <= budget, steps=60, screen=0.25)
+    assert set(ev.screen_calls) == {0.25}
+    if liar is None:  # an honest screen: the search improves as unscreened, measuring fewer moves in full
+        assert after < 0.5 * before and best["a"] > start["a"]
+        assert 1 < len(ev.full_calls) < len(ev.screen_calls)
+    else:  # a screen that says widening "a" never helps: those moves are never measured in full
+        assert all(c["a"] >= 16 - start["a"] for c in ev.full_calls)
+
+
+def test_a_staged_search_chooses_the_widths_of_whole_passes():
+    torch.manual_seed(0)
+    model = build("resnet20").eval()
+    x = torch.randn(48, 3, 16, 16)
+    _, _, _, found = budget_groups(model, x[:1], [], {n: None for n, _ in model.named_modules()})
+    rng = np.random.default_rng(0)
+    values = {info.root: rng.random(info.width) for _, info in found}
+    kw = dict(allocation="sensitivity", calibration=[x[:24]], evaluation=[x[24:]], refine_steps=8)
+    full = prune_to_budget(model, values, x[:1], "macs=0.5", search="full", **kw)
+    staged = prune_to_budget(model, values, x[:1], "macs=0.5", search="staged", **kw)
+    screened = prune_to_budget(model, values, x[:1], "macs=0.5", search="screened", **kw)
+    assert staged.widths == full.widths and staged.sensitivity["search"] == {
+        **full.sensitivity["search"],
+        "how": "staged",
+    }
+    assert staged.sensitivity["passes"] < full.sensitivity["passes"]
+    assert screened.sensitivity["search"]["screened"] > 0 == staged.sensitivity["search"]["screened"]
+    for root, losses in full.sensitivity["losses"].items():
+        assert staged.sensitivity["losses"][root] == pytest.approx(losses, rel=1e-4, abs=1e-6)
