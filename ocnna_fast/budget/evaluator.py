@@ -317,14 +317,9 @@ class MaskedEvaluator:
         self.passes += self.segments.share(start) * self._images(calibration) / self.unit
 
     def _kl(self, start: int, evaluation, reference) -> float:
-        total, n = 0.0, 0
-        with torch.no_grad():
-            for env, ref in zip(evaluation, reference):
-                out = self.segments.run(env, start) if self.segments is not None else self.work(env["x"])
-                logp = F.log_softmax(out, 1)
-                total += float(F.kl_div(logp, ref, reduction="sum", log_target=True))
-                n += logp.shape[0]
-        return total / n
+        if self.segments is None:
+            return mean_kl(self.work, [env["x"] for env in evaluation], reference)
+        return mean_kl(lambda env: self.segments.run(env, start), evaluation, reference)
 
     @staticmethod
     def _images(batches) -> int:
@@ -371,11 +366,15 @@ def _expand(positions: Sequence[int], info: GroupInfo) -> List[int]:
     return [p + b * per for b in range(info.blocks) for p in positions]
 
 
-def mean_kl(model: nn.Module, evaluation: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
+def mean_kl(
+    model: Callable[[Any], torch.Tensor], evaluation: Sequence[Any], reference: Sequence[torch.Tensor]
+) -> float:
+    """The mean KL divergence of ``model``'s predictions on ``evaluation``
+    (batches, or kept activations a cut network reads) from ``reference``."""
     total, n = 0.0, 0
     with torch.no_grad():
         for x, ref in zip(evaluation, reference):
             logp = F.log_softmax(model(x), 1)
             total += float(F.kl_div(logp, ref, reduction="sum", log_target=True))
-            n += x.shape[0]
+            n += logp.shape[0]
     return total / n
