@@ -185,7 +185,7 @@ def budget_suites(folders) -> str:
 
 
 def search_costs(entry, folder: Path) -> str:
-    """The width search's cost, full vs staged, over data seeds (``search_cost.py``)."""
+    """The width search's cost and accuracy, search by search, over data seeds (``search_cost.py``)."""
     import search_cost
 
     rows = search_cost.rows_in(folder)
@@ -195,8 +195,10 @@ def search_costs(entry, folder: Path) -> str:
         [
             f"## What the width search costs: {entry['about']}\n",
             f"`{entry['command']}`\n",
-            "Forward passes: forward-pass equivalents over the search's calibration images (docs/budget.md, "
-            '"What the search costs"); after BN: top-1 after BatchNorm re-estimation on 2,000 test images.\n',
+            "Forward passes: forward-pass equivalents over the images one pass stands for (the calibration "
+            "images; one-pass: the evaluation images), image-forwards: the images run times the share of the "
+            'network they ran through (docs/budget.md, "What the search costs"); after BN: top-1 after BatchNorm '
+            "re-estimation on 2,000 test images.\n",
             search_cost.table(rows),
             "",
         ]

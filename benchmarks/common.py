@@ -3,8 +3,9 @@ pure-PyTorch scorer."""
 
 from __future__ import annotations
 
+import argparse
 import time
-from typing import Callable, List, Optional, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -50,3 +51,11 @@ def torch_energies(
         q = (cum / total <= n_components).sum(-1, keepdim=True).clamp_max(ev.shape[-1] - 1)
         kept = cum.gather(-1, q).squeeze(-1)
     return kept.sqrt()
+
+
+def parse_with_prune_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> Tuple[argparse.Namespace, list]:
+    """A script's own options before ``--`` and the ``ocnna-fast prune``
+    options after it, passed the same to every run."""
+    argv = list(argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    return parser.parse_args(argv[:cut]), argv[cut + 1 :]

@@ -1,16 +1,19 @@
 """What the width search costs, and what it chooses: ``ocnna-fast prune``
 to a budget with each ``--search`` (``full``: every candidate a whole pass
-over every image; ``staged``: from its first masked layer, the local
-search's moves screened), on several data seeds (``--seed`` draws the
-scoring and calibration images), stopped after BatchNorm re-estimation.
+over every image; ``staged``: from its first masked layer; ``one-pass``: one
+pass per candidate, the local search's moves from where they differ), each
+optionally with prune flags of its own (``"one-pass --refine-steps 40"``),
+on several data seeds (``--seed`` draws the scoring and calibration
+images), stopped after BatchNorm re-estimation.
 
-Per run: the search's cost in forward-pass equivalents over its calibration
-images (``sensitivity.passes`` of report.json), its seconds, the candidates
-measured and screened, and the accuracy after BatchNorm.  Runs are kept in
-``--out`` (one folder each, report.json and report.md; the pruned weights and
-scores are deleted), so a stopped benchmark resumes; the table is printed at the end.
+Per run: the search's cost in forward-pass equivalents (``sensitivity.passes``
+of report.json) and in image-forwards (comparable across searches whose pass
+stands for different image counts), its seconds, the candidates measured and
+screened, and the accuracy after BatchNorm.  Runs are kept in ``--out`` (one
+folder each, report.json and report.md; the pruned weights and scores are
+deleted), so a stopped benchmark resumes; the table is printed at the end.
 
-    python benchmarks/search_cost.py resnet56 --target macs=0.5 --criterion ocnna-rms --seeds 0 1 2
+    python benchmarks/search_cost.py resnet56 --target macs=0.5 --seeds 0 1 2 --searches full one-pass
     python benchmarks/search_cost.py mobilenet_v1_075_imagenet --dataset imagenet-sample --target macs=0.8 \\
         --criterion l1 --seeds 0 1 2 -- --score-images 500 --bn-images 500 --batch-size 50
 """
@@ -25,11 +28,21 @@ import sys
 from pathlib import Path
 from statistics import mean
 
+from common import parse_with_prune_flags
+
 HERE = Path(__file__).resolve().parent
 
 
-def run(arch: str, a: argparse.Namespace, search: str, seed: int, extra) -> dict:
-    out = Path(a.out) / f"{arch}-{a.target.replace('=', '')}-{search}-s{seed}"
+def run(arch: str, a: argparse.Namespace, variant: str, seed: int, extra) -> dict:
+    """One prune run: ``variant`` is a search (``one-pass``) or a search with
+    its own prune flags (``"one-pass --refine-steps 40"``)."""
+    search, *own = variant.split()
+    extra = [*extra, *own]
+    tag = ""
+    for flag, letter in (("--refine-steps", "r"), ("--curve-share", "c")):
+        if flag in extra:  # the search's own settings name the run's folder
+            tag += f"-{letter}{extra[extra.index(flag) + 1]}"
+    out = Path(a.out) / f"{arch}-{a.target.replace('=', '')}-{search}{tag}-s{seed}"
     report = out / "report.json"
     if not report.is_file():
         cmd = [sys.executable, "-m", "ocnna_fast.cli", "prune", "--arch", arch, "--dataset", a.dataset]
@@ -48,11 +61,18 @@ def row(report: Path) -> dict:
     """One run's figures, from its report.json."""
     r = json.loads(report.read_text())
     s = r["sensitivity"]
-    search = (s.get("search") or {}).get("how") or r["settings"]["command"].split("--search ")[1].split()[0]
+    how = s.get("search") or {}
+    search = how.get("how") or r["settings"]["command"].split("--search ")[1].split()[0]
+    if how.get("steps", 100) != 100:
+        search += f", {how['steps']} moves"
+    if "curve_images" in s:
+        search += f", curves on {s['curve_images']} images"
     return {
         "search": search,
         "seed": r["settings"]["seed"],
         "passes": s["passes"],
+        # image-forwards, comparable across searches whose pass stands for different image counts
+        "forwards": s["passes"] * _pass_images(r),
         "measured": s["evaluations"],
         "screened": s.get("screened", 0),
         "seconds": r["allocation_seconds"],
@@ -60,6 +80,19 @@ def row(report: Path) -> dict:
         "reached": r["reached"],
         "widths": {k: v[1] for k, v in r["widths"].items()},
     }
+
+
+def _pass_images(r: dict) -> int:
+    """The images one pass stands for: recorded, or for a report that
+    predates the record, the calibration images (at most 512), one-pass's
+    evaluation images (the scoring images, at most 512)."""
+    s = r["sensitivity"]
+    if "pass_images" in s:
+        return int(s["pass_images"])
+    words = r["settings"]["command"].split()
+    flag = "--score-images" if (s.get("search") or {}).get("how") == "one-pass" else "--bn-images"
+    given = int(words[words.index(flag) + 1]) if flag in words else 1000
+    return min(given, 512)
 
 
 def rows_in(folder: Path) -> list:
@@ -70,25 +103,29 @@ def rows_in(folder: Path) -> list:
 
 def table(rows) -> str:
     lines = [
-        "| search | seeds | forward passes, mean | seconds, mean | measured + screened | after BN, mean (range) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| search | seeds | forward passes, mean | image-forwards, mean | seconds, mean | measured + screened "
+        "| after BN, mean (range) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for search in dict.fromkeys(r["search"] for r in rows):
+    searches = list(dict.fromkeys(r["search"] for r in rows))
+    searches.sort(key=lambda n: -mean(r["forwards"] for r in rows if r["search"] == n))  # the costliest first
+    for search in searches:
         rs = [r for r in rows if r["search"] == search]
         acc = [r["after_bn"] for r in rs]
         lines.append(
-            f"| {search} | {len(rs)} | {mean(r['passes'] for r in rs):.1f} | {mean(r['seconds'] for r in rs):.0f} "
+            f"| {search} | {len(rs)} | {mean(r['passes'] for r in rs):.1f} | {mean(r['forwards'] for r in rs):,.0f} "
+            f"| {mean(r['seconds'] for r in rs):.0f} "
             f"| {mean(r['measured'] for r in rs):.0f} + {mean(r['screened'] for r in rs):.0f} "
             f"| {mean(acc):.2f} ({min(acc):.2f}-{max(acc):.2f}) |"
         )
     full = {r["seed"]: r for r in rows if r["search"] == "full"}
-    for search in dict.fromkeys(r["search"] for r in rows if r["search"] != "full"):
+    for search in [n for n in searches if n != "full"]:
         pairs = [(full[r["seed"]], r) for r in rows if r["search"] == search and r["seed"] in full]
         if pairs:  # on the seeds both ran: the same images
-            ratio = sum(f["passes"] for f, _ in pairs) / sum(r["passes"] for _, r in pairs)
+            ratio = sum(f["forwards"] for f, _ in pairs) / sum(r["forwards"] for _, r in pairs)
             same = sum(f["widths"] == r["widths"] for f, r in pairs)
             lines.append(
-                f"\n{search}: {ratio:.2f}x fewer forward passes than full on seed(s) "
+                f"\n{search}: {ratio:.2f}x fewer image-forwards than full on seed(s) "
                 f"{', '.join(str(r['seed']) for _, r in pairs)}; the same widths on {same} of {len(pairs)}"
             )
     lines.append("\n(Seconds depend on the machine and on what else it runs.)")
@@ -101,14 +138,16 @@ def main() -> None:
     p.add_argument("--dataset", default="cifar10-jpeg")
     p.add_argument("--target", default="macs=0.5")
     p.add_argument("--criterion", default="ocnna-rms")
-    p.add_argument("--searches", nargs="+", default=["full", "staged"])
+    p.add_argument(
+        "--searches",
+        nargs="+",
+        default=["full", "staged"],
+        help='searches to run, each optionally with its own prune flags: full "one-pass --refine-steps 40"',
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--eval-images", type=int, default=2000)
     p.add_argument("--out", default=str(HERE / "results" / "search-cost"))
-    argv = sys.argv[1:]
-    cut = argv.index("--") if "--" in argv else len(argv)
-    a = p.parse_args(argv[:cut])
-    extra = argv[cut + 1 :]  # after --: more prune options, the same for every run
+    a, extra = parse_with_prune_flags(p, sys.argv[1:])
     rows = [run(a.arch, a, search, seed, extra) for search in a.searches for seed in a.seeds]
     print(table(rows))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ._native import build_info
 from ._version import __version__
-from .budget.search import prune
+from .budget.entry import prune
 from .budget.spec import PruneSpec
 from .data.evaluation import evaluate
 from .data.tensorimages import TensorImages

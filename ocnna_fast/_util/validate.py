@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
-from typing import Any, Iterable, List, Mapping, Sequence, Tuple
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -128,19 +128,32 @@ def check_digest(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], w
         raise ValueError(f"{what} is damaged: its contents do not match the digest it was saved with")
 
 
-def input_batches_of(data: Any, what: str) -> List[torch.Tensor]:
+def input_batches_of(data: Any, what: str, limit: Optional[int] = None) -> List[torch.Tensor]:
     """The input batches of ``data``: a tensor (one batch), or an iterable of
-    tensors or of ``(inputs, labels, ...)`` tuples, as a ``DataLoader`` gives."""
+    tensors or of ``(inputs, labels, ...)`` tuples, as a ``DataLoader`` gives;
+    at most ``limit`` images (the iteration stops there: a large loader is
+    not read to its end)."""
     if data is None:
         return None
     items = [data] if isinstance(data, torch.Tensor) else data
     try:
-        batches = [b[0] if isinstance(b, (tuple, list)) and b else b for b in items]
+        iterator = iter(items)
     except TypeError:
         raise TypeError(f"{what} must be a tensor or an iterable of batches, got {type(data).__name__}") from None
-    bad = next((type(b).__name__ for b in batches if not isinstance(b, torch.Tensor) or b.dim() < 2), None)
-    if bad is not None:
-        raise TypeError(f"{what} must hold input batches (tensors, or (inputs, labels) pairs), got a {bad}")
+    batches: List[torch.Tensor] = []
+    n = 0
+    for b in iterator:
+        x = b[0] if isinstance(b, (tuple, list)) and b else b
+        if not isinstance(x, torch.Tensor) or x.dim() < 2:
+            raise TypeError(
+                f"{what} must hold input batches (tensors, or (inputs, labels) pairs), got a {type(x).__name__}"
+            )
+        if limit is not None:
+            x = x[: limit - n]
+        batches.append(x)
+        n += int(x.shape[0])
+        if limit is not None and n >= limit:
+            break
     return batches
 
 

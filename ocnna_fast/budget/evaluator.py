@@ -18,54 +18,27 @@ import copy
 import json
 import math
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._util.module_state import restore_training_flags, training_flags
 from .._util.placement import model_device, to_device
 from ..recovery.batchnorm import recalibrate_batchnorm
 from ..recovery.foldedbn import output_moments, unfold
 from .allocation import GroupInfo
 from .lossmemo import LossMemo, fingerprint
-from .segments import Cache, Segments
+from .masking import Masks, expand, lowest_first, mean_kl
+from .segments import Cache, Segments, batch_size, first_images
 
-__all__ = ["MaskedEvaluator", "mean_kl", "CACHE_BYTES"]
+__all__ = ["MaskedEvaluator", "CACHE_BYTES"]
 
 # the most memory the activations kept at a cut may take; beyond it a
 # candidate runs from the input (a 224-pixel network's early layers, with
 # a thousand images, are about a gigabyte)
 CACHE_BYTES = 2 << 30
-
-
-class _Masks:
-    """Forward hooks that zero given channels of given layers' outputs."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.modules = dict(model.named_modules())
-        self.handles: List[Any] = []
-
-    def set(self, masks: Dict[str, List[int]]) -> None:
-        self.clear()
-        for name, channels in masks.items():
-            idx = torch.as_tensor(channels, dtype=torch.long)
-            self.handles.append(self.modules[name].register_forward_hook(_zeroing(idx)))
-
-    def clear(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
-
-
-def _zeroing(idx: torch.Tensor) -> Callable:
-    def hook(module, inputs, output):
-        output = output.clone()
-        output[:, idx] = 0
-        return output
-
-    return hook
 
 
 class MaskedEvaluator:
@@ -97,7 +70,7 @@ class MaskedEvaluator:
         write_memo: bool = True,
     ) -> None:
         self.work = copy.deepcopy(model).eval()
-        self.groups = {info.root: (info, outputs, _lowest_first(info)) for info, outputs in groups}
+        self.groups = {info.root: (info, outputs, lowest_first(info)) for info, outputs in groups}
         orders = json.dumps([(r, o, order) for r, (_, o, order) in sorted(self.groups.items())], default=int)
         widths = {root: info.width for root, (info, _, _) in self.groups.items()}
         self.memo = LossMemo(memo, fingerprint(model, orders, calibration, evaluation), widths, write=write_memo)
@@ -121,16 +94,23 @@ class MaskedEvaluator:
             unfold(self.work, output_moments(model, calibration if calibration is not None else evaluation, convs))
         self.norms = _norms(self.work)
         self.work.to(memory_format=torch.channels_last)  # ~15% faster convs on CPU
-        with torch.no_grad():
-            self.reference = [F.log_softmax(model.eval()(x), 1) for x in evaluation]
+        flags = training_flags(model)  # the caller's model leaves as it came
+        try:
+            with torch.no_grad():
+                self.reference = [F.log_softmax(model.eval()(x), 1) for x in evaluation]
+        finally:
+            restore_training_flags(flags)
         self.passes = self._images(evaluation) / self.unit
         masked = {name for _, outputs, _ in self.groups.values() for name, _ in outputs}
         self.segments = Segments.build(self.work, masked, evaluation[0][:1]) if cut else None
         self.cache: Optional[Cache] = None
-        self.masks = _Masks(self.work)
+        self.masks = Masks(self.work)
         self.evaluations = 0  # candidates measured on every image
         self.evaluations_per_process: Optional[List[int]] = None  # under torchrun, each process's share
         self.screenings = 0  # and on a share of them
+        # one-pass: the allocation later candidates differ from in a few groups, and its kept activations by cut
+        self.anchored: Optional[Dict[str, int]] = None
+        self.anchor_caches: Dict[int, Cache] = {}
         self.offset = 0.0
         self.offset = self.loss({})
         self.base_statistics: Optional[List[Dict[str, torch.Tensor]]] = None  # measured with the first cut
@@ -174,12 +154,40 @@ class MaskedEvaluator:
     def release(self) -> None:
         """Frees the kept activations (the search's later candidates mask groups from the first on)."""
         self.cache = None
+        self.anchor(None)
+
+    @property
+    def one_pass(self) -> bool:
+        """Whether each candidate is normalised by its own evaluation images' statistics (no calibration pass)."""
+        return self.calibration is None
+
+    def anchor(self, removed: Optional[Dict[str, int]]) -> None:
+        """The allocation later candidates differ from in a few groups (the
+        local search's current one; ``None``: none).  In one-pass
+        measurement a candidate then runs from the first layer where it
+        differs from it, from this allocation's activations kept there
+        (exact: the layers before it compute the same values for both).
+        Kept activations before the first layer where the new anchor
+        differs from the old one stay."""
+        new = None if removed is None else {r: int(n) for r, n in removed.items() if n > 0}
+        if new is None or self.anchored is None:
+            self.anchor_caches = {}
+        else:
+            valid = self._differ(new, self.anchored)
+            self.anchor_caches = {c: v for c, v in self.anchor_caches.items() if c <= valid}
+        self.anchored = new if self.one_pass and self.segments is not None else None
+
+    def _differ(self, a: Dict[str, int], b: Dict[str, int]) -> int:
+        """The cut before the first layer the allocations ``a`` and ``b`` mask differently (past the end: none)."""
+        changed = [r for r in set(a) | set(b) if a.get(r, 0) != b.get(r, 0)]
+        names = [name for r in changed for name, _ in self.groups[r][1]]
+        return self.segments.entry(names) if names else len(self.segments.nodes)
 
     def masks_of(self, removed: Dict[str, int]) -> Dict[str, List[int]]:
         masks: Dict[str, List[int]] = {}
         for root, n in removed.items():
             info, outputs, order = self.groups[root]
-            positions = _expand(order[: n // info.blocks], info)
+            positions = expand(order[: n // info.blocks], info)
             for name, chans in outputs:
                 masks.setdefault(name, []).extend(chans[p] for p in positions)
         return {name: chans for name, chans in masks.items() if chans}
@@ -193,7 +201,16 @@ class MaskedEvaluator:
         # normalised with statistics of all of them); the local search's
         # candidates mask groups from the first on, so it costs little
         staged = self.segments is not None and masks and share >= 1.0
-        cache = self._cache_for(self.segments.entry(masks) if staged else 0)
+        cut = self.segments.entry(masks) if staged else 0
+        differ = (
+            self._differ({r: n for r, n in removed.items() if n > 0}, self.anchored)
+            if staged and self.anchored is not None
+            else 0
+        )
+        if cut < differ < len(self.segments.nodes):
+            cache = self._anchor_cache(differ)  # the anchor's activations reach deeper than the unmasked ones
+        else:
+            cache = self._cache_for(cut)
         self.masks.set(masks)
         try:
             calibration, evaluation, reference = self._head(cache, share)
@@ -235,6 +252,36 @@ class MaskedEvaluator:
             m.load_state_dict(state)  # the layers before the cut run as in the unmasked network
         self.cache = self._advance(source, cut)
         return self.cache
+
+    def _anchor_cache(self, cut: int) -> Cache:
+        """The anchor's activations entering ``cut`` (from its nearest kept
+        cut before it), one-pass: BatchNorm on the batch's own statistics.
+        Kept while they fit ``CACHE_BYTES`` beside the others (the deepest
+        are dropped first)."""
+        if cut in self.anchor_caches:
+            return self.anchor_caches[cut]
+        below = [c for c in self.anchor_caches if c < cut]
+        source = self.anchor_caches[max(below)] if below else self._input_cache()
+        self.masks.set(self.masks_of(self.anchored or {}))
+        for m in self.norms:
+            m.train()
+        try:
+            evaluation = self.segments.advance(source.evaluation, source.cut, cut)
+        finally:
+            self.masks.clear()
+            for m in self.norms:
+                m.eval()
+        self.passes += (self._share(source.cut) - self._share(cut)) * self._images(self.evaluation) / self.unit
+        cache = Cache(cut, [], evaluation)
+        size = cache.nbytes()
+        for c in sorted(self.anchor_caches, reverse=True):
+            if size + sum(v.nbytes() for v in self.anchor_caches.values()) <= CACHE_BYTES:
+                break
+            if c != source.cut:
+                del self.anchor_caches[c]
+        if size + sum(v.nbytes() for v in self.anchor_caches.values()) <= CACHE_BYTES:
+            self.anchor_caches[cut] = cache
+        return cache
 
     def _input_cache(self) -> Cache:
         segs = self.segments
@@ -287,17 +334,18 @@ class MaskedEvaluator:
             return calibration, cache.evaluation, self.reference
         n_eval = max(1, math.ceil(share * self._images(self.evaluation)))
         whole = calibration is None
-        evaluation = _first(cache.evaluation, n_eval, whole)
-        reference = [r["r"] for r in _first([{"r": r} for r in self.reference], n_eval, whole)]
+        evaluation = first_images(cache.evaluation, n_eval, whole)
+        reference = [r["r"] for r in first_images([{"r": r} for r in self.reference], n_eval, whole)]
         if calibration is not None:
-            calibration = _first(calibration, math.ceil(share * self.unit), True)
+            calibration = first_images(calibration, math.ceil(share * self.unit), True)
         return calibration, evaluation, reference
 
     def _recalibrate(self, start: int, calibration: List[Dict[str, Any]]) -> None:
         """BatchNorm statistics re-estimated on the calibration batches for
         the layers from ``start`` on (those before it are as unmasked)."""
         if self.segments is None:
-            recalibrate_batchnorm(self.work, [env["x"] for env in calibration])
+            # a process's own candidate: under torchrun the others measure others
+            recalibrate_batchnorm(self.work, [env["x"] for env in calibration], distributed=False)
             self.passes += self._images(calibration) / self.unit
             return
         norms = self.segments.norms_after(start)
@@ -323,58 +371,8 @@ class MaskedEvaluator:
 
     @staticmethod
     def _images(batches) -> int:
-        return sum(_batch_size(b) for b in batches)
-
-
-def _batch_size(batch) -> int:
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0])
-    for v in batch.values():
-        if isinstance(v, torch.Tensor):
-            return int(v.shape[0])
-    raise TypeError("a cached batch holds no tensor")
-
-
-def _first(envs: List[Dict[str, Any]], n: int, whole: bool) -> List[Dict[str, Any]]:
-    """The batches covering the first ``n`` images, the last one cut (``whole``: not cut)."""
-    out, seen = [], 0
-    for env in envs:
-        size = _batch_size(env)
-        take = size if whole else min(size, n - seen)
-        out.append(
-            {k: (v[:take] if isinstance(v, torch.Tensor) and v.shape[:1] == (size,) else v) for k, v in env.items()}
-        )
-        seen += take
-        if seen >= n:
-            break
-    return out
+        return sum(batch_size(b) for b in batches)
 
 
 def _norms(model: nn.Module) -> List[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-def _lowest_first(info: GroupInfo) -> List[int]:
-    """Positions (within one block) in the order they are removed: lowest value first, ties by index."""
-    v = np.asarray(info.values, dtype=np.float64)
-    per = v.reshape(info.blocks, -1).mean(axis=0) if info.blocks > 1 else v
-    return np.lexsort((-np.arange(per.size), per)).tolist()
-
-
-def _expand(positions: Sequence[int], info: GroupInfo) -> List[int]:
-    per = info.width // info.blocks
-    return [p + b * per for b in range(info.blocks) for p in positions]
-
-
-def mean_kl(
-    model: Callable[[Any], torch.Tensor], evaluation: Sequence[Any], reference: Sequence[torch.Tensor]
-) -> float:
-    """The mean KL divergence of ``model``'s predictions on ``evaluation``
-    (batches, or kept activations a cut network reads) from ``reference``."""
-    total, n = 0.0, 0
-    with torch.no_grad():
-        for x, ref in zip(evaluation, reference):
-            logp = F.log_softmax(model(x), 1)
-            total += float(F.kl_div(logp, ref, reduction="sum", log_target=True))
-            n += logp.shape[0]
-    return total / n

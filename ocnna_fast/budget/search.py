@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -20,32 +21,28 @@ import torch
 from torch import nn
 
 from .._util.distributed import is_main
-from .._util.validate import input_batches_of
 from ..selection.groups import channel_groups, conv_groups, feeds_output
-from ..selection.rules import group_values
 from ..surgery import prune as surgery
 from .allocation import (
     CostModel,
     GroupInfo,
     Target,
-    Unreachable,
     allocate,
-    allowed_widths,
     global_penalty,
     macs_and_params,
     parse_target,
 )
 from .evaluator import MaskedEvaluator
 from .fit import LATENCY_TOLERANCE, TOLERANCE, fit_to_budget, meets, tolerance
-from .latency import LatencyRatio
-from .sensitivity import SCREEN_SHARE, group_outputs, measure_sensitivity, refine
-from .spec import ALLOCATIONS, BUDGET_FIELDS, REFINE_STEPS, PruneSpec
+from .segments import first_images
+from .sensitivity import SCREEN_SHARE, choose_cap, group_outputs, measure_sensitivity, refined_allocation
+from .spec import ALLOCATIONS, REFINE_STEPS, PruneSpec
 
 __all__ = [
+    "ALLOCATION_MEMO",
     "ALLOCATIONS",
     "REFINE_STEPS",
     "BudgetResult",
-    "prune",
     "prune_to_budget",
     "budget_groups",
     "count_ratio",
@@ -53,7 +50,6 @@ __all__ = [
     "TOLERANCE",
     "LATENCY_TOLERANCE",
     "input_batches",
-    "score_values",
 ]
 
 
@@ -70,6 +66,12 @@ class BudgetResult:
     rounds: int
     sensitivity: Optional[Dict[str, Any]] = None
     widths: Dict[str, Tuple[int, int]] = field(default_factory=dict)  # root -> (before, after)
+
+
+# the measured losses of a search, in its checkpoint folder: a stopped search resumes from them
+ALLOCATION_MEMO = "allocation-losses.json"
+# those of the curves when they are measured on fewer images (``curve_share``)
+CURVE_MEMO = "allocation-curve-losses.json"
 
 
 def budget_groups(model: nn.Module, example: torch.Tensor, ignored: Sequence[nn.Module], values: Mapping[str, Any]):
@@ -123,13 +125,14 @@ def prune_to_budget(
         raise ValueError("no prunable group: nothing to allocate")
     infos, cost = [info for _, info in found], CostModel(work, example, dg, [g for g, _ in found])
     kind = "macs" if target.kind == "latency" else target.kind  # latency is approached through MACs
-    curves = evaluator = None
+    curves = None
+    evaluators: Tuple[Any, Any] = (None, None)
     max_prune = spec.max_prune
     if spec.allocation == "sensitivity":
-        penalty, curves, evaluator, max_prune = _sensitivity(
+        penalty, curves, evaluators, max_prune = _sensitivity(
             model, found, dg, names, cost, Target(kind, target.ratio), (calibration, evaluation, memo),
             cap_search=spec.cap_search, round_to=spec.round_to, max_prune=max_prune, progress=progress,
-            staged=spec.search != "full",
+            search=spec.search, curve_share=spec.curve_share,
         )  # fmt: skip
     else:
         penalty = global_penalty(infos)
@@ -138,12 +141,13 @@ def prune_to_budget(
     fit = _Fit(spec, target, infos, cost, kind, penalty, build)
     built, rounds = fit.meet(max_prune)
     search = None
+    evaluator = evaluators[0]
     if evaluator is not None and spec.refine_steps > 0:
         built, search = fit.refined(built, evaluator, seed, progress)
     pruned, plan, keep, reached = built
     _record(plan, target, reached, spec.allocation, spec.round_to, measure)
     widths = {i.root: (i.width, keep[i.root]) for i in infos}
-    sensitivity = _measurement(curves, search, evaluator)
+    sensitivity = _measurement(curves, search, evaluators)
     return BudgetResult(pruned, plan, keep, target, reached, spec.allocation, rounds, sensitivity, widths)
 
 
@@ -176,7 +180,7 @@ class _Fit:
 
     def refined(self, built, evaluator, seed: int, progress: bool):
         s = self.spec
-        better = _refined(
+        better = refined_allocation(
             evaluator,
             self.infos,
             self.cost,
@@ -214,7 +218,20 @@ def _builder(model, example, ignored_layers, values, measure):
 
 
 def _sensitivity(
-    model, found, dg, names, cost, target: Target, images, *, cap_search, round_to, max_prune, progress, staged
+    model,
+    found,
+    dg,
+    names,
+    cost,
+    target: Target,
+    images,
+    *,
+    cap_search,
+    round_to,
+    max_prune,
+    progress,
+    search,
+    curve_share=1.0,
 ):
     """The sensitivity allocation's penalty from loss curves measured on
     ``images`` (calibration, evaluation, memo file), the curves, the
@@ -232,19 +249,31 @@ def _sensitivity(
             "(and calibration images for its BatchNorm re-estimation), or allocate by 'global', which needs none"
         )
     outputs = [(info, group_outputs(g, dg, names)) for g, info in found]
+    if search == "one-pass":  # each candidate normalised by its evaluation images' own statistics
+        calibration = None
+    staged = search != "full"
     evaluator = MaskedEvaluator(model, outputs, calibration, evaluation, memo=memo, cut=staged, write_memo=is_main())
-    curves = measure_sensitivity(evaluator, progress=progress)
+    measured = evaluator
+    if curve_share < 1.0:  # the curves on the first images alone, their own memo; the caps and moves on all
+        n = max(2, round(curve_share * sum(int(x.shape[0]) for x in evaluation)))
+        first = [x for x in first_images([{"x": x} for x in evaluation], n, whole=False)]
+        memo_of_curves = None if memo is None else Path(memo).with_name(CURVE_MEMO)
+        measured = MaskedEvaluator(
+            model, outputs, None, [b["x"] for b in first], memo=memo_of_curves, write_memo=is_main()
+        )
+    curves = measure_sensitivity(measured, progress=progress)
     if cap_search:
-        max_prune, curves.caps = _choose_cap(evaluator, infos, cost, target, curves.penalty, round_to, max_prune)
-    return curves.penalty, curves, evaluator, max_prune
+        max_prune, curves.caps = choose_cap(evaluator, infos, cost, target, curves.penalty, round_to, max_prune)
+    return curves.penalty, curves, (evaluator, measured), max_prune
 
 
-def _measurement(curves, search, evaluator) -> Optional[Dict[str, Any]]:
+def _measurement(curves, search, evaluators) -> Optional[Dict[str, Any]]:
     """What the result keeps of the sensitivity measurement: the curves and
     caps, the search, the candidates measured and those a memo served."""
     if curves is None:
         return None
-    return {
+    evaluator, other = evaluators
+    out = {
         **curves.as_dict(),
         "search": search,
         "evaluations": evaluator.evaluations,
@@ -252,26 +281,17 @@ def _measurement(curves, search, evaluator) -> Optional[Dict[str, Any]]:
         "screened": evaluator.screenings,
         "evaluations_per_process": evaluator.evaluations_per_process,
         "passes": evaluator.passes,
+        "pass_images": evaluator.unit,  # the images one forward-pass equivalent stands for
     }
-
-
-# the shares of a group a capped candidate of ``cap_search`` may remove at most
-CAPS = (0.5, 0.625, 0.75)
-
-
-def _choose_cap(evaluator, infos, cost, target: Target, penalty, round_to: int, max_prune: float):
-    """The cap on a group's removed share whose allocation loses least with
-    all its groups masked together, and every cap's loss.  The curves add
-    single-group losses; many groups cut deep interact, which a lower cap
-    spreads out (EagleEye's test, on a few candidates)."""
-    losses: Dict[float, float] = {}
-    for cap in sorted({c for c in CAPS if c < max_prune} | {max_prune}):
-        try:
-            keep = allocate(infos, cost, target, penalty, round_to=round_to, max_prune=cap)
-        except Unreachable:
-            continue  # too low a cap for this budget
-        losses[cap] = evaluator.loss({i.root: i.width - keep[i.root] for i in infos})
-    return (min(losses, key=losses.get) if losses else max_prune), losses
+    if other is not evaluator:  # the curves' own measurement, counted in the same unit
+        out["evaluations"] += other.evaluations
+        out["reused"] += other.reused
+        out["passes"] += other.passes * other.unit / evaluator.unit
+        out["curve_images"] = other.unit
+        if other.evaluations_per_process and evaluator.evaluations_per_process:
+            pairs = zip(evaluator.evaluations_per_process, other.evaluations_per_process)
+            out["evaluations_per_process"] = [a + b for a, b in pairs]
+    return out
 
 
 def _record(plan: Dict[str, Any], target: Target, reached: float, allocation: str, round_to: int, measure) -> None:
@@ -284,24 +304,6 @@ def _record(plan: Dict[str, Any], target: Target, reached: float, allocation: st
 def _check(target: Target, measure) -> None:
     if target.kind == "latency" and measure is None:
         raise ValueError("a latency target needs measure= (the latency ratio of a pruned model)")
-
-
-def _refined(evaluator, infos, cost: CostModel, kind: str, keep, round_to, max_prune, steps, seed, progress, screen):
-    """The allocation after a local search on the combined masked loss, at
-    no more than its price by the cost model."""
-    options = {i.root: allowed_widths(i.width, i.blocks, round_to, max_prune) for i in infos}
-    widths = {i.root: i.width for i in infos}
-
-    def price(k: Dict[str, int]) -> float:
-        return cost.ratio({r: widths[r] - w for r, w in k.items()}, kind)
-
-    budget = price(keep) + 1e-12
-    fits = lambda k: price(k) <= budget  # noqa: E731
-    record: Dict[str, int] = {}
-    keep, before, after = refine(
-        evaluator, keep, options, fits, steps, seed=seed, progress=progress, screen=screen, record=record
-    )
-    return keep, before, after, record
 
 
 def count_ratio(model: nn.Module, example: torch.Tensor, kind: str) -> Callable[[nn.Module], float]:
@@ -321,74 +323,3 @@ def input_batches(data: Any, batch_size: int, limit: int) -> List[torch.Tensor]:
         if n >= limit:
             break
     return out
-
-
-def score_values(
-    model: nn.Module, scores: Mapping[str, Any], example: torch.Tensor, criterion: str = "ocnna"
-) -> Dict[str, np.ndarray]:
-    """Per group root, the values ``prune`` ranks a group by from scores (docs/scoring.md §4's coupled-group rule)."""
-    _, dg, names, groups = conv_groups(model, example)
-    out = {}
-    for root, g in groups:
-        v = group_values(g, dg, names, scores, None, criterion)
-        if v is not None:
-            out[root] = v
-    return out
-
-
-def prune(
-    model: nn.Module,
-    scores: Optional[Mapping[str, Any]],
-    k: Optional[float] = None,
-    example_inputs: Optional[torch.Tensor] = None,
-    ignored_layers: Optional[Sequence[Any]] = None,
-    *,
-    target: Any = None,
-    calibration: Any = None,
-    evaluation: Any = None,
-    measure: Optional[Callable[[nn.Module], float]] = None,
-    progress: bool = False,
-    **options: Any,
-) -> Tuple[nn.Module, Dict[str, Any]]:
-    """``ocnna_fast.prune``: a physically smaller copy of ``model``, by the
-    paper's percentile rule (``k``; ``surgery.prune.prune`` lists its options)
-    or to a budget (``target="macs=0.5"``, ``{"params": 0.3}``,
-    ``"latency=0.6"``).  A budget's options are ``PruneSpec``'s, with its
-    defaults: ``allocation`` (``sensitivity``, measured on ``calibration``
-    and ``evaluation`` inputs: a tensor, a list of tensors or a
-    ``DataLoader``; or ``global``), ``round_to``, ``max_prune``,
-    ``cap_search``, ``refine_steps``, ``criterion``, or ``importance`` (a
-    mapping of group roots to values).  The budget is met within 2% or
-    refused (latency: at most 5% over, by ``measure``, default
-    ``LatencyRatio(model, side)``); ``plan["budget"]`` says what was reached."""
-    if example_inputs is None:
-        raise TypeError("prune() needs example_inputs, a batch the model accepts")
-    budget = {name: options.pop(name) for name in BUDGET_FIELDS if name in options}
-    if target is None:
-        if k is None:
-            raise ValueError("give k (the percentile rule) or target (a budget, e.g. {'macs': 0.5})")
-        if budget:
-            raise ValueError(
-                f"{', '.join(sorted(budget))}: only a target budget uses them; k removes a share of every group"
-            )
-        return surgery.prune(model, scores, k, example_inputs, ignored_layers, **options)
-    if "sensitivity_images" in budget or "latency_runtime" in budget or "latency_batch" in budget:
-        raise TypeError("in Python, give the sensitivity's images as calibration/evaluation and a latency as measure=")
-    importance = options.pop("importance", None)
-    if options.keys() - {"criterion"}:
-        raise TypeError(f"prune(target=...) does not take {sorted(options.keys() - {'criterion'})}")
-    spec = PruneSpec(k=k, target=target, **budget, **options)
-    if importance is not None and not isinstance(importance, Mapping):
-        raise TypeError("with a target, importance is a mapping of group root names to values")
-    values = importance if importance is not None else score_values(model, scores, example_inputs, spec.criterion)
-    hook = getattr(model, "ocnna_ignored_layers", None)
-    ignored = list(ignored_layers) if ignored_layers is not None else (list(hook()) if callable(hook) else [])
-    if measure is None and spec.target_kind == "latency":
-        measure = LatencyRatio(model, int(example_inputs.shape[-1]))
-    calibration = input_batches_of(calibration, "calibration")
-    evaluation = input_batches_of(evaluation, "evaluation")
-    result = prune_to_budget(
-        model, values, example_inputs, spec, ignored_layers=ignored, calibration=calibration,
-        evaluation=evaluation, measure=measure, progress=progress,
-    )  # fmt: skip
-    return result.pruned, result.plan

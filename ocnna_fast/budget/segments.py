@@ -26,7 +26,7 @@ from torch import nn
 
 from ..selection.groups import torch_pruning
 
-__all__ = ["Segments", "Cache"]
+__all__ = ["Segments", "Cache", "batch_size", "first_images"]
 
 _WEIGHTED = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
 
@@ -185,3 +185,27 @@ class Segments:
         keep = self.entering(cut)
         with torch.no_grad():
             return [self.run(env, start, cut, keep) for env in envs]
+
+
+def batch_size(batch) -> int:
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0])
+    for v in batch.values():
+        if isinstance(v, torch.Tensor):
+            return int(v.shape[0])
+    raise TypeError("a cached batch holds no tensor")
+
+
+def first_images(envs: List[Dict[str, Any]], n: int, whole: bool) -> List[Dict[str, Any]]:
+    """The batches covering the first ``n`` images, the last one cut (``whole``: not cut)."""
+    out, seen = [], 0
+    for env in envs:
+        size = batch_size(env)
+        take = size if whole else min(size, n - seen)
+        out.append(
+            {k: (v[:take] if isinstance(v, torch.Tensor) and v.shape[:1] == (size,) else v) for k, v in env.items()}
+        )
+        seen += take
+        if seen >= n:
+            break
+    return out

@@ -9,6 +9,7 @@ before it is measured on all of them.
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -16,10 +17,20 @@ import numpy as np
 from torch import nn
 
 from .._util.distributed import all_gather_objects, rank_and_world
-from .allocation import GroupInfo
+from .allocation import CostModel, GroupInfo, Target, Unreachable, allocate, allowed_widths
 from .evaluator import MaskedEvaluator
 
-__all__ = ["group_outputs", "SensitivityCurves", "measure_sensitivity", "refine", "SCREEN_SHARE"]
+__all__ = [
+    "group_outputs",
+    "SensitivityCurves",
+    "measure_sensitivity",
+    "refine",
+    "refined_allocation",
+    "choose_cap",
+    "share_out",
+    "CAPS",
+    "SCREEN_SHARE",
+]
 
 FRACTIONS = (0.25, 0.5, 0.75)
 # the share of the images a move of the local search is first measured on
@@ -87,14 +98,27 @@ def measure_sensitivity(
         if bar is not None:
             bar.close()
     if world > 1:  # every process ends with every curve, as one process would
-        shares = all_gather_objects((dict(evaluator.memo.losses), evaluator.evaluations))
-        evaluator.memo.merge({key: kl for memo, _ in shares for key, kl in memo.items()})
-        evaluator.evaluations_per_process = [n for _, n in shares]
+        share_out(evaluator, [])
         losses = {root: _curve(evaluator, root, fractions, None) for root in evaluator.groups}
     curves = SensitivityCurves(fractions, {r: losses[r] for r in evaluator.groups}, time.perf_counter() - t)
     curves.offset = evaluator.offset
     evaluator.release()
     return curves
+
+
+def share_out(evaluator: MaskedEvaluator, candidates: Sequence[Dict[str, int]]) -> None:
+    """Under torchrun: this process measures its share of ``candidates``
+    (every world-th, from its rank on) and every process ends with the
+    losses all of them measured in its memo, so asking for any candidate
+    then costs nothing.  One process: nothing (each is measured when asked)."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return
+    for removed in candidates[rank::world]:
+        evaluator.loss(removed)
+    shares = all_gather_objects((dict(evaluator.memo.losses), evaluator.evaluations))
+    evaluator.memo.merge({key: kl for memo, _ in shares for key, kl in memo.items()})
+    evaluator.evaluations_per_process = [n for _, n in shares]
 
 
 def _curve(evaluator: MaskedEvaluator, root: str, fractions: Sequence[float], bar) -> List[float]:
@@ -146,16 +170,16 @@ def refine(
         return {r: widths[r] - w for r, w in k.items()}
 
     best = dict(keep)
+    evaluator.anchor(removed(best))  # a move changes two groups: in one-pass measurement it runs from the first
     start = current = evaluator.loss(removed(best))
     screening = 0.0 < screen < 1.0
     best_screened = evaluator.screened(removed(best), screen) if screening else 0.0
     roots = sorted(best)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="refine allocation", unit="move")
+    bar = _bar(steps) if progress else None
     try:
+        if rank_and_world()[1] > 1 and not screening:  # under torchrun: the moves shared out, the same decisions
+            best, current = _shared_moves(evaluator, (best, current), (options, roots, fits), rng, steps, counts, bar)
+            return best, start, current
         for _ in range(steps):
             trial = _move(best, options, roots, fits, rng)
             counts["proposed"] += trial is not None
@@ -167,13 +191,60 @@ def refine(
                 if loss < current:
                     counts["kept"] += 1
                     best, current = trial, loss
+                    evaluator.anchor(removed(best))
                     best_screened = screened if screened is not None else best_screened
             if bar is not None:
                 bar.update(1)
     finally:
+        evaluator.anchor(None)
         if bar is not None:
             bar.close()
     return best, start, current
+
+
+def _bar(steps: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, desc="refine allocation", unit="move")
+
+
+def _shared_moves(evaluator, state, space, rng, steps: int, counts: Dict[str, int], bar):
+    """The local search across processes, deciding as one process would:
+    each round draws the next ``world`` moves from the current allocation
+    (remembering the generator after each), the processes measure one each,
+    and the moves are then taken in the order drawn: the first that lowers
+    the loss is kept and the generator goes back to just after it (the moves
+    drawn after it came from the allocation it replaced, and are drawn
+    again from the new one).  ``(best, loss)``."""
+    best, current = state
+    options, roots, fits = space
+    widths = {root: info.width for root, (info, _, _) in evaluator.groups.items()}
+    world = rank_and_world()[1]
+    done = 0
+    while done < steps:
+        drawn = []
+        for _ in range(min(world, steps - done)):
+            drawn.append((_move(best, options, roots, fits, rng), copy.deepcopy(rng.bit_generator.state)))
+        removed = [{r: widths[r] - w for r, w in t.items()} for t, _ in drawn if t is not None]
+        share_out(evaluator, removed)
+        taken = len(drawn)
+        for i, (trial, after) in enumerate(drawn):
+            counts["proposed"] += trial is not None
+            if trial is None:
+                continue
+            counts["measured"] += 1
+            loss = evaluator.loss({r: widths[r] - w for r, w in trial.items()})
+            if loss < current:
+                counts["kept"] += 1
+                best, current = trial, loss
+                evaluator.anchor({r: widths[r] - w for r, w in best.items()})
+                rng.bit_generator.state = after
+                taken = i + 1
+                break
+        done += taken
+        if bar is not None:
+            bar.update(taken)
+    return best, current
 
 
 def _move(keep, options, roots, fits, rng) -> Optional[Dict[str, int]]:
@@ -191,3 +262,44 @@ def _move(keep, options, roots, fits, rng) -> Optional[Dict[str, int]]:
             return None
         trial[down] = options[down][j]
     return trial
+
+
+# the shares of a group a capped candidate of ``cap_search`` may remove at most
+CAPS = (0.5, 0.625, 0.75)
+
+
+def choose_cap(evaluator, infos, cost, target: Target, penalty, round_to: int, max_prune: float):
+    """The cap on a group's removed share whose allocation loses least with
+    all its groups masked together, and every cap's loss.  The curves add
+    single-group losses; many groups cut deep interact, which a lower cap
+    spreads out (EagleEye's test, on a few candidates)."""
+    candidates: Dict[float, Dict[str, int]] = {}
+    for cap in sorted({c for c in CAPS if c < max_prune} | {max_prune}):
+        try:
+            keep = allocate(infos, cost, target, penalty, round_to=round_to, max_prune=cap)
+        except Unreachable:
+            continue  # too low a cap for this budget
+        candidates[cap] = {i.root: i.width - keep[i.root] for i in infos}
+    share_out(evaluator, list(candidates.values()))  # under torchrun each process measures its share
+    losses = {cap: evaluator.loss(removed) for cap, removed in candidates.items()}
+    return (min(losses, key=losses.get) if losses else max_prune), losses
+
+
+def refined_allocation(
+    evaluator, infos, cost: CostModel, kind: str, keep, round_to, max_prune, steps, seed, progress, screen
+):
+    """The allocation after a local search on the combined masked loss, at
+    no more than its price by the cost model."""
+    options = {i.root: allowed_widths(i.width, i.blocks, round_to, max_prune) for i in infos}
+    widths = {i.root: i.width for i in infos}
+
+    def price(k: Dict[str, int]) -> float:
+        return cost.ratio({r: widths[r] - w for r, w in k.items()}, kind)
+
+    budget = price(keep) + 1e-12
+    fits = lambda k: price(k) <= budget  # noqa: E731
+    record: Dict[str, int] = {}
+    keep, before, after = refine(
+        evaluator, keep, options, fits, steps, seed=seed, progress=progress, screen=screen, record=record
+    )
+    return keep, before, after, record

@@ -67,7 +67,7 @@ def register(sub) -> None:
         help="seeds: for random, and for fine-tuning (default 0 1 2)",
     )
     options.add_job_options(be, finetune_epochs=0)
-    be.add_argument("--out", default="runs/bench", help="output folder (a suite there resumes)")
+    be.add_argument("--out", default="runs/bench", help="output folder (default runs/bench; a suite there resumes)")
     options.add_threads_option(be)
     be.set_defaults(func=run, scope=None)  # None: not given (a --target suite's methods name their scopes)
 

@@ -9,8 +9,8 @@ import argparse
 import dataclasses
 from typing import List, Sequence
 
-from ..budget.spec import ALLOCATIONS, BUDGET_FIELDS, SEARCHES, PruneSpec
-from .options import COUNT, NONNEG, SHARE, group
+from ..budget.spec import ALLOCATIONS, BUDGET_FIELDS, CURVE_SHARE, SEARCHES, PruneSpec
+from .options import COUNT, NONNEG, PART, SHARE, group
 
 __all__ = [
     "BUDGET_DEFAULTS",
@@ -58,7 +58,7 @@ _SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PruneSpec)}
 # one with no effect on the run is refused instead of ignored in silence.
 BUDGET_DEFAULTS = {name: _SPEC_DEFAULTS[name] for name in BUDGET_FIELDS}
 # the options that shape only a sensitivity allocation, and only a latency target
-SENSITIVITY_ONLY = ("refine_steps", "cap_search", "sensitivity_images", "search")
+SENSITIVITY_ONLY = ("refine_steps", "cap_search", "sensitivity_images", "search", "curve_share")
 LATENCY_ONLY = ("latency_runtime", "latency_batch")
 
 
@@ -136,10 +136,18 @@ def add_budget_options(sp: argparse.ArgumentParser, *, allocation: bool = True) 
             "--search",
             default=None,
             choices=list(SEARCHES),
-            help="how the sensitivity candidates are measured: staged (default; each from its first masked "
-            "layer: the widths of full for fewer passes), screened (staged, and the local search's moves "
-            "screened on a quarter of the images: cheaper, measured less accurate) or full (every candidate "
-            "a whole pass over every image)",
+            help=f"how the sensitivity candidates are measured (default {_SPEC_DEFAULTS['search']}): one-pass "
+            "(each BatchNorm normalises the evaluated images by their own statistics, one pass per candidate "
+            "from its first masked layer), staged (re-estimated on calibration images first: two passes), "
+            "screened (staged, the local search's moves screened on a quarter of the images) or full (every "
+            "candidate through the whole network); costs and accuracies in docs/budget.md",
+        )
+        sp.add_argument(
+            "--curve-share",
+            type=PART,
+            default=None,
+            help="one-pass search: the share of the sensitivity images the loss curves are measured on "
+            f"(default {CURVE_SHARE}; the caps and moves use them all)",
         )
     sp.add_argument(
         "--sensitivity-images",

@@ -22,7 +22,12 @@ def register(sub) -> None:
         epilog="example: ocnna-fast export --pruned runs/r56/pruned --format onnx --out runs/r56/r56.onnx --base --benchmark",
     )
     ex.add_argument("--pruned", required=True, help="a pruned/ folder written by 'prune'")
-    ex.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    ex.add_argument(
+        "--format",
+        default="onnx",
+        choices=["onnx", "torchscript"],
+        help="onnx (default; needs the deploy extra) or torchscript",
+    )
     ex.add_argument("--out", required=True, help="the file to write (with --base, the original goes to NAME.base.EXT)")
     ex.add_argument("--base", action="store_true", help="also export the unpruned model it came from")
     ex.add_argument("--batch", type=options.COUNT, default=None, help="a fixed batch size (default: dynamic batch)")

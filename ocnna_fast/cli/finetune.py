@@ -28,10 +28,10 @@ def register(sub) -> None:
     options.add_data_options(ft)
     options.add_run_options(ft, precision=True)
     ft.add_argument("--epochs", type=options.NONNEG, default=2, help="epochs of fine-tuning (default 2)")
-    ft.add_argument("--lr", type=options.LEARNING_RATE, default=0.01, help="learning rate (SGD, cosine)")
+    ft.add_argument("--lr", type=options.LEARNING_RATE, default=0.01, help="learning rate (SGD, cosine; default 0.01)")
     ft.add_argument("--eval-images", type=options.COUNT, default=None, help="test images for accuracy (default all)")
     ft.add_argument("--train-images", type=options.COUNT, default=None, help="training images (default all)")
-    ft.add_argument("--out", default="runs/finetune", help="output folder")
+    ft.add_argument("--out", default="runs/finetune", help="output folder (default runs/finetune)")
     ft.set_defaults(func=run)
 
 

@@ -57,7 +57,7 @@ def load_model(
     """``(model in eval mode, where its weights came from)``; a ``--model``
     factory without weights is built under ``seed`` (its parameters are the
     weights, so two runs must draw the same)."""
-    from ..data.local import PRETRAINED, pretrained_weights
+    from ..data.local import ADAPTED, PRETRAINED, adapted_weights, pretrained_weights
     from ..models import ARCHS, build, is_factory, load_weights
 
     if is_factory(arch):
@@ -69,7 +69,10 @@ def load_model(
     if weights:
         path = Path(weights)
     elif arch in PRETRAINED and classes == 10:
-        path = pretrained_weights(arch, data_dir)
+        adapted = adapted_weights(arch, data_dir) if dataset == "cifar10-jpeg" else None
+        if adapted is None and dataset == "cifar10-jpeg" and arch in ADAPTED:
+            print(f"the JPEG-adapted {arch} is not found: starting from akamaster's, trained on lossless CIFAR-10")
+        path = adapted or pretrained_weights(arch, data_dir)
     elif arch == "efficientnet_lite0_imagenet":
         from ..models import lite0_weights_path
 
@@ -151,8 +154,9 @@ def _load_user_model(
             raise ValueError(f"--model {spec} fails on a {size}x{size} input (set --input-size?): {exc}") from exc
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        hint = "" if "(" in spec else f": build it for {classes} classes, e.g. --model '{spec}(num_classes={classes})'"
         raise ValueError(
-            f"--model {spec} returns {shape} for one image; --dataset {dataset} needs logits (1, {classes})"
+            f"--model {spec} returns {shape} for one image; --dataset {dataset} needs logits (1, {classes}){hint}"
         )
     return model, weights or f"{spec} (factory parameters)"
 

@@ -23,7 +23,15 @@ OWNER = ".ocnna-fast-command"
 # what each command may write in its --out (checkpoints included): the names a
 # finished run replaces or removes, and those its inputs must not be
 OUTPUTS = {
-    "prune": ("scores.safetensors", "pruned", "report.json", "report.md", "allocation-losses.json", "distill"),
+    "prune": (
+        "scores.safetensors",
+        "pruned",
+        "report.json",
+        "report.md",
+        "allocation-losses.json",
+        "allocation-curve-losses.json",
+        "distill",
+    ),
     "finetune": ("model.safetensors", "report.json", "report.md", "finetune"),
     "score": ("scores.safetensors", "summary.json"),
     "bench": ("results.json", "results.md", "command.txt"),

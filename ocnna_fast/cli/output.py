@@ -42,14 +42,14 @@ def write_report(out: Path, report: Dict[str, Any], title: str, markdown: Option
     )
     md = f"# {title}\n\n| metric | value |\n| --- | --- |\n{rows}\n"
     if isinstance(report.get("latency"), dict):
-        from ..deploy.export import latency_markdown
+        from ..deploy.latency_report import latency_markdown
 
         md += "\n" + latency_markdown(report["latency"])
     write_text_atomic(out / "report.md", md)
 
 
 def print_latency(section: Dict[str, Any]) -> None:
-    from ..deploy.export import SPREAD_LIMIT, spread
+    from ..deploy.latency_report import SPREAD_LIMIT, not_faster, spread
 
     threads = section["pruned"]["threads"]
     print(f"latency on this CPU ({threads} threads; median ms, base -> pruned, speed-up):")
@@ -62,6 +62,9 @@ def print_latency(section: Dict[str, Any]) -> None:
         )
     if "onnxruntime" in section:
         print(f"  ONNX Runtime {section['onnxruntime']}")
+    slow = not_faster(section)
+    if slow:
+        print(slow)
 
 
 def _pct(x: float) -> str:
@@ -82,9 +85,12 @@ def _search_cost(sensitivity: Optional[Dict[str, Any]]) -> List[str]:
     if not sensitivity or sensitivity.get("passes") is None:
         return []
     screened = sensitivity.get("screened") or 0
+    images = sensitivity.get("pass_images")
+    over = f"over {images} images" if images else "over its calibration images"
+    how = (sensitivity.get("search") or {}).get("how")
     return [
         "",
-        f"Width search: {sensitivity['passes']:.1f} forward-pass equivalents over its calibration images "
+        f"Width search{f' ({how})' if how else ''}: {sensitivity['passes']:.1f} forward-pass equivalents {over} "
         f"({sensitivity['evaluations']} candidates measured, {screened} screened on a share of the images).",
     ]
 
@@ -137,7 +143,7 @@ def prune_markdown(report: Dict[str, Any], title: str) -> str:
         lines += ["", "To run it again:", "", "```bash", settings["command"], "```"]
     md = "\n".join(lines) + "\n"
     if isinstance(r.get("latency"), dict):
-        from ..deploy.export import latency_markdown
+        from ..deploy.latency_report import latency_markdown
 
         md += "\n" + latency_markdown(r["latency"])
     return md

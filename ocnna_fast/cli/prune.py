@@ -11,10 +11,10 @@ import torch
 
 from .._util.distributed import is_main
 from .._util.placement import describe_device
-from ..budget.spec import PruneSpec
+from ..budget.spec import DEFAULT_K, PruneSpec
 from ..job.pipeline import JobResult, PruneJob
 from ..selection.criteria import CRITERIA, FamilyCriterion
-from ..selection.rules import FAMILY
+from ..selection.rules import DEFAULT_CRITERION, FAMILY, PAPER_CRITERION
 from ..surgery.plans import save_pruned
 from . import budget_options, loading, options
 from .outdir import out_dir, publish, staged
@@ -26,16 +26,21 @@ def register(sub) -> None:
         "prune",
         help="score, prune, recover, distill and report (the whole job)",
         description="Makes a trained CNN physically smaller: ranks the filters of each coupled group, "
-        "removes a percentile of every group (--k, the paper's rule) or meets a budget (--target), "
+        "meets a budget (--target), or removes a percentile of every group (--k; --paper: the paper's rule), "
         "re-estimates BatchNorm, distills from the original and reports accuracy, size and latency.",
-        epilog="example: ocnna-fast prune --arch resnet56 --target macs=0.5 --criterion ocnna-rms --out runs/r56",
+        epilog="example: ocnna-fast prune --arch resnet56 --target macs=0.5 --out runs/r56",
     )
     options.add_model_options(pr)
     options.add_data_options(pr)
     what = options.group(pr, "what to prune")
     rule = what.add_mutually_exclusive_group()
     rule.add_argument(
-        "--k", type=options.PERCENTILE, default=None, help="percentile of filters removed per group (default 40)"
+        "--k", type=options.PERCENTILE, default=None, help="percentile of filters removed per group (e.g. 40)"
+    )
+    rule.add_argument(
+        "--paper",
+        action="store_true",
+        help="the paper's rule exactly: OCNNA's score, k=40, every layer (--criterion ocnna --k 40 --scope full)",
     )
     rule.add_argument(
         "--target",
@@ -47,12 +52,13 @@ def register(sub) -> None:
     )
     what.add_argument(
         "--criterion",
-        default="ocnna",
+        default=None,
         choices=list(CRITERIA),
         metavar="NAME",
-        help="what ranks the filters within a group: ocnna (the paper's std/mean of the streamed "
-        "statistics, default), mean-energy, ocnna-rms, or a peer criterion of the bench "
-        f"({', '.join(c for c in CRITERIA if c not in FAMILY)}); see docs/scoring.md and BENCHMARKS.md",
+        help=f"what ranks the filters within a group (default {DEFAULT_CRITERION}: OCNNA's statistics with "
+        "the activation scale kept, the best measured; ocnna is the paper's std/mean), mean-energy, or a peer "
+        f"criterion of the bench ({', '.join(c for c in CRITERIA if c not in FAMILY)}); see docs/scoring.md "
+        "and BENCHMARKS.md",
     )
     what.add_argument(
         "--n-components",
@@ -64,13 +70,67 @@ def register(sub) -> None:
     budget_options.add_budget_options(pr)
     budget_options.add_latency_target_options(pr)
     options.add_job_options(pr, finetune_epochs=2)
-    options.group(pr, "output").add_argument("--out", default="runs/prune", help="output folder (default runs/prune)")
+    _add_output_options(options.group(pr, "output"))
     options.add_run_options(pr, precision=True)
     options.add_threads_option(pr)
     pr.set_defaults(func=run)
 
 
+def _add_output_options(output) -> None:
+    output.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default runs/<model>-<rule>, e.g. runs/resnet56-macs0.5); a folder holding a "
+        "finished run is not replaced without --overwrite (a stopped run in it resumes)",
+    )
+    output.add_argument(
+        "--overwrite", action="store_true", help="replace the finished run in --out (its files are removed)"
+    )
+
+
+# what prune does when no budget is given: nothing; a budget is the user's to choose
+NO_BUDGET = (
+    "say how much to prune: --target macs=0.5 (a budget: MACs, params= or latency=; the measured best), "
+    "--k 40 (the same share of every group), or --paper (the paper's rule)"
+)
+
+
+def resolve_rule(args: argparse.Namespace) -> None:
+    """Fills in what the rule flags leave open: ``--paper`` is ``--criterion
+    ocnna --k 40 --scope full``; ``--k`` prunes the inner scope and a target
+    the full one unless ``--scope`` says; the criterion is the default one."""
+    if args.paper:
+        given = [f for f in ("criterion", "scope") if getattr(args, f) is not None]
+        if given:
+            raise ValueError(f"--paper fixes {', '.join('--' + f for f in given)}; drop it, or drop --paper")
+        args.k, args.criterion, args.scope = DEFAULT_K, PAPER_CRITERION, "full"
+        return
+    if args.k is None and args.target is None:
+        raise ValueError(NO_BUDGET)
+    args.criterion = args.criterion or DEFAULT_CRITERION
+    args.scope = args.scope or ("inner" if args.k is not None else "full")
+
+
+def default_out(args: argparse.Namespace) -> str:
+    """``runs/<model>-<rule>``: a folder named for what the run does."""
+    model = args.arch.split(":")[-1].split("(")[0] if ":" in args.arch else args.arch
+    rule = "paper" if args.paper else (args.target.replace("=", "") if args.target else f"k{args.k:g}")
+    return f"runs/{model}-{rule}"
+
+
+def _short(weights: str) -> str:
+    """A weights file as its folder and name (which base it is, without the machine's paths)."""
+    p = Path(weights)
+    return f"{p.parent.name}/{p.name}" if p.suffix else weights
+
+
+def _rule_name(args: argparse.Namespace) -> str:
+    k = f"{args.k:g}"
+    return f"the paper's rule (k={k}, every layer)" if args.paper else f"k={k} ({args.scope} scope)"
+
+
 def run(args: argparse.Namespace) -> int:
+    resolve_rule(args)
     kinds = [args.target.split("=")[0]] if args.target is not None else []
     sensitivity = (args.allocation or budget_options.BUDGET_DEFAULTS["allocation"]) == "sensitivity"
     budget_options.refuse_unused_budget_options(args, kinds, sensitivity)
@@ -80,6 +140,12 @@ def run(args: argparse.Namespace) -> int:
             "give --bn-images N (N > 0), or --allocation global"
         )
     size = loading.check_data_fits(args)
+    args.out = args.out or default_out(args)
+    finished = Path(args.out) / "report.json"
+    if finished.is_file() and not args.overwrite:
+        raise ValueError(
+            f"{args.out} holds a finished run ({finished.name}); give another --out, or --overwrite to replace it"
+        )
     out = out_dir(args.out, "prune", inputs=[w for w in (args.weights,) if w])  # refused before anything loads
     model, weights = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, size, seed=args.seed)
     model.to(args.device)  # loaded here for this job: it runs where the job does
@@ -121,7 +187,10 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
     job = _job(args, model, size, out)
     print(f"device: {describe_device(job.device)}, precision {job.settings.precision}")
     base = job.evaluate_base()
-    print(f"base accuracy {base.accuracy:.2f}% on {len(job.data.evaluation)} {args.dataset} test images")
+    print(
+        f"base model {_short(weights)}: accuracy {base.accuracy:.2f}% on {len(job.data.evaluation)} "
+        f"{args.dataset} test images"
+    )
     outputs = ["pruned", "report.json", "report.md"]
     if isinstance(CRITERIA[args.criterion], FamilyCriterion):  # OCNNA's pass: its scores are kept
         job.score().save(stage / "scores.safetensors")
@@ -129,7 +198,7 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
     else:
         job.rank()
     pruned, _ = job.surgery()
-    how = f"k={job.settings.k}" if job.budget is None else _budget_line(job)
+    how = _rule_name(args) if job.budget is None else _budget_line(job)
     print(
         f"pruned at {how}: {sum(p.numel() for p in pruned.parameters())}/{base.params} parameters, "
         f"accuracy right after surgery {job.accuracy['surgery']:.2f}%"
@@ -158,7 +227,7 @@ def _prune_into(args: argparse.Namespace, model, weights: str, size: int, out: P
             model, result.pruned, size, args.latency_repeats, stage / ".latency", job.device
         )
         print_latency(report["latency"])
-    title = f"k={job.settings.k}" if args.target is None else f"{args.target}, {args.allocation} allocation"
+    title = _rule_name(args) if args.target is None else f"{args.target}, {args.allocation} allocation"
     title = f"Pruned {args.arch}: {args.criterion}, {title}"
     write_report(stage, report, title, prune_markdown(report, title))
     # the job finished: an earlier run's outputs and this run's checkpoints (the
@@ -196,6 +265,7 @@ def _report(args: argparse.Namespace, weights: str, job: PruneJob, result: JobRe
         "arch": args.arch,
         "dataset": loading.describe(args.dataset),
         "base_weights": weights,
+        "rule": "paper" if args.paper else ("k" if args.target is None else "target"),
         "k": job.settings.k,
         "scope": args.scope,
         "n_components": args.n_components,

@@ -26,14 +26,16 @@ def register(sub) -> None:
     )
     options.add_model_options(s)
     options.add_data_options(s, [*options.DATASET_CHOICES, options.LOSSLESS_20])
-    s.add_argument("--images", type=options.SCORE_IMAGES, default=1000, help="images to score on (class-balanced)")
+    s.add_argument(
+        "--images", type=options.SCORE_IMAGES, default=1000, help="images to score on (class-balanced; default 1000)"
+    )
     s.add_argument(
         "--n-components",
         type=options.n_components,
         default=None,
         help="PCA components per map: none (default), an int, or a ratio in (0, 1)",
     )
-    s.add_argument("--out", default="runs/score", help="output folder")
+    s.add_argument("--out", default="runs/score", help="output folder (default runs/score)")
     options.add_run_options(s, runs="the scoring pass")
     s.set_defaults(func=run)
 

@@ -24,6 +24,9 @@ from .fetch import REMOTES, fetch
 from .places import data_places, find_data
 
 __all__ = [
+    "ADAPTED",
+    "ADAPTED_SHA256",
+    "adapted_weights",
     "data_places",
     "find_data",
     "fetch",
@@ -74,6 +77,26 @@ PRETRAINED = {
     "resnet44": "resnet44-014dd654.th",
     "resnet56": "resnet56-4bfd9763.th",
 }
+
+
+# the CIFAR ResNets adapted to the shipped JPEG images by ``ocnna-fast
+# finetune`` (data/README.md gives the recipe): the base models of jobs on
+# ``cifar10-jpeg``, where akamaster's weights, trained on lossless images,
+# lose about ten points before anything is pruned
+ADAPTED_FOLDER = "resnet-cifar10-jpeg-adapted"
+ADAPTED = {"resnet56": "resnet56-cifar10-jpeg-adapted.safetensors"}
+# their sha256, pinned (data/README.md): a shipped base that changed is a test failure, not a quiet new baseline
+ADAPTED_SHA256 = {"resnet56": "619f92bab5a1bc9e20b6d7a3489f5d011ce848b7a916f25c26253e3d23c899d1"}
+
+
+def adapted_weights(arch: str, root: Optional[PathLike] = None) -> Optional[Path]:
+    """The shipped JPEG-adapted weights of ``arch``, or ``None`` where none are made or found."""
+    if arch not in ADAPTED:
+        return None
+    try:
+        return find_data(f"{ADAPTED_FOLDER}/{ADAPTED[arch]}", root)
+    except FileNotFoundError:
+        return None
 
 
 def pretrained_weights(arch: str, root: Optional[PathLike] = None) -> Path:

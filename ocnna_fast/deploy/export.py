@@ -39,7 +39,6 @@ __all__ = [
     "runtime_latency",
     "require_deploy",
     "compare_latency",
-    "latency_markdown",
     "weights_bytes",
 ]
 
@@ -357,44 +356,3 @@ def compare_latency(
 def weights_bytes(model: nn.Module) -> int:
     """Bytes of the model's weights as float32 safetensors would hold them (parameters and buffers)."""
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
-
-
-# a figure whose interquartile range exceeds this share of its median is flagged as not to be trusted
-SPREAD_LIMIT = 0.25
-
-
-def spread(figure: Dict[str, float]) -> float:
-    """Interquartile range over the median of one latency figure."""
-    return (figure["q75"] - figure["q25"]) / figure["median"] if figure["median"] > 0 else float("inf")
-
-
-def latency_markdown(section: Dict[str, Any]) -> str:
-    threads = section["pruned"]["threads"]
-    lines = [
-        f"## Latency on this CPU ({threads} threads; median of the timed repeats after warm-up)",
-        "",
-        "| runtime, batch | repeats | base ms (q25-q75) | pruned ms (q25-q75) | speed-up | trust |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    flagged = False
-    for key, ratio in section.get("speedup", {}).items():
-        b, p = section["base"][key], section["pruned"][key]
-        wide = max(spread(b), spread(p)) > SPREAD_LIMIT
-        flagged |= wide
-        lines.append(
-            f"| {key.replace('_b', ', batch ')} | {p.get('repeats', '?')} | {b['median']:.2f} "
-            f"({b['q25']:.2f}-{b['q75']:.2f}) | {p['median']:.2f} ({p['q25']:.2f}-{p['q75']:.2f}) | "
-            f"{ratio:.2f}x | {'**spread too wide**' if wide else 'ok'} |"
-        )
-    if flagged:
-        lines.append(
-            f"\nFigures marked *spread too wide* had an interquartile range over {SPREAD_LIMIT:.0%} of their "
-            "median: the machine was busy. Rerun on a quiet machine (or with more --latency-repeats) before "
-            "reading them."
-        )
-    for name in ("base", "pruned"):
-        if "onnx_bytes" in section[name]:
-            lines.append(f"\n{name} ONNX file: {section[name]['onnx_bytes']} bytes")
-    if "onnxruntime" in section:
-        lines.append(f"\nONNX Runtime {section['onnxruntime']}")
-    return "\n".join(lines) + "\n"

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..scoring.scores import LayerScores
 from ..selection.groups import out_channel_convs
-from ..selection.rules import FAMILY, group_scores
+from ..selection.rules import DEFAULT_CRITERION, FAMILY, group_scores
 
 try:
     from torch_pruning.pruner.importance import Importance as _Base
@@ -46,9 +46,9 @@ class OCNNAImportance(_Base):  # type: ignore[misc,valid-type]
             after a step a conv has fewer filters than its scores, and each
             surviving filter is matched to its original index through its
             kernels, which pruning never changes (recorded here before pruning).
-        criterion: which statistic ranks the filters: ``"ocnna"`` (the
-            paper's score, default), ``"mean-energy"`` or ``"ocnna-rms"``
-            (``ocnna_fast.surgery.prune.FAMILY``).
+        criterion: which statistic ranks the filters: ``"ocnna-rms"``
+            (default, the project's measured best), ``"ocnna"`` (the paper's
+            score) or ``"mean-energy"`` (``ocnna_fast.surgery.prune.FAMILY``).
     """
 
     @staticmethod
@@ -61,7 +61,7 @@ class OCNNAImportance(_Base):  # type: ignore[misc,valid-type]
         dependency_graph(model, example_inputs)
 
     def __init__(
-        self, scores: Mapping[str, LayerScores], model: Optional[nn.Module] = None, criterion: str = "ocnna"
+        self, scores: Mapping[str, LayerScores], model: Optional[nn.Module] = None, criterion: str = DEFAULT_CRITERION
     ) -> None:
         if criterion not in FAMILY:
             raise ValueError(f"criterion must be one of {', '.join(FAMILY)}, got {criterion!r}")

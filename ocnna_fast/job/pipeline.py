@@ -32,7 +32,7 @@ from .._util.precision import resolve_precision
 from ..budget.allocation import macs_and_params
 from ..budget.latency import LatencyRatio
 from ..budget.latency import check_settings as check_latency_settings
-from ..budget.search import BudgetResult, input_batches, prune_to_budget
+from ..budget.search import ALLOCATION_MEMO, BudgetResult, input_batches, prune_to_budget
 from ..budget.spec import PruneSpec
 from ..data.evaluation import evaluate
 from ..data.tensorimages import image_side
@@ -85,10 +85,6 @@ class JobSettings(PruneSpec):
     input_size: Optional[int] = None
     device: Optional[str] = None
     precision: Optional[str] = None
-
-
-# the sensitivity allocation's measured losses, in checkpoint_dir: a stopped job resumes its search
-ALLOCATION_MEMO = "allocation-losses.json"
 
 
 def _check_refit(settings: JobSettings, model: nn.Module, data: JobData) -> None:

@@ -99,7 +99,10 @@ def _check(arch: str) -> None:
             "(--input-size; the data set's usual statistics)"
         )
     if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
+        raise ValueError(
+            f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}, or bring your own with "
+            f"--model MODULE:FACTORY (e.g. --model 'torchvision.models:{arch}(num_classes=10)')"
+        )
 
 
 def build(arch: str, num_classes: int = 10) -> nn.Module:

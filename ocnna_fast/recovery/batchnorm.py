@@ -15,6 +15,7 @@ from typing import Any, Iterable, List, Optional, Union
 import torch
 from torch import nn
 
+from .._util.distributed import all_reduce_sum, rank_and_world
 from .._util.placement import input_of, placement
 from .._util.validate import positive_int
 from ..errors import add_note
@@ -29,6 +30,7 @@ def recalibrate_batchnorm(
     max_images: Optional[int] = None,
     device: Union[None, str, torch.device] = None,
     progress: bool = False,
+    distributed: Optional[bool] = None,
 ) -> int:
     """Replaces the running statistics of every BatchNorm layer of ``model``
     with averages over ``data``; returns the number of images used.
@@ -46,6 +48,9 @@ def recalibrate_batchnorm(
     The running mean and variance become the averages of the batch means and
     variances (PyTorch's cumulative average, ``momentum=None``).  Training
     flags and momenta are restored, and on any error the old statistics.
+    ``distributed`` (default: under a process group of several; every
+    process passes the same ``data``): each runs every world-th batch and
+    the averages are combined, one process's statistics to rounding.
     """
     if max_images is not None:
         max_images = positive_int(max_images, "max_images")
@@ -59,14 +64,10 @@ def recalibrate_batchnorm(
     failure: Optional[BaseException] = None
     bar = _bar(max_images) if progress else None
     try:
-        if run_device != home:
-            model.to(run_device)
-        model.eval()
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        seen = _stream(model, data, max_images, run_device, bar)
+        _start(model, norms, home, run_device)
+        seen = _stream(model, data, max_images, run_device, bar, _share(distributed))
+        if _share(distributed)[1] > 1:
+            _combine(norms)
     except BaseException as exc:
         failure = exc
         raise
@@ -102,17 +103,21 @@ def _norms(model: nn.Module) -> List[nn.Module]:
     return norms
 
 
-def _stream(model: nn.Module, data: Iterable[Any], max_images: Optional[int], run_device, bar) -> int:
-    """Forward passes over ``data`` (BatchNorm in training mode accumulates); the images seen."""
+def _stream(model: nn.Module, data: Iterable[Any], max_images: Optional[int], run_device, bar, share=(0, 1)) -> int:
+    """Forward passes over ``data`` (BatchNorm in training mode accumulates),
+    of the batches ``share = (rank, world)`` gives this process; the images
+    seen by all."""
     seen = 0
+    rank, world = share
     with torch.no_grad():
-        for batch in data:
+        for i, batch in enumerate(data):
             x = input_of(batch)
             if max_images is not None:
                 x = x[: max_images - seen]
             if x.shape[0] == 0:
                 break
-            model(x.to(run_device, non_blocking=True))
+            if i % world == rank:
+                model(x.to(run_device, non_blocking=True))
             seen += int(x.shape[0])
             if bar is not None:
                 bar.update(int(x.shape[0]))
@@ -121,6 +126,38 @@ def _stream(model: nn.Module, data: Iterable[Any], max_images: Optional[int], ru
     if seen == 0:
         raise ValueError("data yielded no images to estimate statistics from")
     return seen
+
+
+def _start(model: nn.Module, norms, home, run_device) -> None:
+    """The model on the device it runs on, in eval mode but for its BatchNorms, whose statistics restart."""
+    if run_device != home:
+        model.to(run_device)
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # an exact average over the batches, not an exponential one
+        m.train()
+
+
+def _share(distributed: Optional[bool]):
+    """``(rank, world)`` of the batches this process runs (``(0, 1)``: all of them)."""
+    rank, world = rank_and_world()
+    return (rank, world) if world > 1 and distributed is not False else (0, 1)
+
+
+def _combine(norms: List[nn.Module]) -> None:
+    """Each process's averages over its batches, made the average over all
+    batches: sums weighted by the batches each process ran, added across
+    processes (a process that ran none adds nothing)."""
+    for m in norms:
+        n = m.num_batches_tracked.to(m.running_mean.dtype)
+        packed = torch.cat([m.running_mean * n, m.running_var * n, n.reshape(1)])
+        total = all_reduce_sum(packed)
+        c = m.running_mean.numel()
+        count = total[-1]
+        m.running_mean.copy_(total[:c] / count)
+        m.running_var.copy_(total[c : 2 * c] / count)
+        m.num_batches_tracked.copy_(count.to(m.num_batches_tracked.dtype))
 
 
 def _restore(model: nn.Module, norms, saved, flags, devices, keep_statistics: bool) -> None:

@@ -252,6 +252,8 @@ class _Run:
         self.student.load_state_dict(ck["student"])
         self.opt.load_state_dict(ck["optimizer"])
         self.sched.load_state_dict(ck["scheduler"])
+        if self.scaler is not None and "scaler" in ck:
+            self.scaler.load_state_dict(ck["scaler"])
         self.history = list(ck["history"])
         return int(ck["epoch"])
 
@@ -337,6 +339,8 @@ class _Run:
                 "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(),
             }
+            if self.scaler is not None:  # float16's loss scale: a resumed run goes on with it, not from scratch
+                state["scaler"] = self.scaler.state_dict()
             _save_atomic(state, ckpt)
         barrier()  # no process runs ahead of the checkpoint it would resume from
 

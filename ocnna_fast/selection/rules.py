@@ -15,7 +15,17 @@ from .._util.validate import percentile
 from ..scoring.scores import LayerScores
 from .groups import feeds_output, out_channel_convs
 
+# the criterion every entry point ranks by unless told otherwise: OCNNA's
+# statistics with the activation scale kept, level with the best weight
+# criteria at equal structure and the allocation's best at equal cost
+# (BENCHMARKS.md); the paper's own score, ``ocnna``, ranked about as
+# randomly does on every model measured and is ``--paper``'s
+DEFAULT_CRITERION = "ocnna-rms"
+PAPER_CRITERION = "ocnna"
+
 __all__ = [
+    "DEFAULT_CRITERION",
+    "PAPER_CRITERION",
     "select_channels",
     "select_top",
     "select_blocks",
@@ -86,14 +96,16 @@ FAMILY = {
 }
 
 
-def layer_values(ls: LayerScores, criterion: str = "ocnna") -> np.ndarray:
+def layer_values(ls: LayerScores, criterion: str = DEFAULT_CRITERION) -> np.ndarray:
     """One layer's per-filter values under an OCNNA-family ``criterion``."""
     if criterion not in FAMILY:
         raise ValueError(f"criterion must be one of {', '.join(FAMILY)}, got {criterion!r}")
     return FAMILY[criterion](ls).double().numpy()
 
 
-def group_scores(members: Sequence[Tuple[LayerScores, Sequence[int]]], criterion: str = "ocnna") -> np.ndarray:
+def group_scores(
+    members: Sequence[Tuple[LayerScores, Sequence[int]]], criterion: str = DEFAULT_CRITERION
+) -> np.ndarray:
     """docs/scoring.md §4: a group with one scored layer ranks by that layer's values; a
     group spanning several layers (our reading) by the mean over them of each
     layer's values divided by that layer's mean value.  ``criterion`` picks
@@ -128,7 +140,7 @@ def select_blocks(values: np.ndarray, count: int, name: str, blocks: int) -> np.
     return select_top(values, count, name=name)
 
 
-def group_values(group, DG, names, scores, importance=None, criterion: str = "ocnna") -> Optional[np.ndarray]:
+def group_values(group, DG, names, scores, importance=None, criterion: str = DEFAULT_CRITERION) -> Optional[np.ndarray]:
     """One value per channel of the group (higher = keep), or ``None`` for a
     group that stays whole: no scored conv decides it, or its channels are
     the model's outputs (a conv classifier's logits keep their number)."""

@@ -22,7 +22,15 @@ from torch import nn
 from .._util.module_state import restore_training_flags, training_flags
 from ..scoring.scores import LayerScores
 from ..selection.groups import channel_groups, dependency_graph, torch_pruning
-from ..selection.rules import FAMILY, SELECTION_RULES, check_k, group_values, kept_count, select_blocks
+from ..selection.rules import (
+    DEFAULT_CRITERION,
+    FAMILY,
+    SELECTION_RULES,
+    check_k,
+    group_values,
+    kept_count,
+    select_blocks,
+)
 from .channel_maps import ChannelMaps
 from .plans import PLAN_FORMAT, PLAN_VERSION, layer_table
 
@@ -50,7 +58,7 @@ def prune(
     *,
     importance: Union[None, Callable[[Any], Any], Mapping[str, Any]] = None,
     rule: str = "percentile",
-    criterion: str = "ocnna",
+    criterion: str = DEFAULT_CRITERION,
     keep: Optional[Mapping[str, int]] = None,
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     """A physically smaller copy of ``model`` with OCNNA's selection applied.

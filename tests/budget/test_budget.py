@@ -22,8 +22,8 @@ from ocnna_fast.budget.allocation import (
     macs_and_params,
     parse_target,
 )
-from ocnna_fast.budget.evaluator import _Masks, mean_kl
 from ocnna_fast.budget.lossmemo import losses_digest
+from ocnna_fast.budget.masking import Masks, mean_kl
 from ocnna_fast.budget.search import budget_groups, prune_to_budget
 from ocnna_fast.budget.sensitivity import group_outputs
 from ocnna_fast.models import build
@@ -137,7 +137,7 @@ def test_masking_a_group_equals_removing_it(arch):
         pruned, plan = prune(model, None, None, example, [], importance=values, keep={info.root: keep_n})
         removed = next(d["removed"] for d in plan["groups"] if d["root"] == info.root)
         masked = copy.deepcopy(model)
-        masks = _Masks(masked)
+        masks = Masks(masked)
         masks.set({name: [chans[p] for p in removed] for name, chans in group_outputs(g, dg, names)})
         with torch.no_grad():
             assert torch.allclose(masked(x), pruned(x), atol=1e-5), info.root
@@ -294,7 +294,7 @@ def test_cap_search_keeps_the_capped_allocation_that_loses_least():
     combined loss that punishes deep cuts: the search must pick the cap that
     spreads the cut, report every cap's loss, and skip caps too low for
     the budget."""
-    from ocnna_fast.budget.search import CAPS, _choose_cap
+    from ocnna_fast.budget.sensitivity import CAPS, choose_cap
 
     class Flat:
         def ratio(self, removed, kind):
@@ -311,12 +311,12 @@ def test_cap_search_keeps_the_capped_allocation_that_loses_least():
     a, b = GroupInfo("a", 50, np.linspace(0, 1, 50)), GroupInfo("b", 50, np.linspace(0, 1, 50))
     penalty = lambda g, kept: (g.width - kept) * (1 if g.root == "a" else 3)  # noqa: E731
     ev = Combined()
-    cap, losses = _choose_cap(ev, [a, b], Flat(), Target("macs", 0.6), penalty, 1, 0.9)
+    cap, losses = choose_cap(ev, [a, b], Flat(), Target("macs", 0.6), penalty, 1, 0.9)
     assert sorted(losses) == sorted({*CAPS, 0.9})
     assert cap == 0.5 and losses[0.5] == pytest.approx(0.25) and losses[0.9] == pytest.approx(0.64)
     assert ev.calls[0] == {"a": 25, "b": 15}  # capped at half: a gives 25, b the rest
     # at 0.3 a cap of 0.5 cannot reach the budget (at most 50 of 100 removed): it is skipped
-    cap, losses = _choose_cap(Combined(), [a, b], Flat(), Target("macs", 0.3), penalty, 1, 0.9)
+    cap, losses = choose_cap(Combined(), [a, b], Flat(), Target("macs", 0.3), penalty, 1, 0.9)
     assert 0.5 not in losses and cap == min(losses, key=losses.get) == 0.75
 
 

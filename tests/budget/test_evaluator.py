@@ -34,7 +34,7 @@ class Untraceable(nn.Module):
         return self.fc(h.mean((2, 3)))
 
 
-def _evaluators(model, side, monkeypatch=None):
+def _evaluators(model, side, one_pass=False):
     torch.manual_seed(1)
     x = torch.randn(40, 3, side, side)
     rng = np.random.default_rng(0)
@@ -42,6 +42,8 @@ def _evaluators(model, side, monkeypatch=None):
     found = [(g, GroupInfo(i.root, i.width, rng.random(i.width), i.blocks)) for g, i in found]
     outputs = [(info, group_outputs(g, dg, names)) for g, info in found]
     calibration, evaluation = [x[:12], x[12:20]], [x[20:30], x[30:]]
+    if one_pass:
+        calibration = None
     full = MaskedEvaluator(model, outputs, calibration, evaluation, cut=False)
     staged = MaskedEvaluator(model, outputs, calibration, evaluation, cut=True)
     return full, staged, [info for info, _ in outputs]
@@ -115,6 +117,9 @@ class _Screened:
         self.full_calls.append(dict(removed))
         return self._true(removed)
 
+    def anchor(self, removed):
+        pass
+
     def screened(self, removed, share):
         self.screen_calls.append(share)
         return self._true(removed) - (100.0 * removed[self.liar] if self.liar else 0.0)
@@ -136,7 +141,8 @@ def test_a_screened_move_is_measured_on_every_image_only_when_its_screen_improve
         assert all(c["a"] >= 16 - start["a"] for c in ev.full_calls)
 
 
-def test_a_staged_search_chooses_the_widths_of_whole_passes():
+def _search_setup():
+    """ResNet-20, random values per group, 24 calibration and 24 evaluation images, 8 moves."""
     torch.manual_seed(0)
     model = build("resnet20").eval()
     x = torch.randn(48, 3, 16, 16)
@@ -144,6 +150,11 @@ def test_a_staged_search_chooses_the_widths_of_whole_passes():
     rng = np.random.default_rng(0)
     values = {info.root: rng.random(info.width) for _, info in found}
     kw = dict(allocation="sensitivity", calibration=[x[:24]], evaluation=[x[24:]], refine_steps=8)
+    return model, values, x, kw
+
+
+def test_a_staged_search_chooses_the_widths_of_whole_passes():
+    model, values, x, kw = _search_setup()
     full = prune_to_budget(model, values, x[:1], "macs=0.5", search="full", **kw)
     staged = prune_to_budget(model, values, x[:1], "macs=0.5", search="staged", **kw)
     screened = prune_to_budget(model, values, x[:1], "macs=0.5", search="screened", **kw)
@@ -155,3 +166,48 @@ def test_a_staged_search_chooses_the_widths_of_whole_passes():
     assert screened.sensitivity["search"]["screened"] > 0 == staged.sensitivity["search"]["screened"]
     for root, losses in full.sensitivity["losses"].items():
         assert staged.sensitivity["losses"][root] == pytest.approx(losses, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("start", ["lopsided", "even"])
+def test_one_pass_moves_run_from_where_they_differ_from_the_current_allocation(start):
+    """The local search's moves in one-pass measurement start at the first
+    layer where they differ from the allocation it holds: the same losses
+    and the same decisions as whole passes, for fewer passes, across kept
+    moves (each a new anchor)."""
+    model = build("resnet20").eval()
+    full, staged, infos = _evaluators(model, 16, one_pass=True)
+    assert full.one_pass and staged.one_pass and staged.segments is not None
+    widths = {i.root: i.width for i in infos}
+    options = {i.root: list(range(i.width, 0, -i.blocks)) for i in infos}
+    # lopsided: the first half of the groups cut deep, the rest barely; even: a quarter of each
+    deep = {r: i < len(widths) // 2 for i, r in enumerate(widths)} if start == "lopsided" else {}
+    keep = {r: w // 2 if deep.get(r) else w - w // (8 if deep else 4) for r, w in widths.items()}
+    budget = sum(keep.values())
+    runs = []
+    for ev in (full, staged):
+        cost = ev.passes
+        record = {}
+        best, before, after = refine(ev, keep, options, lambda k: sum(k.values()) <= budget, 30, 0, record=record)
+        runs.append((best, before, after, record, ev.passes - cost))
+        assert ev.anchored is None and ev.anchor_caches == {}  # freed when the search ends
+    (best_a, before_a, after_a, rec_a, cost_a), (best_b, before_b, after_b, rec_b, cost_b) = runs
+    assert rec_a["kept"] >= 1 and rec_a["measured"] > rec_a["kept"]  # the anchor moved at least once
+    assert best_b == best_a and rec_b == rec_a
+    assert (before_b, after_b) == pytest.approx((before_a, after_a), rel=1e-4, abs=1e-6)
+    assert cost_b < 0.9 * cost_a
+
+
+def test_a_one_pass_search_measures_candidates_in_one_pass():
+    model, values, x, kw = _search_setup()
+    staged = prune_to_budget(model, values, x[:1], "macs=0.5", search="staged", **kw)
+    one = prune_to_budget(model, values, x[:1], "macs=0.5", search="one-pass", **kw)
+    assert one.sensitivity["search"]["how"] == "one-pass"
+    # a candidate is an evaluation pass alone where staged re-estimates on the calibration images first
+    assert one.sensitivity["passes"] < 0.7 * staged.sensitivity["passes"]
+    # the curves on half the images: their own evaluator, counted in the same unit
+    half = prune_to_budget(model, values, x[:1], "macs=0.5", search="one-pass", curve_share=0.5, **kw)
+    assert half.sensitivity["curve_images"] == 12 and half.sensitivity["pass_images"] == 24
+    assert half.sensitivity["passes"] < 0.8 * one.sensitivity["passes"]
+    assert half.sensitivity["evaluations"] >= 3 * len(half.widths)  # every curve candidate counted
+    with pytest.raises(ValueError, match="one-pass search only"):
+        prune_to_budget(model, values, x[:1], "macs=0.5", search="staged", curve_share=0.5, **kw)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ocnna_fast
-from ocnna_fast.budget import search
+from ocnna_fast.budget import entry as search
 from ocnna_fast.budget.spec import REFINE_STEPS, PruneSpec
 from ocnna_fast.cli import build_parser
 from ocnna_fast.cli import prune as prune_command
@@ -87,8 +87,12 @@ def test_the_defaults_are_defined_once():
     assert spec.k == 40.0 and spec.target is None and spec.allocation == "sensitivity"
     assert spec.refine_steps == REFINE_STEPS and spec.cap_search is True
     assert JobSettings().prune_fields() == spec.prune_fields()
-    assert {name: getattr(spec, name) for name in BUDGET_DEFAULTS} == BUDGET_DEFAULTS
-    assert _cli_spec([]) == spec  # prune with no flags: the paper's k=40
+    # the defaults the command line fills in are the specification's (the curve share follows the search)
+    assert {name: getattr(PruneSpec(curve_share=None), name) for name in BUDGET_DEFAULTS if name != "curve_share"} == {
+        k: v for k, v in BUDGET_DEFAULTS.items() if k != "curve_share"
+    }
+    assert BUDGET_DEFAULTS.get("curve_share") is None and spec.curve_share == 0.5
+    assert _cli_spec([]) == spec  # the specification of no flags (prune itself asks for a rule first)
     assert _cli_spec(["--target", "macs=0.5"]) == PruneSpec(target="macs=0.5")
 
 

@@ -133,11 +133,13 @@ def test_score_command(tmp_path, data_dir):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["prune", "--arch", "resnet1000"], "unknown --arch"),
+        (["prune", "--arch", "resnet1000", "--k", "40"], "unknown --arch"),
         (["prune", "--k", "100"], "--k"),
         (["prune", "--k", "-5"], "--k"),
-        (["prune", "--arch", "densenet40"], "pass --weights"),
+        (["prune", "--arch", "densenet40", "--k", "40"], "pass --weights"),
         (["prune", "--bn-images", "-1"], "--bn-images"),
+        (["prune", "--arch", "resnet20"], "say how much to prune: --target macs=0.5"),
+        (["prune", "--paper", "--criterion", "l1"], "--paper fixes --criterion"),
     ],
 )
 def test_bad_arguments(argv, message, tmp_path, data_dir, capsys):
@@ -175,6 +177,8 @@ def test_missing_data_is_explained(tmp_path, capsys, monkeypatch):
             "prune",
             "--arch",
             "resnet20",
+            "--k",
+            "40",
             "--dataset",
             "cifar10",
             "--weights",
@@ -338,7 +342,10 @@ def test_interrupted_prune_leaves_the_old_outputs_whole(tmp_path, data_dir, caps
 
     monkeypatch.setattr(PruneJob, "distill", interrupted)
     assert (
-        main(["prune", *TINY, "--k", "60", "--n-components", "0.9", "--data-dir", str(data_dir), "--out", str(out)])
+        main(
+            ["prune", *TINY, "--k", "60", "--n-components", "0.9", "--data-dir", str(data_dir), "--out", str(out)]
+            + ["--overwrite"]
+        )
         == 130
     )
     assert "interrupted" in capsys.readouterr().err
@@ -348,22 +355,28 @@ def test_interrupted_prune_leaves_the_old_outputs_whole(tmp_path, data_dir, caps
     load_pruned(out / "pruned")  # still a consistent pair
 
 
-def test_rerun_into_the_same_out_with_other_settings(tmp_path, data_dir):
-    """A finished run leaves no distillation checkpoint behind (nothing is
-    left to resume), so a second run with another k starts afresh and its
-    outputs replace the first's whole: plan and weights agree."""
+def test_rerun_into_the_same_out_with_other_settings(tmp_path, data_dir, capsys):
+    """A finished run is never replaced silently: a second run into its
+    folder is refused in one line naming --overwrite, and with it starts
+    afresh (a finished run leaves no distillation checkpoint to resume) and
+    replaces the first's outputs whole: plan and weights agree."""
     out = tmp_path / "run"
     assert main(["prune", *TINY, "--data-dir", str(data_dir), "--out", str(out)]) == 0
     assert not (out / "distill").exists() and not list(out.glob("*.ckpt"))
-    assert main(["prune", *TINY, "--k", "60", "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    before = (out / "report.json").read_bytes()
+    again = ["prune", *TINY, "--k", "60", "--data-dir", str(data_dir), "--out", str(out)]
+    err = _fails(again, capsys)
+    assert "holds a finished run" in err and "--overwrite" in err
+    assert (out / "report.json").read_bytes() == before
+    assert main([*again, "--overwrite"]) == 0
     assert json.loads((out / "report.json").read_text())["k"] == 60
     load_pruned(out / "pruned")  # a consistent pair
 
 
 def test_dataset_and_model_sizes_must_fit(tmp_path, capsys):
-    argv = ["prune", "--arch", "resnet20", "--dataset", "imagenet-sample", "--out", str(tmp_path)]
+    argv = ["prune", "--arch", "resnet20", "--k", "40", "--dataset", "imagenet-sample", "--out", str(tmp_path)]
     assert "ImageNet data sets are for ImageNet models" in _fails(argv, capsys)
-    argv = ["prune", "--arch", "mobilenet_v1_075_imagenet", "--out", str(tmp_path)]
+    argv = ["prune", "--arch", "mobilenet_v1_075_imagenet", "--k", "40", "--out", str(tmp_path)]
     assert "use --dataset imagenet-sample" in _fails(argv, capsys)
 
 
@@ -470,3 +483,55 @@ def test_prune_with_refit_saves_a_model_that_loads_and_scores_the_same(tmp_path,
     assert main(args + ["--no-progress"]) == 0
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert got["accuracy"] == pytest.approx(report["pruned_accuracy_before_finetune"])
+
+
+@pytest.mark.parametrize(
+    "flags, k, criterion, scope",
+    [
+        (["--paper"], 40.0, "ocnna", "full"),  # the paper's rule exactly
+        (["--k", "30"], 30.0, "ocnna-rms", "inner"),  # the measured best scope for one share everywhere
+        (["--k", "30", "--scope", "full", "--criterion", "l1"], 30.0, "l1", "full"),  # what is given stays
+        (["--target", "macs=0.5"], None, "ocnna-rms", "full"),  # the allocation chooses every width
+    ],
+)
+def test_prune_fills_in_the_rule_from_the_measured_defaults(flags, k, criterion, scope):
+    from ocnna_fast.cli import build_parser
+    from ocnna_fast.cli.prune import resolve_rule
+    from ocnna_fast.job.pipeline import JobSettings
+    from ocnna_fast.surgery.prune import prune as surgery_prune
+
+    args = build_parser().parse_args(["prune", "--arch", "resnet20", *flags])
+    resolve_rule(args)
+    assert (args.k, args.criterion, args.scope) == (k, criterion, scope)
+    # Python's defaults are the command line's
+    assert JobSettings(target="macs=0.5").criterion == "ocnna-rms" == surgery_prune.__kwdefaults__["criterion"]
+
+
+def test_prune_without_a_rule_is_one_line_and_paper_excludes_k(capsys):
+    from ocnna_fast.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["prune", "--paper", "--k", "30"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, folder",
+    [
+        (["--arch", "resnet56", "--target", "macs=0.5"], "runs/resnet56-macs0.5"),
+        (["--arch", "resnet20", "--k", "30"], "runs/resnet20-k30"),
+        (["--arch", "resnet20", "--paper"], "runs/resnet20-paper"),
+        (
+            ["--model", "torchvision.models:resnet18(num_classes=10)", "--target", "params=0.3"],
+            "runs/resnet18-params0.3",
+        ),
+    ],
+)
+def test_prune_names_its_output_folder_for_the_job(flags, folder):
+    from ocnna_fast.cli import build_parser
+    from ocnna_fast.cli.prune import default_out, resolve_rule
+
+    args = build_parser().parse_args(["prune", *flags])
+    args.arch = args.model or args.arch
+    resolve_rule(args)
+    assert default_out(args) == folder

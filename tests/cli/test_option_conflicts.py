@@ -28,7 +28,7 @@ def _one_line_error(capsys, argv):
             ["--refine-steps", "--sensitivity-images"],
         ),
         (["--k", "40", "--no-cap-search"], ["--cap-search"]),
-        (["--round-to", "8"], ["--round-to"]),  # neither rule given: the default is --k 40
+        (["--k", "40", "--round-to", "8"], ["--round-to"]),
         (["--target", "macs=0.5", "--latency-batch", "4"], ["--latency-batch"]),
         (["--target", "params=0.5", "--latency-runtime", "eager"], ["--latency-runtime"]),
         (["--target", "macs=0.5", "--allocation", "global", "--refine-steps", "2"], ["--refine-steps"]),

@@ -153,3 +153,30 @@ def test_export_leaves_the_model_as_found(fmt, tmp_path):
     ex.export_model(model, tmp_path / f"m.{fmt}", fmt, 32)
     assert all(m.training for m in model.modules())  # exported in eval mode, from a copy
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _timing(median, q25, q75):
+    return {"median": median, "q25": q25, "q75": q75}
+
+
+@pytest.mark.parametrize(
+    "ratio, pruned, says",
+    [
+        (0.91, _timing(1.81, 1.80, 1.82), "onnxruntime at batch 1 (x0.91)"),  # slower, and trusted: said plainly
+        (0.91, _timing(1.81, 1.0, 3.0), None),  # slower, but the machine was busy: the table flags it instead
+        (1.23, _timing(1.34, 1.33, 1.35), None),  # faster: nothing to say
+    ],
+)
+def test_the_report_says_plainly_when_the_pruned_model_is_not_faster(ratio, pruned, says):
+    from ocnna_fast.deploy.latency_report import latency_markdown, not_faster
+
+    section = {
+        "base": {"onnxruntime_b1": _timing(1.65, 1.64, 1.66)},
+        "pruned": {"onnxruntime_b1": pruned, "threads": 2},
+        "speedup": {"onnxruntime_b1": ratio},
+    }
+    sentence = not_faster(section)
+    if says is None:
+        assert sentence is None and "not faster" not in latency_markdown(section)
+    else:
+        assert says in sentence and sentence in latency_markdown(section)

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from helpers import folded_pair, random_values
 from torch import nn
 
-from ocnna_fast.budget.evaluator import MaskedEvaluator, mean_kl
+from ocnna_fast.budget.evaluator import MaskedEvaluator
+from ocnna_fast.budget.masking import mean_kl
 from ocnna_fast.budget.search import budget_groups
 from ocnna_fast.budget.sensitivity import group_outputs
 from ocnna_fast.recovery.batchnorm import recalibrate_batchnorm

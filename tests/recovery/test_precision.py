@@ -75,3 +75,31 @@ def test_float16_gets_a_gradient_scaler_and_bfloat16_none():
     assert grad_scaler("amp", "cpu") == (None, "bfloat16")
     with autocast("fp32", "cpu"):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_a_resumed_float16_run_keeps_its_loss_scale(tmp_path, monkeypatch):
+    """float16 autocast trains with a gradient scaler whose scale adapts; a
+    checkpoint keeps it, so a stopped run resumes to the weights of one that
+    was not stopped (a GPU without bfloat16's path, forced here on the CPU)."""
+    from ocnna_fast._util import precision as precision_module
+
+    monkeypatch.setattr(precision_module, "amp_dtype", lambda device: torch.float16)
+    if not hasattr(torch.amp, "GradScaler"):
+        pytest.skip("this torch has no device-generic GradScaler")
+
+    def run(folder, stop=None):
+        torch.manual_seed(0)
+        teacher, student = build("resnet20").eval(), build("resnet20")
+        distill(
+            student, teacher, _data(), epochs=2, lr=0.01, batch_size=32, progress=False, precision="amp",
+            checkpoint_dir=folder, stop_after_epoch=stop,
+        )  # fmt: skip
+        return student
+
+    straight = run(tmp_path / "a")
+    run(tmp_path / "b", stop=1)
+    ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert "scaler" in ck and ck["scaler"]["scale"] > 0
+    resumed = run(tmp_path / "b")
+    for k, v in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[k], v), k

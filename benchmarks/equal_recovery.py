@@ -1,0 +1,69 @@
+"""What pruning costs at equal recovery: the unpruned base model given the
+recovery a prune job gave its pruned model (distillation from itself, the
+same epochs, images, rate and seed), both evaluated on every test image.
+
+    python benchmarks/equal_recovery.py --pruned runs/resnet56-macs05/pruned --json OUT.json
+
+The job's own settings (architecture, weights, data set, training images,
+epochs, learning rate, batch size, seed) are read from the pruned folder's
+``report.json`` one level up, so the comparison is the job's, not a guess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pruned", required=True, help="the pruned model folder of a finished prune job")
+    p.add_argument("--json", required=True, help="where the figures go")
+    a = p.parse_args()
+
+    from ocnna_fast.cli import build_parser
+    from ocnna_fast.cli.loading import images, load_model, load_pruned_folder
+    from ocnna_fast.data.evaluation import evaluate
+    from ocnna_fast.recovery.distill import distill
+
+    report = json.loads((Path(a.pruned).parent / "report.json").read_text())
+    argv = shlex.split(report["settings"]["command"])[1:]  # "ocnna-fast prune ..." as run
+    job = build_parser().parse_args(argv)
+    torch.set_num_threads(int(report["settings"]["threads"]))
+    base, weights = load_model(job.arch, job.weights, job.data_dir, job.dataset, None, seed=job.seed)
+    job.eval_images = None  # every test image
+    test = images(job, "test", None, False, job.seed)
+    train = images(job, "train", job.train_images, True, job.seed + 2)  # the job's distillation images
+    base_acc = evaluate(base, test)
+    student = load_model(job.arch, job.weights, job.data_dir, job.dataset, None, seed=job.seed)[0]
+    t = time.perf_counter()
+    distill(
+        student, base, train, epochs=job.finetune_epochs, lr=job.lr, batch_size=job.batch_size, seed=job.seed,
+        progress=False,
+    )  # fmt: skip
+    seconds = time.perf_counter() - t
+    job.pruned = a.pruned
+    pruned, _ = load_pruned_folder(job)
+    out = {
+        "command": report["settings"]["command"],
+        "base_weights": weights,
+        "test_images": len(test),
+        "base": base_acc,
+        "base_after_the_same_distillation": evaluate(student, test),
+        "pruned_after_distillation": evaluate(pruned, test),
+        "distillation_seconds": seconds,
+    }
+    out["cost_of_pruning_at_equal_recovery"] = (
+        out["base_after_the_same_distillation"] - out["pruned_after_distillation"]
+    )
+    Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
