@@ -205,6 +205,30 @@ def search_costs(entry, folder: Path) -> str:
     )
 
 
+def equal_recovery(entry, path: Path) -> str:
+    """What pruning costs at equal recovery and what the user ends with (``equal_recovery.py``)."""
+    if not path.is_file():
+        return ""
+    r = json.loads(path.read_text())
+    return "\n".join(
+        [
+            f"## What pruning costs at equal recovery: {entry['about']}\n",
+            f"`{entry['command']}`\n",
+            f"The job: `{r['command']}`. Top-1 on all {r['test_images']:,} test images:\n",
+            "| model | top-1 |",
+            "| --- | --- |",
+            f"| base ({r['base_weights'].split('/')[-1]}) | {r['base']:.2f} |",
+            f"| base after the job's distillation, from itself | {r['base_after_the_same_distillation']:.2f} |",
+            f"| pruned after the job's distillation | {r['pruned_after_distillation']:.2f} |",
+            "",
+            f"What you end with: {r['base'] - r['pruned_after_distillation']:.2f} points under the base. What "
+            f"pruning costs at equal recovery: {r['cost_of_pruning_at_equal_recovery']:.2f} points (the same "
+            "distillation given to the unpruned base moves it too).",
+            "",
+        ]
+    )
+
+
 def main() -> None:
     """BENCHMARKS.md from the manifest's suites and result files, in its order."""
     os.chdir(Path(__file__).resolve().parents[1])  # the page links results by their path in the repository
@@ -219,6 +243,7 @@ def main() -> None:
         parts.append(budget_suites(budgets))
     parts += [ablations(f) for f in args if f.name == "ablations.json"]
     parts += [search_costs(e, results / e["name"]) for e in entries if e["name"].startswith("search-cost")]
+    parts += [equal_recovery(e, results / e["name"]) for e in entries if e["name"].startswith("equal-recovery")]
     parts.append("## The suites\n")
     for f in folders:
         parts.append(table(f))

@@ -539,7 +539,7 @@ def test_a_factory_that_needs_arguments_is_one_line(tmp_path, monkeypatch, capsy
     monkeypatch.syspath_prepend(str(tmp_path))
     assert cli.main(["score", "--model", "needs_args_mod:build", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "callable without arguments" in err and len(err.strip().splitlines()) == 1
+    assert "callable with the arguments the spec gives" in err and len(err.strip().splitlines()) == 1
     sys.modules.pop("needs_args_mod", None)
 
 

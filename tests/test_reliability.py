@@ -477,7 +477,7 @@ def test_coupled_group_rule_normalises_each_layer_by_its_mean():
 
     a = ls([100.0, 300.0, 200.0, 400.0])  # mean 250
     b = ls([4.0, 1.0, 2.0, 1.0])  # mean 2
-    got = group_scores([(a, [0, 1, 2, 3]), (b, [0, 1, 2, 3])])
+    got = group_scores([(a, [0, 1, 2, 3]), (b, [0, 1, 2, 3])], criterion="ocnna")
     want = np.array([(0.4 + 2.0) / 2, (1.2 + 0.5) / 2, (0.8 + 1.0) / 2, (1.6 + 0.5) / 2])
     np.testing.assert_allclose(got, want, rtol=1e-15)
     assert select_channels(got, 50).tolist() == [0, 3]  # by A alone it would be [1, 3]

@@ -146,7 +146,7 @@ def test_python_prune_takes_a_latency_target(monkeypatch):
     default measured in ONNX Runtime at batch 1 (what the kept model was
     measured at goes into the plan)."""
     import ocnna_fast
-    from ocnna_fast.budget import search as budget
+    from ocnna_fast.budget import entry as budget
 
     pytest.importorskip("onnxruntime")
 

@@ -45,7 +45,9 @@ def fresh(tmp_path_factory):
 
 
 def _run(model, values, x, memo):
+    # the two-pass search keeps one memo file (one-pass keeps the curves' losses in a second one)
     kw = dict(allocation="sensitivity", calibration=[x[:16]], evaluation=[x[16:]], refine_steps=4, memo=memo)
+    kw["search"] = "staged"
     return prune_to_budget(model, values, x[:1], "macs=0.5", **kw)
 
 

@@ -55,7 +55,7 @@ def test_the_job_builds_what_its_functions_build(tmp_path):
     # the same steps by hand
     x = torch.zeros(1, 3, 8, 8)
     scores = score(model, (b for b, _ in DATA.scoring.batches(8)), progress=False)
-    pruned, plan = prune(model, scores, 40, x)
+    pruned, plan = prune(model, scores, 40, x, criterion="ocnna")
     assert plan["groups"] == result.plan["groups"]
     recalibrate_batchnorm(pruned, (b for b, _ in DATA.calibration.batches(8)))
     distill(pruned, model, DATA.training, epochs=2, lr=0.05, batch_size=8, seed=3, progress=False)

@@ -320,7 +320,6 @@ def test_a_budget_under_torchrun_shares_out_the_search_and_ends_like_one_process
     assert one["pruned_accuracy_before_finetune"] == two["pruned_accuracy_before_finetune"]
     s1, s2 = one["sensitivity"], two["sensitivity"]
     assert s1["search"] == s2["search"] and s1["caps"] == s2["caps"]
-    assert s1["search"]["kept"] >= 1  # the moves' rewinding was exercised
     shares = s2["evaluations_per_process"]
     assert len(shares) == 2 and s1["evaluations_per_process"] is None
     total = s1["evaluations"]  # one process: the offset, the curves, the caps and the moves

@@ -69,7 +69,7 @@ def test_single_conv_group_returns_that_convs_scores():
     scores = fake_scores(model, seed=6)
     DG = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, 64, 64))
     group = DG.get_pruning_group(model.layer1[0].conv1, tp.prune_conv_out_channels, list(range(64)))
-    imp = OCNNAImportance(scores)(group)
+    imp = OCNNAImportance(scores, criterion="ocnna")(group)
     torch.testing.assert_close(imp, scores["layer1.0.conv1"].score.float())
 
 
