@@ -14,6 +14,7 @@ folder each, report.json and report.md; the pruned weights and scores are
 deleted), so a stopped benchmark resumes; the table is printed at the end.
 
     python benchmarks/search_cost.py resnet56 --target macs=0.5 --seeds 0 1 2 --searches full one-pass
+    python benchmarks/search_cost.py "torchvision.models:resnet50(num_classes=10)" --searches full one-pass --seeds 0
     python benchmarks/search_cost.py mobilenet_v1_075_imagenet --dataset imagenet-sample --target macs=0.8 \\
         --criterion l1 --seeds 0 1 2 -- --score-images 500 --bn-images 500 --batch-size 50
 """
@@ -30,6 +31,8 @@ from statistics import mean
 
 from common import parse_with_prune_flags
 
+from ocnna_fast.models import factory_name
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -42,10 +45,13 @@ def run(arch: str, a: argparse.Namespace, variant: str, seed: int, extra) -> dic
     for flag, letter in (("--refine-steps", "r"), ("--curve-share", "c")):
         if flag in extra:  # the search's own settings name the run's folder
             tag += f"-{letter}{extra[extra.index(flag) + 1]}"
-    out = Path(a.out) / f"{arch}-{a.target.replace('=', '')}-{search}{tag}-s{seed}"
+    user = ":" in arch  # a module:factory spec (``--model``), named for its factory
+    name = factory_name(arch) if user else arch
+    out = Path(a.out) / f"{name}-{a.target.replace('=', '')}-{search}{tag}-s{seed}"
     report = out / "report.json"
     if not report.is_file():
-        cmd = [sys.executable, "-m", "ocnna_fast.cli", "prune", "--arch", arch, "--dataset", a.dataset]
+        cmd = [sys.executable, "-m", "ocnna_fast.cli", "prune", "--model" if user else "--arch", arch]
+        cmd += ["--dataset", a.dataset]
         cmd += ["--target", a.target, "--criterion", a.criterion, "--search", search, "--seed", str(seed)]
         cmd += ["--eval-images", str(a.eval_images), "--finetune-epochs", "0", "--latency-repeats", "0"]
         cmd += ["--no-progress", "--out", str(out), *extra]

@@ -8,11 +8,20 @@ Everything works without a process group: one process is rank 0 of 1.
 from __future__ import annotations
 
 import os
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 
-__all__ = ["rank_and_world", "is_main", "barrier", "init_from_env", "all_reduce_sum", "all_gather_objects", "shut_down"]
+__all__ = [
+    "rank_and_world",
+    "share_of",
+    "is_main",
+    "barrier",
+    "init_from_env",
+    "all_reduce_sum",
+    "all_gather_objects",
+    "shut_down",
+]
 
 
 def _active() -> bool:
@@ -24,6 +33,17 @@ def rank_and_world() -> Tuple[int, int]:
     if not _active():
         return 0, 1
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def share_of(distributed: Optional[bool]) -> Tuple[int, int]:
+    """``(rank, world)`` of the share of some work this process does: under
+    a process group of several processes its rank's share unless
+    ``distributed`` is ``False``; ``(0, 1)``, all of it, otherwise.
+    ``distributed=True`` without a process group is refused, not run alone."""
+    if distributed and not _active():
+        raise ValueError("distributed=True but no torch.distributed process group is initialised")
+    rank, world = rank_and_world()
+    return (rank, world) if world > 1 and distributed is not False else (0, 1)
 
 
 def is_main() -> bool:

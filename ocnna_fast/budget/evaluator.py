@@ -57,7 +57,10 @@ class MaskedEvaluator:
     same order).  The file names what the losses depend on (the weights, the
     channel order in every group, the images); a file from another model,
     ranking or image set is not used, and is replaced; ``write_memo=False``
-    reads it only (under torchrun, rank 0 alone writes)."""
+    reads it only (under torchrun, rank 0 alone writes).  ``reference``: the
+    unpruned model's log-probabilities on ``evaluation`` when the caller
+    has them (as another evaluator over more of the same images does), so
+    they are not computed again."""
 
     def __init__(
         self,
@@ -68,6 +71,7 @@ class MaskedEvaluator:
         memo: Optional[Union[str, os.PathLike]] = None,
         cut: bool = True,
         write_memo: bool = True,
+        reference: Optional[Sequence[torch.Tensor]] = None,
     ) -> None:
         self.work = copy.deepcopy(model).eval()
         self.groups = {info.root: (info, outputs, lowest_first(info)) for info, outputs in groups}
@@ -94,13 +98,18 @@ class MaskedEvaluator:
             unfold(self.work, output_moments(model, calibration if calibration is not None else evaluation, convs))
         self.norms = _norms(self.work)
         self.work.to(memory_format=torch.channels_last)  # ~15% faster convs on CPU
-        flags = training_flags(model)  # the caller's model leaves as it came
-        try:
-            with torch.no_grad():
-                self.reference = [F.log_softmax(model.eval()(x), 1) for x in evaluation]
-        finally:
-            restore_training_flags(flags)
-        self.passes = self._images(evaluation) / self.unit
+        self.passes = 0.0
+        if reference is None:  # the unpruned model's log-probabilities, the losses' reference
+            flags = training_flags(model)  # the caller's model leaves as it came
+            try:
+                with torch.no_grad():
+                    reference = [F.log_softmax(model.eval()(x), 1) for x in evaluation]
+            finally:
+                restore_training_flags(flags)
+            self.passes = self._images(evaluation) / self.unit
+        elif [r.shape[0] for r in reference] != [x.shape[0] for x in evaluation]:
+            raise ValueError("reference= needs one row of log-probabilities per evaluation image, batched alike")
+        self.reference = list(reference)
         masked = {name for _, outputs, _ in self.groups.values() for name, _ in outputs}
         self.segments = Segments.build(self.work, masked, evaluation[0][:1]) if cut else None
         self.cache: Optional[Cache] = None

@@ -256,10 +256,11 @@ def _sensitivity(
     measured = evaluator
     if curve_share < 1.0:  # the curves on the first images alone, their own memo; the caps and moves on all
         n = max(2, round(curve_share * sum(int(x.shape[0]) for x in evaluation)))
-        first = [x for x in first_images([{"x": x} for x in evaluation], n, whole=False)]
+        first = [b["x"] for b in first_images([{"x": x} for x in evaluation], n, whole=False)]
         memo_of_curves = None if memo is None else Path(memo).with_name(CURVE_MEMO)
+        reference = [torch.cat(evaluator.reference)[:n]]  # per image: the first images' rows of the main one's
         measured = MaskedEvaluator(
-            model, outputs, None, [b["x"] for b in first], memo=memo_of_curves, write_memo=is_main()
+            model, outputs, None, first, memo=memo_of_curves, write_memo=is_main(), reference=reference
         )
     curves = measure_sensitivity(measured, progress=progress)
     if cap_search:

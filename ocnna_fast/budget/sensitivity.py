@@ -164,37 +164,23 @@ def refine(
     counts = record if record is not None else {}
     counts.update(proposed=0, screened=0, measured=0, kept=0)
     rng = np.random.default_rng(seed)
-    widths = {root: info.width for root, (info, _, _) in evaluator.groups.items()}
-
-    def removed(k: Dict[str, int]) -> Dict[str, int]:
-        return {r: widths[r] - w for r, w in k.items()}
 
     best = dict(keep)
-    evaluator.anchor(removed(best))  # a move changes two groups: in one-pass measurement it runs from the first
-    start = current = evaluator.loss(removed(best))
+    evaluator.anchor(
+        _removed(evaluator, best)
+    )  # a move changes two groups: in one-pass measurement it runs from the first
+    start = current = evaluator.loss(_removed(evaluator, best))
     screening = 0.0 < screen < 1.0
-    best_screened = evaluator.screened(removed(best), screen) if screening else 0.0
+    best_screened = evaluator.screened(_removed(evaluator, best), screen) if screening else 0.0
     roots = sorted(best)
     bar = _bar(steps) if progress else None
     try:
-        if rank_and_world()[1] > 1 and not screening:  # under torchrun: the moves shared out, the same decisions
-            best, current = _shared_moves(evaluator, (best, current), (options, roots, fits), rng, steps, counts, bar)
-            return best, start, current
-        for _ in range(steps):
-            trial = _move(best, options, roots, fits, rng)
-            counts["proposed"] += trial is not None
-            screened = evaluator.screened(removed(trial), screen) if trial is not None and screening else None
-            counts["screened"] += screened is not None
-            if trial is not None and (screened is None or screened < best_screened):
-                loss = evaluator.loss(removed(trial))
-                counts["measured"] += 1
-                if loss < current:
-                    counts["kept"] += 1
-                    best, current = trial, loss
-                    evaluator.anchor(removed(best))
-                    best_screened = screened if screened is not None else best_screened
-            if bar is not None:
-                bar.update(1)
+        if screening:
+            best, current = _screened_moves(
+                evaluator, (best, current, best_screened), (options, roots, fits), rng, steps, counts, bar, screen
+            )
+        else:  # one process: one move a round; under torchrun the moves are shared out, with the same decisions
+            best, current = _moves(evaluator, (best, current), (options, roots, fits), rng, steps, counts, bar)
     finally:
         evaluator.anchor(None)
         if bar is not None:
@@ -208,8 +194,9 @@ def _bar(steps: int):
     return tqdm(total=steps, desc="refine allocation", unit="move")
 
 
-def _shared_moves(evaluator, state, space, rng, steps: int, counts: Dict[str, int], bar):
-    """The local search across processes, deciding as one process would:
+def _moves(evaluator, state, space, rng, steps: int, counts: Dict[str, int], bar):
+    """The local search, across processes under torchrun deciding as one
+    process would (with one process it is the plain sequential search):
     each round draws the next ``world`` moves from the current allocation
     (remembering the generator after each), the processes measure one each,
     and the moves are then taken in the order drawn: the first that lowers
@@ -218,14 +205,13 @@ def _shared_moves(evaluator, state, space, rng, steps: int, counts: Dict[str, in
     again from the new one).  ``(best, loss)``."""
     best, current = state
     options, roots, fits = space
-    widths = {root: info.width for root, (info, _, _) in evaluator.groups.items()}
     world = rank_and_world()[1]
     done = 0
     while done < steps:
         drawn = []
         for _ in range(min(world, steps - done)):
             drawn.append((_move(best, options, roots, fits, rng), copy.deepcopy(rng.bit_generator.state)))
-        removed = [{r: widths[r] - w for r, w in t.items()} for t, _ in drawn if t is not None]
+        removed = [_removed(evaluator, t) for t, _ in drawn if t is not None]
         share_out(evaluator, removed)
         taken = len(drawn)
         for i, (trial, after) in enumerate(drawn):
@@ -233,11 +219,11 @@ def _shared_moves(evaluator, state, space, rng, steps: int, counts: Dict[str, in
             if trial is None:
                 continue
             counts["measured"] += 1
-            loss = evaluator.loss({r: widths[r] - w for r, w in trial.items()})
+            loss = evaluator.loss(_removed(evaluator, trial))
             if loss < current:
                 counts["kept"] += 1
                 best, current = trial, loss
-                evaluator.anchor({r: widths[r] - w for r, w in best.items()})
+                evaluator.anchor(_removed(evaluator, best))
                 rng.bit_generator.state = after
                 taken = i + 1
                 break
@@ -245,6 +231,35 @@ def _shared_moves(evaluator, state, space, rng, steps: int, counts: Dict[str, in
         if bar is not None:
             bar.update(taken)
     return best, current
+
+
+def _screened_moves(evaluator, state, space, rng, steps: int, counts: Dict[str, int], bar, screen: float):
+    """The local search with each move screened on ``screen`` of the images
+    first (one process: the screen's decisions are not shared out)."""
+    best, current, best_screened = state
+    options, roots, fits = space
+    for _ in range(steps):
+        trial = _move(best, options, roots, fits, rng)
+        counts["proposed"] += trial is not None
+        if trial is not None:
+            removed = _removed(evaluator, trial)
+            screened = evaluator.screened(removed, screen)
+            counts["screened"] += 1
+            if screened < best_screened:
+                loss = evaluator.loss(removed)
+                counts["measured"] += 1
+                if loss < current:
+                    counts["kept"] += 1
+                    best, current, best_screened = trial, loss, screened
+                    evaluator.anchor(removed)
+        if bar is not None:
+            bar.update(1)
+    return best, current
+
+
+def _removed(evaluator: MaskedEvaluator, keep: Dict[str, int]) -> Dict[str, int]:
+    """The channels each group of ``keep`` (kept widths) removes."""
+    return {r: evaluator.groups[r][0].width - w for r, w in keep.items()}
 
 
 def _move(keep, options, roots, fits, rng) -> Optional[Dict[str, int]]:

@@ -13,6 +13,7 @@ from .._util.distributed import is_main
 from .._util.placement import describe_device
 from ..budget.spec import DEFAULT_K, PruneSpec
 from ..job.pipeline import JobResult, PruneJob
+from ..models import factory_name, is_factory
 from ..selection.criteria import CRITERIA, FamilyCriterion
 from ..selection.rules import DEFAULT_CRITERION, FAMILY, PAPER_CRITERION
 from ..surgery.plans import save_pruned
@@ -113,7 +114,7 @@ def resolve_rule(args: argparse.Namespace) -> None:
 
 def default_out(args: argparse.Namespace) -> str:
     """``runs/<model>-<rule>``: a folder named for what the run does."""
-    model = args.arch.split(":")[-1].split("(")[0] if ":" in args.arch else args.arch
+    model = factory_name(args.arch) if is_factory(args.arch) else args.arch
     rule = "paper" if args.paper else (args.target.replace("=", "") if args.target else f"k{args.k:g}")
     return f"runs/{model}-{rule}"
 

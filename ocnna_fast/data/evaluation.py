@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .._util import validate
-from .._util.distributed import all_reduce_sum, rank_and_world
+from .._util.distributed import all_reduce_sum, share_of
 from .._util.module_state import restore_training_flags, training_flags
 from .._util.placement import placement, to_device
 from .._util.precision import autocast, resolve_precision
@@ -42,8 +42,8 @@ def evaluate(
     home, run = placement(model, device)
     was = training_flags(model)
     model.eval()
-    rank, world = rank_and_world()
-    shard = (rank, world) if world > 1 and distributed is not False else None
+    rank, world = share_of(distributed)
+    shard = (rank, world) if world > 1 else None
     it = data.batches(batch_size, shard=shard) if shard else data.batches(batch_size)
     if progress:
         from tqdm.auto import tqdm

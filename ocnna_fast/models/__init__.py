@@ -21,7 +21,7 @@ from .cifar_others import densenet40_cifar, mobilenet_v1_cifar, vgg16_bn_cifar
 from .cifar_resnet import CifarResNet, cifar_resnet, load_akamaster_checkpoint
 from .efficientnet_lite import EfficientNetLite0, lite0_weights_path
 from .mobilenet_tf import TF_MOBILENETS, tf_mobilenet
-from .user import build_user_model, is_factory
+from .user import build_user_model, factory_name, is_factory
 
 __all__ = [
     "ARCHS",
@@ -34,6 +34,7 @@ __all__ = [
     "load_akamaster_checkpoint",
     "lite0_weights_path",
     "is_factory",
+    "factory_name",
 ]
 
 

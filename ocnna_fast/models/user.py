@@ -18,12 +18,26 @@ from typing import Any, Callable, Dict, List, Tuple
 
 from torch import nn
 
-__all__ = ["is_factory", "load_factory", "build_user_model"]
+__all__ = ["is_factory", "factory_name", "load_factory", "build_user_model"]
 
 
 def is_factory(spec: str) -> bool:
     """Whether a model name is a ``module:callable`` spec rather than a zoo name."""
     return ":" in spec
+
+
+def _parts(spec: str) -> Tuple[str, str, str]:
+    """``module``, ``factory`` and ``(arguments)`` (empty without them) of a spec."""
+    module_name, _, attr = spec.partition(":")
+    call = ""
+    if "(" in attr:
+        attr, call = attr[: attr.index("(")], attr[attr.index("(") :]
+    return module_name, attr, call
+
+
+def factory_name(spec: str) -> str:
+    """The factory's own name (``resnet18`` for ``torchvision.models:resnet18(num_classes=10)``)."""
+    return _parts(spec)[1].split(".")[-1]
 
 
 def _arguments(spec: str, call: str) -> Tuple[List[Any], Dict[str, Any]]:
@@ -46,10 +60,7 @@ def _arguments(spec: str, call: str) -> Tuple[List[Any], Dict[str, Any]]:
 
 def load_factory(spec: str) -> Callable[[], nn.Module]:
     """The spec's factory, with its arguments bound when the spec gives any."""
-    module_name, _, attr = spec.partition(":")
-    call = ""
-    if "(" in attr:
-        attr, call = attr[: attr.index("(")], attr[attr.index("(") :]
+    module_name, attr, call = _parts(spec)
     if not module_name or not attr:
         raise ValueError(f"--model must be 'package.module:factory', got {spec!r}")
     if call:

@@ -15,7 +15,7 @@ from typing import Any, Iterable, List, Optional, Union
 import torch
 from torch import nn
 
-from .._util.distributed import all_reduce_sum, rank_and_world
+from .._util.distributed import all_reduce_sum, share_of
 from .._util.placement import input_of, placement
 from .._util.validate import positive_int
 from ..errors import add_note
@@ -65,8 +65,8 @@ def recalibrate_batchnorm(
     bar = _bar(max_images) if progress else None
     try:
         _start(model, norms, home, run_device)
-        seen = _stream(model, data, max_images, run_device, bar, _share(distributed))
-        if _share(distributed)[1] > 1:
+        seen = _stream(model, data, max_images, run_device, bar, share_of(distributed))
+        if share_of(distributed)[1] > 1:
             _combine(norms)
     except BaseException as exc:
         failure = exc
@@ -137,12 +137,6 @@ def _start(model: nn.Module, norms, home, run_device) -> None:
         m.reset_running_stats()
         m.momentum = None  # an exact average over the batches, not an exponential one
         m.train()
-
-
-def _share(distributed: Optional[bool]):
-    """``(rank, world)`` of the batches this process runs (``(0, 1)``: all of them)."""
-    rank, world = rank_and_world()
-    return (rank, world) if world > 1 and distributed is not False else (0, 1)
 
 
 def _combine(norms: List[nn.Module]) -> None:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .. import _native
+from .._util.distributed import share_of
 from .._util.module_state import restore_training_flags, training_flags
 from .._util.placement import input_of as _input_of
 from .._util.placement import placement as _placement
@@ -342,14 +343,12 @@ def _layers(model: nn.Module, layers: Optional[Sequence[str]], tap: str):
 
 
 def _use_distributed(distributed: Optional[bool]) -> bool:
-    if distributed is False:
-        return False
+    """Under a process group unless told not to (one process of a group of one
+    too: its checkpoint is named for its rank); ``True`` without one is refused."""
+    share_of(distributed)
     import torch.distributed as dist
 
-    use = dist.is_available() and dist.is_initialized()
-    if distributed and not use:
-        raise ValueError("distributed=True but no torch.distributed process group is initialised")
-    return use
+    return distributed is not False and dist.is_available() and dist.is_initialized()
 
 
 def _checkpoint_path(checkpoint: Any, use_dist: bool) -> Optional[str]:

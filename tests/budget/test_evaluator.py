@@ -174,6 +174,7 @@ def test_one_pass_moves_run_from_where_they_differ_from_the_current_allocation(s
     layer where they differ from the allocation it holds: the same losses
     and the same decisions as whole passes, for fewer passes, across kept
     moves (each a new anchor)."""
+    torch.manual_seed(0)  # the weights, so whether a move is kept does not hang on the tests run before
     model = build("resnet20").eval()
     full, staged, infos = _evaluators(model, 16, one_pass=True)
     assert full.one_pass and staged.one_pass and staged.segments is not None
@@ -211,3 +212,21 @@ def test_a_one_pass_search_measures_candidates_in_one_pass():
     assert half.sensitivity["evaluations"] >= 3 * len(half.widths)  # every curve candidate counted
     with pytest.raises(ValueError, match="one-pass search only"):
         prune_to_budget(model, values, x[:1], "macs=0.5", search="staged", curve_share=0.5, **kw)
+
+
+def test_an_evaluator_given_the_reference_measures_what_one_computing_it_measures():
+    """The curves' evaluator over the first images takes the unpruned model's
+    log-probabilities from the main evaluator's rows instead of a pass of its
+    own: the same losses, one reference pass fewer counted; a reference of
+    another shape is refused."""
+    model = build("resnet20").eval()
+    main, _, infos = _evaluators(model, 16, one_pass=True)
+    first = [torch.cat(main.evaluation)[:9]]
+    outputs = [(info, outs) for info, outs, _ in main.groups.values()]
+    own = MaskedEvaluator(model, outputs, None, first)
+    given = MaskedEvaluator(model, outputs, None, first, reference=[torch.cat(main.reference)[:9]])
+    assert given.passes == pytest.approx(own.passes - 1.0)  # the reference pass of 9 images, 9 to a pass
+    for removed in _candidates(infos):
+        assert given.loss(removed) == pytest.approx(own.loss(removed), rel=1e-5, abs=1e-7)
+    with pytest.raises(ValueError, match="one row of log-probabilities per evaluation image"):
+        MaskedEvaluator(model, outputs, None, first, reference=[torch.cat(main.reference)[:8]])

@@ -326,3 +326,24 @@ def test_a_budget_under_torchrun_shares_out_the_search_and_ends_like_one_process
     for n in shares:  # about half each; a round whose first move is kept wastes its second
         assert n <= total / 2 + s1["search"]["kept"] + 2, (shares, total)
     print("measured per process:", shares, "of", total, "candidates one process measured")
+
+
+def test_distributed_true_without_a_process_group_is_refused():
+    """Asked to share the work out with no process group to share it with:
+    refused in one line by evaluation, BatchNorm re-estimation and scoring
+    alike (it used to run alone in the first two)."""
+    from ocnna_fast import score
+    from ocnna_fast.data.evaluation import evaluate
+    from ocnna_fast.recovery.batchnorm import recalibrate_batchnorm
+
+    model, augmented = _net(True, 0), _data()
+    data = TensorImages(augmented.images, augmented.labels, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    batches = [torch.randn(4, 3, 12, 12) for _ in range(2)]
+    for call in (
+        lambda: evaluate(model, data, batch_size=8, distributed=True),
+        lambda: recalibrate_batchnorm(model, batches, distributed=True),
+        lambda: score(model, batches, distributed=True, progress=False),
+    ):
+        with pytest.raises(ValueError, match="no torch.distributed process group"):
+            call()
+    assert 0.0 <= evaluate(model, data, batch_size=8, distributed=None) <= 100.0  # alone unless told otherwise
