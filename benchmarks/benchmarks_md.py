@@ -197,9 +197,28 @@ def search_costs(entry, folder: Path) -> str:
             f"`{entry['command']}`\n",
             "Forward passes: forward-pass equivalents over the images one pass stands for (the calibration "
             "images; one-pass: the evaluation images), image-forwards: the images run times the share of the "
-            'network they ran through (docs/budget.md, "What the search costs"); after BN: top-1 after BatchNorm '
-            "re-estimation on 2,000 test images.\n",
+            'network they ran through (docs/budget-experiments.md, "What the search costs"); after BN: top-1 after BatchNorm '
+            "re-estimation on the run's evaluation images (2,000 CIFAR test images; 500 of the ImageNet sample).\n",
             search_cost.table(rows),
+            "",
+        ]
+    )
+
+
+def search_depth(folders) -> str:
+    """The search's cost model by model, shallow to deep (``search_cost.depth_table``)."""
+    import search_cost
+
+    folders = [f for f in folders if f.is_dir()]
+    if not folders:
+        return ""
+    return "\n".join(
+        [
+            "## How the width search's cost grows with depth\n",
+            "The ResNet-20 and ResNet-56 rows are the search-cost runs above; the ResNet-50-shaped one is "
+            "torchvision's ResNet-50 with random weights on the CIFAR images (its cost, not its accuracy, is the "
+            "point: `search-cost-depth`). Forward passes of each network over its own images.\n",
+            search_cost.depth_table(folders),
             "",
         ]
     )
@@ -243,6 +262,8 @@ def main() -> None:
         parts.append(budget_suites(budgets))
     parts += [ablations(f) for f in args if f.name == "ablations.json"]
     parts += [search_costs(e, results / e["name"]) for e in entries if e["name"].startswith("search-cost")]
+    depth = ["search-cost-resnet20", "search-cost-resnet56", "search-cost-depth"]
+    parts.append(search_depth([results / name for name in depth if any(e["name"] == name for e in entries)]))
     parts += [equal_recovery(e, results / e["name"]) for e in entries if e["name"].startswith("equal-recovery")]
     parts.append("## The suites\n")
     for f in folders:

@@ -73,8 +73,11 @@ def row(report: Path) -> dict:
         search += f", {how['steps']} moves"
     if "curve_images" in s:
         search += f", curves on {s['curve_images']} images"
+    words = r["settings"]["command"].split()
+    model = next((words[i + 1] for i, w in enumerate(words[:-1]) if w in ("--arch", "--model")), "resnet56")
     return {
         "search": search,
+        "model": model,
         "seed": r["settings"]["seed"],
         "passes": s["passes"],
         # image-forwards, comparable across searches whose pass stands for different image counts
@@ -135,6 +138,41 @@ def table(rows) -> str:
                 f"{', '.join(str(r['seed']) for _, r in pairs)}; the same widths on {same} of {len(pairs)}"
             )
     lines.append("\n(Seconds depend on the machine and on what else it runs.)")
+    return "\n".join(lines)
+
+
+def _convs(model: str) -> int:
+    """The model's conv layers (built untrained: only its shape counts)."""
+    from torch import nn
+
+    from ocnna_fast.models import build
+
+    return sum(isinstance(m, nn.Conv2d) for m in build(model).modules())
+
+
+def depth_table(folders) -> str:
+    """How the search's cost grows with the network: per model, the full
+    search (100 moves) against the default (one-pass, 40 moves, curves on
+    half the images) in forward passes of that network, on the seeds both ran."""
+    lines = [
+        "| model | conv layers | groups searched | full: forward passes | default: forward passes "
+        "| full / default (image-forwards) | default: passes per group |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for folder in folders:
+        rows = rows_in(folder)
+        full = {r["seed"]: r for r in rows if r["search"] == "full"}
+        default = [r for r in rows if r["search"].startswith("one-pass, 40 moves, curves") and r["seed"] in full]
+        if not default:
+            continue
+        pairs = [(full[r["seed"]], r) for r in default]
+        groups = len(default[0]["widths"])
+        passes = [mean(x["passes"] for x in side) for side in zip(*pairs)]
+        ratio = sum(f["forwards"] for f, _ in pairs) / sum(d["forwards"] for _, d in pairs)
+        lines.append(
+            f"| {default[0]['model']} | {_convs(default[0]['model'])} | {groups} | {passes[0]:.1f} | {passes[1]:.1f} "
+            f"| {ratio:.2f}x | {passes[1] / groups:.2f} |"
+        )
     return "\n".join(lines)
 
 

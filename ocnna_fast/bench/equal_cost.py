@@ -193,7 +193,7 @@ class _Cells(Suite):
         row.update(reached=built["reached"], rpr=result.rpr, macs_ratio=result.macs_ratio)
         row.update(acc_surgery=result.accuracy["surgery"], acc_bn=result.accuracy.get("recalibrated"))
         row.update(acc_finetuned=result.accuracy.get("distilled"), allocation_seconds=built["seconds"])
-        row.update(self.latency(result.pruned))
+        row.update(self.latency(result.pruned), search_passes=built["passes"])
         if built["widths"] is not None:
             row["widths"] = built["widths"]
         return row
@@ -205,15 +205,17 @@ class _Cells(Suite):
         key = (method, s.target, seed if s.criterion in SEEDED else 0)
         if key in self.structures:
             return self.structures[key]
-        start, k, widths = time.perf_counter(), None, None
+        start, k, widths, passes = time.perf_counter(), None, None, 0.0
         if kind in ALLOCATIONS:
             job.rank(self.values_of(job)[0])
             budget = job.allocate()
             pruned, plan, reached = budget.pruned, budget.plan, budget.reached
             widths = {r: list(w) for r, w in budget.widths.items()}
+            # the width search's forward-pass equivalents (none for global, as for the one-knob rules)
+            passes = (budget.sensitivity or {}).get("passes", 0.0)
         else:
             k, pruned, plan, reached = self._fixed_rule(job, kind, parse_target(s.target))
-        built = dict(pruned=pruned, plan=plan, k=k, reached=reached, widths=widths)
+        built = dict(pruned=pruned, plan=plan, k=k, reached=reached, widths=widths, passes=passes)
         built["seconds"] = time.perf_counter() - start
         self.structures = {key: built}  # one kept: cells run target-major, a method's seeds in a row
         return built

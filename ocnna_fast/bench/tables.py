@@ -46,7 +46,7 @@ def summarise_criteria(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     for (c, k), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         line = {"criterion": c, "k": k, "seeds": len(rs)}
         for f in RESULT_KEYS[3:]:  # what a cell measures (criterion, k and seed name it)
-            line[f] = mean([r[f] for r in rs])
+            line[f] = mean([r.get(f) for r in rs])  # a field rows of older code lack is shown as "-"
         for f in ("acc_bn", "acc_finetuned"):
             values = [r[f] for r in rs if r[f] is not None]
             line[f"{f}_min"] = min(values, default=None)
@@ -133,7 +133,7 @@ def criteria_plots(rows: List[Dict[str, Any]], out: Path, arch: str) -> bool:
 
 
 MEASURED = ("k", "reached", "rpr", "macs_ratio", "acc_surgery", "acc_bn", "acc_finetuned", "allocation_seconds")
-MEASURED += ("latency_ms_b1", "latency_ms_b64")
+MEASURED += ("latency_ms_b1", "latency_ms_b64", "search_passes")
 
 
 def summarise_methods(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -145,7 +145,7 @@ def summarise_methods(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     for (t, m), rs in groups.items():
         line: Dict[str, Any] = {"target": t, "method": m, "seeds": len(rs)}
         for f in MEASURED:
-            line[f] = mean([r[f] for r in rs])
+            line[f] = mean([r.get(f) for r in rs])  # a field rows of older code lack is shown as "-"
         for f in ("acc_bn", "acc_finetuned"):
             v = [r[f] for r in rs if r[f] is not None]
             line[f + "_range"] = (min(v), max(v)) if len(v) > 1 else None
@@ -170,13 +170,13 @@ def methods_table(rows: List[Dict[str, Any]], config: Dict[str, Any], base: Dict
     ]
     lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in sorted(config.items())] + [""]
     head = "| target | method | seeds | k or ratio | reached | RPR | acc. after surgery | acc. after BN | "
-    head += "acc. after distillation | allocation s | latency b1 ms |"
-    lines += [head, "| " + " | ".join(["---"] * 11) + " |"]
+    head += "acc. after distillation | allocation s | search passes | latency b1 ms |"
+    lines += [head, "| " + " | ".join(["---"] * 12) + " |"]
     for s in sorted(summarise_methods(rows), key=lambda x: (x["target"], -(x["acc_finetuned"] or x["acc_bn"] or 0))):
         lines.append(
             f"| {s['target']} | {s['method']} | {s['seeds']} | {fmt(s['k'], 2)} | {fmt(s['reached'], 4)} | "
             f"{fmt(s['rpr'], 4)} | {fmt(s['acc_surgery'])} | {_acc(s, 'acc_bn')} | {_acc(s, 'acc_finetuned')} | "
-            f"{fmt(s['allocation_seconds'], 1)} | {fmt(s['latency_ms_b1'])} |"
+            f"{fmt(s['allocation_seconds'], 1)} | {fmt(s['search_passes'], 1)} | {fmt(s['latency_ms_b1'])} |"
         )
     return "\n".join(lines) + "\n"
 

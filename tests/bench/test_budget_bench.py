@@ -150,6 +150,9 @@ def test_every_method_meets_the_budget_and_a_stopped_suite_resumes_to_the_same_r
         assert 0.5 * 0.98 <= r["reached"] <= 0.5 * 1.02, r
         assert abs(r["macs_ratio"] - r["reached"]) < 1e-9  # the job's own count agrees
         assert r["acc_bn"] is not None and r["acc_finetuned"] is None
+        # the search's cost in forward-pass equivalents: only the sensitivity search runs images
+        assert (r["search_passes"] > 1.0) == r["method"].startswith("sensitivity"), r
+    assert "| search passes |" in (tmp_path / "a" / "results.md").read_text()
     # stop after two cells: the rerun runs only the rest and ends with the same rows
     from ocnna_fast.bench import equal_cost as budget_bench
 
