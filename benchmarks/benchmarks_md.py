@@ -248,6 +248,21 @@ def equal_recovery(entry, path: Path) -> str:
     )
 
 
+def precision(entry, path: Path) -> str:
+    """fp32 against ``--precision amp``: accuracy and speed of one distillation (``gpu_job.py``)."""
+    if not path.is_file():
+        return ""
+    lines = [f"## Mixed precision: {entry['about']}\n", f"`{entry['command']}`\n"]
+    lines += ["| check | fp32 top-1 | amp top-1 | images/s fp32 | images/s amp |", "| --- | --- | --- | --- | --- |"]
+    for r in json.loads(path.read_text()):
+        acc, speed = r["accuracy"], r["images_per_second"]
+        lines.append(
+            f"| {r['check']} | {acc['fp32']:.2f} | {acc['amp']:.2f} | {speed['fp32']:.0f} | {speed['amp']:.0f} |"
+        )
+    lines += ["", "(Images per second depend on the machine, its bfloat16 support and what else it ran.)", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     """BENCHMARKS.md from the manifest's suites and result files, in its order."""
     os.chdir(Path(__file__).resolve().parents[1])  # the page links results by their path in the repository
@@ -265,6 +280,7 @@ def main() -> None:
     depth = ["search-cost-resnet20", "search-cost-resnet56", "search-cost-depth"]
     parts.append(search_depth([results / name for name in depth if any(e["name"] == name for e in entries)]))
     parts += [equal_recovery(e, results / e["name"]) for e in entries if e["name"].startswith("equal-recovery")]
+    parts += [precision(e, results / e["name"]) for e in entries if e["name"].startswith("amp-")]
     parts.append("## The suites\n")
     for f in folders:
         parts.append(table(f))

@@ -14,7 +14,8 @@ The distillation check runs on any device: on a CPU, ``--precision amp`` is
 autocast to bfloat16, and the check shows that path's accuracy against fp32.
 
     python benchmarks/gpu_job.py --out /tmp/gpu-job
-    python benchmarks/gpu_job.py --device cpu --checks distillation --out /tmp/cpu-amp
+    python benchmarks/gpu_job.py --device cpu --checks distillation --out /tmp/cpu-amp \
+        --json benchmarks/results/amp-cpu-resnet56.json
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ def main() -> int:
     p.add_argument("--out", default="/tmp/gpu-job")
     p.add_argument("--device", default="cuda")
     p.add_argument("--checks", nargs="+", choices=sorted(CHECKS), default=list(CHECKS))
+    p.add_argument("--json", help="also write the checks' results here (a JSON list)")
     a = p.parse_args()
     out = Path(a.out)
     results = []
@@ -122,6 +124,8 @@ def main() -> int:
         except (subprocess.CalledProcessError, FileNotFoundError, KeyError) as exc:
             results.append({"check": check.__name__, "passed": False, "error": repr(exc)})
         print(json.dumps(results[-1]), flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1) + "\n")
     failed = [r["check"] for r in results if not r["passed"]]
     print("all job checks passed" if not failed else f"failed: {', '.join(failed)}")
     return 1 if failed else 0

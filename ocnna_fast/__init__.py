@@ -12,6 +12,7 @@ from ._version import __version__
 from .budget.entry import prune
 from .budget.spec import PruneSpec
 from .data.evaluation import evaluate
+from .data.loader import LoaderImages
 from .data.tensorimages import TensorImages
 from .errors import InternalError
 from .models import build as _zoo_build
@@ -37,6 +38,7 @@ __all__ = [
     "PruneSpec",
     "Scores",
     "TensorImages",
+    "LoaderImages",
     "apply_plan",
     "build_info",
     "count_params",

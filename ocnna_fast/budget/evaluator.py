@@ -99,17 +99,7 @@ class MaskedEvaluator:
         self.norms = _norms(self.work)
         self.work.to(memory_format=torch.channels_last)  # ~15% faster convs on CPU
         self.passes = 0.0
-        if reference is None:  # the unpruned model's log-probabilities, the losses' reference
-            flags = training_flags(model)  # the caller's model leaves as it came
-            try:
-                with torch.no_grad():
-                    reference = [F.log_softmax(model.eval()(x), 1) for x in evaluation]
-            finally:
-                restore_training_flags(flags)
-            self.passes = self._images(evaluation) / self.unit
-        elif [r.shape[0] for r in reference] != [x.shape[0] for x in evaluation]:
-            raise ValueError("reference= needs one row of log-probabilities per evaluation image, batched alike")
-        self.reference = list(reference)
+        self.reference = self._reference(model, evaluation, reference)
         masked = {name for _, outputs, _ in self.groups.values() for name, _ in outputs}
         self.segments = Segments.build(self.work, masked, evaluation[0][:1]) if cut else None
         self.cache: Optional[Cache] = None
@@ -123,6 +113,22 @@ class MaskedEvaluator:
         self.offset = 0.0
         self.offset = self.loss({})
         self.base_statistics: Optional[List[Dict[str, torch.Tensor]]] = None  # measured with the first cut
+
+    def _reference(self, model: nn.Module, evaluation, given) -> List[torch.Tensor]:
+        """The unpruned model's log-probabilities, the losses' reference:
+        ``given``, checked, or computed (one pass of ``evaluation``, counted)."""
+        if given is not None:
+            if [r.shape[0] for r in given] != [x.shape[0] for x in evaluation]:
+                raise ValueError("reference= needs one row of log-probabilities per evaluation image, batched alike")
+            return list(given)
+        flags = training_flags(model)  # the caller's model leaves as it came
+        try:
+            with torch.no_grad():
+                out = [F.log_softmax(model.eval()(x), 1) for x in evaluation]
+        finally:
+            restore_training_flags(flags)
+        self.passes += self._images(evaluation) / self.unit
+        return out
 
     def _unmasked_statistics(self) -> List[Dict[str, torch.Tensor]]:
         """The BatchNorm statistics of the unmasked network re-estimated on

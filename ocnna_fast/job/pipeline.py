@@ -35,6 +35,7 @@ from ..budget.latency import check_settings as check_latency_settings
 from ..budget.search import ALLOCATION_MEMO, BudgetResult, input_batches, prune_to_budget
 from ..budget.spec import PruneSpec
 from ..data.evaluation import evaluate
+from ..data.loader import as_images
 from ..data.tensorimages import image_side
 from ..recovery.distill import distill
 from ..recovery.recover import has_batchnorm, recalibrate
@@ -57,12 +58,19 @@ class JobData:
     loss of each sensitivity candidate), ``calibration`` (BatchNorm
     re-estimation or the folded correction after surgery, and inside each
     sensitivity candidate; ``None`` skips the step) and ``training``
-    (distillation; ``None``: none)."""
+    (distillation; ``None``: none).  ``evaluation``, ``scoring`` and
+    ``calibration`` may also be a ``DataLoader`` or any re-iterable of
+    ``(images, labels)`` batches (``data.loader.LoaderImages``)."""
 
     evaluation: Any
     scoring: Any = None
     calibration: Any = None
     training: Any = None
+
+    def __post_init__(self) -> None:
+        # a DataLoader (any re-iterable of batches) is read as the sets are; see data.loader
+        for role in ("evaluation", "scoring", "calibration", "training"):
+            setattr(self, role, as_images(getattr(self, role), role))
 
 
 @dataclass(frozen=True)

@@ -122,3 +122,46 @@ def test_steps_out_of_order_and_bad_settings_are_refused():
         job2.score()
         job2.surgery()
         job2.distill()
+
+
+def _loader(images: TensorImages, batch_size: int):
+    """The same images as a DataLoader would give them: normalised, in order."""
+    x, y = images.batch(torch.arange(len(images)))
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size)
+
+
+@pytest.mark.parametrize("loader_batch", [5, 8, 24])
+def test_a_job_reads_dataloaders_as_it_reads_image_sets(loader_batch):
+    """DataLoaders for evaluation, scoring and calibration (any batch size of
+    their own): the same plan, weights and accuracies as the image sets."""
+    settings = JobSettings(k=40, criterion="ocnna-rms", epochs=1, lr=0.05, batch_size=8, seed=3)
+    want = PruneJob(_model(), DATA, settings, progress=False).run()
+    loaders = JobData(
+        evaluation=_loader(DATA.evaluation, loader_batch),
+        scoring=_loader(DATA.scoring, loader_batch),
+        calibration=_loader(DATA.calibration, loader_batch),
+        training=DATA.training,
+    )
+    got = PruneJob(_model(), loaders, settings, progress=False).run()
+    assert got.plan["groups"] == want.plan["groups"]
+    assert got.accuracy == pytest.approx(want.accuracy)
+    for k, v in want.pruned.state_dict().items():
+        torch.testing.assert_close(got.pruned.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_what_a_dataloader_cannot_serve_is_refused():
+    from ocnna_fast.data.loader import LoaderImages
+
+    loader = _loader(DATA.scoring, 4)
+    with pytest.raises(TypeError, match="distillation draws its own seeded order"):
+        JobData(evaluation=DATA.evaluation, training=loader)
+    with pytest.raises(TypeError, match="can be read once"):
+        JobData(evaluation=(b for b in loader))
+    with pytest.raises(TypeError, match="need their labels"):
+        list(JobData(evaluation=[x for x, _ in loader]).evaluation.batches(8))
+    with pytest.raises(TypeError, match="takes TensorImages, FolderImages or a DataLoader"):
+        JobData(evaluation=torch.zeros(4, 3, 8, 8))
+    # scoring and calibration need no labels: bare image batches are read, 16 images as 8 + 8
+    bare = LoaderImages([x for x, _ in loader])
+    assert len(bare) == 16 and [b[0].shape[0] for b in bare.batches(8)] == [8, 8]
+    assert [b[0].shape[0] for b in bare.batches(8, shard=(1, 2))] == [4, 4]
