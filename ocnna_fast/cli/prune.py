@@ -122,7 +122,8 @@ def default_out(args: argparse.Namespace) -> str:
 def _short(weights: str) -> str:
     """A weights file as its folder and name (which base it is, without the machine's paths)."""
     p = Path(weights)
-    return f"{p.parent.name}/{p.name}" if p.suffix else weights
+    file = p.suffix and ":" not in weights  # a factory spec's dots and colon are not a file's
+    return f"{p.parent.name}/{p.name}" if file and p.parent.name else weights
 
 
 def _rule_name(args: argparse.Namespace) -> str:
