@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -73,7 +74,7 @@ def row(report: Path) -> dict:
         search += f", {how['steps']} moves"
     if "curve_images" in s:
         search += f", curves on {s['curve_images']} images"
-    words = r["settings"]["command"].split()
+    words = shlex.split(r["settings"]["command"])  # a factory spec is quoted there
     model = next((words[i + 1] for i, w in enumerate(words[:-1]) if w in ("--arch", "--model")), "resnet56")
     return {
         "search": search,
