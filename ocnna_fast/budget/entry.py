@@ -4,6 +4,7 @@ the images the budget's search measures on."""
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._util.placement import placement
 from .._util.validate import input_batches_of
 from ..selection.groups import conv_groups
 from ..selection.rules import DEFAULT_CRITERION, group_values
@@ -49,6 +51,7 @@ def prune(
     progress: bool = False,
     seed: int = 0,
     checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
+    device: Union[None, str, torch.device] = None,
     **options: Any,
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     """A physically smaller copy of ``model`` (left unchanged), by the
@@ -63,7 +66,36 @@ def prune(
     included); ``example_inputs`` defaults to their first.  The budget is met
     within 2% or refused (latency: 5% over at most, by ``measure``);
     ``plan["budget"]`` says what was reached.  ``seed`` draws the search's
-    moves; ``checkpoint_dir`` keeps its measured losses, so it resumes."""
+    moves; ``checkpoint_dir`` keeps its measured losses, so it resumes.
+    ``device``: where the search runs (default: where ``model`` is; elsewhere
+    on a copy); the pruned model is returned where ``model`` is."""
+    keywords = dict(target=target, calibration=calibration, evaluation=evaluation, measure=measure)
+    keywords.update(progress=progress, seed=seed, checkpoint_dir=checkpoint_dir, **options)
+    home, run = placement(model, device)
+    if run == home:
+        return _prune(model, scores, k, example_inputs, ignored_layers, **keywords)
+    example = None if example_inputs is None else example_inputs.to(run)
+    pruned, plan = _prune(copy.deepcopy(model).to(run), scores, k, example, ignored_layers, **keywords)
+    return pruned.to(home), plan
+
+
+def _prune(
+    model: nn.Module,
+    scores: Optional[Mapping[str, Any]],
+    k: Optional[float] = None,
+    example_inputs: Optional[torch.Tensor] = None,
+    ignored_layers: Optional[Sequence[Any]] = None,
+    *,
+    target: Any = None,
+    calibration: Any = None,
+    evaluation: Any = None,
+    measure: Optional[Callable[[nn.Module], float]] = None,
+    progress: bool = False,
+    seed: int = 0,
+    checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
+    **options: Any,
+) -> Tuple[nn.Module, Dict[str, Any]]:
+    """``prune`` on the device the model is on."""
     budget = {name: options.pop(name) for name in BUDGET_FIELDS if name in options}
     limit = budget.get("sensitivity_images", PruneSpec.sensitivity_images)
     calibration = input_batches_of(calibration, "calibration", limit)

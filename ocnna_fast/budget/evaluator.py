@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._util.module_state import restore_training_flags, training_flags
-from .._util.placement import model_device, to_device
+from .._util.placement import model_device, placement, to_device
 from ..recovery.batchnorm import recalibrate_batchnorm
 from ..recovery.foldedbn import output_moments, unfold
 from .allocation import GroupInfo
@@ -60,7 +60,8 @@ class MaskedEvaluator:
     reads it only (under torchrun, rank 0 alone writes).  ``reference``: the
     unpruned model's log-probabilities on ``evaluation`` when the caller
     has them (as another evaluator over more of the same images does), so
-    they are not computed again."""
+    they are not computed again.  ``device``: where the candidates run
+    (default: where ``model`` is; elsewhere, on a copy)."""
 
     def __init__(
         self,
@@ -72,7 +73,11 @@ class MaskedEvaluator:
         cut: bool = True,
         write_memo: bool = True,
         reference: Optional[Sequence[torch.Tensor]] = None,
+        device: Union[None, str, torch.device] = None,
     ) -> None:
+        home, run = placement(model, device)
+        if run != home:  # measured on a copy where it runs; the caller's model stays where it is
+            model = copy.deepcopy(model).to(run)
         self.work = copy.deepcopy(model).eval()
         self.groups = {info.root: (info, outputs, lowest_first(info)) for info, outputs in groups}
         orders = json.dumps([(r, o, order) for r, (_, o, order) in sorted(self.groups.items())], default=int)

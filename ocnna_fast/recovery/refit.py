@@ -27,14 +27,14 @@ pass of both networks stops at the layer being fitted.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .._util.module_state import restore_training_flags, training_flags
-from .._util.placement import input_of
+from .._util.placement import input_of, model_device, placement
 
 __all__ = ["reconstruct", "input_at", "ridge_solve", "im2col_rows", "RIDGE", "POSITIONS"]
 
@@ -257,6 +257,7 @@ def reconstruct(
     *,
     ridge: float = RIDGE,
     progress: bool = False,
+    device: Union[None, str, torch.device] = None,
 ) -> Dict[str, Any]:
     """Refits, in place, every layer of ``pruned`` downstream of the first
     cut (see the module's text) to the outputs of ``base`` on ``batches``
@@ -266,14 +267,17 @@ def reconstruct(
     A layer a BatchNorm reads is fitted in that BatchNorm's frame (the
     module's text): run it after the BatchNorm statistics are re-estimated.
     Returns ``{"reconstructed": dense layers, "rescaled": depthwise convs,
-    "images": n}``."""
+    "images": n}``.  ``device``: where both models run (default: where
+    ``pruned`` is); each is moved back to where it was after."""
     if not ridge >= 0:
         raise ValueError(f"ridge must be >= 0, got {ridge!r}")
-    inputs = [input_of(b) for b in batches]
+    home, run = placement(pruned, device)
+    base_home = model_device(base)
+    inputs = [input_of(b).to(run) for b in batches]
     if not inputs:
         raise ValueError("reconstruction needs calibration batches")
     flags = training_flags(pruned), training_flags(base)
-    pruned.eval(), base.eval()
+    pruned.eval().to(run), base.eval().to(run)
     old_modules, new_modules = dict(base.named_modules()), dict(pruned.named_modules())
     counts = {"reconstructed": 0, "rescaled": 0}
     gen = torch.Generator().manual_seed(0)  # the im2col positions: the same fit on every run
@@ -298,6 +302,7 @@ def reconstruct(
                     _fit_depthwise(old, new, pairs, kept, frame)
                 counts["reconstructed" if kind == "dense" else "rescaled"] += 1
     finally:
+        pruned.to(home), base.to(base_home)
         restore_training_flags(flags[0])
         restore_training_flags(flags[1])
     return {**counts, "images": sum(int(x.shape[0]) for x in inputs)}
