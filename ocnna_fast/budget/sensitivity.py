@@ -197,8 +197,9 @@ def _bar(steps: int):
 def _moves(evaluator, state, space, rng, steps: int, counts: Dict[str, int], bar):
     """The local search, across processes under torchrun deciding as one
     process would (with one process it is the plain sequential search):
-    each round draws the next ``world`` moves from the current allocation
-    (remembering the generator after each), the processes measure one each,
+    each round draws moves from the current allocation until it holds
+    ``world`` that fit (remembering the generator after each draw; a draw
+    with no move is a step too), the processes measure one each,
     and the moves are then taken in the order drawn: the first that lowers
     the loss is kept and the generator goes back to just after it (the moves
     drawn after it came from the allocation it replaced, and are drawn
@@ -208,9 +209,11 @@ def _moves(evaluator, state, space, rng, steps: int, counts: Dict[str, int], bar
     world = rank_and_world()[1]
     done = 0
     while done < steps:
-        drawn = []
-        for _ in range(min(world, steps - done)):
-            drawn.append((_move(best, options, roots, fits, rng), copy.deepcopy(rng.bit_generator.state)))
+        drawn, valid = [], 0
+        while valid < world and done + len(drawn) < steps:  # a round holds one move per process to measure
+            trial = _move(best, options, roots, fits, rng)
+            drawn.append((trial, copy.deepcopy(rng.bit_generator.state)))
+            valid += trial is not None
         removed = [_removed(evaluator, t) for t, _ in drawn if t is not None]
         share_out(evaluator, removed)
         taken = len(drawn)

@@ -19,7 +19,9 @@ from ocnna_fast.budget.sensitivity import refine
 
 WIDTHS = {"a": 16, "b": 16, "c": 16, "d": 16}
 WEIGHTS = {"a": 9.0, "b": 1.0, "c": 3.0, "d": 0.5}
-START = {"a": 6, "b": 12, "c": 8, "d": 12}  # most removed from the costly groups: many moves improve it
+# most removed from the costly groups, so many moves improve it; "d" has two widths, so a move that
+# would narrow it further, or widen it past whole, is no move
+START = {"a": 6, "b": 12, "c": 8, "d": 12}
 STEPS = 40
 
 
@@ -57,6 +59,7 @@ class _SharedLoss:
 def _search() -> dict:
     ev = _SharedLoss()
     options = {r: list(range(w, 0, -1)) for r, w in WIDTHS.items()}
+    options["d"] = [16, 12]
     budget = sum(START.values())
     record: dict = {}
     best, before, after = refine(ev, START, options, lambda k: sum(k.values()) <= budget, STEPS, 0, record=record)
@@ -78,6 +81,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 def test_two_processes_keep_the_moves_one_process_keeps(tmp_path):
     one = _search()
     assert one["counts"]["kept"] >= 3, one  # moves kept, so the generator is wound back (else nothing is tested)
+    assert one["counts"]["proposed"] < STEPS, one  # and draws with no move, which a round skips
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
