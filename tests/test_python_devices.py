@@ -77,3 +77,18 @@ def test_a_gpu_asked_for_where_none_is_usable_is_one_clear_error(name):
         CUDA_CALLS[name](model, x, data, scores)
     for k, v in model.state_dict().items():  # refused before anything ran
         assert torch.equal(v, before[k]), k
+
+
+def test_layers_kept_out_are_found_again_in_the_copy_made_for_another_device():
+    """On another device ``prune`` works on a copy: the layers the caller
+    kept out are the copy's modules of the same names (not the originals,
+    which the copy's graph does not hold)."""
+    import copy
+
+    from ocnna_fast.budget.entry import _same_in
+
+    model = build("resnet20")
+    work = copy.deepcopy(model)
+    mine = [model.conv1, model.layer2[0].conv2, "not a module"]
+    found = _same_in(work, model, mine)
+    assert found[0] is work.conv1 and found[1] is work.layer2[0].conv2 and found[2] == "not a module"

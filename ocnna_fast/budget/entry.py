@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -69,38 +69,15 @@ def prune(
     moves; ``checkpoint_dir`` keeps its measured losses, so it resumes.
     ``device``: where the search runs (default: where ``model`` is; elsewhere
     on a copy); the pruned model is returned where ``model`` is."""
-    keywords = dict(target=target, calibration=calibration, evaluation=evaluation, measure=measure)
-    keywords.update(progress=progress, seed=seed, checkpoint_dir=checkpoint_dir, **options)
     home, run = placement(model, device)
-    if run == home:
-        return _prune(model, scores, k, example_inputs, ignored_layers, **keywords)
-    example = None if example_inputs is None else example_inputs.to(run)
-    pruned, plan = _prune(copy.deepcopy(model).to(run), scores, k, example, ignored_layers, **keywords)
-    return pruned.to(home), plan
-
-
-def _prune(
-    model: nn.Module,
-    scores: Optional[Mapping[str, Any]],
-    k: Optional[float] = None,
-    example_inputs: Optional[torch.Tensor] = None,
-    ignored_layers: Optional[Sequence[Any]] = None,
-    *,
-    target: Any = None,
-    calibration: Any = None,
-    evaluation: Any = None,
-    measure: Optional[Callable[[nn.Module], float]] = None,
-    progress: bool = False,
-    seed: int = 0,
-    checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
-    **options: Any,
-) -> Tuple[nn.Module, Dict[str, Any]]:
-    """``prune`` on the device the model is on."""
+    work = model if run == home else copy.deepcopy(model).to(run)  # elsewhere: on a copy
+    if work is not model and ignored_layers is not None:
+        ignored_layers = _same_in(work, model, ignored_layers)
     budget = {name: options.pop(name) for name in BUDGET_FIELDS if name in options}
     limit = budget.get("sensitivity_images", PruneSpec.sensitivity_images)
     calibration = input_batches_of(calibration, "calibration", limit)
     evaluation = input_batches_of(evaluation, "evaluation", limit)
-    example_inputs = _example(example_inputs, evaluation, calibration)
+    example = _example(example_inputs, evaluation, calibration).to(run)
     if target is None:
         if k is None:
             raise ValueError("give k (the percentile rule) or target (a budget, e.g. {'macs': 0.5})")
@@ -108,7 +85,29 @@ def _prune(
             raise ValueError(
                 f"{', '.join(sorted(budget))}: only a target budget uses them; k removes a share of every group"
             )
-        return surgery.prune(model, scores, k, example_inputs, ignored_layers, **options)
+        pruned, plan = surgery.prune(work, scores, k, example, ignored_layers, **options)
+        return pruned.to(home), plan
+    spec, values = _budget_spec(work, scores, k, example, target, budget, options)
+    hook = getattr(work, "ocnna_ignored_layers", None)
+    ignored = list(ignored_layers) if ignored_layers is not None else (list(hook()) if callable(hook) else [])
+    if measure is None and spec.target_kind == "latency":
+        measure = LatencyRatio(work, int(example.shape[-1]))
+    result = prune_to_budget(
+        work, values, example, spec, ignored_layers=ignored, calibration=calibration,
+        evaluation=evaluation, measure=measure, progress=progress, seed=seed, memo=_memo_in(checkpoint_dir),
+    )  # fmt: skip
+    return result.pruned.to(home), result.plan
+
+
+def _same_in(work: nn.Module, model: nn.Module, layers: Sequence[Any]) -> List[Any]:
+    """``model``'s modules among ``layers`` as the modules of the same name in its copy ``work``."""
+    names = {id(m): n for n, m in model.named_modules()}
+    copies = dict(work.named_modules())
+    return [copies[names[id(m)]] if id(m) in names else m for m in layers]
+
+
+def _budget_spec(model, scores, k, example, target, budget, options):
+    """The budget's ``PruneSpec`` from the keywords, and the values it ranks each group by."""
     if {"latency_runtime", "latency_batch"} & budget.keys():
         raise TypeError("in Python, give a latency target's measurement as measure= (LatencyRatio)")
     importance = options.pop("importance", None)
@@ -117,16 +116,7 @@ def _prune(
     spec = PruneSpec(k=k, target=target, **budget, **options)
     if importance is not None and not isinstance(importance, Mapping):
         raise TypeError("with a target, importance is a mapping of group root names to values")
-    values = importance if importance is not None else score_values(model, scores, example_inputs, spec.criterion)
-    hook = getattr(model, "ocnna_ignored_layers", None)
-    ignored = list(ignored_layers) if ignored_layers is not None else (list(hook()) if callable(hook) else [])
-    if measure is None and spec.target_kind == "latency":
-        measure = LatencyRatio(model, int(example_inputs.shape[-1]))
-    result = prune_to_budget(
-        model, values, example_inputs, spec, ignored_layers=ignored, calibration=calibration,
-        evaluation=evaluation, measure=measure, progress=progress, seed=seed, memo=_memo_in(checkpoint_dir),
-    )  # fmt: skip
-    return result.pruned, result.plan
+    return spec, importance if importance is not None else score_values(model, scores, example, spec.criterion)
 
 
 def _example(example_inputs, evaluation, calibration) -> torch.Tensor:
