@@ -166,12 +166,11 @@ def refine(
     rng = np.random.default_rng(seed)
 
     best = dict(keep)
-    evaluator.anchor(
-        _removed(evaluator, best)
-    )  # a move changes two groups: in one-pass measurement it runs from the first
-    start = current = evaluator.loss(_removed(evaluator, best))
+    removed = _removed(evaluator, best)
+    evaluator.anchor(removed)  # a move changes two groups: in one-pass measurement it runs from the first
+    start = current = evaluator.loss(removed)
     screening = 0.0 < screen < 1.0
-    best_screened = evaluator.screened(_removed(evaluator, best), screen) if screening else 0.0
+    best_screened = evaluator.screened(removed, screen) if screening else 0.0
     roots = sorted(best)
     bar = _bar(steps) if progress else None
     try:
@@ -214,19 +213,19 @@ def _moves(evaluator, state, space, rng, steps: int, counts: Dict[str, int], bar
             trial = _move(best, options, roots, fits, rng)
             drawn.append((trial, copy.deepcopy(rng.bit_generator.state)))
             valid += trial is not None
-        removed = [_removed(evaluator, t) for t, _ in drawn if t is not None]
-        share_out(evaluator, removed)
+        removed = [None if t is None else _removed(evaluator, t) for t, _ in drawn]
+        share_out(evaluator, [r for r in removed if r is not None])
         taken = len(drawn)
-        for i, (trial, after) in enumerate(drawn):
+        for i, ((trial, after), cut) in enumerate(zip(drawn, removed)):
             counts["proposed"] += trial is not None
             if trial is None:
                 continue
             counts["measured"] += 1
-            loss = evaluator.loss(_removed(evaluator, trial))
+            loss = evaluator.loss(cut)
             if loss < current:
                 counts["kept"] += 1
                 best, current = trial, loss
-                evaluator.anchor(_removed(evaluator, best))
+                evaluator.anchor(cut)
                 rng.bit_generator.state = after
                 taken = i + 1
                 break

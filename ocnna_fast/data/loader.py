@@ -36,10 +36,9 @@ class LoaderImages:
 
     def __len__(self) -> int:
         if self._len is None:
-            dataset = getattr(self.loader, "dataset", None)
             try:
-                self._len = len(dataset) if dataset is not None else sum(x.shape[0] for x, _ in self._pairs())
-            except TypeError:  # an iterable-style data set has no length: count its images once
+                self._len = len(self.loader.dataset)
+            except (AttributeError, TypeError):  # no data set, or one without a length: count the images once
                 self._len = sum(x.shape[0] for x, _ in self._pairs())
         return self._len
 
