@@ -1,7 +1,10 @@
 """The width search's candidates measured from their first masked layer
 (``budget.segments``) against whole passes: the same losses, fewer forward
 passes, and the count of forward-pass equivalents exact; the local search's
-screen drops a move only on its screened loss."""
+screen drops a move only on its screened loss; a group's loss curve is
+measured from its largest masked share down and stops at the first share
+that loses nothing beyond the offset (the shares below it recorded as
+losing nothing, unmeasured)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from ocnna_fast.budget import evaluator as evaluator_module
 from ocnna_fast.budget.allocation import GroupInfo
 from ocnna_fast.budget.evaluator import MaskedEvaluator
 from ocnna_fast.budget.search import budget_groups, prune_to_budget
-from ocnna_fast.budget.sensitivity import group_outputs, measure_sensitivity, refine
+from ocnna_fast.budget.sensitivity import FRACTIONS, group_outputs, measure_sensitivity, refine
 from ocnna_fast.models import build
 
 
@@ -252,3 +255,63 @@ def test_an_evaluator_given_the_reference_measures_what_one_computing_it_measure
         assert given.loss(removed) == pytest.approx(own.loss(removed), rel=1e-5, abs=1e-7)
     with pytest.raises(ValueError, match="one row of log-probabilities per evaluation image"):
         MaskedEvaluator(model, outputs, None, first, reference=[torch.cat(main.reference)[:8]])
+
+
+class _TableLoss:
+    """A stand-in for ``MaskedEvaluator``: group ``g``'s loss with ``n`` of
+    its 8 channels masked is ``TABLE[g][n]``; ``asked`` lists what was measured."""
+
+    def __init__(self, table) -> None:
+        self.table = table
+        self.groups = {r: (GroupInfo(r, 8, np.zeros(8)), [], []) for r in table}
+        self.segments, self.offset, self.asked = None, 0.0, []
+
+    def loss(self, removed) -> float:
+        ((root, n),) = removed.items()
+        self.asked.append((root, n))
+        return self.table[root][n]
+
+    def release(self) -> None:
+        pass
+
+
+# masked 2, 4 and 6 of 8 channels (the shares 0.25, 0.5, 0.75): the losses the stand-in measures,
+# the curve recorded, and the shares measured, largest first
+CASES = [
+    ("growing", (0.1, 0.2, 0.4), (0.1, 0.2, 0.4), (6, 4, 2)),
+    ("flat at zero", (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), (6,)),
+    ("zero at the top: noise below is not measured", (0.05, 0.01, 0.0), (0.0, 0.0, 0.0), (6,)),
+    ("zero in the middle", (0.1, 0.0, 0.3), (0.0, 0.0, 0.3), (6, 4)),
+    ("zero at the bottom", (0.0, 0.2, 0.3), (0.0, 0.2, 0.3), (6, 4, 2)),
+    ("not growing, never zero", (0.3, 0.1, 0.2), (0.3, 0.1, 0.2), (6, 4, 2)),
+]
+
+
+@pytest.mark.parametrize("name, measured, recorded, asked", CASES, ids=[c[0] for c in CASES])
+def test_a_curve_stops_at_the_first_share_that_loses_nothing(name, measured, recorded, asked):
+    assert FRACTIONS == (0.25, 0.5, 0.75)  # the table's shares
+    ev = _TableLoss({"g": {2: measured[0], 4: measured[1], 6: measured[2]}})
+    curves = measure_sensitivity(ev)
+    assert curves.losses["g"] == [0.0, *recorded]
+    assert ev.asked == [("g", n) for n in asked]
+
+
+def test_on_a_network_the_curves_are_the_measured_points_with_zeros_below_a_zero():
+    """A ResNet-20 with spread outputs: each point is the evaluator's own
+    loss, except below a measured zero; and the skipped points cost nothing."""
+    torch.manual_seed(0)
+    model = build("resnet20").eval()
+    _spread_outputs(model, 16)
+    full, staged, infos = _evaluators(model, 16, one_pass=True)
+    curves = measure_sensitivity(staged)
+    skipped = 0
+    for info in infos:
+        per = info.width // info.blocks
+        points = [full.loss({info.root: int(round(f * per)) * info.blocks}) for f in FRACTIONS]
+        zero = max((i for i, p in enumerate(points) if p == 0.0), default=-1)
+        expect = [0.0 if i <= zero else p for i, p in enumerate(points)]
+        assert curves.losses[info.root][1:] == pytest.approx(expect, rel=1e-4, abs=1e-6), info.root
+        skipped += max(zero, 0)
+    measured = len(infos) * len(FRACTIONS) - skipped
+    assert staged.evaluations == measured + 1  # and the offset
+    assert any(max(c) > 1e-3 for c in curves.losses.values())
