@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 from ocnna_fast.bench.results_file import read_document
@@ -191,6 +192,9 @@ def search_costs(entry, folder: Path) -> str:
     rows = search_cost.rows_in(folder)
     if not rows:
         return ""
+    words = shlex.split(entry["command"])
+    if "--baseline" in words:  # full searches measured before a change, in another folder
+        rows += search_cost.baseline_rows(words[words.index("--baseline") + 1], rows)
     return "\n".join(
         [
             f"## What the width search costs: {entry['about']}\n",

@@ -111,6 +111,12 @@ def rows_in(folder: Path) -> list:
     return sorted(rows, key=lambda r: (r["search"] != "full", r["seed"]))
 
 
+def baseline_rows(baseline, rows) -> list:
+    """The full searches of the ``baseline`` folder (None: none) on the seeds ``rows`` ran."""
+    seeds = {r["seed"] for r in rows}
+    return [r for r in rows_in(Path(baseline)) if r["search"] == "full" and r["seed"] in seeds] if baseline else []
+
+
 def table(rows) -> str:
     lines = [
         "| search | seeds | forward passes, mean | image-forwards, mean | seconds, mean | measured + screened "
@@ -192,9 +198,14 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--eval-images", type=int, default=2000)
     p.add_argument("--out", default=str(HERE / "results" / "search-cost"))
+    p.add_argument(
+        "--baseline",
+        help="a folder of this script's runs whose full searches the table compares with (runs measured at an "
+        "earlier commit: the cost and accuracy the search had before a change)",
+    )
     a, extra = parse_with_prune_flags(p, sys.argv[1:])
     rows = [run(a.arch, a, search, seed, extra) for search in a.searches for seed in a.seeds]
-    print(table(rows))
+    print(table(rows + baseline_rows(a.baseline, rows)))
 
 
 if __name__ == "__main__":
