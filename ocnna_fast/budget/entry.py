@@ -17,6 +17,7 @@ from .._util.validate import input_batches_of
 from ..selection.groups import conv_groups
 from ..selection.rules import DEFAULT_CRITERION, group_values
 from ..surgery import prune as surgery
+from ..surgery.prune import model_ignored_layers
 from .latency import LatencyRatio
 from .search import ALLOCATION_MEMO, prune_to_budget
 from .spec import BUDGET_FIELDS, PruneSpec
@@ -88,8 +89,7 @@ def prune(
         pruned, plan = surgery.prune(work, scores, k, example, ignored_layers, **options)
         return pruned.to(home), plan
     spec, values = _budget_spec(work, scores, k, example, target, budget, options)
-    hook = getattr(work, "ocnna_ignored_layers", None)
-    ignored = list(ignored_layers) if ignored_layers is not None else (list(hook()) if callable(hook) else [])
+    ignored = list(ignored_layers) if ignored_layers is not None else model_ignored_layers(work)
     if measure is None and spec.target_kind == "latency":
         measure = LatencyRatio(work, int(example.shape[-1]))
     result = prune_to_budget(

@@ -127,7 +127,8 @@ def _curve(evaluator: MaskedEvaluator, root: str, fractions: Sequence[float], ba
     0), masking fewer of the same lowest-ranked channels is taken to lose
     nothing too and is not measured.  Such points are within the offset's
     noise anyway, and on a deep network many inner groups are flat at 0:
-    on ResNet-56 a sixth of the curves' candidates (docs/budget-experiments.md)."""
+    on ResNet-56 a sixth to a quarter of the curves' candidates
+    (docs/budget-experiments.md)."""
     info = evaluator.groups[root][0]
     per = info.width // info.blocks
     out = [0.0] * len(fractions)

@@ -264,8 +264,9 @@ def images(args: argparse.Namespace, split: str, n: Optional[int], augment: bool
 def ignored_layers(model: nn.Module, scope: str) -> List[nn.Module]:
     """The layers --scope leaves whole: for the CIFAR ResNets, ``inner`` keeps
     the stage widths (only each block's inner conv is pruned)."""
-    hook = getattr(model, "ocnna_ignored_layers", None)
-    return list(hook(scope)) if callable(hook) else []
+    from ..surgery.prune import model_ignored_layers
+
+    return model_ignored_layers(model, scope)
 
 
 def job_settings(args: argparse.Namespace, spec, size: int, **more: Any):

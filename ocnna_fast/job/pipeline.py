@@ -42,7 +42,7 @@ from ..recovery.recover import has_batchnorm, recalibrate
 from ..scoring.scorer import score
 from ..scoring.scores import Scores
 from ..selection.criteria import CRITERIA, Context, FamilyCriterion, criterion_values
-from ..surgery.prune import prune
+from ..surgery.prune import model_ignored_layers, prune
 from .result import Baseline, JobResult, measure_baseline
 
 __all__ = ["JobData", "JobSettings", "JobResult", "Baseline", "PruneJob", "measure_baseline", "macs_and_params"]
@@ -148,9 +148,7 @@ class PruneJob:
         side = image_side(data.evaluation)  # MACs, latency and the surgery's trace are at the images' size
         if settings.input_size not in (None, side):
             raise ValueError(f"input_size {settings.input_size} differs from the {side}px evaluation images")
-        hook = getattr(model, "ocnna_ignored_layers", None)
-        default = list(hook()) if callable(hook) else []
-        ignored = list(ignored_layers) if ignored_layers is not None else default
+        ignored = list(ignored_layers) if ignored_layers is not None else model_ignored_layers(model)
         self.device = resolve_device(settings.device) or model_device(model)
         self.model, self.ignored = _on_device(model.eval(), ignored, self.device)
         precision = resolve_precision(settings.precision, self.device)

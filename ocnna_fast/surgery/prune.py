@@ -34,7 +34,7 @@ from ..selection.rules import (
 from .channel_maps import ChannelMaps
 from .plans import PLAN_FORMAT, PLAN_VERSION, layer_table
 
-__all__ = ["prune", "count_params"]
+__all__ = ["prune", "count_params", "model_ignored_layers"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -44,9 +44,14 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _default_ignored(model: nn.Module) -> List[nn.Module]:
+def model_ignored_layers(model: nn.Module, scope: Optional[str] = None) -> List[nn.Module]:
+    """The layers ``model`` asks to leave whole: what its
+    ``ocnna_ignored_layers()`` returns (given ``scope`` when one is named),
+    none without that method.  The one place the hook is read."""
     hook = getattr(model, "ocnna_ignored_layers", None)
-    return list(hook()) if callable(hook) else []
+    if not callable(hook):
+        return []
+    return list(hook() if scope is None else hook(scope))
 
 
 def prune(
@@ -139,7 +144,7 @@ def _ignored_in_copy(model: nn.Module, by_name: Dict[str, nn.Module], ignored_la
     """The copy's modules that ``ignored_layers`` names (modules of the
     original or names); default, what the model's own hook names."""
     if ignored_layers is None:
-        return _default_ignored(by_name[""])
+        return model_ignored_layers(by_name[""])
     ignored = []
     original = {m: n for n, m in model.named_modules()}
     for item in ignored_layers:
