@@ -20,6 +20,16 @@ from pathlib import Path
 import torch
 
 
+def _shown(path) -> str:
+    """A weights file as the results show it: by its path in the repository
+    when it is there (``data/...``), not by this machine's absolute path."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        return Path(path).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pruned", required=True, help="the pruned model folder of a finished prune job")
@@ -51,7 +61,7 @@ def main() -> None:
     pruned, _ = load_pruned_folder(job)
     out = {
         "command": report["settings"]["command"],
-        "base_weights": weights,
+        "base_weights": _shown(weights),
         "test_images": len(test),
         "base": base_acc,
         "base_after_the_same_distillation": evaluate(student, test),
