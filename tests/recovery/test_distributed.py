@@ -323,8 +323,11 @@ def test_a_budget_under_torchrun_shares_out_the_search_and_ends_like_one_process
     shares = s2["evaluations_per_process"]
     assert len(shares) == 2 and s1["evaluations_per_process"] is None
     total = s1["evaluations"]  # one process: the offset, the curves, the caps and the moves
+    # a curve stops at its first zero from the top, so the groups' curves differ in length and their
+    # share between processes is even only up to the points the stops skipped
+    skipped = sum(max((i for i, v in enumerate(c) if i and v == 0.0), default=1) - 1 for c in s1["losses"].values())
     for n in shares:  # about half each; a round whose first move is kept wastes its second
-        assert n <= total / 2 + s1["search"]["kept"] + 2, (shares, total)
+        assert n <= total / 2 + s1["search"]["kept"] + 2 + skipped / 2, (shares, total, skipped)
     print("measured per process:", shares, "of", total, "candidates one process measured")
 
 
