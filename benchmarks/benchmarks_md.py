@@ -34,6 +34,16 @@ methods land with a full budget, not as rows of our tables.
 """
 
 
+def _base(command: str) -> str:
+    """Which weights a suite started from, as its command names them (the manifest test checks that they are
+    the weights it ran on)."""
+    words = shlex.split(command)
+    if "--weights" not in words:
+        return "from its default weights"
+    path = Path(words[words.index("--weights") + 1])
+    return f"from `{path.parent.name}/{path.name}`"
+
+
 def table(folder: Path) -> str:
     doc = read_document(folder / "results.json")
     cfg, base = doc["config"], doc["base"]
@@ -74,7 +84,7 @@ def table(folder: Path) -> str:
         )
     command = (folder / "command.txt").read_text().strip() if (folder / "command.txt").exists() else "(not recorded)"
     return (
-        f"### {cfg['arch']}: base {base['accuracy']:.2f}% on {cfg['eval_images']} JPEG test images, "
+        f"### {cfg['arch']} {_base(command)}: base {base['accuracy']:.2f}% on {cfg['eval_images']} JPEG test images, "
         f"{'fine-tuned ' + str(cfg['finetune_epochs']) + ' epoch(s) on ' + str(cfg['train_images']) + ' images' if ft else 'BN re-estimation only'}\n\n"
         f"```bash\n{command}\n```\n\n"
         f"Base latency {base['latency_ms_b1']:.2f} ms (batch 1) / {base['latency_ms_b64']:.1f} ms "
@@ -179,7 +189,7 @@ def budget_suites(folders) -> str:
         doc = read_document(f / "results.json", upgrade_row)
         command = (f / "command.txt").read_text().strip() if (f / "command.txt").exists() else "(not recorded)"
         text = methods_table(doc["rows"], doc["config"], doc["base"]).split("\n", 2)[2]
-        parts.append(f"### {doc['config']['arch']} (`{f.name}`)\n\n```bash\n{command}\n```\n\n{text}")
+        parts.append(f"### {doc['config']['arch']} {_base(command)} (`{f.name}`)\n\n```bash\n{command}\n```\n\n{text}")
         if (f / "accuracy_vs_cost.png").exists():
             parts.append(f"![accuracy against MACs, {doc['config']['arch']}]({f.as_posix()}/accuracy_vs_cost.png)\n")
     return "\n".join(parts)
@@ -189,12 +199,9 @@ def search_costs(entry, folder: Path) -> str:
     """The width search's cost and accuracy, search by search, over data seeds (``search_cost.py``)."""
     import search_cost
 
-    rows = search_cost.rows_in(folder)
+    rows = _search_rows(entry, folder)
     if not rows:
         return ""
-    words = shlex.split(entry["command"])
-    if "--baseline" in words:  # full searches measured before a change, in another folder
-        rows += search_cost.baseline_rows(words[words.index("--baseline") + 1], rows)
     return "\n".join(
         [
             f"## What the width search costs: {entry['about']}\n",
@@ -209,20 +216,65 @@ def search_costs(entry, folder: Path) -> str:
     )
 
 
-def search_depth(folders) -> str:
-    """The search's cost model by model, shallow to deep (``search_cost.depth_table``)."""
+def imagenet_scale(entries) -> str:
+    """One prune per ImageNet model at MACs 0.6 with the defaults: whether it completes and what the search costs."""
     import search_cost
 
-    folders = [f for f in folders if f.is_dir()]
-    if not folders:
+    lines = [
+        "## The width search at ImageNet scale: MobileNet v1 0.75, MobileNet v2 and EfficientNet-Lite0 at MACs 0.6\n",
+        "The default search and criterion on the ImageNet sample (500 images for scoring and calibration, the "
+        "other 500 for accuracy), one data seed, stopped after the folded correction; each row's command:\n",
+    ]
+    lines += [f"- `{e['command']}`" for e in entries]
+    lines += [
+        "",
+        "| model | groups searched | forward passes | image-forwards | seconds | measured | MACs reached | base | after BN |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    rows = [r for e in entries for r in search_cost.rows_in(Path("benchmarks/results") / e["name"])]
+    if not rows:
+        return ""
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {len(r['widths'])} | {r['passes']:.1f} | {r['forwards']:,.0f} | {r['seconds']:.0f} "
+            f"| {r['measured']} | {r['reached']:.3f} | {r['base']:.2f} | {r['after_bn']:.2f} |"
+        )
+    lines += ["", "(Seconds depend on the machine and on what else it runs.)", ""]
+    return "\n".join(lines)
+
+
+def _search_rows(entry, folder: Path) -> list:
+    """An entry's search-cost runs, with the full searches of its ``--baseline`` folder (measured before a change)."""
+    import search_cost
+
+    rows = search_cost.rows_in(folder)
+    words = shlex.split(entry["command"])
+    if rows and "--baseline" in words:
+        rows += search_cost.baseline_rows(words[words.index("--baseline") + 1], rows)
+    return rows
+
+
+def search_depth(entries, models) -> str:
+    """The search's cost model by model, shallow to deep (``search_cost.depth_table``); ``models``: per
+    model, the entry of its runs before the curves' stop and the entry of the default's rerun after it."""
+    import search_cost
+
+    by_name = {e["name"]: e for e in entries}
+    runs = [
+        tuple(_search_rows(by_name[n], Path("benchmarks/results") / n) if n in by_name else [] for n in pair)
+        for pair in models
+    ]
+    if not any(rows for rows, _ in runs):
         return ""
     return "\n".join(
         [
             "## How the width search's cost grows with depth\n",
-            "The ResNet-20 and ResNet-56 rows are the search-cost runs above; the ResNet-50-shaped one is "
-            "torchvision's ResNet-50 with random weights on the CIFAR images (its cost, not its accuracy, is the "
-            "point: `search-cost-depth`). Forward passes of each network over its own images.\n",
-            search_cost.depth_table(folders),
+            "From the search-cost runs above, measured before the curves' stop (the last column: the default "
+            "rerun with it, which only lowers its passes). The ResNet-50-shaped network is torchvision's ResNet-50 "
+            "with random weights on the CIFAR images (`search-cost-depth`: its cost, not its accuracy, is the "
+            "point; every loss its random weights give is 0, so the stop would cut each curve at its first point "
+            "and is not rerun there). Forward passes of each network over its own images.\n",
+            search_cost.depth_table(runs),
             "",
         ]
     )
@@ -280,9 +332,14 @@ def main() -> None:
     if budgets:
         parts.append(budget_suites(budgets))
     parts += [ablations(f) for f in args if f.name == "ablations.json"]
-    parts += [search_costs(e, results / e["name"]) for e in entries if e["name"].startswith("search-cost")]
-    depth = ["search-cost-resnet20", "search-cost-resnet56", "search-cost-depth"]
-    parts.append(search_depth([results / name for name in depth if any(e["name"] == name for e in entries)]))
+    costs = [e for e in entries if e["name"].startswith("search-cost")]
+    parts += [search_costs(e, results / e["name"]) for e in costs if not e["name"].endswith("-macs06")]
+    parts.append(imagenet_scale([e for e in costs if e["name"].endswith("-macs06")]))
+    depth = [
+        ("search-cost-resnet20", "search-cost-resnet20-top-down"),
+        ("search-cost-resnet56", "search-cost-resnet56-top-down"),
+    ]
+    parts.append(search_depth(entries, [*depth, ("search-cost-depth", "")]))
     parts += [equal_recovery(e, results / e["name"]) for e in entries if e["name"].startswith("equal-recovery")]
     parts += [precision(e, results / e["name"]) for e in entries if e["name"].startswith("amp-")]
     parts.append("## The suites\n")

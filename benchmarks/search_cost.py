@@ -86,6 +86,7 @@ def row(report: Path) -> dict:
         "measured": s["evaluations"],
         "screened": s.get("screened", 0),
         "seconds": r["allocation_seconds"],
+        "base": r["base_accuracy"],
         "after_bn": r["pruned_accuracy_before_finetune"],
         "reached": r["reached"],
         "widths": {k: v[1] for k, v in r["widths"].items()},
@@ -134,16 +135,17 @@ def table(rows) -> str:
             f"| {mean(r['measured'] for r in rs):.0f} + {mean(r['screened'] for r in rs):.0f} "
             f"| {mean(acc):.2f} ({min(acc):.2f}-{max(acc):.2f}) |"
         )
-    full = {r["seed"]: r for r in rows if r["search"] == "full"}
-    for search in [n for n in searches if n != "full"]:
-        pairs = [(full[r["seed"]], r) for r in rows if r["search"] == search and r["seed"] in full]
-        if pairs:  # on the seeds both ran: the same images
-            ratio = sum(f["forwards"] for f, _ in pairs) / sum(r["forwards"] for _, r in pairs)
-            same = sum(f["widths"] == r["widths"] for f, r in pairs)
-            lines.append(
-                f"\n{search}: {ratio:.2f}x fewer image-forwards than full on seed(s) "
-                f"{', '.join(str(r['seed']) for _, r in pairs)}; the same widths on {same} of {len(pairs)}"
-            )
+    for baseline in [n for n in searches if n.startswith("full")]:  # full, or full with its own moves
+        full = {r["seed"]: r for r in rows if r["search"] == baseline}
+        for search in [n for n in searches if not n.startswith("full")]:
+            pairs = [(full[r["seed"]], r) for r in rows if r["search"] == search and r["seed"] in full]
+            if pairs:  # on the seeds both ran: the same images
+                ratio = sum(f["forwards"] for f, _ in pairs) / sum(r["forwards"] for _, r in pairs)
+                same = sum(f["widths"] == r["widths"] for f, r in pairs)
+                lines.append(
+                    f"\n{search}: {ratio:.2f}x fewer image-forwards than {baseline} on seed(s) "
+                    f"{', '.join(str(r['seed']) for _, r in pairs)}; the same widths on {same} of {len(pairs)}"
+                )
     lines.append("\n(Seconds depend on the machine and on what else it runs.)")
     return "\n".join(lines)
 
@@ -157,28 +159,31 @@ def _convs(model: str) -> int:
     return sum(isinstance(m, nn.Conv2d) for m in build(model).modules())
 
 
-def depth_table(folders) -> str:
-    """How the search's cost grows with the network: per model, the full
-    search (100 moves) against the default (one-pass, 40 moves, curves on
-    half the images) in forward passes of that network, on the seeds both ran."""
+def depth_table(runs) -> str:
+    """How the search's cost grows with the network: per model, ``(rows,
+    later)`` (lists of :func:`row`): the full search (100 moves) against
+    the default (one-pass, 40 moves, curves on half the images) in forward
+    passes of that network, on the seeds both ran; ``later``: the default
+    rerun after a change (or empty), its passes in a column of its own."""
     lines = [
         "| model | conv layers | groups searched | full: forward passes | default: forward passes "
-        "| full / default (image-forwards) | default: passes per group |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| full / default (image-forwards) | default: passes per group | default after the curves' stop |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for folder in folders:
-        rows = rows_in(folder)
+    is_default = lambda r: r["search"].startswith("one-pass, 40 moves, curves")  # noqa: E731
+    for rows, later in runs:
         full = {r["seed"]: r for r in rows if r["search"] == "full"}
-        default = [r for r in rows if r["search"].startswith("one-pass, 40 moves, curves") and r["seed"] in full]
+        default = [r for r in rows if is_default(r) and r["seed"] in full]
         if not default:
             continue
         pairs = [(full[r["seed"]], r) for r in default]
         groups = len(default[0]["widths"])
         passes = [mean(x["passes"] for x in side) for side in zip(*pairs)]
         ratio = sum(f["forwards"] for f, _ in pairs) / sum(d["forwards"] for _, d in pairs)
+        after = [r["passes"] for r in later if is_default(r) and r["seed"] in full]
         lines.append(
             f"| {default[0]['model']} | {_convs(default[0]['model'])} | {groups} | {passes[0]:.1f} | {passes[1]:.1f} "
-            f"| {ratio:.2f}x | {passes[1] / groups:.2f} |"
+            f"| {ratio:.2f}x | {passes[1] / groups:.2f} | {f'{mean(after):.1f}' if after else '-'} |"
         )
     return "\n".join(lines)
 

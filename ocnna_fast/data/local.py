@@ -84,9 +84,14 @@ PRETRAINED = {
 # ``cifar10-jpeg``, where akamaster's weights, trained on lossless images,
 # lose about ten points before anything is pruned
 ADAPTED_FOLDER = "resnet-cifar10-jpeg-adapted"
-ADAPTED = {"resnet56": "resnet56-cifar10-jpeg-adapted.safetensors"}
+ADAPTED = {arch: f"{arch}-cifar10-jpeg-adapted.safetensors" for arch in PRETRAINED}
 # their sha256, pinned (data/README.md): a shipped base that changed is a test failure, not a quiet new baseline
-ADAPTED_SHA256 = {"resnet56": "619f92bab5a1bc9e20b6d7a3489f5d011ce848b7a916f25c26253e3d23c899d1"}
+ADAPTED_SHA256 = {
+    "resnet20": "67cd2f346e1d669050e5278a7965b54c84f85c65cb5399a938e5c55b69c36b7c",
+    "resnet32": "eea76a9f61c395a2fde631a8297b069147ecb02db3fd1b4822c5300167217b5e",
+    "resnet44": "22563eca861695781a7e3e008950cb6738218da872faf3d753f209aa569baab3",
+    "resnet56": "619f92bab5a1bc9e20b6d7a3489f5d011ce848b7a916f25c26253e3d23c899d1",
+}
 
 
 def adapted_weights(arch: str, root: Optional[PathLike] = None) -> Optional[Path]:

@@ -61,3 +61,32 @@ def test_every_committed_result_reads_as_todays_schema():
             assert row.get("recalibration", "batchnorm") in RECOVERIES and row.get("recalibration") not in RECOVERY_V1
             if "method" in row:
                 parse_method(row["method"])  # today's grammar, or a ValueError
+
+
+def test_every_cifar_resnet_suite_reruns_from_the_base_it_ran_on():
+    """A suite's results carry the digest of the weights it started from; its
+    command must load the same weights today.  A command that leaves the base
+    to the default would rerun from another network once that default changes
+    (as it did when JPEG-adapted bases began to ship): pinned ``--weights``
+    or today's default, the digest must match."""
+    from ocnna_fast.bench.results_file import state_sha256
+    from ocnna_fast.cli.loading import load_model
+    from ocnna_fast.data.local import PRETRAINED
+
+    def option(argv, flag, default=None):
+        return argv[argv.index(flag) + 1] if flag in argv else default
+
+    digests, checked = {}, 0
+    for e in ENTRIES:
+        argv = shlex.split(e["command"])
+        if e["kind"] != "suite" or option(argv, "--arch") not in PRETRAINED:
+            continue
+        weights = option(argv, "--weights")
+        key = (option(argv, "--arch"), weights, option(argv, "--dataset", "cifar10-jpeg"))
+        if key not in digests:
+            path = str(BENCH.parent / weights) if weights else None
+            digests[key] = state_sha256(load_model(key[0], path, None, key[2])[0])
+        config = json.loads((BENCH / "results" / e["name"] / "results.json").read_text())["config"]
+        assert config["weights_sha256"] == digests[key], f"{e['name']}: its command loads other weights than it ran on"
+        checked += 1
+    assert checked >= 20

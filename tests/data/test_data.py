@@ -168,16 +168,15 @@ def test_imagenet_sample_halves(imagenet_sample_tar):
 
 
 def test_jobs_on_the_jpeg_images_start_from_the_adapted_base(data_dir):
-    """``--arch resnet56`` on the shipped JPEG images loads the shipped
+    """``--arch resnetN`` on the shipped JPEG images loads the shipped
     JPEG-adapted weights (pinned by sha256); on lossless CIFAR-10,
     akamaster's, which were trained on lossless images."""
     from ocnna_fast.cli.loading import load_model
-    from ocnna_fast.data.local import ADAPTED, ADAPTED_FOLDER, ADAPTED_SHA256
+    from ocnna_fast.data.local import ADAPTED, ADAPTED_FOLDER, ADAPTED_SHA256, PRETRAINED
 
-    path = data_dir / ADAPTED_FOLDER / ADAPTED["resnet56"]
-    assert sha256_of(path) == ADAPTED_SHA256["resnet56"]
-    _, jpeg = load_model("resnet56", None, str(data_dir), "cifar10-jpeg")
-    _, lossless = load_model("resnet56", None, str(data_dir), "cifar10")
-    assert jpeg.endswith(ADAPTED["resnet56"]) and "akamaster" in lossless
-    _, resnet20 = load_model("resnet20", None, str(data_dir), "cifar10-jpeg")  # no adapted ResNet-20 ships yet
-    assert "akamaster" in resnet20
+    assert set(ADAPTED) == set(ADAPTED_SHA256) == set(PRETRAINED)
+    for arch in PRETRAINED:
+        assert sha256_of(data_dir / ADAPTED_FOLDER / ADAPTED[arch]) == ADAPTED_SHA256[arch], arch
+        _, jpeg = load_model(arch, None, str(data_dir), "cifar10-jpeg")
+        _, lossless = load_model(arch, None, str(data_dir), "cifar10")
+        assert jpeg.endswith(ADAPTED[arch]) and "akamaster" in lossless, arch
