@@ -51,6 +51,9 @@ def run(arch: str, a: argparse.Namespace, variant: str, seed: int, extra) -> dic
     out = Path(a.out) / f"{name}-{a.target.replace('=', '')}-{search}{tag}-s{seed}"
     report = out / "report.json"
     if not report.is_file():
+        # an interrupted run's memo would serve losses whose cost this run would not count
+        for name in ("allocation-losses.json", "allocation-curve-losses.json"):
+            (out / name).unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "ocnna_fast.cli", "prune", "--model" if user else "--arch", arch]
         cmd += ["--dataset", a.dataset]
         cmd += ["--target", a.target, "--criterion", a.criterion, "--search", search, "--seed", str(seed)]
@@ -68,6 +71,11 @@ def row(report: Path) -> dict:
     """One run's figures, from its report.json."""
     r = json.loads(report.read_text())
     s = r["sensitivity"]
+    if s.get("resumed"):  # its passes leave out what the earlier run measured
+        raise SystemExit(
+            f"{r['settings']['command']}: resumed an earlier run's search ({s['resumed']} losses from its memo), "
+            "so its cost is understated; delete its folder and run it again"
+        )
     how = s.get("search") or {}
     search = how.get("how") or r["settings"]["command"].split("--search ")[1].split()[0]
     if how.get("steps", 100) != 100:

@@ -14,7 +14,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Dict, Mapping, Optional, Set, Tuple, Union
 
 from torch import nn
 
@@ -78,6 +78,8 @@ class LossMemo:
         self.losses: Dict[str, float] = {}
         self.screened: Dict[str, float] = {}
         self.note: Optional[str] = None  # why a file was set aside
+        # the keys read from the file: losses an earlier run measured, whose cost this run does not count
+        self.earlier: Set[str] = set()
         if self.path is not None:
             if write:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +92,10 @@ class LossMemo:
     def put(self, key: str, loss: float) -> None:
         self.losses[key] = float(loss)
         self._write()
+
+    def from_earlier_run(self, key: str, share: Optional[float] = None) -> bool:
+        """Whether the loss of ``key`` (screened on ``share``) was read from the file, not measured in this run."""
+        return (key if share is None else _screen_key(share, key)) in self.earlier
 
     def get_screened(self, share: float, key: str) -> Optional[float]:
         """A loss measured on the first ``share`` of the images (a screen)."""
@@ -123,6 +129,7 @@ class LossMemo:
             print(f"ocnna-fast: {self.note}", file=sys.stderr)
             return
         self.losses, self.screened = losses, screened
+        self.earlier = set(losses) | set(screened)
 
     def _checked(self, doc) -> Tuple[Dict[str, float], Dict[str, float]]:
         if not isinstance(doc, dict) or not isinstance(doc.get("losses"), dict):

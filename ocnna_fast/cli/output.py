@@ -88,10 +88,17 @@ def _search_cost(sensitivity: Optional[Dict[str, Any]]) -> List[str]:
     images = sensitivity.get("pass_images")
     over = f"over {images} images" if images else "over its calibration images"
     how = (sensitivity.get("search") or {}).get("how")
+    resumed = sensitivity.get("resumed") or 0
+    earlier = (
+        f" It resumed an earlier run's search: {resumed} losses came from its memo (allocation-losses.json), "
+        "so the figure is what this run measured, not what the whole search cost."
+        if resumed
+        else ""
+    )
     return [
         "",
         f"Width search{f' ({how})' if how else ''}: {sensitivity['passes']:.1f} forward-pass equivalents {over} "
-        f"({sensitivity['evaluations']} candidates measured, {screened} screened on a share of the images).",
+        f"({sensitivity['evaluations']} candidates measured, {screened} screened on a share of the images).{earlier}",
     ]
 
 

@@ -136,6 +136,22 @@ def test_a_sound_memo_is_used_in_silence(fresh, tmp_path, capsys):
     assert "losses.json" not in capsys.readouterr().err
 
 
+def test_a_resumed_search_says_its_cost_is_not_the_whole_search(fresh, tmp_path):
+    """Losses read from an earlier run's memo cost this run nothing: the
+    count of them is kept, and the report says the figure is not the whole search's."""
+    from ocnna_fast.cli.output import _search_cost
+
+    model, values, x, memo, first = fresh
+    assert first.sensitivity["resumed"] == 0
+    assert "resumed" not in " ".join(_search_cost(first.sensitivity))
+    path = tmp_path / "losses.json"
+    path.write_text(memo.read_text())
+    again = _run(model, values, x, path)
+    assert again.sensitivity["passes"] < first.sensitivity["passes"]
+    assert again.sensitivity["resumed"] >= first.sensitivity["evaluations"]
+    assert "resumed an earlier run's search" in " ".join(_search_cost(again.sensitivity))
+
+
 def test_the_unmasked_offset_is_checked_like_any_loss(tmp_path):
     """A NaN for the unmasked model (the offset every loss is measured from) is refused too."""
     path = tmp_path / "m.json"
