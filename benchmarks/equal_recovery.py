@@ -7,6 +7,10 @@ same epochs, images, rate and seed), both evaluated on every test image.
 The job's own settings (architecture, weights, data set, training images,
 epochs, learning rate, batch size, seed) are read from the pruned folder's
 ``report.json`` one level up, so the comparison is the job's, not a guess.
+When ``OUT.json`` already holds a base distilled with the same recovery
+settings (another pruned model of the same job), that base's figure is kept
+and only the pruned model is evaluated: the base's recovery does not depend
+on what was pruned.
 """
 
 from __future__ import annotations
@@ -45,18 +49,24 @@ def main() -> None:
     argv = shlex.split(report["settings"]["command"])[1:]  # "ocnna-fast prune ..." as run
     job = build_parser().parse_args(argv)
     torch.set_num_threads(int(report["settings"]["threads"]))
+    earlier = _earlier_base(Path(a.json), job, build_parser)
     base, weights = load_model(job.arch, job.weights, job.data_dir, job.dataset, None, seed=job.seed)
     job.eval_images = None  # every test image
     test = images(job, "test", None, False, job.seed)
     train = images(job, "train", job.train_images, True, job.seed + 2)  # the job's distillation images
     base_acc = evaluate(base, test)
-    student = load_model(job.arch, job.weights, job.data_dir, job.dataset, None, seed=job.seed)[0]
-    t = time.perf_counter()
-    distill(
-        student, base, train, epochs=job.finetune_epochs, lr=job.lr, batch_size=job.batch_size, seed=job.seed,
-        progress=False,
-    )  # fmt: skip
-    seconds = time.perf_counter() - t
+    if earlier is not None and earlier["base"] == base_acc:  # (the same base, as far as its accuracy tells)
+        after, seconds = earlier["base_after_the_same_distillation"], earlier["distillation_seconds"]
+        print(f"the base's recovery is {a.json}'s (the same recovery settings): {after:.2f}")
+    else:
+        student = load_model(job.arch, job.weights, job.data_dir, job.dataset, None, seed=job.seed)[0]
+        t = time.perf_counter()
+        distill(
+            student, base, train, epochs=job.finetune_epochs, lr=job.lr, batch_size=job.batch_size,
+            seed=job.seed, progress=False,
+        )  # fmt: skip
+        seconds = time.perf_counter() - t
+        after = evaluate(student, test)
     job.pruned = a.pruned
     pruned, _ = load_pruned_folder(job)
     out = {
@@ -64,7 +74,7 @@ def main() -> None:
         "base_weights": _shown(weights),
         "test_images": len(test),
         "base": base_acc,
-        "base_after_the_same_distillation": evaluate(student, test),
+        "base_after_the_same_distillation": after,
         "pruned_after_distillation": evaluate(pruned, test),
         "distillation_seconds": seconds,
     }
@@ -73,6 +83,31 @@ def main() -> None:
     )
     Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
+
+
+# what the base's recovery depends on: the base, its data and the distillation's settings
+RECOVERY = (
+    "arch",
+    "model",
+    "weights",
+    "dataset",
+    "data_dir",
+    "train_images",
+    "finetune_epochs",
+    "lr",
+    "batch_size",
+    "seed",
+)
+
+
+def _earlier_base(path: Path, job, build_parser):
+    """An earlier result at ``path`` whose base was recovered exactly as ``job``'s would be, or None."""
+    if not path.is_file():
+        return None
+    earlier = json.loads(path.read_text())
+    then = build_parser().parse_args(shlex.split(earlier["command"])[1:])
+    same = all(getattr(then, k, None) == getattr(job, k, None) for k in RECOVERY)
+    return earlier if same and earlier["test_images"] else None
 
 
 if __name__ == "__main__":

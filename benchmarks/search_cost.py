@@ -170,7 +170,7 @@ def _convs(model: str) -> int:
 def depth_table(runs) -> str:
     """How the search's cost grows with the network: per model, ``(rows,
     later)`` (lists of :func:`row`): the full search (100 moves) against
-    the default (one-pass, 40 moves, curves on half the images) in forward
+    the default of the runs (one-pass, 40 moves, curves on half the images) in forward
     passes of that network, on the seeds both ran; ``later``: the default
     rerun after a change (or empty), its passes in a column of its own."""
     lines = [

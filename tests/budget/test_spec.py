@@ -91,7 +91,7 @@ def test_the_defaults_are_defined_once():
     assert {name: getattr(PruneSpec(curve_share=None), name) for name in BUDGET_DEFAULTS if name != "curve_share"} == {
         k: v for k, v in BUDGET_DEFAULTS.items() if k != "curve_share"
     }
-    assert BUDGET_DEFAULTS.get("curve_share") is None and spec.curve_share == 0.5
+    assert BUDGET_DEFAULTS.get("curve_share") is None and spec.curve_share == 1.0
     assert _cli_spec([]) == spec  # the specification of no flags (prune itself asks for a rule first)
     assert _cli_spec(["--target", "macs=0.5"]) == PruneSpec(target="macs=0.5")
 
