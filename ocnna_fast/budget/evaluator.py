@@ -83,8 +83,7 @@ class MaskedEvaluator:
         orders = json.dumps([(r, o, order) for r, (_, o, order) in sorted(self.groups.items())], default=int)
         widths = {root: info.width for root, (info, _, _) in self.groups.items()}
         self.memo = LossMemo(memo, fingerprint(model, orders, calibration, evaluation), widths, write=write_memo)
-        self.reused = 0  # candidates the memo served (measured earlier in this run, or by an earlier run)
-        self.resumed = 0  # of those, the ones an earlier run measured: their cost is not in ``passes``
+        self.reused = 0
         device = model_device(model)  # the images are moved once, to where the model runs
         calibration = None if calibration is None else [to_device(x, device) for x in calibration]
         evaluation = [to_device(x, device) for x in evaluation]
@@ -156,7 +155,6 @@ class MaskedEvaluator:
         kl = self.memo.get(key)
         if kl is not None:
             self.reused += 1
-            self.resumed += self.memo.from_earlier_run(key)
         else:
             kl = self._measure(removed, 1.0)
             self.memo.put(key, kl)
@@ -168,9 +166,7 @@ class MaskedEvaluator:
         first look, comparable between candidates screened alike."""
         key = json.dumps(sorted((root, int(n)) for root, n in removed.items() if n > 0))
         kl = self.memo.get_screened(share, key)
-        if kl is not None:
-            self.resumed += self.memo.from_earlier_run(key, share)
-        else:
+        if kl is None:
             kl = self._measure(removed, share)
             self.memo.put_screened(share, key, kl)
         return kl

@@ -80,6 +80,7 @@ class LossMemo:
         self.note: Optional[str] = None  # why a file was set aside
         # the keys read from the file: losses an earlier run measured, whose cost this run does not count
         self.earlier: Set[str] = set()
+        self.resumed = 0  # how many times such a loss was served
         if self.path is not None:
             if write:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,18 +88,16 @@ class LossMemo:
                 self._read()
 
     def get(self, key: str) -> Optional[float]:
+        self.resumed += key in self.earlier
         return self.losses.get(key)
 
     def put(self, key: str, loss: float) -> None:
         self.losses[key] = float(loss)
         self._write()
 
-    def from_earlier_run(self, key: str, share: Optional[float] = None) -> bool:
-        """Whether the loss of ``key`` (screened on ``share``) was read from the file, not measured in this run."""
-        return (key if share is None else _screen_key(share, key)) in self.earlier
-
     def get_screened(self, share: float, key: str) -> Optional[float]:
         """A loss measured on the first ``share`` of the images (a screen)."""
+        self.resumed += _screen_key(share, key) in self.earlier
         return self.screened.get(_screen_key(share, key))
 
     def put_screened(self, share: float, key: str, loss: float) -> None:

@@ -298,7 +298,7 @@ def _measurement(curves, search, evaluators) -> Optional[Dict[str, Any]]:
         "search": search,
         "evaluations": evaluator.evaluations,
         "reused": evaluator.reused,
-        "resumed": evaluator.resumed,
+        "resumed": evaluator.memo.resumed,  # losses an earlier run's memo served: not in ``passes``
         "screened": evaluator.screenings,
         "evaluations_per_process": evaluator.evaluations_per_process,
         "passes": evaluator.passes,
@@ -307,7 +307,7 @@ def _measurement(curves, search, evaluators) -> Optional[Dict[str, Any]]:
     if other is not evaluator:  # the curves' own measurement, counted in the same unit
         out["evaluations"] += other.evaluations
         out["reused"] += other.reused
-        out["resumed"] += other.resumed
+        out["resumed"] += other.memo.resumed
         out["passes"] += other.passes * other.unit / evaluator.unit
         out["curve_images"] = other.unit
         if other.evaluations_per_process and evaluator.evaluations_per_process:
