@@ -8,7 +8,8 @@ The job's own settings (architecture, weights, data set, training images,
 epochs, learning rate, batch size, seed) are read from the pruned folder's
 ``report.json`` one level up, so the comparison is the job's, not a guess.
 When ``OUT.json`` already holds a base distilled with the same recovery
-settings (another pruned model of the same job), that base's figure is kept
+settings from the same weights file (its sha256; another pruned model of the
+same job), that base's figure is kept
 and only the pruned model is evaluated: the base's recovery does not depend
 on what was pruned.
 """
@@ -43,6 +44,7 @@ def main() -> None:
     from ocnna_fast.cli import build_parser
     from ocnna_fast.cli.loading import images, load_model, load_pruned_folder
     from ocnna_fast.data.evaluation import evaluate
+    from ocnna_fast.data.fetch import sha256_of
     from ocnna_fast.recovery.distill import distill
 
     report = json.loads((Path(a.pruned).parent / "report.json").read_text())
@@ -55,7 +57,8 @@ def main() -> None:
     test = images(job, "test", None, False, job.seed)
     train = images(job, "train", job.train_images, True, job.seed + 2)  # the job's distillation images
     base_acc = evaluate(base, test)
-    if earlier is not None and earlier["base"] == base_acc:  # (the same base, as far as its accuracy tells)
+    digest = sha256_of(weights)
+    if earlier is not None and earlier.get("base_weights_sha256") == digest and earlier["base"] == base_acc:
         after, seconds = earlier["base_after_the_same_distillation"], earlier["distillation_seconds"]
         print(f"the base's recovery is {a.json}'s (the same recovery settings): {after:.2f}")
     else:
@@ -72,6 +75,7 @@ def main() -> None:
     out = {
         "command": report["settings"]["command"],
         "base_weights": _shown(weights),
+        "base_weights_sha256": digest,  # an earlier result's base is reused only for these very weights
         "test_images": len(test),
         "base": base_acc,
         "base_after_the_same_distillation": after,

@@ -32,6 +32,7 @@ from statistics import mean
 
 from common import parse_with_prune_flags
 
+from ocnna_fast.budget.search import ALLOCATION_MEMO, CURVE_MEMO
 from ocnna_fast.models import factory_name
 
 HERE = Path(__file__).resolve().parent
@@ -52,7 +53,7 @@ def run(arch: str, a: argparse.Namespace, variant: str, seed: int, extra) -> dic
     report = out / "report.json"
     if not report.is_file():
         # an interrupted run's memo would serve losses whose cost this run would not count
-        for name in ("allocation-losses.json", "allocation-curve-losses.json"):
+        for name in (ALLOCATION_MEMO, CURVE_MEMO):
             (out / name).unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "ocnna_fast.cli", "prune", "--model" if user else "--arch", arch]
         cmd += ["--dataset", a.dataset]

@@ -97,8 +97,9 @@ class LossMemo:
 
     def get_screened(self, share: float, key: str) -> Optional[float]:
         """A loss measured on the first ``share`` of the images (a screen)."""
-        self.resumed += _screen_key(share, key) in self.earlier
-        return self.screened.get(_screen_key(share, key))
+        key = _screen_key(share, key)
+        self.resumed += key in self.earlier
+        return self.screened.get(key)
 
     def put_screened(self, share: float, key: str, loss: float) -> None:
         self.screened[_screen_key(share, key)] = float(loss)

@@ -40,6 +40,7 @@ from .spec import ALLOCATIONS, REFINE_STEPS, PruneSpec
 
 __all__ = [
     "ALLOCATION_MEMO",
+    "CURVE_MEMO",
     "ALLOCATIONS",
     "REFINE_STEPS",
     "BudgetResult",

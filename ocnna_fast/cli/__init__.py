@@ -31,12 +31,17 @@ COMMANDS = (score, prune, bench, finetune, evaluate, export, convert, fetch, inf
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ocnna-fast", description="Fast, exact OCNNA filter scoring for PyTorch CNNs")
+    p = argparse.ArgumentParser(
+        prog="ocnna-fast", description="Fast, exact OCNNA filter scoring for PyTorch CNNs", allow_abbrev=False
+    )
     p.add_argument("--version", action="version", version=f"ocnna-fast {__version__}")
     p.add_argument("--debug", action="store_true", help="show the full traceback of expected errors too")
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.register(sub)
+    for sp in sub.choices.values():
+        # a flag written short (--finetune-epoch) would change meaning the day another flag shares its prefix
+        sp.allow_abbrev = False
     return p
 
 

@@ -4,6 +4,8 @@ one line naming it; the messages name the options, not the Python objects."""
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 
@@ -141,3 +143,25 @@ def test_the_input_size_comes_from_the_images_never_a_silent_default():
         PruneJob(model, JobData(evaluation=images, scoring=images), JobSettings(criterion="l1", input_size=32))
     with pytest.raises(TypeError, match="give input_size"):
         ex.export_model(model, "unused.onnx", "onnx")
+
+
+@pytest.mark.parametrize(
+    "argv, short",
+    [
+        (["prune", "--arch", "resnet20", "--out", "o", "--finetune-epoch", "1"], "--finetune-epoch"),
+        (["evaluate", "--pruned", "p", "--eval-image", "10"], "--eval-image"),
+        (["export", "--pruned", "p", "--out", "o", "--verify-image", "1"], "--verify-image"),
+        (["bench", "--arch", "resnet20", "--out", "o", "--train-image", "10"], "--train-image"),
+    ],
+)
+def test_a_flag_written_short_is_refused_not_guessed(capsys, argv, short):
+    """argparse would take ``--finetune-epoch`` for ``--finetune-epochs`` until
+    another flag shares the prefix, and the command would change meaning then."""
+    from ocnna_fast.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[argv[0]]
+    flags = [s for a in sub._actions for s in a.option_strings]
+    assert short not in flags and len([f for f in flags if f.startswith(short)]) == 1  # a true abbreviation
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    assert f"unrecognized arguments: {short}" in capsys.readouterr().err
