@@ -424,6 +424,28 @@ def test_a_failed_write_removes_its_temporary_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def _scores_file(path):
+    _scores().save(path)
+
+
+def _checkpoint_file(path):
+    from ocnna_fast.scoring.runstate import save_checkpoint
+
+    save_checkpoint(path, {"a": FilterStats(5, 0.9, name="a").update(acts())}, {"model": "m"}, batches=1, images=4)
+
+
+@pytest.mark.parametrize("write", [_scores_file, _checkpoint_file])
+def test_the_same_content_is_written_as_the_same_bytes(tmp_path, write):
+    """The safetensors writer ordered the metadata keys differently on each
+    call, so the same scores made files of different sha256 (not comparable
+    by hash, and a results row sealed on them changed from run to run)."""
+    files = []
+    for i in range(4):
+        write(tmp_path / f"{i}")
+        files.append((tmp_path / f"{i}").read_bytes())
+    assert len(set(files)) == 1
+
+
 # ---- 11. plan.json names its weights ---------------------------------------------------
 
 

@@ -9,11 +9,16 @@ On any error the temporary file is removed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 from pathlib import Path
-from typing import Iterator, Mapping, Union
+from typing import TYPE_CHECKING, Iterator, Mapping, Optional, Union
 
-__all__ = ["atomic_path", "write_text_atomic", "replace_all"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["atomic_path", "write_text_atomic", "replace_all", "save_tensors"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -72,3 +77,28 @@ def replace_all(staged: Mapping[Path, Path]) -> None:
         if previous is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(previous)
+
+
+def save_tensors(
+    tensors: Mapping[str, "torch.Tensor"], path: PathLike, metadata: Optional[Mapping[str, str]] = None
+) -> str:
+    """Writes ``tensors`` to ``path`` as safetensors, atomically and the same
+    bytes for the same content; returns the file's sha256.
+
+    The safetensors writer orders the metadata keys differently from run to
+    run, so two runs that computed the same thing wrote files of different
+    hashes; the header is written again with its keys sorted (the format
+    allows any order, and the tensors' offsets are relative to the header's end)."""
+    from safetensors.torch import save
+
+    blob = save({k: v.contiguous() for k, v in tensors.items()}, metadata=dict(metadata) if metadata else None)
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as the writer leaves it
+    blob = len(text).to_bytes(8, "little") + text + blob[8 + n :]
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(blob)
+    return hashlib.sha256(blob).hexdigest()

@@ -20,9 +20,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from safetensors.torch import save_file
-
-    from .._util.atomic import atomic_path
+    from .._util.atomic import save_tensors
     from ..data.fetch import sha256_of
     from ..models import build
     from ..models.tflite_convert import convert_tflite, detect_arch
@@ -40,12 +38,9 @@ def run(args: argparse.Namespace) -> int:
     arch = args.arch or detect_arch(args.file)
     model = build(arch, num_classes=1000)
     state = convert_tflite(args.file, model)
-    with atomic_path(out) as tmp:
-        save_file(
-            {k: v.contiguous() for k, v in state.items()},
-            tmp,
-            metadata={"arch": arch, "source": Path(args.file).name, "source_sha256": sha256_of(args.file)},
-        )
+    save_tensors(
+        state, out, metadata={"arch": arch, "source": Path(args.file).name, "source_sha256": sha256_of(args.file)}
+    )
     print(
         f"{args.file} -> {out} ({arch}, {sum(v.numel() for v in state.values())} values); use it with "
         f"--arch {arch} --weights {out}"

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .._util.atomic import atomic_path
+from .._util.atomic import save_tensors
 from .._util.distributed import is_main
 from .._util.placement import describe_device
 from .._util.precision import resolve_precision
@@ -44,8 +44,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _finetune_into(args: argparse.Namespace, model, weights: str, out: Path) -> int:
-    from safetensors.torch import save_file
-
     evalset = loading.images(args, "test", args.eval_images, False, args.seed)
     trainset = loading.images(args, "train", args.train_images, True, args.seed + 2)
     print(f"device: {describe_device(args.device)}")
@@ -68,8 +66,7 @@ def _finetune_into(args: argparse.Namespace, model, weights: str, out: Path) -> 
     model.cpu()  # saved from the CPU: the file loads anywhere
     if not is_main():
         return 0
-    with atomic_path(out / "model.safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
+    save_tensors(model.state_dict(), out / "model.safetensors")
     report = {
         "arch": args.arch,
         "dataset": loading.describe(args.dataset),

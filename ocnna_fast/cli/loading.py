@@ -117,17 +117,14 @@ def _converted(arch: str, data_dir: Optional[str]) -> Path:
         raise ValueError(
             f"no weights for --arch {arch}: {exc}; or pass --weights FILE from `ocnna-fast convert-tflite`"
         ) from None
-    from safetensors.torch import save_file
-
-    from .._util.atomic import atomic_path
+    from .._util.atomic import save_tensors
     from ..models import build
     from ..models.tflite_convert import convert_tflite
 
     print(f"converting {source} into {out} (once; later runs load it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     state = convert_tflite(source, build(arch, num_classes=1000))
-    with atomic_path(out) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata={"arch": arch, "source": source.name})
+    save_tensors(state, out, metadata={"arch": arch, "source": source.name})
     return out
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from .._native import _C
 from .._util import validate
-from .._util.atomic import atomic_path
+from .._util.atomic import save_tensors
 from .stats import FilterStats
 
 __all__ = ["model_fingerprint", "save_checkpoint", "load_checkpoint", "merge_across_ranks"]
@@ -37,8 +37,6 @@ def save_checkpoint(
     """Writes accumulators and position to ``path`` atomically (a temporary
     file in the same folder, flushed to disk, then renamed over the old one),
     with a sha256 of the contents that ``load_checkpoint`` checks."""
-    from safetensors.torch import save_file
-
     tensors = {}
     for i, st in enumerate(stats.values()):
         sd = st.state_dict()
@@ -52,8 +50,7 @@ def save_checkpoint(
         "images": str(images),
     }
     meta["sha256"] = validate.tensors_sha256(tensors, list(meta.items()))
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=meta)
+    save_tensors(tensors, path, metadata=meta)
 
 
 def _count_field(meta: Dict[str, str], key: str, path: str) -> int:

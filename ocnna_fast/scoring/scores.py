@@ -15,7 +15,7 @@ import torch
 
 from .. import _native
 from .._util import validate
-from .._util.atomic import atomic_path
+from .._util.atomic import save_tensors
 from .taps import TAPS
 
 __all__ = ["LayerScores", "Scores"]
@@ -87,8 +87,6 @@ class Scores(Mapping[str, LayerScores]):
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Writes the scores to ``path`` as safetensors, atomically, with a
         sha256 of the contents that ``load`` checks."""
-        from safetensors.torch import save_file
-
         names = list(self._layers)
         tensors: Dict[str, torch.Tensor] = {}
         for i, name in enumerate(names):
@@ -107,8 +105,7 @@ class Scores(Mapping[str, LayerScores]):
             "statistic": self.statistic,
         }
         meta["sha256"] = validate.tensors_sha256(tensors, list(meta.items()))
-        with atomic_path(path) as tmp:
-            save_file(tensors, tmp, metadata=meta)
+        save_tensors(tensors, path, metadata=meta)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "Scores":

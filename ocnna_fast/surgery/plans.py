@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Optional, Union
 import torch
 from torch import nn
 
-from .._util.atomic import atomic_path, write_text_atomic
+from .._util.atomic import save_tensors, write_text_atomic
 from ..selection.groups import dependency_graph, torch_pruning
 
 __all__ = [
@@ -150,14 +150,10 @@ def save_pruned(
 ) -> Path:
     """Writes ``model.safetensors`` and ``plan.json`` (each atomically; the
     plan records the sha256 of the weights file, which ``load_pruned`` checks)."""
-    from safetensors.torch import save_file
-
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(d / "model.safetensors") as tmp:
-        save_file(state, tmp)
-        digest = _file_sha256(tmp)
+    digest = save_tensors(state, d / "model.safetensors")
     doc = dict(plan)
     doc.pop(PLAN_DIGEST, None)
     doc["weights_sha256"] = digest
