@@ -6,7 +6,7 @@ from layers before it) for its calibration and evaluation images, and a
 candidate runs only the part after its first masked layer: a group deep in
 the network costs a fraction of a pass.
 
-The network is cut on its ``torch.fx`` graph.  Convolutions, linear layers,
+The network is cut on its ``torch.fx`` graph (``_util.cut_graph``).  Convolutions, linear layers,
 BatchNorms and every module the search masks are leaves (the masks are
 forward hooks on them); a model that does not trace (Python control flow on
 tensor values) gets ``Segments.build(...) is None`` and whole passes.
@@ -18,28 +18,16 @@ weighted layers; element-wise operations are left out of the share).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 import torch.fx as fx
 from torch import nn
 
+from .._util.cut_graph import CutGraph, trace
 from ..selection.groups import torch_pruning
 
 __all__ = ["Segments", "Cache", "batch_size", "first_images"]
-
-_WEIGHTED = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
-
-
-class _Tracer(fx.Tracer):
-    """Weighted layers and the masked modules stay whole (their hooks must fire)."""
-
-    def __init__(self, leaves: Set[str]) -> None:
-        super().__init__()
-        self.leaves = leaves
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return qualname in self.leaves or isinstance(m, _WEIGHTED) or super().is_leaf_module(m, qualname)
 
 
 class Cache:
@@ -59,38 +47,19 @@ class Cache:
         )
 
 
-class Segments:
-    """``model``'s graph, its nodes in execution order; a cut is a node
-    index (0: the input)."""
+class Segments(CutGraph):
+    """``model``'s cut-able graph with each cut's share of the network's
+    multiply-accumulates (what a pass from there costs)."""
 
     def __init__(self, model: nn.Module, graph: fx.Graph, example: torch.Tensor) -> None:
-        self.model = model
-        self.modules = dict(model.named_modules())
-        self.nodes: List[fx.Node] = list(graph.nodes)
-        self.index = {n: i for i, n in enumerate(self.nodes)}
-        inputs = [n for n in self.nodes if n.op == "placeholder"]
-        if len(inputs) != 1:
-            raise TypeError(f"the model takes {len(inputs)} inputs; a cut network needs exactly one")
-        self.input = inputs[0].name
-        # per node, the nodes whose last reader it is: their values are freed
-        # after it runs (an interpreter keeping every value would hold a whole
-        # pass's activations at once)
-        last = {n: max((self.index[u] for u in n.users), default=i) for i, n in enumerate(self.nodes)}
-        self.frees: List[List[str]] = [[] for _ in self.nodes]
-        for n, i in last.items():
-            self.frees[i].append(n.name)
-        self.first_call: Dict[str, int] = {}
-        for i, n in enumerate(self.nodes):
-            if n.op == "call_module":
-                self.first_call.setdefault(str(n.target), i)
+        super().__init__(model, graph)
         self._shares = self._mac_shares(example)
 
     @classmethod
     def build(cls, model: nn.Module, masked: Iterable[str], example: torch.Tensor) -> Optional["Segments"]:
         """The cut-able graph of ``model``, or ``None`` where it does not trace."""
         try:
-            graph = _Tracer(set(masked)).trace(model)
-            return cls(model, graph, example)
+            return cls(model, trace(model, masked), example)
         except Exception:  # noqa: BLE001 - any tracing failure means: run whole passes
             return None
 
@@ -126,65 +95,6 @@ class Segments:
             if i >= cut:  # a leaf's own norms too (a folded conv with its norm put back is one leaf)
                 out += [m for m in self.modules[name].modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         return out
-
-    def entering(self, cut: int) -> List[str]:
-        """The nodes before ``cut`` that a node at or after it reads."""
-        return [
-            n.name
-            for n in self.nodes[:cut]
-            if n.op not in ("get_attr", "output") and any(self.index[u] >= cut for u in n.users)
-        ]
-
-    def inputs(self, batches: Sequence[torch.Tensor]) -> List[Dict[str, Any]]:
-        return [{self.input: x} for x in batches]
-
-    def run(self, env: Mapping[str, Any], start: int, stop: Optional[int] = None, keep: Sequence[str] = ()):
-        """Runs nodes ``start`` to ``stop`` from the values in ``env``: the
-        network's output when ``stop`` is None, else the values of ``keep``."""
-        values = dict(env)
-
-        def lookup(n: fx.Node):
-            if n.name not in values and n.op == "get_attr":  # constants are read where they are used
-                values[n.name] = self._call(n, value)
-            return values[n.name]
-
-        def value(a):
-            return fx.node.map_arg(a, lookup)
-
-        stop = len(self.nodes) if stop is None else stop
-        kept = set(keep)
-        for i in range(start, stop):
-            n = self.nodes[i]
-            if n.op == "placeholder":
-                continue
-            if n.op == "output":
-                return value(n.args[0])
-            values[n.name] = self._call(n, value)
-            for name in self.frees[i]:
-                if name not in kept:
-                    values.pop(name, None)
-        return {k: values[k] for k in keep}
-
-    def _call(self, n: fx.Node, value):
-        args, kwargs = value(n.args), value(n.kwargs)
-        if n.op == "call_module":
-            return self.modules[str(n.target)](*args, **kwargs)
-        if n.op == "call_function":
-            return n.target(*args, **kwargs)
-        if n.op == "call_method":
-            return getattr(args[0], str(n.target))(*args[1:], **kwargs)
-        if n.op == "get_attr":
-            obj: Any = self.model
-            for part in str(n.target).split("."):
-                obj = getattr(obj, part)
-            return obj
-        raise TypeError(f"graph node {n.name}: unsupported op {n.op}")
-
-    def advance(self, envs: Sequence[Mapping[str, Any]], start: int, cut: int) -> List[Dict[str, Any]]:
-        """The values entering ``cut`` for each batch, from those entering ``start``."""
-        keep = self.entering(cut)
-        with torch.no_grad():
-            return [self.run(env, start, cut, keep) for env in envs]
 
 
 def batch_size(batch) -> int:

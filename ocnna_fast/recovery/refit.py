@@ -21,8 +21,12 @@ BatchNorm's (re-estimated) statistics, and the intercept goes into the
 pruned BatchNorm's running mean, so the structure (no conv bias) is kept.
 
 The statistics are streamed: per layer, the Gram matrix of the pruned
-inputs and their cross-products with the targets, summed over batches; a
-pass of both networks stops at the layer being fitted.
+inputs and their cross-products with the targets, summed over batches.
+Both networks are advanced on their ``torch.fx`` graphs from one layer to
+fit to the next, the values entering it kept for every calibration image
+(one pass in all); a network that does not trace, or whose kept values
+would not fit ``layer_inputs.WALK_BYTES``, is run from its input up to each layer
+instead (a pass per layer: quadratic in depth, one batch held).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from torch import nn
 
 from .._util.module_state import restore_training_flags, training_flags
 from .._util.placement import input_of, model_device, placement
+from .layer_inputs import input_at, layer_inputs
 
 __all__ = ["reconstruct", "input_at", "ridge_solve", "im2col_rows", "RIDGE", "POSITIONS"]
 
@@ -48,11 +53,8 @@ RIDGE = 1e-3
 # what a sample already holds, so a sample keeps the Gram matrix cheap.
 POSITIONS = 64
 
+
 _BatchNorm = nn.modules.batchnorm._BatchNorm
-
-
-class _Stop(Exception):
-    """Raised by a hook once the layer being fitted has its input."""
 
 
 def _pointwise(m: nn.Module) -> bool:
@@ -71,27 +73,6 @@ def _kind(m: nn.Module) -> Optional[str]:
     if m.groups > 1 and m.groups == m.in_channels == m.out_channels:
         return "depthwise"
     return None
-
-
-def input_at(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``module``'s input when ``model`` runs on ``x`` (the pass stops there;
-    the caller chooses grad mode)."""
-    got: List[torch.Tensor] = []
-
-    def pre(_m, args):
-        got.append(args[0].detach())
-        raise _Stop
-
-    handle = module.register_forward_pre_hook(pre)
-    try:
-        model(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    if not got:
-        raise ValueError("a layer to reconstruct did not run on the calibration batches")
-    return got[0]
 
 
 def _rows(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -258,17 +239,20 @@ def reconstruct(
     ridge: float = RIDGE,
     progress: bool = False,
     device: Union[None, str, torch.device] = None,
+    one_pass: bool = True,
 ) -> Dict[str, Any]:
     """Refits, in place, every layer of ``pruned`` downstream of the first
     cut (see the module's text) to the outputs of ``base`` on ``batches``
-    (held in memory once read: each layer passes over them again, each
-    pass stopping at the layer).
+    (held in memory once read).
     ``plan``: what ``prune`` returned (``kept_outputs`` by layer name).
     A layer a BatchNorm reads is fitted in that BatchNorm's frame (the
     module's text): run it after the BatchNorm statistics are re-estimated.
+    ``one_pass``: advance both networks from one layer to the next on their
+    graphs (one pass in all; where they trace and the kept values fit
+    ``layer_inputs.WALK_BYTES``), else a pass up to each layer.  ``device``: where both
+    models run (default: where ``pruned`` is); each is moved back after.
     Returns ``{"reconstructed": dense layers, "rescaled": depthwise convs,
-    "images": n}``.  ``device``: where both models run (default: where
-    ``pruned`` is); each is moved back to where it was after."""
+    "images": n, "refit": "one pass" or "a pass per layer"}``."""
     if not ridge >= 0:
         raise ValueError(f"ridge must be >= 0, got {ridge!r}")
     home, run = placement(pruned, device)
@@ -281,6 +265,7 @@ def reconstruct(
     old_modules, new_modules = dict(base.named_modules()), dict(pruned.named_modules())
     counts = {"reconstructed": 0, "rescaled": 0}
     gen = torch.Generator().manual_seed(0)  # the im2col positions: the same fit on every run
+    walk: Any = None
     try:
         with torch.no_grad():
             order, follower = _trace(pruned, inputs[0][:1])
@@ -290,22 +275,21 @@ def reconstruct(
                 from tqdm.auto import tqdm
 
                 steps = tqdm(todo, desc="reconstruct", unit="layer")
+            walk = layer_inputs(base, pruned, [name for name, _ in todo], inputs, one_pass)
             for name, kind in steps:
-                old, new = old_modules[name], new_modules[name]
-                pairs = ((input_at(base, old, x), input_at(pruned, new, x)) for x in inputs)
+                old, new, norm = old_modules[name], new_modules[name], follower.get(name)
                 kept = _kept(plan, name, old.weight.shape[0])
-                norm = follower.get(name)
                 frame = _Frame(old_modules.get(norm), new_modules.get(norm), kept)
                 if kind == "dense":
-                    _fit_dense(old, new, pairs, kept, ridge, frame, gen)
+                    _fit_dense(old, new, walk.inputs_of(name), kept, ridge, frame, gen)
                 else:
-                    _fit_depthwise(old, new, pairs, kept, frame)
+                    _fit_depthwise(old, new, walk.inputs_of(name), kept, frame)
                 counts["reconstructed" if kind == "dense" else "rescaled"] += 1
     finally:
         pruned.to(home), base.to(base_home)
         restore_training_flags(flags[0])
         restore_training_flags(flags[1])
-    return {**counts, "images": sum(int(x.shape[0]) for x in inputs)}
+    return {**counts, "images": sum(int(x.shape[0]) for x in inputs), "refit": walk.how}
 
 
 def _layers_to_fit(order, plan, new_modules, old_modules, follower) -> List[Tuple[str, str]]:

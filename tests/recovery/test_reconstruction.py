@@ -42,7 +42,7 @@ def test_a_dense_layer_is_the_ridge_regression_of_all_rows_at_once():
     batches = [batches[0][:32], batches[0][32:]]  # two batches: the sums must stream
     before = copy.deepcopy(pruned)
     info = reconstruct(pruned, base, plan, batches)
-    assert info == {"reconstructed": 3, "rescaled": 1, "images": 64}  # c2, c3, fc; dw
+    assert info == {"reconstructed": 3, "rescaled": 1, "images": 64, "refit": "one pass"}  # c2, c3, fc; dw
     x = torch.cat(batches)
     x_new = _inputs(before, "c2", x).permute(0, 2, 3, 1).reshape(-1, pruned.c2.in_channels).double()
     with torch.no_grad():
@@ -219,7 +219,7 @@ def test_a_batchnorm_network_is_recovered_exactly_in_its_re_estimated_frame():
     with torch.no_grad():
         assert (pruned(test) - base(test)).abs().max() > 0.05
     info = reconstruct(pruned, base, plan, x, ridge=0.0)
-    assert info == {"reconstructed": 2, "rescaled": 0, "images": 32}  # conv2 and fc
+    assert info == {"reconstructed": 2, "rescaled": 0, "images": 32, "refit": "one pass"}  # conv2 and fc
     assert set(pruned.state_dict()) == keys and pruned.conv2.bias is None
     assert not torch.equal(pruned.bn2.running_mean, before_mean)
     with torch.no_grad():
@@ -334,3 +334,76 @@ def test_a_layer_without_bias_or_batchnorm_is_fitted_without_an_intercept_and_ge
     assert pruned.fc.bias is None and set(pruned.state_dict()) == keys
     with torch.no_grad():
         torch.testing.assert_close(pruned(x[1]), base(x[1]), rtol=1e-4, atol=1e-4)
+
+
+# ---- one pass in all, or a pass up to each layer: the same fit ---------------------------
+
+
+class Residual(nn.Module):
+    """conv-BN, two blocks with identity adds, a strided block with a 1x1 shortcut, classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.b0 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.c1, self.b1 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.c2, self.b2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.c3, self.b3 = nn.Conv2d(8, 12, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(12)
+        self.short = nn.Conv2d(8, 12, 1, stride=2, bias=False)
+        self.fc = nn.Linear(12, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.b0(self.stem(x)))
+        x = torch.relu(x + self.b1(self.c1(x)))
+        x = torch.relu(x + self.b2(self.c2(x)))
+        x = torch.relu(self.short(x) + self.b3(self.c3(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+class Untraceable(Residual):
+    def forward(self, x):
+        if float(x.mean()) > 1e9:  # control flow on a value: torch.fx cannot trace it
+            return x
+        return super().forward(x)
+
+
+def _batchnorm_case(cls):
+    from ocnna_fast.recovery.batchnorm import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    base = cls().eval()
+    batches = [torch.randn(16, 3, 12, 12, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    recalibrate_batchnorm(base, batches)
+    example = torch.zeros(1, 3, 12, 12)
+    pruned, plan = prune(base, None, 40, example, [], importance=random_values(base, example))
+    recalibrate_batchnorm(pruned, batches)
+    return base, pruned, plan, batches
+
+
+@pytest.mark.parametrize(
+    "case, how",
+    [
+        (_pruned, "one pass"),  # MobileNet's pattern, folded
+        (lambda: _batchnorm_case(Residual), "one pass"),  # adds and a strided shortcut, in BatchNorm frames
+        (lambda: _batchnorm_case(Untraceable), "a pass per layer"),
+    ],
+)
+def test_one_pass_refits_every_layer_as_a_pass_up_to_each_layer_does(case, how):
+    """The one-pass refit keeps the values entering each layer between fits;
+    every layer must be fitted from the very inputs (the pruned network's,
+    after the layers before it were refitted) that a pass from the input gives."""
+    base, pruned, plan, batches = case()
+    per_layer, before = copy.deepcopy(pruned), copy.deepcopy(pruned.state_dict())
+    info = reconstruct(pruned, base, plan, batches)
+    assert info["refit"] == how and info["reconstructed"] > 1
+    assert reconstruct(per_layer, base, plan, batches, one_pass=False)["refit"] == "a pass per layer"
+    for (name, a), (_, b) in zip(pruned.state_dict().items(), per_layer.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert any(not torch.equal(pruned.state_dict()[k], v) for k, v in before.items())  # the refit moved them
+
+
+def test_one_pass_falls_back_where_the_kept_values_would_not_fit(monkeypatch):
+    import ocnna_fast.recovery.layer_inputs as layer_inputs
+
+    base, pruned, plan, batches = _batchnorm_case(Residual)
+    monkeypatch.setattr(layer_inputs, "WALK_BYTES", 1000)
+    assert reconstruct(pruned, base, plan, batches)["refit"] == "a pass per layer"
