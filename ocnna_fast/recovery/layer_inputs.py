@@ -88,7 +88,7 @@ class _Walk:
     def start(cls, base: nn.Module, pruned: nn.Module, names: List[str], inputs: List[torch.Tensor]):
         """The walk over ``names`` (in execution order), or None where either
         network does not trace, the two graphs differ, or the kept values
-        would not fit ``WALK_BYTES``."""
+        would not fit ``WALK_BYTES`` (on a GPU, half its free memory at most)."""
         try:
             graphs = CutGraph(base, trace(base)), CutGraph(pruned, trace(pruned))
         except Exception:  # noqa: BLE001 - any tracing failure means: a pass up to each layer
@@ -102,7 +102,10 @@ class _Walk:
         if any(not isinstance(graphs[1].nodes[c].args[0], fx.Node) for c in order):
             return None
         images = sum(int(x.shape[0]) for x in inputs)  # (the same graph: the same cuts in both)
-        if sum(g.bytes_entering(inputs[0][:1], order) for g in graphs) * images > WALK_BYTES:
+        room = WALK_BYTES
+        if inputs[0].is_cuda:  # the kept values live on the device: leave it half its free memory
+            room = min(room, torch.cuda.mem_get_info(inputs[0].device)[0] // 2)
+        if sum(g.bytes_entering(inputs[0][:1], order) for g in graphs) * images > room:
             return None
         return cls(graphs, where, inputs)
 
