@@ -170,7 +170,11 @@ def _job(args: argparse.Namespace, model, size: int, out: Path) -> PruneJob:
 
 def _print_recalibration(args: argparse.Namespace, job, recal) -> None:
     if recal and recal["method"].startswith("batchnorm"):
-        refitted = f" and {recal['reconstructed']} layers refitted by least squares" if "reconstructed" in recal else ""
+        refitted = (
+            f" and {recal['reconstructed']} layers refitted by least squares ({recal['refit']})"
+            if "reconstructed" in recal
+            else ""
+        )
         print(
             f"BatchNorm statistics re-estimated{refitted} on {recal['images']} training images: "
             f"accuracy {job.accuracy['recalibrated']:.2f}%"
@@ -309,7 +313,8 @@ def _folded_line(recal) -> str:
         line += f", {recal['corrected']} convs got the base model's output mean and spread per channel"
     if "reconstructed" in recal:
         line += (
-            f", {recal['reconstructed']} layers were refitted by least squares ({recal['rescaled']} depthwise rescaled)"
+            f", {recal['reconstructed']} layers were refitted by least squares ({recal['rescaled']} depthwise rescaled; "
+            f"{recal['refit']})"
         )
     return line
 
