@@ -85,9 +85,11 @@ class LoaderImages:
 
     @staticmethod
     def _cut(xs: List[torch.Tensor], ys: List[Optional[torch.Tensor]], n: int, shard) -> Tuple[Any, Any]:
-        """The first ``n`` images held (removed from ``xs``/``ys``), as one batch."""
-        x = torch.cat(xs)
-        y = None if any(v is None for v in ys) else torch.cat(ys)
+        """The first ``n`` images held (removed from ``xs``/``ys``), as one batch.
+        One tensor held is cut as it is: a loader batch far larger than the
+        job's is served in views, not copied again for every batch cut from it."""
+        x = xs[0] if len(xs) == 1 else torch.cat(xs)
+        y = None if any(v is None for v in ys) else (ys[0] if len(ys) == 1 else torch.cat(ys))
         xs[:] = [x[n:]] if x.shape[0] > n else []
         ys[:] = ([y[n:]] if y is not None else [None]) if x.shape[0] > n else []
         x, y = x[:n], (y[:n] if y is not None else None)

@@ -165,3 +165,18 @@ def test_what_a_dataloader_cannot_serve_is_refused():
     bare = LoaderImages([x for x, _ in loader])
     assert len(bare) == 16 and [b[0].shape[0] for b in bare.batches(8)] == [8, 8]
     assert [b[0].shape[0] for b in bare.batches(8, shard=(1, 2))] == [4, 4]
+
+
+def test_a_loader_batch_larger_than_the_jobs_is_served_in_views():
+    """One 600-image batch read at 50: each cut copied what remained (the
+    images copied grew with the square of the loader's batch)."""
+    from ocnna_fast.data.loader import LoaderImages
+
+    x, y = torch.randn(600, 3, 4, 4), torch.arange(600)
+    batches = list(LoaderImages([(x, y)]).batches(50))
+    assert len(batches) == 12 and all(torch.equal(b, x[i * 50 : (i + 1) * 50]) for i, (b, _) in enumerate(batches))
+    assert all(torch.equal(t, y[i * 50 : (i + 1) * 50]) for i, (_, t) in enumerate(batches))
+    assert all(b.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() for b, _ in batches)
+    # batches that straddle two loader batches are joined (a copy, once)
+    two = list(LoaderImages([(x[:30], y[:30]), (x[30:70], y[30:70])]).batches(50))
+    assert [b.shape[0] for b, _ in two] == [50, 20] and torch.equal(two[0][0], x[:50])
