@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .._util.atomic import save_tensors, write_text_atomic
+from ..data.fetch import sha256_of
 from ..selection.groups import dependency_graph, torch_pruning
 
 __all__ = [
@@ -206,14 +207,6 @@ def read_plan(directory: PathLike) -> Dict[str, Any]:
     return _check_plan(doc)
 
 
-def _file_sha256(path: PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # How load_pruned builds the base model a plan names when none is passed:
 # (arch, num_classes) -> model.  The package wires the model zoo in here
 # (ocnna_fast/__init__.py), so surgery never imports the zoo.
@@ -259,7 +252,7 @@ def load_pruned(directory: PathLike, base_model: Optional[nn.Module] = None) -> 
         raise ValueError(f"{d / 'plan.json'} does not name the weights it belongs to (no weights_sha256)")
     if not (d / "model.safetensors").is_file():
         raise FileNotFoundError(f"{d / 'model.safetensors'} not found")
-    if _file_sha256(d / "model.safetensors") != want:
+    if sha256_of(d / "model.safetensors") != want:
         raise ValueError(
             f"{d / 'model.safetensors'} is not the weights file {d / 'plan.json'} was saved with "
             "(sha256 differs): the two files come from different runs, or one is damaged"
