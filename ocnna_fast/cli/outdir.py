@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 from pathlib import Path
@@ -36,14 +37,31 @@ OUTPUTS = {
     "score": ("scores.safetensors", "summary.json"),
     "bench": ("results.json", "results.md", "command.txt"),
 }
-# a folder written before folders were marked is told by a file only its command writes
-_SIGNATURES = (
-    ("pruned", "prune"),
-    ("allocation-losses.json", "prune"),
-    ("results.json", "bench"),
-    ("summary.json", "score"),
-    ("model.safetensors", "finetune"),
+# a folder written before folders were marked is told by what only its
+# command writes: a name and the shape of its content, since a name alone
+# (model.safetensors, summary.json) may be a file of the user's own
+_SIGNATURES = (  # (the name, its command, the JSON file that shows it, keys that file has)
+    ("pruned", "prune", "pruned/plan.json", set()),
+    ("allocation-losses.json", "prune", "allocation-losses.json", {"fingerprint", "losses"}),
+    ("results.json", "bench", "results.json", {"config", "rows"}),
+    ("summary.json", "score", "summary.json", {"n_components", "layers"}),
+    ("model.safetensors", "finetune", "report.json", {"weights_out", "history"}),
 )
+
+
+def _signed(folder: Path) -> Optional[tuple]:
+    """The name in ``folder`` that shows which command wrote it, and that command, if any."""
+    found = (s for s in _SIGNATURES if (folder / s[0]).exists() and _has(folder / s[2], s[3]))
+    return next((s[:2] for s in found), None)
+
+
+def _has(path: Path, keys: set) -> bool:
+    """``path`` is a JSON object with ``keys``."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(doc, dict) and keys <= set(doc)
 
 
 class OutputLocked(OSError):
@@ -60,7 +78,8 @@ def producer(folder: Union[str, os.PathLike]) -> Optional[str]:
     if mark.is_file():
         name = mark.read_text().strip()
         return name if name in OUTPUTS else "an unknown command"
-    return next((cmd for name, cmd in _SIGNATURES if (folder / name).exists()), None)
+    signed = _signed(folder)
+    return signed[1] if signed else None
 
 
 def check_not_pruned_model(path: Path, what: str) -> None:
@@ -93,6 +112,14 @@ def out_dir(
             f"--out {out} holds the output of `ocnna-fast {owner}` ({_evidence(out)}); "
             f"`ocnna-fast {command}` writes only into its own folders: choose another --out"
         )
+    if owner is None and out.is_dir():
+        # an unmarked folder's files of those names are not known to be a run's: replacing them could lose work
+        foreign = [name for name in OUTPUTS[command] if (out / name).exists()]
+        if foreign:
+            raise ValueError(
+                f"--out {out} holds {', '.join(foreign)}, which no ocnna-fast run is known to have written, "
+                f"and `ocnna-fast {command}` would replace: choose another --out"
+            )
     for given in inputs:
         src = Path(given).resolve()
         for name in OUTPUTS[command]:
@@ -110,7 +137,7 @@ def out_dir(
 def _evidence(folder: Path) -> str:
     if (folder / OWNER).is_file():
         return f"{folder / OWNER} says so"
-    return next(f"{folder / name}" for name, _ in _SIGNATURES if (folder / name).exists())
+    return str(folder / _signed(folder)[0])
 
 
 def _alive(pid: int) -> bool:

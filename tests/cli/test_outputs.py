@@ -90,17 +90,47 @@ def test_a_command_never_writes_over_its_own_input(tmp_path, data_dir, capsys):
     assert producer(tmp_path / "q") == "finetune"
 
 
-def test_legacy_folders_are_told_by_their_files(tmp_path):
-    """Folders written before they were marked: the file only one command writes names it."""
-    for name, command in [("results.json", "bench"), ("summary.json", "score"), ("model.safetensors", "finetune")]:
-        folder = tmp_path / command
-        folder.mkdir()
-        (folder / name).write_text("{}")
-        assert producer(folder) == command
-        other = "prune"
-        with pytest.raises(ValueError, match=f"`ocnna-fast {command}` .*{name}"):
-            out_dir(folder, other)
-        assert out_dir(folder, command) == folder  # its own command goes on (a bench suite resumes)
+LEGACY = [  # what each command wrote before folders were marked, reduced to what tells it
+    ("bench", {"results.json": {"config": {}, "rows": []}}),
+    ("score", {"summary.json": {"n_components": 1, "layers": {}}, "scores.safetensors": "x"}),
+    ("finetune", {"model.safetensors": "x", "report.json": {"weights_out": "model.safetensors", "history": []}}),
+    ("prune", {"allocation-losses.json": {"fingerprint": "f", "losses": []}}),
+]
+
+
+def _fill(folder, files):
+    folder.mkdir()
+    for name, content in files.items():
+        (folder / name).write_text(content if isinstance(content, str) else json.dumps(content))
+
+
+@pytest.mark.parametrize("command,files", LEGACY, ids=[c for c, _ in LEGACY])
+def test_legacy_folders_are_told_by_their_files(tmp_path, command, files):
+    """Folders written before they were marked: what only one command writes names it."""
+    folder = tmp_path / command
+    _fill(folder, files)
+    assert producer(folder) == command
+    other = "bench" if command == "prune" else "prune"
+    with pytest.raises(ValueError, match=f"`ocnna-fast {command}` .*{next(iter(files))}"):
+        out_dir(folder, other)
+    assert out_dir(folder, command) == folder  # its own command goes on (a bench suite resumes)
+
+
+@pytest.mark.parametrize(
+    "command,name",
+    [("finetune", "model.safetensors"), ("score", "summary.json"), ("bench", "results.json"), ("prune", "report.json")],
+)
+def test_a_users_own_file_of_an_output_name_is_never_replaced(tmp_path, command, name):
+    """An unmarked folder whose file only shares a name with an output (the user's
+    own weights, a summary of theirs) is not taken as the command's: refused, kept."""
+    folder = tmp_path / "mine"
+    _fill(folder, {name: '{"the user\'s": "own"}', "notes.txt": "kept"})
+    before = _digests(folder)
+    assert producer(folder) is None
+    with pytest.raises(ValueError, match=f"holds {name}, which no ocnna-fast run is known to have written"):
+        out_dir(folder, command)
+    assert _digests(folder) == before
+    assert out_dir(tmp_path / "empty", command) == tmp_path / "empty"  # a folder without such files is fine
 
 
 def test_export_extension_agrees_with_format(tmp_path):
