@@ -170,29 +170,25 @@ def _convs(model: str) -> int:
 
 def depth_table(runs) -> str:
     """How the search's cost grows with the network: per model, ``(rows,
-    later)`` (lists of :func:`row`): the full search (100 moves) against
-    the default of the runs (one-pass, 40 moves, curves on half the images) in forward
-    passes of that network, on the seeds both ran; ``later``: the default
-    rerun after a change (or empty), its passes in a column of its own."""
+    search, about)``: its runs (lists of :func:`row`), the search that
+    stands for the default there and a word on it; the full search against
+    that one in forward passes of that network, on the seeds both ran."""
     lines = [
-        "| model | conv layers | groups searched | full: forward passes | default: forward passes "
-        "| full / default (image-forwards) | default: passes per group | default after the curves' stop |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | conv layers | groups searched | seeds | full: forward passes | default: forward passes "
+        "| full / default (image-forwards) | default: passes per group | the default's runs |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    is_default = lambda r: r["search"].startswith("one-pass, 40 moves, curves")  # noqa: E731
-    for rows, later in runs:
+    for rows, search, about in runs:
         full = {r["seed"]: r for r in rows if r["search"] == "full"}
-        default = [r for r in rows if is_default(r) and r["seed"] in full]
-        if not default:
+        pairs = [(full[r["seed"]], r) for r in rows if r["search"] == search and r["seed"] in full]
+        if not pairs:
             continue
-        pairs = [(full[r["seed"]], r) for r in default]
-        groups = len(default[0]["widths"])
+        model, groups = pairs[0][1]["model"], len(pairs[0][1]["widths"])
         passes = [mean(x["passes"] for x in side) for side in zip(*pairs)]
         ratio = sum(f["forwards"] for f, _ in pairs) / sum(d["forwards"] for _, d in pairs)
-        after = [r["passes"] for r in later if is_default(r) and r["seed"] in full]
         lines.append(
-            f"| {default[0]['model']} | {_convs(default[0]['model'])} | {groups} | {passes[0]:.1f} | {passes[1]:.1f} "
-            f"| {ratio:.2f}x | {passes[1] / groups:.2f} | {f'{mean(after):.1f}' if after else '-'} |"
+            f"| {model} | {_convs(model)} | {groups} | {len(pairs)} | {passes[0]:.1f} | {passes[1]:.1f} "
+            f"| {ratio:.2f}x | {passes[1] / groups:.2f} | {about} |"
         )
     return "\n".join(lines)
 
