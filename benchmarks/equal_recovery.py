@@ -51,14 +51,14 @@ def main() -> None:
     argv = shlex.split(report["settings"]["command"])[1:]  # "ocnna-fast prune ..." as run
     job = build_parser().parse_args(argv)
     torch.set_num_threads(int(report["settings"]["threads"]))
-    earlier = _earlier_base(Path(a.json), job, build_parser)
     base, weights = load_model(job.arch, job.weights, job.data_dir, job.dataset, None, seed=job.seed)
     job.eval_images = None  # every test image
     test = images(job, "test", None, False, job.seed)
     train = images(job, "train", job.train_images, True, job.seed + 2)  # the job's distillation images
     base_acc = evaluate(base, test)
     digest = sha256_of(weights)
-    if earlier is not None and earlier.get("base_weights_sha256") == digest and earlier["base"] == base_acc:
+    earlier = _earlier_base(Path(a.json), job, build_parser, digest, base_acc)
+    if earlier is not None:
         after, seconds = earlier["base_after_the_same_distillation"], earlier["distillation_seconds"]
         print(f"the base's recovery is {a.json}'s (the same recovery settings): {after:.2f}")
     else:
@@ -104,13 +104,15 @@ RECOVERY = (
 )
 
 
-def _earlier_base(path: Path, job, build_parser):
-    """An earlier result at ``path`` whose base was recovered exactly as ``job``'s would be, or None."""
+def _earlier_base(path: Path, job, build_parser, digest: str, accuracy: float):
+    """An earlier result at ``path`` whose base was recovered exactly as ``job``'s would be: the same
+    recovery settings, weights of sha256 ``digest`` evaluating to ``accuracy``; or None."""
     if not path.is_file():
         return None
     earlier = json.loads(path.read_text())
     then = build_parser().parse_args(shlex.split(earlier["command"])[1:])
     same = all(getattr(then, k, None) == getattr(job, k, None) for k in RECOVERY)
+    same = same and earlier.get("base_weights_sha256") == digest and earlier["base"] == accuracy
     return earlier if same and earlier["test_images"] else None
 
 
