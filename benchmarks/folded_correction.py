@@ -21,7 +21,6 @@ import time
 from ocnna_fast.cli import build_parser, loading
 from ocnna_fast.data.evaluation import evaluate
 from ocnna_fast.job.pipeline import JobSettings, PruneJob
-from ocnna_fast.recovery import layer_inputs
 from ocnna_fast.recovery.recover import recalibrate
 
 
@@ -47,12 +46,10 @@ def main() -> None:
     budget = job.allocate()
     calibration = [x for x, _ in data.calibration.batches(a.batch_size)]
     seconds = {}
-    walk_bytes = layer_inputs.WALK_BYTES
     for folded, walk in (("variance", True), ("refit", True), ("refit", False)):
-        layer_inputs.WALK_BYTES = walk_bytes if walk else 0  # 0: nothing kept between layers, a pass up to each
         pruned = copy.deepcopy(budget.pruned)
         start = time.perf_counter()
-        info = recalibrate(pruned, model, budget.plan, calibration, folded=folded)
+        info = recalibrate(pruned, model, budget.plan, calibration, folded=folded, one_pass=walk)
         seconds[folded, info.get("refit")] = time.perf_counter() - start
         row = {
             "arch": a.arch,
@@ -62,7 +59,6 @@ def main() -> None:
         }
         row.update(accuracy=evaluate(pruned, data.evaluation), **{k: v for k, v in info.items() if k != "method"})
         print(json.dumps(row), flush=True)
-    layer_inputs.WALK_BYTES = walk_bytes
     one, per_layer = seconds.get(("refit", "one pass")), seconds.get(("refit", "a pass per layer"))
     moments = seconds[("variance", None)]  # the refit runs after the moment correction
     if one and per_layer:

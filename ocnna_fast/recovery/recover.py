@@ -47,6 +47,7 @@ def recalibrate(
     progress: bool = False,
     folded: str = "refit",
     refit: bool = False,
+    one_pass: bool = True,
 ) -> Dict[str, Any]:
     """What follows surgery before evaluation: BatchNorm re-estimation when the
     pruned model has BatchNorm, and with ``refit`` every layer downstream of a
@@ -60,7 +61,8 @@ def recalibrate(
     (``refit.reconstruct``); ``"mean"``: compensation alone.  ``batches``: the calibration
     batches (read once with BatchNorm; a folded model reads them several
     times, so an iterator is held in memory).  Returns ``{"method": one of
-    RECOVERIES, "images": n, ...}``."""
+    RECOVERIES, "images": n, ...}``.  ``one_pass``: as ``reconstruct``'s (False
+    runs the refit a pass per layer, to compare the two)."""
     check_folded(folded)
     bn = has_batchnorm(pruned)
     if (refit or not bn) and iter(batches) is batches:  # read twice: keep a one-pass iterator's batches
@@ -69,7 +71,7 @@ def recalibrate(
         images = recalibrate_batchnorm(pruned, batches, progress=progress)
         if not refit:
             return {"method": "batchnorm", "images": images}
-        refitted = reconstruct(pruned, base, plan, batches, progress=progress)
+        refitted = reconstruct(pruned, base, plan, batches, progress=progress, one_pass=one_pass)
         return {"method": "batchnorm+refit", **refitted, "images": images}
     counted = []
 
@@ -84,5 +86,5 @@ def recalibrate(
     corrected = correct_folded(pruned, base, plan, batches, progress=progress)
     if folded == "variance":
         return {"method": "folded-variance", **info, **corrected}
-    refitted = reconstruct(pruned, base, plan, batches, progress=progress)
+    refitted = reconstruct(pruned, base, plan, batches, progress=progress, one_pass=one_pass)
     return {"method": "folded-refit", **info, **corrected, **refitted}

@@ -91,6 +91,11 @@ def test_nothing_cut_nothing_moved_and_the_fit_brings_outputs_closer():
     refitted = copy.deepcopy(pruned)
     info = recalibrate(refitted, base, plan, batches, folded="refit")
     assert info["method"] == "folded-refit" and info["reconstructed"] == 3 and info["corrected"] == 4
+    assert info["refit"] == "one pass"
+    per_layer = copy.deepcopy(pruned)  # the recovery passes the refit's way on: the same fit a pass per layer
+    assert recalibrate(per_layer, base, plan, batches, folded="refit", one_pass=False)["refit"] == "a pass per layer"
+    for (name, a), (_, b) in zip(refitted.state_dict().items(), per_layer.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     x = batches[0]  # on the calibration images the classifier's fit is least squares: closer logits
     with torch.no_grad():
         want = base(x)
