@@ -12,6 +12,7 @@ three rounds).
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -121,6 +122,7 @@ def prune_to_budget(
         raise ValueError("prune_to_budget needs a target; the k rule is surgery.prune.prune")
     target = parse_target(spec.target)
     _check(target, measure)
+    started = time.perf_counter()
     work, dg, names, found = budget_groups(model, example, list(ignored_layers), values)
     if not found:
         raise ValueError("no prunable group: nothing to allocate")
@@ -129,26 +131,26 @@ def prune_to_budget(
     curves = None
     evaluators: Tuple[Any, Any] = (None, None)
     max_prune = spec.max_prune
+    stages: Dict[str, float] = {}  # where the allocation's seconds went, for the report
     if spec.allocation == "sensitivity":
         penalty, curves, evaluators, max_prune = _sensitivity(
             model, found, dg, names, cost, Target(kind, target.ratio), (calibration, evaluation, memo),
             cap_search=spec.cap_search, round_to=spec.round_to, max_prune=max_prune, progress=progress,
-            search=spec.search, curve_share=spec.curve_share,
+            search=spec.search, curve_share=spec.curve_share, stages=stages,
         )  # fmt: skip
     else:
         penalty = global_penalty(infos)
+    stages["setup"] = time.perf_counter() - started - sum(stages.values())
     measure = measure or count_ratio(model, example, target.kind)
     build = _builder(model, example, ignored_layers, values, measure)
     fit = _Fit(spec, target, infos, cost, kind, penalty, build)
-    built, rounds = fit.meet(max_prune)
-    search = None
-    evaluator = evaluators[0]
-    if evaluator is not None and spec.refine_steps > 0:
-        built, search = fit.refined(built, evaluator, seed, progress)
+    built, rounds, search = fit.run(max_prune, evaluators[0], seed, progress, stages)
     pruned, plan, keep, reached = built
     _record(plan, target, reached, spec.allocation, spec.round_to, measure)
     widths = {i.root: (i.width, keep[i.root]) for i in infos}
     sensitivity = _measurement(curves, search, evaluators)
+    if sensitivity is not None:
+        sensitivity["stage_seconds"] = stages
     return BudgetResult(pruned, plan, keep, target, reached, spec.allocation, rounds, sensitivity, widths)
 
 
@@ -178,6 +180,20 @@ class _Fit:
                 raise
         self.max_prune = self.spec.max_prune  # the cap chosen on the losses is one the counts cannot meet: drop it
         return fit_to_budget(self.greedy, self.build, self.target, self.spec.round_to, self.max_prune)
+
+    def run(self, max_prune: float, evaluator, seed: int, progress: bool, stages: Dict[str, float]):
+        """The widths meeting the budget, then (with an evaluator and moves)
+        the local search: ``(built, rounds, search)``; ``stages`` gets the
+        seconds of each."""
+        t = time.perf_counter()
+        built, rounds = self.meet(max_prune)
+        stages["fit"] = time.perf_counter() - t
+        search = None
+        if evaluator is not None and self.spec.refine_steps > 0:
+            t = time.perf_counter()
+            built, search = self.refined(built, evaluator, seed, progress)
+            stages["moves"] = time.perf_counter() - t
+        return built, rounds, search
 
     def refined(self, built, evaluator, seed: int, progress: bool):
         s = self.spec
@@ -233,12 +249,15 @@ def _sensitivity(
     progress,
     search,
     curve_share=1.0,
+    stages: Optional[Dict[str, float]] = None,
 ):
     """The sensitivity allocation's penalty from loss curves measured on
     ``images`` (calibration, evaluation, memo file), the curves, the
     evaluator, and the cap on a group's removed share that the cap search
     chose (``max_prune`` without it).  ``target`` is counted (MACs or
-    parameters: a latency target is approached through MACs)."""
+    parameters: a latency target is approached through MACs).  ``stages``
+    receives the seconds of the curves and of the cap search."""
+    stages = {} if stages is None else stages
     calibration, evaluation, memo = images
     infos = [info for _, info in found]
     # a target the widths cannot reach is refused before minutes of measuring
@@ -265,8 +284,11 @@ def _sensitivity(
             model, outputs, None, first, memo=memo_of_curves, write_memo=is_main(), reference=reference
         )
     curves = measure_sensitivity(measured, progress=progress)
+    stages["curves"] = curves.seconds
     if cap_search:
+        t = time.perf_counter()
         max_prune, curves.caps = choose_cap(evaluator, infos, cost, target, curves.penalty, round_to, max_prune)
+        stages["caps"] = time.perf_counter() - t
     return curves.penalty, curves, (evaluator, measured), max_prune
 
 

@@ -95,11 +95,24 @@ def _search_cost(sensitivity: Optional[Dict[str, Any]]) -> List[str]:
         if resumed
         else ""
     )
+    stages = sensitivity.get("stage_seconds") or {}
+    spent = ", ".join(f"{name} {stages[k]:.1f} s" for k, name in STAGES.items() if k in stages)  # in their order
     return [
         "",
         f"Width search{f' ({how})' if how else ''}: {sensitivity['passes']:.1f} forward-pass equivalents {over} "
         f"({sensitivity['evaluations']} candidates measured, {screened} screened on a share of the images).{earlier}",
+        *([f"Its seconds: {spent}."] if spent else []),
     ]
+
+
+# the allocation's stages as report.md names them (``stage_seconds`` in report.json)
+STAGES = {
+    "setup": "set-up (groups, traces, the base's outputs)",
+    "curves": "loss curves",
+    "caps": "cap search",
+    "fit": "widths fitted to the budget",
+    "moves": "moves",
+}
 
 
 def prune_markdown(report: Dict[str, Any], title: str) -> str:

@@ -159,3 +159,24 @@ def test_the_unmasked_offset_is_checked_like_any_loss(tmp_path):
     path.write_text(json.dumps({"fingerprint": "f", "losses": losses, "sha256": losses_digest("f", losses)}))
     memo = LossMemo(path, "f", {"a": 8})
     assert memo.get("[]") is None and "not a finite float" in memo.note
+
+
+@pytest.mark.parametrize("cap_search, steps, stages", [(True, 4, 5), (False, 4, 4), (False, 0, 3)])
+def test_the_search_says_where_its_seconds_went(fresh, cap_search, steps, stages):
+    """report.json's ``stage_seconds`` names each stage the allocation ran (the cap
+    search and the moves only when they run), none negative, together within its time."""
+    import time
+
+    from ocnna_fast.cli.output import _search_cost
+
+    model, values, x, _, _ = fresh
+    kw = dict(allocation="sensitivity", calibration=[x[:16]], evaluation=[x[16:]], refine_steps=steps)
+    t = time.perf_counter()
+    got = prune_to_budget(model, values, x[:1], "macs=0.5", cap_search=cap_search, **kw).sensitivity
+    spent = time.perf_counter() - t
+    seconds = got["stage_seconds"]
+    assert len(seconds) == stages and ("caps" in seconds) == cap_search and ("moves" in seconds) == (steps > 0)
+    assert min(seconds.values()) >= 0 and sum(seconds.values()) <= spent
+    assert seconds["curves"] == got["seconds"]
+    line = _search_cost(got)[-1]
+    assert line.startswith("Its seconds: set-up") and "loss curves" in line and ("cap search" in line) == cap_search
