@@ -127,8 +127,16 @@ def balanced_subset(labels: np.ndarray, limit: Optional[int], seed: int) -> np.n
     classes = np.unique(labels)
     per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
     n = len(classes)
-    picked = np.concatenate([p[: (limit + n - 1 - k) // n] for k, p in enumerate(per_class)])
-    return np.sort(picked)[:limit]
+    # the remainder's extra images go to classes drawn at random: taken in label
+    # order, fewer images than classes would be the first classes alone, whatever the seed
+    extra = rng.permutation(n) < limit % n
+    share = [limit // n + int(e) for e in extra]
+    picked = np.concatenate([p[:k] for k, p in zip(share, per_class)])
+    short = limit - len(picked)
+    if short > 0:  # classes holding fewer than their share: the rest drawn from the others' remaining images
+        left = np.concatenate([p[k:] for k, p in zip(share, per_class)])
+        picked = np.concatenate([picked, rng.permutation(left)[:short]])
+    return np.sort(picked)
 
 
 def load_split(

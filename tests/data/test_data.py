@@ -156,6 +156,33 @@ def test_balanced_subsets_are_seeded_and_balanced():
     assert np.array_equal(balanced_subset(labels, None, 0), np.arange(len(labels)))
 
 
+def test_fewer_images_than_classes_are_drawn_from_all_classes():
+    """One image a class (the ImageNet sample's halves; a small --score-images on
+    ImageNet): which classes give an image is drawn too, not the first ones in label order."""
+    labels = np.arange(100)
+    draws = [balanced_subset(labels, 40, seed) for seed in range(8)]
+    assert all(len(d) == 40 and len(set(d)) == 40 for d in draws)
+    assert len({tuple(d) for d in draws}) == 8
+    assert len(set(np.concatenate(draws))) > 90  # over eight draws nearly every class
+    assert np.mean(np.concatenate(draws)) > 35  # the first classes would give 19.5
+
+
+def test_a_class_short_of_its_share_is_made_up_from_the_others():
+    labels = np.array([0] * 2 + [1] * 50 + [2] * 50)
+    got = balanced_subset(labels, 60, 0)
+    counts = np.bincount(labels[got], minlength=3)
+    assert len(got) == 60 and len(set(got)) == 60 and counts[0] == 2 and abs(counts[1] - counts[2]) <= 10
+
+
+def test_divisible_draws_are_the_ones_recorded():
+    """A subset whose size the classes divide draws what it always drew (the recorded runs' images)."""
+    labels = np.repeat(np.arange(10), 300)
+    rng = np.random.default_rng(5)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in range(10)]
+    want = np.sort(np.concatenate([p[:100] for p in per_class]))
+    assert np.array_equal(balanced_subset(labels, 1000, 5), want)
+
+
 def test_imagenet_sample_halves(imagenet_sample_tar):
     """Scoring/training and evaluation never share an image: even and odd positions."""
     root = imagenet_sample_tar.parent.parent
