@@ -131,7 +131,7 @@ def prune_to_budget(
     curves = None
     evaluators: Tuple[Any, Any] = (None, None)
     max_prune = spec.max_prune
-    stages: Dict[str, float] = {}  # where the allocation's seconds went, for the report
+    stages = _Stages(started)
     if spec.allocation == "sensitivity":
         penalty, curves, evaluators, max_prune = _sensitivity(
             model, found, dg, names, cost, Target(kind, target.ratio), (calibration, evaluation, memo),
@@ -140,7 +140,6 @@ def prune_to_budget(
         )  # fmt: skip
     else:
         penalty = global_penalty(infos)
-    stages["setup"] = time.perf_counter() - started - sum(stages.values())
     measure = measure or count_ratio(model, example, target.kind)
     build = _builder(model, example, ignored_layers, values, measure)
     fit = _Fit(spec, target, infos, cost, kind, penalty, build)
@@ -150,7 +149,7 @@ def prune_to_budget(
     widths = {i.root: (i.width, keep[i.root]) for i in infos}
     sensitivity = _measurement(curves, search, evaluators)
     if sensitivity is not None:
-        sensitivity["stage_seconds"] = stages
+        sensitivity.update(stage_seconds=stages.seconds, stage_passes=stages.passes)
     return BudgetResult(pruned, plan, keep, target, reached, spec.allocation, rounds, sensitivity, widths)
 
 
@@ -181,18 +180,16 @@ class _Fit:
         self.max_prune = self.spec.max_prune  # the cap chosen on the losses is one the counts cannot meet: drop it
         return fit_to_budget(self.greedy, self.build, self.target, self.spec.round_to, self.max_prune)
 
-    def run(self, max_prune: float, evaluator, seed: int, progress: bool, stages: Dict[str, float]):
+    def run(self, max_prune: float, evaluator, seed: int, progress: bool, stages: "_Stages"):
         """The widths meeting the budget, then (with an evaluator and moves)
         the local search: ``(built, rounds, search)``; ``stages`` gets the
         seconds of each."""
-        t = time.perf_counter()
         built, rounds = self.meet(max_prune)
-        stages["fit"] = time.perf_counter() - t
+        stages.mark("fit")
         search = None
         if evaluator is not None and self.spec.refine_steps > 0:
-            t = time.perf_counter()
             built, search = self.refined(built, evaluator, seed, progress)
-            stages["moves"] = time.perf_counter() - t
+            stages.mark("moves")
         return built, rounds, search
 
     def refined(self, built, evaluator, seed: int, progress: bool):
@@ -249,7 +246,7 @@ def _sensitivity(
     progress,
     search,
     curve_share=1.0,
-    stages: Optional[Dict[str, float]] = None,
+    stages: Optional["_Stages"] = None,
 ):
     """The sensitivity allocation's penalty from loss curves measured on
     ``images`` (calibration, evaluation, memo file), the curves, the
@@ -257,7 +254,7 @@ def _sensitivity(
     chose (``max_prune`` without it).  ``target`` is counted (MACs or
     parameters: a latency target is approached through MACs).  ``stages``
     receives the seconds of the curves and of the cap search."""
-    stages = {} if stages is None else stages
+    stages = _Stages(time.perf_counter()) if stages is None else stages
     calibration, evaluation, memo = images
     infos = [info for _, info in found]
     # a target the widths cannot reach is refused before minutes of measuring
@@ -283,12 +280,13 @@ def _sensitivity(
         measured = MaskedEvaluator(
             model, outputs, None, first, memo=memo_of_curves, write_memo=is_main(), reference=reference
         )
+    stages.evaluators = (evaluator, measured)
+    stages.mark("setup")
     curves = measure_sensitivity(measured, progress=progress)
-    stages["curves"] = curves.seconds
+    stages.mark("curves")
     if cap_search:
-        t = time.perf_counter()
         max_prune, curves.caps = choose_cap(evaluator, infos, cost, target, curves.penalty, round_to, max_prune)
-        stages["caps"] = time.perf_counter() - t
+        stages.mark("caps")
     return curves.penalty, curves, (evaluator, measured), max_prune
 
 
@@ -308,6 +306,28 @@ def mixed(batches: Sequence[torch.Tensor], seed: int = 0) -> List[torch.Tensor]:
     images = torch.cat(batches)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed)).to(images.device)
     return list(images[order].split([int(b.shape[0]) for b in batches]))
+
+
+class _Stages:
+    """Where the allocation's seconds and forward passes went, stage by
+    stage (``stage_seconds``, ``stage_passes`` in the report)."""
+
+    def __init__(self, started: float) -> None:
+        self.seconds: Dict[str, float] = {}
+        self.passes: Dict[str, float] = {}
+        self.evaluators: Tuple[Any, ...] = ()
+        self._at, self._counted = started, 0.0
+
+    def mark(self, name: str) -> None:
+        """The stage ``name`` ends now."""
+        now, counted = time.perf_counter(), _passes(*self.evaluators) if self.evaluators else 0.0
+        self.seconds[name], self.passes[name] = now - self._at, counted - self._counted
+        self._at, self._counted = now, counted
+
+
+def _passes(evaluator, other) -> float:
+    """The forward-pass equivalents both evaluators ran, in ``evaluator``'s unit."""
+    return evaluator.passes + (other.passes * other.unit / evaluator.unit if other is not evaluator else 0.0)
 
 
 def _measurement(curves, search, evaluators) -> Optional[Dict[str, Any]]:
@@ -331,7 +351,7 @@ def _measurement(curves, search, evaluators) -> Optional[Dict[str, Any]]:
         out["evaluations"] += other.evaluations
         out["reused"] += other.reused
         out["resumed"] += other.memo.resumed
-        out["passes"] += other.passes * other.unit / evaluator.unit
+        out["passes"] = _passes(evaluator, other)
         out["curve_images"] = other.unit
         if other.evaluations_per_process and evaluator.evaluations_per_process:
             pairs = zip(evaluator.evaluations_per_process, other.evaluations_per_process)

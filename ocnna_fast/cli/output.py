@@ -95,17 +95,21 @@ def _search_cost(sensitivity: Optional[Dict[str, Any]]) -> List[str]:
         if resumed
         else ""
     )
-    stages = sensitivity.get("stage_seconds") or {}
-    spent = ", ".join(f"{name} {stages[k]:.1f} s" for k, name in STAGES.items() if k in stages)  # in their order
+    seconds, passes = sensitivity.get("stage_seconds") or {}, sensitivity.get("stage_passes") or {}
+    spent = ", ".join(  # in the order they ran
+        f"{name} {seconds[k]:.1f} s" + (f" ({passes[k]:.1f} passes)" if passes.get(k) else "")
+        for k, name in STAGES.items()
+        if k in seconds
+    )
     return [
         "",
         f"Width search{f' ({how})' if how else ''}: {sensitivity['passes']:.1f} forward-pass equivalents {over} "
         f"({sensitivity['evaluations']} candidates measured, {screened} screened on a share of the images).{earlier}",
-        *([f"Its seconds: {spent}."] if spent else []),
+        *([f"By stage: {spent}."] if spent else []),
     ]
 
 
-# the allocation's stages as report.md names them (``stage_seconds`` in report.json)
+# the allocation's stages as report.md names them (``stage_seconds``, ``stage_passes`` in report.json)
 STAGES = {
     "setup": "set-up (groups, traces, the base's outputs)",
     "curves": "loss curves",

@@ -162,9 +162,10 @@ def test_the_unmasked_offset_is_checked_like_any_loss(tmp_path):
 
 
 @pytest.mark.parametrize("cap_search, steps, stages", [(True, 4, 5), (False, 4, 4), (False, 0, 3)])
-def test_the_search_says_where_its_seconds_went(fresh, cap_search, steps, stages):
-    """report.json's ``stage_seconds`` names each stage the allocation ran (the cap
-    search and the moves only when they run), none negative, together within its time."""
+def test_the_search_says_where_its_seconds_and_passes_went(fresh, cap_search, steps, stages):
+    """report.json's ``stage_seconds`` and ``stage_passes`` name each stage the
+    allocation ran (the cap search and the moves only when they run): none
+    negative, the seconds within its time, the passes adding up to its passes."""
     import time
 
     from ocnna_fast.cli.output import _search_cost
@@ -174,9 +175,11 @@ def test_the_search_says_where_its_seconds_went(fresh, cap_search, steps, stages
     t = time.perf_counter()
     got = prune_to_budget(model, values, x[:1], "macs=0.5", cap_search=cap_search, **kw).sensitivity
     spent = time.perf_counter() - t
-    seconds = got["stage_seconds"]
-    assert len(seconds) == stages and ("caps" in seconds) == cap_search and ("moves" in seconds) == (steps > 0)
+    seconds, passes = got["stage_seconds"], got["stage_passes"]
+    assert list(seconds) == list(passes) and len(seconds) == stages
+    assert ("caps" in seconds) == cap_search and ("moves" in seconds) == (steps > 0)
     assert min(seconds.values()) >= 0 and sum(seconds.values()) <= spent
-    assert seconds["curves"] == got["seconds"]
+    assert min(passes.values()) >= 0 and passes["curves"] > 0 and passes["fit"] == 0
+    assert sum(passes.values()) == pytest.approx(got["passes"])
     line = _search_cost(got)[-1]
-    assert line.startswith("Its seconds: set-up") and "loss curves" in line and ("cap search" in line) == cap_search
+    assert line.startswith("By stage: set-up") and "loss curves" in line and ("cap search" in line) == cap_search
