@@ -40,7 +40,7 @@ from torch import nn
 
 from ..recovery.refit import im2col_rows
 
-__all__ = ["ConsumerStats", "consumers", "collect", "eliminate", "POSITIONS", "RIDGE"]
+__all__ = ["ConsumerStats", "consumers", "collect", "eliminate", "removal_residuals", "POSITIONS", "RIDGE"]
 
 # Positions sampled per image and consumer (all of them when fewer): enough
 # rows for covariances of a few thousand columns, at a bounded cost on large
@@ -189,6 +189,12 @@ class _Consumer:
         bj = self.b[idx]  # n x k x o
         return (bj * torch.linalg.solve(hjj, bj)).sum((1, 2)) / self.var
 
+    def cost(self, j: int) -> float:
+        """``costs()[j]`` alone."""
+        cols = slice(j * self.block, (j + 1) * self.block)
+        bj = self.b[cols]
+        return float((bj * torch.linalg.solve(self.h[cols, cols], bj)).sum()) / self.var
+
     def remove(self, j: int) -> None:
         k = self.block
         cols = torch.arange(j * k, (j + 1) * k, device=self.h.device)
@@ -219,3 +225,23 @@ def eliminate(stats: Sequence[ConsumerStats], width: int, ridge: float = RIDGE) 
         for p in parts:
             p.remove(j)
     return values / len(parts)  # a share of each consumer's variance, on average
+
+
+def removal_residuals(stats: Sequence[ConsumerStats], order: Sequence[int], ridge: float = RIDGE) -> np.ndarray:
+    """For each ``i``, the consumers' residual (as ``eliminate``'s values) once
+    the channels ``order[: i + 1]`` are gone: what removing a ranking's
+    lowest channels costs the layers reading them, in closed form, for any
+    ranking (``eliminate`` follows its own greedy order)."""
+    if not stats:
+        raise ValueError("no consumer statistics to price the removals with")
+    parts = [_Consumer(s, ridge) for s in stats]
+    alive = list(range(parts[0].h.shape[0] // parts[0].block))
+    out, lost = np.empty(len(order)), 0.0
+    for i, channel in enumerate(order):
+        j = alive.index(int(channel))
+        lost += max(sum(p.cost(j) for p in parts), 0.0)
+        out[i] = lost
+        alive.pop(j)
+        for p in parts:
+            p.remove(j)
+    return out / len(parts)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ocnna_fast.selection.criteria import Context, criterion_values
-from ocnna_fast.selection.elimination import ConsumerStats, _columns, collect, eliminate
+from ocnna_fast.selection.elimination import ConsumerStats, _columns, collect, eliminate, removal_residuals
 
 
 def _residual(x: np.ndarray, y: np.ndarray, cols: list) -> float:
@@ -64,6 +64,28 @@ def test_downdated_elimination_equals_brute_force_refits(block, consumers):
     want = _brute_greedy(pairs, width, block)
     np.testing.assert_allclose(got, want, atol=1e-8)
     assert np.argsort(got).tolist() == np.argsort(want).tolist()
+
+
+@pytest.mark.parametrize("block,consumers", [(1, 1), (1, 2), (4, 2)])
+def test_the_residual_of_any_removal_order_equals_brute_force_refits(block, consumers):
+    rng = np.random.default_rng(7 + block + consumers)
+    width, n = 6, 400
+    pairs = []
+    for _ in range(consumers):
+        x = rng.normal(size=(n, 3)) @ rng.normal(size=(3, width * block)) + 0.4 * rng.normal(size=(n, width * block))
+        pairs.append((x, x @ rng.normal(size=(width * block, 2)) + 0.3 * rng.normal(size=(n, 2))))
+    order = rng.permutation(width)
+    got = removal_residuals([_stats(x, y, block) for x, y in pairs], order, ridge=0.0)
+    total = [_residual(x, y, []) for x, y in pairs]
+    full = np.mean([_residual(x, y, list(range(width * block))) / t for (x, y), t in zip(pairs, total)])
+    for i in range(width):
+        left = [c * block + b for c in range(width) if c not in order[: i + 1] for b in range(block)]
+        want = np.mean([_residual(x, y, left) / t for (x, y), t in zip(pairs, total)]) - full
+        assert got[i] == pytest.approx(want, abs=1e-8)
+    greedy = eliminate([_stats(x, y, block) for x, y in pairs], width, ridge=0.0)  # its own order, its values
+    np.testing.assert_allclose(
+        removal_residuals([_stats(x, y, block) for x, y in pairs], np.argsort(greedy), 0.0), np.sort(greedy), atol=1e-8
+    )
 
 
 def test_streamed_moments_equal_all_rows_at_once():
