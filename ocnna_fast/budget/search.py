@@ -182,8 +182,8 @@ class _Fit:
 
     def run(self, max_prune: float, evaluator, seed: int, progress: bool, stages: "_Stages"):
         """The widths meeting the budget, then (with an evaluator and moves)
-        the local search: ``(built, rounds, search)``; ``stages`` gets the
-        seconds of each."""
+        the local search: ``(built, rounds, search)``; ``stages`` marks the
+        end of each."""
         built, rounds = self.meet(max_prune)
         stages.mark("fit")
         search = None
@@ -253,7 +253,7 @@ def _sensitivity(
     evaluator, and the cap on a group's removed share that the cap search
     chose (``max_prune`` without it).  ``target`` is counted (MACs or
     parameters: a latency target is approached through MACs).  ``stages``
-    receives the seconds of the curves and of the cap search."""
+    marks the end of the set-up, the curves and the cap search."""
     stages = _Stages(time.perf_counter()) if stages is None else stages
     calibration, evaluation, memo = images
     infos = [info for _, info in found]
