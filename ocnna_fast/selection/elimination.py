@@ -213,18 +213,16 @@ def eliminate(stats: Sequence[ConsumerStats], width: int, ridge: float = RIDGE) 
     (higher = kept longer)."""
     if not stats:
         raise ValueError("no consumer statistics to rank the channels by")
-    parts = [_Consumer(s, ridge) for s in stats]
-    alive = list(range(width))
-    values = np.empty(width)
-    lost = 0.0
-    while alive:
+
+    def cheapest(parts, alive, step):
         cost = sum(p.costs() for p in parts)
         j = int(torch.argmin(cost))
-        lost += float(cost[j].clamp_min(0))
-        values[alive.pop(j)] = lost
-        for p in parts:
-            p.remove(j)
-    return values / len(parts)  # a share of each consumer's variance, on average
+        return j, float(cost[j])
+
+    values = np.empty(width)
+    for channel, lost in _removals(stats, width, ridge, cheapest):
+        values[channel] = lost
+    return values
 
 
 def removal_residuals(stats: Sequence[ConsumerStats], order: Sequence[int], ridge: float = RIDGE) -> np.ndarray:
@@ -234,14 +232,25 @@ def removal_residuals(stats: Sequence[ConsumerStats], order: Sequence[int], ridg
     ranking (``eliminate`` follows its own greedy order)."""
     if not stats:
         raise ValueError("no consumer statistics to price the removals with")
+
+    def in_order(parts, alive, step):
+        j = alive.index(int(order[step]))
+        return j, sum(p.cost(j) for p in parts)
+
+    return np.array([lost for _, lost in _removals(stats, len(order), ridge, in_order)])
+
+
+def _removals(stats: Sequence[ConsumerStats], steps: int, ridge: float, choose):
+    """Removes ``steps`` channels one by one, ``choose(parts, alive, step)``
+    giving the position among those alive of the next and its cost; yields
+    ``(channel, residual so far)``, averaged over the consumers."""
     parts = [_Consumer(s, ridge) for s in stats]
     alive = list(range(parts[0].h.shape[0] // parts[0].block))
-    out, lost = np.empty(len(order)), 0.0
-    for i, channel in enumerate(order):
-        j = alive.index(int(channel))
-        lost += max(sum(p.cost(j) for p in parts), 0.0)
-        out[i] = lost
-        alive.pop(j)
+    lost = 0.0
+    for step in range(steps):
+        j, cost = choose(parts, alive, step)
+        lost += max(cost, 0.0)
+        channel = alive.pop(j)
         for p in parts:
             p.remove(j)
-    return out / len(parts)
+        yield channel, lost / len(parts)
