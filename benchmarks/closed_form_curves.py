@@ -23,12 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-def spearman(a, b) -> float:
-    """Rank correlation (ties broken by position: the losses are continuous)."""
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 2 else float("nan")
+from common import spearman
 
 
 def closed_form(report: dict, batch_size: int):

@@ -7,6 +7,7 @@ import argparse
 import time
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
 # (map size, maps per image) over every conv output: torchvision ResNet-50 at
@@ -59,3 +60,10 @@ def parse_with_prune_flags(parser: argparse.ArgumentParser, argv: Sequence[str])
     argv = list(argv)
     cut = argv.index("--") if "--" in argv else len(argv)
     return parser.parse_args(argv[:cut]), argv[cut + 1 :]
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Rank correlation (ties broken by position: the values compared are
+    continuous); ``nan`` for fewer than three pairs."""
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 2 else float("nan")

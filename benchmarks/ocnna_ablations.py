@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import spearman
 
 from ocnna_fast import evaluate, prune, recalibrate_batchnorm
 from ocnna_fast.data.local import cifar10_jpeg, pretrained_weights
@@ -37,11 +38,6 @@ from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 from ocnna_fast.recovery.distill import TensorImages
 from ocnna_fast.selection.criteria import Context, criterion_values
 from ocnna_fast.selection.rules import kept_count
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def _kept(v: np.ndarray, k: float) -> set:
@@ -101,9 +97,9 @@ def run(arch: str, k: float, eval_images: int) -> dict:
 
     overlap = lambda u, v: len(_kept(u, k) & _kept(v, k)) / len(_kept(u, k))  # noqa: E731
     out["A"] = {
-        "spearman_cv_vs_mean_energy": per_group(_spearman, "ocnna@1000", "mean-energy@1000"),
-        "spearman_cv_vs_l1": per_group(_spearman, "ocnna@1000", "l1"),
-        "spearman_mean_energy_vs_l1": per_group(_spearman, "mean-energy@1000", "l1"),
+        "spearman_cv_vs_mean_energy": per_group(spearman, "ocnna@1000", "mean-energy@1000"),
+        "spearman_cv_vs_l1": per_group(spearman, "ocnna@1000", "l1"),
+        "spearman_mean_energy_vs_l1": per_group(spearman, "mean-energy@1000", "l1"),
         "kept_overlap_cv_mean_energy": per_group(overlap, "ocnna@1000", "mean-energy@1000"),
         "kept_overlap_cv_l1": per_group(overlap, "ocnna@1000", "l1"),
         "kept_overlap_mean_energy_l1": per_group(overlap, "mean-energy@1000", "l1"),
@@ -113,8 +109,8 @@ def run(arch: str, k: float, eval_images: int) -> dict:
     }
     bn_set, eval_set = _images("train", 1000, 3), _images("test", eval_images, 0)
     out["B"] = {
-        "spearman_250_vs_4000": per_group(_spearman, "ocnna@250", "ocnna@4000"),
-        "spearman_1000_vs_4000": per_group(_spearman, "ocnna@1000", "ocnna@4000"),
+        "spearman_250_vs_4000": per_group(spearman, "ocnna@250", "ocnna@4000"),
+        "spearman_1000_vs_4000": per_group(spearman, "ocnna@1000", "ocnna@4000"),
         "acc_bn_ocnna_1000_images": _acc_bn(model, vals["ocnna@1000"], k, bn_set, eval_set),
         "acc_bn_ocnna_4000_images": _acc_bn(model, vals["ocnna@4000"], k, bn_set, eval_set),
         "eval_images": len(eval_set),

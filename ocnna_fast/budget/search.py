@@ -44,6 +44,7 @@ __all__ = [
     "CURVE_MEMO",
     "ALLOCATIONS",
     "REFINE_STEPS",
+    "STAGES",
     "BudgetResult",
     "prune_to_budget",
     "budget_groups",
@@ -308,6 +309,11 @@ def mixed(batches: Sequence[torch.Tensor], seed: int = 0) -> List[torch.Tensor]:
     return list(images[order].split([int(b.shape[0]) for b in batches]))
 
 
+# the allocation's stages, in order (report.json's ``stage_seconds`` and
+# ``stage_passes`` are keyed by them; report.md says each in words)
+STAGES = ("setup", "curves", "caps", "fit", "moves")
+
+
 class _Stages:
     """Where the allocation's seconds and forward passes went, stage by
     stage (``stage_seconds``, ``stage_passes`` in the report)."""
@@ -319,7 +325,9 @@ class _Stages:
         self._at, self._counted = started, 0.0
 
     def mark(self, name: str) -> None:
-        """The stage ``name`` ends now."""
+        """The stage ``name`` (one of ``STAGES``) ends now."""
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r}: one of {', '.join(STAGES)}")
         now, counted = time.perf_counter(), _passes(*self.evaluators) if self.evaluators else 0.0
         self.seconds[name], self.passes[name] = now - self._at, counted - self._counted
         self._at, self._counted = now, counted

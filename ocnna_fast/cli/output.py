@@ -98,7 +98,7 @@ def _search_cost(sensitivity: Optional[Dict[str, Any]]) -> List[str]:
     seconds, passes = sensitivity.get("stage_seconds") or {}, sensitivity.get("stage_passes") or {}
     spent = ", ".join(  # in the order they ran
         f"{name} {seconds[k]:.1f} s" + (f" ({passes[k]:.1f} passes)" if passes.get(k) else "")
-        for k, name in STAGES.items()
+        for k, name in STAGE_WORDS.items()
         if k in seconds
     )
     return [
@@ -109,8 +109,8 @@ def _search_cost(sensitivity: Optional[Dict[str, Any]]) -> List[str]:
     ]
 
 
-# the allocation's stages as report.md names them (``stage_seconds``, ``stage_passes`` in report.json)
-STAGES = {
+# the allocation's stages (``budget.search.STAGES``) as report.md names them
+STAGE_WORDS = {
     "setup": "set-up (groups, traces, the base's outputs)",
     "curves": "loss curves",
     "caps": "cap search",

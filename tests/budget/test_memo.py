@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ocnna_fast.budget.lossmemo import LossMemo, losses_digest
-from ocnna_fast.budget.search import prune_to_budget
+from ocnna_fast.budget.search import STAGES, prune_to_budget
 from ocnna_fast.selection.groups import conv_groups
 
 
@@ -183,3 +183,11 @@ def test_the_search_says_where_its_seconds_and_passes_went(fresh, cap_search, st
     assert sum(passes.values()) == pytest.approx(got["passes"])
     line = _search_cost(got)[-1]
     assert line.startswith("By stage: set-up") and "loss curves" in line and ("cap search" in line) == cap_search
+    assert [k for k in STAGES if k in seconds] == list(seconds)  # in the order they ran
+
+
+def test_every_stage_has_words_in_report_md():
+    """A stage report.md has no words for would be left out of its line."""
+    from ocnna_fast.cli.output import STAGE_WORDS
+
+    assert tuple(STAGE_WORDS) == STAGES
