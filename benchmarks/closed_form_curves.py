@@ -1,11 +1,16 @@
 """Whether the width search's loss curves could be read from statistics
-instead of measured: per group and share, the least-squares residual of the
-layers reading the group once its lowest-valued share of channels is gone
-(one pass streaming their input covariances, ``selection.elimination``),
-against the loss the search measured for that candidate (a finished run's
-report.json, the run's own images and ranking).
+instead of measured, against the loss the search measured for each candidate
+(a finished run's report.json, the run's own images and ranking).  Two
+screens price removing each group's lowest-valued share of channels:
 
-    python benchmarks/closed_form_curves.py benchmarks/results/search-cost-mnv1/mobilenet_v1_075_imagenet-macs0.8-full-r0-s0/report.json
+- ``residual``: the least-squares residual of the layers reading the group
+  once those channels are gone (one pass streaming their input covariances,
+  ``selection.elimination``);
+- ``fisher``: the KL divergence a second-order expansion predicts (one
+  forward and a few backward passes: the group Fisher information of the
+  channels' gates, cross terms kept).
+
+    python benchmarks/closed_form_curves.py benchmarks/results/search-cost-mnv1/mobilenet_v1_075_imagenet-macs0.8-full-r0-s0/report.json --screen fisher
 
 Prints each group's two curves and the rank correlation (Spearman) of the
 two over every measured point, and across groups share by share (what the
@@ -26,12 +31,12 @@ import numpy as np
 from common import spearman
 
 
-def closed_form(report: dict, batch_size: int):
-    """Per group root: (its width, the measured losses, the residuals at the same shares), and the seconds."""
-    from ocnna_fast.budget.search import budget_groups, input_batches
+def _run(report: dict, batch_size: int):
+    """The finished run's model, groups and images, rebuilt from its command:
+    ``(data, job, found, dg, names, images)``."""
+    from ocnna_fast.budget.search import budget_groups
     from ocnna_fast.cli import build_parser, loading
     from ocnna_fast.job.pipeline import JobSettings, PruneJob
-    from ocnna_fast.selection.elimination import collect, consumers, removal_residuals
 
     args = build_parser().parse_args(shlex.split(report["settings"]["command"])[1:])  # the run's prune command
     size = loading.check_data_fits(args)
@@ -40,22 +45,49 @@ def closed_form(report: dict, batch_size: int):
     settings = JobSettings(criterion=args.criterion, batch_size=batch_size, input_size=size)
     images = getattr(args, "sensitivity_images", None) or settings.sensitivity_images  # as the search drew them
     job = PruneJob(model, data, settings, progress=False)
-    values = job.rank()
+    _, dg, names, found = budget_groups(model, job.example, job.ignored, job.rank())
+    return data, job, found, dg, names, images
+
+
+def residual_curves(report: dict, batch_size: int, fractions):
+    """Per group root: its width and the least-squares residual of its
+    readers at each share (dense groups read by dense layers only), and the
+    seconds."""
+    from ocnna_fast.budget.search import input_batches
+    from ocnna_fast.selection.elimination import collect, consumers, removal_residuals
+
+    data, _, found, dg, _, images = _run(report, batch_size)
     t = time.perf_counter()
-    work, dg, _, found = budget_groups(model, job.example, job.ignored, values)
     wanted = {info.root: consumers(g, dg, info.width) for g, info in found if info.blocks == 1}
-    stats = collect(work, input_batches(data.scoring, batch_size, images), wanted)
-    s = report["sensitivity"]
-    fractions, measured = s["fractions"], s["losses"]
+    stats = collect(dg.model, input_batches(data.scoring, batch_size, images), wanted)
     out = {}
     for _, info in found:
-        if info.blocks != 1 or not stats.get(info.root) or info.root not in measured:
+        if info.blocks != 1 or not stats.get(info.root):
             continue  # grouped channels, or no dense layer reads them: nothing to price
         counts = [int(round(f * info.width)) for f in fractions]
         order = np.argsort(info.values, kind="stable")[: max(counts)]  # the lowest-valued first, as masked
         residual = removal_residuals(stats[info.root], order)
-        out[info.root] = (info.width, measured[info.root], [0.0 if c == 0 else float(residual[c - 1]) for c in counts])
-    return fractions, out, time.perf_counter() - t
+        out[info.root] = (info.width, [0.0 if c == 0 else float(residual[c - 1]) for c in counts])
+    return out, time.perf_counter() - t
+
+
+def predicted_curves(report: dict, batch_size: int, fractions, samples: int = 4):
+    """Per group root: its width and the KL divergence a second-order
+    expansion predicts for masking each share (``budget.fisher``), and the
+    seconds."""
+    from ocnna_fast.budget.fisher import fisher_curves
+    from ocnna_fast.budget.search import input_batches
+    from ocnna_fast.budget.sensitivity import group_outputs
+
+    data, _, found, dg, names, images = _run(report, batch_size)
+    t = time.perf_counter()
+    groups = [(info, group_outputs(g, dg, names)) for g, info in found]
+    batches = input_batches(data.scoring, batch_size, images)
+    predicted = fisher_curves(dg.model, groups, batches, fractions, samples=samples)
+    return {info.root: (info.width, predicted[info.root]) for info, _ in groups}, time.perf_counter() - t
+
+
+SCREENS = {"residual": residual_curves, "fisher": predicted_curves}
 
 
 def main() -> None:
@@ -63,10 +95,16 @@ def main() -> None:
     ap.add_argument("report", help="report.json of a finished prune run of the sensitivity allocation")
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--screen", choices=sorted(SCREENS), default="residual", help="what prices the removals")
+    ap.add_argument("--samples", type=int, default=4, help="fisher: labels drawn per image")
     a = ap.parse_args()
     report = json.loads(Path(a.report).read_text())
-    fractions, groups, seconds = closed_form(report, a.batch_size)
-    print("| group | width | " + " | ".join(f"share {f}: measured / residual" for f in fractions[1:]) + " |")
+    s = report["sensitivity"]
+    fractions, measured = s["fractions"], s["losses"]
+    extra = {"samples": a.samples} if a.screen == "fisher" else {}
+    predicted, seconds = SCREENS[a.screen](report, a.batch_size, fractions, **extra)
+    groups = {root: (width, measured[root], p) for root, (width, p) in predicted.items() if root in measured}
+    print("| group | width | " + " | ".join(f"share {f}: measured / {a.screen}" for f in fractions[1:]) + " |")
     print("| --- | --- |" + " --- |" * (len(fractions) - 1))
     for root, (width, loss, res) in groups.items():
         cells = " | ".join(f"{m:.4f} / {r:.4f}" for m, r in zip(loss[1:], res[1:]))
@@ -80,10 +118,11 @@ def main() -> None:
     print(
         f"\n{len(groups)} groups, {len(points)} measured points; Spearman over all: {overall:.3f}; across groups, "
         + ", ".join(f"share {f}: {c:.3f}" for f, c in zip(fractions[1:], by_share))
-        + f"; the statistics and residuals took {seconds:.1f} s (one pass of the search's evaluation images)"
+        + f"; the {a.screen} screen took {seconds:.1f} s"
     )
     if a.json:
-        doc = {"report": a.report, "fractions": fractions, "groups": groups, "spearman": overall, "by_share": by_share}
+        doc = {"report": a.report, "screen": a.screen, **extra, "fractions": fractions, "groups": groups}
+        doc.update(spearman=overall, by_share=by_share, seconds=seconds)
         Path(a.json).write_text(json.dumps(doc, indent=1) + "\n")
 
 

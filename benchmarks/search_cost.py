@@ -44,7 +44,7 @@ def run(arch: str, a: argparse.Namespace, variant: str, seed: int, extra) -> dic
     search, *own = variant.split()
     extra = [*extra, *own]
     tag = ""
-    for flag, letter in (("--refine-steps", "r"), ("--curve-share", "c")):
+    for flag, letter in (("--refine-steps", "r"), ("--curve-share", "c"), ("--curves", "")):
         if flag in extra:  # the search's own settings name the run's folder
             tag += f"-{letter}{extra[extra.index(flag) + 1]}"
     user = ":" in arch  # a module:factory spec (``--model``), named for its factory
@@ -83,6 +83,8 @@ def row(report: Path) -> dict:
         search += f", {how['steps']} moves"
     if "curve_images" in s:
         search += f", curves on {s['curve_images']} images"
+    if s.get("curves", "measured") != "measured":
+        search += f", {s['curves']} curves"
     words = shlex.split(r["settings"]["command"])  # a factory spec is quoted there
     model = next((words[i + 1] for i, w in enumerate(words[:-1]) if w in ("--arch", "--model")), "resnet56")
     return {

@@ -34,8 +34,9 @@ from .allocation import (
     parse_target,
 )
 from .evaluator import MaskedEvaluator
+from .fisher import predicted_sensitivity
 from .fit import LATENCY_TOLERANCE, TOLERANCE, fit_to_budget, meets, tolerance
-from .segments import first_images
+from .segments import first_images, mixed
 from .sensitivity import SCREEN_SHARE, choose_cap, group_outputs, measure_sensitivity, refined_allocation
 from .spec import ALLOCATIONS, REFINE_STEPS, PruneSpec
 
@@ -137,7 +138,7 @@ def prune_to_budget(
         penalty, curves, evaluators, max_prune = _sensitivity(
             model, found, dg, names, cost, Target(kind, target.ratio), (calibration, evaluation, memo),
             cap_search=spec.cap_search, round_to=spec.round_to, max_prune=max_prune, progress=progress,
-            search=spec.search, curve_share=spec.curve_share, stages=stages,
+            search=spec.search, curve_share=spec.curve_share, curves=spec.curves, stages=stages,
         )  # fmt: skip
     else:
         penalty = global_penalty(infos)
@@ -247,10 +248,12 @@ def _sensitivity(
     progress,
     search,
     curve_share=1.0,
+    curves="measured",
     stages: Optional["_Stages"] = None,
 ):
     """The sensitivity allocation's penalty from loss curves measured on
-    ``images`` (calibration, evaluation, memo file), the curves, the
+    ``images`` (calibration, evaluation, memo file) or predicted on their
+    evaluation images (``curves``: ``fisher``), the curves, the
     evaluator, and the cap on a group's removed share that the cap search
     chose (``max_prune`` without it).  ``target`` is counted (MACs or
     parameters: a latency target is approached through MACs).  ``stages``
@@ -272,18 +275,15 @@ def _sensitivity(
     evaluation = mixed(evaluation)  # before a first share is taken for the curves
     staged = search != "full"
     evaluator = MaskedEvaluator(model, outputs, calibration, evaluation, memo=memo, cut=staged, write_memo=is_main())
-    measured = evaluator
-    if curve_share < 1.0:  # the curves on the first images alone, their own memo; the caps and moves on all
-        n = max(2, round(curve_share * sum(int(x.shape[0]) for x in evaluation)))
-        first = [b["x"] for b in first_images([{"x": x} for x in evaluation], n, whole=False)]
-        memo_of_curves = None if memo is None else Path(memo).with_name(CURVE_MEMO)
-        reference = [torch.cat(evaluator.reference)[:n]]  # per image: the first images' rows of the main one's
-        measured = MaskedEvaluator(
-            model, outputs, None, first, memo=memo_of_curves, write_memo=is_main(), reference=reference
-        )
+    measured = (
+        evaluator if curve_share >= 1.0 else _curve_evaluator(model, outputs, evaluation, evaluator, curve_share, memo)
+    )
     stages.evaluators = (evaluator, measured)
     stages.mark("setup")
-    curves = measure_sensitivity(measured, progress=progress)
+    if curves == "fisher":
+        curves = predicted_sensitivity(model, outputs, evaluation, evaluator, progress=progress)
+    else:
+        curves = measure_sensitivity(measured, progress=progress)
     stages.mark("curves")
     if cap_search:
         max_prune, curves.caps = choose_cap(evaluator, infos, cost, target, curves.penalty, round_to, max_prune)
@@ -291,27 +291,20 @@ def _sensitivity(
     return curves.penalty, curves, (evaluator, measured), max_prune
 
 
-def mixed(batches: Sequence[torch.Tensor], seed: int = 0) -> List[torch.Tensor]:
-    """The same images in batches of the same sizes, in a seeded random order.
-
-    Data sets often list one class after another (the shipped JPEG CIFAR-10
-    does, and a class-balanced subset keeps that order), and the curves are
-    measured on the first share of the evaluation images, normalised by
-    their own statistics in one-pass measurement: in order, half the images
-    held half the classes, so every curve measured what masking cost on five
-    of the ten.  Mixed, any first share holds all of them.  (A loss over all
-    the images does not depend on their order.)"""
-    batches = list(batches)
-    if len(batches) < 2:
-        return batches
-    images = torch.cat(batches)
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed)).to(images.device)
-    return list(images[order].split([int(b.shape[0]) for b in batches]))
-
-
 # the allocation's stages, in order (report.json's ``stage_seconds`` and
 # ``stage_passes`` are keyed by them; report.md says each in words)
 STAGES = ("setup", "curves", "caps", "fit", "moves")
+
+
+def _curve_evaluator(model, outputs, evaluation, evaluator: MaskedEvaluator, curve_share: float, memo):
+    """The curves' own evaluator: the first ``curve_share`` of the
+    ``evaluation`` batches alone, with their own memo (the caps and moves
+    use them all, in ``evaluator``)."""
+    n = max(2, round(curve_share * sum(int(x.shape[0]) for x in evaluation)))
+    first = [b["x"] for b in first_images([{"x": x} for x in evaluation], n, whole=False)]
+    memo_of_curves = None if memo is None else Path(memo).with_name(CURVE_MEMO)
+    reference = [torch.cat(evaluator.reference)[:n]]  # per image: the first images' rows of the main one's
+    return MaskedEvaluator(model, outputs, None, first, memo=memo_of_curves, write_memo=is_main(), reference=reference)
 
 
 class _Stages:

@@ -52,9 +52,13 @@ def group_outputs(group, dg, names: Dict[nn.Module, str]) -> List[Tuple[str, Lis
 
 class SensitivityCurves:
     """Per group root, the loss at each masked fraction (0 at 0), and the
-    penalty ``allocate`` reads: the loss interpolated at a kept width."""
+    penalty ``allocate`` reads: the loss interpolated at a kept width.
+    ``how``: where the losses come from (``spec.CURVES``)."""
 
-    def __init__(self, fractions: Sequence[float], losses: Dict[str, List[float]], seconds: float) -> None:
+    def __init__(
+        self, fractions: Sequence[float], losses: Dict[str, List[float]], seconds: float, how: str = "measured"
+    ) -> None:
+        self.how = how
         self.fractions = [0.0, *fractions]
         self.losses = {root: [0.0, *v] for root, v in losses.items()}
         self.seconds = seconds
@@ -70,7 +74,8 @@ class SensitivityCurves:
         return float(ys[-1] + max(slope, 0.0) * (share - xs[-1]))
 
     def as_dict(self) -> Dict[str, Any]:
-        out = {"fractions": self.fractions, "losses": self.losses, "offset": self.offset, "seconds": self.seconds}
+        out = {"curves": self.how, "fractions": self.fractions, "losses": self.losses, "offset": self.offset}
+        out["seconds"] = self.seconds
         if self.caps is not None:
             out["caps"] = {str(c): loss for c, loss in self.caps.items()}
         return out

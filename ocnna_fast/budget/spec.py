@@ -28,6 +28,7 @@ __all__ = [
     "SEARCHES",
     "REFINE_STEPS",
     "CURVE_SHARE",
+    "CURVES",
     "DEFAULT_K",
     "METHOD_KINDS",
     "LEGACY_METHODS",
@@ -65,6 +66,11 @@ REFINE_STEPS = 40
 # (docs/budget-experiments.md, "What the search costs"); all the images keep
 # ResNet-56 within 0.5 points of ``full`` at 5.2x fewer image-forwards
 CURVE_SHARE = 1.0
+# where the sensitivity allocation's loss curves come from: ``measured``, a
+# masked evaluation per group and share; ``fisher``, predicted for every
+# group and share from one forward and one backward pass (``budget.fisher``),
+# the caps and moves still measured
+CURVES = ("measured", "fisher")
 DEFAULT_K = 40.0  # the paper's percentile on ResNet-50/ImageNet
 # the pruning methods a suite compares at one cost: the two allocations, and
 # fixed rules met at the budget (uniform k, Torch-Pruning's global ranking)
@@ -85,6 +91,7 @@ BUDGET_FIELDS = (
     "sensitivity_images",
     "search",
     "curve_share",
+    "curves",
     "latency_runtime",
     "latency_batch",
 )
@@ -98,7 +105,7 @@ class PruneSpec:
     text), not both.  A target's widths come from ``allocation``
     (``sensitivity``: each group's measured loss, after BatchNorm
     re-estimation on ``sensitivity_images`` images, measured as ``search``
-    says (``SEARCHES``), then with ``cap_search``
+    says (``SEARCHES``), or predicted (``curves``), then with ``cap_search``
     the cap on a group's share that loses least and ``refine_steps`` moves of
     a search; ``global``: values normalised per group, ranked across groups),
     multiples of ``round_to``, at most ``max_prune`` of a group removed; a
@@ -119,6 +126,7 @@ class PruneSpec:
     sensitivity_images: int = 512
     search: str = "one-pass"
     curve_share: Optional[float] = None
+    curves: str = "measured"
     latency_runtime: str = "onnxruntime"
     latency_batch: int = 1
     folded: str = "refit"
@@ -149,6 +157,10 @@ class PruneSpec:
             raise ValueError(f"curve_share must be a share in (0, 1], got {curve!r}")
         if curve < 1 and self.search != "one-pass":
             raise ValueError("curve_share measures the curves on fewer images in the one-pass search only")
+        if self.curves not in CURVES:
+            raise ValueError(f"curves must be one of {', '.join(CURVES)}, got {self.curves!r}")
+        if curve < 1 and self.curves != "measured":
+            raise ValueError("curve_share measures the curves on fewer images: predicted curves measure none")
         share = self.max_prune
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
             raise ValueError(f"max_prune must be a share in (0, 1), got {share!r}")
@@ -226,14 +238,16 @@ def _method_flag(method: str, kind: str, flag: str) -> Dict[str, Any]:
         field, parsed = name.replace("-", "_"), _int(value, method)
     elif name in ("max-prune", "curve-share") and eq:
         field, parsed = name.replace("-", "_"), _float(value, method)
-    elif name == "search" and eq:
-        field, parsed = "search", value
+    elif name in ("search", "curves") and eq:
+        field, parsed = name, value
     else:
         raise ValueError(
             f"method {method!r}: unknown flag {flag!r} (no-cap-search, refine-steps=N, round-to=N, "
-            "max-prune=R, sensitivity-images=N, search=S, curve-share=R)"
+            "max-prune=R, sensitivity-images=N, search=S, curve-share=R, curves=C)"
         )
-    if field in ("cap_search", "refine_steps", "sensitivity_images", "search", "curve_share") and kind != "sensitivity":
+    if field in ("cap_search", "refine_steps", "sensitivity_images", "search", "curve_share", "curves") and (
+        kind != "sensitivity"
+    ):
         raise ValueError(f"method {method!r}: {name} shapes only the sensitivity allocation")
     return {field: parsed}
 

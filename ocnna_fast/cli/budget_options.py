@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 from typing import List, Sequence
 
-from ..budget.spec import ALLOCATIONS, BUDGET_FIELDS, CURVE_SHARE, SEARCHES, PruneSpec
+from ..budget.spec import ALLOCATIONS, BUDGET_FIELDS, CURVE_SHARE, CURVES, SEARCHES, PruneSpec
 from .options import COUNT, NONNEG, PART, SHARE, group
 
 __all__ = [
@@ -58,7 +58,7 @@ _SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PruneSpec)}
 # one with no effect on the run is refused instead of ignored in silence.
 BUDGET_DEFAULTS = {name: _SPEC_DEFAULTS[name] for name in BUDGET_FIELDS}
 # the options that shape only a sensitivity allocation, and only a latency target
-SENSITIVITY_ONLY = ("refine_steps", "cap_search", "sensitivity_images", "search", "curve_share")
+SENSITIVITY_ONLY = ("refine_steps", "cap_search", "sensitivity_images", "search", "curve_share", "curves")
 LATENCY_ONLY = ("latency_runtime", "latency_batch")
 
 
@@ -117,44 +117,57 @@ def add_budget_options(sp: argparse.ArgumentParser, *, allocation: bool = True) 
         help=f"the largest share of one group that --target may remove (default {_SPEC_DEFAULTS['max_prune']})",
     )
     if allocation:
-        sp.add_argument(
-            "--refine-steps",
-            type=NONNEG,
-            default=None,
-            help="after the sensitivity allocation, this many moves of a local search on the loss of all "
-            f"groups masked together (default {_SPEC_DEFAULTS['refine_steps']}; 0: off)",
-        )
-        sp.add_argument(
-            "--cap-search",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="sensitivity allocation: also allocate with a group's removed share capped at 50, 62.5 and 75%% "
-            "and keep the allocation whose groups, masked together, lose least (default; --no-cap-search: the "
-            "uncapped allocation only)",
-        )
-        sp.add_argument(
-            "--search",
-            default=None,
-            choices=list(SEARCHES),
-            help=f"how the sensitivity candidates are measured (default {_SPEC_DEFAULTS['search']}): one-pass "
-            "(each BatchNorm normalises the evaluated images by their own statistics, one pass per candidate "
-            "from its first masked layer), staged (re-estimated on calibration images first: two passes), "
-            "screened (staged, the local search's moves screened on a quarter of the images) or full (every "
-            "candidate through the whole network); costs and accuracies in docs/budget.md",
-        )
-        sp.add_argument(
-            "--curve-share",
-            type=PART,
-            default=None,
-            help="one-pass search: the share of the sensitivity images the loss curves are measured on "
-            f"(default {CURVE_SHARE}; the caps and moves use them all)",
-        )
+        _add_search(sp)
     sp.add_argument(
         "--sensitivity-images",
         type=COUNT,
         default=None,
         help=f"calibration and scoring images each sensitivity candidate is measured on (default {_SPEC_DEFAULTS['sensitivity_images']}; fewer "
         "measure the losses too noisily to allocate well, see docs/budget.md)",
+    )
+
+
+def _add_search(sp: argparse.ArgumentParser) -> None:
+    """The options of the sensitivity allocation's search."""
+    sp.add_argument(
+        "--refine-steps",
+        type=NONNEG,
+        default=None,
+        help="after the sensitivity allocation, this many moves of a local search on the loss of all "
+        f"groups masked together (default {_SPEC_DEFAULTS['refine_steps']}; 0: off)",
+    )
+    sp.add_argument(
+        "--cap-search",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="sensitivity allocation: also allocate with a group's removed share capped at 50, 62.5 and 75%% "
+        "and keep the allocation whose groups, masked together, lose least (default; --no-cap-search: the "
+        "uncapped allocation only)",
+    )
+    sp.add_argument(
+        "--search",
+        default=None,
+        choices=list(SEARCHES),
+        help=f"how the sensitivity candidates are measured (default {_SPEC_DEFAULTS['search']}): one-pass "
+        "(each BatchNorm normalises the evaluated images by their own statistics, one pass per candidate "
+        "from its first masked layer), staged (re-estimated on calibration images first: two passes), "
+        "screened (staged, the local search's moves screened on a quarter of the images) or full (every "
+        "candidate through the whole network); costs and accuracies in docs/budget.md",
+    )
+    sp.add_argument(
+        "--curve-share",
+        type=PART,
+        default=None,
+        help="one-pass search: the share of the sensitivity images the loss curves are measured on "
+        f"(default {CURVE_SHARE}; the caps and moves use them all)",
+    )
+    sp.add_argument(
+        "--curves",
+        default=None,
+        choices=list(CURVES),
+        help=f"where the sensitivity allocation's loss curves come from (default {_SPEC_DEFAULTS['curves']}): "
+        "measured (a masked evaluation per group and share) or fisher (predicted for every group and share "
+        "from one forward and one backward pass; the caps and moves still measured); see docs/budget.md",
     )
 
 

@@ -3,7 +3,7 @@ statistics, and measures the loss curves on the first share of them, so
 that share must hold what the whole set holds.  The
 shipped JPEG CIFAR-10 lists one class after another, and so does a
 class-balanced subset of it: the search mixes the images before taking the
-first share the curves are measured on (``budget.search.mixed``)."""
+first share the curves are measured on (``budget.segments.mixed``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import ocnna_fast.budget.search as search_module
-from ocnna_fast.budget.search import budget_groups, mixed, prune_to_budget
+from ocnna_fast.budget.search import budget_groups, prune_to_budget
+from ocnna_fast.budget.segments import mixed
 from ocnna_fast.data.local import load_split, normalize, pretrained_weights
 from ocnna_fast.models import build, load_weights
 from ocnna_fast.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
