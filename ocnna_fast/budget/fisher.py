@@ -14,10 +14,14 @@ for Practical Network Compression") with the channels' cross terms kept, so
 a whole removed set is priced, not a sum of single channels.
 
 The prediction knows nothing of the BatchNorm re-estimation that follows a
-removal, and is larger than the measured losses; what the allocation reads is
-how the groups compare, which it ranks as the measurement does on the shipped
-CIFAR ResNets and MobileNet v1 (docs/budget-experiments.md, "Predicted
-curves").
+removal, and is larger than the measured losses.  Across groups it ranks
+like the measurement on ResNet-20 (Spearman 0.84-0.92), loosely on ResNet-56
+(0.56-0.64) and not on MobileNet v1, where it prices the middle groups 2.5 to
+31 times their measured loss and the last one under it: the search on
+these curves left 13.4% after the folded correction where the measured ones
+left 50.2% (docs/budget-experiments.md, "Could the curves be predicted?").
+So it is an option (``--curves fisher``) for the experiments it serves, not
+the default.
 """
 
 from __future__ import annotations

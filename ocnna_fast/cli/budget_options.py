@@ -167,7 +167,8 @@ def _add_search(sp: argparse.ArgumentParser) -> None:
         choices=list(CURVES),
         help=f"where the sensitivity allocation's loss curves come from (default {_SPEC_DEFAULTS['curves']}): "
         "measured (a masked evaluation per group and share) or fisher (predicted for every group and share "
-        "from one forward and one backward pass; the caps and moves still measured); see docs/budget.md",
+        "from one forward and one backward pass, the caps and moves still measured: an experiment, it "
+        "misallocated MobileNet v1; docs/budget.md)",
     )
 
 

@@ -96,9 +96,12 @@ def _search_cost(sensitivity: Optional[Dict[str, Any]]) -> List[str]:
         else ""
     )
     seconds, passes = sensitivity.get("stage_seconds") or {}, sensitivity.get("stage_passes") or {}
+    words = dict(STAGE_WORDS)
+    if sensitivity.get("curves", "measured") != "measured":
+        words["curves"] = f"loss curves ({sensitivity['curves']}, predicted)"
     spent = ", ".join(  # in the order they ran
-        f"{name} {seconds[k]:.1f} s" + (f" ({passes[k]:.1f} passes)" if passes.get(k) else "")
-        for k, name in STAGE_WORDS.items()
+        f"{words[k]} {seconds[k]:.1f} s" + (f" ({passes[k]:.1f} passes)" if passes.get(k) else "")
+        for k in STAGE_WORDS
         if k in seconds
     )
     return [

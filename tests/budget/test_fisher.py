@@ -135,5 +135,8 @@ def test_the_search_with_predicted_curves_measures_only_its_caps_and_moves(searc
     assert s["stage_passes"]["curves"] == pytest.approx((1 + 2 * FISHER_SAMPLES) * 24 / s["pass_images"])
     assert all(v[0] == 0.0 and max(v) > 0 for v in s["losses"].values())
     assert abs(got.reached - 0.6) <= 0.6 * 0.02
+    from ocnna_fast.cli.output import _search_cost
+
+    assert "loss curves (fisher, predicted)" in _search_cost(s)[-1]  # report.md says so
     measured = prune_to_budget(model, values, x[:1], "macs=0.6", refine_steps=0, cap_search=False, **kw)
     assert measured.sensitivity["curves"] == "measured" and measured.sensitivity["evaluations"] > 0
