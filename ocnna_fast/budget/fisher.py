@@ -40,6 +40,9 @@ __all__ = ["fisher_curves", "predicted_sensitivity", "FISHER_SAMPLES"]
 
 # labels drawn per image for the Fisher information's expectation
 FISHER_SAMPLES = 1
+# images per backward pass: the graph of a batch is kept for the backward, and
+# a large evaluation batch at 224 px would hold gigabytes of activations
+CHUNK = 64
 
 
 def predicted_sensitivity(model: nn.Module, groups, images: Sequence[torch.Tensor], evaluator, progress: bool = False):
@@ -84,7 +87,7 @@ def fisher_curves(
 
         batches = tqdm(images, desc="predicted curves", unit="batch")
     try:
-        for x in batches:
+        for x in (chunk for batch in batches for chunk in batch.split(CHUNK)):
             logp, gates = _gated_forward(model, modules, groups, x.to(device))
             draws = torch.multinomial(logp.detach().exp().cpu(), samples, replacement=True, generator=generator)
             draws = draws.to(logp.device)
