@@ -57,6 +57,7 @@ def predicted_sensitivity(model: nn.Module, groups, images: Sequence[torch.Tenso
     return curves
 
 
+@torch.enable_grad()  # inside a caller's no_grad block too: the gates need their gradients
 def fisher_curves(
     model: nn.Module,
     groups: Sequence[Tuple[GroupInfo, List[Tuple[str, List[int]]]]],

@@ -108,7 +108,8 @@ def test_the_model_is_left_as_it_was():
     x = torch.randn(16, 3, 8, 8)
     groups = _groups(model, x, 1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    got = fisher_curves(model, groups, [x], (0.0, 0.5, 1.0), samples=8)
+    with torch.no_grad():  # as evaluation code often calls it
+        got = fisher_curves(model, groups, [x], (0.0, 0.5, 1.0), samples=8)
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
     for info, _ in groups:
