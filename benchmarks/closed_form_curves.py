@@ -32,8 +32,8 @@ from common import spearman
 
 
 def _run(report: dict, batch_size: int):
-    """The finished run's model, groups and images, rebuilt from its command:
-    ``(data, job, found, dg, names, images)``."""
+    """The finished run's groups and images, rebuilt from its command:
+    ``(data, found, dg, names, images)``."""
     from ocnna_fast.budget.search import budget_groups
     from ocnna_fast.cli import build_parser, loading
     from ocnna_fast.job.pipeline import JobSettings, PruneJob
@@ -46,7 +46,7 @@ def _run(report: dict, batch_size: int):
     images = getattr(args, "sensitivity_images", None) or settings.sensitivity_images  # as the search drew them
     job = PruneJob(model, data, settings, progress=False)
     _, dg, names, found = budget_groups(model, job.example, job.ignored, job.rank())
-    return data, job, found, dg, names, images
+    return data, found, dg, names, images
 
 
 def residual_curves(report: dict, batch_size: int, fractions):
@@ -56,7 +56,7 @@ def residual_curves(report: dict, batch_size: int, fractions):
     from ocnna_fast.budget.search import input_batches
     from ocnna_fast.selection.elimination import collect, consumers, removal_residuals
 
-    data, _, found, dg, _, images = _run(report, batch_size)
+    data, found, dg, _, images = _run(report, batch_size)
     t = time.perf_counter()
     wanted = {info.root: consumers(g, dg, info.width) for g, info in found if info.blocks == 1}
     stats = collect(dg.model, input_batches(data.scoring, batch_size, images), wanted)
@@ -79,7 +79,7 @@ def predicted_curves(report: dict, batch_size: int, fractions, samples: int = 4)
     from ocnna_fast.budget.search import input_batches
     from ocnna_fast.budget.sensitivity import group_outputs
 
-    data, _, found, dg, names, images = _run(report, batch_size)
+    data, found, dg, names, images = _run(report, batch_size)
     t = time.perf_counter()
     groups = [(info, group_outputs(g, dg, names)) for g, info in found]
     batches = input_batches(data.scoring, batch_size, images)

@@ -138,7 +138,7 @@ def prune_to_budget(
         penalty, curves, evaluators, max_prune = _sensitivity(
             model, found, dg, names, cost, Target(kind, target.ratio), (calibration, evaluation, memo),
             cap_search=spec.cap_search, round_to=spec.round_to, max_prune=max_prune, progress=progress,
-            search=spec.search, curve_share=spec.curve_share, curves=spec.curves, stages=stages,
+            search=spec.search, curve_share=spec.curve_share, curve_source=spec.curves, stages=stages,
         )  # fmt: skip
     else:
         penalty = global_penalty(infos)
@@ -248,12 +248,12 @@ def _sensitivity(
     progress,
     search,
     curve_share=1.0,
-    curves="measured",
+    curve_source="measured",
     stages: Optional["_Stages"] = None,
 ):
     """The sensitivity allocation's penalty from loss curves measured on
     ``images`` (calibration, evaluation, memo file) or predicted on their
-    evaluation images (``curves``: ``fisher``), the curves, the
+    evaluation images (``curve_source``: ``fisher``), the curves, the
     evaluator, and the cap on a group's removed share that the cap search
     chose (``max_prune`` without it).  ``target`` is counted (MACs or
     parameters: a latency target is approached through MACs).  ``stages``
@@ -280,7 +280,7 @@ def _sensitivity(
     )
     stages.evaluators = (evaluator, measured)
     stages.mark("setup")
-    if curves == "fisher":
+    if curve_source == "fisher":
         curves = predicted_sensitivity(model, outputs, evaluation, evaluator, progress=progress)
     else:
         curves = measure_sensitivity(measured, progress=progress)

@@ -33,6 +33,7 @@ __all__ = [
     "METHOD_KINDS",
     "LEGACY_METHODS",
     "BUDGET_FIELDS",
+    "SENSITIVITY_FIELDS",
 ]
 
 ALLOCATIONS = ("sensitivity", "global")
@@ -97,6 +98,8 @@ BUDGET_FIELDS = (
     "latency_runtime",
     "latency_batch",
 )
+# the settings that shape only the sensitivity allocation
+SENSITIVITY_FIELDS = ("refine_steps", "cap_search", "sensitivity_images", "search", "curve_share", "curves")
 
 
 @dataclass(frozen=True)
@@ -247,9 +250,7 @@ def _method_flag(method: str, kind: str, flag: str) -> Dict[str, Any]:
             f"method {method!r}: unknown flag {flag!r} (no-cap-search, refine-steps=N, round-to=N, "
             "max-prune=R, sensitivity-images=N, search=S, curve-share=R, curves=C)"
         )
-    if field in ("cap_search", "refine_steps", "sensitivity_images", "search", "curve_share", "curves") and (
-        kind != "sensitivity"
-    ):
+    if field in SENSITIVITY_FIELDS and kind != "sensitivity":
         raise ValueError(f"method {method!r}: {name} shapes only the sensitivity allocation")
     return {field: parsed}
 

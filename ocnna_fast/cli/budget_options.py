@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 from typing import List, Sequence
 
-from ..budget.spec import ALLOCATIONS, BUDGET_FIELDS, CURVE_SHARE, CURVES, SEARCHES, PruneSpec
+from ..budget.spec import ALLOCATIONS, BUDGET_FIELDS, CURVE_SHARE, CURVES, SEARCHES, SENSITIVITY_FIELDS, PruneSpec
 from .options import COUNT, NONNEG, PART, SHARE, group
 
 __all__ = [
@@ -58,7 +58,7 @@ _SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PruneSpec)}
 # one with no effect on the run is refused instead of ignored in silence.
 BUDGET_DEFAULTS = {name: _SPEC_DEFAULTS[name] for name in BUDGET_FIELDS}
 # the options that shape only a sensitivity allocation, and only a latency target
-SENSITIVITY_ONLY = ("refine_steps", "cap_search", "sensitivity_images", "search", "curve_share", "curves")
+SENSITIVITY_ONLY = SENSITIVITY_FIELDS
 LATENCY_ONLY = ("latency_runtime", "latency_batch")
 
 
