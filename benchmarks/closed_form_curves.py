@@ -23,30 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import time
 from pathlib import Path
 
 import numpy as np
-from common import spearman
-
-
-def _run(report: dict, batch_size: int):
-    """The finished run's groups and images, rebuilt from its command:
-    ``(data, found, dg, names, images)``."""
-    from ocnna_fast.budget.search import budget_groups
-    from ocnna_fast.cli import build_parser, loading
-    from ocnna_fast.job.pipeline import JobSettings, PruneJob
-
-    args = build_parser().parse_args(shlex.split(report["settings"]["command"])[1:])  # the run's prune command
-    size = loading.check_data_fits(args)
-    model, _ = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, size)
-    data = loading.job_data(args)
-    settings = JobSettings(criterion=args.criterion, batch_size=batch_size, input_size=size)
-    images = getattr(args, "sensitivity_images", None) or settings.sensitivity_images  # as the search drew them
-    job = PruneJob(model, data, settings, progress=False)
-    _, dg, names, found = budget_groups(model, job.example, job.ignored, job.rank())
-    return data, found, dg, names, images
+from common import finished_run, spearman
 
 
 def residual_curves(report: dict, batch_size: int, fractions):
@@ -56,7 +37,8 @@ def residual_curves(report: dict, batch_size: int, fractions):
     from ocnna_fast.budget.search import input_batches
     from ocnna_fast.selection.elimination import collect, consumers, removal_residuals
 
-    data, found, dg, _, images = _run(report, batch_size)
+    run = finished_run(report, batch_size)
+    data, found, dg, images = run.data, run.found, run.dg, run.images
     t = time.perf_counter()
     wanted = {info.root: consumers(g, dg, info.width) for g, info in found if info.blocks == 1}
     stats = collect(dg.model, input_batches(data.scoring, batch_size, images), wanted)
@@ -79,7 +61,8 @@ def predicted_curves(report: dict, batch_size: int, fractions, samples: int = 4)
     from ocnna_fast.budget.search import input_batches
     from ocnna_fast.budget.sensitivity import group_outputs
 
-    data, found, dg, names, images = _run(report, batch_size)
+    run = finished_run(report, batch_size)
+    data, found, dg, names, images = run.data, run.found, run.dg, run.names, run.images
     t = time.perf_counter()
     groups = [(info, group_outputs(g, dg, names)) for g, info in found]
     batches = input_batches(data.scoring, batch_size, images)

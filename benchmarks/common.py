@@ -4,7 +4,9 @@ pure-PyTorch scorer."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
+from types import SimpleNamespace
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -67,3 +69,27 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     continuous); ``nan`` for fewer than three pairs."""
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 2 else float("nan")
+
+
+def finished_run(report: dict, batch_size: int) -> SimpleNamespace:
+    """A finished prune run rebuilt from its report's command: its ``args``,
+    ``model``, ``data``, ``job`` (example, ignored layers, the run's
+    criterion), the ranking ``values``, Torch-Pruning's ``dg``, the module
+    ``names``, the ``found`` groups and the number of ``images`` its search
+    drew."""
+    from ocnna_fast.budget.search import budget_groups
+    from ocnna_fast.cli import build_parser, loading
+    from ocnna_fast.job.pipeline import JobSettings, PruneJob
+
+    args = build_parser().parse_args(shlex.split(report["settings"]["command"])[1:])  # the run's prune command
+    size = loading.check_data_fits(args)
+    model, _ = loading.load_model(args.arch, args.weights, args.data_dir, args.dataset, size)
+    data = loading.job_data(args)
+    settings = JobSettings(criterion=args.criterion, batch_size=batch_size, input_size=size)
+    images = getattr(args, "sensitivity_images", None) or settings.sensitivity_images  # as the search drew them
+    job = PruneJob(model, data, settings, ignored_layers=loading.ignored_layers(model, args.scope), progress=False)
+    values = job.rank()
+    _, dg, names, found = budget_groups(model, job.example, job.ignored, values)
+    return SimpleNamespace(
+        args=args, model=model, data=data, job=job, values=values, dg=dg, names=names, found=found, images=images
+    )
