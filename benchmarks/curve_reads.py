@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 from common import finished_run
@@ -119,6 +119,8 @@ def reads(report: dict, batch_size: int) -> dict:
     segments = Segments.build(run.model, [n for names in outputs.values() for n in names], run.job.example)
     price = {r: segments.share(segments.entry(outputs[r])) if segments else 1.0 for r in losses}
     measured = {r: _measured(v) for r, v in losses.items()}
+    # the two rules together: the largest share first, then the points read, top down to a zero
+    top_first = {r: _measured(v, {len(v) - 1, *taken[r]}) for r, v in losses.items()}
     return {
         "groups": {r: {"price": price[r], "losses": losses[r], "read": sorted(taken[r]), "measured": measured[r]}
                    for r in losses},
@@ -126,18 +128,19 @@ def reads(report: dict, batch_size: int) -> dict:
         "points": {"all": len(fractions) * len(losses), "measured": sum(map(len, measured.values())),
                    "read": sum(map(len, taken.values()))},
         "shares": {"measured": sum(price[r] * len(measured[r]) for r in losses),
-                   "read": sum(price[r] * len(taken[r]) for r in losses)},
+                   "read": sum(price[r] * len(taken[r]) for r in losses),
+                   "top_first": sum(price[r] * len(top_first[r]) for r in losses)},
         "stage_passes": s.get("stage_passes"),
         "passes": s.get("passes"),
     }  # fmt: skip
 
 
-def _measured(losses: List[float]) -> List[int]:
-    """The points the run measured: from the largest share down to its
-    first zero (below a zero the search takes the loss as zero,
-    ``budget.sensitivity``)."""
+def _measured(losses: List[float], points: Optional[Set[int]] = None) -> List[int]:
+    """The ``points`` (all) measured from the largest share down to the
+    first zero, as the run measured its curves (below a zero the search
+    takes the loss as zero, ``budget.sensitivity``)."""
     out = []
-    for i in reversed(range(len(losses))):
+    for i in sorted(range(len(losses)) if points is None else points, reverse=True):
         out.append(i)
         if losses[i] == 0.0:
             break
@@ -151,23 +154,24 @@ def main() -> None:
     ap.add_argument("--json", help="also write the figures here")
     a = ap.parse_args()
     out = {}
-    print("| run | points: all / measured / read | curves: passes run / of the points read | other stages | "
-          "search: passes run / with the points read alone |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- |")
+    print(
+        "| run | points: all / measured / read | curves' cost, read / largest first then read (of the run's) | "
+        "curves: passes run / read | other stages | search: passes run / read |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
     for path in a.reports:
         r = reads(json.loads(Path(path).read_text()), a.batch_size)
         out[path] = r
-        p, stages = r["points"], r["stage_passes"]
-        saved = r["shares"]["read"] / r["shares"]["measured"]  # of what the run spent on its curves
+        p, stages, shares = r["points"], r["stage_passes"], r["shares"]
+        saved = shares["read"] / shares["measured"]  # of what the run spent on its curves
+        figures = f"{saved:.0%} / {shares['top_first'] / shares['measured']:.0%}"
         if stages:  # the run's own passes on its curves scaled to the points read, the other stages as run
             curves, other = stages["curves"], r["passes"] - stages["curves"]
             r.update(curve_passes={"run": curves, "read": curves * saved})
             r.update(search_passes={"run": r["passes"], "read": other + curves * saved})
-            figures = (
-                f"{curves:.1f} / {curves * saved:.1f} | {other:.1f} | {r['passes']:.1f} / {other + curves * saved:.1f}"
-            )
-        else:  # reported before its stages were: the curves' share alone
-            figures = f"{saved:.0%} of them | - | {r['passes']:.1f} / -"
+            figures += f" | {curves:.1f} / {curves * saved:.1f} | {other:.1f} | {r['passes']:.1f} / {other + curves * saved:.1f}"
+        else:  # reported before its stages were
+            figures += f" | - | - | {r['passes']:.1f} / -"
         print(f"| {Path(path).parent.name} | {p['all']} / {p['measured']} / {p['read']} | {figures} |")
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
