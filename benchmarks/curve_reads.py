@@ -54,10 +54,12 @@ class _Reads:
         return self.curves.penalty(g, kept)
 
 
-def _allocation(run, report: dict, penalty) -> Dict[str, int]:
-    """The run's allocation stages on ``penalty``: the cap search's
-    allocations (the cap its recorded losses chose), then the rounds fitting
-    the count to the target (``budget.fit``).  The kept widths."""
+def _allocator(run, report: dict):
+    """``allocation(penalty) -> kept widths``: the run's allocation stages on
+    ``penalty``, the cap search's allocations (the cap its recorded losses
+    chose), then the rounds fitting the count to the target (``budget.fit``).
+    What does not depend on the penalty (the cost model, the base's count)
+    is built once."""
     from ocnna_fast.budget.allocation import CostModel, Target, allocate, parse_target
     from ocnna_fast.budget.fit import fit_to_budget
     from ocnna_fast.budget.search import count_ratio
@@ -68,13 +70,9 @@ def _allocation(run, report: dict, penalty) -> Dict[str, int]:
     infos = [info for _, info in run.found]
     cost = CostModel(run.dg.model, run.job.example, run.dg, [g for g, _ in run.found])
     target = parse_target(report["target"])
-    kind = "macs" if target.kind == "latency" else target.kind
-    max_prune = a.max_prune
+    aimed = Target("macs" if target.kind == "latency" else target.kind, target.ratio)
     caps = {float(c): loss for c, loss in (s.get("caps") or {}).items()}
-    for cap in caps:  # each capped allocation reads the curves; the run's recorded losses chose among them
-        allocate(infos, cost, Target(kind, target.ratio), penalty, round_to=a.round_to, max_prune=cap)
-    if caps:
-        max_prune = min(caps, key=caps.get)
+    max_prune = min(caps, key=caps.get) if caps else a.max_prune
     measure = count_ratio(run.model, run.job.example, target.kind)
 
     def build(keep):
@@ -83,12 +81,18 @@ def _allocation(run, report: dict, penalty) -> Dict[str, int]:
         )
         return pruned, plan, keep, measure(pruned)
 
-    def greedy(aim):
-        t = Target(kind, min(aim, 0.999))
-        return allocate(infos, cost, t, penalty, round_to=a.round_to, max_prune=max_prune)
+    def allocation(penalty) -> Dict[str, int]:
+        for cap in caps:  # each capped allocation reads the curves
+            allocate(infos, cost, aimed, penalty, round_to=a.round_to, max_prune=cap)
 
-    (_, _, keep, _), _ = fit_to_budget(greedy, build, target, a.round_to, max_prune)
-    return keep
+        def greedy(aim):
+            t = Target(aimed.kind, min(aim, 0.999))
+            return allocate(infos, cost, t, penalty, round_to=a.round_to, max_prune=max_prune)
+
+        (_, _, keep, _), _ = fit_to_budget(greedy, build, target, a.round_to, max_prune)
+        return keep
+
+    return allocation
 
 
 def reads(report: dict, batch_size: int) -> dict:
@@ -101,19 +105,20 @@ def reads(report: dict, batch_size: int) -> dict:
     s = report["sensitivity"]
     fractions = s["fractions"][1:]
     losses = {root: list(v[1:]) for root, v in s["losses"].items()}
+    allocation = _allocator(run, report)
     taken: Dict[str, Set[int]] = {root: {0} for root in losses}
     rounds = 0
     while True:
         rounds += 1
         pen = _Reads(fractions, losses, taken)
-        keep = _allocation(run, report, pen.penalty)
+        keep = allocation(pen.penalty)
         new = [(r, i) for r, i in pen.read if i not in taken[r]]
         if not new:
             break
         for r, i in new:
             taken[r].add(i)
     everything = _Reads(fractions, losses, {r: set(range(len(fractions))) for r in losses})
-    if _allocation(run, report, everything.penalty) != keep:
+    if allocation(everything.penalty) != keep:
         raise AssertionError("the points read chose other widths than all the curves: the fixed point is wrong")
     outputs = {info.root: [n for n, _ in group_outputs(g, run.dg, run.names)] for g, info in run.found}
     segments = Segments.build(run.model, [n for names in outputs.values() for n in names], run.job.example)

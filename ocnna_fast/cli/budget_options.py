@@ -57,8 +57,7 @@ _SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PruneSpec)}
 # parser, an option the user gave can be told from one they did not, so that
 # one with no effect on the run is refused instead of ignored in silence.
 BUDGET_DEFAULTS = {name: _SPEC_DEFAULTS[name] for name in BUDGET_FIELDS}
-# the options that shape only a sensitivity allocation, and only a latency target
-SENSITIVITY_ONLY = SENSITIVITY_FIELDS
+# the options that shape only a latency target (``spec.SENSITIVITY_FIELDS``: only a sensitivity allocation)
 LATENCY_ONLY = ("latency_runtime", "latency_batch")
 
 
@@ -91,7 +90,7 @@ def refuse_unused_budget_options(args: argparse.Namespace, target_kinds: Sequenc
         unused = [d for d in given if d in LATENCY_ONLY and "latency" not in target_kinds]
         why = "only a latency target uses {}; this --target is counted, not measured"
         if not unused and not sensitivity:
-            unused = [d for d in given if d in SENSITIVITY_ONLY]
+            unused = [d for d in given if d in SENSITIVITY_FIELDS]
             why = "only the sensitivity allocation uses {}; this run does not allocate by sensitivity"
     if unused:
         them = "it" if len(unused) == 1 else "them"
